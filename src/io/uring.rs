@@ -1,0 +1,829 @@
+//! The io_uring backend: one multishot `RecvMsgMulti` on a provided-buffer
+//! ring, batched `SendMsg`, one `io_uring_enter` per batch.
+//!
+//! Kernel interfaces used (see [`probe`]):
+//! - `io_uring_setup`, preferably with SINGLE_ISSUER | DEFER_TASKRUN |
+//!   TASKRUN_FLAG | SUBMIT_ALL (6.1+; a plain ring is used when refused);
+//! - IORING_FEAT_EXT_ARG: waits carry a timeout, so `stop` is seen within
+//!   [`WAIT`] (5.11+);
+//! - IORING_REGISTER_PBUF_RING: a ring of `buf_count` provided buffers that
+//!   this module owns and refills (5.19+);
+//! - IORING_OP_RECVMSG with IORING_RECV_MULTISHOT and buffer select: one
+//!   request keeps posting one completion per datagram (6.0+);
+//! - IORING_OP_SENDMSG, IORING_OP_ASYNC_CANCEL.
+//!
+//! Layout of one provided buffer, as the kernel fills it for a multishot
+//! recvmsg: `struct io_uring_recvmsg_out` (16 bytes), the source address
+//! ([`NAME_LEN`] bytes), then up to `buf_size` payload bytes.
+//!
+//! Bounds: the submission queue holds `batch` sends plus the recv re-arm and
+//! a cancel; the completion queue holds every buffer's completion plus
+//! `batch` send completions plus slack, so it never overflows; at most
+//! `batch` sends are in flight (one per output slot).
+//!
+//! Memory soundness: the kernel holds pointers to the buffer ring, the
+//! receive buffers, the recvmsg header and the send slots. On exit every
+//! request is cancelled and its completion awaited before that memory is
+//! freed; if that does not happen within [`DRAIN_DEADLINE`] the memory is
+//! leaked rather than freed under the kernel.
+
+use std::collections::VecDeque;
+use std::io;
+use std::mem::{self, ManuallyDrop};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, RawFd};
+use std::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use io_uring::types::{RecvMsgOut, SubmitArgs, Timespec};
+use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe, Submitter};
+
+use super::socket::{from_sockaddr, to_sockaddr};
+use super::{DatagramHandler, IoConfig};
+
+/// user_data of the multishot receive.
+const RECV_UD: u64 = u64::MAX;
+/// user_data of the cancel request sent at shutdown.
+const CANCEL_UD: u64 = u64::MAX - 1;
+/// Provided-buffer group id (one group per ring, rings are per worker).
+const BGID: u16 = 0;
+/// `size_of::<struct io_uring_recvmsg_out>()`: four u32 (kernel ABI).
+const RECVMSG_OUT_LEN: usize = 16;
+/// Room for the source address in each buffer: at least
+/// `sizeof(struct sockaddr_in6)` (28), rounded so the payload starts
+/// 16-byte aligned.
+const NAME_LEN: usize = 32;
+/// Longest single wait in the kernel; `stop` is checked after each.
+const WAIT: Duration = Duration::from_millis(50);
+/// How long shutdown waits for the kernel to release our memory.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(1);
+/// Kernel limit on the entries of a provided-buffer ring.
+const MAX_BUF_COUNT: usize = 32768;
+
+/// Check that io_uring is usable here for [`run`]: the ring can be created
+/// (not blocked by `kernel.io_uring_disabled`, seccomp or an LSM), timed
+/// waits, the opcodes, a provided-buffer ring, and a real multishot recvmsg
+/// round trip on a loopback socket.
+pub fn probe() -> Result<(), String> {
+    let ring = build_ring(8, 16).map_err(setup_error)?;
+    if !ring.params().is_feature_ext_arg() {
+        return Err("kernel lacks IORING_FEAT_EXT_ARG (timed waits, Linux >= 5.11)".into());
+    }
+    let mut p = Probe::new();
+    ring.submitter()
+        .register_probe(&mut p)
+        .map_err(|e| format!("IORING_REGISTER_PROBE: {e}"))?;
+    for (code, name) in [
+        (opcode::RecvMsg::CODE, "IORING_OP_RECVMSG"),
+        (opcode::SendMsg::CODE, "IORING_OP_SENDMSG"),
+        (opcode::ProvideBuffers::CODE, "IORING_OP_PROVIDE_BUFFERS"),
+        (opcode::AsyncCancel::CODE, "IORING_OP_ASYNC_CANCEL"),
+    ] {
+        if !p.is_supported(code) {
+            return Err(format!("kernel lacks {name}"));
+        }
+    }
+
+    // The kernel may keep pointers to this memory until the recv request
+    // ends, so it is declared before the ring and outlives it.
+    let mut bufs = BufRing::new(8, RECVMSG_OUT_LEN + NAME_LEN + 64)
+        .map_err(|e| format!("buffer ring memory: {e}"))?;
+    let hdr = recv_msghdr();
+    let mut ring = ring;
+    // SAFETY: `bufs` is dropped after `ring` (declared before it, and the
+    // ring is dropped explicitly below) or leaked, so the ring memory stays
+    // valid while registered.
+    unsafe { bufs.register(&ring.submitter()) }.map_err(|e| {
+        format!("IORING_REGISTER_PBUF_RING: {e} (provided-buffer rings need Linux >= 5.19)")
+    })?;
+    bufs.provide_all();
+
+    let mut recv_armed = false;
+    let result = probe_multishot(&mut ring, &bufs, &hdr, &mut recv_armed);
+    let drained = cancel_and_drain(&mut ring, recv_armed, None);
+    if !drained {
+        // SAFETY-relevant: the kernel may still write into `bufs`; never
+        // unmap it.
+        mem::forget(bufs);
+        mem::forget(hdr);
+        return Err("multishot recvmsg could not be cancelled".into());
+    }
+    let _ = ring.submitter().unregister_buf_ring(BGID);
+    drop(ring);
+    drop(bufs);
+    result
+}
+
+/// Arm a multishot recvmsg on a loopback socket, send it a datagram and
+/// check that a buffer-select completion arrives with the MORE flag.
+fn probe_multishot(
+    ring: &mut IoUring,
+    bufs: &BufRing,
+    hdr: &libc::msghdr,
+    recv_armed: &mut bool,
+) -> Result<(), String> {
+    let sock = UdpSocket::bind("127.0.0.1:0")
+        .or_else(|_| UdpSocket::bind("[::1]:0"))
+        .map_err(|e| format!("probe socket: {e}"))?;
+    sock.set_nonblocking(true)
+        .map_err(|e| format!("probe socket: {e}"))?;
+    let me = sock
+        .local_addr()
+        .map_err(|e| format!("probe socket: {e}"))?;
+
+    let sqe = recv_sqe(sock.as_raw_fd(), hdr);
+    // SAFETY: the SQE points at `hdr` and at buffer group BGID (`bufs`),
+    // which both outlive the request: the caller cancels and drains it
+    // before dropping or leaks them. `sock` outlives it too: it is dropped
+    // at the end of this function, and closing an fd with a pending request
+    // only makes the request fail, it never touches freed memory.
+    unsafe { ring.submission().push(&sqe) }.map_err(|_| "submission queue full".to_string())?;
+    ring.submit().map_err(|e| format!("io_uring_enter: {e}"))?;
+    *recv_armed = true;
+    sock.send_to(b"cpm-edge probe", me)
+        .map_err(|e| format!("probe send: {e}"))?;
+
+    let ts = Timespec::from(WAIT);
+    let args = SubmitArgs::new().timespec(&ts);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let mut outcome = None;
+        for cqe in ring.completion() {
+            if cqe.user_data() != RECV_UD {
+                continue;
+            }
+            let (res, flags) = (cqe.result(), cqe.flags());
+            if !cqueue::more(flags) {
+                *recv_armed = false;
+            }
+            outcome = Some(if res == -libc::EINVAL {
+                Err("multishot recvmsg unsupported (needs Linux >= 6.0)".to_string())
+            } else if res < 0 {
+                Err(format!(
+                    "multishot recvmsg: {}",
+                    io::Error::from_raw_os_error(-res)
+                ))
+            } else if let Some(bid) = cqueue::buffer_select(flags) {
+                match RecvMsgOut::parse(bufs.buf(bid), hdr) {
+                    Ok(m) if m.payload_data() == b"cpm-edge probe" && cqueue::more(flags) => Ok(()),
+                    Ok(_) => Err("multishot recvmsg: unexpected completion".to_string()),
+                    Err(()) => Err("multishot recvmsg: unparsable buffer".to_string()),
+                }
+            } else {
+                Err("multishot recvmsg completed without a provided buffer".to_string())
+            });
+            break;
+        }
+        if let Some(o) = outcome {
+            return o;
+        }
+        if Instant::now() >= deadline {
+            return Err("multishot recvmsg: no completion within 2 s".into());
+        }
+        match ring.submitter().submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(e) if is_transient(&e) => {}
+            Err(e) => return Err(format!("io_uring_enter: {e}")),
+        }
+    }
+}
+
+/// Run the worker loop on `socket` with io_uring until `stop`.
+///
+/// Returns an error when the resources cannot be set up (bad `buf_count`,
+/// ring creation or buffer registration refused) or `io_uring_enter`
+/// fails for a reason other than a signal or a timeout. Per-datagram errors
+/// go to the handler: receive errors (ENOBUFS when the buffer ring ran dry,
+/// ECONNREFUSED, ...) to `on_recv_error` after which the receive is re-armed,
+/// send errors to `on_send_error`.
+pub fn run<H: DatagramHandler>(
+    socket: &UdpSocket,
+    cfg: IoConfig,
+    handler: &mut H,
+    stop: &AtomicBool,
+) -> io::Result<()> {
+    let batch = cfg.batch.clamp(1, u16::MAX as usize);
+    if !cfg.buf_count.is_power_of_two() || cfg.buf_count > MAX_BUF_COUNT {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "io_uring buf_count must be a power of two <= {MAX_BUF_COUNT}, got {}",
+                cfg.buf_count
+            ),
+        ));
+    }
+    let entry_len = RECVMSG_OUT_LEN + NAME_LEN + cfg.buf_size;
+    if entry_len > u32::MAX as usize || cfg.out_size == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "io buffer size out of range",
+        ));
+    }
+
+    let bufs = BufRing::new(cfg.buf_count, entry_len)?;
+    let sends = Sends::new(batch, cfg.out_size)?;
+    let hdr = recv_msghdr();
+    let sq_entries = (batch + 2).next_power_of_two() as u32;
+    let cq_entries = (cfg.buf_count + batch + 8).next_power_of_two() as u32;
+    let mut ring = build_ring(sq_entries, cq_entries)?;
+    // SAFETY: the ring memory is freed only after the ring is gone or the
+    // group unregistered (below), or never (leaked).
+    unsafe { bufs.register(&ring.submitter()) }?;
+
+    // From here on the kernel may hold pointers into this memory. It is
+    // freed only once the kernel is known to be done with it (every request
+    // completed); on any other exit, including a panic unwinding out of the
+    // handler, it is leaked rather than freed under the kernel.
+    let mut bufs = ManuallyDrop::new(bufs);
+    let mut sends = ManuallyDrop::new(sends);
+    let hdr = ManuallyDrop::new(hdr);
+    bufs.provide_all();
+
+    let mut lp = Loop {
+        fd: socket.as_raw_fd(),
+        batch,
+        bufs: &mut bufs,
+        sends: &mut sends,
+        hdr: &hdr,
+        recv_armed: false,
+        pending: VecDeque::with_capacity(cfg.buf_count + 4),
+        pending_errors: 0,
+    };
+    let result = lp.run(&mut ring, handler, stop);
+    let recv_armed = lp.recv_armed;
+    let drained = cancel_and_drain(&mut ring, recv_armed, Some((&mut sends, handler)));
+    if drained {
+        let _ = ring.submitter().unregister_buf_ring(BGID);
+        drop(ring);
+        drop(ManuallyDrop::into_inner(bufs));
+        drop(ManuallyDrop::into_inner(sends));
+        drop(ManuallyDrop::into_inner(hdr));
+    }
+    result
+}
+
+/// The state of one worker loop.
+struct Loop<'a> {
+    fd: RawFd,
+    batch: usize,
+    bufs: &'a mut BufRing,
+    sends: &'a mut Sends,
+    hdr: &'a libc::msghdr,
+    /// A multishot recv is (or will be, once submitted) in the kernel.
+    recv_armed: bool,
+    /// Receive completions (result, flags) drained from the CQ and not yet
+    /// handled. Holds at most one error (the receive is re-armed only when
+    /// none is pending) plus one entry per provided buffer, so it never
+    /// grows past its initial capacity.
+    pending: VecDeque<(i32, u32)>,
+    pending_errors: usize,
+}
+
+impl Loop<'_> {
+    fn run<H: DatagramHandler>(
+        &mut self,
+        ring: &mut IoUring,
+        handler: &mut H,
+        stop: &AtomicBool,
+    ) -> io::Result<()> {
+        let (submitter, mut sq, mut cq) = ring.split();
+        let ts = Timespec::from(WAIT);
+        let wait_args = SubmitArgs::new().timespec(&ts);
+        let cap = self.pending.capacity();
+
+        while !stop.load(Ordering::Relaxed) {
+            // 1. Completions: sends are settled at once (frees their slot),
+            //    receives are queued in order.
+            cq.sync();
+            while self.pending.len() < cap {
+                let Some(cqe) = cq.next() else { break };
+                match cqe.user_data() {
+                    RECV_UD => {
+                        if !cqueue::more(cqe.flags()) {
+                            self.recv_armed = false;
+                        }
+                        if cqe.result() < 0 {
+                            self.pending_errors += 1;
+                        }
+                        self.pending.push_back((cqe.result(), cqe.flags()));
+                    }
+                    CANCEL_UD => {}
+                    slot => self.sends.complete(slot as usize, cqe.result(), handler),
+                }
+            }
+            cq.sync();
+
+            // 2. One batch: up to `batch` datagrams, each with a free slot.
+            let mut started = false;
+            let mut n = 0;
+            while n < self.batch {
+                let Some(&(res, flags)) = self.pending.front() else {
+                    break;
+                };
+                if res >= 0 && self.sends.free.is_empty() {
+                    break;
+                }
+                self.pending.pop_front();
+                let bid = cqueue::buffer_select(flags);
+                if res < 0 {
+                    self.pending_errors -= 1;
+                    if res != -libc::ECANCELED {
+                        handler.on_recv_error(-res);
+                    }
+                } else if let Some(bid) = bid {
+                    if !started {
+                        handler.on_batch_start();
+                        started = true;
+                    }
+                    n += 1;
+                    self.dispatch(bid, &submitter, &mut sq, handler);
+                } else {
+                    handler.on_recv_error(libc::EINVAL);
+                }
+                if let Some(bid) = bid {
+                    self.bufs.provide(bid);
+                }
+            }
+
+            // 3. Re-arm the receive once no error is pending and the ring
+            //    has a buffer (after ENOBUFS, ECONNREFUSED, CQ overflow...).
+            if !self.recv_armed
+                && self.pending_errors == 0
+                && self.bufs.has_free(self.pending.len())
+            {
+                let sqe = recv_sqe(self.fd, self.hdr);
+                // SAFETY: the SQE points at `self.hdr` and buffer group BGID,
+                // both alive until the request is cancelled and drained (or
+                // leaked) by `run`'s caller.
+                if unsafe { sq.push(&sqe) }.is_ok() {
+                    self.recv_armed = true;
+                }
+            }
+
+            // 4. One submission for the whole batch (and the re-arm).
+            sq.sync();
+            if started {
+                match submitter.submit() {
+                    Ok(_) => {}
+                    Err(e) if is_transient(&e) => {}
+                    Err(e) => return Err(e),
+                }
+                sq.sync();
+                handler.on_batch_end();
+            }
+
+            // 5. Nothing to do without the kernel: wait (bounded).
+            cq.sync();
+            let runnable = self
+                .pending
+                .front()
+                .is_some_and(|&(res, _)| res < 0 || !self.sends.free.is_empty());
+            if !runnable && cq.is_empty() {
+                match submitter.submit_with_args(1, &wait_args) {
+                    Ok(_) => {}
+                    Err(e) if is_transient(&e) => {}
+                    Err(e) => return Err(e),
+                }
+                sq.sync();
+            }
+        }
+        Ok(())
+    }
+
+    /// Hand one received buffer to the handler and queue its output.
+    fn dispatch<H: DatagramHandler>(
+        &mut self,
+        bid: u16,
+        submitter: &Submitter<'_>,
+        sq: &mut squeue::SubmissionQueue<'_>,
+        handler: &mut H,
+    ) {
+        let msg = match RecvMsgOut::parse(self.bufs.buf(bid), self.hdr) {
+            Ok(m) => m,
+            Err(()) => return handler.on_recv_error(libc::EINVAL),
+        };
+        let mut ss = zeroed_storage();
+        let name = msg.name_data();
+        let copy = name.len().min(mem::size_of::<libc::sockaddr_storage>());
+        // SAFETY: `copy` bytes fit both in `name` and in `ss`, which are
+        // distinct objects; sockaddr_storage is plain data so any bytes are
+        // a valid value.
+        unsafe {
+            ptr::copy_nonoverlapping(
+                name.as_ptr(),
+                (&mut ss as *mut libc::sockaddr_storage).cast::<u8>(),
+                copy,
+            )
+        };
+        let Some(src) = from_sockaddr(&ss, msg.incoming_name_len() as libc::socklen_t) else {
+            return handler.on_recv_error(libc::EAFNOSUPPORT);
+        };
+        // The caller guarantees a free slot.
+        let Some(&slot) = self.sends.free.last() else {
+            return;
+        };
+        let out = self.sends.out(slot);
+        let Some((len, dst)) =
+            handler.on_datagram(msg.payload_data(), msg.is_payload_truncated(), src, out)
+        else {
+            return;
+        };
+        self.sends.free.pop();
+        let sqe = self.sends.prepare(slot, len, dst, self.fd);
+        // SAFETY (both pushes): the SQE points at the slot's msghdr, iovec,
+        // address and output buffer, owned by `self.sends`; the slot is
+        // marked busy (off the free list) until its completion is reaped,
+        // and that memory outlives the request (drained or leaked by `run`).
+        if unsafe { sq.push(&sqe) }.is_err() {
+            // Cannot happen with the queue sized for a batch; if it does,
+            // flush and retry once, else drop this output.
+            sq.sync();
+            let _ = submitter.submit();
+            sq.sync();
+            if unsafe { sq.push(&sqe) }.is_err() {
+                self.sends.free.push(slot);
+                return handler.on_send_error(dst, libc::EAGAIN);
+            }
+        }
+        self.sends.in_flight += 1;
+    }
+}
+
+/// Cancel the multishot receive (if armed) and wait until the kernel has
+/// completed it and every send of `sends` (reported to its handler). True
+/// when nothing is left in flight, false when the deadline passed first or
+/// the ring failed.
+fn cancel_and_drain(
+    ring: &mut IoUring,
+    mut recv_armed: bool,
+    mut sends: Option<(&mut Sends, &mut dyn DatagramHandler)>,
+) -> bool {
+    let (submitter, mut sq, mut cq) = ring.split();
+    let ts = Timespec::from(WAIT);
+    let args = SubmitArgs::new().timespec(&ts);
+    let deadline = Instant::now() + DRAIN_DEADLINE;
+    let mut cancel_sent = false;
+    loop {
+        cq.sync();
+        for cqe in &mut cq {
+            match cqe.user_data() {
+                RECV_UD => {
+                    if !cqueue::more(cqe.flags()) {
+                        recv_armed = false;
+                    }
+                }
+                CANCEL_UD => {}
+                slot => {
+                    if let Some((s, h)) = sends.as_mut() {
+                        s.complete(slot as usize, cqe.result(), &mut **h);
+                    }
+                }
+            }
+        }
+        cq.sync();
+        let in_flight = sends.as_ref().map_or(0, |(s, _)| s.in_flight);
+        if !recv_armed && in_flight == 0 {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        if recv_armed && !cancel_sent {
+            let sqe = opcode::AsyncCancel::new(RECV_UD)
+                .build()
+                .user_data(CANCEL_UD);
+            // SAFETY: a cancel request carries no pointer.
+            cancel_sent = unsafe { sq.push(&sqe) }.is_ok();
+            sq.sync();
+        }
+        match submitter.submit_with_args(1, &args) {
+            Ok(_) => {}
+            Err(e) if is_transient(&e) => {}
+            Err(_) => return false,
+        }
+        sq.sync();
+    }
+}
+
+/// Errors of `io_uring_enter` that only mean "try again".
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::EBUSY)
+    )
+}
+
+/// Create a ring: the single-issuer deferred-task-run flavour when the
+/// kernel has it (completions are produced only when this thread enters the
+/// kernel: no inter-processor interrupts), else a plain one.
+fn build_ring(sq_entries: u32, cq_entries: u32) -> io::Result<IoUring> {
+    let fast = IoUring::builder()
+        .setup_cqsize(cq_entries)
+        .setup_clamp()
+        .setup_submit_all()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_taskrun_flag()
+        .build(sq_entries);
+    match fast {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::builder()
+            .setup_cqsize(cq_entries)
+            .setup_clamp()
+            .build(sq_entries),
+        other => other,
+    }
+}
+
+/// Explain a failed `io_uring_setup`.
+fn setup_error(e: io::Error) -> String {
+    let hint = match e.raw_os_error() {
+        Some(libc::EPERM) => {
+            match std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+                .ok()
+                .as_deref()
+                .map(str::trim)
+            {
+                Some("2") => " (sysctl kernel.io_uring_disabled=2)",
+                Some("1") => {
+                    " (sysctl kernel.io_uring_disabled=1 and not in kernel.io_uring_group)"
+                }
+                _ => " (blocked by a seccomp or LSM policy)",
+            }
+        }
+        Some(libc::ENOSYS) => " (kernel without io_uring, or the syscall is filtered)",
+        _ => "",
+    };
+    format!("io_uring_setup: {e}{hint}")
+}
+
+/// The multishot receive request.
+fn recv_sqe(fd: RawFd, hdr: &libc::msghdr) -> squeue::Entry {
+    opcode::RecvMsgMulti::new(types::Fd(fd), hdr, BGID)
+        .build()
+        .user_data(RECV_UD)
+}
+
+/// The recvmsg template of the multishot receive: only the name and
+/// control lengths matter (they lay out each buffer).
+fn recv_msghdr() -> Box<libc::msghdr> {
+    // SAFETY: msghdr is plain old data; all-zero (null pointers, zero
+    // lengths) is a valid value.
+    let mut h: Box<libc::msghdr> = Box::new(unsafe { mem::zeroed() });
+    h.msg_namelen = NAME_LEN as libc::socklen_t;
+    h.msg_controllen = 0;
+    h
+}
+
+fn zeroed_storage() -> libc::sockaddr_storage {
+    // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
+    unsafe { mem::zeroed() }
+}
+
+/// An anonymous private read-write mapping, zero-filled, page aligned.
+struct Mmap {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Mmap {
+    fn new(len: usize) -> io::Result<Mmap> {
+        if len == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty mapping"));
+        }
+        // SAFETY: an anonymous mapping at an address of the kernel's choice
+        // touches no existing memory; the result is checked before use.
+        let p = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mmap {
+            ptr: NonNull::new(p.cast()).ok_or_else(|| io::Error::other("mmap returned null"))?,
+            len,
+        })
+    }
+
+    fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+}
+
+impl Drop for Mmap {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len are exactly what mmap returned; no reference into
+        // the mapping outlives `self` (all handed-out slices borrow it), and
+        // owners leak the mapping instead of dropping it while the kernel may
+        // still use it.
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+/// `struct io_uring_buf`: one entry of a provided-buffer ring. In entry 0,
+/// `resv` is the ring's tail, written by us and read by the kernel.
+#[repr(C)]
+struct RawBuf {
+    addr: u64,
+    len: u32,
+    bid: u16,
+    resv: u16,
+}
+const _: () = assert!(mem::size_of::<RawBuf>() == 16);
+
+/// A provided-buffer ring and its buffers.
+struct BufRing {
+    ring: Mmap,
+    bufs: Mmap,
+    entries: u16,
+    mask: u16,
+    /// Our tail; published to the kernel with a release store.
+    tail: u16,
+    /// Distance between buffers (cache-line aligned).
+    stride: usize,
+    /// Length of each buffer given to the kernel.
+    buf_len: usize,
+}
+
+impl BufRing {
+    fn new(entries: usize, buf_len: usize) -> io::Result<BufRing> {
+        assert!(entries.is_power_of_two() && entries <= MAX_BUF_COUNT);
+        let stride = buf_len.div_ceil(64) * 64;
+        Ok(BufRing {
+            ring: Mmap::new(entries * mem::size_of::<RawBuf>())?,
+            bufs: Mmap::new(entries * stride)?,
+            entries: entries as u16,
+            mask: (entries - 1) as u16,
+            tail: 0,
+            stride,
+            buf_len,
+        })
+    }
+
+    /// Register the ring as buffer group [`BGID`].
+    ///
+    /// # Safety
+    /// The ring memory must stay mapped until the group is unregistered or
+    /// the io_uring is closed with no request left using it.
+    unsafe fn register(&self, submitter: &Submitter<'_>) -> io::Result<()> {
+        // SAFETY: the mapping is page aligned and holds `entries` entries,
+        // as the kernel requires; its lifetime is the caller's contract.
+        unsafe {
+            submitter.register_buf_ring_with_flags(self.ring.as_ptr() as u64, self.entries, BGID, 0)
+        }
+    }
+
+    /// Give every buffer to the kernel.
+    fn provide_all(&mut self) {
+        for bid in 0..self.entries {
+            self.provide(bid);
+        }
+    }
+
+    /// Give buffer `bid` back to the kernel (it must not be in the ring).
+    fn provide(&mut self, bid: u16) {
+        let slot = (self.tail & self.mask) as usize;
+        let base = self.ring.as_ptr().cast::<RawBuf>();
+        // SAFETY: slot < entries, inside the ring mapping, whose base is page
+        // aligned hence aligned for RawBuf. The entry at the tail is not
+        // owned by the kernel (it only reads entries between its head and
+        // the published tail), so writing it races with nothing; fields are
+        // written through raw pointers, leaving `resv` of entry 0 (the tail,
+        // read concurrently by the kernel) untouched. `bid` < entries keeps
+        // the address inside the buffer mapping.
+        unsafe {
+            let e = base.add(slot);
+            ptr::addr_of_mut!((*e).addr)
+                .write(self.bufs.as_ptr().add(bid as usize * self.stride) as u64);
+            ptr::addr_of_mut!((*e).len).write(self.buf_len as u32);
+            ptr::addr_of_mut!((*e).bid).write(bid);
+        }
+        self.tail = self.tail.wrapping_add(1);
+        // SAFETY: `resv` of entry 0 is a 2-byte aligned u16 inside the
+        // mapping, only ever accessed atomically (by us here and by the
+        // kernel); the release store publishes the entry written above.
+        let tail = unsafe { &*ptr::addr_of!((*base).resv).cast::<AtomicU16>() };
+        tail.store(self.tail, Ordering::Release);
+    }
+
+    /// Whether the kernel has at least one buffer, given how many are held
+    /// by pending completions (an upper bound on those not in the ring).
+    fn has_free(&self, held: usize) -> bool {
+        held < self.entries as usize
+    }
+
+    /// The whole of buffer `bid` (header, name, payload).
+    fn buf(&self, bid: u16) -> &[u8] {
+        let bid = (bid & self.mask) as usize;
+        // SAFETY: the range is inside the buffer mapping (bid < entries,
+        // buf_len <= stride), which is initialized (zero-filled, then written
+        // by the kernel). The buffer was handed to us by a completion, so
+        // the kernel no longer writes it until we provide it again, which
+        // needs `&mut self` and so ends this borrow first.
+        unsafe {
+            std::slice::from_raw_parts(self.bufs.as_ptr().add(bid * self.stride), self.buf_len)
+        }
+    }
+}
+
+/// One output datagram: its `sendmsg` arguments, kept alive until the
+/// completion.
+struct SendSlot {
+    hdr: libc::msghdr,
+    iov: libc::iovec,
+    name: libc::sockaddr_storage,
+    dst: SocketAddr,
+}
+
+/// The `batch` output slots and their buffers.
+struct Sends {
+    /// Boxed slice: never resized nor moved, so the self-pointers of each
+    /// slot (msghdr -> name, iov) stay valid.
+    slots: Box<[SendSlot]>,
+    out: Mmap,
+    out_size: usize,
+    /// Slots not in flight.
+    free: Vec<u16>,
+    in_flight: usize,
+}
+
+impl Sends {
+    fn new(n: usize, out_size: usize) -> io::Result<Sends> {
+        let out = Mmap::new(n * out_size)?;
+        let mut slots: Box<[SendSlot]> = (0..n)
+            .map(|_| SendSlot {
+                // SAFETY: msghdr is plain old data; all-zero is valid.
+                hdr: unsafe { mem::zeroed() },
+                iov: libc::iovec {
+                    iov_base: ptr::null_mut(),
+                    iov_len: 0,
+                },
+                name: zeroed_storage(),
+                dst: SocketAddr::from(([0, 0, 0, 0], 0)),
+            })
+            .collect();
+        for (i, s) in slots.iter_mut().enumerate() {
+            // SAFETY: i < n, so the offset stays inside the n * out_size
+            // mapping.
+            s.iov.iov_base = unsafe { out.as_ptr().add(i * out_size) }.cast();
+            s.hdr.msg_name = (&mut s.name as *mut libc::sockaddr_storage).cast();
+            s.hdr.msg_iov = &mut s.iov;
+            s.hdr.msg_iovlen = 1;
+        }
+        Ok(Sends {
+            slots,
+            out,
+            out_size,
+            free: (0..n as u16).rev().collect(),
+            in_flight: 0,
+        })
+    }
+
+    /// The output buffer of free slot `slot`.
+    fn out(&mut self, slot: u16) -> &mut [u8] {
+        let slot = slot as usize;
+        assert!(slot < self.slots.len());
+        // SAFETY: the range is inside the mapping (slot < n) and initialized;
+        // the slot is free, so no request reads it, and `&mut self` makes
+        // this the only reference into it.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.out.as_ptr().add(slot * self.out_size),
+                self.out_size,
+            )
+        }
+    }
+
+    /// Fill the slot's sendmsg arguments; the SQE to submit.
+    fn prepare(&mut self, slot: u16, len: usize, dst: SocketAddr, fd: RawFd) -> squeue::Entry {
+        let s = &mut self.slots[slot as usize];
+        let (ss, sslen) = to_sockaddr(dst);
+        s.name = ss;
+        s.hdr.msg_namelen = sslen;
+        s.iov.iov_len = len.min(self.out_size);
+        s.dst = dst;
+        opcode::SendMsg::new(types::Fd(fd), &s.hdr)
+            .build()
+            .user_data(slot as u64)
+    }
+
+    /// Settle the completion of `slot`: free it, report a failure.
+    fn complete<H: DatagramHandler + ?Sized>(&mut self, slot: usize, res: i32, handler: &mut H) {
+        if slot < self.slots.len() && self.in_flight > 0 {
+            self.in_flight -= 1;
+            self.free.push(slot as u16);
+            if res < 0 {
+                handler.on_send_error(self.slots[slot].dst, -res);
+            }
+        }
+    }
+}

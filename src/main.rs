@@ -1,0 +1,190 @@
+//! cpm-edge: command line, configuration, start-up report, signals.
+//! Everything else lives in the library (see `src/lib.rs`).
+
+use clap::Parser;
+use cpm_edge::config::{Config, ShardConf};
+use cpm_edge::io::IoChoice;
+use cpm_edge::worker::Server;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// CPM-aware stateless SIP edge proxy for OMA CPM Conversation Server clusters.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// TOML configuration file (default: the embedded demo configuration).
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// UDP address to listen on (overrides listen.addr).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Host the edge writes in Via/Route/Record-Route (overrides listen.advertise).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// A CS shard, `ADDR` or `NAME=ADDR`; repeatable; replaces the config's shards
+    /// (unnamed shards are named cs1, cs2, ... in order).
+    #[arg(long = "shard")]
+    shards: Vec<String>,
+    /// Number of io workers (0 = one per CPU).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// CPUs to pin workers to, e.g. `0,1` or `2-5`.
+    #[arg(long)]
+    cpus: Option<String>,
+    /// io backend.
+    #[arg(long, value_enum)]
+    io: Option<IoChoice>,
+    /// Forward requests without the CPM indication here instead of answering 403.
+    #[arg(long)]
+    non_cpm_route: Option<String>,
+    /// Validate the configuration (with overrides), print the summary and exit.
+    #[arg(long)]
+    check_config: bool,
+    /// Print the embedded default configuration and exit.
+    #[arg(long)]
+    print_default_config: bool,
+}
+
+fn parse_cpus(s: &str) -> Result<Vec<usize>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || format!("--cpus: '{part}' is not a CPU number or range (e.g. 0,1 or 2-5)");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (a.parse::<usize>().map_err(|_| bad())?, b.parse::<usize>().map_err(|_| bad())?);
+                if a > b {
+                    return Err(bad());
+                }
+                out.extend(a..=b);
+            }
+            None => out.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    Ok(out)
+}
+
+fn load(cli: &Cli) -> Result<Config, String> {
+    let mut cfg = match &cli.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            Config::parse(&text).map_err(|e| format!("{}: {e}", p.display()))?
+        }
+        None => Config::default_embedded(),
+    };
+    if let Some(l) = &cli.listen {
+        cfg.listen.addr = l.clone();
+    }
+    if let Some(a) = &cli.advertise {
+        cfg.listen.advertise = Some(a.clone());
+    }
+    if !cli.shards.is_empty() {
+        cfg.shards = cli
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| match s.split_once('=') {
+                Some((n, a)) => ShardConf { name: n.into(), addr: a.into() },
+                None => ShardConf {
+                    name: format!("cs{}", i + 1),
+                    addr: s.clone(),
+                },
+            })
+            .collect();
+        let before = cfg.groups.len();
+        cfg.groups.retain(|g| cfg.shards.iter().any(|s| s.name == g.shard));
+        if cfg.groups.len() != before {
+            eprintln!(
+                "cpm-edge: warning: --shard replaced the shard list; {} group(s) naming a shard no longer present were left out",
+                before - cfg.groups.len()
+            );
+        }
+    }
+    if let Some(w) = cli.workers {
+        cfg.workers.count = w;
+    }
+    if let Some(c) = &cli.cpus {
+        cfg.workers.cpus = parse_cpus(c)?;
+    }
+    if let Some(io) = cli.io {
+        cfg.workers.io = io;
+    }
+    if let Some(r) = &cli.non_cpm_route {
+        cfg.routing.non_cpm_route = Some(r.clone());
+    }
+    Ok(cfg)
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if cli.print_default_config {
+        print!("{}", cpm_edge::config::DEFAULT_TOML);
+        return;
+    }
+    let valid = match load(&cli).and_then(|c| c.validate()) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("cpm-edge: configuration error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let shards: Vec<String> = valid.shards.iter().map(|(n, a)| format!("{n}={a}")).collect();
+    let routing = format!(
+        "originating_pf={} record_route={} non_cpm_route={}",
+        valid.originating_pf,
+        valid.record_route,
+        valid.non_cpm_route.map_or("none (403)".to_string(), |a| a.to_string())
+    );
+    if cli.check_config {
+        println!("configuration OK: listen {} ({} workers), {} shards [{}], {} groups, {routing}", valid.listen, valid.workers, shards.len(), shards.join(" "), valid.groups.len());
+        return;
+    }
+    let server = match Server::start(&valid) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cpm-edge: cannot start: {e}");
+            std::process::exit(1);
+        }
+    };
+    let pin = if valid.cpus.is_empty() { "not pinned".to_string() } else { format!("pinned to CPUs {:?}", valid.cpus) };
+    println!("cpm-edge {} listening on udp {} as {}", env!("CARGO_PKG_VERSION"), server.local_addr, server.tables.load().edge.hostport());
+    println!("  io backend: {} ({})", server.backend.name(), server.backend_reason);
+    println!("  workers: {} ({pin}), batch {}, {} receive buffers of {} bytes", valid.workers, valid.batch, valid.recv_buffers, valid.max_datagram);
+    println!("  CS shards ({}): {}", shards.len(), shards.join(" "));
+    println!("  groups: {}; {routing}", valid.groups.len());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
+            eprintln!("cpm-edge: cannot install handler for signal {sig}: {e}");
+            std::process::exit(1);
+        }
+    }
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    println!("cpm-edge: stopping");
+    let stats = server.stats.clone();
+    let result = server.stop();
+    let snap = cpm_edge::stats::Snapshot::merge(&stats);
+    let lat = cpm_edge::stats::merged_latency(&stats);
+    println!("{snap}");
+    if !lat.is_empty() {
+        println!(
+            "in-proxy latency (ns): p50={} p90={} p99={} p99.9={} max={} n={}",
+            lat.value_at_quantile(0.5),
+            lat.value_at_quantile(0.9),
+            lat.value_at_quantile(0.99),
+            lat.value_at_quantile(0.999),
+            lat.max(),
+            lat.len()
+        );
+    }
+    if let Err(e) = result {
+        eprintln!("cpm-edge: {e}");
+        std::process::exit(1);
+    }
+}

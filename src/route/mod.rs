@@ -1,0 +1,139 @@
+//! The seed's routing (OMA CPM 5.2.3.2, Appendix C) as pure functions from
+//! bytes + immutable tables to a decision, and the one-call pipeline
+//! [`process`]: scan → decide → rewrite into the output buffer.
+//!
+//! - [`legs`]: the three legs of a CPM Session Invitation and their Route
+//!   marker (the wire contract with Conversation Servers);
+//! - [`shards`]: CS shards, rendezvous hashing of users onto them;
+//! - [`groups`]: pre-defined group identity → hosting shard;
+//! - [`tables`]: everything above plus the edge's own identity, one
+//!   immutable snapshot;
+//! - [`decision`]: `Forward | Reply | Drop` for one scanned message.
+//!
+//! Invariant: every datagram ends in exactly one [`Outcome`].
+
+pub mod decision;
+pub mod groups;
+pub mod legs;
+pub mod shards;
+pub mod tables;
+
+pub use decision::{decide, Decision, DropReason, ForwardKind};
+pub use tables::Tables;
+
+use crate::sip::rewrite::{forward_request, forward_response, MaxForwards, RequestPlan};
+use crate::sip::scan::{scan, Message, StartLine};
+use crate::sip::{branch, reply};
+use std::net::SocketAddr;
+
+/// What became of one datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A request forwarded: `len` bytes of `out` go to `dst`.
+    Forwarded { len: usize, dst: SocketAddr, kind: ForwardKind, shard: Option<u16> },
+    /// A response forwarded back along the Via path.
+    Relayed { len: usize, dst: SocketAddr, code: u16 },
+    /// A stateless answer to a request.
+    Replied { len: usize, dst: SocketAddr, code: u16 },
+    Dropped(DropReason),
+}
+
+impl Outcome {
+    /// The datagram to send, if any.
+    pub fn send(&self) -> Option<(usize, SocketAddr)> {
+        match *self {
+            Outcome::Forwarded { len, dst, .. } | Outcome::Relayed { len, dst, .. } | Outcome::Replied { len, dst, .. } => {
+                Some((len, dst))
+            }
+            Outcome::Dropped(_) => None,
+        }
+    }
+}
+
+/// Scan, decide and write one datagram. Pure: no io, no clock, no allocation.
+pub fn process(buf: &[u8], truncated: bool, src: SocketAddr, t: &Tables, out: &mut [u8]) -> (Outcome, Message) {
+    let m = scan(buf);
+    if truncated {
+        return (Outcome::Dropped(DropReason::Oversized), m);
+    }
+    let outcome = match decide(buf, &m, src, t) {
+        Decision::Drop(r) => Outcome::Dropped(r),
+        Decision::Reply { code, reason, dst } => answer(buf, &m, code, reason, src, dst, out),
+        Decision::Relay { dst } => match forward_response(buf, &m, out) {
+            Some(len) => Outcome::Relayed {
+                len,
+                dst,
+                code: match m.start {
+                    StartLine::Response { code } => code,
+                    StartLine::Request { .. } => 0,
+                },
+            },
+            None => Outcome::Dropped(DropReason::TooLarge),
+        },
+        Decision::Forward {
+            dst,
+            kind,
+            push,
+            pop,
+            max_forwards,
+            loop_hash,
+            ruri,
+        } => {
+            let br = branch::branch(buf, &m, ruri, loop_hash);
+            let plan = RequestPlan {
+                via_prefix: &t.edge.via_prefix,
+                branch: &br,
+                route_push: push.map(|(shard, leg)| t.shards.get(shard).route_line(leg)),
+                record_route: (t.record_route && kind.record_routes() && m.to_tag.is_none() && m.method().is_some_and(dialog_creating))
+                    .then_some(&t.edge.record_route_line[..]),
+                max_forwards,
+                pop_routes: pop,
+                src,
+            };
+            match forward_request(buf, &m, &plan, out) {
+                Some(len) => Outcome::Forwarded {
+                    len,
+                    dst,
+                    kind,
+                    shard: push.map(|(s, _)| s as u16),
+                },
+                None => {
+                    let dst = reply_target(buf, &m, src);
+                    answer(buf, &m, 513, "Message Too Large", src, dst, out)
+                }
+            }
+        }
+    };
+    (outcome, m)
+}
+
+fn dialog_creating(m: crate::sip::scan::Method) -> bool {
+    use crate::sip::scan::Method::*;
+    matches!(m, Invite | Subscribe | Refer)
+}
+
+fn answer(buf: &[u8], m: &Message, code: u16, reason: &str, src: SocketAddr, dst: SocketAddr, out: &mut [u8]) -> Outcome {
+    match reply::build(buf, m, code, reason, &[], src, out) {
+        Some(len) => Outcome::Replied { len, dst, code },
+        None => Outcome::Dropped(DropReason::TooLarge),
+    }
+}
+
+/// Where a stateless answer goes (RFC 3261 §18.2.2, RFC 3581): the source
+/// address; its port when the top Via asked for `rport`, else the sent-by port.
+pub fn reply_target(buf: &[u8], m: &Message, src: SocketAddr) -> SocketAddr {
+    let _ = buf;
+    match &m.top_via {
+        Some(v) if v.rport.is_none() => SocketAddr::new(src.ip(), v.port.unwrap_or(5060)),
+        _ => src,
+    }
+}
+
+/// Max-Forwards handling shared by decision and tests.
+pub(crate) fn next_max_forwards(m: &Message) -> Option<MaxForwards> {
+    match m.max_forwards {
+        None => Some(MaxForwards::Insert(70)),
+        Some((_, 0)) => None,
+        Some((span, v)) => Some(MaxForwards::Replace(span, v - 1)),
+    }
+}

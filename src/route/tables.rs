@@ -1,0 +1,109 @@
+//! One immutable snapshot of everything routing reads: the edge's own
+//! identity, the shards, the group table, static hosts and routing knobs.
+//!
+//! Workers hold an `Arc<Tables>` and never see it change; a new snapshot is
+//! published whole (see `worker`), so a worker sees the old or the new, never
+//! a mix.
+
+use super::groups::GroupTable;
+use super::shards::ShardSet;
+use crate::config::Valid;
+use crate::sip::uri;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+/// How the edge names itself on the wire.
+#[derive(Debug, Clone)]
+pub struct EdgeIdentity {
+    /// Lowercased host as written in Via/Route (IPv6 without brackets).
+    pub host: Vec<u8>,
+    pub port: u16,
+    /// `Via: SIP/2.0/UDP host:port;branch=`
+    pub via_prefix: Vec<u8>,
+    /// `Record-Route: <sip:host:port;lr>\r\n`
+    pub record_route_line: Vec<u8>,
+    /// Other (host, port) pairs that name us; `None` port = our port.
+    pub aliases: Vec<(Vec<u8>, Option<u16>)>,
+}
+
+impl EdgeIdentity {
+    pub fn new(advertise: &str, port: u16, aliases: &[(String, Option<u16>)]) -> EdgeIdentity {
+        let hostport = format!("{advertise}:{port}");
+        EdgeIdentity {
+            host: advertise.trim_matches(|c| c == '[' || c == ']').to_ascii_lowercase().into_bytes(),
+            port,
+            via_prefix: format!("Via: SIP/2.0/UDP {hostport};branch=").into_bytes(),
+            record_route_line: format!("Record-Route: <sip:{hostport};lr>\r\n").into_bytes(),
+            aliases: aliases.iter().map(|(h, p)| (h.as_bytes().to_vec(), *p)).collect(),
+        }
+    }
+
+    pub fn hostport(&self) -> String {
+        let h = String::from_utf8_lossy(&self.host);
+        if h.contains(':') {
+            format!("[{h}]:{}", self.port)
+        } else {
+            format!("{h}:{}", self.port)
+        }
+    }
+
+    /// Do `host` and `port` (absent = 5060) name this edge?
+    pub fn is_me(&self, host: &[u8], port: Option<u16>) -> bool {
+        let port = port.unwrap_or(5060);
+        (port == self.port && host.eq_ignore_ascii_case(&self.host))
+            || self
+                .aliases
+                .iter()
+                .any(|(h, p)| host.eq_ignore_ascii_case(h) && p.unwrap_or(self.port) == port)
+    }
+}
+
+#[derive(Clone)]
+pub struct Tables {
+    pub edge: EdgeIdentity,
+    pub shards: ShardSet,
+    pub groups: GroupTable,
+    pub hosts: HashMap<Vec<u8>, SocketAddr>,
+    pub originating_pf: bool,
+    pub record_route: bool,
+    pub non_cpm_route: Option<SocketAddr>,
+}
+
+impl Tables {
+    pub fn from_config(v: &Valid) -> Tables {
+        let edge = EdgeIdentity::new(&v.advertise, v.listen.port(), &v.aliases);
+        let shards = ShardSet::new(&v.shards, &edge.hostport());
+        let mut groups = GroupTable::with_capacity(v.groups.len());
+        for (key, shard) in &v.groups {
+            assert!(*shard < shards.len(), "validated group shard index");
+            groups.insert(key, *shard as u16);
+        }
+        Tables {
+            edge,
+            shards,
+            groups,
+            hosts: v.hosts.iter().map(|(h, a)| (h.as_bytes().to_vec(), *a)).collect(),
+            originating_pf: v.originating_pf,
+            record_route: v.record_route,
+            non_cpm_route: v.non_cpm_route,
+        }
+    }
+
+    /// The address of a URI's host: an IP literal, or a static `[hosts]`
+    /// entry (the URI's port, when given, overrides the entry's).
+    pub fn resolve(&self, buf: &[u8], u: &uri::Uri) -> Option<SocketAddr> {
+        let host = u.host.get(buf);
+        if let Some(a) = uri::socket_addr(host, u.port) {
+            return Some(a);
+        }
+        if host.len() > 253 {
+            return None;
+        }
+        let mut lower = [0u8; 253];
+        for (d, s) in lower.iter_mut().zip(host) {
+            *d = s.to_ascii_lowercase();
+        }
+        let a = *self.hosts.get(&lower[..host.len()])?;
+        Some(SocketAddr::new(a.ip(), u.port.unwrap_or(a.port())))
+    }
+}

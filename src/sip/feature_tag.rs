@@ -1,0 +1,103 @@
+//! The CPM enabler usage indication: a CPM ICSI
+//! (`urn:urn-7:3gpp-service.ims.icsi.oma.cpm.<service>`) in Accept-Contact or
+//! Contact (as a `+g.3gpp.icsi-ref` feature-tag value, RFC 3840/3841, where
+//! `:` is usually escaped as `%3A`) or as a P-Preferred-Service /
+//! P-Asserted-Service value (RFC 6050, plain form).
+//!
+//! The scan searches each of those header values once with a precompiled
+//! `memmem` finder for the invariant middle of the URN, then checks the
+//! prefix (`urn:urn-7:` in plain or escaped form) and the service name.
+
+use memchr::memmem::Finder;
+use std::sync::OnceLock;
+
+/// One bit per CPM service of the ICSI.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpmServices(pub u8);
+
+impl CpmServices {
+    pub const SESSION: u8 = 1;
+    pub const MSG: u8 = 2;
+    pub const LARGEMSG: u8 = 4;
+    pub const DEFERRED: u8 = 8;
+    pub const FILETRANSFER: u8 = 16;
+    pub const SYSTEMMSG: u8 = 32;
+
+    pub fn any(self) -> bool {
+        self.0 != 0
+    }
+}
+
+const MIDDLE: &[u8] = b"3gpp-service.ims.icsi.oma.cpm.";
+const SERVICES: [(&[u8], u8); 6] = [
+    (b"session", CpmServices::SESSION),
+    (b"msg", CpmServices::MSG),
+    (b"largemsg", CpmServices::LARGEMSG),
+    (b"deferred", CpmServices::DEFERRED),
+    (b"filetransfer", CpmServices::FILETRANSFER),
+    (b"systemmsg", CpmServices::SYSTEMMSG),
+];
+
+fn finder() -> &'static Finder<'static> {
+    static F: OnceLock<Finder<'static>> = OnceLock::new();
+    F.get_or_init(|| Finder::new(MIDDLE))
+}
+
+/// Does `prefix_end` follow a `urn:urn-7:` (any case, `:` plain or `%3A`)?
+fn has_urn_prefix(v: &[u8], at: usize) -> bool {
+    let before = &v[..at];
+    let ends_ci = |suffix: &[u8]| {
+        before.len() >= suffix.len() && before[before.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+    };
+    ends_ci(b"urn:urn-7:") || ends_ci(b"urn%3Aurn-7%3A")
+}
+
+/// CPM services named in one header value (any number of ICSIs, e.g. a
+/// comma-separated `+g.3gpp.icsi-ref` list).
+pub fn cpm_services(v: &[u8]) -> CpmServices {
+    let mut found = 0u8;
+    for at in finder().find_iter(v) {
+        if !has_urn_prefix(v, at) {
+            continue;
+        }
+        let rest = &v[at + MIDDLE.len()..];
+        let name_len = rest
+            .iter()
+            .position(|b| !(b.is_ascii_alphanumeric() || *b == b'-'))
+            .unwrap_or(rest.len());
+        let name = &rest[..name_len];
+        if let Some((_, bit)) = SERVICES.iter().find(|(s, _)| s.eq_ignore_ascii_case(name)) {
+            found |= bit;
+        }
+    }
+    CpmServices(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaped_and_plain_forms() {
+        let ac = br#"*;+g.3gpp.icsi-ref="urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.session";explicit"#;
+        assert_eq!(cpm_services(ac).0, CpmServices::SESSION);
+        let pps = b"urn:urn-7:3gpp-service.ims.icsi.oma.cpm.msg";
+        assert_eq!(cpm_services(pps).0, CpmServices::MSG);
+        let lower = br#"+g.3gpp.icsi-ref="urn%3aurn-7%3a3gpp-service.ims.icsi.oma.cpm.largemsg,urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.filetransfer""#;
+        assert_eq!(cpm_services(lower).0, CpmServices::LARGEMSG | CpmServices::FILETRANSFER);
+    }
+
+    #[test]
+    fn near_misses_are_not_cpm() {
+        // MMTel ICSI, unknown CPM service, missing urn-7 prefix, truncated.
+        for v in [
+            &b"urn:urn-7:3gpp-service.ims.icsi.mmtel"[..],
+            b"urn:urn-7:3gpp-service.ims.icsi.oma.cpm.sessionx",
+            b"urn:urn-9:3gpp-service.ims.icsi.oma.cpm.session",
+            b"3gpp-service.ims.icsi.oma.cpm.session",
+            b"urn:urn-7:3gpp-service.ims.icsi.oma.cpm.",
+        ] {
+            assert!(!cpm_services(v).any(), "{}", String::from_utf8_lossy(v));
+        }
+    }
+}

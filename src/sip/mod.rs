@@ -1,0 +1,78 @@
+//! Sans-IO SIP: everything that reads or writes SIP bytes, nothing that
+//! touches a socket, a clock or a thread.
+//!
+//! - [`scan`]: one pass over a datagram, offsets of what routing needs;
+//! - [`uri`], [`via`], [`params`]: small grammar helpers over those offsets;
+//! - [`feature_tag`]: the CPM enabler usage indication (CPM ICSI);
+//! - [`branch`]: RFC 3261 §16.11 stateless branch and loop-detection hash;
+//! - [`rewrite`]: forwarded requests and responses into an output buffer;
+//! - [`reply`]: stateless answers (400, 403, 482, 483, ...).
+
+pub mod branch;
+pub mod feature_tag;
+pub mod params;
+pub mod reply;
+pub mod rewrite;
+pub mod scan;
+pub mod uri;
+pub mod via;
+
+/// A byte range `[start, end)` into the datagram being handled.
+///
+/// Offsets are `u32` so the scan result stays small; datagrams are bounded
+/// far below 4 GiB by the io layer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Span {
+    pub start: u32,
+    pub end: u32,
+}
+
+impl Span {
+    #[inline]
+    pub fn new(start: usize, end: usize) -> Span {
+        debug_assert!(start <= end);
+        Span {
+            start: start as u32,
+            end: end as u32,
+        }
+    }
+    #[inline]
+    pub fn get<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        buf.get(self.start as usize..self.end as usize).unwrap_or(&[])
+    }
+    #[inline]
+    pub fn len(&self) -> usize {
+        (self.end - self.start) as usize
+    }
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.end <= self.start
+    }
+    /// A sub-span given offsets relative to this span's start.
+    #[inline]
+    pub fn sub(&self, from: usize, to: usize) -> Span {
+        debug_assert!(from <= to && to <= self.len());
+        Span::new(self.start as usize + from, self.start as usize + to)
+    }
+}
+
+/// Linear whitespace inside a header value (folding already joined in place:
+/// CR and LF count as whitespace so folded values parse like unfolded ones).
+#[inline]
+pub(crate) fn is_lws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+/// Trim LWS from both ends of `span`.
+pub(crate) fn trim(buf: &[u8], span: Span) -> Span {
+    let s = span.get(buf);
+    let a = s.iter().position(|b| !is_lws(*b)).unwrap_or(s.len());
+    let b = s.iter().rposition(|b| !is_lws(*b)).map_or(a, |p| p + 1);
+    span.sub(a, b.max(a))
+}
+
+/// RFC 3261 `token` characters.
+#[inline]
+pub(crate) fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+}

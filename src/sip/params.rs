@@ -1,0 +1,171 @@
+//! Parameters (`;name=value`) and comma-separated header values, the two
+//! list shapes of RFC 3261 §7.3.1, over spans of the datagram.
+//!
+//! Quoted strings and `<...>` URIs are opaque: a `;` or `,` inside them does
+//! not split. Nothing here allocates.
+
+use super::{is_lws, trim, Span};
+
+/// One `name[=value]` parameter; `value` is `None` for a bare flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Param {
+    pub name: Span,
+    pub value: Option<Span>,
+    /// The whole `;name=value` text including the leading `;`.
+    pub whole: Span,
+}
+
+/// Iterates the parameters of `span`, which starts at or before the first `;`.
+pub struct Params<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    end: usize,
+}
+
+/// Parameters in `span`: everything after the first `;` that is not inside
+/// quotes or angle brackets.
+pub fn params(buf: &[u8], span: Span) -> Params<'_> {
+    let end = (span.end as usize).min(buf.len());
+    let start = (span.start as usize).min(end);
+    let pos = find_unquoted(buf, start, end, b';').unwrap_or(end);
+    Params { buf, pos, end }
+}
+
+impl Iterator for Params<'_> {
+    type Item = Param;
+    fn next(&mut self) -> Option<Param> {
+        while self.pos < self.end {
+            debug_assert_eq!(self.buf[self.pos], b';');
+            let start = self.pos;
+            let next = find_unquoted(self.buf, start + 1, self.end, b';').unwrap_or(self.end);
+            self.pos = next;
+            let body = trim(self.buf, Span::new(start + 1, next));
+            if body.is_empty() {
+                continue;
+            }
+            let text = body.get(self.buf);
+            let param = match memchr::memchr(b'=', text) {
+                Some(eq) => Param {
+                    name: trim(self.buf, body.sub(0, eq)),
+                    value: Some(trim(self.buf, body.sub(eq + 1, body.len()))),
+                    whole: Span::new(start, body.end as usize),
+                },
+                None => Param {
+                    name: body,
+                    value: None,
+                    whole: Span::new(start, body.end as usize),
+                },
+            };
+            return Some(param);
+        }
+        None
+    }
+}
+
+/// The parameter named `name` (case-insensitive) in `span`.
+pub fn find_param(buf: &[u8], span: Span, name: &[u8]) -> Option<Param> {
+    params(buf, span).find(|p| p.name.get(buf).eq_ignore_ascii_case(name))
+}
+
+/// Index of the first `needle` in `buf[from..end]` outside quotes and `<>`.
+pub fn find_unquoted(buf: &[u8], from: usize, end: usize, needle: u8) -> Option<usize> {
+    let mut in_quote = false;
+    let mut in_angle = false;
+    let mut i = from;
+    while i < end {
+        let b = buf[i];
+        if in_quote {
+            if b == b'\\' {
+                i += 1;
+            } else if b == b'"' {
+                in_quote = false;
+            }
+        } else if b == needle && !in_angle {
+            return Some(i);
+        } else if b == b'"' {
+            in_quote = true;
+        } else if b == b'<' {
+            in_angle = true;
+        } else if b == b'>' {
+            in_angle = false;
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The comma-separated values of a header value span, trimmed.
+pub struct Values<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    end: usize,
+}
+
+pub fn values(buf: &[u8], span: Span) -> Values<'_> {
+    let end = (span.end as usize).min(buf.len());
+    Values {
+        buf,
+        pos: (span.start as usize).min(end),
+        end,
+    }
+}
+
+impl Iterator for Values<'_> {
+    type Item = Span;
+    fn next(&mut self) -> Option<Span> {
+        while self.pos < self.end {
+            let start = self.pos;
+            let stop = find_unquoted(self.buf, start, self.end, b',').unwrap_or(self.end);
+            self.pos = stop + 1;
+            let v = trim(self.buf, Span::new(start, stop));
+            if !v.is_empty() {
+                return Some(v);
+            }
+        }
+        None
+    }
+}
+
+/// Start of the value following the one ending at `end` in the same header
+/// (the byte after the comma and its LWS), if any.
+pub fn next_value_start(buf: &[u8], end: usize, limit: usize) -> Option<usize> {
+    let mut i = end;
+    while i < limit && is_lws(buf[i]) {
+        i += 1;
+    }
+    if i < limit && buf[i] == b',' {
+        i += 1;
+        while i < limit && is_lws(buf[i]) {
+            i += 1;
+        }
+        return Some(i);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all(s: &[u8]) -> Span {
+        Span::new(0, s.len())
+    }
+
+    #[test]
+    fn params_respect_quotes_and_flags() {
+        let s = b"<sip:a@b;lr>;x=\"a;b\";lr ; rport;branch=z9hG4bK1";
+        let ps: Vec<_> = params(s, all(s)).collect();
+        let names: Vec<&[u8]> = ps.iter().map(|p| p.name.get(s)).collect();
+        assert_eq!(names, vec![&b"x"[..], b"lr", b"rport", b"branch"]);
+        assert_eq!(ps[0].value.unwrap().get(s), b"\"a;b\"");
+        assert!(ps[2].value.is_none());
+        assert_eq!(find_param(s, all(s), b"BRANCH").unwrap().value.unwrap().get(s), b"z9hG4bK1");
+    }
+
+    #[test]
+    fn values_split_outside_angles() {
+        let s = b"<sip:a,b@x;lr>, \"q,uote\" <sip:c>,\r\n <sip:d>";
+        let vs: Vec<&[u8]> = values(s, all(s)).map(|v| v.get(s)).collect();
+        assert_eq!(vs, vec![&b"<sip:a,b@x;lr>"[..], b"\"q,uote\" <sip:c>", b"<sip:d>"]);
+    }
+}

@@ -1,0 +1,60 @@
+//! Stateless answers to requests the edge refuses (RFC 3261 §8.2.6, §16.3):
+//! the request's Via (top value marked `received`/`rport`), From, To (with a
+//! To-tag added: derived from the request, so a retransmission gets the same
+//! answer), Call-ID and CSeq, then our reason phrase and optional extra lines.
+
+use super::branch::StableHash;
+use super::rewrite::{mark_received, Edits, Out};
+use super::scan::{header_lines, Header, Message};
+use std::net::SocketAddr;
+
+/// Write `SIP/2.0 <code> <reason>` answering `m`. `extra` lines must each end
+/// with CRLF. `None` when it does not fit `out`.
+pub fn build(buf: &[u8], m: &Message, code: u16, reason: &str, extra: &[&[u8]], src: SocketAddr, out: &mut [u8]) -> Option<usize> {
+    debug_assert!((100..700).contains(&code));
+    let mut o = Out::new(out);
+    o.put(b"SIP/2.0 ");
+    o.put_u32(u32::from(code));
+    o.put(b" ");
+    o.put(reason.as_bytes());
+    o.put(b"\r\n");
+    let mut first_via = true;
+    for h in header_lines(buf, m.headers) {
+        match h.kind {
+            Header::Via if first_via => {
+                first_via = false;
+                let mut edits = Edits::default();
+                if let Some(via) = &m.top_via {
+                    mark_received(buf, via, src, &mut edits);
+                }
+                edits.apply(buf, h.line, &mut o);
+            }
+            Header::To if m.to_tag.is_none() && code > 100 => {
+                o.put(&buf[h.line.start as usize..h.value.end as usize]);
+                o.put(b";tag=");
+                let mut tag = [0u8; 16];
+                to_tag(buf, m, &mut tag);
+                o.put(&tag);
+                o.put(&buf[h.value.end as usize..h.line.end as usize]);
+            }
+            Header::Via | Header::From | Header::To | Header::CallId | Header::CSeq => o.put(h.line.get(buf)),
+            _ => {}
+        }
+    }
+    for e in extra {
+        o.put(e);
+    }
+    o.put(b"Server: cpm-edge\r\nContent-Length: 0\r\n\r\n");
+    o.finish()
+}
+
+fn to_tag(buf: &[u8], m: &Message, out: &mut [u8; 16]) {
+    let mut h = StableHash::default();
+    h.bytes(m.call_id.get(buf));
+    h.bytes(m.from_tag.map_or(&[][..], |t| t.get(buf)));
+    h.bytes(&m.cseq_num.to_le_bytes());
+    let v = h.finish();
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = b"0123456789abcdef"[((v >> (60 - 4 * i)) & 0xf) as usize];
+    }
+}

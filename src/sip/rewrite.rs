@@ -1,0 +1,262 @@
+//! Building forwarded messages: the original bytes copied once into a
+//! preallocated output buffer, with a small sorted list of splices applied on
+//! the way (RFC 3261 §16.6 request edits, §16.7 response Via pop).
+//!
+//! Invariants: nothing is allocated; output that would not fit the buffer is
+//! refused (`None`) instead of truncated, so the caller can answer 513.
+
+use super::scan::{Message, RouteValue};
+use super::via::Via;
+use super::Span;
+use std::net::SocketAddr;
+
+/// A bounded output cursor over the caller's buffer.
+pub struct Out<'o> {
+    buf: &'o mut [u8],
+    len: usize,
+    overflow: bool,
+}
+
+impl<'o> Out<'o> {
+    pub fn new(buf: &'o mut [u8]) -> Out<'o> {
+        Out { buf, len: 0, overflow: false }
+    }
+    #[inline]
+    pub fn put(&mut self, s: &[u8]) {
+        match self.buf.get_mut(self.len..self.len + s.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(s);
+                self.len += s.len();
+            }
+            None => self.overflow = true,
+        }
+    }
+    pub fn put_u32(&mut self, v: u32) {
+        let mut tmp = [0u8; 10];
+        let mut i = tmp.len();
+        let mut v = v;
+        loop {
+            i -= 1;
+            tmp[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        self.put(&tmp[i..]);
+    }
+    /// Bytes written, or `None` when something did not fit.
+    pub fn finish(self) -> Option<usize> {
+        (!self.overflow).then_some(self.len)
+    }
+}
+
+/// Inline bytes of one insertion (an IP address, a port, a number).
+#[derive(Clone, Copy)]
+pub struct Ins {
+    bytes: [u8; 64],
+    len: u8,
+}
+
+impl Ins {
+    pub const EMPTY: Ins = Ins { bytes: [0; 64], len: 0 };
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+    fn writer(&mut self) -> InsWriter<'_> {
+        InsWriter(self)
+    }
+}
+
+struct InsWriter<'a>(&'a mut Ins);
+impl std::io::Write for InsWriter<'_> {
+    fn write(&mut self, s: &[u8]) -> std::io::Result<usize> {
+        let start = self.0.len as usize;
+        let n = s.len().min(self.0.bytes.len() - start);
+        self.0.bytes[start..start + n].copy_from_slice(&s[..n]);
+        self.0.len += n as u8;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Replace `del` bytes at `at` with `ins`.
+#[derive(Clone, Copy)]
+pub struct Edit {
+    pub at: u32,
+    pub del: u32,
+    pub ins: Ins,
+}
+
+const MAX_EDITS: usize = 8;
+
+/// A small, sorted-on-use set of splices over one region.
+pub struct Edits {
+    list: [Edit; MAX_EDITS],
+    n: usize,
+}
+
+impl Default for Edits {
+    fn default() -> Self {
+        Edits {
+            list: [Edit { at: 0, del: 0, ins: Ins::EMPTY }; MAX_EDITS],
+            n: 0,
+        }
+    }
+}
+
+impl Edits {
+    fn push(&mut self, at: usize, del: usize, f: impl FnOnce(&mut dyn std::io::Write)) {
+        assert!(self.n < MAX_EDITS, "more splices than any rewrite needs");
+        let mut ins = Ins::EMPTY;
+        f(&mut ins.writer());
+        self.list[self.n] = Edit {
+            at: at as u32,
+            del: del as u32,
+            ins,
+        };
+        self.n += 1;
+    }
+    pub fn delete(&mut self, span: Span) {
+        self.push(span.start as usize, span.len(), |_| {});
+    }
+    pub fn replace(&mut self, span: Span, f: impl FnOnce(&mut dyn std::io::Write)) {
+        self.push(span.start as usize, span.len(), f);
+    }
+    pub fn insert(&mut self, at: usize, f: impl FnOnce(&mut dyn std::io::Write)) {
+        self.push(at, 0, f);
+    }
+
+    /// Copy `region` of `buf` to `out`, applying the edits inside it.
+    pub fn apply(&mut self, buf: &[u8], region: Span, out: &mut Out<'_>) {
+        let list = &mut self.list[..self.n];
+        list.sort_unstable_by_key(|e| (e.at, e.del));
+        let mut pos = region.start as usize;
+        for e in list.iter() {
+            let at = e.at as usize;
+            debug_assert!(at >= pos && at + e.del as usize <= region.end as usize, "overlapping splices");
+            if at < pos {
+                continue;
+            }
+            out.put(&buf[pos..at]);
+            out.put(e.ins.as_slice());
+            pos = at + e.del as usize;
+        }
+        out.put(&buf[pos.min(region.end as usize)..region.end as usize]);
+    }
+}
+
+/// RFC 3261 §18.2.1 + RFC 3581 §4: add `received` when the sent-by host is
+/// not the source address (always, when `rport` is present) and fill a bare
+/// `rport` with the source port.
+pub fn mark_received(buf: &[u8], via: &Via, src: SocketAddr, edits: &mut Edits) {
+    let host_is_src = super::uri::ip_of(via.host.get(buf)) == Some(src.ip());
+    if via.rport == Some(None) {
+        edits.insert(via.rport_end as usize, |w| {
+            let _ = write!(w, "={}", src.port());
+        });
+    }
+    if via.received.is_none() && (!host_is_src || via.rport.is_some()) {
+        edits.insert(via.value.end as usize, |w| {
+            let _ = write!(w, ";received={}", src.ip());
+        });
+    }
+}
+
+/// Remove the first `n` Route values (ours), whole lines where nothing
+/// remains in them.
+pub fn pop_routes(routes: &[RouteValue], n: usize, edits: &mut Edits) {
+    let popped = &routes[..n.min(routes.len())];
+    let mut i = 0;
+    while i < popped.len() {
+        let line = popped[i].line;
+        let mut j = i;
+        while j + 1 < popped.len() && popped[j + 1].line == line {
+            j += 1;
+        }
+        match popped[j].next_in_line {
+            None => edits.delete(line),
+            Some(next) => edits.delete(Span::new(popped[i].value.start as usize, next as usize)),
+        }
+        i = j + 1;
+    }
+}
+
+/// How the forwarded request's Max-Forwards is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaxForwards {
+    /// Absent in the request: insert this value.
+    Insert(u32),
+    /// Replace the value span with this number.
+    Replace(Span, u32),
+}
+
+/// Everything a forwarded request gains or loses (RFC 3261 §16.6).
+pub struct RequestPlan<'a> {
+    /// Our complete Via line up to the branch value: `Via: SIP/2.0/UDP h:p;branch=`.
+    pub via_prefix: &'a [u8],
+    pub branch: &'a [u8],
+    /// A complete `Route: ...\r\n` line pushed on top, if any.
+    pub route_push: Option<&'a [u8]>,
+    /// A complete `Record-Route: ...\r\n` line, if any.
+    pub record_route: Option<&'a [u8]>,
+    pub max_forwards: MaxForwards,
+    pub pop_routes: usize,
+    pub src: SocketAddr,
+}
+
+/// Write the forwarded request. `None`: it would not fit `out` (answer 513).
+pub fn forward_request(buf: &[u8], m: &Message, plan: &RequestPlan<'_>, out: &mut [u8]) -> Option<usize> {
+    let mut o = Out::new(out);
+    o.put(m.start_line.get(buf));
+    o.put(b"\r\n");
+    o.put(plan.via_prefix);
+    o.put(plan.branch);
+    o.put(b"\r\n");
+    if let Some(r) = plan.route_push {
+        o.put(r);
+    }
+    if let Some(rr) = plan.record_route {
+        o.put(rr);
+    }
+    let mut edits = Edits::default();
+    match plan.max_forwards {
+        MaxForwards::Insert(v) => {
+            o.put(b"Max-Forwards: ");
+            o.put_u32(v);
+            o.put(b"\r\n");
+        }
+        MaxForwards::Replace(span, v) => edits.replace(span, |w| {
+            let _ = write!(w, "{v}");
+        }),
+    }
+    if let Some(via) = &m.top_via {
+        mark_received(buf, via, plan.src, &mut edits);
+    }
+    pop_routes(m.route_values(), plan.pop_routes, &mut edits);
+    edits.apply(buf, m.headers, &mut o);
+    o.put(b"\r\n");
+    o.put(m.body.get(buf));
+    o.finish()
+}
+
+/// Write the forwarded response: the top Via (ours) removed, nothing else
+/// touched (RFC 3261 §16.7 step 3).
+pub fn forward_response(buf: &[u8], m: &Message, out: &mut [u8]) -> Option<usize> {
+    let mut o = Out::new(out);
+    o.put(m.start_line.get(buf));
+    o.put(b"\r\n");
+    let mut edits = Edits::default();
+    if let Some(via) = &m.top_via {
+        match m.top_via_next {
+            Some(next) => edits.delete(Span::new(via.value.start as usize, next as usize)),
+            None => edits.delete(m.top_via_line),
+        }
+    }
+    edits.apply(buf, m.headers, &mut o);
+    o.put(b"\r\n");
+    o.put(m.body.get(buf));
+    o.finish()
+}

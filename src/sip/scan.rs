@@ -1,0 +1,693 @@
+//! The zero-copy scan: one pass over a datagram that records, as offsets,
+//! everything the routing core reads.
+//!
+//! Invariants:
+//! - no allocation, no copy; every [`Span`] lies inside the scanned buffer;
+//! - header names are matched case-insensitively, compact forms included
+//!   (`v i m f t l c a`), values may be folded over continuation lines;
+//! - a defect never aborts the scan early when more of the message can still
+//!   be read: the reply builder needs the Via, From, To, Call-ID and CSeq of a
+//!   malformed request to answer it. The first defect found is kept.
+
+use super::feature_tag::{cpm_services, CpmServices};
+use super::params::{next_value_start, values};
+use super::uri::{addr_of, header_params};
+use super::via::{self, Via};
+use super::{is_token, trim, Span};
+use memchr::memmem;
+
+/// The SIP methods the edge tells apart; anything else is `Other` and is
+/// routed like any request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Invite,
+    Ack,
+    Bye,
+    Cancel,
+    Options,
+    Register,
+    Message,
+    Update,
+    Prack,
+    Subscribe,
+    Notify,
+    Refer,
+    Info,
+    Publish,
+    Other,
+}
+
+impl Method {
+    pub fn from_bytes(m: &[u8]) -> Method {
+        match m {
+            b"INVITE" => Method::Invite,
+            b"ACK" => Method::Ack,
+            b"BYE" => Method::Bye,
+            b"CANCEL" => Method::Cancel,
+            b"OPTIONS" => Method::Options,
+            b"REGISTER" => Method::Register,
+            b"MESSAGE" => Method::Message,
+            b"UPDATE" => Method::Update,
+            b"PRACK" => Method::Prack,
+            b"SUBSCRIBE" => Method::Subscribe,
+            b"NOTIFY" => Method::Notify,
+            b"REFER" => Method::Refer,
+            b"INFO" => Method::Info,
+            b"PUBLISH" => Method::Publish,
+            _ => Method::Other,
+        }
+    }
+
+    pub const ALL: [Method; 15] = [
+        Method::Invite,
+        Method::Ack,
+        Method::Bye,
+        Method::Cancel,
+        Method::Options,
+        Method::Register,
+        Method::Message,
+        Method::Update,
+        Method::Prack,
+        Method::Subscribe,
+        Method::Notify,
+        Method::Refer,
+        Method::Info,
+        Method::Publish,
+        Method::Other,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Invite => "INVITE",
+            Method::Ack => "ACK",
+            Method::Bye => "BYE",
+            Method::Cancel => "CANCEL",
+            Method::Options => "OPTIONS",
+            Method::Register => "REGISTER",
+            Method::Message => "MESSAGE",
+            Method::Update => "UPDATE",
+            Method::Prack => "PRACK",
+            Method::Subscribe => "SUBSCRIBE",
+            Method::Notify => "NOTIFY",
+            Method::Refer => "REFER",
+            Method::Info => "INFO",
+            Method::Publish => "PUBLISH",
+            Method::Other => "other",
+        }
+    }
+}
+
+/// What is wrong with a message. For a request the reason becomes the
+/// reason phrase of the `400` (or `505`); for a response it names the drop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Defect {
+    /// Only CR/LF/whitespace: a keepalive, never answered.
+    Keepalive,
+    BadStartLine,
+    UnsupportedVersion,
+    BadRequestUri,
+    MissingBlankLine,
+    MalformedHeader,
+    NulInHeaders,
+    MissingVia,
+    BadVia,
+    MissingFrom,
+    BadFrom,
+    MissingTo,
+    BadTo,
+    MissingCallId,
+    MissingCSeq,
+    BadCSeq,
+    CSeqMethodMismatch,
+    BadMaxForwards,
+    BadContentLength,
+    BodyTruncated,
+    DuplicateCallId,
+    DuplicateCSeq,
+    DuplicateFrom,
+    DuplicateTo,
+    DuplicateMaxForwards,
+    DuplicateContentLength,
+}
+
+impl Defect {
+    /// The reason phrase sent in the `400`/`505` answer.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Defect::Keepalive => "Keepalive",
+            Defect::BadStartLine => "Bad Request - Malformed Start Line",
+            Defect::UnsupportedVersion => "Version Not Supported",
+            Defect::BadRequestUri => "Bad Request - Malformed Request-URI",
+            Defect::MissingBlankLine => "Bad Request - Missing Blank Line After Headers",
+            Defect::MalformedHeader => "Bad Request - Malformed Header Line",
+            Defect::NulInHeaders => "Bad Request - NUL Byte In Headers",
+            Defect::MissingVia => "Bad Request - Missing Via",
+            Defect::BadVia => "Bad Request - Malformed Via",
+            Defect::MissingFrom => "Bad Request - Missing From",
+            Defect::BadFrom => "Bad Request - Malformed From",
+            Defect::MissingTo => "Bad Request - Missing To",
+            Defect::BadTo => "Bad Request - Malformed To",
+            Defect::MissingCallId => "Bad Request - Missing Call-ID",
+            Defect::MissingCSeq => "Bad Request - Missing CSeq",
+            Defect::BadCSeq => "Bad Request - Malformed CSeq",
+            Defect::CSeqMethodMismatch => "Bad Request - CSeq Method Does Not Match",
+            Defect::BadMaxForwards => "Bad Request - Malformed Max-Forwards",
+            Defect::BadContentLength => "Bad Request - Malformed Content-Length",
+            Defect::BodyTruncated => "Bad Request - Content-Length Exceeds Body",
+            Defect::DuplicateCallId => "Bad Request - Duplicate Call-ID",
+            Defect::DuplicateCSeq => "Bad Request - Duplicate CSeq",
+            Defect::DuplicateFrom => "Bad Request - Duplicate From",
+            Defect::DuplicateTo => "Bad Request - Duplicate To",
+            Defect::DuplicateMaxForwards => "Bad Request - Duplicate Max-Forwards",
+            Defect::DuplicateContentLength => "Bad Request - Conflicting Content-Length",
+        }
+    }
+
+    /// Status code for a request with this defect.
+    pub fn status(self) -> u16 {
+        match self {
+            Defect::UnsupportedVersion => 505,
+            _ => 400,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartLine {
+    Request { method: Method, method_span: Span, uri: Span },
+    Response { code: u16 },
+}
+
+/// One Route value and where it sits, so it can be popped in place.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouteValue {
+    /// The name-addr text, e.g. `<sip:edge;lr>`.
+    pub value: Span,
+    /// The whole header line (name to CRLF, continuation lines included).
+    pub line: Span,
+    /// Start of the next value in the same line, if the line has one.
+    pub next_in_line: Option<u32>,
+}
+
+/// How many Route values are remembered; more are counted, and routing never
+/// needs to look past the first few (ours, possibly twice, then the next hop).
+pub const MAX_ROUTES: usize = 4;
+
+/// The scan result: offsets into the datagram, nothing owned.
+#[derive(Clone, Copy, Debug)]
+pub struct Message {
+    pub start: StartLine,
+    /// The start line without its CRLF.
+    pub start_line: Span,
+    /// All header lines, each with its CRLF; ends before the blank line.
+    pub headers: Span,
+    /// The body as delimited by Content-Length (or the rest of the datagram).
+    pub body: Span,
+    pub top_via: Option<Via>,
+    pub top_via_line: Span,
+    /// Start of the value after the top Via in the same line, if any.
+    pub top_via_next: Option<u32>,
+    pub second_via: Option<Via>,
+    pub via_count: u16,
+    /// Max-Forwards value span and its number.
+    pub max_forwards: Option<(Span, u32)>,
+    pub call_id: Span,
+    pub cseq_num: u32,
+    pub cseq_method: Span,
+    pub from: Span,
+    pub from_uri: Span,
+    pub from_tag: Option<Span>,
+    pub to: Span,
+    pub to_uri: Span,
+    pub to_tag: Option<Span>,
+    /// URI of the first P-Asserted-Identity value.
+    pub pai_uri: Option<Span>,
+    pub routes: [RouteValue; MAX_ROUTES],
+    /// All Route values seen (saturating).
+    pub route_count: u8,
+    /// CPM ICSIs found in Accept-Contact, Contact, P-Preferred-Service and
+    /// P-Asserted-Service.
+    pub cpm: CpmServices,
+    pub content_length: Option<u32>,
+    pub content_type: Option<Span>,
+    pub defect: Option<Defect>,
+}
+
+impl Message {
+    fn empty() -> Message {
+        Message {
+            start: StartLine::Response { code: 0 },
+            start_line: Span::default(),
+            headers: Span::default(),
+            body: Span::default(),
+            top_via: None,
+            top_via_line: Span::default(),
+            top_via_next: None,
+            second_via: None,
+            via_count: 0,
+            max_forwards: None,
+            call_id: Span::default(),
+            cseq_num: 0,
+            cseq_method: Span::default(),
+            from: Span::default(),
+            from_uri: Span::default(),
+            from_tag: None,
+            to: Span::default(),
+            to_uri: Span::default(),
+            to_tag: None,
+            pai_uri: None,
+            routes: [RouteValue::default(); MAX_ROUTES],
+            route_count: 0,
+            cpm: CpmServices::default(),
+            content_length: None,
+            content_type: None,
+            defect: None,
+        }
+    }
+
+    #[inline]
+    fn flag(&mut self, d: Defect) {
+        if self.defect.is_none() {
+            self.defect = Some(d);
+        }
+    }
+
+    pub fn is_request(&self) -> bool {
+        matches!(self.start, StartLine::Request { .. })
+    }
+
+    pub fn method(&self) -> Option<Method> {
+        match self.start {
+            StartLine::Request { method, .. } => Some(method),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    /// The remembered Route values, in order.
+    pub fn route_values(&self) -> &[RouteValue] {
+        &self.routes[..(self.route_count as usize).min(MAX_ROUTES)]
+    }
+}
+
+/// The headers the scan reads; everything else is carried through untouched.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Header {
+    Via,
+    MaxForwards,
+    CallId,
+    CSeq,
+    From,
+    To,
+    Route,
+    RecordRoute,
+    PAssertedIdentity,
+    AcceptContact,
+    Contact,
+    PPreferredService,
+    PAssertedService,
+    ContentLength,
+    ContentType,
+    Other,
+}
+
+/// Classify a header name (case-insensitive, compact forms included).
+pub fn header_kind(name: &[u8]) -> Header {
+    let eq = |s: &[u8]| name.eq_ignore_ascii_case(s);
+    match name.len() {
+        1 => match name[0].to_ascii_lowercase() {
+            b'v' => Header::Via,
+            b'i' => Header::CallId,
+            b'f' => Header::From,
+            b't' => Header::To,
+            b'm' => Header::Contact,
+            b'l' => Header::ContentLength,
+            b'c' => Header::ContentType,
+            b'a' => Header::AcceptContact,
+            _ => Header::Other,
+        },
+        2 if eq(b"To") => Header::To,
+        3 if eq(b"Via") => Header::Via,
+        4 if eq(b"From") => Header::From,
+        4 if eq(b"CSeq") => Header::CSeq,
+        5 if eq(b"Route") => Header::Route,
+        7 if eq(b"Call-ID") => Header::CallId,
+        7 if eq(b"Contact") => Header::Contact,
+        12 if eq(b"Max-Forwards") => Header::MaxForwards,
+        12 if eq(b"Record-Route") => Header::RecordRoute,
+        12 if eq(b"Content-Type") => Header::ContentType,
+        14 if eq(b"Accept-Contact") => Header::AcceptContact,
+        14 if eq(b"Content-Length") => Header::ContentLength,
+        18 if eq(b"P-Asserted-Service") => Header::PAssertedService,
+        19 if eq(b"P-Preferred-Service") => Header::PPreferredService,
+        19 if eq(b"P-Asserted-Identity") => Header::PAssertedIdentity,
+        _ => Header::Other,
+    }
+}
+
+/// One logical header: continuation lines joined (by span, not by copy).
+#[derive(Clone, Copy, Debug)]
+pub struct HeaderLine {
+    pub kind: Header,
+    pub name: Span,
+    /// The value, trimmed, possibly containing CRLF+WS of folded lines.
+    pub value: Span,
+    /// Name through the final CRLF.
+    pub line: Span,
+}
+
+/// Iterates the logical header lines of `headers`. A line without a colon is
+/// yielded with `kind == Other` and an empty name so the caller can flag it.
+pub struct HeaderLines<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    end: usize,
+}
+
+pub fn header_lines(buf: &[u8], headers: Span) -> HeaderLines<'_> {
+    let end = (headers.end as usize).min(buf.len());
+    HeaderLines {
+        buf,
+        pos: (headers.start as usize).min(end),
+        end,
+    }
+}
+
+impl Iterator for HeaderLines<'_> {
+    type Item = HeaderLine;
+    fn next(&mut self) -> Option<HeaderLine> {
+        if self.pos >= self.end {
+            return None;
+        }
+        let buf = self.buf;
+        let start = self.pos;
+        // Extend over continuation lines (next physical line starts with SP/HT).
+        let mut line_end;
+        let mut scan_from = start;
+        loop {
+            line_end = match memchr::memchr(b'\n', &buf[scan_from..self.end]) {
+                Some(p) => scan_from + p + 1,
+                None => self.end,
+            };
+            if line_end < self.end && matches!(buf[line_end], b' ' | b'\t') {
+                scan_from = line_end;
+                continue;
+            }
+            break;
+        }
+        self.pos = line_end;
+        let line = Span::new(start, line_end);
+        let text = &buf[start..line_end];
+        let Some(colon) = memchr::memchr(b':', text) else {
+            return Some(HeaderLine {
+                kind: Header::Other,
+                name: Span::new(start, start),
+                value: trim(buf, line),
+                line,
+            });
+        };
+        let name = trim(buf, Span::new(start, start + colon));
+        let valid_name = !name.is_empty() && name.get(buf).iter().all(|b| is_token(*b));
+        let value = trim(buf, Span::new(start + colon + 1, line_end));
+        Some(HeaderLine {
+            kind: if valid_name { header_kind(name.get(buf)) } else { Header::Other },
+            name: if valid_name { name } else { Span::new(start, start) },
+            value,
+            line,
+        })
+    }
+}
+
+fn crlf2() -> &'static memmem::Finder<'static> {
+    static F: std::sync::OnceLock<memmem::Finder<'static>> = std::sync::OnceLock::new();
+    F.get_or_init(|| memmem::Finder::new(b"\r\n\r\n"))
+}
+
+fn parse_u32(s: &[u8]) -> Option<u32> {
+    if s.is_empty() || s.len() > 10 || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let v = s.iter().fold(0u64, |a, d| a * 10 + u64::from(d - b'0'));
+    u32::try_from(v).ok()
+}
+
+/// Scan one datagram. Never panics; the result's `defect` says what is wrong.
+pub fn scan(buf: &[u8]) -> Message {
+    let mut m = Message::empty();
+    // RFC 3261 §7.5: empty lines before the start line are ignored.
+    let Some(first) = buf.iter().position(|b| !matches!(b, b'\r' | b'\n' | b' ' | b'\t' | 0)) else {
+        m.flag(Defect::Keepalive);
+        return m;
+    };
+    let Some(sl_len) = memchr::memchr(b'\n', &buf[first..]) else {
+        m.flag(Defect::BadStartLine);
+        return m;
+    };
+    let sl_nl = first + sl_len;
+    let sl_end = if sl_nl > first && buf[sl_nl - 1] == b'\r' { sl_nl - 1 } else { sl_nl };
+    m.start_line = Span::new(first, sl_end);
+    scan_start_line(buf, &mut m);
+
+    let hdr_start = sl_nl + 1;
+    // The blank line ends the headers; look from the start line's own CRLF so
+    // a message with no header at all is still delimited.
+    let (headers_end, body_start) = match crlf2().find(&buf[sl_end..]) {
+        Some(p) => (sl_end + p + 2, sl_end + p + 4),
+        None => {
+            m.flag(Defect::MissingBlankLine);
+            let last_nl = memchr::memrchr(b'\n', buf).map_or(hdr_start, |p| p + 1);
+            (last_nl.max(hdr_start), buf.len())
+        }
+    };
+    let headers_end = headers_end.max(hdr_start);
+    m.headers = Span::new(hdr_start, headers_end);
+    if memchr::memchr(0, &buf[hdr_start..headers_end]).is_some() {
+        m.flag(Defect::NulInHeaders);
+    }
+    scan_headers(buf, &mut m);
+
+    // Body: Content-Length delimits it on UDP too when present (RFC 3261
+    // §18.3: extra octets are discarded; fewer is an error).
+    let available = buf.len().saturating_sub(body_start);
+    let body_len = match m.content_length {
+        Some(cl) if cl as usize > available => {
+            m.flag(Defect::BodyTruncated);
+            available
+        }
+        Some(cl) => cl as usize,
+        None => available,
+    };
+    m.body = Span::new(body_start.min(buf.len()), body_start.min(buf.len()) + body_len);
+
+    if let StartLine::Request { method, method_span, .. } = m.start {
+        if m.via_count == 0 {
+            m.flag(Defect::MissingVia);
+        }
+        if m.from.is_empty() {
+            m.flag(Defect::MissingFrom);
+        }
+        if m.to.is_empty() {
+            m.flag(Defect::MissingTo);
+        }
+        if m.call_id.is_empty() {
+            m.flag(Defect::MissingCallId);
+        }
+        if m.cseq_method.is_empty() {
+            m.flag(Defect::MissingCSeq);
+        } else if m.cseq_method.get(buf) != method_span.get(buf) {
+            let _ = method;
+            m.flag(Defect::CSeqMethodMismatch);
+        }
+    } else if m.via_count == 0 {
+        m.flag(Defect::MissingVia);
+    }
+    m
+}
+
+fn scan_start_line(buf: &[u8], m: &mut Message) {
+    let line = m.start_line.get(buf);
+    if line.len() >= 8 && line[..8].eq_ignore_ascii_case(b"SIP/2.0 ") {
+        let rest = &line[8..];
+        let code_ok = rest.len() >= 3 && rest[..3].iter().all(u8::is_ascii_digit) && rest.get(3).is_none_or(|b| *b == b' ');
+        if !code_ok {
+            m.flag(Defect::BadStartLine);
+            return;
+        }
+        let code = rest[..3].iter().fold(0u16, |a, d| a * 10 + u16::from(d - b'0'));
+        if !(100..=699).contains(&code) {
+            m.flag(Defect::BadStartLine);
+            return;
+        }
+        m.start = StartLine::Response { code };
+        return;
+    }
+    if line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"SIP/") {
+        // A status line of another SIP version: nothing we may answer.
+        m.flag(Defect::BadStartLine);
+        return;
+    }
+    // Request-Line = Method SP Request-URI SP SIP-Version
+    let base = m.start_line.start as usize;
+    let Some(sp1) = memchr::memchr(b' ', line) else {
+        m.flag(Defect::BadStartLine);
+        return;
+    };
+    let Some(sp2) = memchr::memrchr(b' ', line) else {
+        m.flag(Defect::BadStartLine);
+        return;
+    };
+    let method = &line[..sp1];
+    if method.is_empty() || !method.iter().all(|b| is_token(*b)) {
+        m.flag(Defect::BadStartLine);
+        return;
+    }
+    let method_span = Span::new(base, base + sp1);
+    let uri = Span::new(base + sp1 + 1, base + sp2.max(sp1 + 1));
+    m.start = StartLine::Request {
+        method: Method::from_bytes(method),
+        method_span,
+        uri,
+    };
+    let version = &line[sp2 + 1..];
+    if sp2 <= sp1 + 1 || uri.get(buf).contains(&b' ') {
+        m.flag(Defect::BadStartLine);
+    } else if !version.eq_ignore_ascii_case(b"SIP/2.0") {
+        if version.len() > 4 && version[..4].eq_ignore_ascii_case(b"SIP/") {
+            m.flag(Defect::UnsupportedVersion);
+        } else {
+            m.flag(Defect::BadStartLine);
+        }
+    }
+}
+
+fn scan_headers(buf: &[u8], m: &mut Message) {
+    for h in header_lines(buf, m.headers) {
+        if h.name.is_empty() {
+            m.flag(Defect::MalformedHeader);
+            continue;
+        }
+        match h.kind {
+            Header::Via => scan_via(buf, m, &h),
+            Header::MaxForwards => {
+                if m.max_forwards.is_some() {
+                    m.flag(Defect::DuplicateMaxForwards);
+                }
+                match parse_u32(h.value.get(buf)) {
+                    Some(v) => m.max_forwards = Some((h.value, v)),
+                    None => m.flag(Defect::BadMaxForwards),
+                }
+            }
+            Header::CallId => {
+                if !m.call_id.is_empty() {
+                    m.flag(Defect::DuplicateCallId);
+                }
+                m.call_id = h.value;
+            }
+            Header::CSeq => {
+                if !m.cseq_method.is_empty() {
+                    m.flag(Defect::DuplicateCSeq);
+                }
+                scan_cseq(buf, m, h.value);
+            }
+            Header::From => {
+                if !m.from.is_empty() {
+                    m.flag(Defect::DuplicateFrom);
+                }
+                m.from = h.value;
+                match addr_of(buf, h.value) {
+                    Some(u) => m.from_uri = u,
+                    None => m.flag(Defect::BadFrom),
+                }
+                m.from_tag = tag_of(buf, h.value);
+            }
+            Header::To => {
+                if !m.to.is_empty() {
+                    m.flag(Defect::DuplicateTo);
+                }
+                m.to = h.value;
+                match addr_of(buf, h.value) {
+                    Some(u) => m.to_uri = u,
+                    None => m.flag(Defect::BadTo),
+                }
+                m.to_tag = tag_of(buf, h.value);
+            }
+            Header::Route => {
+                let mut vals = values(buf, h.value).peekable();
+                while let Some(v) = vals.next() {
+                    let idx = m.route_count as usize;
+                    if idx < MAX_ROUTES {
+                        m.routes[idx] = RouteValue {
+                            value: v,
+                            line: h.line,
+                            next_in_line: vals.peek().map(|n| n.start),
+                        };
+                    }
+                    m.route_count = m.route_count.saturating_add(1);
+                }
+            }
+            Header::PAssertedIdentity => {
+                if m.pai_uri.is_none() {
+                    m.pai_uri = values(buf, h.value).next().and_then(|v| addr_of(buf, v));
+                }
+            }
+            Header::AcceptContact | Header::Contact | Header::PPreferredService | Header::PAssertedService => {
+                m.cpm.0 |= cpm_services(h.value.get(buf)).0;
+            }
+            Header::ContentLength => match parse_u32(h.value.get(buf)) {
+                Some(v) => {
+                    if m.content_length.is_some_and(|old| old != v) {
+                        m.flag(Defect::DuplicateContentLength);
+                    }
+                    m.content_length = Some(v);
+                }
+                None => m.flag(Defect::BadContentLength),
+            },
+            Header::ContentType => m.content_type = Some(h.value),
+            Header::RecordRoute | Header::Other => {}
+        }
+    }
+}
+
+fn tag_of(buf: &[u8], value: Span) -> Option<Span> {
+    super::params::find_param(buf, header_params(buf, value), b"tag").and_then(|p| p.value)
+}
+
+fn scan_via(buf: &[u8], m: &mut Message, h: &HeaderLine) {
+    for v in values(buf, h.value) {
+        m.via_count = m.via_count.saturating_add(1);
+        match m.via_count {
+            1 => {
+                m.top_via_line = h.line;
+                m.top_via_next = next_value_start(buf, v.end as usize, h.value.end as usize).map(|p| p as u32);
+                match via::parse(buf, v) {
+                    Some(parsed) => m.top_via = Some(parsed),
+                    None => m.flag(Defect::BadVia),
+                }
+            }
+            2 => {
+                // Only a response is routed on the second Via; a bad one in a
+                // request is the next hops' business, not ours.
+                m.second_via = via::parse(buf, v);
+            }
+            _ => return,
+        }
+    }
+}
+
+fn scan_cseq(buf: &[u8], m: &mut Message, value: Span) {
+    let v = value.get(buf);
+    let Some(sp) = v.iter().position(|b| super::is_lws(*b)) else {
+        m.flag(Defect::BadCSeq);
+        return;
+    };
+    let Some(num) = parse_u32(&v[..sp]).filter(|n| *n < 1 << 31) else {
+        m.flag(Defect::BadCSeq);
+        return;
+    };
+    let method = trim(buf, value.sub(sp, v.len()));
+    if method.is_empty() || !method.get(buf).iter().all(|b| is_token(*b)) {
+        m.flag(Defect::BadCSeq);
+        return;
+    }
+    m.cseq_num = num;
+    m.cseq_method = method;
+}

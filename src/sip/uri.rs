@@ -1,0 +1,230 @@
+//! SIP, SIPS and tel URIs (RFC 3261 §19.1, RFC 3966) as spans, and the
+//! address inside a name-addr (`"Name" <uri>;params`) or addr-spec.
+//!
+//! Only what routing reads is parsed: scheme, user, host, port, URI
+//! parameters. Escapes (`%XX`) are kept as written: identities are compared
+//! in their on-the-wire form, which is what every hop forwards unchanged.
+
+use super::params::find_unquoted;
+use super::{trim, Span};
+use std::net::{IpAddr, SocketAddr};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    Sip,
+    Sips,
+    Tel,
+    Other,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Uri {
+    pub scheme: Scheme,
+    /// The whole URI text.
+    pub whole: Span,
+    /// `user` (sip/sips) or the number (tel); empty when absent.
+    pub user: Span,
+    /// Host without brackets for IPv6 references; empty for tel.
+    pub host: Span,
+    pub port: Option<u16>,
+    /// From the first `;` after hostport up to `?` or the end.
+    pub params: Span,
+}
+
+/// The URI of a name-addr or addr-spec header value: what is between `<` and
+/// `>`, or (no angle brackets) everything up to the first `;`.
+pub fn addr_of(buf: &[u8], value: Span) -> Option<Span> {
+    let v = value.get(buf);
+    if let Some(lt) = find_unquoted(buf, value.start as usize, value.end as usize, b'<') {
+        let rel = lt - value.start as usize;
+        let gt = memchr::memchr(b'>', &v[rel..])?;
+        return Some(trim(buf, value.sub(rel + 1, rel + gt)));
+    }
+    let end = memchr::memchr(b';', v).unwrap_or(v.len());
+    let s = trim(buf, value.sub(0, end));
+    (!s.is_empty()).then_some(s)
+}
+
+/// The header parameters of a name-addr value (after the `>`), e.g. `;tag=`.
+pub fn header_params(buf: &[u8], value: Span) -> Span {
+    let v = value.get(buf);
+    match find_unquoted(buf, value.start as usize, value.end as usize, b'<') {
+        Some(lt) => {
+            let rel = lt - value.start as usize;
+            match memchr::memchr(b'>', &v[rel..]) {
+                Some(gt) => value.sub(rel + gt + 1, v.len()),
+                None => value.sub(v.len(), v.len()),
+            }
+        }
+        None => match memchr::memchr(b';', v) {
+            Some(sc) => value.sub(sc, v.len()),
+            None => value.sub(v.len(), v.len()),
+        },
+    }
+}
+
+/// Parse a URI span. `None` when it is not a URI at all (no scheme, bad port,
+/// empty host).
+pub fn parse(buf: &[u8], span: Span) -> Option<Uri> {
+    let s = span.get(buf);
+    let colon = memchr::memchr(b':', s)?;
+    let scheme_text = &s[..colon];
+    let scheme = if scheme_text.eq_ignore_ascii_case(b"sip") {
+        Scheme::Sip
+    } else if scheme_text.eq_ignore_ascii_case(b"sips") {
+        Scheme::Sips
+    } else if scheme_text.eq_ignore_ascii_case(b"tel") {
+        Scheme::Tel
+    } else if !scheme_text.is_empty() && scheme_text.iter().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(b)) {
+        Scheme::Other
+    } else {
+        return None;
+    };
+    let rest_start = colon + 1;
+    // The headers part (`?h=v`) is never routed on.
+    let end = memchr::memchr(b'?', &s[rest_start..]).map_or(s.len(), |q| rest_start + q);
+    if scheme != Scheme::Sip && scheme != Scheme::Sips {
+        let semi = memchr::memchr(b';', &s[rest_start..end]).map_or(end, |p| rest_start + p);
+        if semi == rest_start {
+            return None;
+        }
+        return Some(Uri {
+            scheme,
+            whole: span,
+            user: span.sub(rest_start, semi),
+            host: span.sub(semi, semi),
+            port: None,
+            params: span.sub(semi, end),
+        });
+    }
+    // userinfo ends at the last '@' before any ';' of the uri-parameters.
+    let first_semi = memchr::memchr(b';', &s[rest_start..end]).map_or(end, |p| rest_start + p);
+    let (user, hp_start) = match memchr::memrchr(b'@', &s[rest_start..first_semi]) {
+        Some(at) => {
+            let at = rest_start + at;
+            // user:password — the password is not part of the identity.
+            let ucolon = memchr::memchr(b':', &s[rest_start..at]).map_or(at, |c| rest_start + c);
+            (span.sub(rest_start, ucolon), at + 1)
+        }
+        None => (span.sub(rest_start, rest_start), rest_start),
+    };
+    let (host, after_host) = if s.get(hp_start) == Some(&b'[') {
+        let close = memchr::memchr(b']', &s[hp_start..end])? + hp_start;
+        (span.sub(hp_start + 1, close), close + 1)
+    } else {
+        let stop = s[hp_start..end]
+            .iter()
+            .position(|b| matches!(b, b':' | b';'))
+            .map_or(end, |p| hp_start + p);
+        (span.sub(hp_start, stop), stop)
+    };
+    if host.is_empty() {
+        return None;
+    }
+    let mut port = None;
+    let mut params_start = after_host;
+    if s.get(after_host) == Some(&b':') {
+        let pstart = after_host + 1;
+        let pend = s[pstart..end].iter().position(|b| *b == b';').map_or(end, |p| pstart + p);
+        port = Some(parse_port(&s[pstart..pend])?);
+        params_start = pend;
+    }
+    if params_start < end && s[params_start] != b';' {
+        return None;
+    }
+    Some(Uri {
+        scheme,
+        whole: span,
+        user,
+        host,
+        port,
+        params: span.sub(params_start, end),
+    })
+}
+
+/// A decimal port 1..=65535.
+pub fn parse_port(s: &[u8]) -> Option<u16> {
+    if s.is_empty() || s.len() > 5 || !s.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let v = s.iter().fold(0u32, |a, d| a * 10 + u32::from(d - b'0'));
+    (1..=65535).contains(&v).then_some(v as u16)
+}
+
+/// An IP literal host (IPv6 without brackets, as [`Uri::host`] holds it).
+pub fn ip_of(host: &[u8]) -> Option<IpAddr> {
+    std::str::from_utf8(host).ok()?.parse().ok()
+}
+
+/// `host:port` as a socket address when the host is an IP literal.
+pub fn socket_addr(host: &[u8], port: Option<u16>) -> Option<SocketAddr> {
+    Some(SocketAddr::new(ip_of(host)?, port.unwrap_or(5060)))
+}
+
+/// Stream the canonical identity of a URI (what users and groups are keyed
+/// on) into `f`: `user@host` with the host lowercased for sip/sips, the
+/// number for tel. Parameters, port and password are not part of it.
+pub fn identity_bytes(buf: &[u8], uri: &Uri, mut f: impl FnMut(u8)) {
+    match uri.scheme {
+        Scheme::Sip | Scheme::Sips => {
+            uri.user.get(buf).iter().for_each(|b| f(*b));
+            f(b'@');
+            uri.host.get(buf).iter().for_each(|b| f(b.to_ascii_lowercase()));
+        }
+        _ => uri.user.get(buf).iter().for_each(|b| f(*b)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &[u8]) -> Uri {
+        parse(s, Span::new(0, s.len())).expect("uri")
+    }
+
+    #[test]
+    fn sip_uri_parts() {
+        let s = b"sip:grp1@Groups.Example.NET:5070;transport=udp;lr?subject=x";
+        let u = p(s);
+        assert_eq!(u.scheme, Scheme::Sip);
+        assert_eq!(u.user.get(s), b"grp1");
+        assert_eq!(u.host.get(s), b"Groups.Example.NET");
+        assert_eq!(u.port, Some(5070));
+        assert_eq!(u.params.get(s), b";transport=udp;lr");
+        let mut id = Vec::new();
+        identity_bytes(s, &u, |b| id.push(b));
+        assert_eq!(id, b"grp1@groups.example.net");
+    }
+
+    #[test]
+    fn ipv6_password_and_tel() {
+        let s = b"sips:alice:secret@[2001:db8::1]:5061;lr";
+        let u = p(s);
+        assert_eq!(u.user.get(s), b"alice");
+        assert_eq!(u.host.get(s), b"2001:db8::1");
+        assert_eq!(socket_addr(u.host.get(s), u.port), Some("[2001:db8::1]:5061".parse().unwrap()));
+        let t = b"tel:+15551234;phone-context=example.net";
+        let u = p(t);
+        assert_eq!(u.scheme, Scheme::Tel);
+        assert_eq!(u.user.get(t), b"+15551234");
+    }
+
+    #[test]
+    fn rejects_non_uris() {
+        for s in [&b"nocolon"[..], b"sip:", b"sip:u@", b"sip:h:99999", b"sip:h:5x", b"sip:[::1", b"<>:x"] {
+            assert!(parse(s, Span::new(0, s.len())).is_none(), "{:?}", String::from_utf8_lossy(s));
+        }
+    }
+
+    #[test]
+    fn name_addr_and_addr_spec() {
+        let s = b"\"Bob <b>\" <sip:bob@example.net;transport=udp>;tag=9fx";
+        let a = addr_of(s, Span::new(0, s.len())).unwrap();
+        assert_eq!(a.get(s), b"sip:bob@example.net;transport=udp");
+        assert_eq!(header_params(s, Span::new(0, s.len())).get(s), b";tag=9fx");
+        let s = b"sip:bob@example.net;tag=1";
+        assert_eq!(addr_of(s, Span::new(0, s.len())).unwrap().get(s), b"sip:bob@example.net");
+        assert_eq!(header_params(s, Span::new(0, s.len())).get(s), b";tag=1");
+    }
+}

@@ -1,0 +1,231 @@
+//! The process wiring of the hot path: one pinned thread per worker, each
+//! with its own SO_REUSEPORT socket, running the io loop with an
+//! [`EdgeHandler`] that calls the pure pipeline (`route::process`) and
+//! counts every outcome.
+//!
+//! Tables are read through an `ArcSwap` cache: a worker's read is a pointer
+//! load, a writer publishes a whole new snapshot (never a mix).
+
+use crate::config::Valid;
+use crate::io::{self, DatagramHandler, IoBackend, IoConfig};
+use crate::route::{process, DropReason, Outcome, Tables};
+use crate::stats::{new_histogram, WorkerStats};
+use arc_swap::{ArcSwap, Cache};
+use hdrhistogram::Histogram;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// The handler one worker runs: scan → decide → rewrite, then count.
+pub struct EdgeHandler {
+    tables: Cache<Arc<ArcSwap<Tables>>, Arc<Tables>>,
+    stats: Arc<WorkerStats>,
+    worker: usize,
+    batch_start: Instant,
+    batch_n: u64,
+    local: Histogram<u64>,
+    last_fold: Instant,
+    /// Rate limit of drop/error logs: one line per reason per second.
+    last_log: [Option<Instant>; DropReason::ALL.len() + 1],
+}
+
+impl EdgeHandler {
+    pub fn new(tables: Arc<ArcSwap<Tables>>, stats: Arc<WorkerStats>, worker: usize) -> EdgeHandler {
+        let now = Instant::now();
+        EdgeHandler {
+            tables: Cache::new(tables),
+            stats,
+            worker,
+            batch_start: now,
+            batch_n: 0,
+            local: new_histogram(),
+            last_fold: now,
+            last_log: [None; DropReason::ALL.len() + 1],
+        }
+    }
+
+    fn log_limited(&mut self, slot: usize, msg: std::fmt::Arguments<'_>) {
+        let now = Instant::now();
+        if self.last_log[slot].is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+            self.last_log[slot] = Some(now);
+            eprintln!("cpm-edge[w{}]: {msg}", self.worker);
+        }
+    }
+
+    fn fold_latency(&mut self) {
+        if let Ok(mut shared) = self.stats.latency.try_lock() {
+            let _ = shared.add(&self.local);
+            self.local.reset();
+            self.last_fold = Instant::now();
+        }
+    }
+}
+
+impl DatagramHandler for EdgeHandler {
+    fn on_batch_start(&mut self) {
+        self.batch_start = Instant::now();
+        self.batch_n = 0;
+    }
+
+    fn on_datagram(&mut self, data: &[u8], truncated: bool, src: SocketAddr, out: &mut [u8]) -> Option<(usize, SocketAddr)> {
+        self.batch_n += 1;
+        // A borrowed snapshot: no refcount traffic on a line shared by workers.
+        let (outcome, m) = process(data, truncated, src, self.tables.load(), out);
+        match m.method() {
+            Some(method) => self.stats.rx_request(method),
+            None => {
+                if let crate::sip::scan::StartLine::Response { code } = m.start {
+                    if code >= 100 {
+                        self.stats.rx_response(code);
+                    }
+                }
+            }
+        }
+        match outcome {
+            Outcome::Forwarded { kind, shard, .. } => self.stats.forwarded(kind, shard),
+            Outcome::Relayed { code, .. } => self.stats.relayed(code),
+            Outcome::Replied { code, .. } => self.stats.replied(code),
+            Outcome::Dropped(r) => {
+                self.stats.dropped(r);
+                let slot = DropReason::ALL.iter().position(|x| *x == r).unwrap_or(0);
+                if r != DropReason::Keepalive {
+                    self.log_limited(slot, format_args!("dropped datagram from {src}: {} ({} bytes)", r.name(), data.len()));
+                }
+            }
+        }
+        outcome.send()
+    }
+
+    fn on_batch_end(&mut self) {
+        if self.batch_n > 0 {
+            let ns = self.batch_start.elapsed().as_nanos().clamp(1, 10_000_000_000) as u64;
+            let _ = self.local.record_n(ns, self.batch_n);
+        }
+        if self.last_fold.elapsed() >= Duration::from_millis(250) {
+            self.fold_latency();
+        }
+    }
+
+    fn on_send_error(&mut self, dst: SocketAddr, err: i32) {
+        self.stats.send_error();
+        let e = std::io::Error::from_raw_os_error(err);
+        self.log_limited(DropReason::ALL.len(), format_args!("send to {dst} failed: {e}"));
+    }
+
+    fn on_recv_error(&mut self, err: i32) {
+        self.stats.recv_error();
+        let e = std::io::Error::from_raw_os_error(err);
+        self.log_limited(DropReason::ALL.len(), format_args!("receive error: {e}"));
+    }
+}
+
+impl Drop for EdgeHandler {
+    fn drop(&mut self) {
+        if let Ok(mut shared) = self.stats.latency.lock() {
+            let _ = shared.add(&self.local);
+        }
+    }
+}
+
+/// A running edge: its workers, their stats and the published tables.
+pub struct Server {
+    pub backend: IoBackend,
+    pub backend_reason: String,
+    pub local_addr: SocketAddr,
+    pub tables: Arc<ArcSwap<Tables>>,
+    pub stats: Vec<Arc<WorkerStats>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Server {
+    /// Bind every worker's socket, then start the workers. Errors (bind,
+    /// forced io backend unavailable) are returned before any thread runs.
+    pub fn start(v: &Valid) -> Result<Server, String> {
+        assert!(v.workers >= 1, "validated worker count");
+        let (backend, backend_reason) = io::select_backend(v.io)?;
+        let tables = Arc::new(ArcSwap::from_pointee(Tables::from_config(v)));
+        let mut sockets = Vec::with_capacity(v.workers);
+        for i in 0..v.workers {
+            let s = io::socket::bind_udp(v.listen, true, v.socket_rcvbuf, v.socket_sndbuf)
+                .map_err(|e| format!("worker {i}: cannot bind udp {}: {e}", v.listen))?;
+            sockets.push(s);
+        }
+        let local_addr = sockets[0].local_addr().map_err(|e| e.to_string())?;
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let cfg = IoConfig {
+            batch: v.batch,
+            buf_size: v.max_datagram,
+            buf_count: v.recv_buffers,
+            out_size: v.max_datagram,
+        };
+        let mut stats = Vec::new();
+        let mut threads = Vec::new();
+        for (i, sock) in sockets.into_iter().enumerate() {
+            let st = Arc::new(WorkerStats::new(tables.load().shards.len()));
+            stats.push(Arc::clone(&st));
+            let core = (!v.cpus.is_empty()).then(|| v.cpus[i % v.cpus.len()]).and_then(|c| cores.iter().find(|id| id.id == c).copied());
+            let tables = Arc::clone(&tables);
+            let stop = Arc::clone(&stop);
+            let t = std::thread::Builder::new()
+                .name(format!("edge-w{i}"))
+                .spawn(move || {
+                    if let Some(core) = core {
+                        if !core_affinity::set_for_current(core) {
+                            eprintln!("cpm-edge[w{i}]: could not pin to CPU {}", core.id);
+                        }
+                    }
+                    let mut h = EdgeHandler::new(tables, st, i);
+                    io::run(backend, &sock, cfg, &mut h, &stop)
+                })
+                .map_err(|e| format!("cannot spawn worker {i}: {e}"))?;
+            threads.push(t);
+        }
+        Ok(Server {
+            backend,
+            backend_reason,
+            local_addr,
+            tables,
+            stats,
+            stop,
+            threads,
+        })
+    }
+
+    pub fn snapshot(&self) -> crate::stats::Snapshot {
+        crate::stats::Snapshot::merge(&self.stats)
+    }
+
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.stop)
+    }
+
+    /// Stop the workers and wait for them; returns the first io error.
+    pub fn stop(mut self) -> Result<(), String> {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut first = Ok(());
+        for (i, t) in self.threads.drain(..).enumerate() {
+            let r = match t.join() {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("worker {i}: {e}")),
+                Err(_) => Err(format!("worker {i} panicked")),
+            };
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
