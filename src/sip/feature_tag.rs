@@ -52,12 +52,30 @@ fn has_urn_prefix(v: &[u8], at: usize) -> bool {
     ends_ci(b"urn:urn-7:") || ends_ci(b"urn%3Aurn-7%3A")
 }
 
+/// Is the URN at `at` inside a `+g.3gpp.icsi-ref` parameter value? (A URN
+/// elsewhere in a Contact, e.g. in a display name or another parameter, is
+/// not a feature tag.) URNs hold no `;`, so the parameter starts after the
+/// last `;` before the match.
+fn in_icsi_ref(v: &[u8], at: usize) -> bool {
+    let start = memchr::memrchr(b';', &v[..at]).map_or(0, |p| p + 1);
+    let seg = &v[start..at];
+    let seg = &seg[seg.iter().position(|b| !crate::sip::is_lws(*b)).unwrap_or(seg.len())..];
+    const TAG: &[u8] = b"+g.3gpp.icsi-ref";
+    seg.len() > TAG.len() && seg[..TAG.len()].eq_ignore_ascii_case(TAG) && {
+        let rest = &seg[TAG.len()..];
+        let rest = &rest[rest.iter().position(|b| !crate::sip::is_lws(*b)).unwrap_or(rest.len())..];
+        rest.first() == Some(&b'=')
+    }
+}
+
 /// CPM services named in one header value (any number of ICSIs, e.g. a
-/// comma-separated `+g.3gpp.icsi-ref` list).
-pub fn cpm_services(v: &[u8]) -> CpmServices {
+/// comma-separated `+g.3gpp.icsi-ref` list). With `feature_tag`, only ICSIs
+/// inside a `+g.3gpp.icsi-ref` parameter count (Contact, Accept-Contact);
+/// without, the value itself is the service (P-Preferred/Asserted-Service).
+pub fn cpm_services(v: &[u8], feature_tag: bool) -> CpmServices {
     let mut found = 0u8;
     for at in finder().find_iter(v) {
-        if !has_urn_prefix(v, at) {
+        if !has_urn_prefix(v, at) || (feature_tag && !in_icsi_ref(v, at)) {
             continue;
         }
         let rest = &v[at + MIDDLE.len()..];
@@ -80,11 +98,16 @@ mod tests {
     #[test]
     fn escaped_and_plain_forms() {
         let ac = br#"*;+g.3gpp.icsi-ref="urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.session";explicit"#;
-        assert_eq!(cpm_services(ac).0, CpmServices::SESSION);
+        assert_eq!(cpm_services(ac, true).0, CpmServices::SESSION);
         let pps = b"urn:urn-7:3gpp-service.ims.icsi.oma.cpm.msg";
-        assert_eq!(cpm_services(pps).0, CpmServices::MSG);
+        assert_eq!(cpm_services(pps, false).0, CpmServices::MSG);
+        assert!(!cpm_services(pps, true).any(), "a bare URN is not a feature tag");
+        let other_param = br#"<sip:a@b>;x="urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.session""#;
+        assert!(!cpm_services(other_param, true).any());
+        let spaced = br#"<sip:a@b>; +G.3GPP.ICSI-REF = "urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.session""#;
+        assert!(cpm_services(spaced, true).any());
         let lower = br#"+g.3gpp.icsi-ref="urn%3aurn-7%3a3gpp-service.ims.icsi.oma.cpm.largemsg,urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.filetransfer""#;
-        assert_eq!(cpm_services(lower).0, CpmServices::LARGEMSG | CpmServices::FILETRANSFER);
+        assert_eq!(cpm_services(lower, true).0, CpmServices::LARGEMSG | CpmServices::FILETRANSFER);
     }
 
     #[test]
@@ -97,7 +120,7 @@ mod tests {
             b"3gpp-service.ims.icsi.oma.cpm.session",
             b"urn:urn-7:3gpp-service.ims.icsi.oma.cpm.",
         ] {
-            assert!(!cpm_services(v).any(), "{}", String::from_utf8_lossy(v));
+            assert!(!cpm_services(v, false).any(), "{}", String::from_utf8_lossy(v));
         }
     }
 }

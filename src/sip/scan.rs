@@ -629,9 +629,8 @@ fn scan_headers(buf: &[u8], m: &mut Message) {
                     m.pai_uri = values(buf, h.value).next().and_then(|v| addr_of(buf, v));
                 }
             }
-            Header::AcceptContact | Header::Contact | Header::PPreferredService | Header::PAssertedService => {
-                m.cpm.0 |= cpm_services(h.value.get(buf)).0;
-            }
+            Header::AcceptContact | Header::Contact => m.cpm.0 |= cpm_services(h.value.get(buf), true).0,
+            Header::PPreferredService | Header::PAssertedService => m.cpm.0 |= cpm_services(h.value.get(buf), false).0,
             Header::ContentLength => match parse_u32(h.value.get(buf)) {
                 Some(v) => {
                     if m.content_length.is_some_and(|old| old != v) {

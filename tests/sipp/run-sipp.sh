@@ -1,0 +1,211 @@
+#!/usr/bin/env bash
+# tests/sipp/run-sipp.sh: the CI end-to-end check of cpm-edge with SIPp.
+#
+# Owns: starting the edge (2 workers, 2 CS shards), two SIPp UAS "shards"
+# (uas-cpm.xml on 127.0.0.1:7001 and :7002) and one SIPp UAC (uac-cpm.xml)
+# that places CALLS CPM sessions through the edge at 127.0.0.1:5060:
+# INVITE (routed by the edge to a shard) / 100 / 180 / 200 with Record-Route,
+# then ACK and BYE sent back to the edge with the recorded Route, which the
+# edge pops before forwarding to the UAS Contact. Passes only if SIPp exits 0
+# AND its final statistics show CALLS successful and 0 failed calls.
+# Every process it starts is stopped by PID on exit; it never installs
+# anything (SIPp is Debian/Ubuntu package `sip-tester`).
+#
+# Environment (defaults in brackets):
+#   CALLS [2000]  RATE [400] calls/s
+#   EDGE_BIN []   edge binary; empty: `cargo build --release --bin cpm-edge`
+#                 and use target/release/cpm-edge
+#   SIPP [sipp]   SIPp executable
+#   SCENARIOS [<repo>/../shared/sipp]  directory of uac-cpm.xml/uas-cpm.xml
+#   EDGE [127.0.0.1:5060]  UAS1 [7001]  UAS2 [7002]  UAC_PORT [5070]
+#   EDGE_WORKERS [2]
+#   EDGE_TARGET [EDGE]  where the UAC sends
+#   NO_EDGE [0]   1: do not start the edge; the UAC calls the first UAS
+#                 directly (checks the SIPp setup itself)
+#   LOGDIR [mktemp]  logs and SIPp statistics (kept)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+cd "$ROOT"
+
+CALLS=${CALLS:-2000}
+RATE=${RATE:-400}
+SIPP=${SIPP:-sipp}
+SCENARIOS=${SCENARIOS:-$ROOT/../shared/sipp}
+EDGE=${EDGE:-127.0.0.1:5060}
+UAS1=${UAS1:-7001}
+UAS2=${UAS2:-7002}
+UAC_PORT=${UAC_PORT:-5070}
+EDGE_WORKERS=${EDGE_WORKERS:-2}
+NO_EDGE=${NO_EDGE:-0}
+if [[ "$NO_EDGE" == 1 ]]; then
+    EDGE_TARGET=${EDGE_TARGET:-127.0.0.1:$UAS1}
+else
+    EDGE_TARGET=${EDGE_TARGET:-$EDGE}
+fi
+LOGDIR=${LOGDIR:-$(mktemp -d /tmp/cpm-sipp.XXXXXX)}
+mkdir -p "$LOGDIR"
+UAC_XML=$SCENARIOS/uac-cpm.xml
+UAS_XML=$SCENARIOS/uas-cpm.xml
+IP=127.0.0.1
+
+fail() {
+    echo "run-sipp: FAIL: $*" >&2
+    exit 1
+}
+
+# ---------------------------------------------------------------- cleanup --
+PIDS=()
+cleanup() {
+    local pid i
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        for i in $(seq 1 30); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    PIDS=()
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Is a UDP socket bound to local port $1? (/proc/net/udp: port in hex.)
+udp_port_bound() {
+    local hex
+    hex=$(printf '%04X' "$1")
+    awk -v p=":$hex" 'NR > 1 && substr($2, length($2) - 4) == p { found = 1 } END { exit !found }' \
+        /proc/net/udp
+}
+
+# Wait until live process $1 has bound UDP port $2 (10 s).
+wait_ready() {
+    local pid=$1 port=$2 name=$3 i
+    for i in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || fail "$name (pid $pid) exited during start-up; logs in $LOGDIR"
+        udp_port_bound "$port" && return 0
+        sleep 0.1
+    done
+    fail "$name did not bind UDP port $port within 10 s; logs in $LOGDIR"
+}
+
+# Value of column $2 in the last row of SIPp statistics CSV $1 (';'-separated,
+# header row first).
+stat_col() {
+    awk -F';' -v col="$2" '
+        NR == 1 { for (i = 1; i <= NF; i++) if ($i == col) c = i; next }
+        { last = $0 }
+        END { if (!c || last == "") exit 1; split(last, f, ";"); print f[c] }' "$1"
+}
+
+# ---------------------------------------------------------------- preflight --
+command -v "$SIPP" >/dev/null 2>&1 ||
+    fail "'$SIPP' not found: install SIPp (Debian/Ubuntu: apt-get install -y sip-tester) or set SIPP"
+[[ -r "$UAC_XML" && -r "$UAS_XML" ]] || fail "SIPp scenarios not found in $SCENARIOS"
+[[ "$CALLS" =~ ^[1-9][0-9]*$ && "$RATE" =~ ^[1-9][0-9]*$ ]] || fail "CALLS and RATE must be positive integers"
+
+if [[ "$NO_EDGE" != 1 ]]; then
+    if [[ -z "${EDGE_BIN:-}" ]]; then
+        echo "run-sipp: cargo build --release --bin cpm-edge" >&2
+        cargo build --release --bin cpm-edge >"$LOGDIR/build.log" 2>&1 ||
+            { tail -30 "$LOGDIR/build.log" >&2; fail "build failed"; }
+        EDGE_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/cpm-edge
+    fi
+    [[ -x "$EDGE_BIN" ]] || fail "edge binary $EDGE_BIN not found or not executable"
+fi
+
+ports=("$UAS1" "$UAS2" "$UAC_PORT")
+[[ "$NO_EDGE" == 1 ]] || ports+=("${EDGE##*:}")
+for p in "${ports[@]}"; do
+    ! udp_port_bound "$p" || fail "UDP port $p is already in use (a leftover edge or SIPp?)"
+done
+
+# ---------------------------------------------------------------- start --
+# UAS shards: -nd so an unexpected message fails the call instead of SIPp
+# improvising; -nostdin because there is no terminal; statistics every
+# second so the final counts are on disk before we stop them.
+for port in "$UAS1" "$UAS2"; do
+    "$SIPP" -sf "$UAS_XML" -i "$IP" -p "$port" -t u1 -nd -nostdin \
+        -trace_err -error_file "$LOGDIR/uas-$port-errors.log" \
+        -trace_stat -stf "$LOGDIR/uas-$port-stat.csv" -fd 1 \
+        </dev/null >"$LOGDIR/uas-$port.out" 2>&1 &
+    PIDS+=("$!")
+    wait_ready "$!" "$port" "SIPp UAS on $port"
+done
+
+if [[ "$NO_EDGE" != 1 ]]; then
+    "$EDGE_BIN" --listen "$EDGE" --shard "$IP:$UAS1" --shard "$IP:$UAS2" \
+        --workers "$EDGE_WORKERS" >"$LOGDIR/edge.out" 2>"$LOGDIR/edge.err" &
+    EDGE_PID=$!
+    PIDS+=("$EDGE_PID")
+    wait_ready "$EDGE_PID" "${EDGE##*:}" cpm-edge
+fi
+
+# ---------------------------------------------------------------- run --
+# -timeout: the whole run cannot outlive the time the calls need plus 30 s
+# (and -timeout_error makes hitting it a failure); -recv_timeout: a call
+# waiting 5 s for a message fails instead of lingering.
+GLOBAL_TIMEOUT=$((CALLS / RATE + 30))
+echo "run-sipp: $CALLS calls at $RATE/s via $EDGE_TARGET (UAS on $UAS1, $UAS2), logs in $LOGDIR" >&2
+"$SIPP" "$EDGE_TARGET" -sf "$UAC_XML" -i "$IP" -p "$UAC_PORT" -t u1 \
+    -m "$CALLS" -r "$RATE" -nostdin \
+    -timeout "${GLOBAL_TIMEOUT}s" -timeout_error -recv_timeout 5000 \
+    -trace_stat -stf "$LOGDIR/uac-stat.csv" -fd 1 \
+    -trace_screen -screen_file "$LOGDIR/uac-screen.log" \
+    -trace_err -error_file "$LOGDIR/uac-errors.log" \
+    </dev/null >"$LOGDIR/uac.out" 2>&1 &
+UAC_PID=$!
+PIDS+=("$UAC_PID")
+UAC_RC=0
+wait "$UAC_PID" || UAC_RC=$?
+
+# Let the UAS statistics (dumped every second) catch up, then stop everything.
+sleep 1.2
+EDGE_ALIVE=1
+if [[ "$NO_EDGE" != 1 ]] && ! kill -0 "$EDGE_PID" 2>/dev/null; then
+    EDGE_ALIVE=0
+fi
+cleanup
+
+# ---------------------------------------------------------------- verdict --
+[[ -s "$LOGDIR/uac-stat.csv" ]] || { tail -20 "$LOGDIR/uac.out" >&2; fail "no SIPp statistics (exit $UAC_RC)"; }
+OK=$(stat_col "$LOGDIR/uac-stat.csv" 'SuccessfulCall(C)') || OK=''
+FAILED=$(stat_col "$LOGDIR/uac-stat.csv" 'FailedCall(C)') || FAILED=''
+CREATED=$(stat_col "$LOGDIR/uac-stat.csv" 'OutgoingCall(C)') || CREATED=''
+RETRANS=$(stat_col "$LOGDIR/uac-stat.csv" 'Retransmissions(C)') || RETRANS=''
+RT_INVITE=$(stat_col "$LOGDIR/uac-stat.csv" 'ResponseTimeinvite(C)') || RT_INVITE=''
+RT_BYE=$(stat_col "$LOGDIR/uac-stat.csv" 'ResponseTimebye(C)') || RT_BYE=''
+ELAPSED=$(stat_col "$LOGDIR/uac-stat.csv" 'ElapsedTime(C)') || ELAPSED=''
+per_uas=''
+for port in "$UAS1" "$UAS2"; do
+    n=$(stat_col "$LOGDIR/uas-$port-stat.csv" 'SuccessfulCall(C)' 2>/dev/null) || n='?'
+    per_uas+=" $port:$n"
+done
+
+echo "SIPP calls=$CALLS created=$CREATED successful=$OK failed=$FAILED retransmissions=$RETRANS sipp_exit=$UAC_RC elapsed=$ELAPSED rt_invite=$RT_INVITE rt_bye=$RT_BYE uas_successful=${per_uas# }"
+
+problems=()
+[[ "$UAC_RC" == 0 ]] || problems+=("SIPp exit status $UAC_RC (0 = all calls succeeded)")
+[[ "$OK" == "$CALLS" ]] || problems+=("successful calls $OK, expected $CALLS")
+[[ "$FAILED" == 0 ]] || problems+=("failed calls $FAILED, expected 0")
+[[ "$EDGE_ALIVE" == 1 ]] || problems+=("the edge exited during the run")
+if ((${#problems[@]})); then
+    echo "--- UAC screen ($LOGDIR/uac-screen.log) ---" >&2
+    sed -n '/Scenario Screen/,/Statistics Screen/p' "$LOGDIR/uac-screen.log" 2>/dev/null | head -30 >&2 || true
+    for f in "$LOGDIR"/uac-errors.log "$LOGDIR"/uas-*-errors.log "$LOGDIR"/edge.err; do
+        [[ -s "$f" ]] || continue
+        echo "--- $f (head) ---" >&2
+        head -40 "$f" >&2
+    done
+    fail "$(IFS=';'; echo "${problems[*]}")"
+fi
+for port in "$UAS1" "$UAS2"; do
+    [[ "$per_uas" != *" $port:0"* ]] ||
+        echo "run-sipp: warning: UAS $port handled no call (edge sharding skewed?)" >&2
+done
+echo "run-sipp: PASS: $OK/$CALLS calls succeeded, 0 failed"
