@@ -59,13 +59,13 @@ die() {
 # ---------------------------------------------------------------- cleanup --
 PIDS=()
 cleanup() {
-    local pid i
+    local pid
     # Ask politely (the tools print their counters on SIGTERM), then insist.
     for pid in "${PIDS[@]}"; do
         kill -TERM "$pid" 2>/dev/null || true
     done
     for pid in "${PIDS[@]}"; do
-        for i in $(seq 1 30); do
+        for _ in $(seq 1 30); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
         done
@@ -91,8 +91,8 @@ udp_port_bound() {
 
 # Wait until port $2 is bound by live process $1 (10 s).
 wait_ready() {
-    local pid=$1 port=$2 name=$3 i
-    for i in $(seq 1 100); do
+    local pid=$1 port=$2 name=$3
+    for _ in $(seq 1 100); do
         kill -0 "$pid" 2>/dev/null || die "$name (pid $pid) exited during start-up; see $LOGDIR"
         udp_port_bound "$port" && return 0
         sleep 0.1
@@ -209,8 +209,12 @@ read -r CPU_S WALL_S CORES US_PAIR < <(awk -v t0="$T0" -v t1="$T1" -v hz="$CLK_T
 cleanup
 sed -n 's/^RESPONDER //p' "$LOGDIR/responder.out" | sed 's/^/responder: /' >&2 || true
 if [[ "$NO_EDGE" != 1 ]]; then
-    echo "edge log tail ($LOGDIR/edge.err):" >&2
-    tail -5 "$LOGDIR/edge.err" >&2 || true
+    # The edge prints its own counters when stopped; show them with ours.
+    for f in "$LOGDIR/edge.out" "$LOGDIR/edge.err"; do
+        [[ -s "$f" ]] || continue
+        echo "--- edge: tail of $f ---" >&2
+        tail -15 "$f" >&2
+    done
 fi
 
 cat <<EOF

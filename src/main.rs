@@ -55,7 +55,10 @@ fn parse_cpus(s: &str) -> Result<Vec<usize>, String> {
         let bad = || format!("--cpus: '{part}' is not a CPU number or range (e.g. 0,1 or 2-5)");
         match part.split_once('-') {
             Some((a, b)) => {
-                let (a, b) = (a.parse::<usize>().map_err(|_| bad())?, b.parse::<usize>().map_err(|_| bad())?);
+                let (a, b) = (
+                    a.parse::<usize>().map_err(|_| bad())?,
+                    b.parse::<usize>().map_err(|_| bad())?,
+                );
                 if a > b {
                     return Err(bad());
                 }
@@ -87,7 +90,10 @@ fn load(cli: &Cli) -> Result<Config, String> {
             .iter()
             .enumerate()
             .map(|(i, s)| match s.split_once('=') {
-                Some((n, a)) => ShardConf { name: n.into(), addr: a.into() },
+                Some((n, a)) => ShardConf {
+                    name: n.into(),
+                    addr: a.into(),
+                },
                 None => ShardConf {
                     name: format!("cs{}", i + 1),
                     addr: s.clone(),
@@ -95,7 +101,8 @@ fn load(cli: &Cli) -> Result<Config, String> {
             })
             .collect();
         let before = cfg.groups.len();
-        cfg.groups.retain(|g| cfg.shards.iter().any(|s| s.name == g.shard));
+        cfg.groups
+            .retain(|g| cfg.shards.iter().any(|s| s.name == g.shard));
         if cfg.groups.len() != before {
             eprintln!(
                 "cpm-edge: warning: --shard replaced the shard list; {} group(s) naming a shard no longer present were left out",
@@ -131,15 +138,28 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let shards: Vec<String> = valid.shards.iter().map(|(n, a)| format!("{n}={a}")).collect();
+    let shards: Vec<String> = valid
+        .shards
+        .iter()
+        .map(|(n, a)| format!("{n}={a}"))
+        .collect();
     let routing = format!(
         "originating_pf={} record_route={} non_cpm_route={}",
         valid.originating_pf,
         valid.record_route,
-        valid.non_cpm_route.map_or("none (403)".to_string(), |a| a.to_string())
+        valid
+            .non_cpm_route
+            .map_or("none (403)".to_string(), |a| a.to_string())
     );
     if cli.check_config {
-        println!("configuration OK: listen {} ({} workers), {} shards [{}], {} groups, {routing}", valid.listen, valid.workers, shards.len(), shards.join(" "), valid.groups.len());
+        println!(
+            "configuration OK: listen {} ({} workers), {} shards [{}], {} groups, {routing}",
+            valid.listen,
+            valid.workers,
+            shards.len(),
+            shards.join(" "),
+            valid.groups.len()
+        );
         return;
     }
     let server = match Server::start(&valid) {
@@ -149,10 +169,26 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let pin = if valid.cpus.is_empty() { "not pinned".to_string() } else { format!("pinned to CPUs {:?}", valid.cpus) };
-    println!("cpm-edge {} listening on udp {} as {}", env!("CARGO_PKG_VERSION"), server.local_addr, server.tables.load().edge.hostport());
-    println!("  io backend: {} ({})", server.backend.name(), server.backend_reason);
-    println!("  workers: {} ({pin}), batch {}, {} receive buffers of {} bytes", valid.workers, valid.batch, valid.recv_buffers, valid.max_datagram);
+    let pin = if valid.cpus.is_empty() {
+        "not pinned".to_string()
+    } else {
+        format!("pinned to CPUs {:?}", valid.cpus)
+    };
+    println!(
+        "cpm-edge {} listening on udp {} as {}",
+        env!("CARGO_PKG_VERSION"),
+        server.local_addr,
+        server.tables.load().edge.hostport()
+    );
+    println!(
+        "  io backend: {} ({})",
+        server.backend.name(),
+        server.backend_reason
+    );
+    println!(
+        "  workers: {} ({pin}), batch {}, {} receive buffers of {} bytes",
+        valid.workers, valid.batch, valid.recv_buffers, valid.max_datagram
+    );
     println!("  CS shards ({}): {}", shards.len(), shards.join(" "));
     println!("  groups: {}; {routing}", valid.groups.len());
 

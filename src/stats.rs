@@ -58,7 +58,10 @@ impl WorkerStats {
         }
     }
     pub fn rx_request(&self, m: Method) {
-        let i = Method::ALL.iter().position(|x| *x == m).unwrap_or(N_METHODS - 1);
+        let i = Method::ALL
+            .iter()
+            .position(|x| *x == m)
+            .unwrap_or(N_METHODS - 1);
         bump(&self.c[RX_REQ + i]);
     }
     pub fn rx_response(&self, code: u16) {
@@ -75,7 +78,10 @@ impl WorkerStats {
         bump(&self.c[RELAY + class(code)]);
     }
     pub fn replied(&self, code: u16) {
-        let i = REPLY_CODES.iter().position(|c| *c == code).unwrap_or(REPLY_CODES.len());
+        let i = REPLY_CODES
+            .iter()
+            .position(|c| *c == code)
+            .unwrap_or(REPLY_CODES.len());
         bump(&self.c[REPLY + i]);
     }
     pub fn dropped(&self, r: DropReason) {
@@ -110,13 +116,29 @@ impl Snapshot {
         let sum = |i: usize| workers.iter().map(|w| w.c[i].load(Relaxed)).sum::<u64>();
         let shards = workers.first().map_or(0, |w| w.per_shard.len());
         Snapshot {
-            rx_requests: Method::ALL.iter().enumerate().map(|(i, m)| (m.name(), sum(RX_REQ + i))).collect(),
+            rx_requests: Method::ALL
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (m.name(), sum(RX_REQ + i)))
+                .collect(),
             rx_responses: std::array::from_fn(|i| sum(RX_RESP + i)),
-            forwarded: ForwardKind::ALL.iter().enumerate().map(|(i, k)| (k.name(), sum(FWD + i))).collect(),
+            forwarded: ForwardKind::ALL
+                .iter()
+                .enumerate()
+                .map(|(i, k)| (k.name(), sum(FWD + i)))
+                .collect(),
             relayed: std::array::from_fn(|i| sum(RELAY + i)),
-            replies: REPLY_CODES.iter().enumerate().map(|(i, c)| (*c, sum(REPLY + i))).collect(),
+            replies: REPLY_CODES
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (*c, sum(REPLY + i)))
+                .collect(),
             replies_other: sum(REPLY + REPLY_CODES.len()),
-            drops: DropReason::ALL.iter().enumerate().map(|(i, r)| (r.name(), sum(DROP + i))).collect(),
+            drops: DropReason::ALL
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.name(), sum(DROP + i)))
+                .collect(),
             send_errors: sum(SEND_ERR),
             recv_errors: sum(RECV_ERR),
             per_shard: (0..shards)
@@ -126,13 +148,22 @@ impl Snapshot {
     }
 
     pub fn drop_count(&self, name: &str) -> u64 {
-        self.drops.iter().find(|(n, _)| *n == name).map_or(0, |(_, v)| *v)
+        self.drops
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0, |(_, v)| *v)
     }
     pub fn reply_count(&self, code: u16) -> u64 {
-        self.replies.iter().find(|(c, _)| *c == code).map_or(0, |(_, v)| *v)
+        self.replies
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map_or(0, |(_, v)| *v)
     }
     pub fn forward_count(&self, kind: &str) -> u64 {
-        self.forwarded.iter().find(|(n, _)| *n == kind).map_or(0, |(_, v)| *v)
+        self.forwarded
+            .iter()
+            .find(|(n, _)| *n == kind)
+            .map_or(0, |(_, v)| *v)
     }
 }
 
@@ -150,19 +181,42 @@ pub fn merged_latency(workers: &[std::sync::Arc<WorkerStats>]) -> Histogram<u64>
 impl std::fmt::Display for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let nz = |v: &[(&'static str, u64)]| {
-            v.iter().filter(|(_, c)| *c > 0).map(|(n, c)| format!("{n}={c}")).collect::<Vec<_>>().join(" ")
+            v.iter()
+                .filter(|(_, c)| *c > 0)
+                .map(|(n, c)| format!("{n}={c}"))
+                .collect::<Vec<_>>()
+                .join(" ")
         };
         let classes = |v: &[u64; 6]| {
-            v.iter().enumerate().filter(|(_, c)| **c > 0).map(|(i, c)| format!("{}xx={c}", i + 1)).collect::<Vec<_>>().join(" ")
+            v.iter()
+                .enumerate()
+                .filter(|(_, c)| **c > 0)
+                .map(|(i, c)| format!("{}xx={c}", i + 1))
+                .collect::<Vec<_>>()
+                .join(" ")
         };
         writeln!(f, "requests received:   {}", nz(&self.rx_requests))?;
         writeln!(f, "responses received:  {}", classes(&self.rx_responses))?;
         writeln!(f, "requests forwarded:  {}", nz(&self.forwarded))?;
         writeln!(f, "responses relayed:   {}", classes(&self.relayed))?;
-        let replies: Vec<String> = self.replies.iter().filter(|(_, c)| *c > 0).map(|(code, c)| format!("{code}={c}")).collect();
-        writeln!(f, "answered by edge:    {} other={}", replies.join(" "), self.replies_other)?;
+        let replies: Vec<String> = self
+            .replies
+            .iter()
+            .filter(|(_, c)| *c > 0)
+            .map(|(code, c)| format!("{code}={c}"))
+            .collect();
+        writeln!(
+            f,
+            "answered by edge:    {} other={}",
+            replies.join(" "),
+            self.replies_other
+        )?;
         writeln!(f, "dropped:             {}", nz(&self.drops))?;
         writeln!(f, "forwards per shard:  {:?}", self.per_shard)?;
-        write!(f, "io errors:           send={} recv={}", self.send_errors, self.recv_errors)
+        write!(
+            f,
+            "io errors:           send={} recv={}",
+            self.send_errors, self.recv_errors
+        )
     }
 }

@@ -32,7 +32,11 @@ pub struct EdgeHandler {
 }
 
 impl EdgeHandler {
-    pub fn new(tables: Arc<ArcSwap<Tables>>, stats: Arc<WorkerStats>, worker: usize) -> EdgeHandler {
+    pub fn new(
+        tables: Arc<ArcSwap<Tables>>,
+        stats: Arc<WorkerStats>,
+        worker: usize,
+    ) -> EdgeHandler {
         let now = Instant::now();
         EdgeHandler {
             tables: Cache::new(tables),
@@ -69,7 +73,13 @@ impl DatagramHandler for EdgeHandler {
         self.batch_n = 0;
     }
 
-    fn on_datagram(&mut self, data: &[u8], truncated: bool, src: SocketAddr, out: &mut [u8]) -> Option<(usize, SocketAddr)> {
+    fn on_datagram(
+        &mut self,
+        data: &[u8],
+        truncated: bool,
+        src: SocketAddr,
+        out: &mut [u8],
+    ) -> Option<(usize, SocketAddr)> {
         self.batch_n += 1;
         // A borrowed snapshot: no refcount traffic on a line shared by workers.
         let (outcome, m) = process(data, truncated, src, self.tables.load(), out);
@@ -91,7 +101,14 @@ impl DatagramHandler for EdgeHandler {
                 self.stats.dropped(r);
                 let slot = DropReason::ALL.iter().position(|x| *x == r).unwrap_or(0);
                 if r != DropReason::Keepalive {
-                    self.log_limited(slot, format_args!("dropped datagram from {src}: {} ({} bytes)", r.name(), data.len()));
+                    self.log_limited(
+                        slot,
+                        format_args!(
+                            "dropped datagram from {src}: {} ({} bytes)",
+                            r.name(),
+                            data.len()
+                        ),
+                    );
                 }
             }
         }
@@ -100,7 +117,11 @@ impl DatagramHandler for EdgeHandler {
 
     fn on_batch_end(&mut self) {
         if self.batch_n > 0 {
-            let ns = self.batch_start.elapsed().as_nanos().clamp(1, 10_000_000_000) as u64;
+            let ns = self
+                .batch_start
+                .elapsed()
+                .as_nanos()
+                .clamp(1, 10_000_000_000) as u64;
             let _ = self.local.record_n(ns, self.batch_n);
         }
         if self.last_fold.elapsed() >= Duration::from_millis(250) {
@@ -111,7 +132,10 @@ impl DatagramHandler for EdgeHandler {
     fn on_send_error(&mut self, dst: SocketAddr, err: i32) {
         self.stats.send_error();
         let e = std::io::Error::from_raw_os_error(err);
-        self.log_limited(DropReason::ALL.len(), format_args!("send to {dst} failed: {e}"));
+        self.log_limited(
+            DropReason::ALL.len(),
+            format_args!("send to {dst} failed: {e}"),
+        );
     }
 
     fn on_recv_error(&mut self, err: i32) {
@@ -167,7 +191,9 @@ impl Server {
         for (i, sock) in sockets.into_iter().enumerate() {
             let st = Arc::new(WorkerStats::new(tables.load().shards.len()));
             stats.push(Arc::clone(&st));
-            let core = (!v.cpus.is_empty()).then(|| v.cpus[i % v.cpus.len()]).and_then(|c| cores.iter().find(|id| id.id == c).copied());
+            let core = (!v.cpus.is_empty())
+                .then(|| v.cpus[i % v.cpus.len()])
+                .and_then(|c| cores.iter().find(|id| id.id == c).copied());
             let tables = Arc::clone(&tables);
             let stop = Arc::clone(&stop);
             let t = std::thread::Builder::new()

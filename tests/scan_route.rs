@@ -50,20 +50,36 @@ fn branch_of(out: &str) -> String {
 /// puts its Via on top.
 fn cs_sends_on(forwarded: &str, cs: &str) -> Vec<u8> {
     let mut lines: Vec<String> = forwarded.split("\r\n").map(str::to_string).collect();
-    let ri = lines.iter().position(|l| l.starts_with("Route: ")).expect("route pushed");
+    let ri = lines
+        .iter()
+        .position(|l| l.starts_with("Route: "))
+        .expect("route pushed");
     let route = lines[ri].clone();
     let rest = route.split_once(">,").expect("two values").1.to_string();
     lines[ri] = format!("Route: {rest}");
-    lines.insert(1, format!("Via: SIP/2.0/UDP {cs};branch=z9hG4bKcs{}", cs.len()));
+    lines.insert(
+        1,
+        format!("Via: SIP/2.0/UDP {cs};branch=z9hG4bKcs{}", cs.len()),
+    );
     lines.join("\r\n").into_bytes()
 }
 
 #[test]
 fn scanner_reads_a_cpm_invite_with_sdp() {
-    let msg = invite_to_group("grp2", "alice", "P-Asserted-Identity: \"Alice\" <sip:alice@example.net>, <tel:+15551234>\r\n");
+    let msg = invite_to_group(
+        "grp2",
+        "alice",
+        "P-Asserted-Identity: \"Alice\" <sip:alice@example.net>, <tel:+15551234>\r\n",
+    );
     let m = scan(&msg);
     assert_eq!(m.defect, None);
-    assert!(matches!(m.start, StartLine::Request { method: Method::Invite, .. }));
+    assert!(matches!(
+        m.start,
+        StartLine::Request {
+            method: Method::Invite,
+            ..
+        }
+    ));
     assert_eq!(m.call_id.get(&msg), b"alice-call-1@192.0.2.10");
     assert_eq!(m.cseq_num, 1);
     assert_eq!(m.from_tag.unwrap().get(&msg), b"a73kszlfl");
@@ -110,7 +126,10 @@ Content-Length: 0
     );
     let m = scan(&msg);
     assert_eq!(m.defect, None);
-    assert_eq!(m.top_via.unwrap().branch.unwrap().get(&msg), b"z9hG4bKfold1");
+    assert_eq!(
+        m.top_via.unwrap().branch.unwrap().get(&msg),
+        b"z9hG4bKfold1"
+    );
     assert_eq!(m.cpm.0, CpmServices::SESSION);
     let (o, out) = run(&msg, CLIENT, &tables());
     assert_eq!(kind(&o), ForwardKind::OriginatingPf);
@@ -128,14 +147,26 @@ fn leg1_client_invite_goes_to_inviting_users_pf_with_exact_edits() {
     let lines: Vec<&str> = out.split("\r\n").collect();
     assert_eq!(lines[0], "INVITE sip:grp2@groups.example.net SIP/2.0");
     assert!(lines[1].starts_with("Via: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKcpe"));
-    assert_eq!(lines[1].len(), "Via: SIP/2.0/UDP 127.0.0.1:5060;branch=".len() + BRANCH_PREFIX.len() + 24);
-    assert_eq!(lines[2], format!("Route: <sip:127.0.0.1:{port};lr>,<sip:127.0.0.1:5060;lr;cpm-leg=orig>"));
+    assert_eq!(
+        lines[1].len(),
+        "Via: SIP/2.0/UDP 127.0.0.1:5060;branch=".len() + BRANCH_PREFIX.len() + 24
+    );
+    assert_eq!(
+        lines[2],
+        format!("Route: <sip:127.0.0.1:{port};lr>,<sip:127.0.0.1:5060;lr;cpm-leg=orig>")
+    );
     assert_eq!(lines[3], "Record-Route: <sip:127.0.0.1:5060;lr>");
-    assert_eq!(lines[4], "Via: SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bK-alice-1;rport=5062;received=192.0.2.10");
+    assert_eq!(
+        lines[4],
+        "Via: SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bK-alice-1;rport=5062;received=192.0.2.10"
+    );
     assert_eq!(lines[5], "Max-Forwards: 69");
     // Everything else byte-for-byte: undo the edits and compare.
     let undone = out
-        .replace(&format!("{}\r\n{}\r\n{}\r\n", lines[1], lines[2], lines[3]), "")
+        .replace(
+            &format!("{}\r\n{}\r\n{}\r\n", lines[1], lines[2], lines[3]),
+            "",
+        )
         .replace(";rport=5062;received=192.0.2.10", ";rport")
         .replace("Max-Forwards: 69", "Max-Forwards: 70");
     assert_eq!(undone.as_bytes(), &msg[..]);
@@ -157,7 +188,11 @@ fn leg2_from_pf_with_orig_marker_goes_to_hosting_cs_every_time() {
         assert_eq!(kind(&o2), ForwardKind::Controlling, "{out2}");
         assert_eq!(shard_port(&o2), 7003, "grp3 is hosted on cs3");
         let routes = header(&out2, "Route");
-        assert_eq!(routes, vec!["Route: <sip:127.0.0.1:7003;lr>,<sip:127.0.0.1:5060;lr;cpm-leg=ctrl>"], "our orig entry popped");
+        assert_eq!(
+            routes,
+            vec!["Route: <sip:127.0.0.1:7003;lr>,<sip:127.0.0.1:5060;lr;cpm-leg=ctrl>"],
+            "our orig entry popped"
+        );
         assert_eq!(header(&out2, "Max-Forwards"), vec!["Max-Forwards: 68"]);
         assert_eq!(header(&out2, "Via").len(), 4, "ours + CS + ours + client");
     }
@@ -184,15 +219,27 @@ Content-Length: {{len}}
     let (o, out) = run(&invite, "127.0.0.1:7003", &t);
     assert_eq!(kind(&o), ForwardKind::TerminatingPf);
     let pf = shard_port(&o);
-    assert_eq!(header(&out, "Route"), vec![format!("Route: <sip:127.0.0.1:{pf};lr>,<sip:127.0.0.1:5060;lr;cpm-leg=term>")]);
+    assert_eq!(
+        header(&out, "Route"),
+        vec![format!(
+            "Route: <sip:127.0.0.1:{pf};lr>,<sip:127.0.0.1:5060;lr;cpm-leg=term>"
+        )]
+    );
     // bob's PF served it and sends it on: toward the invited client.
     let back = cs_sends_on(&out, &format!("127.0.0.1:{pf}"));
     let (o2, out2) = run(&back, &format!("127.0.0.1:{pf}"), &t);
     assert_eq!(kind(&o2), ForwardKind::ToInvitedClient);
     assert_eq!(o2.send().unwrap().1, sa("192.0.2.30:5080"));
-    assert!(header(&out2, "Route").is_empty(), "our term entry popped, nothing pushed");
+    assert!(
+        header(&out2, "Route").is_empty(),
+        "our term entry popped, nothing pushed"
+    );
     // A client forging the term marker is not trusted: it goes to its own PF.
-    let forged = invite_to_group("grp1", "mallory", "Route: <sip:127.0.0.1:5060;lr;cpm-leg=term>\r\n");
+    let forged = invite_to_group(
+        "grp1",
+        "mallory",
+        "Route: <sip:127.0.0.1:5060;lr;cpm-leg=term>\r\n",
+    );
     let (o3, _) = run(&forged, CLIENT, &t);
     assert_eq!(kind(&o3), ForwardKind::OriginatingPf);
 }
@@ -205,7 +252,11 @@ fn originating_pf_off_sends_groups_straight_to_hosting_cs() {
     assert_eq!(shard_port(&o), 7004);
     assert!(out.contains("cpm-leg=ctrl"));
     // A user-addressed request still goes to the inviting user's PF.
-    let (o, _) = run(&message_cpim("carol@example.net", "bob"), "192.0.2.20:5070", &t);
+    let (o, _) = run(
+        &message_cpim("carol@example.net", "bob"),
+        "192.0.2.20:5070",
+        &t,
+    );
     assert_eq!(kind(&o), ForwardKind::OriginatingPf);
 }
 
@@ -225,10 +276,20 @@ Content-Length: 0
 ",
     );
     let (o, out) = run(&plain, CLIENT, &tables());
-    assert_eq!(reply_line(&o, &out), "SIP/2.0 403 Forbidden - No CPM Feature Tag");
+    assert_eq!(
+        reply_line(&o, &out),
+        "SIP/2.0 403 Forbidden - No CPM Feature Tag"
+    );
     assert_eq!(o.send().unwrap().1, sa("192.0.2.10:5062"));
-    assert!(header(&out, "To")[0].contains(";tag="), "final answer carries a To-tag");
-    assert_eq!(header(&out, "Via"), vec!["Via: SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKplain"], "sent-by is the source: no received");
+    assert!(
+        header(&out, "To")[0].contains(";tag="),
+        "final answer carries a To-tag"
+    );
+    assert_eq!(
+        header(&out, "Via"),
+        vec!["Via: SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKplain"],
+        "sent-by is the source: no received"
+    );
     assert_eq!(header(&out, "Call-ID"), vec!["Call-ID: plain-1"]);
     assert_eq!(header(&out, "CSeq"), vec!["CSeq: 1 INVITE"]);
 
@@ -244,8 +305,18 @@ Content-Length: 0
 #[test]
 fn cpm_message_with_compact_forms_routes_on_from_user() {
     let t = tables();
-    let a = run(&message_cpim("carol@example.net", "bob"), "192.0.2.20:5070", &t).0;
-    let b = run(&message_cpim("dave@example.net", "bob"), "192.0.2.20:5070", &t).0;
+    let a = run(
+        &message_cpim("carol@example.net", "bob"),
+        "192.0.2.20:5070",
+        &t,
+    )
+    .0;
+    let b = run(
+        &message_cpim("dave@example.net", "bob"),
+        "192.0.2.20:5070",
+        &t,
+    )
+    .0;
     assert_eq!(kind(&a), ForwardKind::OriginatingPf);
     assert_eq!(shard_port(&a), shard_port(&b), "one user, one PF");
 }
@@ -290,7 +361,10 @@ Content-Length: 0
     let (o, out) = run(&msg, CLIENT, &tables());
     assert_eq!(kind(&o), ForwardKind::LooseRoute);
     assert_eq!(o.send().unwrap().1, sa("192.0.2.99:5070"));
-    assert_eq!(header(&out, "Route"), vec!["Route: <sip:192.0.2.99:5070;lr>"]);
+    assert_eq!(
+        header(&out, "Route"),
+        vec!["Route: <sip:192.0.2.99:5070;lr>"]
+    );
 }
 
 #[test]
@@ -300,35 +374,60 @@ fn cancel_and_non2xx_ack_follow_the_invite_with_the_same_branch() {
     let (oi, outi) = run(&invite, CLIENT, &t);
     let text = String::from_utf8(invite.clone()).unwrap();
     let head: Vec<&str> = text.split("\r\n").take_while(|l| !l.is_empty()).collect();
-    let keep = |l: &&&str| ["Via", "Max-Forwards", "From", "To", "Call-ID"].iter().any(|h| l.starts_with(&format!("{h}:")));
+    let keep = |l: &&&str| {
+        ["Via", "Max-Forwards", "From", "To", "Call-ID"]
+            .iter()
+            .any(|h| l.starts_with(&format!("{h}:")))
+    };
     let cancel = format!(
         "CANCEL sip:grp1@groups.example.net SIP/2.0\r\n{}\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n",
         head.iter().filter(keep).cloned().collect::<Vec<_>>().join("\r\n")
     );
     let (oc, outc) = run(cancel.as_bytes(), CLIENT, &t);
     assert_eq!(shard_port(&oc), shard_port(&oi));
-    assert_eq!(branch_of(&outc), branch_of(&outi), "CANCEL must match the INVITE's branch");
-    let ack = cancel.replace("CANCEL sip", "ACK sip").replace("CSeq: 1 CANCEL", "CSeq: 1 ACK").replace(
-        "To: <sip:grp1@groups.example.net>",
-        "To: <sip:grp1@groups.example.net>;tag=486tag",
+    assert_eq!(
+        branch_of(&outc),
+        branch_of(&outi),
+        "CANCEL must match the INVITE's branch"
     );
+    let ack = cancel
+        .replace("CANCEL sip", "ACK sip")
+        .replace("CSeq: 1 CANCEL", "CSeq: 1 ACK")
+        .replace(
+            "To: <sip:grp1@groups.example.net>",
+            "To: <sip:grp1@groups.example.net>;tag=486tag",
+        );
     let (oa, outa) = run(ack.as_bytes(), CLIENT, &t);
     assert_eq!(shard_port(&oa), shard_port(&oi));
-    assert_eq!(branch_of(&outa), branch_of(&outi), "ACK of a non-2xx must match the INVITE's branch");
+    assert_eq!(
+        branch_of(&outa),
+        branch_of(&outi),
+        "ACK of a non-2xx must match the INVITE's branch"
+    );
 }
 
 #[test]
 fn max_forwards_edits_and_483() {
     let t = tables();
-    let zero = String::from_utf8(invite_to_group("grp1", "alice", "")).unwrap().replace("Max-Forwards: 70", "Max-Forwards: 0");
+    let zero = String::from_utf8(invite_to_group("grp1", "alice", ""))
+        .unwrap()
+        .replace("Max-Forwards: 70", "Max-Forwards: 0");
     let (o, out) = run(zero.as_bytes(), CLIENT, &t);
     assert_eq!(reply_line(&o, &out), "SIP/2.0 483 Too Many Hops");
-    let none = String::from_utf8(invite_to_group("grp1", "alice", "")).unwrap().replace("Max-Forwards: 70\r\n", "");
+    let none = String::from_utf8(invite_to_group("grp1", "alice", ""))
+        .unwrap()
+        .replace("Max-Forwards: 70\r\n", "");
     let (o, out) = run(none.as_bytes(), CLIENT, &t);
     assert!(matches!(o, Outcome::Forwarded { .. }));
     assert_eq!(header(&out, "Max-Forwards"), vec!["Max-Forwards: 70"]);
-    let ack0 = zero.replace("INVITE sip", "ACK sip").replace("1 INVITE", "1 ACK");
-    assert_eq!(run(ack0.as_bytes(), CLIENT, &t).0, Outcome::Dropped(DropReason::AckRefused), "ACK is never answered");
+    let ack0 = zero
+        .replace("INVITE sip", "ACK sip")
+        .replace("1 INVITE", "1 ACK");
+    assert_eq!(
+        run(ack0.as_bytes(), CLIENT, &t).0,
+        Outcome::Dropped(DropReason::AckRefused),
+        "ACK is never answered"
+    );
 }
 
 #[test]
@@ -379,17 +478,34 @@ fn each_defect_gets_400_naming_it() {
     ];
     for (msg, reason) in cases {
         let (o, out) = bad(msg);
-        assert_eq!(reply_line(&o, &out), format!("SIP/2.0 400 Bad Request - {reason}"), "for:\n{msg}");
-        assert_eq!(header(&out, "Via")[0], "Via: SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKbad;rport=5062;received=192.0.2.10");
+        assert_eq!(
+            reply_line(&o, &out),
+            format!("SIP/2.0 400 Bad Request - {reason}"),
+            "for:\n{msg}"
+        );
+        assert_eq!(
+            header(&out, "Via")[0],
+            "Via: SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKbad;rport=5062;received=192.0.2.10"
+        );
     }
-    let (o, out) = bad(&format!("INVITE sip:bob@example.net SIP/3.0\n{GOOD_HEAD}CSeq: 1 INVITE\nContent-Length: 0\n\n"));
+    let (o, out) = bad(&format!(
+        "INVITE sip:bob@example.net SIP/3.0\n{GOOD_HEAD}CSeq: 1 INVITE\nContent-Length: 0\n\n"
+    ));
     assert_eq!(reply_line(&o, &out), "SIP/2.0 505 Version Not Supported");
-    let (o, out) = bad(&format!("INVITE im:bob@example.net SIP/2.0\n{GOOD_HEAD}CSeq: 1 INVITE\nContent-Length: 0\n\n"));
+    let (o, out) = bad(&format!(
+        "INVITE im:bob@example.net SIP/2.0\n{GOOD_HEAD}CSeq: 1 INVITE\nContent-Length: 0\n\n"
+    ));
     assert_eq!(reply_line(&o, &out), "SIP/2.0 416 Unsupported URI Scheme");
     // No blank line after the headers.
-    let raw = format!("INVITE sip:bob@example.net SIP/2.0\r\n{}CSeq: 1 INVITE\r\n", GOOD_HEAD.replace('\n', "\r\n"));
+    let raw = format!(
+        "INVITE sip:bob@example.net SIP/2.0\r\n{}CSeq: 1 INVITE\r\n",
+        GOOD_HEAD.replace('\n', "\r\n")
+    );
     let (o, out) = run(raw.as_bytes(), CLIENT, &tables());
-    assert_eq!(reply_line(&o, &out), "SIP/2.0 400 Bad Request - Missing Blank Line After Headers");
+    assert_eq!(
+        reply_line(&o, &out),
+        "SIP/2.0 400 Bad Request - Missing Blank Line After Headers"
+    );
     assert_eq!(scan(raw.as_bytes()).defect, Some(Defect::MissingBlankLine));
 }
 
@@ -397,19 +513,48 @@ fn each_defect_gets_400_naming_it() {
 fn what_must_not_be_answered_is_dropped_with_a_reason() {
     let t = tables();
     let drop = |msg: &[u8], src: &str| run(msg, src, &t).0;
-    assert_eq!(drop(b"\r\n\r\n", CLIENT), Outcome::Dropped(DropReason::Keepalive));
-    assert_eq!(drop(&[0x16, 0x03, 0x01, 0xff, 0x00], CLIENT), Outcome::Dropped(DropReason::Garbage));
-    assert_eq!(drop(b"\x80\x81garbage\r\nmore\r\n\r\n", CLIENT), Outcome::Dropped(DropReason::Garbage));
+    assert_eq!(
+        drop(b"\r\n\r\n", CLIENT),
+        Outcome::Dropped(DropReason::Keepalive)
+    );
+    assert_eq!(
+        drop(&[0x16, 0x03, 0x01, 0xff, 0x00], CLIENT),
+        Outcome::Dropped(DropReason::Garbage)
+    );
+    assert_eq!(
+        drop(b"\x80\x81garbage\r\nmore\r\n\r\n", CLIENT),
+        Outcome::Dropped(DropReason::Garbage)
+    );
     let no_via = wire("INVITE sip:bob@example.net SIP/2.0\nFrom: <sip:a@b>;tag=1\nTo: <sip:b@c>\nCall-ID: x\nCSeq: 1 INVITE\nContent-Length: 0\n\n");
-    assert_eq!(drop(&no_via, CLIENT), Outcome::Dropped(DropReason::RequestUnanswerable));
+    assert_eq!(
+        drop(&no_via, CLIENT),
+        Outcome::Dropped(DropReason::RequestUnanswerable)
+    );
     let not_ours = wire("SIP/2.0 200 OK\nVia: SIP/2.0/UDP 192.0.2.77:5060;branch=z9hG4bKcpe0000000000000000deadbeef\nVia: SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKx\nFrom: <sip:a@b>;tag=1\nTo: <sip:b@c>;tag=2\nCall-ID: x\nCSeq: 1 INVITE\nContent-Length: 0\n\n");
-    assert_eq!(drop(&not_ours, "127.0.0.1:7001"), Outcome::Dropped(DropReason::ResponseNotOurs));
+    assert_eq!(
+        drop(&not_ours, "127.0.0.1:7001"),
+        Outcome::Dropped(DropReason::ResponseNotOurs)
+    );
     let no_via_resp = wire("SIP/2.0 200 OK\nFrom: <sip:a@b>;tag=1\nTo: <sip:b@c>;tag=2\nCall-ID: x\nCSeq: 1 INVITE\nContent-Length: 0\n\n");
-    assert_eq!(drop(&no_via_resp, "127.0.0.1:7001"), Outcome::Dropped(DropReason::MalformedResponse));
-    let bad_status = wire("SIP/2.0 2x0 OK\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKx\nContent-Length: 0\n\n");
-    assert_eq!(drop(&bad_status, "127.0.0.1:7001"), Outcome::Dropped(DropReason::MalformedResponse));
+    assert_eq!(
+        drop(&no_via_resp, "127.0.0.1:7001"),
+        Outcome::Dropped(DropReason::MalformedResponse)
+    );
+    let bad_status = wire(
+        "SIP/2.0 2x0 OK\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKx\nContent-Length: 0\n\n",
+    );
+    assert_eq!(
+        drop(&bad_status, "127.0.0.1:7001"),
+        Outcome::Dropped(DropReason::MalformedResponse)
+    );
     let mut out = vec![0u8; 4096];
-    let (o, _) = process(&invite_to_group("grp1", "alice", ""), true, sa(CLIENT), &t, &mut out);
+    let (o, _) = process(
+        &invite_to_group("grp1", "alice", ""),
+        true,
+        sa(CLIENT),
+        &t,
+        &mut out,
+    );
     assert_eq!(o, Outcome::Dropped(DropReason::Oversized));
 }
 
@@ -420,16 +565,25 @@ fn responses_pop_our_via_and_go_to_the_next_hop() {
     let vias: Vec<&str> = header(&fwd, "Via");
     for (shape, expect_via) in [
         (format!("{}\r\n{}", vias[0], vias[1]), vias[1].to_string()),
-        (format!("{}, {}", vias[0], &vias[1][5..]), vias[1].to_string()),
+        (
+            format!("{}, {}", vias[0], &vias[1][5..]),
+            vias[1].to_string(),
+        ),
     ] {
         let resp = format!(
             "SIP/2.0 180 Ringing\r\n{shape}\r\nFrom: <sip:alice@example.net>;tag=a73kszlfl\r\nTo: <sip:grp1@groups.example.net>;tag=cs\r\nCall-ID: alice-call-1@192.0.2.10\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
         );
         let (o, out) = run(resp.as_bytes(), "127.0.0.1:7001", &t);
-        assert_eq!(o.send().unwrap().1, sa(CLIENT), "rport + received of the client's Via");
+        assert_eq!(
+            o.send().unwrap().1,
+            sa(CLIENT),
+            "rport + received of the client's Via"
+        );
         assert!(matches!(o, Outcome::Relayed { code: 180, .. }));
         assert_eq!(header(&out, "Via"), vec![expect_via.as_str()]);
-        let expected = resp.replace(&format!("{}\r\n", vias[0]), "").replace(&format!("{}, ", vias[0]), "Via: ");
+        let expected = resp
+            .replace(&format!("{}\r\n", vias[0]), "")
+            .replace(&format!("{}, ", vias[0]), "Via: ");
         assert_eq!(out, expected, "nothing else changes");
     }
 }
@@ -440,6 +594,8 @@ fn output_that_would_exceed_the_datagram_limit_is_answered_513() {
     let big = invite_to_group("grp1", "alice", &format!("X-Pad: {}\r\n", "p".repeat(1400)));
     let mut out = vec![0u8; big.len() + 40];
     let (o, _) = process(&big, false, sa(CLIENT), &t, &mut out);
-    let Outcome::Replied { len, code: 513, .. } = o else { panic!("{o:?}") };
+    let Outcome::Replied { len, code: 513, .. } = o else {
+        panic!("{o:?}")
+    };
     assert!(String::from_utf8_lossy(&out[..len]).starts_with("SIP/2.0 513 Message Too Large\r\n"));
 }

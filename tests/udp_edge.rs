@@ -17,7 +17,11 @@ struct Rig {
 }
 
 fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn sock() -> UdpSocket {
@@ -38,16 +42,34 @@ fn backends() -> Vec<&'static str> {
 
 fn rig(io: &str, routing: &str) -> Rig {
     let shards: Vec<UdpSocket> = (0..4).map(|_| sock()).collect();
-    let mut toml = format!("[listen]\naddr = \"127.0.0.1:{}\"\n[workers]\ncount = 2\nio = \"{io}\"\n{routing}\n", free_port());
+    let mut toml = format!(
+        "[listen]\naddr = \"127.0.0.1:{}\"\n[workers]\ncount = 2\nio = \"{io}\"\n{routing}\n",
+        free_port()
+    );
     for (i, s) in shards.iter().enumerate() {
-        toml += &format!("[[shard]]\nname = \"cs{}\"\naddr = \"{}\"\n", i + 1, s.local_addr().unwrap());
+        toml += &format!(
+            "[[shard]]\nname = \"cs{}\"\naddr = \"{}\"\n",
+            i + 1,
+            s.local_addr().unwrap()
+        );
     }
     toml += "[[group]]\nid = \"sip:grp3@groups.example.net\"\nshard = \"cs3\"\n";
     let valid = Config::parse(&toml).unwrap().validate().unwrap();
-    assert_eq!(valid.io, if io == "uring" { IoChoice::Uring } else { IoChoice::Mmsg });
+    assert_eq!(
+        valid.io,
+        if io == "uring" {
+            IoChoice::Uring
+        } else {
+            IoChoice::Mmsg
+        }
+    );
     let server = Server::start(&valid).unwrap();
     let edge = server.local_addr;
-    Rig { server, edge, shards }
+    Rig {
+        server,
+        edge,
+        shards,
+    }
 }
 
 fn recv(s: &UdpSocket) -> (String, SocketAddr) {
@@ -79,7 +101,10 @@ fn recv_any(shards: &[UdpSocket]) -> (usize, String) {
                 return (i, String::from_utf8_lossy(&buf[..n]).into_owned());
             }
         }
-        assert!(std::time::Instant::now() < deadline, "no shard received anything");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no shard received anything"
+        );
         std::thread::sleep(Duration::from_millis(1));
     }
 }
@@ -87,16 +112,27 @@ fn recv_any(shards: &[UdpSocket]) -> (usize, String) {
 /// A CS answers with every Via copied, to the top Via's address.
 fn cs_answer(cs: &UdpSocket, req: &str, code: &str) {
     let vias = header(req, "Via").join("\r\n");
-    let keep = ["From", "To", "Call-ID", "CSeq"].map(|h| header(req, h).join("\r\n")).join("\r\n");
+    let keep = ["From", "To", "Call-ID", "CSeq"]
+        .map(|h| header(req, h).join("\r\n"))
+        .join("\r\n");
     let resp = format!("SIP/2.0 {code}\r\n{vias}\r\n{keep}\r\nContent-Length: 0\r\n\r\n");
     let top = header(req, "Via")[0];
-    let hostport = top.split_whitespace().nth(2).unwrap().split(';').next().unwrap();
+    let hostport = top
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap();
     cs.send_to(resp.as_bytes(), hostport).unwrap();
 }
 
 fn with_client_via(msg: Vec<u8>, client: &UdpSocket) -> Vec<u8> {
     let a = client.local_addr().unwrap();
-    String::from_utf8(msg).unwrap().replace("192.0.2.10:5062", &a.to_string()).into_bytes()
+    String::from_utf8(msg)
+        .unwrap()
+        .replace("192.0.2.10:5062", &a.to_string())
+        .into_bytes()
 }
 
 #[test]
@@ -109,11 +145,24 @@ fn leg1_client_to_pf_and_response_back() {
         let (i, fwd) = recv_any(&r.shards);
         let pf = r.shards[i].local_addr().unwrap();
         let lines: Vec<&str> = fwd.split("\r\n").collect();
-        assert!(lines[1].starts_with(&format!("Via: SIP/2.0/UDP {};branch=z9hG4bKcpe", r.edge)), "{io}: {fwd}");
-        assert_eq!(lines[2], format!("Route: <sip:{pf};lr>,<sip:{};lr;cpm-leg=orig>", r.edge));
+        assert!(
+            lines[1].starts_with(&format!("Via: SIP/2.0/UDP {};branch=z9hG4bKcpe", r.edge)),
+            "{io}: {fwd}"
+        );
+        assert_eq!(
+            lines[2],
+            format!("Route: <sip:{pf};lr>,<sip:{};lr;cpm-leg=orig>", r.edge)
+        );
         assert_eq!(lines[3], format!("Record-Route: <sip:{};lr>", r.edge));
         let ca = client.local_addr().unwrap();
-        assert_eq!(lines[4], format!("Via: SIP/2.0/UDP {ca};branch=z9hG4bK-alice-1;rport={};received=127.0.0.1", ca.port()), "RFC 3581: received always added with rport");
+        assert_eq!(
+            lines[4],
+            format!(
+                "Via: SIP/2.0/UDP {ca};branch=z9hG4bK-alice-1;rport={};received=127.0.0.1",
+                ca.port()
+            ),
+            "RFC 3581: received always added with rport"
+        );
         assert_eq!(header(&fwd, "Max-Forwards"), vec!["Max-Forwards: 69"]);
         assert!(fwd.ends_with(&SDP.replace('\n', "\r\n")), "body intact");
         // The CS answers; the edge pops its Via and sends it to the client.
@@ -137,13 +186,23 @@ fn leg2_group_goes_to_hosting_shard_every_time() {
         for n in 0..40 {
             // A PF (any shard) sends the group INVITE back with our orig marker.
             let pf = &r.shards[n % 4];
-            let msg = String::from_utf8(invite_to_group("grp3", &format!("user{n}"), &format!("Route: <sip:{edge};lr;cpm-leg=orig>\r\n")))
-                .unwrap()
-                .replace("192.0.2.10:5062", &pf.local_addr().unwrap().to_string());
+            let msg = String::from_utf8(invite_to_group(
+                "grp3",
+                &format!("user{n}"),
+                &format!("Route: <sip:{edge};lr;cpm-leg=orig>\r\n"),
+            ))
+            .unwrap()
+            .replace("192.0.2.10:5062", &pf.local_addr().unwrap().to_string());
             pf.send_to(msg.as_bytes(), edge).unwrap();
             let (i, fwd) = recv_any(&r.shards);
             assert_eq!(i, 2, "{io}: grp3 is hosted on cs3, request {n}");
-            assert_eq!(header(&fwd, "Route"), vec![format!("Route: <sip:{};lr>,<sip:{edge};lr;cpm-leg=ctrl>", r.shards[2].local_addr().unwrap())]);
+            assert_eq!(
+                header(&fwd, "Route"),
+                vec![format!(
+                    "Route: <sip:{};lr>,<sip:{edge};lr;cpm-leg=ctrl>",
+                    r.shards[2].local_addr().unwrap()
+                )]
+            );
         }
         assert_eq!(r.server.snapshot().forward_count("controlling"), 40);
     }
@@ -179,14 +238,21 @@ Content-Length: 0
         let ours = route.split_once(">,").unwrap().1;
         let on = fwd.replacen(route, &format!("Route: {ours}"), 1).replacen(
             "\r\n",
-            &format!("\r\nVia: SIP/2.0/UDP {};branch=z9hG4bKpf{io}\r\n", pf.local_addr().unwrap()),
+            &format!(
+                "\r\nVia: SIP/2.0/UDP {};branch=z9hG4bKpf{io}\r\n",
+                pf.local_addr().unwrap()
+            ),
             1,
         );
         pf.send_to(on.as_bytes(), r.edge).unwrap();
         let (at_bob, _) = recv(&bob);
         assert!(at_bob.starts_with("INVITE sip:bob@"), "{io}");
         assert!(header(&at_bob, "Route").is_empty());
-        assert_eq!(header(&at_bob, "Via").len(), 4, "edge, PF, edge, controlling CS");
+        assert_eq!(
+            header(&at_bob, "Via").len(),
+            4,
+            "edge, PF, edge, controlling CS"
+        );
         assert_eq!(r.server.snapshot().forward_count("to_invited_client"), 1);
     }
 }
@@ -197,12 +263,22 @@ fn rejects_are_answered_over_udp_and_drops_counted() {
         let r = rig(io, "");
         let client = sock();
         let ca = client.local_addr().unwrap().to_string();
-        let base = String::from_utf8(invite_to_group("grp3", "alice", "")).unwrap().replace("192.0.2.10:5062", &ca);
+        let base = String::from_utf8(invite_to_group("grp3", "alice", ""))
+            .unwrap()
+            .replace("192.0.2.10:5062", &ca);
         let cases = [
-            (base.replace("Call-ID: alice-call-1@192.0.2.10\r\n", ""), "SIP/2.0 400 Bad Request - Missing Call-ID"),
-            (base.replace("Max-Forwards: 70", "Max-Forwards: 0"), "SIP/2.0 483 Too Many Hops"),
             (
-                base.replace("Accept-Contact", "X-A").replace("P-Preferred-Service", "X-B").replace("+g.3gpp.icsi-ref", "x"),
+                base.replace("Call-ID: alice-call-1@192.0.2.10\r\n", ""),
+                "SIP/2.0 400 Bad Request - Missing Call-ID",
+            ),
+            (
+                base.replace("Max-Forwards: 70", "Max-Forwards: 0"),
+                "SIP/2.0 483 Too Many Hops",
+            ),
+            (
+                base.replace("Accept-Contact", "X-A")
+                    .replace("P-Preferred-Service", "X-B")
+                    .replace("+g.3gpp.icsi-ref", "x"),
                 "SIP/2.0 403 Forbidden - No CPM Feature Tag",
             ),
             (
@@ -210,7 +286,13 @@ fn rejects_are_answered_over_udp_and_drops_counted() {
                 {
                     let mut out = vec![0u8; 8192];
                     let tables = r.server.tables.load();
-                    let (o, _) = cpm_edge::route::process(base.as_bytes(), false, client.local_addr().unwrap(), &tables, &mut out);
+                    let (o, _) = cpm_edge::route::process(
+                        base.as_bytes(),
+                        false,
+                        client.local_addr().unwrap(),
+                        &tables,
+                        &mut out,
+                    );
                     let (len, _) = o.send().unwrap();
                     let fwd = String::from_utf8_lossy(&out[..len]).into_owned();
                     let our_via = header(&fwd, "Via")[0].to_string();
@@ -239,10 +321,21 @@ fn rejects_are_answered_over_udp_and_drops_counted() {
         assert_eq!(snap.drop_count("keepalive"), 1);
         assert_eq!(snap.drop_count("response_via_not_ours"), 1);
         assert_eq!(snap.drop_count("oversized"), 1);
-        assert_eq!(snap.reply_count(400) + snap.reply_count(403) + snap.reply_count(482) + snap.reply_count(483), 4);
-        client.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        assert_eq!(
+            snap.reply_count(400)
+                + snap.reply_count(403)
+                + snap.reply_count(482)
+                + snap.reply_count(483),
+            4
+        );
+        client
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
         let mut b = [0u8; 100];
-        assert!(client.recv_from(&mut b).is_err(), "nothing answered to the drops");
+        assert!(
+            client.recv_from(&mut b).is_err(),
+            "nothing answered to the drops"
+        );
     }
 }
 
@@ -272,7 +365,10 @@ Content-Length: 0
             client.send_to(&msg, r.edge).unwrap();
             let (got, _) = recv(cs);
             assert!(got.starts_with(&format!("{method} sip:cs@")), "{io}");
-            assert!(header(&got, "Route").is_empty(), "our Record-Route entry popped");
+            assert!(
+                header(&got, "Route").is_empty(),
+                "our Record-Route entry popped"
+            );
         }
         assert_eq!(r.server.snapshot().forward_count("in_dialog"), 2);
     }
@@ -286,15 +382,27 @@ fn a_closed_shard_port_does_not_stop_the_worker() {
         let ca = client.local_addr().unwrap().to_string();
         // Find a user whose PF is cs1, then close cs1's socket: sends get ICMP
         // port unreachable (ECONNREFUSED on the edge's socket).
-        let Rig { server, edge, mut shards } = r;
+        let Rig {
+            server,
+            edge,
+            mut shards,
+        } = r;
         let target = shards.remove(0);
         let closed = target.local_addr().unwrap();
         drop(target);
         let mut sent = 0;
         for n in 0..200 {
-            let msg = String::from_utf8(invite_to_group("grp3", &format!("u{n}"), "")).unwrap().replace("192.0.2.10:5062", &ca);
+            let msg = String::from_utf8(invite_to_group("grp3", &format!("u{n}"), ""))
+                .unwrap()
+                .replace("192.0.2.10:5062", &ca);
             let mut out = vec![0u8; 8192];
-            let (o, _) = cpm_edge::route::process(msg.as_bytes(), false, client.local_addr().unwrap(), &server.tables.load(), &mut out);
+            let (o, _) = cpm_edge::route::process(
+                msg.as_bytes(),
+                false,
+                client.local_addr().unwrap(),
+                &server.tables.load(),
+                &mut out,
+            );
             if o.send().map(|(_, d)| d) == Some(closed) {
                 client.send_to(msg.as_bytes(), edge).unwrap();
                 sent += 1;
@@ -303,7 +411,12 @@ fn a_closed_shard_port_does_not_stop_the_worker() {
         assert!(sent > 10);
         std::thread::sleep(Duration::from_millis(200));
         // The worker still serves: a request for a live shard gets through.
-        let live = String::from_utf8(invite_to_group("grp3", "alive", "Route: <sip:127.0.0.1:1;lr>\r\n")).unwrap();
+        let live = String::from_utf8(invite_to_group(
+            "grp3",
+            "alive",
+            "Route: <sip:127.0.0.1:1;lr>\r\n",
+        ))
+        .unwrap();
         let _ = live;
         let opts = wire(&format!(
             "OPTIONS sip:{edge} SIP/2.0\nVia: SIP/2.0/UDP {ca};branch=z9hG4bKopt\nMax-Forwards: 70\nFrom: <sip:a@b>;tag=1\nTo: <sip:{edge}>\nCall-ID: o1\nCSeq: 1 OPTIONS\nContent-Length: 0\n\n"
@@ -314,7 +427,11 @@ fn a_closed_shard_port_does_not_stop_the_worker() {
             assert!(resp.starts_with("SIP/2.0 200 OK"), "{io}");
         }
         let snap = server.snapshot();
-        assert_eq!(snap.forward_count("originating_pf"), sent, "{io}: every request was forwarded (and its send failed or not)");
+        assert_eq!(
+            snap.forward_count("originating_pf"),
+            sent,
+            "{io}: every request was forwarded (and its send failed or not)"
+        );
         drop(shards);
     }
 }

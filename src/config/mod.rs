@@ -167,7 +167,10 @@ impl Config {
     pub fn validate(&self) -> Result<Valid, String> {
         let listen = addr("listen.addr", &self.listen.addr)?;
         if listen.port() == 0 {
-            return Err("listen.addr: port 0 is not allowed (the edge names its port in Via and Route)".into());
+            return Err(
+                "listen.addr: port 0 is not allowed (the edge names its port in Via and Route)"
+                    .into(),
+            );
         }
         let advertise = match &self.listen.advertise {
             Some(a) if a.is_empty() || a.contains([' ', ';', ',', '<', '>', '"']) => {
@@ -175,7 +178,9 @@ impl Config {
             }
             Some(a) => a.clone(),
             None if listen.ip().is_unspecified() => {
-                return Err("listen.advertise: required when listen.addr is a wildcard address".into());
+                return Err(
+                    "listen.advertise: required when listen.addr is a wildcard address".into(),
+                );
             }
             None => match listen.ip() {
                 IpAddr::V4(ip) => ip.to_string(),
@@ -185,8 +190,14 @@ impl Config {
         let mut aliases = Vec::new();
         for (i, a) in self.listen.aliases.iter().enumerate() {
             let (h, p) = match a.rsplit_once(':') {
-                Some((h, p)) if !h.ends_with(':') && !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
-                    let port = p.parse::<u16>().map_err(|_| format!("listen.aliases[{i}]: bad port in '{a}'"))?;
+                Some((h, p))
+                    if !h.ends_with(':')
+                        && !p.is_empty()
+                        && p.bytes().all(|b| b.is_ascii_digit()) =>
+                {
+                    let port = p
+                        .parse::<u16>()
+                        .map_err(|_| format!("listen.aliases[{i}]: bad port in '{a}'"))?;
                     (h.to_string(), Some(port))
                 }
                 _ => (a.clone(), None),
@@ -194,7 +205,11 @@ impl Config {
             if h.is_empty() {
                 return Err(format!("listen.aliases[{i}]: empty host"));
             }
-            aliases.push((h.trim_matches(|c| c == '[' || c == ']').to_ascii_lowercase(), p));
+            aliases.push((
+                h.trim_matches(|c| c == '[' || c == ']')
+                    .to_ascii_lowercase(),
+                p,
+            ));
         }
         let w = &self.workers;
         let workers = if w.count == 0 {
@@ -207,25 +222,48 @@ impl Config {
         }
         let ncpu = core_affinity::get_core_ids().map_or(0, |c| c.len());
         for (i, c) in w.cpus.iter().enumerate() {
-            if ncpu > 0 && !core_affinity::get_core_ids().unwrap_or_default().iter().any(|id| id.id == *c) {
-                return Err(format!("workers.cpus[{i}]: CPU {c} is not available (this machine has {ncpu})"));
+            if ncpu > 0
+                && !core_affinity::get_core_ids()
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|id| id.id == *c)
+            {
+                return Err(format!(
+                    "workers.cpus[{i}]: CPU {c} is not available (this machine has {ncpu})"
+                ));
             }
         }
         if !(1..=1024).contains(&w.batch) {
             return Err(format!("workers.batch: {} is outside 1..=1024", w.batch));
         }
         if !w.recv_buffers.is_power_of_two() || !(16..=32768).contains(&w.recv_buffers) {
-            return Err(format!("workers.recv_buffers: {} must be a power of two in 16..=32768", w.recv_buffers));
+            return Err(format!(
+                "workers.recv_buffers: {} must be a power of two in 16..=32768",
+                w.recv_buffers
+            ));
         }
         if w.recv_buffers < w.batch {
-            return Err(format!("workers.recv_buffers: {} is smaller than workers.batch {}", w.recv_buffers, w.batch));
+            return Err(format!(
+                "workers.recv_buffers: {} is smaller than workers.batch {}",
+                w.recv_buffers, w.batch
+            ));
         }
         if !(1500..=65507).contains(&w.max_datagram) {
-            return Err(format!("workers.max_datagram: {} is outside 1500..=65507", w.max_datagram));
+            return Err(format!(
+                "workers.max_datagram: {} is outside 1500..=65507",
+                w.max_datagram
+            ));
         }
-        let non_cpm_route = self.routing.non_cpm_route.as_deref().map(|v| addr("routing.non_cpm_route", v)).transpose()?;
+        let non_cpm_route = self
+            .routing
+            .non_cpm_route
+            .as_deref()
+            .map(|v| addr("routing.non_cpm_route", v))
+            .transpose()?;
         if self.shards.is_empty() {
-            return Err("shard: at least one [[shard]] (a CPM Conversation Server) is required".into());
+            return Err(
+                "shard: at least one [[shard]] (a CPM Conversation Server) is required".into(),
+            );
         }
         let mut shards: Vec<(String, SocketAddr)> = Vec::new();
         for (i, s) in self.shards.iter().enumerate() {
@@ -234,13 +272,18 @@ impl Config {
             }
             let a = addr(&format!("shard[{i}].addr"), &s.addr)?;
             if shards.iter().any(|(n, _)| *n == s.name) {
-                return Err(format!("shard[{i}].name: duplicate shard name '{}'", s.name));
+                return Err(format!(
+                    "shard[{i}].name: duplicate shard name '{}'",
+                    s.name
+                ));
             }
             if shards.iter().any(|(_, x)| *x == a) {
                 return Err(format!("shard[{i}].addr: duplicate shard address {a}"));
             }
             if a == listen {
-                return Err(format!("shard[{i}].addr: {a} is the edge's own listen address"));
+                return Err(format!(
+                    "shard[{i}].addr: {a} is the edge's own listen address"
+                ));
             }
             shards.push((s.name.clone(), a));
         }
@@ -290,12 +333,17 @@ pub fn group_key(id: &str) -> Result<Vec<u8>, String> {
     let b = id.as_bytes();
     let u = uri::parse(b, Span::new(0, b.len())).ok_or_else(|| format!("'{id}' is not a URI"))?;
     if !matches!(u.scheme, Scheme::Sip | Scheme::Sips) || u.user.is_empty() {
-        return Err(format!("'{id}' is not a SIP URI with a user part (sip:group@domain)"));
+        return Err(format!(
+            "'{id}' is not a SIP URI with a user part (sip:group@domain)"
+        ));
     }
     let mut key = Vec::new();
     uri::identity_bytes(b, &u, |c| key.push(c));
     if key.len() > crate::route::groups::MAX_IDENTITY {
-        return Err(format!("'{id}' is longer than {} bytes", crate::route::groups::MAX_IDENTITY));
+        return Err(format!(
+            "'{id}' is longer than {} bytes",
+            crate::route::groups::MAX_IDENTITY
+        ));
     }
     Ok(key)
 }
@@ -315,14 +363,20 @@ mod tests {
 
     fn err(extra: &str) -> String {
         let base = "[[shard]]\nname = \"a\"\naddr = \"127.0.0.1:7001\"\n";
-        Config::parse(&format!("{base}{extra}")).and_then(|c| c.validate().map(|_| ())).unwrap_err()
+        Config::parse(&format!("{base}{extra}"))
+            .and_then(|c| c.validate().map(|_| ()))
+            .unwrap_err()
     }
 
     #[test]
     fn errors_name_the_key() {
-        assert!(err("[[group]]\nid = \"sip:g@x\"\nshard = \"zz\"\n").starts_with("group[0].shard: unknown shard 'zz'"));
-        assert!(err("[[shard]]\nname = \"a\"\naddr = \"127.0.0.1:7002\"\n").contains("shard[1].name: duplicate"));
-        assert!(err("[[shard]]\nname = \"b\"\naddr = \"nope\"\n").starts_with("shard[1].addr: 'nope'"));
+        assert!(err("[[group]]\nid = \"sip:g@x\"\nshard = \"zz\"\n")
+            .starts_with("group[0].shard: unknown shard 'zz'"));
+        assert!(err("[[shard]]\nname = \"a\"\naddr = \"127.0.0.1:7002\"\n")
+            .contains("shard[1].name: duplicate"));
+        assert!(
+            err("[[shard]]\nname = \"b\"\naddr = \"nope\"\n").starts_with("shard[1].addr: 'nope'")
+        );
         assert!(err("[workers]\nbatch = 0\n").starts_with("workers.batch"));
         assert!(err("[workers]\nrecv_buffers = 100\n").starts_with("workers.recv_buffers"));
         assert!(err("[listen]\naddr = \"0.0.0.0:5060\"\n").starts_with("listen.advertise"));

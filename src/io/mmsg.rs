@@ -177,10 +177,13 @@ impl Tx {
     }
 
     /// Send slots `0..k`: one sendmmsg, repeated only for what is left after
-    /// a partial send. A message the kernel refuses is reported and skipped.
+    /// a partial send. A message the kernel refuses is reported and skipped
+    /// (after one retry for EAGAIN, ENOBUFS and ECONNREFUSED).
     fn send<H: DatagramHandler>(&mut self, fd: RawFd, k: usize, handler: &mut H) {
         let mut off = 0;
-        let mut waited = false;
+        // The message at `off` already failed once (EAGAIN, ENOBUFS,
+        // ECONNREFUSED) and is being retried.
+        let mut retried = false;
         while off < k {
             // SAFETY: off < k <= hdrs.len(), so the pointer and the count
             // (k - off) stay inside `hdrs`; headers off..k are initialized and
@@ -198,7 +201,7 @@ impl Tx {
             };
             if r > 0 {
                 off += r as usize;
-                waited = false;
+                retried = false;
                 continue;
             }
             let err = if r == 0 { libc::EIO } else { errno() };
@@ -206,16 +209,24 @@ impl Tx {
                 libc::EINTR => continue,
                 // Send buffer full (or transiently out of memory): give the
                 // kernel a moment once, then drop this one.
-                libc::EAGAIN | libc::ENOBUFS if !waited => {
-                    waited = true;
+                libc::EAGAIN | libc::ENOBUFS if !retried => {
+                    retried = true;
                     if err == libc::EAGAIN {
                         wait_fd(fd, libc::POLLOUT, SEND_WAIT_MS);
                     }
                 }
+                // A socket error left pending by an ICMP port unreachable
+                // for an earlier datagram (connected socket or IP_RECVERR):
+                // this message was not sent, the call consumed the error.
+                // Count it against this destination and send it again.
+                libc::ECONNREFUSED if !retried => {
+                    retried = true;
+                    handler.on_send_error(self.dsts[off], err);
+                }
                 _ => {
                     handler.on_send_error(self.dsts[off], err);
                     off += 1;
-                    waited = false;
+                    retried = false;
                 }
             }
         }

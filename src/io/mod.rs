@@ -92,11 +92,19 @@ pub fn select_backend(choice: IoChoice) -> Result<(IoBackend, String), String> {
         IoChoice::Mmsg => Ok((IoBackend::Mmsg, "forced by --io mmsg".to_string())),
         IoChoice::Uring => match uring::probe() {
             Ok(()) => Ok((IoBackend::Uring, "forced by --io uring".to_string())),
-            Err(e) => Err(format!("--io uring requested but io_uring is unusable: {e}")),
+            Err(e) => Err(format!(
+                "--io uring requested but io_uring is unusable: {e}"
+            )),
         },
         IoChoice::Auto => match uring::probe() {
-            Ok(()) => Ok((IoBackend::Uring, "auto: io_uring probe succeeded".to_string())),
-            Err(e) => Ok((IoBackend::Mmsg, format!("auto: io_uring unusable ({e}), using fallback"))),
+            Ok(()) => Ok((
+                IoBackend::Uring,
+                "auto: io_uring probe succeeded".to_string(),
+            )),
+            Err(e) => Ok((
+                IoBackend::Mmsg,
+                format!("auto: io_uring unusable ({e}), using fallback"),
+            )),
         },
     }
 }
@@ -110,7 +118,10 @@ pub fn run<H: DatagramHandler>(
     stop: &AtomicBool,
 ) -> std::io::Result<()> {
     assert!(cfg.batch > 0 && cfg.batch <= 1024, "io batch out of range");
-    assert!(cfg.buf_size >= 1024 && cfg.out_size >= 1024, "io buffers too small");
+    assert!(
+        cfg.buf_size >= 1024 && cfg.out_size >= 1024,
+        "io buffers too small"
+    );
     match backend {
         IoBackend::Uring => uring::run(socket, cfg, handler, stop),
         IoBackend::Mmsg => mmsg::run(socket, cfg, handler, stop),

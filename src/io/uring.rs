@@ -65,7 +65,25 @@ const MAX_BUF_COUNT: usize = 32768;
 /// (not blocked by `kernel.io_uring_disabled`, seccomp or an LSM), timed
 /// waits, the opcodes, a provided-buffer ring, and a real multishot recvmsg
 /// round trip on a loopback socket.
+///
+/// The probe runs on a short-lived helper thread: tearing a ring down makes
+/// the kernel queue a signal-like task work (TWA_SIGNAL) to every thread that
+/// used it, which would interrupt the caller's next blocking syscall with
+/// EINTR (e.g. a socket read with a timeout). An exited thread gets none.
 pub fn probe() -> Result<(), String> {
+    match std::thread::Builder::new()
+        .name("io_uring-probe".into())
+        .spawn(probe_here)
+    {
+        Ok(t) => t
+            .join()
+            .unwrap_or_else(|_| Err("io_uring probe panicked".into())),
+        Err(_) => probe_here(),
+    }
+}
+
+/// [`probe`] on the calling thread.
+fn probe_here() -> Result<(), String> {
     let ring = build_ring(8, 16).map_err(setup_error)?;
     if !ring.params().is_feature_ext_arg() {
         return Err("kernel lacks IORING_FEAT_EXT_ARG (timed waits, Linux >= 5.11)".into());
@@ -135,9 +153,9 @@ fn probe_multishot(
     let sqe = recv_sqe(sock.as_raw_fd(), hdr);
     // SAFETY: the SQE points at `hdr` and at buffer group BGID (`bufs`),
     // which both outlive the request: the caller cancels and drains it
-    // before dropping or leaks them. `sock` outlives it too: it is dropped
-    // at the end of this function, and closing an fd with a pending request
-    // only makes the request fail, it never touches freed memory.
+    // before dropping them, or leaks them. Dropping `sock` at the end of this
+    // function is harmless: a submitted request holds its own reference to
+    // the socket file.
     unsafe { ring.submission().push(&sqe) }.map_err(|_| "submission queue full".to_string())?;
     ring.submit().map_err(|e| format!("io_uring_enter: {e}"))?;
     *recv_armed = true;
@@ -309,7 +327,16 @@ impl Loop<'_> {
                         self.pending.push_back((cqe.result(), cqe.flags()));
                     }
                     CANCEL_UD => {}
-                    slot => self.sends.complete(slot as usize, cqe.result(), handler),
+                    slot => {
+                        let slot = slot as usize;
+                        if let Some(sqe) = self.sends.settle(slot, cqe.result(), self.fd, handler) {
+                            // SAFETY: as in `dispatch`: the slot stays busy
+                            // until this new request completes.
+                            if unsafe { sq.push(&sqe) }.is_err() {
+                                self.sends.complete(slot, 0, handler);
+                            }
+                        }
+                    }
                 }
             }
             cq.sync();
@@ -364,13 +391,14 @@ impl Loop<'_> {
             // 4. One submission for the whole batch (and the re-arm).
             sq.sync();
             if started {
-                match submitter.submit() {
+                let submitted = submitter.submit();
+                sq.sync();
+                handler.on_batch_end();
+                match submitted {
                     Ok(_) => {}
                     Err(e) if is_transient(&e) => {}
                     Err(e) => return Err(e),
                 }
-                sq.sync();
-                handler.on_batch_end();
             }
 
             // 5. Nothing to do without the kernel: wait (bounded).
@@ -742,6 +770,8 @@ struct SendSlot {
     iov: libc::iovec,
     name: libc::sockaddr_storage,
     dst: SocketAddr,
+    /// Already sent again after an ECONNREFUSED.
+    retried: bool,
 }
 
 /// The `batch` output slots and their buffers.
@@ -769,6 +799,7 @@ impl Sends {
                 },
                 name: zeroed_storage(),
                 dst: SocketAddr::from(([0, 0, 0, 0], 0)),
+                retried: false,
             })
             .collect();
         for (i, s) in slots.iter_mut().enumerate() {
@@ -811,9 +842,37 @@ impl Sends {
         s.hdr.msg_namelen = sslen;
         s.iov.iov_len = len.min(self.out_size);
         s.dst = dst;
+        s.retried = false;
         opcode::SendMsg::new(types::Fd(fd), &s.hdr)
             .build()
             .user_data(slot as u64)
+    }
+
+    /// Handle the completion of `slot` in the loop. ECONNREFUSED is a socket
+    /// error left pending by an ICMP port unreachable for an earlier datagram
+    /// (connected socket or IP_RECVERR): this datagram was not sent and the
+    /// error is now consumed, so it is reported and the datagram sent once
+    /// more: the SQE to push is returned and the slot stays busy.
+    fn settle<H: DatagramHandler>(
+        &mut self,
+        slot: usize,
+        res: i32,
+        fd: RawFd,
+        handler: &mut H,
+    ) -> Option<squeue::Entry> {
+        if res == -libc::ECONNREFUSED && self.in_flight > 0 {
+            if let Some(s) = self.slots.get_mut(slot).filter(|s| !s.retried) {
+                s.retried = true;
+                handler.on_send_error(s.dst, libc::ECONNREFUSED);
+                return Some(
+                    opcode::SendMsg::new(types::Fd(fd), &s.hdr)
+                        .build()
+                        .user_data(slot as u64),
+                );
+            }
+        }
+        self.complete(slot, res, handler);
+        None
     }
 
     /// Settle the completion of `slot`: free it, report a failure.

@@ -145,8 +145,14 @@ pub enum Decision {
         ruri: Span,
     },
     /// Forward a response to `dst` with our Via popped.
-    Relay { dst: SocketAddr },
-    Reply { code: u16, reason: &'static str, dst: SocketAddr },
+    Relay {
+        dst: SocketAddr,
+    },
+    Reply {
+        code: u16,
+        reason: &'static str,
+        dst: SocketAddr,
+    },
     Drop(DropReason),
 }
 
@@ -160,14 +166,17 @@ pub fn decide(buf: &[u8], m: &Message, src: SocketAddr, t: &Tables) -> Decision 
 fn decide_response(buf: &[u8], m: &Message, t: &Tables) -> Decision {
     match m.defect {
         Some(Defect::Keepalive) => return Decision::Drop(DropReason::Keepalive),
-        Some(Defect::BadStartLine) if !buf.starts_with(b"SIP/") => return Decision::Drop(DropReason::Garbage),
+        Some(Defect::BadStartLine) if !buf.starts_with(b"SIP/") => {
+            return Decision::Drop(DropReason::Garbage)
+        }
         Some(_) => return Decision::Drop(DropReason::MalformedResponse),
         None => {}
     }
     let Some(top) = &m.top_via else {
         return Decision::Drop(DropReason::MalformedResponse);
     };
-    let ours = t.edge.is_me(top.host.get(buf), top.port) && top.branch.is_some_and(|b| branch::is_ours(b.get(buf)));
+    let ours = t.edge.is_me(top.host.get(buf), top.port)
+        && top.branch.is_some_and(|b| branch::is_ours(b.get(buf)));
     if !ours {
         return Decision::Drop(DropReason::ResponseNotOurs);
     }
@@ -184,7 +193,9 @@ fn decide_response(buf: &[u8], m: &Message, t: &Tables) -> Decision {
             };
             let _ = host;
             t.resolve(buf, &u).map(|a| match v.rport {
-                Some(Some(p)) => SocketAddr::new(a.ip(), uri::parse_port(p.get(buf)).unwrap_or(a.port())),
+                Some(Some(p)) => {
+                    SocketAddr::new(a.ip(), uri::parse_port(p.get(buf)).unwrap_or(a.port()))
+                }
                 _ => a,
             })
         })
@@ -195,14 +206,25 @@ fn decide_response(buf: &[u8], m: &Message, t: &Tables) -> Decision {
     }
 }
 
-fn decide_request(buf: &[u8], m: &Message, method: Method, ruri_span: Span, src: SocketAddr, t: &Tables) -> Decision {
+fn decide_request(
+    buf: &[u8],
+    m: &Message,
+    method: Method,
+    ruri_span: Span,
+    src: SocketAddr,
+    t: &Tables,
+) -> Decision {
     let is_ack = method == Method::Ack;
     let reply_dst = super::reply_target(buf, m, src);
     let refuse = |code: u16, reason: &'static str| {
         if is_ack {
             Decision::Drop(DropReason::AckRefused)
         } else {
-            Decision::Reply { code, reason, dst: reply_dst }
+            Decision::Reply {
+                code,
+                reason,
+                dst: reply_dst,
+            }
         }
     };
     if let Some(d) = m.defect {
@@ -232,13 +254,19 @@ fn decide_request(buf: &[u8], m: &Message, method: Method, ruri_span: Span, src:
         }
         pop += 1;
         if leg.is_none() {
-            leg = find_param(buf, u.params, LEG_PARAM).and_then(|p| p.value).and_then(|v| Leg::from_marker(v.get(buf)));
+            leg = find_param(buf, u.params, LEG_PARAM)
+                .and_then(|p| p.value)
+                .and_then(|v| Leg::from_marker(v.get(buf)));
         }
     }
     let leg = leg.filter(|_| from_shard.is_some());
     let remaining = m.route_count as usize - pop;
 
-    if method == Method::Options && remaining == 0 && ruri.user.is_empty() && t.edge.is_me(ruri.host.get(buf), ruri.port) {
+    if method == Method::Options
+        && remaining == 0
+        && ruri.user.is_empty()
+        && t.edge.is_me(ruri.host.get(buf), ruri.port)
+    {
         return Decision::Reply {
             code: 200,
             reason: "OK",
@@ -252,15 +280,16 @@ fn decide_request(buf: &[u8], m: &Message, method: Method, ruri_span: Span, src:
     if branch::is_loop(buf, m, loop_hash) {
         return refuse(482, "Loop Detected");
     }
-    let forward = |dst: SocketAddr, kind: ForwardKind, push: Option<(usize, Leg)>| Decision::Forward {
-        dst,
-        kind,
-        push,
-        pop,
-        max_forwards,
-        loop_hash,
-        ruri: ruri_span,
-    };
+    let forward =
+        |dst: SocketAddr, kind: ForwardKind, push: Option<(usize, Leg)>| Decision::Forward {
+            dst,
+            kind,
+            push,
+            pop,
+            max_forwards,
+            loop_hash,
+            ruri: ruri_span,
+        };
     let to_ruri = |kind: ForwardKind| match t.resolve(buf, &ruri) {
         Some(dst) => forward(dst, kind, None),
         None => refuse(404, "Not Found - No Route To Request-URI Host"),
@@ -285,7 +314,8 @@ fn decide_request(buf: &[u8], m: &Message, method: Method, ruri_span: Span, src:
     if leg == Some(Leg::Terminating) {
         return to_ruri(ForwardKind::ToInvitedClient);
     }
-    let cpm = m.cpm.any() || (matches!(method, Method::Cancel | Method::Ack) && t.non_cpm_route.is_none());
+    let cpm = m.cpm.any()
+        || (matches!(method, Method::Cancel | Method::Ack) && t.non_cpm_route.is_none());
     if !cpm {
         return match t.non_cpm_route {
             Some(dst) => forward(dst, ForwardKind::NonCpm, None),
@@ -293,11 +323,17 @@ fn decide_request(buf: &[u8], m: &Message, method: Method, ruri_span: Span, src:
         };
     }
     let group = t.groups.lookup(buf, &ruri);
-    let to_shard = |shard: usize, leg: Leg, kind: ForwardKind| forward(t.shards.get(shard).addr, kind, Some((shard, leg)));
+    let to_shard = |shard: usize, leg: Leg, kind: ForwardKind| {
+        forward(t.shards.get(shard).addr, kind, Some((shard, leg)))
+    };
     if from_shard.is_some() {
         return match group {
             Some(g) => to_shard(g, Leg::Controlling, ForwardKind::Controlling),
-            None => to_shard(t.shards.pick(user_hash(buf, &ruri)), Leg::Terminating, ForwardKind::TerminatingPf),
+            None => to_shard(
+                t.shards.pick(user_hash(buf, &ruri)),
+                Leg::Terminating,
+                ForwardKind::TerminatingPf,
+            ),
         };
     }
     if let (false, Some(g)) = (t.originating_pf, group) {
@@ -310,7 +346,11 @@ fn decide_request(buf: &[u8], m: &Message, method: Method, ruri_span: Span, src:
         Some(u) => user_hash(buf, &u),
         None => branch::hash_bytes(user.get(buf)),
     };
-    to_shard(t.shards.pick(h), Leg::Originating, ForwardKind::OriginatingPf)
+    to_shard(
+        t.shards.pick(h),
+        Leg::Originating,
+        ForwardKind::OriginatingPf,
+    )
 }
 
 /// Hash of a user's canonical identity (the rendezvous input).

@@ -45,7 +45,11 @@ pub struct GroupTable {
 }
 
 /// The canonical identity of `uri` into `key`; `None` if it does not fit.
-pub fn identity_key<'k>(buf: &[u8], uri: &Uri, key: &'k mut [u8; MAX_IDENTITY]) -> Option<&'k [u8]> {
+pub fn identity_key<'k>(
+    buf: &[u8],
+    uri: &Uri,
+    key: &'k mut [u8; MAX_IDENTITY],
+) -> Option<&'k [u8]> {
     let mut n = 0usize;
     let mut overflow = false;
     identity_bytes(buf, uri, |b| {

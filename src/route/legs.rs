@@ -36,7 +36,9 @@ impl Leg {
     }
 
     pub fn from_marker(v: &[u8]) -> Option<Leg> {
-        Leg::ALL.into_iter().find(|l| v.eq_ignore_ascii_case(l.marker().as_bytes()))
+        Leg::ALL
+            .into_iter()
+            .find(|l| v.eq_ignore_ascii_case(l.marker().as_bytes()))
     }
 
     pub fn index(self) -> usize {

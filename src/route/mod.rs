@@ -30,11 +30,24 @@ use std::net::SocketAddr;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// A request forwarded: `len` bytes of `out` go to `dst`.
-    Forwarded { len: usize, dst: SocketAddr, kind: ForwardKind, shard: Option<u16> },
+    Forwarded {
+        len: usize,
+        dst: SocketAddr,
+        kind: ForwardKind,
+        shard: Option<u16>,
+    },
     /// A response forwarded back along the Via path.
-    Relayed { len: usize, dst: SocketAddr, code: u16 },
+    Relayed {
+        len: usize,
+        dst: SocketAddr,
+        code: u16,
+    },
     /// A stateless answer to a request.
-    Replied { len: usize, dst: SocketAddr, code: u16 },
+    Replied {
+        len: usize,
+        dst: SocketAddr,
+        code: u16,
+    },
     Dropped(DropReason),
 }
 
@@ -42,16 +55,22 @@ impl Outcome {
     /// The datagram to send, if any.
     pub fn send(&self) -> Option<(usize, SocketAddr)> {
         match *self {
-            Outcome::Forwarded { len, dst, .. } | Outcome::Relayed { len, dst, .. } | Outcome::Replied { len, dst, .. } => {
-                Some((len, dst))
-            }
+            Outcome::Forwarded { len, dst, .. }
+            | Outcome::Relayed { len, dst, .. }
+            | Outcome::Replied { len, dst, .. } => Some((len, dst)),
             Outcome::Dropped(_) => None,
         }
     }
 }
 
 /// Scan, decide and write one datagram. Pure: no io, no clock, no allocation.
-pub fn process(buf: &[u8], truncated: bool, src: SocketAddr, t: &Tables, out: &mut [u8]) -> (Outcome, Message) {
+pub fn process(
+    buf: &[u8],
+    truncated: bool,
+    src: SocketAddr,
+    t: &Tables,
+    out: &mut [u8],
+) -> (Outcome, Message) {
     let m = scan(buf);
     if truncated {
         return (Outcome::Dropped(DropReason::Oversized), m);
@@ -84,8 +103,11 @@ pub fn process(buf: &[u8], truncated: bool, src: SocketAddr, t: &Tables, out: &m
                 via_prefix: &t.edge.via_prefix,
                 branch: &br,
                 route_push: push.map(|(shard, leg)| t.shards.get(shard).route_line(leg)),
-                record_route: (t.record_route && kind.record_routes() && m.to_tag.is_none() && m.method().is_some_and(dialog_creating))
-                    .then_some(&t.edge.record_route_line[..]),
+                record_route: (t.record_route
+                    && kind.record_routes()
+                    && m.to_tag.is_none()
+                    && m.method().is_some_and(dialog_creating))
+                .then_some(&t.edge.record_route_line[..]),
                 max_forwards,
                 pop_routes: pop,
                 src,
@@ -112,7 +134,15 @@ fn dialog_creating(m: crate::sip::scan::Method) -> bool {
     matches!(m, Invite | Subscribe | Refer)
 }
 
-fn answer(buf: &[u8], m: &Message, code: u16, reason: &str, src: SocketAddr, dst: SocketAddr, out: &mut [u8]) -> Outcome {
+fn answer(
+    buf: &[u8],
+    m: &Message,
+    code: u16,
+    reason: &str,
+    src: SocketAddr,
+    dst: SocketAddr,
+    out: &mut [u8],
+) -> Outcome {
     match reply::build(buf, m, code, reason, &[], src, out) {
         Some(len) => Outcome::Replied { len, dst, code },
         None => Outcome::Dropped(DropReason::TooLarge),

@@ -54,13 +54,22 @@ impl ShardSet {
                 addr: *addr,
                 id_hash: hash_bytes(name.as_bytes()),
                 route_lines: Leg::ALL.map(|leg| {
-                    format!("Route: <sip:{};lr>,<sip:{};lr;cpm-leg={}>\r\n", uri_host(*addr), edge_hostport, leg.marker())
-                        .into_bytes()
-                        .into_boxed_slice()
+                    format!(
+                        "Route: <sip:{};lr>,<sip:{};lr;cpm-leg={}>\r\n",
+                        uri_host(*addr),
+                        edge_hostport,
+                        leg.marker()
+                    )
+                    .into_bytes()
+                    .into_boxed_slice()
                 }),
             })
             .collect();
-        let by_addr = shards.iter().enumerate().map(|(i, s)| (s.addr, i as u16)).collect();
+        let by_addr = shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.addr, i as u16))
+            .collect();
         ShardSet { shards, by_addr }
     }
 
@@ -112,7 +121,14 @@ mod tests {
     use super::*;
 
     fn set(n: usize) -> ShardSet {
-        let list: Vec<_> = (0..n).map(|i| (format!("cs{i}"), SocketAddr::from(([127, 0, 0, 1], 7001 + i as u16)))).collect();
+        let list: Vec<_> = (0..n)
+            .map(|i| {
+                (
+                    format!("cs{i}"),
+                    SocketAddr::from(([127, 0, 0, 1], 7001 + i as u16)),
+                )
+            })
+            .collect();
         ShardSet::new(&list, "127.0.0.1:5060")
     }
 

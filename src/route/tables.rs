@@ -30,11 +30,17 @@ impl EdgeIdentity {
     pub fn new(advertise: &str, port: u16, aliases: &[(String, Option<u16>)]) -> EdgeIdentity {
         let hostport = format!("{advertise}:{port}");
         EdgeIdentity {
-            host: advertise.trim_matches(|c| c == '[' || c == ']').to_ascii_lowercase().into_bytes(),
+            host: advertise
+                .trim_matches(|c| c == '[' || c == ']')
+                .to_ascii_lowercase()
+                .into_bytes(),
             port,
             via_prefix: format!("Via: SIP/2.0/UDP {hostport};branch=").into_bytes(),
             record_route_line: format!("Record-Route: <sip:{hostport};lr>\r\n").into_bytes(),
-            aliases: aliases.iter().map(|(h, p)| (h.as_bytes().to_vec(), *p)).collect(),
+            aliases: aliases
+                .iter()
+                .map(|(h, p)| (h.as_bytes().to_vec(), *p))
+                .collect(),
         }
     }
 
@@ -82,7 +88,11 @@ impl Tables {
             edge,
             shards,
             groups,
-            hosts: v.hosts.iter().map(|(h, a)| (h.as_bytes().to_vec(), *a)).collect(),
+            hosts: v
+                .hosts
+                .iter()
+                .map(|(h, a)| (h.as_bytes().to_vec(), *a))
+                .collect(),
             originating_pf: v.originating_pf,
             record_route: v.record_route,
             non_cpm_route: v.non_cpm_route,

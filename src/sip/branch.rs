@@ -112,7 +112,10 @@ pub fn branch(buf: &[u8], m: &Message, ruri: Span, loop_h: u32) -> [u8; BRANCH_L
     }
     let mut out = [0u8; BRANCH_LEN];
     out[..BRANCH_PREFIX.len()].copy_from_slice(BRANCH_PREFIX);
-    hex_into(h.finish(), &mut out[BRANCH_PREFIX.len()..BRANCH_PREFIX.len() + 16]);
+    hex_into(
+        h.finish(),
+        &mut out[BRANCH_PREFIX.len()..BRANCH_PREFIX.len() + 16],
+    );
     hex_into(u64::from(loop_h), &mut out[BRANCH_PREFIX.len() + 16..]);
     out
 }
@@ -146,7 +149,10 @@ mod tests {
     #[test]
     fn hash_is_stable_and_separated() {
         // Fixed value: a change here moves every user to another shard.
-        assert_eq!(hash_bytes(b"alice@example.net"), hash_bytes(b"alice@example.net"));
+        assert_eq!(
+            hash_bytes(b"alice@example.net"),
+            hash_bytes(b"alice@example.net")
+        );
         assert_ne!(hash_bytes(b"ab"), hash_bytes(b"a"));
         let mut a = StableHash::default();
         a.bytes(b"ab");

@@ -47,7 +47,8 @@ fn finder() -> &'static Finder<'static> {
 fn has_urn_prefix(v: &[u8], at: usize) -> bool {
     let before = &v[..at];
     let ends_ci = |suffix: &[u8]| {
-        before.len() >= suffix.len() && before[before.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+        before.len() >= suffix.len()
+            && before[before.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
     };
     ends_ci(b"urn:urn-7:") || ends_ci(b"urn%3Aurn-7%3A")
 }
@@ -59,11 +60,17 @@ fn has_urn_prefix(v: &[u8], at: usize) -> bool {
 fn in_icsi_ref(v: &[u8], at: usize) -> bool {
     let start = memchr::memrchr(b';', &v[..at]).map_or(0, |p| p + 1);
     let seg = &v[start..at];
-    let seg = &seg[seg.iter().position(|b| !crate::sip::is_lws(*b)).unwrap_or(seg.len())..];
+    let seg = &seg[seg
+        .iter()
+        .position(|b| !crate::sip::is_lws(*b))
+        .unwrap_or(seg.len())..];
     const TAG: &[u8] = b"+g.3gpp.icsi-ref";
     seg.len() > TAG.len() && seg[..TAG.len()].eq_ignore_ascii_case(TAG) && {
         let rest = &seg[TAG.len()..];
-        let rest = &rest[rest.iter().position(|b| !crate::sip::is_lws(*b)).unwrap_or(rest.len())..];
+        let rest = &rest[rest
+            .iter()
+            .position(|b| !crate::sip::is_lws(*b))
+            .unwrap_or(rest.len())..];
         rest.first() == Some(&b'=')
     }
 }
@@ -97,17 +104,24 @@ mod tests {
 
     #[test]
     fn escaped_and_plain_forms() {
-        let ac = br#"*;+g.3gpp.icsi-ref="urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.session";explicit"#;
+        let ac =
+            br#"*;+g.3gpp.icsi-ref="urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.session";explicit"#;
         assert_eq!(cpm_services(ac, true).0, CpmServices::SESSION);
         let pps = b"urn:urn-7:3gpp-service.ims.icsi.oma.cpm.msg";
         assert_eq!(cpm_services(pps, false).0, CpmServices::MSG);
-        assert!(!cpm_services(pps, true).any(), "a bare URN is not a feature tag");
+        assert!(
+            !cpm_services(pps, true).any(),
+            "a bare URN is not a feature tag"
+        );
         let other_param = br#"<sip:a@b>;x="urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.session""#;
         assert!(!cpm_services(other_param, true).any());
         let spaced = br#"<sip:a@b>; +G.3GPP.ICSI-REF = "urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.session""#;
         assert!(cpm_services(spaced, true).any());
         let lower = br#"+g.3gpp.icsi-ref="urn%3aurn-7%3a3gpp-service.ims.icsi.oma.cpm.largemsg,urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.filetransfer""#;
-        assert_eq!(cpm_services(lower, true).0, CpmServices::LARGEMSG | CpmServices::FILETRANSFER);
+        assert_eq!(
+            cpm_services(lower, true).0,
+            CpmServices::LARGEMSG | CpmServices::FILETRANSFER
+        );
     }
 
     #[test]
@@ -120,7 +134,11 @@ mod tests {
             b"3gpp-service.ims.icsi.oma.cpm.session",
             b"urn:urn-7:3gpp-service.ims.icsi.oma.cpm.",
         ] {
-            assert!(!cpm_services(v, false).any(), "{}", String::from_utf8_lossy(v));
+            assert!(
+                !cpm_services(v, false).any(),
+                "{}",
+                String::from_utf8_lossy(v)
+            );
         }
     }
 }

@@ -159,13 +159,23 @@ mod tests {
         assert_eq!(names, vec![&b"x"[..], b"lr", b"rport", b"branch"]);
         assert_eq!(ps[0].value.unwrap().get(s), b"\"a;b\"");
         assert!(ps[2].value.is_none());
-        assert_eq!(find_param(s, all(s), b"BRANCH").unwrap().value.unwrap().get(s), b"z9hG4bK1");
+        assert_eq!(
+            find_param(s, all(s), b"BRANCH")
+                .unwrap()
+                .value
+                .unwrap()
+                .get(s),
+            b"z9hG4bK1"
+        );
     }
 
     #[test]
     fn values_split_outside_angles() {
         let s = b"<sip:a,b@x;lr>, \"q,uote\" <sip:c>,\r\n <sip:d>";
         let vs: Vec<&[u8]> = values(s, all(s)).map(|v| v.get(s)).collect();
-        assert_eq!(vs, vec![&b"<sip:a,b@x;lr>"[..], b"\"q,uote\" <sip:c>", b"<sip:d>"]);
+        assert_eq!(
+            vs,
+            vec![&b"<sip:a,b@x;lr>"[..], b"\"q,uote\" <sip:c>", b"<sip:d>"]
+        );
     }
 }

@@ -10,7 +10,15 @@ use std::net::SocketAddr;
 
 /// Write `SIP/2.0 <code> <reason>` answering `m`. `extra` lines must each end
 /// with CRLF. `None` when it does not fit `out`.
-pub fn build(buf: &[u8], m: &Message, code: u16, reason: &str, extra: &[&[u8]], src: SocketAddr, out: &mut [u8]) -> Option<usize> {
+pub fn build(
+    buf: &[u8],
+    m: &Message,
+    code: u16,
+    reason: &str,
+    extra: &[&[u8]],
+    src: SocketAddr,
+    out: &mut [u8],
+) -> Option<usize> {
     debug_assert!((100..700).contains(&code));
     let mut o = Out::new(out);
     o.put(b"SIP/2.0 ");
@@ -37,7 +45,9 @@ pub fn build(buf: &[u8], m: &Message, code: u16, reason: &str, extra: &[&[u8]], 
                 o.put(&tag);
                 o.put(&buf[h.value.end as usize..h.line.end as usize]);
             }
-            Header::Via | Header::From | Header::To | Header::CallId | Header::CSeq => o.put(h.line.get(buf)),
+            Header::Via | Header::From | Header::To | Header::CallId | Header::CSeq => {
+                o.put(h.line.get(buf))
+            }
             _ => {}
         }
     }

@@ -19,7 +19,11 @@ pub struct Out<'o> {
 
 impl<'o> Out<'o> {
     pub fn new(buf: &'o mut [u8]) -> Out<'o> {
-        Out { buf, len: 0, overflow: false }
+        Out {
+            buf,
+            len: 0,
+            overflow: false,
+        }
     }
     #[inline]
     pub fn put(&mut self, s: &[u8]) {
@@ -59,7 +63,10 @@ pub struct Ins {
 }
 
 impl Ins {
-    pub const EMPTY: Ins = Ins { bytes: [0; 64], len: 0 };
+    pub const EMPTY: Ins = Ins {
+        bytes: [0; 64],
+        len: 0,
+    };
     fn as_slice(&self) -> &[u8] {
         &self.bytes[..self.len as usize]
     }
@@ -101,7 +108,11 @@ pub struct Edits {
 impl Default for Edits {
     fn default() -> Self {
         Edits {
-            list: [Edit { at: 0, del: 0, ins: Ins::EMPTY }; MAX_EDITS],
+            list: [Edit {
+                at: 0,
+                del: 0,
+                ins: Ins::EMPTY,
+            }; MAX_EDITS],
             n: 0,
         }
     }
@@ -136,7 +147,10 @@ impl Edits {
         let mut pos = region.start as usize;
         for e in list.iter() {
             let at = e.at as usize;
-            debug_assert!(at >= pos && at + e.del as usize <= region.end as usize, "overlapping splices");
+            debug_assert!(
+                at >= pos && at + e.del as usize <= region.end as usize,
+                "overlapping splices"
+            );
             if at < pos {
                 continue;
             }
@@ -208,7 +222,12 @@ pub struct RequestPlan<'a> {
 }
 
 /// Write the forwarded request. `None`: it would not fit `out` (answer 513).
-pub fn forward_request(buf: &[u8], m: &Message, plan: &RequestPlan<'_>, out: &mut [u8]) -> Option<usize> {
+pub fn forward_request(
+    buf: &[u8],
+    m: &Message,
+    plan: &RequestPlan<'_>,
+    out: &mut [u8],
+) -> Option<usize> {
     let mut o = Out::new(out);
     o.put(m.start_line.get(buf));
     o.put(b"\r\n");

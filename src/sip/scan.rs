@@ -174,8 +174,14 @@ impl Defect {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StartLine {
-    Request { method: Method, method_span: Span, uri: Span },
-    Response { code: u16 },
+    Request {
+        method: Method,
+        method_span: Span,
+        uri: Span,
+    },
+    Response {
+        code: u16,
+    },
 }
 
 /// One Route value and where it sits, so it can be popped in place.
@@ -409,8 +415,16 @@ impl Iterator for HeaderLines<'_> {
         let valid_name = !name.is_empty() && name.get(buf).iter().all(|b| is_token(*b));
         let value = trim(buf, Span::new(start + colon + 1, line_end));
         Some(HeaderLine {
-            kind: if valid_name { header_kind(name.get(buf)) } else { Header::Other },
-            name: if valid_name { name } else { Span::new(start, start) },
+            kind: if valid_name {
+                header_kind(name.get(buf))
+            } else {
+                Header::Other
+            },
+            name: if valid_name {
+                name
+            } else {
+                Span::new(start, start)
+            },
             value,
             line,
         })
@@ -434,7 +448,10 @@ fn parse_u32(s: &[u8]) -> Option<u32> {
 pub fn scan(buf: &[u8]) -> Message {
     let mut m = Message::empty();
     // RFC 3261 §7.5: empty lines before the start line are ignored.
-    let Some(first) = buf.iter().position(|b| !matches!(b, b'\r' | b'\n' | b' ' | b'\t' | 0)) else {
+    let Some(first) = buf
+        .iter()
+        .position(|b| !matches!(b, b'\r' | b'\n' | b' ' | b'\t' | 0))
+    else {
         m.flag(Defect::Keepalive);
         return m;
     };
@@ -443,7 +460,11 @@ pub fn scan(buf: &[u8]) -> Message {
         return m;
     };
     let sl_nl = first + sl_len;
-    let sl_end = if sl_nl > first && buf[sl_nl - 1] == b'\r' { sl_nl - 1 } else { sl_nl };
+    let sl_end = if sl_nl > first && buf[sl_nl - 1] == b'\r' {
+        sl_nl - 1
+    } else {
+        sl_nl
+    };
     m.start_line = Span::new(first, sl_end);
     scan_start_line(buf, &mut m);
 
@@ -476,9 +497,17 @@ pub fn scan(buf: &[u8]) -> Message {
         Some(cl) => cl as usize,
         None => available,
     };
-    m.body = Span::new(body_start.min(buf.len()), body_start.min(buf.len()) + body_len);
+    m.body = Span::new(
+        body_start.min(buf.len()),
+        body_start.min(buf.len()) + body_len,
+    );
 
-    if let StartLine::Request { method, method_span, .. } = m.start {
+    if let StartLine::Request {
+        method,
+        method_span,
+        ..
+    } = m.start
+    {
         if m.via_count == 0 {
             m.flag(Defect::MissingVia);
         }
@@ -507,12 +536,16 @@ fn scan_start_line(buf: &[u8], m: &mut Message) {
     let line = m.start_line.get(buf);
     if line.len() >= 8 && line[..8].eq_ignore_ascii_case(b"SIP/2.0 ") {
         let rest = &line[8..];
-        let code_ok = rest.len() >= 3 && rest[..3].iter().all(u8::is_ascii_digit) && rest.get(3).is_none_or(|b| *b == b' ');
+        let code_ok = rest.len() >= 3
+            && rest[..3].iter().all(u8::is_ascii_digit)
+            && rest.get(3).is_none_or(|b| *b == b' ');
         if !code_ok {
             m.flag(Defect::BadStartLine);
             return;
         }
-        let code = rest[..3].iter().fold(0u16, |a, d| a * 10 + u16::from(d - b'0'));
+        let code = rest[..3]
+            .iter()
+            .fold(0u16, |a, d| a * 10 + u16::from(d - b'0'));
         if !(100..=699).contains(&code) {
             m.flag(Defect::BadStartLine);
             return;
@@ -629,8 +662,12 @@ fn scan_headers(buf: &[u8], m: &mut Message) {
                     m.pai_uri = values(buf, h.value).next().and_then(|v| addr_of(buf, v));
                 }
             }
-            Header::AcceptContact | Header::Contact => m.cpm.0 |= cpm_services(h.value.get(buf), true).0,
-            Header::PPreferredService | Header::PAssertedService => m.cpm.0 |= cpm_services(h.value.get(buf), false).0,
+            Header::AcceptContact | Header::Contact => {
+                m.cpm.0 |= cpm_services(h.value.get(buf), true).0
+            }
+            Header::PPreferredService | Header::PAssertedService => {
+                m.cpm.0 |= cpm_services(h.value.get(buf), false).0
+            }
             Header::ContentLength => match parse_u32(h.value.get(buf)) {
                 Some(v) => {
                     if m.content_length.is_some_and(|old| old != v) {
@@ -656,7 +693,8 @@ fn scan_via(buf: &[u8], m: &mut Message, h: &HeaderLine) {
         match m.via_count {
             1 => {
                 m.top_via_line = h.line;
-                m.top_via_next = next_value_start(buf, v.end as usize, h.value.end as usize).map(|p| p as u32);
+                m.top_via_next =
+                    next_value_start(buf, v.end as usize, h.value.end as usize).map(|p| p as u32);
                 match via::parse(buf, v) {
                     Some(parsed) => m.top_via = Some(parsed),
                     None => m.flag(Defect::BadVia),

@@ -75,7 +75,11 @@ pub fn parse(buf: &[u8], span: Span) -> Option<Uri> {
         Scheme::Sips
     } else if scheme_text.eq_ignore_ascii_case(b"tel") {
         Scheme::Tel
-    } else if !scheme_text.is_empty() && scheme_text.iter().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(b)) {
+    } else if !scheme_text.is_empty()
+        && scheme_text
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(b))
+    {
         Scheme::Other
     } else {
         return None;
@@ -125,7 +129,10 @@ pub fn parse(buf: &[u8], span: Span) -> Option<Uri> {
     let mut params_start = after_host;
     if s.get(after_host) == Some(&b':') {
         let pstart = after_host + 1;
-        let pend = s[pstart..end].iter().position(|b| *b == b';').map_or(end, |p| pstart + p);
+        let pend = s[pstart..end]
+            .iter()
+            .position(|b| *b == b';')
+            .map_or(end, |p| pstart + p);
         port = Some(parse_port(&s[pstart..pend])?);
         params_start = pend;
     }
@@ -169,7 +176,10 @@ pub fn identity_bytes(buf: &[u8], uri: &Uri, mut f: impl FnMut(u8)) {
         Scheme::Sip | Scheme::Sips => {
             uri.user.get(buf).iter().for_each(|b| f(*b));
             f(b'@');
-            uri.host.get(buf).iter().for_each(|b| f(b.to_ascii_lowercase()));
+            uri.host
+                .get(buf)
+                .iter()
+                .for_each(|b| f(b.to_ascii_lowercase()));
         }
         _ => uri.user.get(buf).iter().for_each(|b| f(*b)),
     }
@@ -203,7 +213,10 @@ mod tests {
         let u = p(s);
         assert_eq!(u.user.get(s), b"alice");
         assert_eq!(u.host.get(s), b"2001:db8::1");
-        assert_eq!(socket_addr(u.host.get(s), u.port), Some("[2001:db8::1]:5061".parse().unwrap()));
+        assert_eq!(
+            socket_addr(u.host.get(s), u.port),
+            Some("[2001:db8::1]:5061".parse().unwrap())
+        );
         let t = b"tel:+15551234;phone-context=example.net";
         let u = p(t);
         assert_eq!(u.scheme, Scheme::Tel);
@@ -212,8 +225,20 @@ mod tests {
 
     #[test]
     fn rejects_non_uris() {
-        for s in [&b"nocolon"[..], b"sip:", b"sip:u@", b"sip:h:99999", b"sip:h:5x", b"sip:[::1", b"<>:x"] {
-            assert!(parse(s, Span::new(0, s.len())).is_none(), "{:?}", String::from_utf8_lossy(s));
+        for s in [
+            &b"nocolon"[..],
+            b"sip:",
+            b"sip:u@",
+            b"sip:h:99999",
+            b"sip:h:5x",
+            b"sip:[::1",
+            b"<>:x",
+        ] {
+            assert!(
+                parse(s, Span::new(0, s.len())).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(s)
+            );
         }
     }
 
@@ -224,7 +249,10 @@ mod tests {
         assert_eq!(a.get(s), b"sip:bob@example.net;transport=udp");
         assert_eq!(header_params(s, Span::new(0, s.len())).get(s), b";tag=9fx");
         let s = b"sip:bob@example.net;tag=1";
-        assert_eq!(addr_of(s, Span::new(0, s.len())).unwrap().get(s), b"sip:bob@example.net");
+        assert_eq!(
+            addr_of(s, Span::new(0, s.len())).unwrap().get(s),
+            b"sip:bob@example.net"
+        );
         assert_eq!(header_params(s, Span::new(0, s.len())).get(s), b";tag=1");
     }
 }

@@ -141,7 +141,10 @@ mod tests {
         assert_eq!(v.port, Some(5062));
         assert_eq!(v.branch.unwrap().get(s), b"z9hG4bK77");
         assert_eq!(v.rport, Some(None));
-        assert_eq!(&s[..v.rport_end as usize], b"SIP/2.0/UDP 192.0.2.4:5062;branch=z9hG4bK77;rport");
+        assert_eq!(
+            &s[..v.rport_end as usize],
+            b"SIP/2.0/UDP 192.0.2.4:5062;branch=z9hG4bK77;rport"
+        );
         assert_eq!(v.response_target(s), Some("10.0.0.1:5062".parse().unwrap()));
     }
 
@@ -150,13 +153,26 @@ mod tests {
         let s = b"SIP / 2.0 / UDP [2001:db8::9] : 5070 ;rport=4000";
         let v = parse(s, Span::new(0, s.len())).unwrap();
         assert_eq!(v.host.get(s), b"2001:db8::9");
-        assert_eq!(v.response_target(s), Some("[2001:db8::9]:4000".parse().unwrap()));
+        assert_eq!(
+            v.response_target(s),
+            Some("[2001:db8::9]:4000".parse().unwrap())
+        );
     }
 
     #[test]
     fn rejects_bad_vias() {
-        for s in [&b"SIP/2.0 host"[..], b"SIP/3.0/UDP h", b"SIP/2.0/UDP", b"SIP/2.0/UDP h:0", b"SIP/2.0/UDP h x"] {
-            assert!(parse(s, Span::new(0, s.len())).is_none(), "{}", String::from_utf8_lossy(s));
+        for s in [
+            &b"SIP/2.0 host"[..],
+            b"SIP/3.0/UDP h",
+            b"SIP/2.0/UDP",
+            b"SIP/2.0/UDP h:0",
+            b"SIP/2.0/UDP h x",
+        ] {
+            assert!(
+                parse(s, Span::new(0, s.len())).is_none(),
+                "{}",
+                String::from_utf8_lossy(s)
+            );
         }
     }
 }

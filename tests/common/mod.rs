@@ -74,22 +74,38 @@ Hello CPM
 
 /// The embedded default plus a non-CPM variant; shards 127.0.0.1:7001-7004.
 pub fn tables() -> Tables {
-    Tables::from_config(&Config::default_embedded().validate().expect("default config"))
+    Tables::from_config(
+        &Config::default_embedded()
+            .validate()
+            .expect("default config"),
+    )
 }
 
 pub fn tables_with(toml_extra: &str) -> Tables {
     let text = format!("{}\n{}", cpm_edge::config::DEFAULT_TOML, toml_extra);
     let text = if toml_extra.starts_with("[routing]") {
-        text.replace("[routing]\noriginating_pf = true\nrecord_route = true\n", "")
+        text.replace(
+            "[routing]\noriginating_pf = true\nrecord_route = true\n",
+            "",
+        )
     } else {
         text
     };
-    Tables::from_config(&Config::parse(&text).expect("toml").validate().expect("valid"))
+    Tables::from_config(
+        &Config::parse(&text)
+            .expect("toml")
+            .validate()
+            .expect("valid"),
+    )
 }
 
 pub fn header<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
     msg.split("\r\n")
         .take_while(|l| !l.is_empty())
-        .filter(|l| l.len() > name.len() && l[..name.len()].eq_ignore_ascii_case(name) && l.as_bytes()[name.len()] == b':')
+        .filter(|l| {
+            l.len() > name.len()
+                && l[..name.len()].eq_ignore_ascii_case(name)
+                && l.as_bytes()[name.len()] == b':'
+        })
         .collect()
 }

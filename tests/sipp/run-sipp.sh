@@ -57,12 +57,12 @@ fail() {
 # ---------------------------------------------------------------- cleanup --
 PIDS=()
 cleanup() {
-    local pid i
+    local pid
     for pid in "${PIDS[@]}"; do
         kill -TERM "$pid" 2>/dev/null || true
     done
     for pid in "${PIDS[@]}"; do
-        for i in $(seq 1 30); do
+        for _ in $(seq 1 30); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
         done
@@ -85,8 +85,8 @@ udp_port_bound() {
 
 # Wait until live process $1 has bound UDP port $2 (10 s).
 wait_ready() {
-    local pid=$1 port=$2 name=$3 i
-    for i in $(seq 1 100); do
+    local pid=$1 port=$2 name=$3
+    for _ in $(seq 1 100); do
         kill -0 "$pid" 2>/dev/null || fail "$name (pid $pid) exited during start-up; logs in $LOGDIR"
         udp_port_bound "$port" && return 0
         sleep 0.1
@@ -199,10 +199,14 @@ if ((${#problems[@]})); then
     sed -n '/Scenario Screen/,/Statistics Screen/p' "$LOGDIR/uac-screen.log" 2>/dev/null | head -30 >&2 || true
     for f in "$LOGDIR"/uac-errors.log "$LOGDIR"/uas-*-errors.log "$LOGDIR"/edge.err; do
         [[ -s "$f" ]] || continue
-        echo "--- $f (head) ---" >&2
-        head -40 "$f" >&2
+        # SIPp error logs can be megabytes without newlines: cap by bytes.
+        echo "--- $f (first 3000 bytes) ---" >&2
+        head -c 3000 "$f" >&2
+        echo >&2
     done
-    fail "$(IFS=';'; echo "${problems[*]}")"
+    msg=${problems[0]}
+    for p in "${problems[@]:1}"; do msg+="; $p"; done
+    fail "$msg"
 fi
 for port in "$UAS1" "$UAS2"; do
     [[ "$per_uas" != *" $port:0"* ]] ||

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The project's test command (README "The two commands", called by .ci/run).
+# Installs what the tests need on a fresh machine, then runs: formatting and
+# lint gates, unit + integration tests (real UDP sockets, both io backends),
+# the SIPp end-to-end run through the edge, and the fuzz target build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n=== %s\n' "$*"; }
+
+if ! command -v sipp >/dev/null 2>&1; then
+  step "installing SIPp (Debian sip-tester)"
+  apt-get update -qq
+  apt-get install -y -qq sip-tester >/dev/null
+fi
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -q -- -D warnings
+
+step "cargo test (unit, routing, UDP integration, io backends)"
+cargo test -q
+
+step "release build"
+cargo build --release -q --bins
+
+step "SIPp: uac-cpm -> cpm-edge -> uas-cpm"
+EDGE_BIN=target/release/cpm-edge tests/sipp/run-sipp.sh
+
+step "fuzz target builds"
+if rustup toolchain list 2>/dev/null | grep -q nightly && cargo +nightly fuzz --version >/dev/null 2>&1; then
+  (cd fuzz && cargo +nightly fuzz build -O scan_route)
+else
+  # Without cargo-fuzz (or nightly) the target still has to compile.
+  cargo build -q --manifest-path fuzz/Cargo.toml
+fi
+
+step "all tests passed"
