@@ -75,27 +75,42 @@ fn in_icsi_ref(v: &[u8], at: usize) -> bool {
     }
 }
 
-/// CPM services named in one header value (any number of ICSIs, e.g. a
-/// comma-separated `+g.3gpp.icsi-ref` list). With `feature_tag`, only ICSIs
-/// inside a `+g.3gpp.icsi-ref` parameter count (Contact, Accept-Contact);
-/// without, the value itself is the service (P-Preferred/Asserted-Service).
-pub fn cpm_services(v: &[u8], feature_tag: bool) -> CpmServices {
-    let mut found = 0u8;
-    for at in finder().find_iter(v) {
-        if !has_urn_prefix(v, at) || (feature_tag && !in_icsi_ref(v, at)) {
-            continue;
-        }
-        let rest = &v[at + MIDDLE.len()..];
-        let name_len = rest
-            .iter()
-            .position(|b| !(b.is_ascii_alphanumeric() || *b == b'-'))
-            .unwrap_or(rest.len());
-        let name = &rest[..name_len];
-        if let Some((_, bit)) = SERVICES.iter().find(|(s, _)| s.eq_ignore_ascii_case(name)) {
-            found |= bit;
-        }
+/// Candidate positions of a CPM ICSI in a whole header block: one SIMD
+/// search per message; [`service_at`] then checks each hit in its header.
+pub fn candidates(block: &[u8]) -> memchr::memmem::FindIter<'_, 'static> {
+    finder().find_iter(block)
+}
+
+/// The service bit of the ICSI whose invariant middle starts at `at` in the
+/// header value `v`, or 0 when it is not a CPM ICSI in this position. With
+/// `feature_tag`, only ICSIs inside a `+g.3gpp.icsi-ref` parameter count
+/// (Contact, Accept-Contact); without, the value itself is the service
+/// (P-Preferred-Service, P-Asserted-Service).
+pub fn service_at(v: &[u8], at: usize, feature_tag: bool) -> u8 {
+    if at + MIDDLE.len() > v.len() || !has_urn_prefix(v, at) || (feature_tag && !in_icsi_ref(v, at))
+    {
+        return 0;
     }
-    CpmServices(found)
+    let rest = &v[at + MIDDLE.len()..];
+    let name_len = rest
+        .iter()
+        .position(|b| !(b.is_ascii_alphanumeric() || *b == b'-'))
+        .unwrap_or(rest.len());
+    let name = &rest[..name_len];
+    SERVICES
+        .iter()
+        .find(|(s, _)| s.eq_ignore_ascii_case(name))
+        .map_or(0, |(_, bit)| *bit)
+}
+
+/// CPM services named in one header value (any number of ICSIs, e.g. a
+/// comma-separated `+g.3gpp.icsi-ref` list); see [`service_at`].
+pub fn cpm_services(v: &[u8], feature_tag: bool) -> CpmServices {
+    CpmServices(
+        finder()
+            .find_iter(v)
+            .fold(0, |acc, at| acc | service_at(v, at, feature_tag)),
+    )
 }
 
 #[cfg(test)]

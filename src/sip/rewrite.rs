@@ -8,7 +8,7 @@
 use super::scan::{Message, RouteValue};
 use super::via::Via;
 use super::Span;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// A bounded output cursor over the caller's buffer.
 pub struct Out<'o> {
@@ -37,17 +37,8 @@ impl<'o> Out<'o> {
     }
     pub fn put_u32(&mut self, v: u32) {
         let mut tmp = [0u8; 10];
-        let mut i = tmp.len();
-        let mut v = v;
-        loop {
-            i -= 1;
-            tmp[i] = b'0' + (v % 10) as u8;
-            v /= 10;
-            if v == 0 {
-                break;
-            }
-        }
-        self.put(&tmp[i..]);
+        let n = fmt_u32(v, &mut tmp);
+        self.put(&tmp[10 - n..]);
     }
     /// Bytes written, or `None` when something did not fit.
     pub fn finish(self) -> Option<usize> {
@@ -70,22 +61,63 @@ impl Ins {
     fn as_slice(&self) -> &[u8] {
         &self.bytes[..self.len as usize]
     }
-    fn writer(&mut self) -> InsWriter<'_> {
-        InsWriter(self)
+    /// Append, truncating at capacity (callers insert short tokens only).
+    pub fn put(&mut self, s: &[u8]) -> &mut Ins {
+        let start = self.len as usize;
+        let n = s.len().min(self.bytes.len() - start);
+        self.bytes[start..start + n].copy_from_slice(&s[..n]);
+        self.len += n as u8;
+        self
+    }
+    pub fn put_u32(&mut self, v: u32) -> &mut Ins {
+        let mut tmp = [0u8; 10];
+        let n = fmt_u32(v, &mut tmp);
+        self.put(&tmp[10 - n..])
+    }
+    pub fn put_ip(&mut self, ip: IpAddr) -> &mut Ins {
+        let mut tmp = [0u8; 48];
+        let n = fmt_ip(ip, &mut tmp);
+        self.put(&tmp[..n])
     }
 }
 
-struct InsWriter<'a>(&'a mut Ins);
-impl std::io::Write for InsWriter<'_> {
-    fn write(&mut self, s: &[u8]) -> std::io::Result<usize> {
-        let start = self.0.len as usize;
-        let n = s.len().min(self.0.bytes.len() - start);
-        self.0.bytes[start..start + n].copy_from_slice(&s[..n]);
-        self.0.len += n as u8;
-        Ok(n)
+/// Decimal digits of `v` right-aligned in `out`; returns how many.
+fn fmt_u32(mut v: u32, out: &mut [u8; 10]) -> usize {
+    let mut i = out.len();
+    loop {
+        i -= 1;
+        out[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            return out.len() - i;
+        }
     }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+}
+
+/// Text of an IP address without `core::fmt` for IPv4 (the common case, and
+/// the formatter costs ~1000 instructions per call).
+pub fn fmt_ip(ip: IpAddr, out: &mut [u8; 48]) -> usize {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut n = 0;
+            for (k, o) in v4.octets().iter().enumerate() {
+                if k > 0 {
+                    out[n] = b'.';
+                    n += 1;
+                }
+                let mut tmp = [0u8; 10];
+                let d = fmt_u32(u32::from(*o), &mut tmp);
+                out[n..n + d].copy_from_slice(&tmp[10 - d..]);
+                n += d;
+            }
+            n
+        }
+        IpAddr::V6(v6) => {
+            use std::io::Write as _;
+            let mut cur = std::io::Cursor::new(&mut out[..]);
+            let _ = write!(cur, "{v6}");
+            cur.position() as usize
+        }
     }
 }
 
@@ -119,10 +151,8 @@ impl Default for Edits {
 }
 
 impl Edits {
-    fn push(&mut self, at: usize, del: usize, f: impl FnOnce(&mut dyn std::io::Write)) {
+    fn push(&mut self, at: usize, del: usize, ins: Ins) {
         assert!(self.n < MAX_EDITS, "more splices than any rewrite needs");
-        let mut ins = Ins::EMPTY;
-        f(&mut ins.writer());
         self.list[self.n] = Edit {
             at: at as u32,
             del: del as u32,
@@ -131,13 +161,13 @@ impl Edits {
         self.n += 1;
     }
     pub fn delete(&mut self, span: Span) {
-        self.push(span.start as usize, span.len(), |_| {});
+        self.push(span.start as usize, span.len(), Ins::EMPTY);
     }
-    pub fn replace(&mut self, span: Span, f: impl FnOnce(&mut dyn std::io::Write)) {
-        self.push(span.start as usize, span.len(), f);
+    pub fn replace(&mut self, span: Span, ins: Ins) {
+        self.push(span.start as usize, span.len(), ins);
     }
-    pub fn insert(&mut self, at: usize, f: impl FnOnce(&mut dyn std::io::Write)) {
-        self.push(at, 0, f);
+    pub fn insert(&mut self, at: usize, ins: Ins) {
+        self.push(at, 0, ins);
     }
 
     /// Copy `region` of `buf` to `out`, applying the edits inside it.
@@ -166,16 +196,21 @@ impl Edits {
 /// not the source address (always, when `rport` is present) and fill a bare
 /// `rport` with the source port.
 pub fn mark_received(buf: &[u8], via: &Via, src: SocketAddr, edits: &mut Edits) {
-    let host_is_src = super::uri::ip_of(via.host.get(buf)) == Some(src.ip());
+    let mut ip = [0u8; 48];
+    let ip_len = fmt_ip(src.ip(), &mut ip);
+    let host = via.host.get(buf);
+    // IPv4 text is canonical; IPv6 has several spellings, so parse those.
+    let host_is_src =
+        host == &ip[..ip_len] || (src.is_ipv6() && super::uri::ip_of(host) == Some(src.ip()));
     if via.rport == Some(None) {
-        edits.insert(via.rport_end as usize, |w| {
-            let _ = write!(w, "={}", src.port());
-        });
+        let mut ins = Ins::EMPTY;
+        ins.put(b"=").put_u32(u32::from(src.port()));
+        edits.insert(via.rport_end as usize, ins);
     }
     if via.received.is_none() && (!host_is_src || via.rport.is_some()) {
-        edits.insert(via.value.end as usize, |w| {
-            let _ = write!(w, ";received={}", src.ip());
-        });
+        let mut ins = Ins::EMPTY;
+        ins.put(b";received=").put(&ip[..ip_len]);
+        edits.insert(via.value.end as usize, ins);
     }
 }
 
@@ -247,9 +282,11 @@ pub fn forward_request(
             o.put_u32(v);
             o.put(b"\r\n");
         }
-        MaxForwards::Replace(span, v) => edits.replace(span, |w| {
-            let _ = write!(w, "{v}");
-        }),
+        MaxForwards::Replace(span, v) => {
+            let mut ins = Ins::EMPTY;
+            ins.put_u32(v);
+            edits.replace(span, ins);
+        }
     }
     if let Some(via) = &m.top_via {
         mark_received(buf, via, plan.src, &mut edits);
