@@ -4,8 +4,18 @@
 //! One loop iteration: `recvmmsg(MSG_DONTWAIT)` up to `batch` datagrams into
 //! fixed buffers, the handler once per datagram, then one `sendmmsg` for the
 //! batch's outputs. When the socket is empty the loop sleeps in `poll` for at
-//! most [`IDLE_WAIT_MS`], which bounds the reaction time to `stop`. Every
+//! most `IDLE_WAIT_MS` (50 ms), which bounds the reaction time to `stop`. Every
 //! buffer, iovec, address and header is allocated once at start.
+//!
+//! Errors: a failed recvmmsg (ECONNREFUSED left by an ICMP port unreachable,
+//! ENOMEM, ...) goes to `on_recv_error` and the loop goes on; only an
+//! unusable socket (EBADF, ENOTSOCK, ...) ends it. After a partial sendmmsg
+//! the rest is sent again; a message the kernel refuses is reported to
+//! `on_send_error` and skipped, after one retry for EAGAIN/ENOBUFS (with a
+//! short wait for buffer space) and ECONNREFUSED (an error left by an earlier
+//! datagram: this one was not sent). Note that sendmmsg itself discards the
+//! error of a message that follows successful ones in the same call; the
+//! retry of the rest then sends it.
 
 use std::io;
 use std::mem;

@@ -4,28 +4,43 @@
 //! Kernel interfaces used (see [`probe`]):
 //! - `io_uring_setup`, preferably with SINGLE_ISSUER | DEFER_TASKRUN |
 //!   TASKRUN_FLAG | SUBMIT_ALL (6.1+; a plain ring is used when refused);
+//!   the ring is created by [`run`] on the worker thread and used only there;
 //! - IORING_FEAT_EXT_ARG: waits carry a timeout, so `stop` is seen within
-//!   [`WAIT`] (5.11+);
+//!   `WAIT` (50 ms) (5.11+);
 //! - IORING_REGISTER_PBUF_RING: a ring of `buf_count` provided buffers that
-//!   this module owns and refills (5.19+);
+//!   this module owns (anonymous mmap) and refills (5.19+);
 //! - IORING_OP_RECVMSG with IORING_RECV_MULTISHOT and buffer select: one
 //!   request keeps posting one completion per datagram (6.0+);
 //! - IORING_OP_SENDMSG, IORING_OP_ASYNC_CANCEL.
 //!
 //! Layout of one provided buffer, as the kernel fills it for a multishot
 //! recvmsg: `struct io_uring_recvmsg_out` (16 bytes), the source address
-//! ([`NAME_LEN`] bytes), then up to `buf_size` payload bytes.
+//! (`NAME_LEN` = 32 bytes), then up to `buf_size` payload bytes; a buffer is
+//! given back to the kernel right after the handler has seen it.
+//!
+//! Errors: a receive completion with an error ends the multishot request;
+//! the error goes to `on_recv_error` (ENOBUFS too: the buffer ring ran dry
+//! because the loop fell behind; no datagram is lost, they wait in the
+//! socket) and the request is re-armed. A send completion with an error goes
+//! to `on_send_error`; ECONNREFUSED there is a socket error left by an ICMP
+//! for an earlier datagram, so that datagram is sent once more.
 //!
 //! Bounds: the submission queue holds `batch` sends plus the recv re-arm and
 //! a cancel; the completion queue holds every buffer's completion plus
 //! `batch` send completions plus slack, so it never overflows; at most
-//! `batch` sends are in flight (one per output slot).
+//! `batch` sends are in flight (one per output slot); when all are in flight
+//! the loop waits for send completions before handling more datagrams.
 //!
 //! Memory soundness: the kernel holds pointers to the buffer ring, the
 //! receive buffers, the recvmsg header and the send slots. On exit every
 //! request is cancelled and its completion awaited before that memory is
-//! freed; if that does not happen within [`DRAIN_DEADLINE`] the memory is
-//! leaked rather than freed under the kernel.
+//! freed; if that does not happen within `DRAIN_DEADLINE` (1 s), or the
+//! handler panics, the memory is leaked rather than freed under the kernel.
+//!
+//! Side effect of tearing a ring down: the kernel notifies every thread that
+//! used it with a signal-like task work, which can make one blocking syscall
+//! of that thread fail with EINTR afterwards (hence [`probe`] runs on its
+//! own short-lived thread).
 
 use std::collections::VecDeque;
 use std::io;
@@ -121,8 +136,7 @@ fn probe_here() -> Result<(), String> {
     let result = probe_multishot(&mut ring, &bufs, &hdr, &mut recv_armed);
     let drained = cancel_and_drain(&mut ring, recv_armed, None);
     if !drained {
-        // SAFETY-relevant: the kernel may still write into `bufs`; never
-        // unmap it.
+        // The kernel may still write into `bufs`: never unmap it.
         mem::forget(bufs);
         mem::forget(hdr);
         return Err("multishot recvmsg could not be cancelled".into());
@@ -324,6 +338,9 @@ impl Loop<'_> {
                         if cqe.result() < 0 {
                             self.pending_errors += 1;
                         }
+                        if let Some(bid) = cqueue::buffer_select(cqe.flags()) {
+                            self.bufs.taken(bid);
+                        }
                         self.pending.push_back((cqe.result(), cqe.flags()));
                     }
                     CANCEL_UD => {}
@@ -469,6 +486,7 @@ impl Loop<'_> {
             sq.sync();
             let _ = submitter.submit();
             sq.sync();
+            // SAFETY: as above.
             if unsafe { sq.push(&sqe) }.is_err() {
                 self.sends.free.push(slot);
                 return handler.on_send_error(dst, libc::EAGAIN);
@@ -680,6 +698,9 @@ struct BufRing {
     stride: usize,
     /// Length of each buffer given to the kernel.
     buf_len: usize,
+    /// Debug builds: which buffers are in the kernel's hands.
+    #[cfg(debug_assertions)]
+    in_ring: Vec<bool>,
 }
 
 impl BufRing {
@@ -694,6 +715,8 @@ impl BufRing {
             tail: 0,
             stride,
             buf_len,
+            #[cfg(debug_assertions)]
+            in_ring: vec![false; entries],
         })
     }
 
@@ -719,6 +742,12 @@ impl BufRing {
 
     /// Give buffer `bid` back to the kernel (it must not be in the ring).
     fn provide(&mut self, bid: u16) {
+        #[cfg(debug_assertions)]
+        {
+            let given = &mut self.in_ring[bid as usize];
+            assert!(!*given, "buffer {bid} provided twice");
+            *given = true;
+        }
         let slot = (self.tail & self.mask) as usize;
         let base = self.ring.as_ptr().cast::<RawBuf>();
         // SAFETY: slot < entries, inside the ring mapping, whose base is page
@@ -741,6 +770,17 @@ impl BufRing {
         // kernel); the release store publishes the entry written above.
         let tail = unsafe { &*ptr::addr_of!((*base).resv).cast::<AtomicU16>() };
         tail.store(self.tail, Ordering::Release);
+    }
+
+    /// A completion handed buffer `bid` to us (checked in debug builds).
+    fn taken(&mut self, bid: u16) {
+        #[cfg(debug_assertions)]
+        {
+            let given = &mut self.in_ring[(bid & self.mask) as usize];
+            assert!(*given, "buffer {bid} completed but not provided");
+            *given = false;
+        }
+        let _ = bid;
     }
 
     /// Whether the kernel has at least one buffer, given how many are held
