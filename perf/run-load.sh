@@ -149,7 +149,7 @@ else
     for s in "${SHARDS[@]}"; do shard_args+=(--shard "$s"); done
     # shellcheck disable=SC2086 # EDGE_ARGS is a word list on purpose
     "$EDGE_BIN" --listen "$EDGE_ADDR" "${shard_args[@]}" --workers "$WORKERS" \
-        --cpus "$EDGE_CPUS" --io "$IO" $EDGE_ARGS \
+        --cpus "$EDGE_CPUS" --io "$IO" --admin off $EDGE_ARGS \
         >"$LOGDIR/edge.out" 2>"$LOGDIR/edge.err" &
     EDGE_PID=$!
     PIDS+=("$EDGE_PID")

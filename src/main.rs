@@ -3,6 +3,9 @@
 
 use clap::Parser;
 use cpm_edge::config::{Config, ShardConf};
+use cpm_edge::control::health::{self, Health, HealthConfig};
+use cpm_edge::control::http::{self, HttpConfig};
+use cpm_edge::control::{api, ControlPlane};
 use cpm_edge::io::IoChoice;
 use cpm_edge::worker::Server;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,6 +44,12 @@ struct Cli {
     /// Forward requests without the CPM indication here instead of answering 403.
     #[arg(long)]
     non_cpm_route: Option<String>,
+    /// Admin HTTP API address (overrides admin.bind); `off` disables it.
+    #[arg(long)]
+    admin: Option<String>,
+    /// Disable the SIP OPTIONS health checks of the shards (health.enabled = false).
+    #[arg(long)]
+    no_health: bool,
     /// Validate the configuration (with overrides), print the summary and exit.
     #[arg(long)]
     check_config: bool,
@@ -93,10 +102,12 @@ fn load(cli: &Cli) -> Result<Config, String> {
                 Some((n, a)) => ShardConf {
                     name: n.into(),
                     addr: a.into(),
+                    backup: None,
                 },
                 None => ShardConf {
                     name: format!("cs{}", i + 1),
                     addr: s.clone(),
+                    backup: None,
                 },
             })
             .collect();
@@ -122,6 +133,12 @@ fn load(cli: &Cli) -> Result<Config, String> {
     if let Some(r) = &cli.non_cpm_route {
         cfg.routing.non_cpm_route = Some(r.clone());
     }
+    if let Some(a) = &cli.admin {
+        cfg.admin.bind = if a == "off" { String::new() } else { a.clone() };
+    }
+    if cli.no_health {
+        cfg.health.enabled = false;
+    }
     Ok(cfg)
 }
 
@@ -141,7 +158,7 @@ fn main() {
     let shards: Vec<String> = valid
         .shards
         .iter()
-        .map(|(n, a)| format!("{n}={a}"))
+        .map(|s| format!("{}={}", s.name, s.addr))
         .collect();
     let routing = format!(
         "originating_pf={} record_route={} non_cpm_route={}",
@@ -162,6 +179,7 @@ fn main() {
         );
         return;
     }
+    init_logging(&valid.log_level);
     let server = match Server::start(&valid) {
         Ok(s) => s,
         Err(e) => {
@@ -193,21 +211,108 @@ fn main() {
     println!("  groups: {}; {routing}", valid.groups.len());
 
     let stop = Arc::new(AtomicBool::new(false));
+    let hup = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
             eprintln!("cpm-edge: cannot install handler for signal {sig}: {e}");
             std::process::exit(1);
         }
     }
+    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup)) {
+        eprintln!("cpm-edge: cannot install SIGHUP handler: {e}");
+        std::process::exit(1);
+    }
+    let cp = Arc::new(ControlPlane::new(
+        Arc::clone(&server.tables),
+        server.stats.clone(),
+        server.backend,
+        valid.clone(),
+    ));
+    let mut control_threads = Vec::new();
+    let control_stop = Arc::new(AtomicBool::new(false));
+    if let Some(bind) = valid.admin_bind {
+        let listener = match std::net::TcpListener::bind(bind) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("cpm-edge: cannot bind admin API on {bind}: {e}");
+                std::process::exit(1);
+            }
+        };
+        let cfg = HttpConfig {
+            token: valid.admin_token.clone(),
+            ..HttpConfig::default()
+        };
+        let api_cp = Arc::clone(&cp);
+        let handler: http::Handler = Arc::new(move |req| api::handle(&api_cp, req));
+        match http::serve(listener, cfg, handler, Arc::clone(&control_stop)) {
+            Ok(t) => control_threads.push(t),
+            Err(e) => {
+                eprintln!("cpm-edge: cannot start admin API: {e}");
+                std::process::exit(1);
+            }
+        }
+        let auth = if valid.admin_token.is_some() {
+            "bearer token"
+        } else {
+            "no token (loopback)"
+        };
+        println!(
+            "  admin API: http://{bind}/ ({auth}): /groups /shards /config /metrics /health /ready"
+        );
+    } else {
+        println!("  admin API: off");
+    }
+    if let Some(h) = valid.health {
+        let cfg = HealthConfig {
+            interval: h.interval,
+            timeout: h.timeout,
+            fail_threshold: h.fail_threshold,
+            ok_threshold: h.ok_threshold,
+            bind: std::net::SocketAddr::new(valid.listen.ip(), 0),
+            from_host: server.tables.load().edge.hostport(),
+        };
+        let t_cp = Arc::clone(&cp);
+        let targets: health::Targets = Arc::new(move || {
+            t_cp.snapshot()
+                .shards
+                .live()
+                .map(|(_, s)| (s.name.clone(), s.addr))
+                .collect()
+        });
+        let c_cp = Arc::clone(&cp);
+        let on_change: health::OnChange =
+            Arc::new(move |name, _addr, h| c_cp.set_health(name, h == Health::Up));
+        match health::spawn(cfg, targets, on_change, Arc::clone(&control_stop)) {
+            Ok(t) => control_threads.push(t),
+            Err(e) => {
+                eprintln!("cpm-edge: cannot start health checks: {e}");
+                std::process::exit(1);
+            }
+        }
+        println!(
+            "  health: OPTIONS every {:?}, timeout {:?}, down after {} failures, up after {} answers",
+            h.interval, h.timeout, h.fail_threshold, h.ok_threshold
+        );
+    } else {
+        println!("  health: off (shards always up)");
+    }
+
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
+        if hup.swap(false, Ordering::Relaxed) {
+            reload(&cli, &cp);
+        }
     }
     println!("cpm-edge: stopping");
+    control_stop.store(true, Ordering::SeqCst);
+    for t in control_threads {
+        let _ = t.join();
+    }
     let stats = server.stats.clone();
     let result = server.stop();
     let snap = cpm_edge::stats::Snapshot::merge(&stats);
-    let lat = cpm_edge::stats::merged_latency(&stats);
     println!("{snap}");
+    let lat = cpm_edge::stats::merged_latency(&stats);
     if !lat.is_empty() {
         println!(
             "in-proxy latency (ns): p50={} p90={} p99={} p99.9={} max={} n={}",
@@ -223,4 +328,42 @@ fn main() {
         eprintln!("cpm-edge: {e}");
         std::process::exit(1);
     }
+}
+
+/// SIGHUP: re-read the configuration file (and its groups file) with the
+/// same command-line overrides; an invalid one leaves everything running as is.
+fn reload(cli: &Cli, cp: &ControlPlane) {
+    match load(cli).and_then(|c| c.validate()) {
+        Ok(v) => {
+            let groups = v.groups.len();
+            match cp.reload(v) {
+                Ok(notes) => {
+                    cp.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(groups, "configuration reloaded");
+                    for n in notes {
+                        tracing::warn!("reload: {n}");
+                    }
+                }
+                Err(e) => {
+                    cp.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e.message, "reload refused; running configuration unchanged");
+                }
+            }
+        }
+        Err(e) => {
+            cp.reloads_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %e, "reload refused; running configuration unchanged");
+        }
+    }
+}
+
+/// Structured logs: `RUST_LOG` if set, else the configured level.
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

@@ -212,7 +212,14 @@ impl std::fmt::Display for Snapshot {
             self.replies_other
         )?;
         writeln!(f, "dropped:             {}", nz(&self.drops))?;
-        writeln!(f, "forwards per shard:  {:?}", self.per_shard)?;
+        let shards: Vec<String> = self
+            .per_shard
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c > 0)
+            .map(|(i, c)| format!("#{i}={c}"))
+            .collect();
+        writeln!(f, "forwards per shard:  {}", shards.join(" "))?;
         write!(
             f,
             "io errors:           send={} recv={}",

@@ -54,7 +54,7 @@ impl EdgeHandler {
         let now = Instant::now();
         if self.last_log[slot].is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
             self.last_log[slot] = Some(now);
-            eprintln!("cpm-edge[w{}]: {msg}", self.worker);
+            tracing::warn!(worker = self.worker, "{msg}");
         }
     }
 
@@ -189,7 +189,8 @@ impl Server {
         let mut stats = Vec::new();
         let mut threads = Vec::new();
         for (i, sock) in sockets.into_iter().enumerate() {
-            let st = Arc::new(WorkerStats::new(tables.load().shards.len()));
+            // Sized for every slot a live shard add may use.
+            let st = Arc::new(WorkerStats::new(crate::route::shards::MAX_SHARDS));
             stats.push(Arc::clone(&st));
             let core = (!v.cpus.is_empty())
                 .then(|| v.cpus[i % v.cpus.len()])
@@ -201,7 +202,7 @@ impl Server {
                 .spawn(move || {
                     if let Some(core) = core {
                         if !core_affinity::set_for_current(core) {
-                            eprintln!("cpm-edge[w{i}]: could not pin to CPU {}", core.id);
+                            tracing::warn!(worker = i, cpu = core.id, "could not pin worker");
                         }
                     }
                     let mut h = EdgeHandler::new(tables, st, i);

@@ -6,6 +6,7 @@
 //! the few invariants validation establishes).
 
 use crate::io::IoChoice;
+use crate::route::shards::{ShardSpec, MAX_SHARDS};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -29,6 +30,77 @@ pub struct Config {
     /// IP literals (the edge does no DNS on the hot path).
     #[serde(default)]
     pub hosts: BTreeMap<String, String>,
+    #[serde(default)]
+    pub admin: Admin,
+    #[serde(default)]
+    pub health: HealthConf,
+    #[serde(default)]
+    pub log: Log,
+    /// Extra groups, one per line: `<group URI> <shard name>` (`#` comments);
+    /// re-read on SIGHUP with the config file. Sized for millions of lines.
+    pub groups_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// Admin HTTP API (groups, shards, config, /metrics, /health, /ready);
+    /// empty string = disabled.
+    pub bind: String,
+    /// Bearer token; required when `bind` is not a loopback address.
+    pub token: Option<String>,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            bind: "127.0.0.1:8080".into(),
+            token: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConf {
+    /// SIP OPTIONS keepalives to every shard; off = shards are always up.
+    pub enabled: bool,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// Consecutive failed probes before a shard is marked down.
+    pub fail_threshold: u32,
+    /// Consecutive answered probes before it is marked up again.
+    pub ok_threshold: u32,
+    /// `Retry-After` seconds in the 503 for a group whose host and backup are down.
+    pub retry_after_s: u32,
+}
+
+impl Default for HealthConf {
+    fn default() -> Self {
+        HealthConf {
+            enabled: true,
+            interval_ms: 1000,
+            timeout_ms: 500,
+            fail_threshold: 3,
+            ok_threshold: 2,
+            retry_after_s: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// tracing filter (`info`, `cpm_edge=debug`, ...); `RUST_LOG` overrides.
+    pub level: String,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            level: "info".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -115,6 +187,9 @@ impl Default for Routing {
 pub struct ShardConf {
     pub name: String,
     pub addr: String,
+    /// Shard that takes this one's groups while it is down.
+    #[serde(default)]
+    pub backup: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -143,10 +218,23 @@ pub struct Valid {
     pub originating_pf: bool,
     pub record_route: bool,
     pub non_cpm_route: Option<SocketAddr>,
-    pub shards: Vec<(String, SocketAddr)>,
+    pub shards: Vec<ShardSpec>,
     /// (canonical identity `user@host`, shard index)
     pub groups: Vec<(Vec<u8>, usize)>,
     pub hosts: Vec<(String, SocketAddr)>,
+    pub admin_bind: Option<SocketAddr>,
+    pub admin_token: Option<String>,
+    pub health: Option<HealthSettings>,
+    pub retry_after_s: u32,
+    pub log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthSettings {
+    pub interval: std::time::Duration,
+    pub timeout: std::time::Duration,
+    pub fail_threshold: u32,
+    pub ok_threshold: u32,
 }
 
 fn addr(key: &str, v: &str) -> Result<SocketAddr, String> {
@@ -265,19 +353,28 @@ impl Config {
                 "shard: at least one [[shard]] (a CPM Conversation Server) is required".into(),
             );
         }
-        let mut shards: Vec<(String, SocketAddr)> = Vec::new();
+        if self.shards.len() > MAX_SHARDS {
+            return Err(format!(
+                "shard: {} shards, at most {MAX_SHARDS}",
+                self.shards.len()
+            ));
+        }
+        let mut shards: Vec<ShardSpec> = Vec::new();
         for (i, s) in self.shards.iter().enumerate() {
-            if s.name.is_empty() {
-                return Err(format!("shard[{i}].name: empty"));
+            if s.name.is_empty() || s.name.contains(|c: char| c.is_whitespace() || c == '/') {
+                return Err(format!(
+                    "shard[{i}].name: '{}' must be non-empty, without spaces or '/'",
+                    s.name
+                ));
             }
             let a = addr(&format!("shard[{i}].addr"), &s.addr)?;
-            if shards.iter().any(|(n, _)| *n == s.name) {
+            if shards.iter().any(|x| x.name == s.name) {
                 return Err(format!(
                     "shard[{i}].name: duplicate shard name '{}'",
                     s.name
                 ));
             }
-            if shards.iter().any(|(_, x)| *x == a) {
+            if shards.iter().any(|x| x.addr == a) {
                 return Err(format!("shard[{i}].addr: duplicate shard address {a}"));
             }
             if a == listen {
@@ -285,26 +382,108 @@ impl Config {
                     "shard[{i}].addr: {a} is the edge's own listen address"
                 ));
             }
-            shards.push((s.name.clone(), a));
+            shards.push(ShardSpec {
+                name: s.name.clone(),
+                addr: a,
+                backup: s.backup.clone(),
+            });
+        }
+        for (i, s) in self.shards.iter().enumerate() {
+            if let Some(b) = &s.backup {
+                if *b == s.name {
+                    return Err(format!(
+                        "shard[{i}].backup: a shard cannot be its own backup"
+                    ));
+                }
+                if !self.shards.iter().any(|x| x.name == *b) {
+                    return Err(format!("shard[{i}].backup: unknown shard '{b}'"));
+                }
+            }
         }
         let mut groups: Vec<(Vec<u8>, usize)> = Vec::new();
         let mut seen = std::collections::HashSet::new();
+        let shard_of = |name: &str| shards.iter().position(|x| x.name == name);
         for (i, g) in self.groups.iter().enumerate() {
             let key = group_key(&g.id).map_err(|e| format!("group[{i}].id: {e}"))?;
-            let shard = shards
-                .iter()
-                .position(|(n, _)| *n == g.shard)
+            let shard = shard_of(&g.shard)
                 .ok_or_else(|| format!("group[{i}].shard: unknown shard '{}'", g.shard))?;
             if !seen.insert(key.clone()) {
                 return Err(format!("group[{i}].id: duplicate group '{}'", g.id));
             }
             groups.push((key, shard));
         }
+        if let Some(path) = &self.groups_file {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("groups_file: {path}: {e}"))?;
+            for (n, line) in text.lines().enumerate() {
+                let line = line.split('#').next().unwrap_or("").trim();
+                if line.is_empty() {
+                    continue;
+                }
+                let at = || format!("groups_file: {path}:{}", n + 1);
+                let mut it = line.split_whitespace();
+                let (Some(id), Some(shard), None) = (it.next(), it.next(), it.next()) else {
+                    return Err(format!(
+                        "{}: expected '<group URI> <shard name>', got '{line}'",
+                        at()
+                    ));
+                };
+                let key = group_key(id).map_err(|e| format!("{}: {e}", at()))?;
+                let s =
+                    shard_of(shard).ok_or_else(|| format!("{}: unknown shard '{shard}'", at()))?;
+                if !seen.insert(key.clone()) {
+                    return Err(format!("{}: duplicate group '{id}'", at()));
+                }
+                groups.push((key, s));
+            }
+        }
         let mut hosts = Vec::new();
         for (h, v) in &self.hosts {
             hosts.push((h.to_ascii_lowercase(), addr(&format!("hosts.{h}"), v)?));
         }
+        let admin_bind = match self.admin.bind.trim() {
+            "" => None,
+            b => Some(addr("admin.bind", b)?),
+        };
+        if let Some(a) = admin_bind {
+            if !a.ip().is_loopback() && self.admin.token.as_deref().is_none_or(str::is_empty) {
+                return Err(format!(
+                    "admin.token: required when admin.bind ({a}) is not a loopback address"
+                ));
+            }
+        }
+        let h = &self.health;
+        let health = if h.enabled {
+            if !(10..=3_600_000).contains(&h.interval_ms) {
+                return Err(format!(
+                    "health.interval_ms: {} is outside 10..=3600000",
+                    h.interval_ms
+                ));
+            }
+            if h.timeout_ms < 1 || h.timeout_ms > h.interval_ms.max(1) * 10 {
+                return Err(format!(
+                    "health.timeout_ms: {} must be in 1..=10*interval_ms",
+                    h.timeout_ms
+                ));
+            }
+            if h.fail_threshold == 0 || h.ok_threshold == 0 {
+                return Err("health.fail_threshold/ok_threshold: must be at least 1".into());
+            }
+            Some(HealthSettings {
+                interval: std::time::Duration::from_millis(h.interval_ms),
+                timeout: std::time::Duration::from_millis(h.timeout_ms),
+                fail_threshold: h.fail_threshold,
+                ok_threshold: h.ok_threshold,
+            })
+        } else {
+            None
+        };
         Ok(Valid {
+            admin_bind,
+            admin_token: self.admin.token.clone().filter(|t| !t.is_empty()),
+            health,
+            retry_after_s: h.retry_after_s,
+            log_level: self.log.level.clone(),
             listen,
             advertise,
             aliases,

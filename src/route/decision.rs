@@ -153,6 +153,11 @@ pub enum Decision {
         reason: &'static str,
         dst: SocketAddr,
     },
+    /// `503` with `Retry-After`: no Conversation Server can take it now.
+    Unavailable {
+        dst: SocketAddr,
+        retry_after: u32,
+    },
     Drop(DropReason),
 }
 
@@ -323,12 +328,23 @@ fn decide_request(
         };
     }
     let group = t.groups.lookup(buf, &ruri);
-    let to_shard = |shard: usize, leg: Leg, kind: ForwardKind| {
-        forward(t.shards.get(shard).addr, kind, Some((shard, leg)))
+    // A failed shard's users go to their next rendezvous choice (inside
+    // `pick`), its groups to its backup; with nobody left: 503.
+    let to_shard = |shard: Option<usize>, leg: Leg, kind: ForwardKind| match shard {
+        Some(s) => forward(t.shards.get(s).addr, kind, Some((s, leg))),
+        None if is_ack => Decision::Drop(DropReason::AckRefused),
+        None => Decision::Unavailable {
+            dst: reply_dst,
+            retry_after: t.retry_after_s,
+        },
     };
     if from_shard.is_some() {
         return match group {
-            Some(g) => to_shard(g, Leg::Controlling, ForwardKind::Controlling),
+            Some(g) => to_shard(
+                t.shards.group_target(g),
+                Leg::Controlling,
+                ForwardKind::Controlling,
+            ),
             None => to_shard(
                 t.shards.pick(user_hash(buf, &ruri)),
                 Leg::Terminating,
@@ -337,7 +353,11 @@ fn decide_request(
         };
     }
     if let (false, Some(g)) = (t.originating_pf, group) {
-        return to_shard(g, Leg::Controlling, ForwardKind::Controlling);
+        return to_shard(
+            t.shards.group_target(g),
+            Leg::Controlling,
+            ForwardKind::Controlling,
+        );
     }
     // The inviting user: P-Asserted-Identity (asserted by a trusted network),
     // else From.

@@ -77,7 +77,21 @@ pub fn process(
     }
     let outcome = match decide(buf, &m, src, t) {
         Decision::Drop(r) => Outcome::Dropped(r),
-        Decision::Reply { code, reason, dst } => answer(buf, &m, code, reason, src, dst, out),
+        Decision::Reply { code, reason, dst } => answer(buf, &m, code, reason, &[], src, dst, out),
+        Decision::Unavailable { dst, retry_after } => {
+            let mut line = [0u8; 32];
+            let n = retry_after_line(retry_after, &mut line);
+            answer(
+                buf,
+                &m,
+                503,
+                "Service Unavailable - No Conversation Server Available",
+                &[&line[..n]],
+                src,
+                dst,
+                out,
+            )
+        }
         Decision::Relay { dst } => match forward_response(buf, &m, out) {
             Some(len) => Outcome::Relayed {
                 len,
@@ -121,7 +135,7 @@ pub fn process(
                 },
                 None => {
                     let dst = reply_target(buf, &m, src);
-                    answer(buf, &m, 513, "Message Too Large", src, dst, out)
+                    answer(buf, &m, 513, "Message Too Large", &[], src, dst, out)
                 }
             }
         }
@@ -134,19 +148,29 @@ fn dialog_creating(m: crate::sip::scan::Method) -> bool {
     matches!(m, Invite | Subscribe | Refer)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn answer(
     buf: &[u8],
     m: &Message,
     code: u16,
     reason: &str,
+    extra: &[&[u8]],
     src: SocketAddr,
     dst: SocketAddr,
     out: &mut [u8],
 ) -> Outcome {
-    match reply::build(buf, m, code, reason, &[], src, out) {
+    match reply::build(buf, m, code, reason, extra, src, out) {
         Some(len) => Outcome::Replied { len, dst, code },
         None => Outcome::Dropped(DropReason::TooLarge),
     }
+}
+
+fn retry_after_line(secs: u32, out: &mut [u8; 32]) -> usize {
+    let mut o = crate::sip::rewrite::Out::new(out);
+    o.put(b"Retry-After: ");
+    o.put_u32(secs);
+    o.put(b"\r\n");
+    o.finish().unwrap_or(0)
 }
 
 /// Where a stateless answer goes (RFC 3261 §18.2.2, RFC 3581): the source

@@ -5,12 +5,47 @@
 //! only the users it now wins (~1/N), removing one moves only its own users,
 //! and every edge computes the same answer with no shared state.
 //!
-//! Invariant: at least one shard (asserted at construction).
+//! Each shard has a state: `Up` (takes users and its groups), `Draining`
+//! (takes no new users; keeps its groups until they are moved), `Down`
+//! (failed health checks: its users move to their next rendezvous choice, its
+//! groups to its backup or get 503). Removed shards keep their slot as a
+//! tombstone so indices held by the group table stay valid.
+//!
+//! Invariants: at most [`MAX_SHARDS`] slots; at least one shard at start.
 
 use super::legs::Leg;
 use crate::sip::branch::{fmix64, hash_bytes};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+
+/// Most shard slots (live + removed) an edge holds.
+pub const MAX_SHARDS: usize = 256;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShardState {
+    Up,
+    Draining,
+    Down,
+}
+
+impl ShardState {
+    pub fn name(self) -> &'static str {
+        match self {
+            ShardState::Up => "up",
+            ShardState::Draining => "draining",
+            ShardState::Down => "down",
+        }
+    }
+}
+
+/// What configuration says about one shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardSpec {
+    pub name: String,
+    pub addr: SocketAddr,
+    /// Name of the shard that takes this one's groups while it is down.
+    pub backup: Option<String>,
+}
 
 #[derive(Debug, Clone)]
 pub struct Shard {
@@ -21,6 +56,11 @@ pub struct Shard {
     pub id_hash: u64,
     /// Prebuilt `Route: <sip:CS;lr>,<sip:EDGE;lr;cpm-leg=..>\r\n` per leg.
     route_lines: [Box<[u8]>; 3],
+    pub state: ShardState,
+    /// Slot of the backup shard for groups.
+    pub backup: Option<u16>,
+    /// A tombstone: no traffic, kept so indices stay valid.
+    pub removed: bool,
 }
 
 impl Shard {
@@ -33,6 +73,7 @@ impl Shard {
 pub struct ShardSet {
     shards: Vec<Shard>,
     by_addr: HashMap<SocketAddr, u16>,
+    edge_hostport: String,
 }
 
 fn uri_host(addr: SocketAddr) -> String {
@@ -42,37 +83,59 @@ fn uri_host(addr: SocketAddr) -> String {
     }
 }
 
+fn make_shard(spec: &ShardSpec, edge_hostport: &str) -> Shard {
+    Shard {
+        name: spec.name.clone(),
+        addr: spec.addr,
+        id_hash: hash_bytes(spec.name.as_bytes()),
+        route_lines: Leg::ALL.map(|leg| {
+            format!(
+                "Route: <sip:{};lr>,<sip:{};lr;cpm-leg={}>\r\n",
+                uri_host(spec.addr),
+                edge_hostport,
+                leg.marker()
+            )
+            .into_bytes()
+            .into_boxed_slice()
+        }),
+        state: ShardState::Up,
+        backup: None,
+        removed: false,
+    }
+}
+
 impl ShardSet {
     /// `edge_hostport` is how the edge names itself in Route entries.
-    pub fn new(list: &[(String, SocketAddr)], edge_hostport: &str) -> ShardSet {
+    /// Backups must name shards of the list (validated by config).
+    pub fn new(list: &[ShardSpec], edge_hostport: &str) -> ShardSet {
         assert!(!list.is_empty(), "at least one CS shard is required");
-        assert!(list.len() <= u16::MAX as usize, "too many shards");
-        let shards: Vec<Shard> = list
-            .iter()
-            .map(|(name, addr)| Shard {
-                name: name.clone(),
-                addr: *addr,
-                id_hash: hash_bytes(name.as_bytes()),
-                route_lines: Leg::ALL.map(|leg| {
-                    format!(
-                        "Route: <sip:{};lr>,<sip:{};lr;cpm-leg={}>\r\n",
-                        uri_host(*addr),
-                        edge_hostport,
-                        leg.marker()
-                    )
-                    .into_bytes()
-                    .into_boxed_slice()
-                }),
-            })
-            .collect();
-        let by_addr = shards
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.addr, i as u16))
-            .collect();
-        ShardSet { shards, by_addr }
+        assert!(list.len() <= MAX_SHARDS, "too many shards");
+        let mut set = ShardSet {
+            shards: list.iter().map(|s| make_shard(s, edge_hostport)).collect(),
+            by_addr: HashMap::new(),
+            edge_hostport: edge_hostport.to_string(),
+        };
+        for (i, spec) in list.iter().enumerate() {
+            set.shards[i].backup = spec
+                .backup
+                .as_deref()
+                .map(|b| set.by_name(b).expect("validated backup") as u16);
+        }
+        set.reindex();
+        set
     }
 
+    fn reindex(&mut self) {
+        self.by_addr = self
+            .shards
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.removed)
+            .map(|(i, s)| (s.addr, i as u16))
+            .collect();
+    }
+
+    /// Number of slots (removed ones included): the bound of any index.
     pub fn len(&self) -> usize {
         self.shards.len()
     }
@@ -85,8 +148,9 @@ impl ShardSet {
         &self.shards[i]
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Shard> {
-        self.shards.iter()
+    /// Live (not removed) shards with their slot index.
+    pub fn live(&self) -> impl Iterator<Item = (usize, &Shard)> {
+        self.shards.iter().enumerate().filter(|(_, s)| !s.removed)
     }
 
     /// The shard whose address sent this datagram, if any.
@@ -96,23 +160,108 @@ impl ShardSet {
     }
 
     pub fn by_name(&self, name: &str) -> Option<usize> {
-        self.shards.iter().position(|s| s.name == name)
+        self.shards
+            .iter()
+            .position(|s| s.name == name && !s.removed)
     }
 
-    /// Rendezvous choice for a user identity hash.
+    /// Rendezvous choice for a user identity hash among the shards that take
+    /// new users (`Up`). A failed or draining shard's users go to their next
+    /// choice; `None` when no shard is up.
     #[inline]
-    pub fn pick(&self, user_hash: u64) -> usize {
-        debug_assert!(!self.shards.is_empty());
-        let mut best = 0;
+    pub fn pick(&self, user_hash: u64) -> Option<usize> {
+        let mut best = None;
         let mut best_score = 0u64;
         for (i, s) in self.shards.iter().enumerate() {
+            if s.state != ShardState::Up || s.removed {
+                continue;
+            }
             let score = fmix64(user_hash ^ s.id_hash);
-            if i == 0 || score > best_score {
-                best = i;
+            if best.is_none() || score > best_score {
+                best = Some(i);
                 best_score = score;
             }
         }
         best
+    }
+
+    /// Where a group hosted on slot `g` goes now: its host unless it is down
+    /// (draining keeps its groups), else its backup if that one is not down.
+    #[inline]
+    pub fn group_target(&self, g: usize) -> Option<usize> {
+        let s = self.shards.get(g)?;
+        if s.state != ShardState::Down && !s.removed {
+            return Some(g);
+        }
+        let b = usize::from(s.backup?);
+        let bs = &self.shards[b];
+        (bs.state != ShardState::Down && !bs.removed).then_some(b)
+    }
+
+    pub fn set_state(&mut self, i: usize, state: ShardState) {
+        self.shards[i].state = state;
+    }
+
+    /// Add a shard (or revive a removed slot of the same name). Errors name
+    /// the conflict.
+    pub fn add(&mut self, spec: &ShardSpec) -> Result<usize, String> {
+        if self.by_name(&spec.name).is_some() {
+            return Err(format!("shard '{}' already exists", spec.name));
+        }
+        if self.by_addr.contains_key(&spec.addr) {
+            return Err(format!(
+                "address {} is already used by another shard",
+                spec.addr
+            ));
+        }
+        let backup = match &spec.backup {
+            Some(b) => Some(
+                self.by_name(b)
+                    .ok_or_else(|| format!("backup: unknown shard '{b}'"))? as u16,
+            ),
+            None => None,
+        };
+        let mut shard = make_shard(spec, &self.edge_hostport);
+        shard.backup = backup;
+        let slot = match self
+            .shards
+            .iter()
+            .position(|s| s.removed && s.name == spec.name)
+        {
+            Some(i) => {
+                self.shards[i] = shard;
+                i
+            }
+            None => {
+                if self.shards.len() >= MAX_SHARDS {
+                    return Err(format!("no free shard slot (at most {MAX_SHARDS})"));
+                }
+                self.shards.push(shard);
+                self.shards.len() - 1
+            }
+        };
+        self.reindex();
+        Ok(slot)
+    }
+
+    /// Remove a live shard; it must not be another shard's backup (the
+    /// caller checks that no group is hosted on it).
+    pub fn remove(&mut self, i: usize) -> Result<(), String> {
+        if let Some((_, other)) = self
+            .live()
+            .find(|(j, s)| *j != i && s.backup == Some(i as u16))
+        {
+            return Err(format!(
+                "shard '{}' is the backup of '{}'",
+                self.shards[i].name, other.name
+            ));
+        }
+        if self.live().count() <= 1 {
+            return Err("the last shard cannot be removed".into());
+        }
+        self.shards[i].removed = true;
+        self.reindex();
+        Ok(())
     }
 }
 
@@ -122,11 +271,10 @@ mod tests {
 
     fn set(n: usize) -> ShardSet {
         let list: Vec<_> = (0..n)
-            .map(|i| {
-                (
-                    format!("cs{i}"),
-                    SocketAddr::from(([127, 0, 0, 1], 7001 + i as u16)),
-                )
+            .map(|i| ShardSpec {
+                name: format!("cs{i}"),
+                addr: SocketAddr::from(([127, 0, 0, 1], 7001 + i as u16)),
+                backup: None,
             })
             .collect();
         ShardSet::new(&list, "127.0.0.1:5060")
@@ -140,9 +288,9 @@ mod tests {
         let mut load = [0usize; 4];
         for u in 0..users {
             let h = hash_bytes(format!("user{u}@example.net").as_bytes());
-            let a = four.pick(h);
+            let a = four.pick(h).unwrap();
             load[a] += 1;
-            let b = five.pick(h);
+            let b = five.pick(h).unwrap();
             if a != b {
                 moved += 1;
                 assert_eq!(b, 4, "a user may only move to the new shard");
@@ -164,5 +312,79 @@ mod tests {
         );
         assert_eq!(s.by_addr("127.0.0.1:7001".parse().unwrap()), Some(0));
         assert_eq!(s.by_addr("127.0.0.1:7002".parse().unwrap()), None);
+    }
+}
+
+#[cfg(test)]
+mod failover_tests {
+    use super::*;
+
+    #[test]
+    fn down_shard_users_move_to_next_choice_and_groups_to_backup() {
+        let list: Vec<_> = (0..4)
+            .map(|i| ShardSpec {
+                name: format!("cs{i}"),
+                addr: SocketAddr::from(([127, 0, 0, 1], 7001 + i as u16)),
+                backup: (i == 0).then(|| "cs1".to_string()),
+            })
+            .collect();
+        let mut s = ShardSet::new(&list, "127.0.0.1:5060");
+        let users: Vec<u64> = (0..2000)
+            .map(|u| hash_bytes(format!("u{u}").as_bytes()))
+            .collect();
+        let before: Vec<usize> = users.iter().map(|h| s.pick(*h).unwrap()).collect();
+        s.set_state(0, ShardState::Down);
+        for (h, b) in users.iter().zip(&before) {
+            let now = s.pick(*h).unwrap();
+            if *b == 0 {
+                assert_ne!(now, 0);
+            } else {
+                assert_eq!(now, *b, "only the failed shard's users move");
+            }
+        }
+        assert_eq!(s.group_target(0), Some(1), "backup");
+        assert_eq!(s.group_target(2), Some(2));
+        s.set_state(1, ShardState::Down);
+        assert_eq!(s.group_target(0), None, "backup down too: 503");
+        s.set_state(2, ShardState::Draining);
+        assert_eq!(s.group_target(2), Some(2), "draining keeps its groups");
+        assert!(
+            users.iter().all(|h| s.pick(*h) == Some(3)),
+            "only cs3 takes users"
+        );
+        s.set_state(3, ShardState::Down);
+        assert_eq!(s.pick(users[0]), None);
+        for i in 0..4 {
+            s.set_state(i, ShardState::Up);
+        }
+        let after: Vec<usize> = users.iter().map(|h| s.pick(*h).unwrap()).collect();
+        assert_eq!(after, before, "recovery moves them back");
+    }
+
+    #[test]
+    fn add_and_remove_keep_indices_and_refuse_conflicts() {
+        let spec = |n: &str, p: u16| ShardSpec {
+            name: n.into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], p)),
+            backup: None,
+        };
+        let mut s = ShardSet::new(&[spec("a", 7001), spec("b", 7002)], "127.0.0.1:5060");
+        assert!(s
+            .add(&spec("a", 7009))
+            .unwrap_err()
+            .contains("already exists"));
+        assert!(s
+            .add(&spec("c", 7001))
+            .unwrap_err()
+            .contains("already used"));
+        assert_eq!(s.add(&spec("c", 7003)), Ok(2));
+        s.remove(0).unwrap();
+        assert_eq!(s.by_addr("127.0.0.1:7001".parse().unwrap()), None);
+        assert_eq!(s.get(2).name, "c", "indices stable");
+        assert_eq!(
+            s.add(&spec("a", 7001)),
+            Ok(0),
+            "a removed slot is reused by name"
+        );
     }
 }

@@ -73,6 +73,10 @@ pub struct Tables {
     pub originating_pf: bool,
     pub record_route: bool,
     pub non_cpm_route: Option<SocketAddr>,
+    /// `Retry-After` of a 503 when no shard can take a request.
+    pub retry_after_s: u32,
+    /// Incremented by every published change (admin API, health, reload).
+    pub generation: u64,
 }
 
 impl Tables {
@@ -96,6 +100,8 @@ impl Tables {
             originating_pf: v.originating_pf,
             record_route: v.record_route,
             non_cpm_route: v.non_cpm_route,
+            retry_after_s: v.retry_after_s,
+            generation: 0,
         }
     }
 

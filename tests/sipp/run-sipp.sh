@@ -139,8 +139,12 @@ for port in "$UAS1" "$UAS2"; do
 done
 
 if [[ "$NO_EDGE" != 1 ]]; then
+    # SIPp UAS scenarios expect INVITE only: an OPTIONS keepalive would be an
+    # unexpected call to them, so shard health checks are off here; the admin
+    # API is off so no TCP port is needed.
     "$EDGE_BIN" --listen "$EDGE" --shard "$IP:$UAS1" --shard "$IP:$UAS2" \
-        --workers "$EDGE_WORKERS" >"$LOGDIR/edge.out" 2>"$LOGDIR/edge.err" &
+        --workers "$EDGE_WORKERS" --no-health --admin off \
+        >"$LOGDIR/edge.out" 2>"$LOGDIR/edge.err" &
     EDGE_PID=$!
     PIDS+=("$EDGE_PID")
     wait_ready "$EDGE_PID" "${EDGE##*:}" cpm-edge

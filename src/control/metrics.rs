@@ -1,0 +1,232 @@
+//! Prometheus text exposition (format 0.0.4) of the per-worker counters,
+//! merged on scrape, the latency histograms, shard states and the control
+//! plane's own counters. Rendering reads atomics and takes the histogram
+//! locks only briefly; it never touches the hot path.
+
+use super::ControlPlane;
+use crate::stats::{merged_latency, Snapshot};
+use std::fmt::Write as _;
+
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "6xx"];
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// Label values are shard names and fixed words; escape anyway.
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+pub fn render(cp: &ControlPlane) -> String {
+    let snap = Snapshot::merge(&cp.stats);
+    let t = cp.snapshot();
+    let mut o = String::with_capacity(8192);
+
+    family(
+        &mut o,
+        "cpm_edge_requests_received_total",
+        "counter",
+        "SIP requests received, per method.",
+    );
+    for (m, v) in &snap.rx_requests {
+        let _ = writeln!(o, "cpm_edge_requests_received_total{{method=\"{m}\"}} {v}");
+    }
+    family(
+        &mut o,
+        "cpm_edge_responses_received_total",
+        "counter",
+        "SIP responses received, per class.",
+    );
+    for (c, v) in CLASSES.iter().zip(snap.rx_responses) {
+        let _ = writeln!(o, "cpm_edge_responses_received_total{{class=\"{c}\"}} {v}");
+    }
+    family(
+        &mut o,
+        "cpm_edge_requests_forwarded_total",
+        "counter",
+        "Requests forwarded, per routing leg (seed 5.2.3.2).",
+    );
+    for (k, v) in &snap.forwarded {
+        let _ = writeln!(o, "cpm_edge_requests_forwarded_total{{kind=\"{k}\"}} {v}");
+    }
+    family(
+        &mut o,
+        "cpm_edge_responses_relayed_total",
+        "counter",
+        "Responses relayed along the Via path, per class.",
+    );
+    for (c, v) in CLASSES.iter().zip(snap.relayed) {
+        let _ = writeln!(o, "cpm_edge_responses_relayed_total{{class=\"{c}\"}} {v}");
+    }
+    family(
+        &mut o,
+        "cpm_edge_replies_total",
+        "counter",
+        "Stateless answers sent by the edge, per status code.",
+    );
+    for (c, v) in &snap.replies {
+        let _ = writeln!(o, "cpm_edge_replies_total{{code=\"{c}\"}} {v}");
+    }
+    let _ = writeln!(
+        o,
+        "cpm_edge_replies_total{{code=\"other\"}} {}",
+        snap.replies_other
+    );
+    family(
+        &mut o,
+        "cpm_edge_drops_total",
+        "counter",
+        "Datagrams dropped without an answer, per reason.",
+    );
+    for (r, v) in &snap.drops {
+        let _ = writeln!(o, "cpm_edge_drops_total{{reason=\"{r}\"}} {v}");
+    }
+    family(
+        &mut o,
+        "cpm_edge_io_errors_total",
+        "counter",
+        "Socket errors reported by the io backend.",
+    );
+    let _ = writeln!(
+        o,
+        "cpm_edge_io_errors_total{{direction=\"send\"}} {}",
+        snap.send_errors
+    );
+    let _ = writeln!(
+        o,
+        "cpm_edge_io_errors_total{{direction=\"recv\"}} {}",
+        snap.recv_errors
+    );
+
+    family(
+        &mut o,
+        "cpm_edge_shard_forwards_total",
+        "counter",
+        "Requests forwarded to each CS shard.",
+    );
+    for (i, s) in t.shards.live() {
+        let v = snap.per_shard.get(i).copied().unwrap_or(0);
+        let _ = writeln!(
+            o,
+            "cpm_edge_shard_forwards_total{{shard=\"{}\"}} {v}",
+            esc(&s.name)
+        );
+    }
+    family(
+        &mut o,
+        "cpm_edge_shard_up",
+        "gauge",
+        "1 when the shard takes new users (health up, not draining).",
+    );
+    for (_, s) in t.shards.live() {
+        let up = u8::from(s.state == crate::route::shards::ShardState::Up);
+        let _ = writeln!(
+            o,
+            "cpm_edge_shard_up{{shard=\"{}\",state=\"{}\"}} {up}",
+            esc(&s.name),
+            s.state.name()
+        );
+    }
+    family(
+        &mut o,
+        "cpm_edge_shard_transitions_total",
+        "counter",
+        "Health transitions of each shard.",
+    );
+    for (name, tr) in cp.transitions() {
+        let _ = writeln!(
+            o,
+            "cpm_edge_shard_transitions_total{{shard=\"{}\",to=\"down\"}} {}",
+            esc(&name),
+            tr.down
+        );
+        let _ = writeln!(
+            o,
+            "cpm_edge_shard_transitions_total{{shard=\"{}\",to=\"up\"}} {}",
+            esc(&name),
+            tr.up
+        );
+    }
+    family(
+        &mut o,
+        "cpm_edge_groups",
+        "gauge",
+        "Pre-defined groups in the group table.",
+    );
+    let _ = writeln!(o, "cpm_edge_groups {}", t.groups.len());
+    family(
+        &mut o,
+        "cpm_edge_table_generation",
+        "gauge",
+        "Generation of the published routing tables.",
+    );
+    let _ = writeln!(o, "cpm_edge_table_generation {}", t.generation);
+    family(
+        &mut o,
+        "cpm_edge_io_backend_info",
+        "gauge",
+        "The io backend chosen at start.",
+    );
+    let _ = writeln!(
+        o,
+        "cpm_edge_io_backend_info{{backend=\"{}\"}} 1",
+        cp.backend.name()
+    );
+    family(&mut o, "cpm_edge_workers", "gauge", "io worker threads.");
+    let _ = writeln!(o, "cpm_edge_workers {}", cp.workers);
+    family(
+        &mut o,
+        "cpm_edge_reloads_total",
+        "counter",
+        "Configuration reloads (SIGHUP).",
+    );
+    let _ = writeln!(
+        o,
+        "cpm_edge_reloads_total{{result=\"ok\"}} {}",
+        cp.reloads_ok.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        o,
+        "cpm_edge_reloads_total{{result=\"failed\"}} {}",
+        cp.reloads_failed.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    family(
+        &mut o,
+        "cpm_edge_admin_changes_total",
+        "counter",
+        "Changes applied through the admin API.",
+    );
+    let _ = writeln!(
+        o,
+        "cpm_edge_admin_changes_total {}",
+        cp.api_changes.load(std::sync::atomic::Ordering::Relaxed)
+    );
+
+    let lat = merged_latency(&cp.stats);
+    family(
+        &mut o,
+        "cpm_edge_latency_seconds",
+        "summary",
+        "In-proxy latency from receive to send submission, merged over workers.",
+    );
+    for q in [0.5, 0.9, 0.99, 0.999] {
+        let v = if lat.is_empty() {
+            0.0
+        } else {
+            lat.value_at_quantile(q) as f64 / 1e9
+        };
+        let _ = writeln!(o, "cpm_edge_latency_seconds{{quantile=\"{q}\"}} {v:.9}");
+    }
+    let sum: f64 = if lat.is_empty() {
+        0.0
+    } else {
+        lat.mean() * lat.len() as f64 / 1e9
+    };
+    let _ = writeln!(o, "cpm_edge_latency_seconds_sum {sum:.9}");
+    let _ = writeln!(o, "cpm_edge_latency_seconds_count {}", lat.len());
+    o
+}

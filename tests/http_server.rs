@@ -1,0 +1,653 @@
+//! The admin HTTP server over real loopback TCP: framing, keep-alive, limits,
+//! bearer auth, handler panics, the connection limit, timeouts and stop.
+//! The client is a few lines of std: raw bytes out, one response parsed back.
+
+use cpm_edge::control::http::{self, Handler, HttpConfig, Request, Response};
+use serde_json::{json, Value};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// Upper bound for anything that "happens eventually".
+const GENEROUS: Duration = Duration::from_secs(10);
+
+struct Server {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+    /// How many times the handler ran.
+    calls: Arc<AtomicUsize>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Echo the request as JSON; `/panic` panics, `/close` asks for a close.
+fn echo(req: &Request) -> Response {
+    if req.path == "/panic" {
+        panic!("handler panic (expected by the test)");
+    }
+    let query: Vec<Value> = req.query.iter().map(|(k, v)| json!([k, v])).collect();
+    let mut resp = Response::json(
+        200,
+        &json!({
+            "method": req.method,
+            "path": req.path,
+            "raw_path": req.raw_path,
+            "query": query,
+            "a": req.query_param("a"),
+            "host": req.header("HOST"),
+            "body": String::from_utf8_lossy(&req.body),
+            "peer_loopback": http::is_loopback(&req.peer),
+        }),
+    );
+    if req.path == "/close" {
+        resp.headers.push(("X-Test".into(), "yes".into()));
+        resp.headers.push(("Connection".into(), "close".into()));
+    }
+    resp
+}
+
+fn start(cfg: HttpConfig) -> Server {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let handler: Handler = Arc::new(move |req: &Request| {
+        c.fetch_add(1, Ordering::SeqCst);
+        echo(req)
+    });
+    let handle = http::serve(listener, cfg, handler, stop.clone()).unwrap();
+    Server {
+        addr,
+        stop,
+        handle: Some(handle),
+        calls,
+    }
+}
+
+fn start_default() -> Server {
+    start(HttpConfig::default())
+}
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+    }
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(GENEROUS)).unwrap();
+    s
+}
+
+/// Read one response; `head_only` for the answer to a HEAD request.
+fn read_response_opt(s: &mut TcpStream, head_only: bool) -> io::Result<Resp> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        head.push(byte[0]);
+    }
+    let text = String::from_utf8(head).expect("response head is UTF-8");
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next().unwrap();
+    assert!(status_line.starts_with("HTTP/1.1 "), "{status_line:?}");
+    let status: u16 = status_line[9..12].parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (k, v) = l.split_once(':').expect("header has a colon");
+            (k.to_string(), v.trim().to_string())
+        })
+        .collect();
+    let mut resp = Resp {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    if !head_only {
+        if let Some(len) = resp.header("content-length") {
+            let mut body = vec![0u8; len.parse().unwrap()];
+            s.read_exact(&mut body)?;
+            resp.body = body;
+        }
+    }
+    Ok(resp)
+}
+
+fn read_response(s: &mut TcpStream) -> Resp {
+    read_response_opt(s, false).expect("a response")
+}
+
+/// Open a connection, send `raw`, read one response.
+fn roundtrip(addr: SocketAddr, raw: &[u8]) -> Resp {
+    let mut s = connect(addr);
+    s.write_all(raw).unwrap();
+    read_response(&mut s)
+}
+
+/// Read until the server closes; a reset after the close counts as closed.
+fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return got,
+            Err(e) => panic!("connection not closed: {e}"),
+        }
+    }
+}
+
+fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").into_bytes()
+}
+
+fn assert_json_error(r: &Resp, status: u16) {
+    assert_eq!(r.status, status, "{r:?}");
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert!(r.json()["error"].is_string(), "{r:?}");
+}
+
+#[test]
+fn get_with_query_decoding() {
+    let srv = start_default();
+    let raw = "GET /groups/a%20b%2Fc?a=1%2B1&name=hello+world&x=%E2%9C%93&flag HTTP/1.1\r\n\
+               Host: edge\r\n\r\n";
+    let r = roundtrip(srv.addr, raw.as_bytes());
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.header("connection"), Some("keep-alive"));
+    let v = r.json();
+    assert_eq!(v["method"], "GET");
+    assert_eq!(v["path"], "/groups/a b/c");
+    assert_eq!(
+        v["raw_path"],
+        "/groups/a%20b%2Fc?a=1%2B1&name=hello+world&x=%E2%9C%93&flag"
+    );
+    assert_eq!(
+        v["query"],
+        json!([
+            ["a", "1+1"],
+            ["name", "hello world"],
+            ["x", "✓"],
+            ["flag", ""]
+        ])
+    );
+    assert_eq!(v["a"], "1+1");
+    assert_eq!(v["host"], "edge");
+    assert_eq!(v["peer_loopback"], true);
+}
+
+#[test]
+fn post_body_content_length_chunked_and_expect() {
+    let srv = start_default();
+    let body = r#"{"groups":[{"id":"g1","shard":2}]}"#;
+    let raw = format!(
+        "POST /groups HTTP/1.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let r = roundtrip(srv.addr, raw.as_bytes());
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert_eq!(
+        (v["method"].as_str(), v["body"].as_str()),
+        (Some("POST"), Some(body))
+    );
+
+    // Chunked, with an extension and a trailer.
+    let raw = "PUT /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+               5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n";
+    let r = roundtrip(srv.addr, raw.as_bytes());
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["body"], "hello world");
+
+    // Expect: 100-continue: the interim answer comes before the body is sent.
+    let mut s = connect(srv.addr);
+    s.write_all(b"POST /e HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_response(&mut s).status, 100);
+    s.write_all(b"abc").unwrap();
+    let r = read_response(&mut s);
+    assert_eq!((r.status, r.json()["body"].as_str()), (200, Some("abc")));
+}
+
+#[test]
+fn keep_alive_and_pipelining() {
+    let srv = start_default();
+    let mut s = connect(srv.addr);
+    s.write_all(&get("/one")).unwrap();
+    let r1 = read_response(&mut s);
+    s.write_all(b"POST /two HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi")
+        .unwrap();
+    let r2 = read_response(&mut s);
+    assert_eq!((r1.status, r2.status), (200, 200));
+    assert_eq!(r1.header("connection"), Some("keep-alive"));
+    assert_eq!(r1.json()["path"], "/one");
+    assert_eq!(r2.json()["body"], "hi");
+
+    // Two requests in one write, answered in order.
+    let mut both = get("/p1");
+    both.extend_from_slice(&get("/p2"));
+    s.write_all(&both).unwrap();
+    assert_eq!(read_response(&mut s).json()["path"], "/p1");
+    assert_eq!(read_response(&mut s).json()["path"], "/p2");
+
+    // HTTP/1.0 keeps the connection only when asked to.
+    let mut s = connect(srv.addr);
+    s.write_all(b"GET /ten HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        .unwrap();
+    assert_eq!(
+        read_response(&mut s).header("connection"),
+        Some("keep-alive")
+    );
+    s.write_all(&get("/again")).unwrap();
+    assert_eq!(read_response(&mut s).json()["path"], "/again");
+}
+
+#[test]
+fn connection_close_is_honoured() {
+    let srv = start_default();
+    let mut s = connect(srv.addr);
+    s.write_all(b"GET /bye HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let r = read_response(&mut s);
+    assert_eq!((r.status, r.header("connection")), (200, Some("close")));
+    assert!(read_until_closed(&mut s).is_empty());
+
+    // HTTP/1.0 closes by default.
+    let mut s = connect(srv.addr);
+    s.write_all(b"GET /old HTTP/1.0\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut s).header("connection"), Some("close"));
+    assert!(read_until_closed(&mut s).is_empty());
+
+    // The handler may ask for a close; its own extra headers go out.
+    let mut s = connect(srv.addr);
+    s.write_all(&get("/close")).unwrap();
+    let r = read_response(&mut s);
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_eq!(r.header("x-test"), Some("yes"));
+    assert!(read_until_closed(&mut s).is_empty());
+}
+
+#[test]
+fn head_and_unknown_methods_reach_the_handler() {
+    let srv = start_default();
+    let mut s = connect(srv.addr);
+    s.write_all(b"BREW /pot HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut s).json()["method"], "BREW");
+    s.write_all(b"HEAD /h HTTP/1.1\r\n\r\n").unwrap();
+    let r = read_response_opt(&mut s, true).unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("content-length")
+            .unwrap()
+            .parse::<usize>()
+            .unwrap()
+            > 0
+    );
+    // No body followed: the next response starts right away.
+    s.write_all(&get("/after-head")).unwrap();
+    assert_eq!(read_response(&mut s).json()["path"], "/after-head");
+}
+
+#[test]
+fn oversized_body_is_413() {
+    let srv = start(HttpConfig {
+        max_body: 1024,
+        ..HttpConfig::default()
+    });
+    let mut s = connect(srv.addr);
+    s.write_all(b"POST /big HTTP/1.1\r\nContent-Length: 2048\r\n\r\n")
+        .unwrap();
+    s.write_all(&[b'x'; 512]).unwrap();
+    let r = read_response(&mut s);
+    assert_json_error(&r, 413);
+    assert_eq!(r.header("connection"), Some("close"));
+    read_until_closed(&mut s);
+
+    // Chunked bodies count too.
+    let mut raw = b"POST /big HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..3 {
+        raw.extend_from_slice(b"200\r\n");
+        raw.extend_from_slice(&[b'y'; 0x200]);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    assert_json_error(&roundtrip(srv.addr, &raw), 413);
+
+    // At the limit is fine.
+    let mut raw = b"POST /ok HTTP/1.1\r\nContent-Length: 1024\r\n\r\n".to_vec();
+    raw.extend_from_slice(&[b'z'; 1024]);
+    assert_eq!(roundtrip(srv.addr, &raw).status, 200);
+    assert_eq!(srv.calls.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn oversized_headers_are_431() {
+    let srv = start(HttpConfig {
+        max_header_bytes: 1024,
+        ..HttpConfig::default()
+    });
+    let raw = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(4000));
+    let mut s = connect(srv.addr);
+    s.write_all(raw.as_bytes()).unwrap();
+    let r = read_response(&mut s);
+    assert_json_error(&r, 431);
+    read_until_closed(&mut s);
+
+    let raw = format!("GET / HTTP/1.1\r\nX-Fits: {}\r\n\r\n", "a".repeat(500));
+    assert_eq!(roundtrip(srv.addr, raw.as_bytes()).status, 200);
+    assert_eq!(srv.calls.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn malformed_requests_are_400() {
+    let srv = start_default();
+    for raw in [
+        &b"THIS IS NOT HTTP\r\n\r\n"[..],
+        b"\x00\x01\x02\xff garbage\r\n\r\n",
+        b"GET /a b HTTP/1.1\r\n\r\n",
+        b"GET noslash HTTP/1.1\r\n\r\n",
+        b"GET /%zz HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nno-colon-here\r\n\r\n",
+        b"GET / HTTP/1.1\r\nX: 1\r\n  folded\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: abc\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    ] {
+        let mut s = connect(srv.addr);
+        s.write_all(raw).unwrap();
+        let r = read_response(&mut s);
+        assert_json_error(&r, 400);
+        assert_eq!(r.header("connection"), Some("close"), "{raw:?}");
+        read_until_closed(&mut s);
+    }
+    assert_json_error(&roundtrip(srv.addr, b"GET / HTTP/2.0\r\n\r\n"), 505);
+    let gzip = b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n";
+    assert_json_error(&roundtrip(srv.addr, gzip), 501);
+    assert_eq!(srv.calls.load(Ordering::SeqCst), 0);
+    // Still serving.
+    assert_eq!(roundtrip(srv.addr, &get("/fine")).status, 200);
+}
+
+#[test]
+fn random_garbage_never_breaks_the_server() {
+    let srv = start(HttpConfig {
+        io_timeout: Duration::from_millis(500),
+        ..HttpConfig::default()
+    });
+    let alphabet =
+        b"GET POST / HTTP/1.1 \r\n:%?&=+ chunked Content-Length: 0123456789abcdef;\t\x00\xff";
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    for _ in 0..150 {
+        let mut raw = Vec::new();
+        for _ in 0..(x % 200) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            raw.push(alphabet[(x % alphabet.len() as u64) as usize]);
+        }
+        raw.extend_from_slice(b"\r\n\r\n");
+        let mut s = connect(srv.addr);
+        // The server may already have answered and closed: ignore write errors.
+        let _ = s.write_all(&raw);
+        let _ = s.shutdown(Shutdown::Write);
+        let got = read_until_closed(&mut s);
+        assert!(got.is_empty() || got.starts_with(b"HTTP/1.1 "), "{got:?}");
+    }
+    assert_eq!(roundtrip(srv.addr, &get("/alive")).status, 200);
+}
+
+#[test]
+fn bearer_token_is_required_except_for_health_and_ready() {
+    let srv = start(HttpConfig {
+        token: Some("s3cret-token".into()),
+        ..HttpConfig::default()
+    });
+    let no_auth = roundtrip(srv.addr, &get("/metrics"));
+    assert_json_error(&no_auth, 401);
+    assert_eq!(no_auth.header("www-authenticate"), Some("Bearer"));
+    for bad in [
+        "Bearer wrong",
+        "Bearer s3cret-toke",
+        "Bearer s3cret-token2",
+        "Basic s3cret-token",
+    ] {
+        let raw = format!("GET /metrics HTTP/1.1\r\nAuthorization: {bad}\r\n\r\n");
+        let r = roundtrip(srv.addr, raw.as_bytes());
+        assert_json_error(&r, 401);
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+    }
+    // A POST with a body is refused before its body is read.
+    let r = roundtrip(
+        srv.addr,
+        b"POST /groups HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    assert_json_error(&r, 401);
+    assert_eq!(
+        srv.calls.load(Ordering::SeqCst),
+        0,
+        "handler ran without auth"
+    );
+
+    let ok = b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer s3cret-token\r\n\r\n";
+    assert_eq!(roundtrip(srv.addr, ok).status, 200);
+    assert_eq!(roundtrip(srv.addr, &get("/health")).status, 200);
+    assert_eq!(roundtrip(srv.addr, &get("/ready")).status, 200);
+    assert_eq!(srv.calls.load(Ordering::SeqCst), 3);
+    // Only GET is exempt.
+    let post_health = b"POST /health HTTP/1.1\r\nContent-Length: 0\r\n\r\n";
+    assert_json_error(&roundtrip(srv.addr, post_health), 401);
+
+    // A bodiless 401 keeps the connection usable.
+    let mut s = connect(srv.addr);
+    s.write_all(&get("/config")).unwrap();
+    assert_eq!(read_response(&mut s).status, 401);
+    s.write_all(ok).unwrap();
+    assert_eq!(read_response(&mut s).status, 200);
+}
+
+#[test]
+fn handler_panic_is_500_and_the_server_survives() {
+    let srv = start_default();
+    let mut s = connect(srv.addr);
+    s.write_all(&get("/panic")).unwrap();
+    assert_json_error(&read_response(&mut s), 500);
+    s.write_all(&get("/after")).unwrap();
+    assert_eq!(read_response(&mut s).json()["path"], "/after");
+    assert_eq!(roundtrip(srv.addr, &get("/fresh")).status, 200);
+}
+
+#[test]
+fn connections_beyond_the_limit_get_503() {
+    let srv = start(HttpConfig {
+        max_connections: 2,
+        ..HttpConfig::default()
+    });
+    // Two keep-alive connections, answered, hence counted and still open.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = connect(srv.addr);
+        s.write_all(&get("/hold")).unwrap();
+        assert_eq!(read_response(&mut s).status, 200);
+        held.push(s);
+    }
+    let mut s = connect(srv.addr);
+    s.write_all(&get("/third")).unwrap();
+    let r = read_response(&mut s);
+    assert_json_error(&r, 503);
+    assert_eq!(r.header("connection"), Some("close"));
+    read_until_closed(&mut s);
+
+    // Closing one frees its slot (once its thread has seen the close).
+    drop(held.pop());
+    let t0 = Instant::now();
+    loop {
+        let r = roundtrip(srv.addr, &get("/later"));
+        if r.status == 200 {
+            break;
+        }
+        assert_eq!(r.status, 503);
+        assert!(t0.elapsed() < GENEROUS, "slot never freed");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn slow_and_idle_clients_are_cut_off() {
+    let srv = start(HttpConfig {
+        io_timeout: Duration::from_millis(300),
+        ..HttpConfig::default()
+    });
+    // Slowloris: a header byte every 50 ms, forever.
+    let mut s = connect(srv.addr);
+    s.write_all(b"GET / HTTP/1.1\r\nX-Slow: ").unwrap();
+    let mut w = s.try_clone().unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let d = done.clone();
+    let trickler = thread::spawn(move || {
+        let t0 = Instant::now();
+        while !d.load(Ordering::Acquire) && t0.elapsed() < GENEROUS {
+            if w.write_all(b"a").is_err() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let t0 = Instant::now();
+    let got = read_until_closed(&mut s);
+    done.store(true, Ordering::Release);
+    trickler.join().unwrap();
+    assert!(t0.elapsed() < GENEROUS);
+    assert!(
+        got.is_empty() || got.starts_with(b"HTTP/1.1 408 "),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+
+    // A connection that never sends is closed too.
+    let mut s = connect(srv.addr);
+    assert!(read_until_closed(&mut s).is_empty());
+
+    // So is a keep-alive connection left idle after a request.
+    let mut s = connect(srv.addr);
+    s.write_all(&get("/once")).unwrap();
+    assert_eq!(read_response(&mut s).status, 200);
+    assert!(read_until_closed(&mut s).is_empty());
+
+    // A body that stalls half-way is cut off as well.
+    let mut s = connect(srv.addr);
+    s.write_all(b"POST / HTTP/1.1\r\nContent-Length: 100\r\n\r\nhalf")
+        .unwrap();
+    let got = read_until_closed(&mut s);
+    assert!(got.is_empty() || got.starts_with(b"HTTP/1.1 408 "));
+    assert_eq!(srv.calls.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn stop_ends_the_accept_thread() {
+    let mut srv = start_default();
+    let mut idle = connect(srv.addr);
+    idle.write_all(&get("/before")).unwrap();
+    assert_eq!(read_response(&mut idle).status, 200);
+
+    srv.stop.store(true, Ordering::Release);
+    let handle = srv.handle.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        handle.join().unwrap();
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(GENEROUS)
+        .expect("accept thread did not exit");
+    // The idle keep-alive connection is closed as well.
+    assert!(read_until_closed(&mut idle).is_empty());
+}
+
+#[test]
+fn serve_refuses_unsafe_configs() {
+    let open = TcpListener::bind("0.0.0.0:0").unwrap();
+    let h: Handler = Arc::new(echo);
+    let stop = Arc::new(AtomicBool::new(false));
+    let err = http::serve(open, HttpConfig::default(), h.clone(), stop.clone()).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+
+    let lo = TcpListener::bind("127.0.0.1:0").unwrap();
+    let empty_token = HttpConfig {
+        token: Some(String::new()),
+        ..HttpConfig::default()
+    };
+    assert!(http::serve(lo, empty_token, h, stop).is_err());
+}
+
+#[test]
+fn loopback_detection() {
+    for a in [
+        "127.0.0.1:1",
+        "127.1.2.3:1",
+        "[::1]:1",
+        "[::ffff:127.0.0.1]:1",
+    ] {
+        assert!(http::is_loopback(&a.parse().unwrap()), "{a}");
+    }
+    for a in [
+        "10.0.0.1:1",
+        "0.0.0.0:1",
+        "[::]:1",
+        "[::ffff:10.0.0.1]:1",
+        "[fe80::1]:1",
+    ] {
+        assert!(!http::is_loopback(&a.parse().unwrap()), "{a}");
+    }
+}
+
+#[test]
+fn defaults() {
+    let c = HttpConfig::default();
+    assert_eq!(c.token, None);
+    assert_eq!(c.max_body, 16 << 20);
+    assert_eq!(c.max_header_bytes, 16 << 10);
+    assert_eq!(c.max_connections, 64);
+    assert_eq!(c.io_timeout, Duration::from_secs(5));
+    let r = Response::error(404, "no such group");
+    assert_eq!(r.status, 404);
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v, json!({"error": "no such group"}));
+    assert_eq!(
+        Response::text(200, "ok").content_type,
+        "text/plain; charset=utf-8"
+    );
+}
