@@ -2,12 +2,10 @@
 //! Everything else lives in the library (see `src/lib.rs`).
 
 use clap::Parser;
+use cpm_edge::app::App;
 use cpm_edge::config::{Config, ShardConf};
-use cpm_edge::control::health::{self, Health, HealthConfig};
-use cpm_edge::control::http::{self, HttpConfig};
-use cpm_edge::control::{api, ControlPlane};
+use cpm_edge::control::ControlPlane;
 use cpm_edge::io::IoChoice;
-use cpm_edge::worker::Server;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -180,13 +178,14 @@ fn main() {
         return;
     }
     init_logging(&valid.log_level);
-    let server = match Server::start(&valid) {
-        Ok(s) => s,
+    let app = match App::start(&valid) {
+        Ok(a) => a,
         Err(e) => {
             eprintln!("cpm-edge: cannot start: {e}");
             std::process::exit(1);
         }
     };
+    let server = &app.server;
     let pin = if valid.cpus.is_empty() {
         "not pinned".to_string()
     } else {
@@ -209,107 +208,52 @@ fn main() {
     );
     println!("  CS shards ({}): {}", shards.len(), shards.join(" "));
     println!("  groups: {}; {routing}", valid.groups.len());
+    match app.admin_addr {
+        Some(a) => {
+            let auth = if valid.admin_token.is_some() {
+                "bearer token"
+            } else {
+                "no token (loopback)"
+            };
+            println!("  admin API: http://{a}/ ({auth}): /groups /shards /config /metrics /health /ready");
+        }
+        None => println!("  admin API: off"),
+    }
+    match valid.health {
+        Some(h) => println!(
+            "  health: OPTIONS every {:?}, timeout {:?}, down after {} failures, up after {} answers",
+            h.interval, h.timeout, h.fail_threshold, h.ok_threshold
+        ),
+        None => println!("  health: off (shards always up)"),
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let hup = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        let flag = if sig == signal_hook::consts::SIGHUP {
+            &hup
+        } else {
+            &stop
+        };
+        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(flag)) {
             eprintln!("cpm-edge: cannot install handler for signal {sig}: {e}");
             std::process::exit(1);
         }
     }
-    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup)) {
-        eprintln!("cpm-edge: cannot install SIGHUP handler: {e}");
-        std::process::exit(1);
-    }
-    let cp = Arc::new(ControlPlane::new(
-        Arc::clone(&server.tables),
-        server.stats.clone(),
-        server.backend,
-        valid.clone(),
-    ));
-    let mut control_threads = Vec::new();
-    let control_stop = Arc::new(AtomicBool::new(false));
-    if let Some(bind) = valid.admin_bind {
-        let listener = match std::net::TcpListener::bind(bind) {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("cpm-edge: cannot bind admin API on {bind}: {e}");
-                std::process::exit(1);
-            }
-        };
-        let cfg = HttpConfig {
-            token: valid.admin_token.clone(),
-            ..HttpConfig::default()
-        };
-        let api_cp = Arc::clone(&cp);
-        let handler: http::Handler = Arc::new(move |req| api::handle(&api_cp, req));
-        match http::serve(listener, cfg, handler, Arc::clone(&control_stop)) {
-            Ok(t) => control_threads.push(t),
-            Err(e) => {
-                eprintln!("cpm-edge: cannot start admin API: {e}");
-                std::process::exit(1);
-            }
-        }
-        let auth = if valid.admin_token.is_some() {
-            "bearer token"
-        } else {
-            "no token (loopback)"
-        };
-        println!(
-            "  admin API: http://{bind}/ ({auth}): /groups /shards /config /metrics /health /ready"
-        );
-    } else {
-        println!("  admin API: off");
-    }
-    if let Some(h) = valid.health {
-        let cfg = HealthConfig {
-            interval: h.interval,
-            timeout: h.timeout,
-            fail_threshold: h.fail_threshold,
-            ok_threshold: h.ok_threshold,
-            bind: std::net::SocketAddr::new(valid.listen.ip(), 0),
-            from_host: server.tables.load().edge.hostport(),
-        };
-        let t_cp = Arc::clone(&cp);
-        let targets: health::Targets = Arc::new(move || {
-            t_cp.snapshot()
-                .shards
-                .live()
-                .map(|(_, s)| (s.name.clone(), s.addr))
-                .collect()
-        });
-        let c_cp = Arc::clone(&cp);
-        let on_change: health::OnChange =
-            Arc::new(move |name, _addr, h| c_cp.set_health(name, h == Health::Up));
-        match health::spawn(cfg, targets, on_change, Arc::clone(&control_stop)) {
-            Ok(t) => control_threads.push(t),
-            Err(e) => {
-                eprintln!("cpm-edge: cannot start health checks: {e}");
-                std::process::exit(1);
-            }
-        }
-        println!(
-            "  health: OPTIONS every {:?}, timeout {:?}, down after {} failures, up after {} answers",
-            h.interval, h.timeout, h.fail_threshold, h.ok_threshold
-        );
-    } else {
-        println!("  health: off (shards always up)");
-    }
-
+    println!("  ready (SIGHUP reloads the configuration, SIGINT/SIGTERM stop)");
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
         if hup.swap(false, Ordering::Relaxed) {
-            reload(&cli, &cp);
+            reload(&cli, &app.cp);
         }
     }
     println!("cpm-edge: stopping");
-    control_stop.store(true, Ordering::SeqCst);
-    for t in control_threads {
-        let _ = t.join();
-    }
     let stats = server.stats.clone();
-    let result = server.stop();
+    let result = app.stop();
     let snap = cpm_edge::stats::Snapshot::merge(&stats);
     println!("{snap}");
     let lat = cpm_edge::stats::merged_latency(&stats);

@@ -129,6 +129,8 @@ struct Responder {
     checker: Arc<Mutex<Option<SocketAddr>>>,
     /// Probe shape violations.
     bad: Arc<Mutex<Vec<String>>>,
+    /// The last probe received, as text.
+    last: Arc<Mutex<String>>,
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
 }
@@ -151,9 +153,11 @@ impl Responder {
             answered: Arc::default(),
             checker: Arc::default(),
             bad: Arc::default(),
+            last: Arc::default(),
             stop: Arc::default(),
             handle: None,
         };
+        let last = r.last.clone();
         let (mode, received, answered, checker, bad, stop) = (
             r.mode.clone(),
             r.received.clone(),
@@ -173,6 +177,7 @@ impl Responder {
                     bad.lock().unwrap().push(e);
                 }
                 *checker.lock().unwrap() = Some(from);
+                *last.lock().unwrap() = String::from_utf8_lossy(req).into_owned();
                 received.fetch_add(1, Ordering::SeqCst);
                 let text = String::from_utf8_lossy(req);
                 let m = mode.load(Ordering::SeqCst);
@@ -613,6 +618,26 @@ fn target_changes_are_picked_up() {
     // Re-added: starts Up again (new shards start Up), then goes Down.
     rig.set_targets(&[("cs-a", a.addr), ("cs-c", c.addr)]);
     rig.events.wait_for("cs-a", &[Health::Down]);
+    rig.stop_and_join();
+}
+
+#[test]
+fn unspecified_bind_advertises_the_routed_source_in_via() {
+    let r = Responder::new(OK200);
+    let c = HealthConfig {
+        bind: "0.0.0.0:0".parse().unwrap(),
+        ..cfg()
+    };
+    let rig = Rig::start(c, &[("cs", r.addr)]);
+    r.wait_answered(3);
+    let port = r.checker.lock().unwrap().expect("probe source").port();
+    let last = r.last.lock().unwrap().clone();
+    assert!(
+        last.contains(&format!("Via: SIP/2.0/UDP 127.0.0.1:{port};branch=")),
+        "{last}"
+    );
+    assert!(rig.events.snapshot().is_empty());
+    r.assert_probes_well_formed();
     rig.stop_and_join();
 }
 

@@ -475,14 +475,13 @@ impl Checker {
         let cseq = (self.seq % 0x7fff_fffe) + 1;
         let addr = self.shards[i].addr;
         let nonce = self.nonce;
-        let from_host = self.cfg.from_host.clone();
-        let call_id = format!("hc-{cseq}-{nonce:x}@{from_host}");
-        self.shards[i].outstanding = Some(Probe {
-            call_id: call_id.clone().into_bytes(),
-            sent: now,
-        });
-
         let Some(local) = self.socket_for(addr).and_then(|s| s.local_addr().ok()) else {
+            // No socket for this family: an empty Call-ID never matches an
+            // answer, so the probe times out and counts as a failure.
+            self.shards[i].outstanding = Some(Probe {
+                call_id: Vec::new(),
+                sent: now,
+            });
             return;
         };
         let via_ip = if local.ip().is_unspecified() {
@@ -494,11 +493,16 @@ impl Checker {
         };
         let via = hostport(via_ip, local.port());
         let target = hostport(addr.ip(), addr.port());
-        let from_host = if from_host.is_empty() {
+        let from_host = if self.cfg.from_host.is_empty() {
             via.clone()
         } else {
-            from_host
+            self.cfg.from_host.clone()
         };
+        let call_id = format!("hc-{cseq}-{nonce:x}@{from_host}");
+        self.shards[i].outstanding = Some(Probe {
+            call_id: call_id.clone().into_bytes(),
+            sent: now,
+        });
         self.out.clear();
         use std::io::Write;
         // Writing into a Vec cannot fail.

@@ -237,10 +237,13 @@ pub fn is_loopback(addr: &SocketAddr) -> bool {
     }
 }
 
-/// Serve until `stop` is set (return within ~200 ms of it: use a non-blocking
-/// accept loop with a short sleep or poll with timeout). One thread per
-/// connection, at most `max_connections` at once (beyond that answer 503 and
-/// close). Returns the accept thread's handle.
+/// Serve `listener` until `stop` is set; returns the accept thread's handle.
+///
+/// The accept thread waits in `poll` (50 ms at a time) on the non-blocking
+/// listener, so it returns within ~100 ms of `stop` and then closes the
+/// listener. Each connection gets its own thread, at most `max_connections`
+/// at once; beyond that a connection is answered 503 (`Retry-After: 1`) and
+/// closed.
 ///
 /// Fails (`InvalidInput`) without starting when `max_connections` or
 /// `io_timeout` is zero, when the token is empty, or when there is no token

@@ -1,0 +1,94 @@
+//! The whole running edge as one value: io workers, the control plane, the
+//! admin API and the shard health checker, started from a validated
+//! configuration. `main.rs` and the end-to-end tests both run exactly this.
+
+use crate::config::Valid;
+use crate::control::health::{self, Health, HealthConfig};
+use crate::control::http::{self, HttpConfig};
+use crate::control::{api, ControlPlane};
+use crate::worker::Server;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+pub struct App {
+    pub server: Server,
+    pub cp: Arc<ControlPlane>,
+    /// Where the admin API listens (resolved when bound to port 0).
+    pub admin_addr: Option<SocketAddr>,
+    control_stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl App {
+    pub fn start(v: &Valid) -> Result<App, String> {
+        let server = Server::start(v)?;
+        let cp = Arc::new(ControlPlane::new(
+            Arc::clone(&server.tables),
+            server.stats.clone(),
+            server.backend,
+            v.clone(),
+        ));
+        let control_stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        let mut admin_addr = None;
+        if let Some(bind) = v.admin_bind {
+            let listener = std::net::TcpListener::bind(bind)
+                .map_err(|e| format!("cannot bind admin API on {bind}: {e}"))?;
+            admin_addr = listener.local_addr().ok();
+            let cfg = HttpConfig {
+                token: v.admin_token.clone(),
+                ..HttpConfig::default()
+            };
+            let api_cp = Arc::clone(&cp);
+            let handler: http::Handler = Arc::new(move |req| api::handle(&api_cp, req));
+            threads.push(
+                http::serve(listener, cfg, handler, Arc::clone(&control_stop))
+                    .map_err(|e| format!("cannot start admin API: {e}"))?,
+            );
+        }
+        if let Some(h) = v.health {
+            let cfg = HealthConfig {
+                interval: h.interval,
+                timeout: h.timeout,
+                fail_threshold: h.fail_threshold,
+                ok_threshold: h.ok_threshold,
+                bind: SocketAddr::new(v.listen.ip(), 0),
+                from_host: server.tables.load().edge.hostport(),
+            };
+            let t_cp = Arc::clone(&cp);
+            let targets: health::Targets = Arc::new(move || {
+                t_cp.snapshot()
+                    .shards
+                    .live()
+                    .map(|(_, s)| (s.name.clone(), s.addr))
+                    .collect()
+            });
+            let c_cp = Arc::clone(&cp);
+            let on_change: health::OnChange =
+                Arc::new(move |name, _addr, h| c_cp.set_health(name, h == Health::Up));
+            threads.push(
+                health::spawn(cfg, targets, on_change, Arc::clone(&control_stop))
+                    .map_err(|e| format!("cannot start health checks: {e}"))?,
+            );
+        }
+        Ok(App {
+            server,
+            cp,
+            admin_addr,
+            control_stop,
+            threads,
+        })
+    }
+
+    /// Stop the control threads, then the workers; returns the workers'
+    /// first io error.
+    pub fn stop(mut self) -> Result<(), String> {
+        self.control_stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.server.stop()
+    }
+}

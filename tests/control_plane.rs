@@ -1,0 +1,665 @@
+//! The control plane end to end: the real edge (workers, admin API over
+//! TCP, OPTIONS health checks) with Conversation Server shards played by
+//! UDP sockets in this process, and the real binary for SIGHUP.
+
+mod common;
+use common::*;
+use cpm_edge::app::App;
+use cpm_edge::config::Config;
+use cpm_edge::route::shards::ShardState;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A minimal HTTP/1.1 client: (status, body).
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp[9..12].parse().unwrap();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+/// A CS shard: counts the Call-IDs of requests it receives and answers
+/// OPTIONS keepalives while `alive`.
+struct Cs {
+    addr: SocketAddr,
+    alive: Arc<AtomicBool>,
+    got: Arc<Mutex<Vec<String>>>,
+    /// Responses other than to OPTIONS that reached this CS.
+    responses: Arc<Mutex<Vec<String>>>,
+    sock: UdpSocket,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Cs {
+    fn start() -> Cs {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let addr = sock.local_addr().unwrap();
+        let alive = Arc::new(AtomicBool::new(true));
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let responses = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, g, r, st) = (alive.clone(), got.clone(), responses.clone(), stop.clone());
+        let send_sock = sock.try_clone().unwrap();
+        let thread = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while !st.load(Ordering::Relaxed) {
+                let Ok((n, _)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if msg.starts_with("OPTIONS ") {
+                    if a.load(Ordering::Relaxed) {
+                        let vias = header(&msg, "Via").join("\r\n");
+                        let keep = ["From", "To", "Call-ID", "CSeq"]
+                            .map(|h| header(&msg, h).join("\r\n"))
+                            .join("\r\n");
+                        let resp = format!(
+                            "SIP/2.0 200 OK\r\n{vias}\r\n{keep}\r\nContent-Length: 0\r\n\r\n"
+                        );
+                        let top = header(&msg, "Via")[0];
+                        let hp = top
+                            .split_whitespace()
+                            .nth(2)
+                            .unwrap()
+                            .split(';')
+                            .next()
+                            .unwrap()
+                            .to_string();
+                        let _ = sock.send_to(resp.as_bytes(), hp);
+                    }
+                } else if !msg.starts_with("SIP/2.0") {
+                    if let Some(c) = header(&msg, "Call-ID").first() {
+                        g.lock().unwrap().push(c[9..].trim().to_string());
+                    }
+                } else {
+                    r.lock().unwrap().push(msg);
+                }
+            }
+        });
+        Cs {
+            addr,
+            alive,
+            got,
+            responses,
+            sock: send_sock,
+            stop,
+            thread: Some(thread),
+        }
+    }
+    fn calls(&self) -> Vec<String> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Cs {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn app(shards: &[(&str, SocketAddr, Option<&str>)], groups: &[(&str, &str)], extra: &str) -> App {
+    let mut toml = format!(
+        "[listen]\naddr = \"127.0.0.1:{}\"\n[admin]\nbind = \"127.0.0.1:0\"\n[workers]\ncount = 2\n{extra}\n",
+        free_port()
+    );
+    for (name, addr, backup) in shards {
+        toml += &format!("[[shard]]\nname = \"{name}\"\naddr = \"{addr}\"\n");
+        if let Some(b) = backup {
+            toml += &format!("backup = \"{b}\"\n");
+        }
+    }
+    for (id, shard) in groups {
+        toml += &format!("[[group]]\nid = \"{id}\"\nshard = \"{shard}\"\n");
+    }
+    App::start(&Config::parse(&toml).unwrap().validate().unwrap()).unwrap()
+}
+
+fn invite_from(user: &str, to: &str, call_id: &str, via: SocketAddr) -> Vec<u8> {
+    let m = String::from_utf8(invite_to_group("grpX", user, "")).unwrap();
+    m.replace("sip:grpX@groups.example.net", to)
+        .replace(
+            &format!("Call-ID: {user}-call-1@192.0.2.10"),
+            &format!("Call-ID: {call_id}"),
+        )
+        .replace("192.0.2.10:5062", &via.to_string())
+        .into_bytes()
+}
+
+fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    t0.elapsed()
+}
+
+#[test]
+fn a_group_moved_under_load_loses_nothing() {
+    let (cs1, cs2, cs3) = (Cs::start(), Cs::start(), Cs::start());
+    // The sender plays a CS (Controlling Function traffic arrives from shards).
+    let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sa = sender.local_addr().unwrap();
+    let a = app(
+        &[
+            ("cs1", cs1.addr, None),
+            ("cs2", cs2.addr, None),
+            ("cs3", cs3.addr, None),
+            ("sender", sa, None),
+        ],
+        &[("sip:moving@groups.example.net", "cs1")],
+        "[health]\nenabled = false\n",
+    );
+    let admin = a.admin_addr.unwrap();
+    let edge = a.server.local_addr;
+    const N: usize = 4000;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let s2 = sent.clone();
+    let load = std::thread::spawn(move || {
+        for i in 0..N {
+            let m = invite_from(
+                "member",
+                "sip:moving@groups.example.net",
+                &format!("mv-{i}"),
+                sa,
+            );
+            sender.send_to(&m, edge).unwrap();
+            s2.store(i + 1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    });
+    wait_until("load to start", Duration::from_secs(20), || {
+        sent.load(Ordering::SeqCst) > N / 3
+    });
+    let (st, body) = http(
+        admin,
+        "PUT",
+        "/groups/sip:moving@groups.example.net",
+        r#"{"shard":"cs2"}"#,
+        None,
+    );
+    let boundary = sent.load(Ordering::SeqCst);
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains(r#""previous":"cs1""#), "{body}");
+    load.join().unwrap();
+    wait_until("every request to arrive", Duration::from_secs(20), || {
+        cs1.calls().len() + cs2.calls().len() >= N
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let seq = |c: &String| c.trim_start_matches("mv-").parse::<usize>().unwrap();
+    let (old, new): (Vec<usize>, Vec<usize>) = (
+        cs1.calls().iter().map(seq).collect(),
+        cs2.calls().iter().map(seq).collect(),
+    );
+    let mut all: Vec<usize> = old.iter().chain(&new).copied().collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (0..N).collect::<Vec<_>>(),
+        "every request forwarded exactly once"
+    );
+    assert!(
+        old.iter().all(|s| *s < boundary),
+        "nothing sent after the move reached the old shard"
+    );
+    assert!(
+        (boundary..N).all(|s| new.contains(&s)),
+        "everything after the move reached the new shard"
+    );
+    assert!(
+        old.len() > N / 4 && new.len() > N / 4,
+        "old {} new {}",
+        old.len(),
+        new.len()
+    );
+    assert!(cs3.calls().is_empty());
+    println!(
+        "group move under load: {} to the old shard, {} to the new, boundary {boundary}, 0 lost",
+        old.len(),
+        new.len()
+    );
+
+    // The scrape, parsed by a real Prometheus text parser, agrees.
+    let (st, text) = http(admin, "GET", "/metrics", "", None);
+    assert_eq!(st, 200);
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("valid exposition");
+    let value = |name: &str, label: (&str, &str)| -> f64 {
+        let s = scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && s.labels.get(label.0) == Some(label.1))
+            .unwrap_or_else(|| panic!("no {name}{{{}={}}}", label.0, label.1));
+        match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(
+        value("cpm_edge_requests_forwarded_total", ("kind", "controlling")),
+        N as f64
+    );
+    assert_eq!(
+        value("cpm_edge_requests_received_total", ("method", "INVITE")),
+        N as f64
+    );
+    assert_eq!(
+        value("cpm_edge_shard_forwards_total", ("shard", "cs1")),
+        old.len() as f64
+    );
+    assert_eq!(
+        value("cpm_edge_shard_forwards_total", ("shard", "cs2")),
+        new.len() as f64
+    );
+    assert_eq!(
+        value(
+            "cpm_edge_io_backend_info",
+            ("backend", a.server.backend.name())
+        ),
+        1.0
+    );
+    let latency = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "cpm_edge_latency_seconds")
+        .expect("latency summary");
+    let prometheus_parse::Value::Summary(qs) = &latency.value else {
+        panic!("{:?}", latency.value)
+    };
+    assert!(
+        qs.iter().any(|q| q.quantile == 0.99 && q.count > 0.0),
+        "{qs:?}"
+    );
+    a.stop().unwrap();
+}
+
+#[test]
+fn a_killed_shard_fails_over_and_comes_back() {
+    let (cs1, cs2, cs3) = (Cs::start(), Cs::start(), Cs::start());
+    let a = app(
+        &[("cs1", cs1.addr, Some("cs2")), ("cs2", cs2.addr, None), ("cs3", cs3.addr, None)],
+        &[("sip:backed@groups.example.net", "cs1"), ("sip:lonely@groups.example.net", "cs3")],
+        "[health]\ninterval_ms = 50\ntimeout_ms = 60\nfail_threshold = 2\nok_threshold = 2\nretry_after_s = 17\n",
+    );
+    let edge = a.server.local_addr;
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let ca = client.local_addr().unwrap();
+    let by_addr: HashMap<SocketAddr, &str> =
+        [(cs1.addr, "cs1"), (cs2.addr, "cs2"), (cs3.addr, "cs3")].into();
+    let cs = |name: &str| match name {
+        "cs1" => &cs1,
+        "cs2" => &cs2,
+        _ => &cs3,
+    };
+    // Which PF each user has while all are up (leg 1 of seed 5.2.3.2.1).
+    let users: Vec<String> = (0..60).map(|i| format!("user{i}")).collect();
+    let home = |u: &str| {
+        let t = a.cp.snapshot();
+        let m = invite_from(u, "sip:bob@example.net", "probe", ca);
+        let mut out = vec![0u8; 8192];
+        let (o, _) = cpm_edge::route::process(&m, false, ca, &t, &mut out);
+        by_addr[&o.send().unwrap().1].to_string()
+    };
+    let before: HashMap<String, String> = users.iter().map(|u| (u.clone(), home(u))).collect();
+    assert!(before.values().any(|h| h == "cs1"));
+    let mut seq = 0;
+    let mut send_round = |tag: &str| -> Vec<String> {
+        let mut ids = Vec::new();
+        for u in &users {
+            seq += 1;
+            let id = format!("{tag}-{u}-{seq}");
+            client
+                .send_to(&invite_from(u, "sip:bob@example.net", &id, ca), edge)
+                .unwrap();
+            ids.push(id);
+        }
+        ids
+    };
+    let round = send_round("up");
+    wait_until("first round", Duration::from_secs(5), || {
+        cs1.calls().len() + cs2.calls().len() + cs3.calls().len() >= round.len()
+    });
+
+    // cs1 hangs: it still receives but answers nothing, not even OPTIONS.
+    cs1.alive.store(false, Ordering::SeqCst);
+    let detected = wait_until("cs1 marked down", Duration::from_secs(5), || {
+        let t = a.cp.snapshot();
+        t.shards.get(t.shards.by_name("cs1").unwrap()).state == ShardState::Down
+    });
+    println!("cs1 failure detected after {detected:?} (interval 50 ms, timeout 60 ms, 2 failures)");
+    let at_cs1 = cs1.calls().len();
+    let ids = send_round("down");
+    wait_until("failover round", Duration::from_secs(5), || {
+        ids.iter()
+            .all(|id| ["cs2", "cs3"].iter().any(|n| cs(n).calls().contains(id)))
+    });
+    assert_eq!(cs1.calls().len(), at_cs1, "nothing reaches a failed shard");
+    for (u, id) in users.iter().zip(&ids) {
+        if before[u] != "cs1" {
+            assert!(
+                cs(&before[u]).calls().contains(id),
+                "{u}: only the failed shard's users move"
+            );
+        }
+    }
+    // Its groups go to the backup (a CS sends to the group: → hosting CS).
+    cs3.sock
+        .send_to(
+            &invite_from("x", "sip:backed@groups.example.net", "grp-backed", cs3.addr),
+            edge,
+        )
+        .unwrap();
+    wait_until("backed group at the backup", Duration::from_secs(5), || {
+        cs2.calls().contains(&"grp-backed".to_string())
+    });
+
+    // A group whose host is down and has no backup gets 503 + Retry-After.
+    cs3.alive.store(false, Ordering::SeqCst);
+    wait_until("cs3 marked down", Duration::from_secs(5), || {
+        let t = a.cp.snapshot();
+        t.shards.get(t.shards.by_name("cs3").unwrap()).state == ShardState::Down
+    });
+    cs2.sock
+        .send_to(
+            &invite_from("y", "sip:lonely@groups.example.net", "grp-lonely", cs2.addr),
+            edge,
+        )
+        .unwrap();
+    wait_until("the 503", Duration::from_secs(5), || {
+        !cs2.responses.lock().unwrap().is_empty()
+    });
+    let resp = cs2.responses.lock().unwrap()[0].clone();
+    assert!(
+        resp.starts_with("SIP/2.0 503 Service Unavailable"),
+        "{resp}"
+    );
+    assert_eq!(header(&resp, "Retry-After"), vec!["Retry-After: 17"]);
+    assert!(!cs3.calls().contains(&"grp-lonely".to_string()));
+
+    // Both come back: users return to their first choice.
+    cs1.alive.store(true, Ordering::SeqCst);
+    cs3.alive.store(true, Ordering::SeqCst);
+    wait_until("cs1 and cs3 up", Duration::from_secs(5), || {
+        let t = a.cp.snapshot();
+        let all_up = t.shards.live().all(|(_, s)| s.state == ShardState::Up);
+        all_up
+    });
+    let ids = send_round("back");
+    wait_until("recovery round", Duration::from_secs(5), || {
+        users
+            .iter()
+            .zip(&ids)
+            .all(|(u, id)| cs(&before[u]).calls().contains(id))
+    });
+    let tr = a.cp.transitions();
+    assert_eq!((tr["cs1"].down, tr["cs1"].up), (1, 1));
+    assert_eq!((tr["cs3"].down, tr["cs3"].up), (1, 1));
+    assert!(!tr.contains_key("cs2"));
+    a.stop().unwrap();
+}
+
+#[test]
+fn admin_api_refuses_bad_input_and_leaves_the_table_untouched() {
+    let (cs1, cs2) = (Cs::start(), Cs::start());
+    let a = app(
+        &[("cs1", cs1.addr, None), ("cs2", cs2.addr, None)],
+        &[
+            ("sip:g1@groups.example.net", "cs1"),
+            ("sip:g2@groups.example.net", "cs2"),
+        ],
+        "[health]\nenabled = false\n",
+    );
+    let admin = a.admin_addr.unwrap();
+    let gen0 = a.cp.snapshot().generation;
+    let cases: &[(&str, &str, &str, u16, &str)] = &[
+        (
+            "PUT",
+            "/groups/sip:g1@groups.example.net",
+            r#"{"shard":"cs9"}"#,
+            404,
+            "unknown shard 'cs9'",
+        ),
+        (
+            "POST",
+            "/groups",
+            r#"{"id":"sip:g3@groups.example.net","shard":"nope"}"#,
+            404,
+            "unknown shard 'nope'",
+        ),
+        (
+            "POST",
+            "/groups",
+            r#"{"id": "sip:g3@groups"#,
+            400,
+            "malformed JSON",
+        ),
+        (
+            "POST",
+            "/groups",
+            r#"{"id":"sip:g1@groups.example.net","shard":"cs2"}"#,
+            409,
+            "already exists",
+        ),
+        (
+            "POST",
+            "/groups",
+            r#"{"id":"tel:+1555","shard":"cs2"}"#,
+            400,
+            "not a SIP URI",
+        ),
+        ("POST", "/groups", r#"{"shard":"cs2"}"#, 400, "field 'id'"),
+        (
+            "POST",
+            "/groups/batch",
+            r#"{"upsert":[{"id":"sip:n1@g","shard":"cs1"},{"id":"sip:n1@g","shard":"cs2"}]}"#,
+            409,
+            "duplicate group",
+        ),
+        (
+            "POST",
+            "/groups/batch",
+            r#"{"upsert":[{"id":"sip:n1@g","shard":"cs1"}],"remove":["sip:ghost@g"]}"#,
+            404,
+            "no group",
+        ),
+        ("POST", "/groups/batch", r#"{}"#, 400, "empty batch"),
+        (
+            "DELETE",
+            "/groups/sip:ghost@groups.example.net",
+            "",
+            404,
+            "no group",
+        ),
+        ("DELETE", "/shards/cs1", "", 409, "still hosts 1 group"),
+        (
+            "POST",
+            "/shards",
+            &format!(r#"{{"name":"cs3","addr":"{}"}}"#, cs1.addr),
+            409,
+            "already used",
+        ),
+        (
+            "POST",
+            "/shards",
+            r#"{"name":"cs3","addr":"not-an-address"}"#,
+            400,
+            "addr",
+        ),
+        ("POST", "/shards/cs9/drain", "", 404, "unknown shard"),
+        ("GET", "/nothing", "", 404, "no endpoint"),
+        ("PATCH", "/groups", "", 405, "not allowed"),
+    ];
+    for (method, path, body, status, msg) in cases {
+        let (st, resp) = http(admin, method, path, body, None);
+        assert_eq!(st, *status, "{method} {path}: {resp}");
+        assert!(
+            resp.contains(msg),
+            "{method} {path}: {resp} should mention {msg}"
+        );
+        let err: serde_json::Value = serde_json::from_str(&resp).unwrap();
+        assert!(err["error"].is_string());
+    }
+    let t = a.cp.snapshot();
+    assert_eq!(t.generation, gen0, "no refused request published anything");
+    assert_eq!(t.groups.len(), 2);
+    // And the good ones work.
+    let (st, body) = http(
+        admin,
+        "POST",
+        "/groups/batch",
+        r#"{"upsert":[{"id":"sip:n1@g","shard":"cs1"},{"id":"sip:g1@groups.example.net","shard":"cs2"}],"remove":["sip:g2@groups.example.net"]}"#,
+        None,
+    );
+    assert_eq!(st, 200, "{body}");
+    assert!(
+        body.contains(r#""added":1"#)
+            && body.contains(r#""moved":1"#)
+            && body.contains(r#""removed":1"#),
+        "{body}"
+    );
+    let (st, body) = http(admin, "GET", "/groups/sip:g1@groups.example.net", "", None);
+    assert_eq!(st, 200);
+    assert!(body.contains(r#""shard":"cs2""#));
+    let (st, _) = http(admin, "POST", "/shards/cs1/drain", "", None);
+    assert_eq!(st, 200);
+    let (_, body) = http(admin, "GET", "/shards", "", None);
+    assert!(body.contains(r#""state":"draining""#), "{body}");
+    let (st, body) = http(admin, "GET", "/ready", "", None);
+    assert_eq!(st, 200, "{body}");
+    a.stop().unwrap();
+}
+
+#[test]
+fn the_admin_api_needs_the_token_when_one_is_set() {
+    let cs1 = Cs::start();
+    let a = app(
+        &[("cs1", cs1.addr, None)],
+        &[],
+        "[health]\nenabled = false\n",
+    );
+    drop(a);
+    let toml = format!(
+        "[listen]\naddr = \"127.0.0.1:{}\"\n[admin]\nbind = \"127.0.0.1:0\"\ntoken = \"s3cret\"\n[health]\nenabled = false\n[[shard]]\nname = \"cs1\"\naddr = \"{}\"\n",
+        free_port(),
+        cs1.addr
+    );
+    let a = App::start(&Config::parse(&toml).unwrap().validate().unwrap()).unwrap();
+    let admin = a.admin_addr.unwrap();
+    assert_eq!(http(admin, "GET", "/groups", "", None).0, 401);
+    assert_eq!(http(admin, "GET", "/groups", "", Some("wrong")).0, 401);
+    assert_eq!(http(admin, "GET", "/groups", "", Some("s3cret")).0, 200);
+    assert_eq!(http(admin, "GET", "/health", "", None).0, 200);
+    // Off loopback without a token is refused at configuration time.
+    let open = toml.replace(
+        "bind = \"127.0.0.1:0\"\ntoken = \"s3cret\"",
+        "bind = \"0.0.0.0:0\"",
+    );
+    let err = Config::parse(&open).unwrap().validate().unwrap_err();
+    assert!(err.starts_with("admin.token: required"), "{err}");
+    a.stop().unwrap();
+}
+
+#[test]
+fn sighup_reloads_the_config_and_refuses_a_bad_one() {
+    let dir = std::env::temp_dir().join(format!("cpm-edge-hup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("edge.toml");
+    let groups = dir.join("groups.txt");
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let write = |n_groups: usize, extra: &str| {
+        let mut g = String::from("# group file\n");
+        for i in 0..n_groups {
+            g += &format!("sip:file{i}@groups.example.net cs{}\n", 1 + i % 2);
+        }
+        std::fs::write(&groups, g).unwrap();
+        std::fs::write(
+            &cfg,
+            format!(
+                "groups_file = \"{}\"\n[listen]\naddr = \"127.0.0.1:{}\"\n[admin]\nbind = \"127.0.0.1:{admin_port}\"\n[health]\nenabled = false\n[[shard]]\nname = \"cs1\"\naddr = \"127.0.0.1:7101\"\n[[shard]]\nname = \"cs2\"\naddr = \"127.0.0.1:7102\"\n{extra}",
+                groups.display(),
+                37000 + std::process::id() % 2000
+            ),
+        )
+        .unwrap();
+    };
+    write(10, "");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cpm-edge"))
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let total = || -> Option<u64> {
+        let mut s = TcpStream::connect(admin).ok()?;
+        s.write_all(b"GET /groups?limit=1 HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut r = String::new();
+        s.read_to_string(&mut r).ok()?;
+        let body = r.split_once("\r\n\r\n")?.1;
+        serde_json::from_str::<serde_json::Value>(body).ok()?["total"].as_u64()
+    };
+    wait_until("edge up", Duration::from_secs(20), || total() == Some(10));
+    write(25, "");
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    wait_until("reload", Duration::from_secs(10), || total() == Some(25));
+    // An invalid file is refused whole; the running table is untouched.
+    write(40, "[[group]]\nid = \"sip:bad@g\"\nshard = \"cs9\"\n");
+    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    wait_until("failed reload counted", Duration::from_secs(10), || {
+        let (_, m) = http(admin, "GET", "/metrics", "", None);
+        m.contains("cpm_edge_reloads_total{result=\"failed\"} 1")
+    });
+    assert_eq!(total(), Some(25));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "clean stop: {status:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
