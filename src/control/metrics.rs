@@ -206,6 +206,15 @@ pub fn render(cp: &ControlPlane) -> String {
         cp.api_changes.load(std::sync::atomic::Ordering::Relaxed)
     );
 
+    let listen_port = cp.config.lock().unwrap_or_else(|p| p.into_inner()).listen.port();
+    let (queued, drops, sockets) = kernel_udp(listen_port);
+    family(&mut o, "cpm_edge_socket_rx_queue_bytes", "gauge", "Bytes waiting in the kernel receive queues of the workers' sockets (/proc/net/udp).");
+    let _ = writeln!(o, "cpm_edge_socket_rx_queue_bytes {queued}");
+    family(&mut o, "cpm_edge_socket_drops_total", "counter", "Datagrams the kernel dropped on the workers' sockets (receive buffer full).");
+    let _ = writeln!(o, "cpm_edge_socket_drops_total {drops}");
+    family(&mut o, "cpm_edge_sockets", "gauge", "Worker sockets bound to the listen port.");
+    let _ = writeln!(o, "cpm_edge_sockets {sockets}");
+
     let lat = merged_latency(&cp.stats);
     family(
         &mut o,
@@ -229,4 +238,25 @@ pub fn render(cp: &ControlPlane) -> String {
     let _ = writeln!(o, "cpm_edge_latency_seconds_sum {sum:.9}");
     let _ = writeln!(o, "cpm_edge_latency_seconds_count {}", lat.len());
     o
+}
+
+/// Sum of rx_queue and drops over the UDP sockets bound to `port`, from
+/// /proc/net/udp and udp6 (the kernel's own counters; zero where absent).
+fn kernel_udp(port: u16) -> (u64, u64, u64) {
+    let want = format!(":{port:04X}");
+    let (mut q, mut d, mut n) = (0, 0, 0);
+    for f in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(f) else { continue };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() < 13 || !cols[1].ends_with(&want) {
+                continue;
+            }
+            let rx = cols[4].split(':').nth(1).and_then(|h| u64::from_str_radix(h, 16).ok()).unwrap_or(0);
+            q += rx;
+            d += cols[12].parse::<u64>().unwrap_or(0);
+            n += 1;
+        }
+    }
+    (q, d, n)
 }
