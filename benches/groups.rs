@@ -9,6 +9,7 @@
 
 use arc_swap::ArcSwap;
 use cpm_edge::route::groups::{GroupTable, StableBuild};
+use cpm_edge::sip::branch::hash_bytes;
 use cpm_edge::sip::uri::{self, Uri};
 use cpm_edge::sip::Span;
 use criterion::{criterion_group, Criterion};
@@ -89,16 +90,32 @@ fn rss_bytes() -> u64 {
     pages * page
 }
 
+/// Minor page faults so far (fresh pages the allocator had to touch).
+fn minflt() -> i64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_SELF is always valid.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    ru.ru_minflt
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
 /// Build a 0..n table with `insert`, reporting RSS growth and build time.
-fn build<T>(n: usize, what: &str, mut t: T, mut insert: impl FnMut(&mut T, &[u8], u16)) -> T {
+fn build<T>(
+    n: usize,
+    what: &str,
+    make: impl FnOnce() -> T,
+    mut insert: impl FnMut(&mut T, &[u8], u16),
+) -> T {
     let mut kb = Vec::with_capacity(64);
+    // Before the (pre-sized) allocation: it counts towards the table.
     let r0 = rss_bytes();
     let t0 = Instant::now();
+    let mut t = make();
     for i in 0..n {
         insert(&mut t, key(&mut kb, i), (i % SHARDS as usize) as u16);
     }
@@ -130,16 +147,26 @@ fn fixture() -> &'static Fixture {
         let quick = !std::env::args().any(|a| a == "--bench");
         let n = if quick { 20_000 } else { 1_000_000 };
         eprintln!("== group table: {n} groups over {SHARDS} shards ==");
-        let cow = build(n, "cow", GroupTable::with_capacity(n), |t, k, s| {
-            t.insert(k, s);
-        });
-        let single = build(n, "single_sip", Single::with_capacity(n), |t, k, s| {
-            t.insert(k.into(), s);
-        });
+        let cow = build(
+            n,
+            "cow",
+            || GroupTable::with_capacity(n),
+            |t, k, s| {
+                t.insert(k, s);
+            },
+        );
+        let single = build(
+            n,
+            "single_sip",
+            || Single::with_capacity(n),
+            |t, k, s| {
+                t.insert(k.into(), s);
+            },
+        );
         let single_stable = build(
             n,
             "single_stable",
-            SingleStable::with_capacity_and_hasher(n, StableBuild),
+            || SingleStable::with_capacity_and_hasher(n, StableBuild),
             |t, k, s| {
                 t.insert(k.into(), s);
             },
@@ -229,6 +256,11 @@ fn manual_lookups(f: &Fixture) {
     note("lookup_uri_random_ns", format!("{r:.1}"));
     let r = ns_per_op(reps, it, |i| shard(f.cow.load().get(&f.hit[i & m])));
     note("arcswap_load_get_hit_ns", format!("{r:.1}"));
+    let r = ns_per_op(reps, it, |_| f.cow.load().len());
+    note("arcswap_load_only_ns", format!("{r:.1}"));
+    // The key hash alone (a `get` computes it twice: partition, then map).
+    let r = ns_per_op(reps, it, |i| hash_bytes(&f.hit[i & m]) as usize);
+    note("stable_hash_key_ns", format!("{r:.1}"));
     let r = ns_per_op(reps, it, |i| shard(single.get(&f.hit[i & m]).copied()));
     note("single_sip_get_hit_ns", format!("{r:.1}"));
     let r = ns_per_op(reps, it, |i| {
@@ -266,15 +298,17 @@ fn move_single(t: &mut Single, keys: &[Box<[u8]>]) {
     }
 }
 
-/// Median (build, publish, total) over `reps` updates of `size` groups.
+/// Median (build, publish, total) over `reps` updates of `size` groups,
+/// and the mean minor page faults per update.
 fn updates<T: Clone>(
     reps: usize,
     size: usize,
     f: &Fixture,
     swap: &ArcSwap<T>,
     mv: fn(&mut T, &[Box<[u8]>]),
-) -> (f64, f64, f64) {
+) -> (f64, f64, f64, f64) {
     let (mut b, mut p, mut t) = (Vec::new(), Vec::new(), Vec::new());
+    let faults = minflt();
     for r in 0..reps {
         let from = (r * size) % (f.upd.len() - size);
         let keys = &f.upd[from..from + size];
@@ -283,40 +317,41 @@ fn updates<T: Clone>(
         p.push(dp.as_secs_f64());
         t.push((db + dp).as_secs_f64());
     }
-    (median(b), median(p), median(t))
+    let faults = (minflt() - faults) as f64 / reps as f64;
+    (median(b), median(p), median(t), faults)
 }
 
 fn manual_updates(f: &Fixture) {
     let q = f.quick;
     eprintln!("== published updates (medians; clone+change / store+reclaim old) ==");
-    let (b, p, t) = updates(if q { 11 } else { 201 }, 1, f, &f.cow, move_cow);
+    let (b, p, t, pf) = updates(if q { 11 } else { 201 }, 1, f, &f.cow, move_cow);
     eprintln!(
-        "cow one move: {:.1} + {:.1} = {:.1} us",
+        "cow one move: {:.1} + {:.1} = {:.1} us, {pf:.0} page faults",
         b * 1e6,
         p * 1e6,
         t * 1e6
     );
     note("update_one_cow_us", format!("{:.1}", t * 1e6));
-    let (b, p, t) = updates(if q { 3 } else { 9 }, BATCH, f, &f.cow, move_cow);
+    let (b, p, t, pf) = updates(if q { 3 } else { 9 }, BATCH, f, &f.cow, move_cow);
     eprintln!(
-        "cow batch {BATCH}: {:.2} + {:.2} = {:.2} ms",
+        "cow batch {BATCH}: {:.2} + {:.2} = {:.2} ms, {pf:.0} page faults",
         b * 1e3,
         p * 1e3,
         t * 1e3
     );
     note("batch1000_cow_ms", format!("{:.2}", t * 1e3));
-    let (b, p, t) = updates(if q { 3 } else { 7 }, 1, f, &f.single, move_single);
+    let (b, p, t, pf) = updates(if q { 3 } else { 7 }, 1, f, &f.single, move_single);
     eprintln!(
-        "full clone one move: {:.1} + {:.1} = {:.1} ms",
+        "full clone one move: {:.1} + {:.1} = {:.1} ms, {pf:.0} page faults",
         b * 1e3,
         p * 1e3,
         t * 1e3
     );
     note("update_one_fullclone_ms", format!("{:.1}", t * 1e3));
     note("update_one_fullclone_publish_ms", format!("{:.1}", p * 1e3));
-    let (b, p, t) = updates(if q { 3 } else { 7 }, BATCH, f, &f.single, move_single);
+    let (b, p, t, pf) = updates(if q { 3 } else { 7 }, BATCH, f, &f.single, move_single);
     eprintln!(
-        "full clone batch {BATCH}: {:.1} + {:.1} = {:.1} ms",
+        "full clone batch {BATCH}: {:.1} + {:.1} = {:.1} ms, {pf:.0} page faults",
         b * 1e3,
         p * 1e3,
         t * 1e3
@@ -369,6 +404,9 @@ fn lookups(c: &mut Criterion) {
             i = (i + 1) & m;
             black_box(f.cow.load().get(black_box(&f.hit[i])))
         })
+    });
+    g.bench_function("arcswap_load_only", |b| {
+        b.iter(|| black_box(f.cow.load().len()))
     });
     g.bench_function("single_sip_get_hit", |b| {
         let mut i = 0usize;

@@ -24,12 +24,17 @@ pub struct App {
 impl App {
     pub fn start(v: &Valid) -> Result<App, String> {
         let server = Server::start(v)?;
-        let cp = Arc::new(ControlPlane::new(
+        let mut control = ControlPlane::new(
             Arc::clone(&server.tables),
             server.stats.clone(),
             server.backend,
             v.clone(),
-        ));
+        );
+        control.slow = server
+            .slow
+            .as_ref()
+            .map(|s| (s.queue.clone(), Arc::clone(&s.stats)));
+        let cp = Arc::new(control);
         let control_stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         let mut admin_addr = None;

@@ -25,7 +25,9 @@ const REPLY: usize = RELAY + 6;
 const DROP: usize = REPLY + REPLY_CODES.len() + 1;
 const SEND_ERR: usize = DROP + DropReason::ALL.len();
 const RECV_ERR: usize = SEND_ERR + 1;
-const N_COUNTERS: usize = RECV_ERR + 1;
+const SLOW_QUEUED: usize = RECV_ERR + 1;
+const SLOW_FULL: usize = SLOW_QUEUED + 1;
+const N_COUNTERS: usize = SLOW_FULL + 1;
 
 /// Histogram range: 1 ns .. 10 s, 3 significant digits.
 pub fn new_histogram() -> Histogram<u64> {
@@ -94,6 +96,12 @@ impl WorkerStats {
     pub fn recv_error(&self) {
         bump(&self.c[RECV_ERR]);
     }
+    pub fn slow_queued(&self) {
+        bump(&self.c[SLOW_QUEUED]);
+    }
+    pub fn slow_full(&self) {
+        bump(&self.c[SLOW_FULL]);
+    }
 }
 
 /// A merged, plain-number view over all workers.
@@ -108,6 +116,9 @@ pub struct Snapshot {
     pub drops: Vec<(&'static str, u64)>,
     pub send_errors: u64,
     pub recv_errors: u64,
+    /// Handed to the slow path / refused because its queue was full.
+    pub slow_queued: u64,
+    pub slow_full: u64,
     pub per_shard: Vec<u64>,
 }
 
@@ -141,6 +152,8 @@ impl Snapshot {
                 .collect(),
             send_errors: sum(SEND_ERR),
             recv_errors: sum(RECV_ERR),
+            slow_queued: sum(SLOW_QUEUED),
+            slow_full: sum(SLOW_FULL),
             per_shard: (0..shards)
                 .map(|s| workers.iter().map(|w| w.per_shard[s].load(Relaxed)).sum())
                 .collect(),
@@ -220,6 +233,11 @@ impl std::fmt::Display for Snapshot {
             .map(|(i, c)| format!("#{i}={c}"))
             .collect();
         writeln!(f, "forwards per shard:  {}", shards.join(" "))?;
+        writeln!(
+            f,
+            "slow path:           queued={} full={}",
+            self.slow_queued, self.slow_full
+        )?;
         write!(
             f,
             "io errors:           send={} recv={}",

@@ -8,6 +8,7 @@
 
 use crate::config::Valid;
 use crate::io::{self, DatagramHandler, IoBackend, IoConfig};
+use crate::policy::slow::{Job, SlowPath, SlowQueue};
 use crate::route::{process, DropReason, Outcome, Tables};
 use crate::stats::{new_histogram, WorkerStats};
 use arc_swap::{ArcSwap, Cache};
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 pub struct EdgeHandler {
     tables: Cache<Arc<ArcSwap<Tables>>, Arc<Tables>>,
     stats: Arc<WorkerStats>,
+    slow: Option<SlowQueue>,
     worker: usize,
     batch_start: Instant,
     batch_n: u64,
@@ -36,11 +38,13 @@ impl EdgeHandler {
         tables: Arc<ArcSwap<Tables>>,
         stats: Arc<WorkerStats>,
         worker: usize,
+        slow: Option<SlowQueue>,
     ) -> EdgeHandler {
         let now = Instant::now();
         EdgeHandler {
             tables: Cache::new(tables),
             stats,
+            slow,
             worker,
             batch_start: now,
             batch_n: 0,
@@ -82,7 +86,31 @@ impl DatagramHandler for EdgeHandler {
     ) -> Option<(usize, SocketAddr)> {
         self.batch_n += 1;
         // A borrowed snapshot: no refcount traffic on a line shared by workers.
-        let (outcome, m) = process(data, truncated, src, self.tables.load(), out);
+        let tables = self.tables.load();
+        let (mut outcome, m) = process(data, truncated, src, tables, out);
+        if let Outcome::NeedsPolicy(d) = outcome {
+            // The slow path owns it now, or (queue full) it is answered 503
+            // (a response is relayed unchecked): never silently dropped.
+            let job = Job {
+                data: data.to_vec(),
+                src,
+                worker: self.worker as u16,
+            };
+            match self.slow.as_ref().map(|q| q.try_send(job)) {
+                Some(Ok(())) => {
+                    self.stats.slow_queued();
+                    return None;
+                }
+                Some(Err(_)) => self.stats.slow_full(),
+                None => {}
+            }
+            outcome = if m.is_request() {
+                let dst = crate::route::reply_target(data, &m, src);
+                crate::route::unavailable(data, &m, tables.retry_after_s, src, dst, out)
+            } else {
+                crate::route::write(data, &m, d, src, tables, None, out)
+            };
+        }
         match m.method() {
             Some(method) => self.stats.rx_request(method),
             None => {
@@ -97,6 +125,7 @@ impl DatagramHandler for EdgeHandler {
             Outcome::Forwarded { kind, shard, .. } => self.stats.forwarded(kind, shard),
             Outcome::Relayed { code, .. } => self.stats.relayed(code),
             Outcome::Replied { code, .. } => self.stats.replied(code),
+            Outcome::NeedsPolicy(_) => {}
             Outcome::Dropped(r) => {
                 self.stats.dropped(r);
                 let slot = DropReason::ALL.iter().position(|x| *x == r).unwrap_or(0);
@@ -160,6 +189,8 @@ pub struct Server {
     pub local_addr: SocketAddr,
     pub tables: Arc<ArcSwap<Tables>>,
     pub stats: Vec<Arc<WorkerStats>>,
+    /// The SDP policy threads (idle while no policy is configured).
+    pub slow: Option<SlowPath>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<std::io::Result<()>>>,
 }
@@ -178,6 +209,20 @@ impl Server {
             sockets.push(s);
         }
         let local_addr = sockets[0].local_addr().map_err(|e| e.to_string())?;
+        let dups = sockets
+            .iter()
+            .map(|s| s.try_clone())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("cannot duplicate worker sockets for the slow path: {e}"))?;
+        // The dups share the workers' non-blocking file status: a full send
+        // buffer fails a slow-path send (counted) instead of blocking it.
+        let slow = SlowPath::start(
+            v.slow_threads,
+            v.slow_queue,
+            Arc::clone(&tables),
+            dups,
+            v.max_datagram,
+        )?;
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let stop = Arc::new(AtomicBool::new(false));
         let cfg = IoConfig {
@@ -197,6 +242,7 @@ impl Server {
                 .and_then(|c| cores.iter().find(|id| id.id == c).copied());
             let tables = Arc::clone(&tables);
             let stop = Arc::clone(&stop);
+            let slow_q = Some(slow.queue.clone());
             let t = std::thread::Builder::new()
                 .name(format!("edge-w{i}"))
                 .spawn(move || {
@@ -205,7 +251,7 @@ impl Server {
                             tracing::warn!(worker = i, cpu = core.id, "could not pin worker");
                         }
                     }
-                    let mut h = EdgeHandler::new(tables, st, i);
+                    let mut h = EdgeHandler::new(tables, st, i, slow_q);
                     io::run(backend, &sock, cfg, &mut h, &stop)
                 })
                 .map_err(|e| format!("cannot spawn worker {i}: {e}"))?;
@@ -217,6 +263,7 @@ impl Server {
             local_addr,
             tables,
             stats,
+            slow: Some(slow),
             stop,
             threads,
         })
@@ -230,7 +277,8 @@ impl Server {
         Arc::clone(&self.stop)
     }
 
-    /// Stop the workers and wait for them; returns the first io error.
+    /// Stop the workers and wait for them, then the slow path; returns the
+    /// first io error.
     pub fn stop(mut self) -> Result<(), String> {
         self.stop.store(true, Ordering::SeqCst);
         let mut first = Ok(());
@@ -243,6 +291,9 @@ impl Server {
             if first.is_ok() {
                 first = r;
             }
+        }
+        if let Some(s) = self.slow.take() {
+            s.stop();
         }
         first
     }

@@ -6,6 +6,8 @@
 //! the few invariants validation establishes).
 
 use crate::io::IoChoice;
+use crate::policy::media::MediaPolicy;
+use crate::policy::{OnViolation, PolicyTable};
 use crate::route::shards::{ShardSpec, MAX_SHARDS};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -36,6 +38,10 @@ pub struct Config {
     pub health: HealthConf,
     #[serde(default)]
     pub log: Log,
+    #[serde(default)]
+    pub policy: PolicyConf,
+    #[serde(default)]
+    pub slow_path: SlowPathConf,
     /// Extra groups, one per line: `<group URI> <shard name>` (`#` comments);
     /// re-read on SIGHUP with the config file. Sized for millions of lines.
     pub groups_file: Option<String>,
@@ -84,6 +90,48 @@ impl Default for HealthConf {
             fail_threshold: 3,
             ok_threshold: 2,
             retry_after_s: 30,
+        }
+    }
+}
+
+/// Media-stream policy (seed 5.2.3.7): the service provider's default and
+/// overrides per user (legs to a Participating Function) and per group
+/// (leg to the Controlling Function).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConf {
+    pub default: Option<MediaPolicy>,
+    pub users: BTreeMap<String, MediaPolicy>,
+    pub groups: BTreeMap<String, MediaPolicy>,
+    /// An answer accepting a stream the edge did not offer: `pass` or `reject` (500).
+    pub on_violation: OnViolation,
+}
+
+impl Default for PolicyConf {
+    fn default() -> Self {
+        PolicyConf {
+            default: None,
+            users: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            on_violation: OnViolation::Pass,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SlowPathConf {
+    /// Threads filtering SDP (used only when a policy is configured).
+    pub threads: usize,
+    /// Bounded queue from the io workers; full = `503` + `Retry-After`.
+    pub queue: usize,
+}
+
+impl Default for SlowPathConf {
+    fn default() -> Self {
+        SlowPathConf {
+            threads: 1,
+            queue: 4096,
         }
     }
 }
@@ -227,6 +275,9 @@ pub struct Valid {
     pub health: Option<HealthSettings>,
     pub retry_after_s: u32,
     pub log_level: String,
+    pub policy: PolicyTable,
+    pub slow_threads: usize,
+    pub slow_queue: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -478,7 +529,40 @@ impl Config {
         } else {
             None
         };
+        let mut policy = PolicyTable {
+            default: self.policy.default.clone(),
+            on_violation: self.policy.on_violation,
+            ..PolicyTable::default()
+        };
+        if let Some(d) = &policy.default {
+            check_policy("policy.default", d)?;
+        }
+        for (id, p) in &self.policy.users {
+            let k = user_key(id).map_err(|e| format!("policy.users.\"{id}\": {e}"))?;
+            check_policy(&format!("policy.users.\"{id}\""), p)?;
+            policy.users.insert(k, p.clone());
+        }
+        for (id, p) in &self.policy.groups {
+            let k = group_key(id).map_err(|e| format!("policy.groups.\"{id}\": {e}"))?;
+            check_policy(&format!("policy.groups.\"{id}\""), p)?;
+            policy.groups.insert(k, p.clone());
+        }
+        if !(1..=64).contains(&self.slow_path.threads) {
+            return Err(format!(
+                "slow_path.threads: {} is outside 1..=64",
+                self.slow_path.threads
+            ));
+        }
+        if !(1..=1_000_000).contains(&self.slow_path.queue) {
+            return Err(format!(
+                "slow_path.queue: {} is outside 1..=1000000",
+                self.slow_path.queue
+            ));
+        }
         Ok(Valid {
+            policy,
+            slow_threads: self.slow_path.threads,
+            slow_queue: self.slow_path.queue,
             admin_bind,
             admin_token: self.admin.token.clone().filter(|t| !t.is_empty()),
             health,
@@ -503,6 +587,44 @@ impl Config {
             hosts,
         })
     }
+}
+
+/// A policy's values must make sense: named media types, a positive stream cap.
+pub fn check_policy(key: &str, p: &MediaPolicy) -> Result<(), String> {
+    if p.max_streams == Some(0) {
+        return Err(format!(
+            "{key}.max_streams: 0 would refuse every invitation; use at least 1"
+        ));
+    }
+    for (field, list) in [
+        ("allowed_media", &p.allowed_media),
+        ("allowed_protos", &p.allowed_protos),
+        ("allowed_accept_types", &p.allowed_accept_types),
+    ] {
+        if let Some(l) = list {
+            if let Some(bad) = l
+                .iter()
+                .find(|v| v.is_empty() || v.contains(char::is_whitespace))
+            {
+                return Err(format!("{key}.{field}: '{bad}' is not a valid value"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Canonical identity of a configured user URI (sip, sips or tel).
+pub fn user_key(id: &str) -> Result<Vec<u8>, String> {
+    use crate::sip::uri::{self, Scheme};
+    use crate::sip::Span;
+    let b = id.as_bytes();
+    let u = uri::parse(b, Span::new(0, b.len())).ok_or_else(|| format!("'{id}' is not a URI"))?;
+    if u.scheme == Scheme::Other || u.user.is_empty() {
+        return Err(format!("'{id}' is not a sip:, sips: or tel: URI of a user"));
+    }
+    let mut key = Vec::new();
+    uri::identity_bytes(b, &u, |c| key.push(c));
+    Ok(key)
 }
 
 /// Canonical identity of a configured group URI.

@@ -13,6 +13,8 @@
 //! | `POST /shards` `{"name","addr","backup"?}` | add a shard |
 //! | `POST /shards/{name}/drain`, `/undrain` | stop / resume new users |
 //! | `DELETE /shards/{name}` | remove (409 while it hosts groups) |
+//! | `GET /policies` | media policies (default, per user, per group) |
+//! | `PUT`/`DELETE /policies/default`, `/policies/users/{uri}`, `/policies/groups/{uri}` | set / remove one |
 //! | `GET /config` | the running configuration |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /health`, `GET /ready` | liveness; readiness = at least one shard up |
@@ -20,6 +22,7 @@
 use super::http::{Request, Response};
 use super::{ApiError, ControlPlane};
 use crate::config::group_key;
+use crate::policy::media::MediaPolicy;
 use crate::route::groups::GroupTable;
 use crate::route::shards::{ShardSpec, ShardState};
 use crate::route::Tables;
@@ -49,7 +52,20 @@ pub fn handle(cp: &ControlPlane, req: &Request) -> Response {
         ("POST", ["shards", name, "drain"]) => drain(cp, name, true),
         ("POST", ["shards", name, "undrain"]) => drain(cp, name, false),
         ("DELETE", ["shards", name]) => remove_shard(cp, name),
-        (_, ["health" | "ready" | "metrics" | "config" | "groups" | "shards", ..]) => {
+        ("GET", ["policies"]) => Ok(list_policies(&cp.snapshot())),
+        ("PUT", ["policies", "default"]) => {
+            body(req).and_then(|b| set_policy(cp, PolicyScope::Default, &b))
+        }
+        ("DELETE", ["policies", "default"]) => drop_policy(cp, PolicyScope::Default),
+        ("PUT", ["policies", "users", id]) => {
+            body(req).and_then(|b| set_policy(cp, PolicyScope::User(id), &b))
+        }
+        ("DELETE", ["policies", "users", id]) => drop_policy(cp, PolicyScope::User(id)),
+        ("PUT", ["policies", "groups", id]) => {
+            body(req).and_then(|b| set_policy(cp, PolicyScope::Group(id), &b))
+        }
+        ("DELETE", ["policies", "groups", id]) => drop_policy(cp, PolicyScope::Group(id)),
+        (_, ["health" | "ready" | "metrics" | "config" | "groups" | "shards" | "policies", ..]) => {
             Err(ApiError::new(
                 405,
                 format!("{} is not allowed on {}", req.method, req.path),
@@ -375,6 +391,74 @@ fn remove_shard(cp: &ControlPlane, name: &str) -> Result<Value, ApiError> {
         }
         t.shards.remove(i).map_err(|e| ApiError::new(409, e))?;
         Ok(json!({"removed": name}))
+    })?;
+    Ok(changed(cp, v))
+}
+
+enum PolicyScope<'a> {
+    Default,
+    User(&'a str),
+    Group(&'a str),
+}
+
+fn list_policies(t: &Tables) -> Value {
+    let p = &t.policy;
+    let map = |m: &std::collections::HashMap<Vec<u8>, MediaPolicy>| -> Value {
+        let mut v: Vec<(&Vec<u8>, &MediaPolicy)> = m.iter().collect();
+        v.sort_by(|a, b| a.0.cmp(b.0));
+        Value::Object(
+            v.into_iter()
+                .map(|(k, p)| (String::from_utf8_lossy(k).into_owned(), json!(p)))
+                .collect(),
+        )
+    };
+    json!({"default": p.default, "users": map(&p.users), "groups": map(&p.groups), "on_violation": p.on_violation, "generation": t.generation})
+}
+
+fn set_policy(cp: &ControlPlane, scope: PolicyScope<'_>, b: &Value) -> Result<Value, ApiError> {
+    let p: MediaPolicy = serde_json::from_value(b.clone())
+        .map_err(|e| ApiError::new(400, format!("policy: {e}")))?;
+    crate::config::check_policy("policy", &p).map_err(|e| ApiError::new(400, e))?;
+    let key = match scope {
+        PolicyScope::Default => None,
+        PolicyScope::User(id) => Some((
+            crate::config::user_key(id).map_err(|e| ApiError::new(400, format!("user: {e}")))?,
+            false,
+        )),
+        PolicyScope::Group(id) => Some((key(id)?, true)),
+    };
+    let v = cp.publish(|t| {
+        let table = std::sync::Arc::make_mut(&mut t.policy);
+        match key {
+            None => table.default = Some(p.clone()),
+            Some((k, false)) => drop(table.users.insert(k, p.clone())),
+            Some((k, true)) => drop(table.groups.insert(k, p.clone())),
+        }
+        Ok(json!({"policy": p}))
+    })?;
+    Ok(changed(cp, v))
+}
+
+fn drop_policy(cp: &ControlPlane, scope: PolicyScope<'_>) -> Result<Value, ApiError> {
+    let key = match scope {
+        PolicyScope::Default => None,
+        PolicyScope::User(id) => Some((
+            crate::config::user_key(id).map_err(|e| ApiError::new(400, format!("user: {e}")))?,
+            false,
+        )),
+        PolicyScope::Group(id) => Some((key(id)?, true)),
+    };
+    let v = cp.publish(|t| {
+        let table = std::sync::Arc::make_mut(&mut t.policy);
+        let had = match &key {
+            None => table.default.take().is_some(),
+            Some((k, false)) => table.users.remove(k).is_some(),
+            Some((k, true)) => table.groups.remove(k).is_some(),
+        };
+        if !had {
+            return Err(ApiError::new(404, "no such policy"));
+        }
+        Ok(json!({"removed": true}))
     })?;
     Ok(changed(cp, v))
 }

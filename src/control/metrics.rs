@@ -206,14 +206,65 @@ pub fn render(cp: &ControlPlane) -> String {
         cp.api_changes.load(std::sync::atomic::Ordering::Relaxed)
     );
 
-    let listen_port = cp.config.lock().unwrap_or_else(|p| p.into_inner()).listen.port();
+    let listen_port = cp
+        .config
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .listen
+        .port();
     let (queued, drops, sockets) = kernel_udp(listen_port);
-    family(&mut o, "cpm_edge_socket_rx_queue_bytes", "gauge", "Bytes waiting in the kernel receive queues of the workers' sockets (/proc/net/udp).");
+    family(
+        &mut o,
+        "cpm_edge_socket_rx_queue_bytes",
+        "gauge",
+        "Bytes waiting in the kernel receive queues of the workers' sockets (/proc/net/udp).",
+    );
     let _ = writeln!(o, "cpm_edge_socket_rx_queue_bytes {queued}");
-    family(&mut o, "cpm_edge_socket_drops_total", "counter", "Datagrams the kernel dropped on the workers' sockets (receive buffer full).");
+    family(
+        &mut o,
+        "cpm_edge_socket_drops_total",
+        "counter",
+        "Datagrams the kernel dropped on the workers' sockets (receive buffer full).",
+    );
     let _ = writeln!(o, "cpm_edge_socket_drops_total {drops}");
-    family(&mut o, "cpm_edge_sockets", "gauge", "Worker sockets bound to the listen port.");
+    family(
+        &mut o,
+        "cpm_edge_sockets",
+        "gauge",
+        "Worker sockets bound to the listen port.",
+    );
     let _ = writeln!(o, "cpm_edge_sockets {sockets}");
+
+    family(
+        &mut o,
+        "cpm_edge_slow_path_queue_depth",
+        "gauge",
+        "Jobs waiting in the bounded slow-path (SDP policy) queue.",
+    );
+    family(
+        &mut o,
+        "cpm_edge_slow_path_queue_capacity",
+        "gauge",
+        "Capacity of the slow-path queue.",
+    );
+    family(&mut o, "cpm_edge_slow_path_total", "counter", "Slow-path outcomes: handed over by the workers, refused (queue full, answered 503), and per result.");
+    if let Some((q, st)) = &cp.slow {
+        let _ = writeln!(o, "cpm_edge_slow_path_queue_depth {}", q.depth());
+        let _ = writeln!(o, "cpm_edge_slow_path_queue_capacity {}", q.capacity());
+        let _ = writeln!(
+            o,
+            "cpm_edge_slow_path_total{{event=\"queued\"}} {}",
+            snap.slow_queued
+        );
+        let _ = writeln!(
+            o,
+            "cpm_edge_slow_path_total{{event=\"queue_full\"}} {}",
+            snap.slow_full
+        );
+        for (name, v) in st.rows() {
+            let _ = writeln!(o, "cpm_edge_slow_path_total{{event=\"{name}\"}} {v}");
+        }
+    }
 
     let lat = merged_latency(&cp.stats);
     family(
@@ -246,13 +297,19 @@ fn kernel_udp(port: u16) -> (u64, u64, u64) {
     let want = format!(":{port:04X}");
     let (mut q, mut d, mut n) = (0, 0, 0);
     for f in ["/proc/net/udp", "/proc/net/udp6"] {
-        let Ok(text) = std::fs::read_to_string(f) else { continue };
+        let Ok(text) = std::fs::read_to_string(f) else {
+            continue;
+        };
         for line in text.lines().skip(1) {
             let cols: Vec<&str> = line.split_whitespace().collect();
             if cols.len() < 13 || !cols[1].ends_with(&want) {
                 continue;
             }
-            let rx = cols[4].split(':').nth(1).and_then(|h| u64::from_str_radix(h, 16).ok()).unwrap_or(0);
+            let rx = cols[4]
+                .split(':')
+                .nth(1)
+                .and_then(|h| u64::from_str_radix(h, 16).ok())
+                .unwrap_or(0);
             q += rx;
             d += cols[12].parse::<u64>().unwrap_or(0);
             n += 1;

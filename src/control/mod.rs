@@ -19,6 +19,7 @@ pub mod metrics;
 
 use crate::config::Valid;
 use crate::io::IoBackend;
+use crate::policy::slow::{SlowQueue, SlowStats};
 use crate::route::shards::ShardState;
 use crate::route::Tables;
 use crate::stats::WorkerStats;
@@ -62,6 +63,8 @@ pub struct ControlPlane {
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     pub api_changes: AtomicU64,
+    /// The slow path's queue (for its depth) and counters.
+    pub slow: Option<(SlowQueue, Arc<SlowStats>)>,
 }
 
 impl ControlPlane {
@@ -82,6 +85,7 @@ impl ControlPlane {
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             api_changes: AtomicU64::new(0),
+            slow: None,
         }
     }
 

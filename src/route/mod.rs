@@ -21,6 +21,7 @@ pub mod tables;
 pub use decision::{decide, Decision, DropReason, ForwardKind};
 pub use tables::Tables;
 
+use crate::policy;
 use crate::sip::rewrite::{forward_request, forward_response, MaxForwards, RequestPlan};
 use crate::sip::scan::{scan, Message, StartLine};
 use crate::sip::{branch, reply};
@@ -49,6 +50,8 @@ pub enum Outcome {
         code: u16,
     },
     Dropped(DropReason),
+    /// An SDP offer/answer a media policy applies to: for the slow path.
+    NeedsPolicy(Decision),
 }
 
 impl Outcome {
@@ -58,12 +61,14 @@ impl Outcome {
             Outcome::Forwarded { len, dst, .. }
             | Outcome::Relayed { len, dst, .. }
             | Outcome::Replied { len, dst, .. } => Some((len, dst)),
-            Outcome::Dropped(_) => None,
+            Outcome::Dropped(_) | Outcome::NeedsPolicy(_) => None,
         }
     }
 }
 
 /// Scan, decide and write one datagram. Pure: no io, no clock, no allocation.
+/// An SDP offer or answer that a media policy applies to is not written but
+/// handed back as [`Outcome::NeedsPolicy`] for the slow path.
 pub fn process(
     buf: &[u8],
     truncated: bool,
@@ -75,22 +80,44 @@ pub fn process(
     if truncated {
         return (Outcome::Dropped(DropReason::Oversized), m);
     }
-    let outcome = match decide(buf, &m, src, t) {
+    let d = decide(buf, &m, src, t);
+    if !t.policy.is_empty() && needs_policy(buf, &m, &d, t) {
+        return (Outcome::NeedsPolicy(d), m);
+    }
+    (write(buf, &m, d, src, t, None, out), m)
+}
+
+/// Is this decision about an SDP offer or answer a policy applies to?
+fn needs_policy(buf: &[u8], m: &Message, d: &Decision, t: &Tables) -> bool {
+    match d {
+        Decision::Forward { kind, .. } => {
+            m.method().is_some_and(policy::offer_method)
+                && policy::has_sdp(buf, m)
+                && t.policy.applies(*kind, buf, m)
+        }
+        Decision::Relay { .. } => policy::is_answer(buf, m),
+        _ => false,
+    }
+}
+
+/// Carry out a decision into `out`: the forwarded request (with `body`
+/// replacing the original one when given), the relayed response or the
+/// stateless answer.
+pub fn write(
+    buf: &[u8],
+    m: &Message,
+    d: Decision,
+    src: SocketAddr,
+    t: &Tables,
+    body: Option<&[u8]>,
+    out: &mut [u8],
+) -> Outcome {
+    let m = *m;
+    match d {
         Decision::Drop(r) => Outcome::Dropped(r),
         Decision::Reply { code, reason, dst } => answer(buf, &m, code, reason, &[], src, dst, out),
         Decision::Unavailable { dst, retry_after } => {
-            let mut line = [0u8; 32];
-            let n = retry_after_line(retry_after, &mut line);
-            answer(
-                buf,
-                &m,
-                503,
-                "Service Unavailable - No Conversation Server Available",
-                &[&line[..n]],
-                src,
-                dst,
-                out,
-            )
+            unavailable(buf, &m, retry_after, src, dst, out)
         }
         Decision::Relay { dst } => match forward_response(buf, &m, out) {
             Some(len) => Outcome::Relayed {
@@ -125,6 +152,7 @@ pub fn process(
                 max_forwards,
                 pop_routes: pop,
                 src,
+                body,
             };
             match forward_request(buf, &m, &plan, out) {
                 Some(len) => Outcome::Forwarded {
@@ -139,8 +167,30 @@ pub fn process(
                 }
             }
         }
-    };
-    (outcome, m)
+    }
+}
+
+/// `503` with `Retry-After` (no shard can take it, or the slow path is full).
+pub fn unavailable(
+    buf: &[u8],
+    m: &Message,
+    retry_after: u32,
+    src: SocketAddr,
+    dst: SocketAddr,
+    out: &mut [u8],
+) -> Outcome {
+    let mut line = [0u8; 32];
+    let n = retry_after_line(retry_after, &mut line);
+    answer(
+        buf,
+        m,
+        503,
+        "Service Unavailable - No Conversation Server Available",
+        &[&line[..n]],
+        src,
+        dst,
+        out,
+    )
 }
 
 fn dialog_creating(m: crate::sip::scan::Method) -> bool {
@@ -149,7 +199,7 @@ fn dialog_creating(m: crate::sip::scan::Method) -> bool {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn answer(
+pub fn answer(
     buf: &[u8],
     m: &Message,
     code: u16,

@@ -77,6 +77,8 @@ pub struct Tables {
     pub retry_after_s: u32,
     /// Incremented by every published change (admin API, health, reload).
     pub generation: u64,
+    /// Media policies (slow path); empty = the slow path is never used.
+    pub policy: std::sync::Arc<crate::policy::PolicyTable>,
 }
 
 impl Tables {
@@ -102,6 +104,7 @@ impl Tables {
             non_cpm_route: v.non_cpm_route,
             retry_after_s: v.retry_after_s,
             generation: 0,
+            policy: std::sync::Arc::new(v.policy.clone()),
         }
     }
 

@@ -254,6 +254,16 @@ pub struct RequestPlan<'a> {
     pub max_forwards: MaxForwards,
     pub pop_routes: usize,
     pub src: SocketAddr,
+    /// A replacement body (the slow path's filtered SDP): Content-Length is
+    /// rewritten to its length.
+    pub body: Option<&'a [u8]>,
+}
+
+/// Drop every Content-Length line; the caller writes the new one.
+fn drop_content_length(m: &Message, edits: &mut Edits) {
+    for l in m.content_length_lines.iter().filter(|l| !l.is_empty()) {
+        edits.delete(*l);
+    }
 }
 
 /// Write the forwarded request. `None`: it would not fit `out` (answer 513).
@@ -292,10 +302,55 @@ pub fn forward_request(
         mark_received(buf, via, plan.src, &mut edits);
     }
     pop_routes(m.route_values(), plan.pop_routes, &mut edits);
+    if let Some(body) = plan.body {
+        drop_content_length(m, &mut edits);
+        edits.apply(buf, m.headers, &mut o);
+        o.put(b"Content-Length: ");
+        o.put_u32(body.len() as u32);
+        o.put(b"\r\n\r\n");
+        o.put(body);
+        return o.finish();
+    }
     edits.apply(buf, m.headers, &mut o);
     o.put(b"\r\n");
     o.put(m.body.get(buf));
     o.finish()
+}
+
+/// Write the forwarded response with its status line replaced and its body
+/// removed (the slow path turns an answer that violates the media policy
+/// into `code reason`); our Via is popped as in [`forward_response`].
+pub fn forward_response_replaced(
+    buf: &[u8],
+    m: &Message,
+    code: u16,
+    reason: &str,
+    out: &mut [u8],
+) -> Option<usize> {
+    let mut o = Out::new(out);
+    o.put(b"SIP/2.0 ");
+    o.put_u32(u32::from(code));
+    o.put(b" ");
+    o.put(reason.as_bytes());
+    o.put(b"\r\n");
+    let mut edits = Edits::default();
+    pop_top_via(m, &mut edits);
+    drop_content_length(m, &mut edits);
+    if let Some(ct) = m.content_type_line {
+        edits.delete(ct);
+    }
+    edits.apply(buf, m.headers, &mut o);
+    o.put(b"Content-Length: 0\r\n\r\n");
+    o.finish()
+}
+
+fn pop_top_via(m: &Message, edits: &mut Edits) {
+    if let Some(via) = &m.top_via {
+        match m.top_via_next {
+            Some(next) => edits.delete(Span::new(via.value.start as usize, next as usize)),
+            None => edits.delete(m.top_via_line),
+        }
+    }
 }
 
 /// Write the forwarded response: the top Via (ours) removed, nothing else
@@ -305,12 +360,7 @@ pub fn forward_response(buf: &[u8], m: &Message, out: &mut [u8]) -> Option<usize
     o.put(m.start_line.get(buf));
     o.put(b"\r\n");
     let mut edits = Edits::default();
-    if let Some(via) = &m.top_via {
-        match m.top_via_next {
-            Some(next) => edits.delete(Span::new(via.value.start as usize, next as usize)),
-            None => edits.delete(m.top_via_line),
-        }
-    }
+    pop_top_via(m, &mut edits);
     edits.apply(buf, m.headers, &mut o);
     o.put(b"\r\n");
     o.put(m.body.get(buf));

@@ -235,7 +235,10 @@ pub struct Message {
     /// P-Asserted-Service.
     pub cpm: CpmServices,
     pub content_length: Option<u32>,
+    /// Lines of every Content-Length / the Content-Type header (to rewrite a body).
+    pub content_length_lines: [Span; 2],
     pub content_type: Option<Span>,
+    pub content_type_line: Option<Span>,
     pub defect: Option<Defect>,
 }
 
@@ -266,7 +269,9 @@ impl Message {
             route_count: 0,
             cpm: CpmServices::default(),
             content_length: None,
+            content_length_lines: [Span::default(); 2],
             content_type: None,
+            content_type_line: None,
             defect: None,
         }
     }
@@ -679,16 +684,24 @@ fn scan_headers(buf: &[u8], m: &mut Message) {
             Header::PPreferredService | Header::PAssertedService => {
                 m.cpm.0 |= icsi_in(buf, h.value, hits, false)
             }
-            Header::ContentLength => match parse_u32(h.value.get(buf)) {
-                Some(v) => {
-                    if m.content_length.is_some_and(|old| old != v) {
-                        m.flag(Defect::DuplicateContentLength);
+            Header::ContentLength => {
+                // Equal duplicates are tolerated; both lines go when a body is rewritten.
+                let slot = usize::from(m.content_length.is_some());
+                m.content_length_lines[slot] = h.line;
+                match parse_u32(h.value.get(buf)) {
+                    Some(v) => {
+                        if m.content_length.is_some_and(|old| old != v) {
+                            m.flag(Defect::DuplicateContentLength);
+                        }
+                        m.content_length = Some(v);
                     }
-                    m.content_length = Some(v);
+                    None => m.flag(Defect::BadContentLength),
                 }
-                None => m.flag(Defect::BadContentLength),
-            },
-            Header::ContentType => m.content_type = Some(h.value),
+            }
+            Header::ContentType => {
+                m.content_type = Some(h.value);
+                m.content_type_line = Some(h.line);
+            }
             Header::RecordRoute | Header::Other => {}
         }
     }
