@@ -29,7 +29,12 @@ cargo build --release -q --bins
 step "SIPp: uac-cpm -> cpm-edge -> uas-cpm"
 EDGE_BIN=target/release/cpm-edge tests/sipp/run-sipp.sh
 
-step "fuzz target builds"
+step "SIPp: audio+video+message offer, media policy strips video (seed 5.2.3.7)"
+CALLS=1000 RATE=300 EDGE_BIN=target/release/cpm-edge \
+  UAC_XML=tests/sipp/uac-cpm-av.xml UAS_XML=tests/sipp/uas-cpm-av.xml \
+  EDGE_ARGS="--config tests/sipp/policy-no-video.toml" tests/sipp/run-sipp.sh
+
+step "fuzz targets build"
 if rustup toolchain list 2>/dev/null | grep -q nightly && cargo +nightly fuzz --version >/dev/null 2>&1; then
   (cd fuzz && cargo +nightly fuzz build -O scan_route)
 else

@@ -23,6 +23,8 @@
 #   NO_EDGE [0]   1: do not start the edge; the UAC calls the first UAS
 #                 directly (checks the SIPp setup itself)
 #   LOGDIR [mktemp]  logs and SIPp statistics (kept)
+#   UAC_XML, UAS_XML [SCENARIOS/uac-cpm.xml, uas-cpm.xml]  other scenarios
+#   EDGE_ARGS []  extra edge arguments (e.g. --config with a media policy)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -45,8 +47,9 @@ else
 fi
 LOGDIR=${LOGDIR:-$(mktemp -d /tmp/cpm-sipp.XXXXXX)}
 mkdir -p "$LOGDIR"
-UAC_XML=$SCENARIOS/uac-cpm.xml
-UAS_XML=$SCENARIOS/uas-cpm.xml
+UAC_XML=${UAC_XML:-$SCENARIOS/uac-cpm.xml}
+UAS_XML=${UAS_XML:-$SCENARIOS/uas-cpm.xml}
+EDGE_ARGS=${EDGE_ARGS:-}
 IP=127.0.0.1
 
 fail() {
@@ -142,8 +145,9 @@ if [[ "$NO_EDGE" != 1 ]]; then
     # SIPp UAS scenarios expect INVITE only: an OPTIONS keepalive would be an
     # unexpected call to them, so shard health checks are off here; the admin
     # API is off so no TCP port is needed.
+    # shellcheck disable=SC2086 # EDGE_ARGS is a word list on purpose
     "$EDGE_BIN" --listen "$EDGE" --shard "$IP:$UAS1" --shard "$IP:$UAS2" \
-        --workers "$EDGE_WORKERS" --no-health --admin off \
+        --workers "$EDGE_WORKERS" --no-health --admin off $EDGE_ARGS \
         >"$LOGDIR/edge.out" 2>"$LOGDIR/edge.err" &
     EDGE_PID=$!
     PIDS+=("$EDGE_PID")
