@@ -51,54 +51,11 @@ mkdir -p "$LOGDIR"
 EDGE_ADDR=127.0.0.1:5060
 SHARDS=(127.0.0.1:7001 127.0.0.1:7002 127.0.0.1:7003 127.0.0.1:7004)
 
-die() {
-    echo "run-load: $*" >&2
-    exit 1
-}
 
-# ---------------------------------------------------------------- cleanup --
-PIDS=()
-cleanup() {
-    local pid
-    # Ask politely (the tools print their counters on SIGTERM), then insist.
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 1 30); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    PIDS=()
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# ---------------------------------------------------------------- helpers --
-
-# Is a UDP socket bound to local port $1 (any address)? /proc/net/udp has the
-# port in hex as the second half of local_address.
-udp_port_bound() {
-    local hex
-    hex=$(printf '%04X' "$1")
-    awk -v p=":$hex" 'NR > 1 && substr($2, length($2) - 4) == p { found = 1 } END { exit !found }' \
-        /proc/net/udp
-}
-
-# Wait until port $2 is bound by live process $1 (10 s).
-wait_ready() {
-    local pid=$1 port=$2 name=$3
-    for _ in $(seq 1 100); do
-        kill -0 "$pid" 2>/dev/null || die "$name (pid $pid) exited during start-up; see $LOGDIR"
-        udp_port_bound "$port" && return 0
-        sleep 0.1
-    done
-    die "$name did not bind UDP port $port within 10 s; see $LOGDIR"
-}
+# Shared process choreography: cleanup on exit, wait_ready, die.
+NAME=run-load
+# shellcheck source=perf/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # utime+stime of process $1 in clock ticks (all threads). The comm field may
 # contain spaces, so cut at the last ')' first: field 14 (utime) becomes $12.

@@ -16,20 +16,6 @@ struct Rig {
     shards: Vec<UdpSocket>,
 }
 
-fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn sock() -> UdpSocket {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    s
-}
-
 fn backends() -> Vec<&'static str> {
     match uring::probe() {
         Ok(()) => vec!["mmsg", "uring"],
@@ -72,61 +58,6 @@ fn rig(io: &str, routing: &str) -> Rig {
     }
 }
 
-fn recv(s: &UdpSocket) -> (String, SocketAddr) {
-    let mut buf = vec![0u8; 65536];
-    loop {
-        // io_uring task-work notification can interrupt a blocking call on
-        // the thread that probed io_uring; EINTR is retried as usual.
-        match s.recv_from(&mut buf) {
-            Ok((n, from)) => return (String::from_utf8_lossy(&buf[..n]).into_owned(), from),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => panic!("no datagram within 3 s: {e}"),
-        }
-    }
-}
-
-/// Which shard socket got something (the others must stay silent).
-fn recv_any(shards: &[UdpSocket]) -> (usize, String) {
-    for s in shards {
-        s.set_nonblocking(true).unwrap();
-    }
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    let mut buf = vec![0u8; 65536];
-    loop {
-        for (i, s) in shards.iter().enumerate() {
-            if let Ok((n, _)) = s.recv_from(&mut buf) {
-                for s in shards {
-                    s.set_nonblocking(false).unwrap();
-                }
-                return (i, String::from_utf8_lossy(&buf[..n]).into_owned());
-            }
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no shard received anything"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-/// A CS answers with every Via copied, to the top Via's address.
-fn cs_answer(cs: &UdpSocket, req: &str, code: &str) {
-    let vias = header(req, "Via").join("\r\n");
-    let keep = ["From", "To", "Call-ID", "CSeq"]
-        .map(|h| header(req, h).join("\r\n"))
-        .join("\r\n");
-    let resp = format!("SIP/2.0 {code}\r\n{vias}\r\n{keep}\r\nContent-Length: 0\r\n\r\n");
-    let top = header(req, "Via")[0];
-    let hostport = top
-        .split_whitespace()
-        .nth(2)
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap();
-    cs.send_to(resp.as_bytes(), hostport).unwrap();
-}
-
 fn with_client_via(msg: Vec<u8>, client: &UdpSocket) -> Vec<u8> {
     let a = client.local_addr().unwrap();
     String::from_utf8(msg)
@@ -166,7 +97,7 @@ fn leg1_client_to_pf_and_response_back() {
         assert_eq!(header(&fwd, "Max-Forwards"), vec!["Max-Forwards: 69"]);
         assert!(fwd.ends_with(&SDP.replace('\n', "\r\n")), "body intact");
         // The CS answers; the edge pops its Via and sends it to the client.
-        cs_answer(&r.shards[i], &fwd, "200 OK");
+        cs_answer(&r.shards[i], &fwd, "200 OK", None);
         let (resp, from) = recv(&client);
         assert_eq!(from, r.edge);
         assert!(resp.starts_with("SIP/2.0 200 OK\r\n"));

@@ -401,6 +401,19 @@ enum PolicyScope<'a> {
     Group(&'a str),
 }
 
+/// The table key of a policy scope: `None` for the default, else the
+/// canonical identity and whether it is a group.
+fn policy_key(scope: &PolicyScope<'_>) -> Result<Option<(Vec<u8>, bool)>, ApiError> {
+    Ok(match scope {
+        PolicyScope::Default => None,
+        PolicyScope::User(id) => Some((
+            crate::config::user_key(id).map_err(|e| ApiError::new(400, format!("user: {e}")))?,
+            false,
+        )),
+        PolicyScope::Group(id) => Some((key(id)?, true)),
+    })
+}
+
 fn list_policies(t: &Tables) -> Value {
     let p = &t.policy;
     let map = |m: &std::collections::HashMap<Vec<u8>, MediaPolicy>| -> Value {
@@ -419,14 +432,7 @@ fn set_policy(cp: &ControlPlane, scope: PolicyScope<'_>, b: &Value) -> Result<Va
     let p: MediaPolicy = serde_json::from_value(b.clone())
         .map_err(|e| ApiError::new(400, format!("policy: {e}")))?;
     crate::config::check_policy("policy", &p).map_err(|e| ApiError::new(400, e))?;
-    let key = match scope {
-        PolicyScope::Default => None,
-        PolicyScope::User(id) => Some((
-            crate::config::user_key(id).map_err(|e| ApiError::new(400, format!("user: {e}")))?,
-            false,
-        )),
-        PolicyScope::Group(id) => Some((key(id)?, true)),
-    };
+    let key = policy_key(&scope)?;
     let v = cp.publish(|t| {
         let table = std::sync::Arc::make_mut(&mut t.policy);
         match key {
@@ -440,14 +446,7 @@ fn set_policy(cp: &ControlPlane, scope: PolicyScope<'_>, b: &Value) -> Result<Va
 }
 
 fn drop_policy(cp: &ControlPlane, scope: PolicyScope<'_>) -> Result<Value, ApiError> {
-    let key = match scope {
-        PolicyScope::Default => None,
-        PolicyScope::User(id) => Some((
-            crate::config::user_key(id).map_err(|e| ApiError::new(400, format!("user: {e}")))?,
-            false,
-        )),
-        PolicyScope::Group(id) => Some((key(id)?, true)),
-    };
+    let key = policy_key(&scope)?;
     let v = cp.publish(|t| {
         let table = std::sync::Arc::make_mut(&mut t.policy);
         let had = match &key {

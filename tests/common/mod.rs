@@ -3,6 +3,9 @@
 
 use cpm_edge::config::Config;
 use cpm_edge::route::Tables;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
 
 /// Turn a readable message (LF line ends, `{len}` placeholder) into wire bytes
 /// with CRLF and the real Content-Length of the body after the blank line.
@@ -108,4 +111,119 @@ pub fn header<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
                 && l.as_bytes()[name.len()] == b':'
         })
         .collect()
+}
+
+/// A port free at the time of asking (for an edge's listen address).
+pub fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A loopback UDP socket with a 3 s read timeout.
+pub fn sock() -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    s
+}
+
+/// One datagram as text and its source. EINTR is retried: io_uring's
+/// task-work notification can interrupt a blocking call on a thread that
+/// probed io_uring.
+pub fn recv(s: &UdpSocket) -> (String, SocketAddr) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match s.recv_from(&mut buf) {
+            Ok((n, from)) => return (String::from_utf8_lossy(&buf[..n]).into_owned(), from),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!("no datagram within the timeout: {e}"),
+        }
+    }
+}
+
+/// The first datagram any of `socks` receives (3 s), and which one got it.
+pub fn recv_any(socks: &[UdpSocket]) -> (usize, String) {
+    for s in socks {
+        s.set_nonblocking(true).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut buf = vec![0u8; 65536];
+    let got = loop {
+        if let Some(hit) = socks
+            .iter()
+            .enumerate()
+            .find_map(|(i, s)| s.recv_from(&mut buf).ok().map(|(n, _)| (i, n)))
+        {
+            break hit;
+        }
+        assert!(Instant::now() < deadline, "no socket received anything");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    for s in socks {
+        s.set_nonblocking(false).unwrap();
+    }
+    (got.0, String::from_utf8_lossy(&buf[..got.1]).into_owned())
+}
+
+/// A Conversation Server answers a request it received: `status` (e.g.
+/// `200 OK`), every Via copied, a To-tag added, an SDP body if given; sent to
+/// the top Via's sent-by (the edge).
+pub fn cs_answer(cs: &UdpSocket, req: &str, status: &str, sdp: Option<&str>) {
+    let vias = header(req, "Via").join("\r\n");
+    let to = format!("{};tag=cs", header(req, "To")[0]);
+    let keep = [
+        header(req, "From")[0],
+        &to,
+        header(req, "Call-ID")[0],
+        header(req, "CSeq")[0],
+    ]
+    .join("\r\n");
+    let body = sdp.map_or(String::new(), |s| s.replace('\n', "\r\n"));
+    let ct = if sdp.is_some() {
+        "Content-Type: application/sdp\r\n"
+    } else {
+        ""
+    };
+    let resp = format!(
+        "SIP/2.0 {status}\r\n{vias}\r\n{keep}\r\nContact: <sip:cs@127.0.0.1>\r\n{ct}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let top = header(req, "Via")[0];
+    let hostport = top
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap();
+    cs.send_to(resp.as_bytes(), hostport).unwrap();
+}
+
+/// A minimal HTTP/1.1 client: (status, body).
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp[9..12].parse().unwrap();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
 }

@@ -52,50 +52,12 @@ UAS_XML=${UAS_XML:-$SCENARIOS/uas-cpm.xml}
 EDGE_ARGS=${EDGE_ARGS:-}
 IP=127.0.0.1
 
-fail() {
-    echo "run-sipp: FAIL: $*" >&2
-    exit 1
-}
+fail() { die "$@"; }
 
-# ---------------------------------------------------------------- cleanup --
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 1 30); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    PIDS=()
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-# Is a UDP socket bound to local port $1? (/proc/net/udp: port in hex.)
-udp_port_bound() {
-    local hex
-    hex=$(printf '%04X' "$1")
-    awk -v p=":$hex" 'NR > 1 && substr($2, length($2) - 4) == p { found = 1 } END { exit !found }' \
-        /proc/net/udp
-}
-
-# Wait until live process $1 has bound UDP port $2 (10 s).
-wait_ready() {
-    local pid=$1 port=$2 name=$3
-    for _ in $(seq 1 100); do
-        kill -0 "$pid" 2>/dev/null || fail "$name (pid $pid) exited during start-up; logs in $LOGDIR"
-        udp_port_bound "$port" && return 0
-        sleep 0.1
-    done
-    fail "$name did not bind UDP port $port within 10 s; logs in $LOGDIR"
-}
+# Shared process choreography: cleanup on exit, wait_ready, die.
+NAME=run-sipp
+# shellcheck source=perf/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../../perf/lib.sh"
 
 # Value of column $2 in the last row of SIPp statistics CSV $1 (';'-separated,
 # header row first).

@@ -1,0 +1,50 @@
+# perf/lib.sh: process choreography shared by perf/run-load.sh and
+# tests/sipp/run-sipp.sh (sourced, not run). The caller sets NAME (message
+# prefix) and LOGDIR, and appends every PID it starts to PIDS.
+
+die() {
+    echo "$NAME: FAIL: $*" >&2
+    exit 1
+}
+
+# Stop every started process by PID: politely first (the tools print their
+# counters on SIGTERM), then insist.
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 1 30); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    PIDS=()
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Is a UDP socket bound to local port $1 (any address)? /proc/net/udp has the
+# port in hex as the second half of local_address.
+udp_port_bound() {
+    local hex
+    hex=$(printf '%04X' "$1")
+    awk -v p=":$hex" 'NR > 1 && substr($2, length($2) - 4) == p { found = 1 } END { exit !found }' \
+        /proc/net/udp
+}
+
+# Wait until live process $1 has bound UDP port $2 (10 s).
+wait_ready() {
+    local pid=$1 port=$2 name=$3
+    for _ in $(seq 1 100); do
+        kill -0 "$pid" 2>/dev/null || die "$name (pid $pid) exited during start-up; logs in $LOGDIR"
+        udp_port_bound "$port" && return 0
+        sleep 0.1
+    done
+    die "$name did not bind UDP port $port within 10 s; logs in $LOGDIR"
+}
