@@ -304,6 +304,10 @@ fn a_full_slow_path_queue_answers_503_and_loses_nothing() {
     let r = rig(&format!("{NO_VIDEO}[slow_path]\nthreads = 1\nqueue = 1\n"));
     let edge = r.app.server.local_addr;
     const N: usize = 300;
+    big_rcvbuf(&r.client);
+    for s in &r.shards {
+        big_rcvbuf(s);
+    }
     for i in 0..N {
         r.client
             .send_to(

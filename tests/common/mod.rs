@@ -227,3 +227,26 @@ pub fn http(
         .to_string();
     (status, body)
 }
+
+/// Give a test socket a receive buffer large enough for a burst (root may
+/// exceed net.core.rmem_max with SO_RCVBUFFORCE): a small default buffer
+/// drops replies in the kernel before the test reads them.
+pub fn big_rcvbuf(s: &UdpSocket) {
+    use std::os::fd::AsRawFd;
+    let size: libc::c_int = 8 << 20;
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: a valid socket fd and a c_int option value of the right size.
+        let r = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            return;
+        }
+    }
+}
