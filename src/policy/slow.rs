@@ -222,10 +222,25 @@ fn run(rx: &Receiver<Job>, ctx: &Ctx, stop: &AtomicBool) {
                 .sockets
                 .get(usize::from(job.worker))
                 .or(ctx.sockets.first());
-            if let Some(Err(e)) = sock.map(|s| s.send_to(&out[..len], dst)) {
+            if let Some(Err(e)) = sock.map(|s| send_patiently(s, &out[..len], dst)) {
                 ctx.stats.send_errors.fetch_add(1, Relaxed);
                 tracing::warn!(%dst, error = %e, "slow path send failed");
             }
+        }
+    }
+}
+
+/// The dup shares the worker socket's non-blocking mode: a full send buffer
+/// is waited out briefly (bounded: ~20 ms) rather than losing the message.
+fn send_patiently(s: &UdpSocket, data: &[u8], dst: SocketAddr) -> std::io::Result<usize> {
+    let mut tries = 0;
+    loop {
+        match s.send_to(data, dst) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && tries < 200 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            r => return r,
         }
     }
 }
