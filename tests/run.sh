@@ -36,7 +36,7 @@ CALLS=1000 RATE=300 EDGE_BIN=target/release/cpm-edge \
 
 step "fuzz targets build"
 if rustup toolchain list 2>/dev/null | grep -q nightly && cargo +nightly fuzz --version >/dev/null 2>&1; then
-  (cd fuzz && cargo +nightly fuzz build -O scan_route)
+  (cd fuzz && cargo +nightly fuzz build -O)
 else
   # Without cargo-fuzz (or nightly) the target still has to compile.
   cargo build -q --manifest-path fuzz/Cargo.toml
