@@ -27,7 +27,8 @@ const SEND_ERR: usize = DROP + DropReason::ALL.len();
 const RECV_ERR: usize = SEND_ERR + 1;
 const SLOW_QUEUED: usize = RECV_ERR + 1;
 const SLOW_FULL: usize = SLOW_QUEUED + 1;
-const N_COUNTERS: usize = SLOW_FULL + 1;
+const RATE_LIMITED: usize = SLOW_FULL + 1;
+const N_COUNTERS: usize = RATE_LIMITED + 1;
 
 /// Histogram range: 1 ns .. 10 s, 3 significant digits.
 pub fn new_histogram() -> Histogram<u64> {
@@ -102,6 +103,9 @@ impl WorkerStats {
     pub fn slow_full(&self) {
         bump(&self.c[SLOW_FULL]);
     }
+    pub fn rate_limited(&self) {
+        bump(&self.c[RATE_LIMITED]);
+    }
 }
 
 /// A merged, plain-number view over all workers.
@@ -119,6 +123,8 @@ pub struct Snapshot {
     /// Handed to the slow path / refused because its queue was full.
     pub slow_queued: u64,
     pub slow_full: u64,
+    /// Datagrams over their source's rate (answered 503 or dropped).
+    pub rate_limited: u64,
     pub per_shard: Vec<u64>,
 }
 
@@ -154,6 +160,7 @@ impl Snapshot {
             recv_errors: sum(RECV_ERR),
             slow_queued: sum(SLOW_QUEUED),
             slow_full: sum(SLOW_FULL),
+            rate_limited: sum(RATE_LIMITED),
             per_shard: (0..shards)
                 .map(|s| workers.iter().map(|w| w.per_shard[s].load(Relaxed)).sum())
                 .collect(),

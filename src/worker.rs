@@ -6,10 +6,21 @@
 //! Tables are read through an `ArcSwap` cache: a worker's read is a pointer
 //! load, a writer publishes a whole new snapshot (never a mix).
 
+use crate::config::cidr_contains;
 use crate::config::Valid;
 use crate::io::{self, DatagramHandler, IoBackend, IoConfig};
 use crate::policy::slow::{Job, SlowPath, SlowQueue};
-use crate::route::{process, DropReason, Outcome, Tables};
+use crate::route::limits::{Overload, SourceLimiter};
+use crate::route::{process_admitted, DropReason, Outcome, Tables};
+
+/// What a worker needs to admit traffic (limits, allow-list, overload).
+#[derive(Clone, Debug)]
+pub struct Admission {
+    pub limits: Option<crate::config::LimitSettings>,
+    pub allow: Vec<(std::net::IpAddr, u8)>,
+    pub shed_after_full_batches: u32,
+    pub batch: usize,
+}
 use crate::stats::{new_histogram, WorkerStats};
 use arc_swap::{ArcSwap, Cache};
 use hdrhistogram::Histogram;
@@ -24,6 +35,14 @@ pub struct EdgeHandler {
     tables: Cache<Arc<ArcSwap<Tables>>, Arc<Tables>>,
     stats: Arc<WorkerStats>,
     slow: Option<SlowQueue>,
+    /// Per-source token buckets (None: no limit configured).
+    limiter: Option<SourceLimiter>,
+    limit_reply: bool,
+    allow: Vec<(std::net::IpAddr, u8)>,
+    overload: Overload,
+    batch_max: usize,
+    started: Instant,
+    now_ms: u64,
     worker: usize,
     batch_start: Instant,
     batch_n: u64,
@@ -39,12 +58,23 @@ impl EdgeHandler {
         stats: Arc<WorkerStats>,
         worker: usize,
         slow: Option<SlowQueue>,
+        admission: &Admission,
     ) -> EdgeHandler {
         let now = Instant::now();
         EdgeHandler {
             tables: Cache::new(tables),
             stats,
             slow,
+            limiter: admission
+                .limits
+                .as_ref()
+                .map(|l| SourceLimiter::new(l.rate, l.burst, l.slots)),
+            limit_reply: admission.limits.as_ref().is_some_and(|l| l.reply),
+            allow: admission.allow.clone(),
+            overload: Overload::new(admission.shed_after_full_batches),
+            batch_max: admission.batch,
+            started: now,
+            now_ms: 0,
             worker,
             batch_start: now,
             batch_n: 0,
@@ -75,6 +105,7 @@ impl DatagramHandler for EdgeHandler {
     fn on_batch_start(&mut self) {
         self.batch_start = Instant::now();
         self.batch_n = 0;
+        self.now_ms = self.batch_start.duration_since(self.started).as_millis() as u64;
     }
 
     fn on_datagram(
@@ -87,7 +118,41 @@ impl DatagramHandler for EdgeHandler {
         self.batch_n += 1;
         // A borrowed snapshot: no refcount traffic on a line shared by workers.
         let tables = self.tables.load();
-        let (mut outcome, m) = process(data, truncated, src, tables, out);
+        if let Some(l) = self.limiter.as_mut() {
+            let exempt = tables.shards.by_addr(src).is_some()
+                || self
+                    .allow
+                    .iter()
+                    .any(|(n, len)| cidr_contains(*n, *len, src.ip()));
+            if !exempt && !l.admit(src.ip(), self.now_ms) {
+                self.stats.rate_limited();
+                let m = crate::sip::scan::scan(data);
+                let answerable = self.limit_reply
+                    && m.top_via.is_some()
+                    && m.method()
+                        .is_some_and(|x| x != crate::sip::scan::Method::Ack);
+                if answerable {
+                    let dst = crate::route::reply_target(data, &m, src);
+                    let o = crate::route::unavailable(
+                        data,
+                        &m,
+                        crate::route::UNAVAILABLE_RATE,
+                        1,
+                        src,
+                        dst,
+                        out,
+                    );
+                    if let Outcome::Replied { code, .. } = o {
+                        self.stats.replied(code);
+                    }
+                    return o.send();
+                }
+                self.stats.dropped(DropReason::RateLimited);
+                return None;
+            }
+        }
+        let shed = self.overload.overloaded();
+        let (mut outcome, m) = process_admitted(data, truncated, src, tables, out, shed);
         if let Outcome::NeedsPolicy(d) = outcome {
             // The slow path owns it now, or (queue full) it is answered 503
             // (a response is relayed unchecked): never silently dropped.
@@ -106,7 +171,15 @@ impl DatagramHandler for EdgeHandler {
             }
             outcome = if m.is_request() {
                 let dst = crate::route::reply_target(data, &m, src);
-                crate::route::unavailable(data, &m, tables.retry_after_s, src, dst, out)
+                crate::route::unavailable(
+                    data,
+                    &m,
+                    crate::route::UNAVAILABLE_POLICY_QUEUE,
+                    tables.retry_after_s,
+                    src,
+                    dst,
+                    out,
+                )
             } else {
                 crate::route::write(data, &m, d, src, tables, None, out)
             };
@@ -145,6 +218,7 @@ impl DatagramHandler for EdgeHandler {
     }
 
     fn on_batch_end(&mut self) {
+        self.overload.batch(self.batch_n as usize, self.batch_max);
         if self.batch_n > 0 {
             let ns = self
                 .batch_start
@@ -243,6 +317,12 @@ impl Server {
             let tables = Arc::clone(&tables);
             let stop = Arc::clone(&stop);
             let slow_q = Some(slow.queue.clone());
+            let admission = Admission {
+                limits: v.limits.clone(),
+                allow: v.allow.clone(),
+                shed_after_full_batches: v.shed_after_full_batches,
+                batch: v.batch,
+            };
             let t = std::thread::Builder::new()
                 .name(format!("edge-w{i}"))
                 .spawn(move || {
@@ -251,7 +331,7 @@ impl Server {
                             tracing::warn!(worker = i, cpu = core.id, "could not pin worker");
                         }
                     }
-                    let mut h = EdgeHandler::new(tables, st, i, slow_q);
+                    let mut h = EdgeHandler::new(tables, st, i, slow_q, &admission);
                     io::run(backend, &sock, cfg, &mut h, &stop)
                 })
                 .map_err(|e| format!("cannot spawn worker {i}: {e}"))?;

@@ -39,6 +39,8 @@ pub struct Config {
     #[serde(default)]
     pub log: Log,
     #[serde(default)]
+    pub limits: LimitsConf,
+    #[serde(default)]
     pub policy: PolicyConf,
     #[serde(default)]
     pub slow_path: SlowPathConf,
@@ -92,6 +94,46 @@ impl Default for HealthConf {
             retry_after_s: 30,
         }
     }
+}
+
+/// Flood protection: per-source token buckets and overload shedding.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConf {
+    /// Datagrams per second per source IP (IPv6: per /64), per worker; 0 = off.
+    pub per_source_rate: u32,
+    /// Datagrams a source may send at once.
+    pub per_source_burst: u32,
+    /// Bucket table entries per worker (power of two): bounded memory.
+    pub table_slots: usize,
+    /// Over the limit: `reply` (503 + Retry-After to requests) or `drop`.
+    pub over_limit: String,
+    /// Sources never limited (CIDRs); CS shards are always exempt.
+    pub allow: Vec<String>,
+    /// Shed new INVITEs (503) after this many consecutive full receive
+    /// batches (the worker is not keeping up); 0 = never.
+    pub shed_after_full_batches: u32,
+}
+
+impl Default for LimitsConf {
+    fn default() -> Self {
+        LimitsConf {
+            per_source_rate: 0,
+            per_source_burst: 0,
+            table_slots: 65536,
+            over_limit: "reply".into(),
+            allow: Vec::new(),
+            shed_after_full_batches: 16,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitSettings {
+    pub rate: u32,
+    pub burst: u32,
+    pub slots: usize,
+    pub reply: bool,
 }
 
 /// Media-stream policy (seed 5.2.3.7): the service provider's default and
@@ -278,6 +320,10 @@ pub struct Valid {
     pub policy: PolicyTable,
     pub slow_threads: usize,
     pub slow_queue: usize,
+    pub limits: Option<LimitSettings>,
+    /// (network, prefix length) of sources exempt from the limits.
+    pub allow: Vec<(IpAddr, u8)>,
+    pub shed_after_full_batches: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -559,7 +605,44 @@ impl Config {
                 self.slow_path.queue
             ));
         }
+        let l = &self.limits;
+        let limits = if l.per_source_rate == 0 {
+            None
+        } else {
+            if !l.table_slots.is_power_of_two() || !(64..=1 << 24).contains(&l.table_slots) {
+                return Err(format!(
+                    "limits.table_slots: {} must be a power of two in 64..=16777216",
+                    l.table_slots
+                ));
+            }
+            let reply = match l.over_limit.as_str() {
+                "reply" => true,
+                "drop" => false,
+                other => {
+                    return Err(format!(
+                        "limits.over_limit: '{other}' is not 'reply' or 'drop'"
+                    ))
+                }
+            };
+            Some(LimitSettings {
+                rate: l.per_source_rate,
+                burst: if l.per_source_burst == 0 {
+                    l.per_source_rate
+                } else {
+                    l.per_source_burst
+                },
+                slots: l.table_slots,
+                reply,
+            })
+        };
+        let mut allow = Vec::new();
+        for (i, c) in l.allow.iter().enumerate() {
+            allow.push(parse_cidr(c).map_err(|e| format!("limits.allow[{i}]: {e}"))?);
+        }
         Ok(Valid {
+            limits,
+            allow,
+            shed_after_full_batches: l.shed_after_full_batches,
             policy,
             slow_threads: self.slow_path.threads,
             slow_queue: self.slow_path.queue,
@@ -586,6 +669,39 @@ impl Config {
             groups,
             hosts,
         })
+    }
+}
+
+/// `10.0.0.0/8`, `2001:db8::/32`, or a bare address (a /32 or /128).
+pub fn parse_cidr(c: &str) -> Result<(IpAddr, u8), String> {
+    let (a, p) = c.split_once('/').map_or((c, None), |(a, p)| (a, Some(p)));
+    let ip: IpAddr = a
+        .parse()
+        .map_err(|_| format!("'{c}' is not an address or CIDR"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len = match p {
+        Some(p) => p
+            .parse::<u8>()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or_else(|| format!("'{c}': bad prefix length"))?,
+        None => max,
+    };
+    Ok((ip, len))
+}
+
+/// Is `ip` inside `net/len`?
+pub fn cidr_contains(net: IpAddr, len: u8, ip: IpAddr) -> bool {
+    match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            u32::from(n) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            u128::from(n) & mask == u128::from(a) & mask
+        }
+        _ => false,
     }
 }
 

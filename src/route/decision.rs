@@ -101,10 +101,12 @@ pub enum DropReason {
     AckRefused,
     /// The output would not fit the datagram limit and no answer fits either.
     TooLarge,
+    /// Over its source's rate limit, in `drop` mode (or not answerable).
+    RateLimited,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::Keepalive,
         DropReason::Oversized,
         DropReason::Garbage,
@@ -114,6 +116,7 @@ impl DropReason {
         DropReason::RequestUnanswerable,
         DropReason::AckRefused,
         DropReason::TooLarge,
+        DropReason::RateLimited,
     ];
 
     pub fn name(self) -> &'static str {
@@ -127,6 +130,7 @@ impl DropReason {
             DropReason::RequestUnanswerable => "request_unanswerable",
             DropReason::AckRefused => "ack_refused",
             DropReason::TooLarge => "too_large",
+            DropReason::RateLimited => "rate_limited",
         }
     }
 }
@@ -153,10 +157,12 @@ pub enum Decision {
         reason: &'static str,
         dst: SocketAddr,
     },
-    /// `503` with `Retry-After`: no Conversation Server can take it now.
+    /// `503` with `Retry-After`: no Conversation Server can take it now
+    /// (or the edge sheds it); `reason` says which.
     Unavailable {
         dst: SocketAddr,
         retry_after: u32,
+        reason: &'static str,
     },
     Drop(DropReason),
 }
@@ -336,6 +342,7 @@ fn decide_request(
         None => Decision::Unavailable {
             dst: reply_dst,
             retry_after: t.retry_after_s,
+            reason: super::UNAVAILABLE_NO_CS,
         },
     };
     if from_shard.is_some() {

@@ -15,6 +15,7 @@
 pub mod decision;
 pub mod groups;
 pub mod legs;
+pub mod limits;
 pub mod shards;
 pub mod tables;
 
@@ -76,9 +77,32 @@ pub fn process(
     t: &Tables,
     out: &mut [u8],
 ) -> (Outcome, Message) {
+    process_admitted(buf, truncated, src, t, out, false)
+}
+
+/// [`process`] on a worker that may be overloaded: with `shed_new_invites`,
+/// an out-of-dialog INVITE is answered `503` (Retry-After) before routing,
+/// while in-dialog requests, CANCEL/ACK and responses keep flowing.
+pub fn process_admitted(
+    buf: &[u8],
+    truncated: bool,
+    src: SocketAddr,
+    t: &Tables,
+    out: &mut [u8],
+    shed_new_invites: bool,
+) -> (Outcome, Message) {
     let m = scan(buf);
     if truncated {
         return (Outcome::Dropped(DropReason::Oversized), m);
+    }
+    if shed_new_invites
+        && m.method() == Some(crate::sip::scan::Method::Invite)
+        && m.to_tag.is_none()
+        && m.defect.is_none()
+    {
+        let dst = reply_target(buf, &m, src);
+        let o = unavailable(buf, &m, UNAVAILABLE_OVERLOAD, 1, src, dst, out);
+        return (o, m);
     }
     let d = decide(buf, &m, src, t);
     if !t.policy.is_empty() && needs_policy(buf, &m, &d, t) {
@@ -116,9 +140,11 @@ pub fn write(
     match d {
         Decision::Drop(r) => Outcome::Dropped(r),
         Decision::Reply { code, reason, dst } => answer(buf, &m, code, reason, &[], src, dst, out),
-        Decision::Unavailable { dst, retry_after } => {
-            unavailable(buf, &m, retry_after, src, dst, out)
-        }
+        Decision::Unavailable {
+            dst,
+            retry_after,
+            reason,
+        } => unavailable(buf, &m, reason, retry_after, src, dst, out),
         Decision::Relay { dst } => match forward_response(buf, &m, out) {
             Some(len) => Outcome::Relayed {
                 len,
@@ -170,10 +196,17 @@ pub fn write(
     }
 }
 
-/// `503` with `Retry-After` (no shard can take it, or the slow path is full).
+pub const UNAVAILABLE_NO_CS: &str = "Service Unavailable - No Conversation Server Available";
+pub const UNAVAILABLE_POLICY_QUEUE: &str = "Service Unavailable - Policy Queue Full";
+pub const UNAVAILABLE_OVERLOAD: &str = "Service Unavailable - Overloaded";
+pub const UNAVAILABLE_RATE: &str = "Service Unavailable - Rate Limit Exceeded";
+
+/// `503` with `Retry-After` (no shard can take it, the slow path is full,
+/// the worker is overloaded, the source is over its rate).
 pub fn unavailable(
     buf: &[u8],
     m: &Message,
+    reason: &str,
     retry_after: u32,
     src: SocketAddr,
     dst: SocketAddr,
@@ -181,16 +214,7 @@ pub fn unavailable(
 ) -> Outcome {
     let mut line = [0u8; 32];
     let n = retry_after_line(retry_after, &mut line);
-    answer(
-        buf,
-        m,
-        503,
-        "Service Unavailable - No Conversation Server Available",
-        &[&line[..n]],
-        src,
-        dst,
-        out,
-    )
+    answer(buf, m, 503, reason, &[&line[..n]], src, dst, out)
 }
 
 fn dialog_creating(m: crate::sip::scan::Method) -> bool {
