@@ -10,7 +10,7 @@ use crate::config::cidr_contains;
 use crate::config::Valid;
 use crate::io::{self, DatagramHandler, IoBackend, IoConfig};
 use crate::policy::slow::{Job, SlowPath, SlowQueue};
-use crate::route::limits::{Overload, SourceLimiter};
+use crate::route::limits::{socket_fill, Overload, SourceLimiter};
 use crate::route::{process_admitted, DropReason, Outcome, Tables};
 
 /// What a worker needs to admit traffic (limits, allow-list, overload).
@@ -18,8 +18,9 @@ use crate::route::{process_admitted, DropReason, Outcome, Tables};
 pub struct Admission {
     pub limits: Option<crate::config::LimitSettings>,
     pub allow: Vec<(std::net::IpAddr, u8)>,
-    pub shed_after_full_batches: u32,
-    pub batch: usize,
+    pub shed_at_queue_pct: u32,
+    /// The worker's socket (for SO_MEMINFO samples).
+    pub sock_fd: Option<std::os::fd::RawFd>,
 }
 use crate::stats::{new_histogram, WorkerStats};
 use arc_swap::{ArcSwap, Cache};
@@ -40,7 +41,9 @@ pub struct EdgeHandler {
     limit_reply: bool,
     allow: Vec<(std::net::IpAddr, u8)>,
     overload: Overload,
-    batch_max: usize,
+    /// The worker's socket, sampled for its receive-queue fill.
+    sock_fd: Option<std::os::fd::RawFd>,
+    batches: u64,
     started: Instant,
     now_ms: u64,
     worker: usize,
@@ -71,8 +74,9 @@ impl EdgeHandler {
                 .map(|l| SourceLimiter::new(l.rate, l.burst, l.slots)),
             limit_reply: admission.limits.as_ref().is_some_and(|l| l.reply),
             allow: admission.allow.clone(),
-            overload: Overload::new(admission.shed_after_full_batches),
-            batch_max: admission.batch,
+            overload: Overload::new(admission.shed_at_queue_pct),
+            sock_fd: admission.sock_fd,
+            batches: 0,
             started: now,
             now_ms: 0,
             worker,
@@ -218,7 +222,13 @@ impl DatagramHandler for EdgeHandler {
     }
 
     fn on_batch_end(&mut self) {
-        self.overload.batch(self.batch_n as usize, self.batch_max);
+        self.batches += 1;
+        // Sampling the kernel queue costs a syscall: every 16th batch.
+        if self.overload.enabled() && self.batches.is_multiple_of(16) {
+            if let Some((queued, buf)) = self.sock_fd.and_then(socket_fill) {
+                self.overload.sample(queued, buf);
+            }
+        }
         if self.batch_n > 0 {
             let ns = self
                 .batch_start
@@ -320,8 +330,8 @@ impl Server {
             let admission = Admission {
                 limits: v.limits.clone(),
                 allow: v.allow.clone(),
-                shed_after_full_batches: v.shed_after_full_batches,
-                batch: v.batch,
+                shed_at_queue_pct: v.shed_at_queue_pct,
+                sock_fd: Some(std::os::fd::AsRawFd::as_raw_fd(&sock)),
             };
             let t = std::thread::Builder::new()
                 .name(format!("edge-w{i}"))

@@ -110,9 +110,10 @@ pub struct LimitsConf {
     pub over_limit: String,
     /// Sources never limited (CIDRs); CS shards are always exempt.
     pub allow: Vec<String>,
-    /// Shed new INVITEs (503) after this many consecutive full receive
-    /// batches (the worker is not keeping up); 0 = never.
-    pub shed_after_full_batches: u32,
+    /// Shed new INVITEs (503) while a worker's kernel receive queue is
+    /// above this percentage of its socket buffer (the kernel is about to
+    /// drop at random); 0 = never.
+    pub shed_at_queue_pct: u32,
 }
 
 impl Default for LimitsConf {
@@ -123,7 +124,7 @@ impl Default for LimitsConf {
             table_slots: 65536,
             over_limit: "reply".into(),
             allow: Vec::new(),
-            shed_after_full_batches: 16,
+            shed_at_queue_pct: 50,
         }
     }
 }
@@ -323,7 +324,7 @@ pub struct Valid {
     pub limits: Option<LimitSettings>,
     /// (network, prefix length) of sources exempt from the limits.
     pub allow: Vec<(IpAddr, u8)>,
-    pub shed_after_full_batches: u32,
+    pub shed_at_queue_pct: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -635,6 +636,12 @@ impl Config {
                 reply,
             })
         };
+        if l.shed_at_queue_pct > 100 {
+            return Err(format!(
+                "limits.shed_at_queue_pct: {} is above 100",
+                l.shed_at_queue_pct
+            ));
+        }
         let mut allow = Vec::new();
         for (i, c) in l.allow.iter().enumerate() {
             allow.push(parse_cidr(c).map_err(|e| format!("limits.allow[{i}]: {e}"))?);
@@ -642,7 +649,7 @@ impl Config {
         Ok(Valid {
             limits,
             allow,
-            shed_after_full_batches: l.shed_after_full_batches,
+            shed_at_queue_pct: l.shed_at_queue_pct,
             policy,
             slow_threads: self.slow_path.threads,
             slow_queue: self.slow_path.queue,

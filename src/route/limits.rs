@@ -111,32 +111,57 @@ impl SourceLimiter {
     }
 }
 
-/// Consecutive full receive batches = the socket is not draining.
+/// The worker is overloaded when its socket's receive queue holds more than
+/// `threshold_pct` of the socket buffer: the kernel is about to drop
+/// datagrams at random, so new INVITEs are refused first. A closed-loop
+/// peer that merely keeps the queue non-empty is not overload.
 #[derive(Default)]
 pub struct Overload {
-    streak: u32,
-    threshold: u32,
+    threshold_pct: u32,
+    overloaded: bool,
 }
 
 impl Overload {
-    /// `threshold` 0 disables shedding.
-    pub fn new(threshold: u32) -> Overload {
+    /// `threshold_pct` 0 disables shedding.
+    pub fn new(threshold_pct: u32) -> Overload {
         Overload {
-            streak: 0,
-            threshold,
+            threshold_pct,
+            overloaded: false,
         }
     }
-    /// Record a finished batch of `n` datagrams out of `max`.
-    pub fn batch(&mut self, n: usize, max: usize) {
-        self.streak = if n >= max {
-            self.streak.saturating_add(1)
-        } else {
-            0
-        };
+    pub fn enabled(&self) -> bool {
+        self.threshold_pct > 0
+    }
+    /// A sample of the socket: bytes queued and the buffer size (both as the
+    /// kernel accounts them, SO_MEMINFO).
+    pub fn sample(&mut self, queued: u64, rcvbuf: u64) {
+        self.overloaded = self.threshold_pct > 0
+            && rcvbuf > 0
+            && queued * 100 >= rcvbuf * u64::from(self.threshold_pct);
     }
     pub fn overloaded(&self) -> bool {
-        self.threshold > 0 && self.streak >= self.threshold
+        self.overloaded
     }
+}
+
+/// (bytes queued for reading, receive buffer size) of a socket, from
+/// SO_MEMINFO; `None` where the kernel does not offer it.
+pub fn socket_fill(fd: std::os::fd::RawFd) -> Option<(u64, u64)> {
+    let mut info = [0u32; 9];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: `info` is a writable buffer of `len` bytes; the kernel writes at
+    // most `len` bytes and updates `len`.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    (r == 0 && len as usize >= 2 * std::mem::size_of::<u32>())
+        .then(|| (u64::from(info[0]), u64::from(info[1])))
 }
 
 #[cfg(test)]
@@ -180,20 +205,32 @@ mod tests {
     }
 
     #[test]
-    fn overload_after_consecutive_full_batches() {
-        let mut o = Overload::new(3);
-        for _ in 0..2 {
-            o.batch(64, 64);
-        }
+    fn overload_when_the_receive_queue_passes_the_threshold() {
+        let mut o = Overload::new(50);
+        o.sample(100_000, 1_000_000);
         assert!(!o.overloaded());
-        o.batch(64, 64);
+        o.sample(500_000, 1_000_000);
         assert!(o.overloaded());
-        o.batch(10, 64);
+        o.sample(10, 1_000_000);
         assert!(!o.overloaded());
         let mut off = Overload::new(0);
-        for _ in 0..100 {
-            off.batch(64, 64);
-        }
+        off.sample(1_000_000, 1_000_000);
         assert!(!off.overloaded());
+    }
+
+    #[test]
+    fn socket_fill_reads_the_kernel_queue() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        use std::os::fd::AsRawFd;
+        let (q0, buf) = socket_fill(rx.as_raw_fd()).expect("SO_MEMINFO");
+        assert_eq!(q0, 0);
+        assert!(buf > 0);
+        for _ in 0..10 {
+            tx.send_to(&[0u8; 1000], rx.local_addr().unwrap()).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let (q1, _) = socket_fill(rx.as_raw_fd()).unwrap();
+        assert!(q1 >= 10_000, "queued {q1}");
     }
 }
