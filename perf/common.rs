@@ -357,6 +357,48 @@ impl MsgBatch {
     }
 }
 
+/// Send one datagram with `sendto` (`dst` None: a connected socket). For the
+/// rare datagrams that do not fit a [`MsgBatch`] slot (the load generator's
+/// malformed and oversized ones).
+pub fn send_one(fd: libc::c_int, data: &[u8], dst: Option<SocketAddrV4>, flags: i32) -> SendOutcome {
+    // SAFETY: zeroed sockaddr_in is valid; filled below when used.
+    let mut a: libc::sockaddr_in = unsafe { mem::zeroed() };
+    let (name, namelen) = match dst {
+        Some(d) => {
+            a.sin_family = libc::AF_INET as libc::sa_family_t;
+            a.sin_port = d.port().to_be();
+            a.sin_addr.s_addr = u32::from(*d.ip()).to_be();
+            (
+                &a as *const libc::sockaddr_in as *const libc::sockaddr,
+                mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        }
+        None => (std::ptr::null(), 0),
+    };
+    loop {
+        // SAFETY: data is a live slice; name/namelen describe `a` or are null/0.
+        let rc = unsafe {
+            libc::sendto(
+                fd,
+                data.as_ptr() as *const libc::c_void,
+                data.len(),
+                flags,
+                name,
+                namelen,
+            )
+        };
+        if rc >= 0 {
+            return SendOutcome::Sent(1);
+        }
+        let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        match errno {
+            libc::EINTR => continue,
+            libc::EAGAIN => return SendOutcome::WouldBlock,
+            _ => return SendOutcome::Failed(errno),
+        }
+    }
+}
+
 // ---------------------------------------------------------------- SIP text --
 
 /// One header field of a SIP message.

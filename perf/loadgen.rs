@@ -18,6 +18,15 @@
 //! - when there is nothing to do it sleeps in ppoll (it shares a CPU with the
 //!   CS responder in the standard setup).
 //!
+//! With `--malformed-pct P`, P % of all datagrams sent are malformed (garbage
+//! bytes, a truncated INVITE, a bad Content-Length, no Call-ID, an oversized
+//! datagram, in turn), deterministically: after every valid request the
+//! number of malformed ones sent so far is brought up to
+//! `floor(valid * P / (100 - P))`. They carry Call-ID `bad<n>-<run>@loadgen`
+//! and Via branch `z9hG4bK-bad<n>`, so the edge's answers to them (400) are
+//! recognised and counted apart, never matched to a request; they are not
+//! requests for the loss figure.
+//!
 //! Output: `MARK measure_start` / `MARK measure_end` lines on stdout (with
 //! `--marks`) when the measured interval begins and ends, then one line
 //! `RESULT sent=.. ok=.. ...` on stdout and a human summary on stderr.
@@ -120,6 +129,10 @@ struct Args {
     /// Print the first INVITE (with seq 0) to stderr before starting.
     #[arg(long)]
     show_invite: bool,
+    /// Percentage of all datagrams sent that are malformed (0..=50; e.g. 1):
+    /// not requests, not in the loss figure; answers to them counted apart.
+    #[arg(long, default_value_t = 0.0)]
+    malformed_pct: f64,
 }
 
 // ---------------------------------------------------------------- template --
@@ -272,6 +285,142 @@ fn parse_call_id(v: &[u8]) -> Option<(u64, u32)> {
     Some((seq, run))
 }
 
+// ---------------------------------------------------------------- malformed --
+
+/// The malformed datagrams of `--malformed-pct`, sent in this order, in turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BadKind {
+    /// Pseudo-random binary bytes: not a SIP start line (edge: dropped, garbage).
+    Garbage,
+    /// An INVITE cut inside its headers, no blank line (edge: 400).
+    Truncated,
+    /// Content-Length beyond the body or not a number (edge: 400).
+    BadContentLength,
+    /// An INVITE without Call-ID (edge: 400).
+    NoCallId,
+    /// A well-formed INVITE of 65507 bytes, the largest UDP/IPv4 datagram:
+    /// beyond the edge's receive buffer (edge: dropped, oversized).
+    Oversized,
+}
+
+impl BadKind {
+    const ALL: [BadKind; 5] = [
+        BadKind::Garbage,
+        BadKind::Truncated,
+        BadKind::BadContentLength,
+        BadKind::NoCallId,
+        BadKind::Oversized,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            BadKind::Garbage => "garbage",
+            BadKind::Truncated => "truncated",
+            BadKind::BadContentLength => "bad_content_length",
+            BadKind::NoCallId => "no_call_id",
+            BadKind::Oversized => "oversized",
+        }
+    }
+}
+
+/// Largest UDP payload over IPv4.
+const OVERSIZED_BYTES: usize = 65_507;
+
+/// Builds the malformed datagrams (a few per thousand requests: formatting
+/// and allocation are fine here).
+struct BadMaker {
+    /// Via/Contact host:port of the generator.
+    hostport: String,
+    run_hex: String,
+}
+
+impl BadMaker {
+    /// The `n`-th malformed datagram into `out`; its kind.
+    fn build(&self, n: u64, out: &mut Vec<u8>) -> BadKind {
+        let kind = BadKind::ALL[(n % BadKind::ALL.len() as u64) as usize];
+        let variant = n / BadKind::ALL.len() as u64;
+        out.clear();
+        if kind == BadKind::Garbage {
+            // xorshift64*, seeded by n: deterministic noise of 16..=527
+            // bytes, first byte >= 0x80 so it is never a keepalive or text.
+            let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let len = 16 + (x % 512) as usize;
+            for i in 0..len {
+                x ^= x >> 12;
+                x ^= x << 25;
+                x ^= x >> 27;
+                let b = (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8;
+                out.push(if i == 0 { b | 0x80 } else { b });
+            }
+            return kind;
+        }
+        let head = |cl: &str, call_id: bool| {
+            let icsi = "urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.session";
+            let cid = if call_id {
+                format!("Call-ID: bad{n}-{}@loadgen\r\n", self.run_hex)
+            } else {
+                String::new()
+            };
+            format!(
+                "INVITE sip:grp1@groups.example.net SIP/2.0\r\n\
+                 Via: SIP/2.0/UDP {hp};branch=z9hG4bK-bad{n};rport\r\n\
+                 Max-Forwards: 70\r\n\
+                 From: <sip:baduser@example.net>;tag=LGBad{n}\r\n\
+                 To: <sip:grp1@groups.example.net>\r\n\
+                 {cid}\
+                 CSeq: 1 INVITE\r\n\
+                 Contact: <sip:baduser@{hp}>;+g.3gpp.icsi-ref=\"{icsi}\"\r\n\
+                 Accept-Contact: *;+g.3gpp.icsi-ref=\"{icsi}\"\r\n\
+                 P-Preferred-Service: urn:urn-7:3gpp-service.ims.icsi.oma.cpm.session\r\n\
+                 Content-Type: text/plain\r\n\
+                 Content-Length: {cl}\r\n\r\n",
+                hp = self.hostport,
+            )
+        };
+        const BODY: &[u8] = b"malformed-by-cpm-loadgen\r\n";
+        match kind {
+            BadKind::Garbage => unreachable!("handled above"),
+            BadKind::Truncated => {
+                let full = head(&BODY.len().to_string(), true);
+                // Cut somewhere after the Via line and before the blank line.
+                let via_end = full.find("\r\nMax-Forwards").map_or(0, |i| i + 2);
+                let span = (full.len() - 4).saturating_sub(via_end).max(1);
+                let cut = via_end + (variant as usize * 37) % span;
+                out.extend_from_slice(&full.as_bytes()[..cut.max(via_end)]);
+            }
+            BadKind::BadContentLength => {
+                let cl = if variant % 2 == 0 {
+                    (BODY.len() + 1000).to_string()
+                } else {
+                    "1x2".to_string()
+                };
+                out.extend_from_slice(head(&cl, true).as_bytes());
+                out.extend_from_slice(BODY);
+            }
+            BadKind::NoCallId => {
+                out.extend_from_slice(head(&BODY.len().to_string(), false).as_bytes());
+                out.extend_from_slice(BODY);
+            }
+            BadKind::Oversized => {
+                // The Content-Length's width is fixed at 5 digits, so the
+                // head's length does not depend on the value.
+                let probe = head("00000", true).len();
+                let body = OVERSIZED_BYTES - probe;
+                out.extend_from_slice(head(&format!("{body:05}"), true).as_bytes());
+                out.resize(OVERSIZED_BYTES, b'x');
+            }
+        }
+        kind
+    }
+}
+
+/// Is this response an answer to one of our malformed datagrams (Call-ID
+/// `bad...` or, when the Call-ID was missing, our `-bad` Via branch)?
+fn answers_malformed(call_id: Option<&[u8]>, top_via: Option<&[u8]>) -> bool {
+    call_id.is_some_and(|c| c.starts_with(b"bad"))
+        || top_via.is_some_and(|v| memchr::memmem::find(v, b"branch=z9hG4bK-bad").is_some())
+}
+
 // ---------------------------------------------------------------- state --
 
 #[derive(Clone, Copy, Default)]
@@ -310,6 +459,13 @@ struct Gen {
     bad: u64,
     send_errors: u64,
     evicted: u64,
+    // Malformed datagrams (whole run).
+    /// Malformed datagrams consumed so far (sent or failed).
+    bad_next: u64,
+    bad_sent: [u64; BadKind::ALL.len()],
+    bad_send_errors: u64,
+    /// Answers to malformed datagrams, per status code.
+    bad_answers: Vec<(u16, u64)>,
 }
 
 impl Gen {
@@ -348,19 +504,35 @@ impl Gen {
             self.bad += 1;
             return;
         }
-        let (start, mut headers) = common::split_message(data);
+        let (start, headers) = common::split_message(data);
         let Some(code) = common::status_code(start) else {
             self.bad += 1;
             return;
         };
+        // The top Via comes first in practice, so this stops at Call-ID.
+        let (mut call_id, mut top_via) = (None, None);
+        for h in headers {
+            if call_id.is_none() && common::is_header(h.name, b"Call-ID", b"i") {
+                call_id = Some(h.value);
+            } else if top_via.is_none() && common::is_header(h.name, b"Via", b"v") {
+                top_via = Some(h.value);
+            }
+            if call_id.is_some() && top_via.is_some() {
+                break;
+            }
+        }
+        if answers_malformed(call_id, top_via) {
+            match self.bad_answers.iter_mut().find(|(c, _)| *c == code) {
+                Some((_, n)) => *n += 1,
+                None => self.bad_answers.push((code, 1)),
+            }
+            return;
+        }
         if code < 200 {
             self.provisional += 1;
             return;
         }
-        let call_id = headers
-            .find(|h| common::is_header(h.name, b"Call-ID", b"i"))
-            .and_then(|h| parse_call_id(h.value));
-        let Some((seq, run)) = call_id else {
+        let Some((seq, run)) = call_id.and_then(parse_call_id) else {
             self.bad += 1;
             return;
         };
@@ -470,6 +642,9 @@ fn validate(a: &Args) -> Result<(), String> {
     }
     if a.max_loss_pct.is_some_and(|p| !(p.is_finite() && p >= 0.0)) {
         return Err("--max-loss-pct must be >= 0".into());
+    }
+    if !(a.malformed_pct.is_finite() && (0.0..=50.0).contains(&a.malformed_pct)) {
+        return Err("--malformed-pct must be in 0..=50".into());
     }
     Ok(())
 }
@@ -596,7 +771,19 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         bad: 0,
         send_errors: 0,
         evicted: 0,
+        bad_next: 0,
+        bad_sent: [0; BadKind::ALL.len()],
+        bad_send_errors: 0,
+        bad_answers: Vec::new(),
     };
+    // Malformed datagrams per valid request attempted.
+    let bad_ratio = args.malformed_pct / (100.0 - args.malformed_pct);
+    let bad_maker = BadMaker {
+        hostport: format!("{via_ip}:{}", local.port()),
+        run_hex: format!("{run_id:08x}"),
+    };
+    let mut bad_buf: Vec<u8> = Vec::with_capacity(OVERSIZED_BYTES);
+    let bad_dst = (!args.connect).then_some(target);
 
     let duration_ns = match (args.duration, args.count) {
         (Some(d), _) => Some((d * 1e9) as u64),
@@ -714,6 +901,27 @@ fn run(args: &Args) -> Result<ExitCode, String> {
                 attempted += off as u64;
                 more |= off == k && quota > k as u64;
             }
+            // Bring the malformed count up to its share of what was attempted.
+            if bad_ratio > 0.0 {
+                let due = (attempted as f64 * bad_ratio) as u64;
+                while g.bad_next < due {
+                    let kind = bad_maker.build(g.bad_next, &mut bad_buf);
+                    match common::send_one(fd, &bad_buf, bad_dst, libc::MSG_DONTWAIT) {
+                        SendOutcome::Sent(_) => {
+                            g.bad_sent[kind as usize] += 1;
+                            g.bad_next += 1;
+                        }
+                        SendOutcome::WouldBlock => {
+                            wait_floor_ns = 50_000;
+                            break;
+                        }
+                        SendOutcome::Failed(_) => {
+                            g.bad_send_errors += 1;
+                            g.bad_next += 1;
+                        }
+                    }
+                }
+            }
         } else if g.outstanding == 0 || now >= drain_deadline {
             break;
         }
@@ -758,9 +966,11 @@ fn run(args: &Args) -> Result<ExitCode, String> {
             g.hist.value_at_quantile(p)
         }
     };
+    let bad_total: u64 = g.bad_sent.iter().sum();
+    let bad_answered: u64 = g.bad_answers.iter().map(|(_, n)| n).sum();
     println!(
         "RESULT sent={} ok={} non2xx={} lost={} loss_pct={:.4} ok_per_s={:.0} p50_us={} p90_us={} \
-         p99_us={} p999_us={} dur_s={:.3}",
+         p99_us={} p999_us={} dur_s={:.3} malformed_sent={bad_total} malformed_answered={bad_answered}",
         g.sent,
         g.ok,
         g.non2xx,
@@ -812,6 +1022,34 @@ fn run(args: &Args) -> Result<ExitCode, String> {
         g.send_errors,
         g.evicted
     );
+    if args.malformed_pct > 0.0 {
+        let kinds: Vec<String> = BadKind::ALL
+            .iter()
+            .map(|k| format!("{} {}", k.name(), g.bad_sent[*k as usize]))
+            .collect();
+        g.bad_answers.sort_unstable();
+        let codes: Vec<String> = g
+            .bad_answers
+            .iter()
+            .map(|(c, n)| format!("{c}: {n}"))
+            .collect();
+        eprintln!(
+            "  malformed   sent {bad_total} ({:.3} % of all sends: {}), send errors {}\n\
+             \x20             answered {bad_answered} ({}) (not requests: outside every figure above)",
+            if bad_total + g.total_sent > 0 {
+                bad_total as f64 * 100.0 / (bad_total + g.total_sent) as f64
+            } else {
+                0.0
+            },
+            kinds.join(", "),
+            g.bad_send_errors,
+            if codes.is_empty() {
+                "none".to_string()
+            } else {
+                codes.join(", ")
+            }
+        );
+    }
     if let Some(max) = args.max_loss_pct {
         if g.sent == 0 || loss_pct > max {
             eprintln!(
@@ -856,5 +1094,69 @@ mod tests {
         );
         assert_eq!(parse_call_id(b"garbage"), None);
         assert_eq!(parse_call_id(b"1-@x"), None);
+    }
+
+    #[test]
+    fn malformed_datagrams_are_what_they_claim() {
+        let m = BadMaker {
+            hostport: "127.0.0.1:40000".into(),
+            run_hex: "abcdef01".into(),
+        };
+        let mut buf = Vec::new();
+        for n in 0..40u64 {
+            let kind = m.build(n, &mut buf);
+            assert_eq!(kind, BadKind::ALL[(n % 5) as usize]);
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            match kind {
+                BadKind::Garbage => {
+                    assert!(buf[0] >= 0x80 && (16..=527).contains(&buf.len()));
+                    assert!(common::request_method(common::split_message(&buf).0).is_none());
+                }
+                BadKind::Truncated => {
+                    assert!(text.starts_with("INVITE "), "{text}");
+                    assert!(text.contains(";branch=z9hG4bK-bad"), "{text}");
+                    assert!(!text.contains("\r\n\r\n"), "{text}");
+                }
+                BadKind::BadContentLength => {
+                    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+                    let cl = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .unwrap();
+                    assert_ne!(cl.parse::<usize>().ok(), Some(body.len()));
+                }
+                BadKind::NoCallId => {
+                    assert!(!text.contains("Call-ID"));
+                    assert!(text.contains("\r\n\r\n"));
+                }
+                BadKind::Oversized => {
+                    assert_eq!(buf.len(), OVERSIZED_BYTES);
+                    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+                    let cl: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    assert_eq!(cl, body.len());
+                }
+            }
+            // Whatever the edge answers echoes Call-ID or the Via branch.
+            let (_, hs) = common::split_message(&buf);
+            let (mut cid, mut via) = (None, None);
+            for h in hs {
+                if common::is_header(h.name, b"Call-ID", b"i") {
+                    cid = Some(h.value);
+                } else if common::is_header(h.name, b"Via", b"v") && via.is_none() {
+                    via = Some(h.value);
+                }
+            }
+            if kind != BadKind::Garbage {
+                assert!(answers_malformed(cid, via), "{kind:?}");
+                assert!(cid.and_then(parse_call_id).is_none(), "never a valid seq");
+            }
+        }
+        let valid = b"SIP/2.0/UDP 127.0.0.1:1;branch=z9hG4bK-0000000001;rport";
+        assert!(!answers_malformed(Some(b"0000000001-abcdef01@loadgen"), Some(valid)));
     }
 }

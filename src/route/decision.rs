@@ -177,7 +177,13 @@ pub fn decide(buf: &[u8], m: &Message, src: SocketAddr, t: &Tables) -> Decision 
 fn decide_response(buf: &[u8], m: &Message, t: &Tables) -> Decision {
     match m.defect {
         Some(Defect::Keepalive) => return Decision::Drop(DropReason::Keepalive),
-        Some(Defect::BadStartLine) if !buf.starts_with(b"SIP/") => {
+        Some(Defect::BadStartLine)
+            if !m
+                .start_line
+                .get(buf)
+                .get(..4)
+                .is_some_and(|v| v.eq_ignore_ascii_case(b"SIP/")) =>
+        {
             return Decision::Drop(DropReason::Garbage)
         }
         Some(_) => return Decision::Drop(DropReason::MalformedResponse),

@@ -6,6 +6,7 @@
 use super::branch::StableHash;
 use super::rewrite::{mark_received, Edits, Out};
 use super::scan::{header_lines, Header, Message};
+use super::Span;
 use std::net::SocketAddr;
 
 /// Write `SIP/2.0 <code> <reason>` answering `m`. `extra` lines must each end
@@ -35,7 +36,8 @@ pub fn build(
                 if let Some(via) = &m.top_via {
                     mark_received(buf, via, src, &mut edits);
                 }
-                edits.apply(buf, h.line, &mut o);
+                edits.apply(buf, without_eol(buf, h.line), &mut o);
+                o.put(b"\r\n");
             }
             Header::To if m.to_tag.is_none() && code > 100 => {
                 o.put(&buf[h.line.start as usize..h.value.end as usize]);
@@ -43,10 +45,12 @@ pub fn build(
                 let mut tag = [0u8; 16];
                 to_tag(buf, m, &mut tag);
                 o.put(&tag);
-                o.put(&buf[h.value.end as usize..h.line.end as usize]);
+                o.put(&buf[h.value.end as usize..without_eol(buf, h.line).end as usize]);
+                o.put(b"\r\n");
             }
             Header::Via | Header::From | Header::To | Header::CallId | Header::CSeq => {
-                o.put(h.line.get(buf))
+                o.put(without_eol(buf, h.line).get(buf));
+                o.put(b"\r\n");
             }
             _ => {}
         }
@@ -56,6 +60,14 @@ pub fn build(
     }
     o.put(b"Server: cpm-edge\r\nContent-Length: 0\r\n\r\n");
     o.finish()
+}
+
+/// A header line without its line end: CRLF, or the bare LF of a request
+/// refused for it (the answer always ends its lines with CRLF).
+fn without_eol(buf: &[u8], line: Span) -> Span {
+    let s = line.get(buf);
+    let n = usize::from(s.ends_with(b"\n")) + usize::from(s.ends_with(b"\r\n"));
+    line.sub(0, s.len() - n)
 }
 
 fn to_tag(buf: &[u8], m: &Message, out: &mut [u8; 16]) {

@@ -129,7 +129,10 @@ pub struct Edit {
     pub ins: Ins,
 }
 
-const MAX_EDITS: usize = 8;
+/// The most a forwarded request needs: Max-Forwards (1), `rport`/`received`
+/// (2), one per popped Route line (`MAX_ROUTES`), and with a replaced body
+/// both Content-Length lines (2).
+const MAX_EDITS: usize = 5 + super::scan::MAX_ROUTES;
 
 /// A small, sorted-on-use set of splices over one region.
 pub struct Edits {

@@ -107,6 +107,8 @@ pub enum Defect {
     UnsupportedVersion,
     BadRequestUri,
     MissingBlankLine,
+    /// A CR or LF that is not part of a CRLF in the start line or headers.
+    BareLineEnd,
     MalformedHeader,
     NulInHeaders,
     MissingVia,
@@ -139,6 +141,7 @@ impl Defect {
             Defect::UnsupportedVersion => "Version Not Supported",
             Defect::BadRequestUri => "Bad Request - Malformed Request-URI",
             Defect::MissingBlankLine => "Bad Request - Missing Blank Line After Headers",
+            Defect::BareLineEnd => "Bad Request - Line Not Ended By CRLF",
             Defect::MalformedHeader => "Bad Request - Malformed Header Line",
             Defect::NulInHeaders => "Bad Request - NUL Byte In Headers",
             Defect::MissingVia => "Bad Request - Missing Via",
@@ -444,6 +447,27 @@ fn crlf2() -> &'static memmem::Finder<'static> {
     F.get_or_init(|| memmem::Finder::new(b"\r\n\r\n"))
 }
 
+/// A CR not followed by LF, or an LF not preceded by CR.
+fn has_bare_line_end(s: &[u8]) -> bool {
+    memchr::memchr2_iter(b'\r', b'\n', s).any(|i| match s[i] {
+        b'\r' => s.get(i + 1) != Some(&b'\n'),
+        _ => i == 0 || s[i - 1] != b'\r',
+    })
+}
+
+/// The first empty line after `from` whatever the line ends (`LF LF` or
+/// `LF CRLF`): (end of the headers, start of the body).
+fn first_blank_line(buf: &[u8], from: usize) -> Option<(usize, usize)> {
+    memchr::memchr_iter(b'\n', &buf[from..]).find_map(|p| {
+        let at = from + p + 1;
+        match buf.get(at..) {
+            Some([b'\n', ..]) => Some((at, at + 1)),
+            Some([b'\r', b'\n', ..]) => Some((at, at + 2)),
+            _ => None,
+        }
+    })
+}
+
 fn parse_u32(s: &[u8]) -> Option<u32> {
     if s.is_empty() || s.len() > 10 || !s.iter().all(u8::is_ascii_digit) {
         return None;
@@ -479,8 +503,19 @@ pub fn scan(buf: &[u8]) -> Message {
     let hdr_start = sl_nl + 1;
     // The blank line ends the headers; look from the start line's own CRLF so
     // a message with no header at all is still delimited.
-    let (headers_end, body_start) = match crlf2().find(&buf[sl_end..]) {
-        Some(p) => (sl_end + p + 2, sl_end + p + 4),
+    let mut blank = crlf2()
+        .find(&buf[sl_end..])
+        .map(|p| (sl_end + p + 2, sl_end + p + 4));
+    // RFC 3261 §7: lines end with CRLF. A bare LF or CR would let the next
+    // hop split the header lines differently from us: refused. The headers
+    // then end at the first empty line of any ending, so that the answer
+    // never takes body lines for headers.
+    if has_bare_line_end(&buf[first..blank.map_or(buf.len(), |b| b.0)]) {
+        m.flag(Defect::BareLineEnd);
+        blank = first_blank_line(buf, sl_end).or(blank);
+    }
+    let (headers_end, body_start) = match blank {
+        Some(b) => b,
         None => {
             m.flag(Defect::MissingBlankLine);
             let last_nl = memchr::memrchr(b'\n', buf).map_or(hdr_start, |p| p + 1);
@@ -687,6 +722,10 @@ fn scan_headers(buf: &[u8], m: &mut Message) {
             Header::ContentLength => {
                 // Equal duplicates are tolerated; both lines go when a body is rewritten.
                 let slot = usize::from(m.content_length.is_some());
+                if !m.content_length_lines[1].is_empty() {
+                    // A third line would survive a body rewrite.
+                    m.flag(Defect::DuplicateContentLength);
+                }
                 m.content_length_lines[slot] = h.line;
                 match parse_u32(h.value.get(buf)) {
                     Some(v) => {

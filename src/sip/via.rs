@@ -117,7 +117,13 @@ impl Via {
     /// valued `rport`, else the sent-by port, else 5060.
     pub fn response_target(&self, buf: &[u8]) -> Option<SocketAddr> {
         let ip = match self.received {
-            Some(r) => super::uri::ip_of(r.get(buf))?,
+            // RFC 5118 §4.5: an IPv6 `received` may come as a reference.
+            Some(r) => super::uri::ip_of(
+                r.get(buf)
+                    .strip_prefix(b"[")
+                    .and_then(|h| h.strip_suffix(b"]"))
+                    .unwrap_or(r.get(buf)),
+            )?,
             None => super::uri::ip_of(self.host.get(buf))?,
         };
         let port = match self.rport {
