@@ -360,7 +360,12 @@ impl MsgBatch {
 /// Send one datagram with `sendto` (`dst` None: a connected socket). For the
 /// rare datagrams that do not fit a [`MsgBatch`] slot (the load generator's
 /// malformed and oversized ones).
-pub fn send_one(fd: libc::c_int, data: &[u8], dst: Option<SocketAddrV4>, flags: i32) -> SendOutcome {
+pub fn send_one(
+    fd: libc::c_int,
+    data: &[u8],
+    dst: Option<SocketAddrV4>,
+    flags: i32,
+) -> SendOutcome {
     // SAFETY: zeroed sockaddr_in is valid; filled below when used.
     let mut a: libc::sockaddr_in = unsafe { mem::zeroed() };
     let (name, namelen) = match dst {

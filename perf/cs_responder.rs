@@ -57,6 +57,10 @@ struct Args {
     /// Do not print the listening banner.
     #[arg(long)]
     quiet: bool,
+    /// Send every answer here instead of to the top Via (for the no-parse
+    /// forwarder baseline, which adds no Via of its own).
+    #[arg(long)]
+    reply_to: Option<std::net::SocketAddrV4>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -159,7 +163,13 @@ fn build_answer(req: &[u8], out: &mut [u8]) -> Verdict {
 }
 
 /// Drain up to MAX_BATCHES_PER_SOCKET batches from `sock`, answering each.
-fn serve_socket(sock: &UdpSocket, rx: &mut MsgBatch, tx: &mut MsgBatch, c: &mut Counters) {
+fn serve_socket(
+    sock: &UdpSocket,
+    rx: &mut MsgBatch,
+    tx: &mut MsgBatch,
+    c: &mut Counters,
+    reply_to: Option<std::net::SocketAddrV4>,
+) {
     let fd = sock.as_raw_fd();
     for _ in 0..MAX_BATCHES_PER_SOCKET {
         let n = match rx.recv(fd, BATCH) {
@@ -180,7 +190,7 @@ fn serve_socket(sock: &UdpSocket, rx: &mut MsgBatch, tx: &mut MsgBatch, c: &mut 
             match build_answer(data, tx.slot_mut(out)) {
                 Verdict::Answer(len, dst) => {
                     c.requests += 1;
-                    tx.set_outgoing(out, len, dst);
+                    tx.set_outgoing(out, len, reply_to.unwrap_or(dst));
                     out += 1;
                 }
                 Verdict::Ack => {
@@ -263,7 +273,7 @@ fn main() -> ExitCode {
         common::wait_readable(&fds, Duration::from_millis(100), &mut ready);
         for (i, sock) in socks.iter().enumerate() {
             if ready[i] {
-                serve_socket(sock, &mut rx, &mut tx, &mut per_sock[i]);
+                serve_socket(sock, &mut rx, &mut tx, &mut per_sock[i], args.reply_to);
             }
         }
     }

@@ -133,6 +133,12 @@ struct Args {
     /// not requests, not in the loss figure; answers to them counted apart.
     #[arg(long, default_value_t = 0.0)]
     malformed_pct: f64,
+    /// Before the run, send this many oversized (65507-byte) datagrams, 16
+    /// per ms: each fills a whole receive buffer of the edge, so afterwards
+    /// every buffer page has been touched and the edge's RSS no longer grows
+    /// by first touch (perf/soak.sh does this before its first RSS sample).
+    #[arg(long, default_value_t = 0)]
+    prime_oversized: u64,
 }
 
 // ---------------------------------------------------------------- template --
@@ -389,7 +395,7 @@ impl BadMaker {
                 out.extend_from_slice(&full.as_bytes()[..cut.max(via_end)]);
             }
             BadKind::BadContentLength => {
-                let cl = if variant % 2 == 0 {
+                let cl = if variant.is_multiple_of(2) {
                     (BODY.len() + 1000).to_string()
                 } else {
                     "1x2".to_string()
@@ -784,6 +790,30 @@ fn run(args: &Args) -> Result<ExitCode, String> {
     };
     let mut bad_buf: Vec<u8> = Vec::with_capacity(OVERSIZED_BYTES);
     let bad_dst = (!args.connect).then_some(target);
+    if args.prime_oversized > 0 {
+        let n = BadKind::ALL
+            .iter()
+            .position(|k| *k == BadKind::Oversized)
+            .unwrap_or(0) as u64;
+        let kind = bad_maker.build(n, &mut bad_buf);
+        debug_assert_eq!(kind, BadKind::Oversized);
+        let (mut sent, mut errors) = (0u64, 0u64);
+        while sent + errors < args.prime_oversized && !common::stop_requested() {
+            match common::send_one(fd, &bad_buf, bad_dst, 0) {
+                SendOutcome::Sent(_) => sent += 1,
+                SendOutcome::WouldBlock => {}
+                SendOutcome::Failed(_) => errors += 1,
+            }
+            if (sent + errors).is_multiple_of(16) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        // Let the edge read them before the run starts.
+        std::thread::sleep(Duration::from_millis(200));
+        eprintln!(
+            "cpm-loadgen: primed the edge with {sent} oversized datagrams ({errors} send errors)"
+        );
+    }
 
     let duration_ns = match (args.duration, args.count) {
         (Some(d), _) => Some((d * 1e9) as u64),
@@ -1157,6 +1187,9 @@ mod tests {
             }
         }
         let valid = b"SIP/2.0/UDP 127.0.0.1:1;branch=z9hG4bK-0000000001;rport";
-        assert!(!answers_malformed(Some(b"0000000001-abcdef01@loadgen"), Some(valid)));
+        assert!(!answers_malformed(
+            Some(b"0000000001-abcdef01@loadgen"),
+            Some(valid)
+        ));
     }
 }

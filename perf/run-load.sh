@@ -48,6 +48,10 @@ RESPONDER=$TARGET_DIR/release/cpm-cs-responder
 LOGDIR=${LOGDIR:-$(mktemp -d /tmp/cpm-load.XXXXXX)}
 mkdir -p "$LOGDIR"
 
+# What is measured: edge (cpm-edge), kamailio (perf/kamailio/kamailio.cfg,
+# 1 UDP worker, tlsf) or forwarder (perf/forwarder.rs, no parsing: the
+# ceiling of the rig; the responder then answers to it, not to the Via).
+SYSTEM=${SYSTEM:-edge}
 EDGE_ADDR=127.0.0.1:5060
 SHARDS=(127.0.0.1:7001 127.0.0.1:7002 127.0.0.1:7003 127.0.0.1:7004)
 
@@ -57,13 +61,18 @@ NAME=run-load
 # shellcheck source=perf/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-# utime+stime of process $1 in clock ticks (all threads). The comm field may
+# utime+stime of process $1 and all its descendants in clock ticks (all
+# threads; Kamailio's UDP worker is a child process). The comm field may
 # contain spaces, so cut at the last ')' first: field 14 (utime) becomes $12.
 cpu_ticks() {
-    local s
+    local s total=0 child
     s=$(cat "/proc/$1/stat" 2>/dev/null) || die "process $1 is gone"
     s=${s##*) }
-    awk '{ print $12 + $13 }' <<<"$s"
+    total=$(awk '{ print $12 + $13 }' <<<"$s")
+    for child in $(pgrep -P "$1" 2>/dev/null); do
+        total=$((total + $(cpu_ticks "$child")))
+    done
+    echo "$total"
 }
 
 now_s() { date +%s.%N; }
@@ -91,6 +100,7 @@ done
 # ---------------------------------------------------------------- start --
 listen_args=()
 for s in "${SHARDS[@]}"; do listen_args+=(--listen "$s"); done
+[[ "$SYSTEM" != forwarder ]] || listen_args+=(--reply-to "$EDGE_ADDR")
 "$RESPONDER" "${listen_args[@]}" --cpu "$RESP_CPU" \
     >"$LOGDIR/responder.out" 2>"$LOGDIR/responder.err" &
 RESP_PID=$!
@@ -101,6 +111,25 @@ if [[ "$NO_EDGE" == 1 ]]; then
     TARGET=${SHARDS[0]}
     MEASURED_PID=$RESP_PID
     MEASURED_NAME="responder (NO_EDGE=1)"
+elif [[ "$SYSTEM" == kamailio ]]; then
+    command -v kamailio >/dev/null || die "kamailio is not installed (apt-get install -y kamailio)"
+    taskset -c "$EDGE_CPUS" kamailio -f "$ROOT/perf/kamailio/kamailio.cfg" -x tlsf -m 256 -M 32 -DD -E \
+        >"$LOGDIR/kamailio.out" 2>"$LOGDIR/kamailio.err" &
+    EDGE_PID=$!
+    PIDS+=("$EDGE_PID")
+    wait_ready "$EDGE_PID" 5060 kamailio
+    TARGET=$EDGE_ADDR
+    MEASURED_PID=$EDGE_PID
+    MEASURED_NAME=kamailio
+elif [[ "$SYSTEM" == forwarder ]]; then
+    "$TARGET_DIR/release/cpm-forwarder" --listen "$EDGE_ADDR" --shard "${SHARDS[0]}" --cpu "${EDGE_CPUS%%,*}" \
+        >"$LOGDIR/forwarder.out" 2>"$LOGDIR/forwarder.err" &
+    EDGE_PID=$!
+    PIDS+=("$EDGE_PID")
+    wait_ready "$EDGE_PID" 5060 cpm-forwarder
+    TARGET=$EDGE_ADDR
+    MEASURED_PID=$EDGE_PID
+    MEASURED_NAME=forwarder
 else
     shard_args=()
     for s in "${SHARDS[@]}"; do shard_args+=(--shard "$s"); done

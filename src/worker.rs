@@ -188,11 +188,12 @@ impl DatagramHandler for EdgeHandler {
                 crate::route::write(data, &m, d, src, tables, None, out)
             };
         }
-        match m.method() {
+        // A truncated datagram is counted as a drop, not as what its start says.
+        match m.method().filter(|_| !truncated) {
             Some(method) => self.stats.rx_request(method),
             None => {
                 if let crate::sip::scan::StartLine::Response { code } = m.start {
-                    if code >= 100 {
+                    if code >= 100 && !truncated {
                         self.stats.rx_response(code);
                     }
                 }

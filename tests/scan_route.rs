@@ -540,6 +540,16 @@ fn what_must_not_be_answered_is_dropped_with_a_reason() {
         drop(&no_via_resp, "127.0.0.1:7001"),
         Outcome::Dropped(DropReason::MalformedResponse)
     );
+    // Our Via on top, but no Call-ID: nobody downstream could match it.
+    let (_, fwd) = run(&invite_to_group("grp1", "alice", ""), CLIENT, &t);
+    let no_callid = format!(
+        "SIP/2.0 200 OK\r\n{}\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:b@c>;tag=2\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n",
+        header(&fwd, "Via").join("\r\n")
+    );
+    assert_eq!(
+        drop(no_callid.as_bytes(), "127.0.0.1:7001"),
+        Outcome::Dropped(DropReason::MalformedResponse)
+    );
     let bad_status = wire(
         "SIP/2.0 2x0 OK\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKx\nContent-Length: 0\n\n",
     );

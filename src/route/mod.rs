@@ -187,6 +187,10 @@ pub fn write(
                     kind,
                     shard: push.map(|(s, _)| s as u16),
                 },
+                // An ACK is never answered (RFC 3261 §17.1.1.3).
+                None if m.method() == Some(crate::sip::scan::Method::Ack) => {
+                    Outcome::Dropped(DropReason::TooLarge)
+                }
                 None => {
                     let dst = reply_target(buf, &m, src);
                     answer(buf, &m, 513, "Message Too Large", &[], src, dst, out)

@@ -40,12 +40,15 @@ pub fn build(
                 o.put(b"\r\n");
             }
             Header::To if m.to_tag.is_none() && code > 100 => {
-                o.put(&buf[h.line.start as usize..h.value.end as usize]);
+                // An empty value's span sits after the line end.
+                let eol = without_eol(buf, h.line).end as usize;
+                let v_end = (h.value.end as usize).min(eol);
+                o.put(&buf[h.line.start as usize..v_end]);
                 o.put(b";tag=");
                 let mut tag = [0u8; 16];
                 to_tag(buf, m, &mut tag);
                 o.put(&tag);
-                o.put(&buf[h.value.end as usize..without_eol(buf, h.line).end as usize]);
+                o.put(&buf[v_end..eol]);
                 o.put(b"\r\n");
             }
             Header::Via | Header::From | Header::To | Header::CallId | Header::CSeq => {

@@ -176,7 +176,9 @@ impl Edits {
     /// Copy `region` of `buf` to `out`, applying the edits inside it.
     pub fn apply(&mut self, buf: &[u8], region: Span, out: &mut Out<'_>) {
         let list = &mut self.list[..self.n];
-        list.sort_unstable_by_key(|e| (e.at, e.del));
+        // Stable: splices at the same offset keep their insertion order
+        // (`=port` after a bare rport, then `;received=` at the value end).
+        list.sort_by_key(|e| (e.at, e.del));
         let mut pos = region.start as usize;
         for e in list.iter() {
             let at = e.at as usize;

@@ -571,6 +571,19 @@ pub fn scan(buf: &[u8]) -> Message {
         }
     } else if m.via_count == 0 {
         m.flag(Defect::MissingVia);
+    } else if m.call_id.is_empty()
+        || m.from.is_empty()
+        || m.to.is_empty()
+        || m.cseq_method.is_empty()
+    {
+        // RFC 3261 §8.1.1: a response without them cannot be matched to a
+        // transaction by anyone downstream; it is dropped, not relayed.
+        m.flag(match () {
+            _ if m.call_id.is_empty() => Defect::MissingCallId,
+            _ if m.from.is_empty() => Defect::MissingFrom,
+            _ if m.to.is_empty() => Defect::MissingTo,
+            _ => Defect::MissingCSeq,
+        });
     }
     m
 }
@@ -680,8 +693,8 @@ fn scan_headers(buf: &[u8], m: &mut Message) {
                 }
                 m.from = h.value;
                 match addr_of(buf, h.value) {
-                    Some(u) => m.from_uri = u,
-                    None => m.flag(Defect::BadFrom),
+                    Some(u) if !u.is_empty() => m.from_uri = u,
+                    _ => m.flag(Defect::BadFrom),
                 }
                 m.from_tag = tag_of(buf, h.value);
             }
@@ -691,8 +704,8 @@ fn scan_headers(buf: &[u8], m: &mut Message) {
                 }
                 m.to = h.value;
                 match addr_of(buf, h.value) {
-                    Some(u) => m.to_uri = u,
-                    None => m.flag(Defect::BadTo),
+                    Some(u) if !u.is_empty() => m.to_uri = u,
+                    _ => m.flag(Defect::BadTo),
                 }
                 m.to_tag = tag_of(buf, h.value);
             }
