@@ -1108,3 +1108,23 @@ fn an_ack_too_large_to_forward_is_dropped_not_answered() {
     let (o, out) = run_with(invite("").as_bytes(), CLIENT, &tables(), 700);
     assert_answer(&o, &out, "SIP/2.0 513 Message Too Large", CLIENT);
 }
+
+/// A bare CR in one header and a bare LF in another balance the CR/LF counts;
+/// the per-line check still refuses the request.
+#[test]
+fn balanced_bare_cr_and_bare_lf_are_still_refused() {
+    let msg = wire(&format!(
+        "INVITE sip:bob@example.net SIP/2.0\nVia: SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKbal\nFrom: <sip:alice@example.net>;tag=1\nTo: <sip:bob@example.net>\nCall-ID: bal-1\nCSeq: 1 INVITE\nSubject: a\rb\nContent-Length: 0\n\n"
+    ));
+    // Turn one CRLF (after Subject) into a bare LF: CRs and LFs still balance.
+    let text = String::from_utf8(msg)
+        .unwrap()
+        .replace("a\rb\r\nContent-Length", "a\rb\nContent-Length");
+    let bytes = text.as_bytes();
+    assert_eq!(
+        bytes.iter().filter(|b| **b == b'\r').count(),
+        bytes.iter().filter(|b| **b == b'\n').count()
+    );
+    let m = cpm_edge::sip::scan::scan(bytes);
+    assert_eq!(m.defect, Some(cpm_edge::sip::scan::Defect::BareLineEnd));
+}
