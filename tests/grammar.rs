@@ -1113,9 +1113,9 @@ fn an_ack_too_large_to_forward_is_dropped_not_answered() {
 /// the per-line check still refuses the request.
 #[test]
 fn balanced_bare_cr_and_bare_lf_are_still_refused() {
-    let msg = wire(&format!(
-        "INVITE sip:bob@example.net SIP/2.0\nVia: SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKbal\nFrom: <sip:alice@example.net>;tag=1\nTo: <sip:bob@example.net>\nCall-ID: bal-1\nCSeq: 1 INVITE\nSubject: a\rb\nContent-Length: 0\n\n"
-    ));
+    let msg = wire(
+        "INVITE sip:bob@example.net SIP/2.0\nVia: SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKbal\nFrom: <sip:alice@example.net>;tag=1\nTo: <sip:bob@example.net>\nCall-ID: bal-1\nCSeq: 1 INVITE\nSubject: a\rb\nContent-Length: 0\n\n",
+    );
     // Turn one CRLF (after Subject) into a bare LF: CRs and LFs still balance.
     let text = String::from_utf8(msg)
         .unwrap()
