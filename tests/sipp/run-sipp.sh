@@ -16,7 +16,7 @@
 #   EDGE_BIN []   edge binary; empty: `cargo build --release --bin cpm-edge`
 #                 and use target/release/cpm-edge
 #   SIPP [sipp]   SIPp executable
-#   SCENARIOS [<repo>/../shared/sipp]  directory of uac-cpm.xml/uas-cpm.xml
+#   SCENARIOS [<repo>/tests/sipp]  directory of uac-cpm.xml/uas-cpm.xml (copies of ../shared/sipp)
 #   EDGE [127.0.0.1:5060]  UAS1 [7001]  UAS2 [7002]  UAC_PORT [5070]
 #   EDGE_WORKERS [2]
 #   EDGE_TARGET [EDGE]  where the UAC sends
@@ -33,7 +33,7 @@ cd "$ROOT"
 CALLS=${CALLS:-2000}
 RATE=${RATE:-400}
 SIPP=${SIPP:-sipp}
-SCENARIOS=${SCENARIOS:-$ROOT/../shared/sipp}
+SCENARIOS=${SCENARIOS:-$ROOT/tests/sipp}
 EDGE=${EDGE:-127.0.0.1:5060}
 UAS1=${UAS1:-7001}
 UAS2=${UAS2:-7002}
