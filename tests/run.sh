@@ -27,10 +27,10 @@ step "release build"
 cargo build --release -q --bins
 
 step "SIPp: uac-cpm -> cpm-edge -> uas-cpm"
-EDGE_BIN=target/release/cpm-edge tests/sipp/run-sipp.sh
+EDGE_BIN="${CARGO_TARGET_DIR:-target}/release/cpm-edge" tests/sipp/run-sipp.sh
 
 step "SIPp: audio+video+message offer, media policy strips video (seed 5.2.3.7)"
-CALLS=1000 RATE=300 EDGE_BIN=target/release/cpm-edge \
+CALLS=1000 RATE=300 EDGE_BIN="${CARGO_TARGET_DIR:-target}/release/cpm-edge" \
   UAC_XML=tests/sipp/uac-cpm-av.xml UAS_XML=tests/sipp/uas-cpm-av.xml \
   EDGE_ARGS="--config tests/sipp/policy-no-video.toml" tests/sipp/run-sipp.sh
 
