@@ -9,7 +9,7 @@
 use crate::config::cidr_contains;
 use crate::config::Valid;
 use crate::io::{self, DatagramHandler, IoBackend, IoConfig};
-use crate::policy::slow::{Job, SlowPath, SlowQueue};
+use crate::policy::slow::{Job, Progress, SlowPath, SlowQueue};
 use crate::route::limits::{socket_fill, Overload, SourceLimiter};
 use crate::route::{process_admitted, DropReason, Outcome, Tables};
 
@@ -36,6 +36,7 @@ pub struct EdgeHandler {
     tables: Cache<Arc<ArcSwap<Tables>>, Arc<Tables>>,
     stats: Arc<WorkerStats>,
     slow: Option<SlowQueue>,
+    progress: Arc<Progress>,
     /// Per-source token buckets (None: no limit configured).
     limiter: Option<SourceLimiter>,
     limit_reply: bool,
@@ -61,6 +62,7 @@ impl EdgeHandler {
         stats: Arc<WorkerStats>,
         worker: usize,
         slow: Option<SlowQueue>,
+        progress: Arc<Progress>,
         admission: &Admission,
     ) -> EdgeHandler {
         let now = Instant::now();
@@ -68,6 +70,7 @@ impl EdgeHandler {
             tables: Cache::new(tables),
             stats,
             slow,
+            progress,
             limiter: admission
                 .limits
                 .as_ref()
@@ -164,6 +167,7 @@ impl DatagramHandler for EdgeHandler {
                 data: data.to_vec(),
                 src,
                 worker: self.worker as u16,
+                batch: self.batches,
             };
             match self.slow.as_ref().map(|q| q.try_send(job)) {
                 Some(Ok(())) => {
@@ -223,6 +227,8 @@ impl DatagramHandler for EdgeHandler {
     }
 
     fn on_batch_end(&mut self) {
+        // This batch's sends are submitted: slow-path results from it may go.
+        self.progress.done(self.worker, self.batches);
         self.batches += 1;
         // Sampling the kernel queue costs a syscall: every 16th batch.
         if self.overload.enabled() && self.batches.is_multiple_of(16) {
@@ -301,12 +307,14 @@ impl Server {
             .map_err(|e| format!("cannot duplicate worker sockets for the slow path: {e}"))?;
         // The dups share the workers' non-blocking file status: a full send
         // buffer fails a slow-path send (counted) instead of blocking it.
+        let progress = Arc::new(Progress::new(v.workers));
         let slow = SlowPath::start(
             v.slow_threads,
             v.slow_queue,
             Arc::clone(&tables),
             dups,
             v.max_datagram,
+            Arc::clone(&progress),
         )?;
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let stop = Arc::new(AtomicBool::new(false));
@@ -328,6 +336,7 @@ impl Server {
             let tables = Arc::clone(&tables);
             let stop = Arc::clone(&stop);
             let slow_q = Some(slow.queue.clone());
+            let progress = Arc::clone(&progress);
             let admission = Admission {
                 limits: v.limits.clone(),
                 allow: v.allow.clone(),
@@ -342,7 +351,7 @@ impl Server {
                             tracing::warn!(worker = i, cpu = core.id, "could not pin worker");
                         }
                     }
-                    let mut h = EdgeHandler::new(tables, st, i, slow_q, &admission);
+                    let mut h = EdgeHandler::new(tables, st, i, slow_q, progress, &admission);
                     io::run(backend, &sock, cfg, &mut h, &stop)
                 })
                 .map_err(|e| format!("cannot spawn worker {i}: {e}"))?;

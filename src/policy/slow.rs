@@ -43,7 +43,40 @@ pub struct Job {
     pub src: SocketAddr,
     /// Index of the worker (and socket) that received it.
     pub worker: u16,
+    /// The worker's batch it arrived in: its result is sent only after the
+    /// worker submitted that batch's outputs, so it cannot overtake a message
+    /// received before it (a 180 forwarded by the worker, then the 200 with
+    /// SDP that went through the slow path).
+    pub batch: u64,
 }
+
+/// How far each worker has got: batches whose outputs are submitted.
+#[derive(Default)]
+pub struct Progress(Vec<AtomicU64>);
+
+impl Progress {
+    pub fn new(workers: usize) -> Progress {
+        Progress((0..workers).map(|_| AtomicU64::new(0)).collect())
+    }
+    /// Called by worker `w` after it submitted the sends of batch `n`.
+    pub fn done(&self, w: usize, n: u64) {
+        if let Some(c) = self.0.get(w) {
+            c.store(n + 1, std::sync::atomic::Ordering::Release);
+        }
+    }
+    /// Wait (bounded) until worker `w` has submitted batch `n`.
+    fn wait_for(&self, w: usize, n: u64) {
+        let Some(c) = self.0.get(w) else { return };
+        let deadline = Instant::now() + PROGRESS_WAIT;
+        while c.load(std::sync::atomic::Ordering::Acquire) <= n && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// Longest a result waits for its worker's batch (a worker blocked in a
+/// send must not stall the slow path).
+const PROGRESS_WAIT: Duration = Duration::from_millis(2);
 
 /// Slow-path counters (shared by its threads; never touched by the workers).
 #[derive(Default, Debug)]
@@ -140,6 +173,7 @@ pub struct SlowPath {
 }
 
 struct Ctx {
+    progress: Arc<Progress>,
     tables: Arc<ArcSwap<Tables>>,
     sockets: Vec<UdpSocket>,
     stats: Arc<SlowStats>,
@@ -155,12 +189,14 @@ impl SlowPath {
         tables: Arc<ArcSwap<Tables>>,
         sockets: Vec<UdpSocket>,
         max_out: usize,
+        progress: Arc<Progress>,
     ) -> Result<SlowPath, String> {
         assert!(threads >= 1 && queue >= 1, "validated slow path sizes");
         let (tx, rx) = crossbeam_channel::bounded(queue);
         let stats = Arc::new(SlowStats::default());
         let stop = Arc::new(AtomicBool::new(false));
         let ctx = Arc::new(Ctx {
+            progress,
             tables,
             sockets,
             stats: Arc::clone(&stats),
@@ -218,6 +254,7 @@ fn run(rx: &Receiver<Job>, ctx: &Ctx, stop: &AtomicBool) {
         let tables = ctx.tables.load();
         let outcome = handle(&job.data, job.src, &tables, ctx, &mut out);
         if let Some((len, dst)) = outcome.send() {
+            ctx.progress.wait_for(usize::from(job.worker), job.batch);
             let sock = ctx
                 .sockets
                 .get(usize::from(job.worker))
