@@ -577,6 +577,9 @@ fn sighup_reloads_the_config_and_refuses_a_bad_one() {
         .local_addr()
         .unwrap()
         .port();
+    // A port free now, kept for every rewrite of the file (the reload keeps
+    // the running listen address anyway).
+    let listen_port = free_port();
     let write = |n_groups: usize, extra: &str| {
         let mut g = String::from("# group file\n");
         for i in 0..n_groups {
@@ -588,7 +591,7 @@ fn sighup_reloads_the_config_and_refuses_a_bad_one() {
             format!(
                 "groups_file = \"{}\"\n[listen]\naddr = \"127.0.0.1:{}\"\n[admin]\nbind = \"127.0.0.1:{admin_port}\"\n[health]\nenabled = false\n[[shard]]\nname = \"cs1\"\naddr = \"127.0.0.1:7101\"\n[[shard]]\nname = \"cs2\"\naddr = \"127.0.0.1:7102\"\n{extra}",
                 groups.display(),
-                37000 + std::process::id() % 2000
+                listen_port
             ),
         )
         .unwrap();
