@@ -139,7 +139,7 @@ impl DatagramHandler for EdgeHandler {
                     && m.method()
                         .is_some_and(|x| x != crate::sip::scan::Method::Ack);
                 if answerable {
-                    let dst = crate::route::reply_target(data, &m, src);
+                    let dst = crate::route::reply_target(&m, src);
                     let o = crate::route::unavailable(
                         data,
                         &m,
@@ -178,7 +178,7 @@ impl DatagramHandler for EdgeHandler {
                 None => {}
             }
             outcome = if m.is_request() {
-                let dst = crate::route::reply_target(data, &m, src);
+                let dst = crate::route::reply_target(&m, src);
                 crate::route::unavailable(
                     data,
                     &m,

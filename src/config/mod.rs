@@ -736,33 +736,37 @@ pub fn check_policy(key: &str, p: &MediaPolicy) -> Result<(), String> {
     Ok(())
 }
 
-/// Canonical identity of a configured user URI (sip, sips or tel).
-pub fn user_key(id: &str) -> Result<Vec<u8>, String> {
-    use crate::sip::uri::{self, Scheme};
+/// A configured URI parsed and reduced to its canonical identity
+/// (`user@host`, host lowercased; the number for tel).
+fn uri_identity(id: &str) -> Result<(crate::sip::uri::Scheme, bool, Vec<u8>), String> {
+    use crate::sip::uri;
     use crate::sip::Span;
     let b = id.as_bytes();
     let u = uri::parse(b, Span::new(0, b.len())).ok_or_else(|| format!("'{id}' is not a URI"))?;
-    if u.scheme == Scheme::Other || u.user.is_empty() {
-        return Err(format!("'{id}' is not a sip:, sips: or tel: URI of a user"));
-    }
     let mut key = Vec::new();
     uri::identity_bytes(b, &u, |c| key.push(c));
-    Ok(key)
+    Ok((u.scheme, !u.user.is_empty(), key))
+}
+
+/// Canonical identity of a configured user URI (sip, sips or tel).
+pub fn user_key(id: &str) -> Result<Vec<u8>, String> {
+    match uri_identity(id)? {
+        (crate::sip::uri::Scheme::Other, _, _) | (_, false, _) => {
+            Err(format!("'{id}' is not a sip:, sips: or tel: URI of a user"))
+        }
+        (_, true, key) => Ok(key),
+    }
 }
 
 /// Canonical identity of a configured group URI.
 pub fn group_key(id: &str) -> Result<Vec<u8>, String> {
-    use crate::sip::uri::{self, Scheme};
-    use crate::sip::Span;
-    let b = id.as_bytes();
-    let u = uri::parse(b, Span::new(0, b.len())).ok_or_else(|| format!("'{id}' is not a URI"))?;
-    if !matches!(u.scheme, Scheme::Sip | Scheme::Sips) || u.user.is_empty() {
+    use crate::sip::uri::Scheme;
+    let (scheme, has_user, key) = uri_identity(id)?;
+    if !matches!(scheme, Scheme::Sip | Scheme::Sips) || !has_user {
         return Err(format!(
             "'{id}' is not a SIP URI with a user part (sip:group@domain)"
         ));
     }
-    let mut key = Vec::new();
-    uri::identity_bytes(b, &u, |c| key.push(c));
     if key.len() > crate::route::groups::MAX_IDENTITY {
         return Err(format!(
             "'{id}' is longer than {} bytes",

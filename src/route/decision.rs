@@ -199,7 +199,6 @@ fn decide_response(buf: &[u8], m: &Message, t: &Tables) -> Decision {
     }
     let next = m.second_via.as_ref().and_then(|v| {
         v.response_target(buf).or_else(|| {
-            let host = v.host.get(buf);
             let u = Uri {
                 scheme: Scheme::Sip,
                 whole: v.host,
@@ -208,7 +207,6 @@ fn decide_response(buf: &[u8], m: &Message, t: &Tables) -> Decision {
                 port: v.port,
                 params: Span::default(),
             };
-            let _ = host;
             t.resolve(buf, &u).map(|a| match v.rport {
                 Some(Some(p)) => {
                     SocketAddr::new(a.ip(), uri::parse_port(p.get(buf)).unwrap_or(a.port()))
@@ -232,7 +230,7 @@ fn decide_request(
     t: &Tables,
 ) -> Decision {
     let is_ack = method == Method::Ack;
-    let reply_dst = super::reply_target(buf, m, src);
+    let reply_dst = super::reply_target(m, src);
     let refuse = |code: u16, reason: &'static str| {
         if is_ack {
             Decision::Drop(DropReason::AckRefused)

@@ -100,7 +100,7 @@ pub fn process_admitted(
         && m.to_tag.is_none()
         && m.defect.is_none()
     {
-        let dst = reply_target(buf, &m, src);
+        let dst = reply_target(&m, src);
         let o = unavailable(buf, &m, UNAVAILABLE_OVERLOAD, 1, src, dst, out);
         return (o, m);
     }
@@ -192,7 +192,7 @@ pub fn write(
                     Outcome::Dropped(DropReason::TooLarge)
                 }
                 None => {
-                    let dst = reply_target(buf, &m, src);
+                    let dst = reply_target(&m, src);
                     answer(buf, &m, 513, "Message Too Large", &[], src, dst, out)
                 }
             }
@@ -253,8 +253,7 @@ fn retry_after_line(secs: u32, out: &mut [u8; 32]) -> usize {
 
 /// Where a stateless answer goes (RFC 3261 §18.2.2, RFC 3581): the source
 /// address; its port when the top Via asked for `rport`, else the sent-by port.
-pub fn reply_target(buf: &[u8], m: &Message, src: SocketAddr) -> SocketAddr {
-    let _ = buf;
+pub fn reply_target(m: &Message, src: SocketAddr) -> SocketAddr {
     match &m.top_via {
         Some(v) if v.rport.is_none() => SocketAddr::new(src.ip(), v.port.unwrap_or(5060)),
         _ => src,

@@ -71,7 +71,8 @@ pub fn hash_bytes(s: &[u8]) -> u64 {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-fn hex_into(v: u64, out: &mut [u8]) {
+/// `out.len()` lowercase hex digits of the low bits of `v`.
+pub(crate) fn hex_into(v: u64, out: &mut [u8]) {
     let n = out.len();
     for (i, o) in out.iter_mut().enumerate() {
         *o = HEX[((v >> (4 * (n - 1 - i))) & 0xf) as usize];

@@ -78,8 +78,5 @@ fn to_tag(buf: &[u8], m: &Message, out: &mut [u8; 16]) {
     h.bytes(m.call_id.get(buf));
     h.bytes(m.from_tag.map_or(&[][..], |t| t.get(buf)));
     h.bytes(&m.cseq_num.to_le_bytes());
-    let v = h.finish();
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = b"0123456789abcdef"[((v >> (60 - 4 * i)) & 0xf) as usize];
-    }
+    super::branch::hex_into(h.finish(), out);
 }

@@ -553,12 +553,7 @@ pub fn scan(buf: &[u8]) -> Message {
         body_start.min(buf.len()) + body_len,
     );
 
-    if let StartLine::Request {
-        method,
-        method_span,
-        ..
-    } = m.start
-    {
+    if let StartLine::Request { method_span, .. } = m.start {
         if m.via_count == 0 {
             m.flag(Defect::MissingVia);
         }
@@ -574,7 +569,6 @@ pub fn scan(buf: &[u8]) -> Message {
         if m.cseq_method.is_empty() {
             m.flag(Defect::MissingCSeq);
         } else if m.cseq_method.get(buf) != method_span.get(buf) {
-            let _ = method;
             m.flag(Defect::CSeqMethodMismatch);
         }
     } else if m.via_count == 0 {
