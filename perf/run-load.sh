@@ -21,6 +21,8 @@
 #   NO_EDGE [0]  1: generator straight at one responder (tests the tools;
 #                the CPU figure is then the responder's)
 #   LOGDIR [mktemp]  where logs go (kept after the run)
+#   PERF_RECORD []  if set, `perf record -e cpu-clock -g` of the measured
+#                process over exactly the measured interval, into this file
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -61,18 +63,19 @@ NAME=run-load
 # shellcheck source=perf/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-# utime+stime of process $1 and all its descendants in clock ticks (all
+# "utime stime" of process $1 and all its descendants in clock ticks (all
 # threads; Kamailio's UDP worker is a child process). The comm field may
 # contain spaces, so cut at the last ')' first: field 14 (utime) becomes $12.
 cpu_ticks() {
-    local s total=0 child
+    local s u st child cu cs
     s=$(cat "/proc/$1/stat" 2>/dev/null) || die "process $1 is gone"
     s=${s##*) }
-    total=$(awk '{ print $12 + $13 }' <<<"$s")
+    read -r u st < <(awk '{ print $12, $13 }' <<<"$s")
     for child in $(pgrep -P "$1" 2>/dev/null); do
-        total=$((total + $(cpu_ticks "$child")))
+        read -r cu cs < <(cpu_ticks "$child")
+        u=$((u + cu)) st=$((st + cs))
     done
-    echo "$total"
+    echo "$u $st"
 }
 
 now_s() { date +%s.%N; }
@@ -161,13 +164,26 @@ echo "run-load: $MODE loop against $TARGET ($MEASURED_NAME pid $MEASURED_PID), l
 GEN_PID=$!
 PIDS+=("$GEN_PID")
 
-T0='' T1='' W0='' W1='' RESULT=''
+T0='' T1='' W0='' W1='' RESULT='' PERF_PID=''
 exec 3<"$FIFO"
 while IFS= read -r line <&3; do
     echo "$line" >>"$LOGDIR/loadgen.out"
     case "$line" in
-    "MARK measure_start") T0=$(cpu_ticks "$MEASURED_PID") W0=$(now_s) ;;
-    "MARK measure_end") T1=$(cpu_ticks "$MEASURED_PID") W1=$(now_s) ;;
+    "MARK measure_start")
+        T0=$(cpu_ticks "$MEASURED_PID") W0=$(now_s)
+        if [[ -n "${PERF_RECORD:-}" ]]; then
+            perf record -q -e cpu-clock -g -p "$MEASURED_PID" -o "$PERF_RECORD" \
+                >"$LOGDIR/perf-record.log" 2>&1 &
+            PERF_PID=$!
+        fi
+        ;;
+    "MARK measure_end")
+        T1=$(cpu_ticks "$MEASURED_PID") W1=$(now_s)
+        if [[ -n "$PERF_PID" ]]; then
+            kill -INT "$PERF_PID" 2>/dev/null || true
+            wait "$PERF_PID" 2>/dev/null || true
+        fi
+        ;;
     RESULT*) RESULT=$line ;;
     esac
 done
@@ -185,11 +201,15 @@ field() { tr ' ' '\n' <<<"$RESULT" | sed -n "s/^$1=//p"; }
 OK=$(field ok)
 SENT=$(field sent)
 
-read -r CPU_S WALL_S CORES US_PAIR < <(awk -v t0="$T0" -v t1="$T1" -v hz="$CLK_TCK" \
-    -v w0="$W0" -v w1="$W1" -v ok="$OK" 'BEGIN {
-        cpu = (t1 - t0) / hz; wall = w1 - w0;
-        printf "%.3f %.3f %.3f %s\n", cpu, wall, (wall > 0 ? cpu / wall : 0),
-            (ok > 0 ? sprintf("%.3f", cpu * 1e6 / ok) : "nan") }')
+read -r U0 S0 <<<"$T0"
+read -r U1 S1 <<<"$T1"
+read -r CPU_S WALL_S CORES US_PAIR USER_US_PAIR SYS_US_PAIR < <(awk -v u0="$U0" -v s0="$S0" \
+    -v u1="$U1" -v s1="$S1" -v hz="$CLK_TCK" -v w0="$W0" -v w1="$W1" -v ok="$OK" 'BEGIN {
+        u = (u1 - u0) / hz; s = (s1 - s0) / hz; cpu = u + s; wall = w1 - w0;
+        printf "%.3f %.3f %.3f %s %s %s\n", cpu, wall, (wall > 0 ? cpu / wall : 0),
+            (ok > 0 ? sprintf("%.3f", cpu * 1e6 / ok) : "nan"),
+            (ok > 0 ? sprintf("%.3f", u * 1e6 / ok) : "nan"),
+            (ok > 0 ? sprintf("%.3f", s * 1e6 / ok) : "nan") }')
 
 # Stop the responder (and edge) now so their exit counters land in the logs.
 cleanup
@@ -209,8 +229,8 @@ cat <<EOF
 ok/s            $(field ok_per_s)
 loss            $(field lost) of $SENT sent ($(field loss_pct) %), non-2xx $(field non2xx)
 latency (us)    p50 $(field p50_us)  p90 $(field p90_us)  p99 $(field p99_us)  p99.9 $(field p999_us)
-$MEASURED_NAME CPU  ${CPU_S}s over ${WALL_S}s (${CORES} cores) = ${US_PAIR} us per request+response pair
+$MEASURED_NAME CPU  ${CPU_S}s over ${WALL_S}s (${CORES} cores) = ${US_PAIR} us per request+response pair (user ${USER_US_PAIR}, kernel ${SYS_US_PAIR})
 $RESULT
-LOAD ok_per_s=$(field ok_per_s) loss_pct=$(field loss_pct) p50_us=$(field p50_us) p90_us=$(field p90_us) p99_us=$(field p99_us) p999_us=$(field p999_us) cpu_us_per_pair=$US_PAIR cpu_cores=$CORES
+LOAD ok_per_s=$(field ok_per_s) loss_pct=$(field loss_pct) p50_us=$(field p50_us) p90_us=$(field p90_us) p99_us=$(field p99_us) p999_us=$(field p999_us) cpu_us_per_pair=$US_PAIR user_us_per_pair=$USER_US_PAIR sys_us_per_pair=$SYS_US_PAIR cpu_cores=$CORES
 EOF
 exit "$GEN_RC"

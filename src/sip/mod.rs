@@ -72,8 +72,25 @@ pub(crate) fn trim(buf: &[u8], span: Span) -> Span {
     span.sub(a, b.max(a))
 }
 
+/// RFC 3261 `token` characters, one table load per byte: header names,
+/// methods and Via protocols are checked byte by byte on every message.
+static TOKEN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
+        b += 1;
+    }
+    t
+};
+
 /// RFC 3261 `token` characters.
 #[inline]
 pub(crate) fn is_token(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b)
+    TOKEN[b as usize]
 }

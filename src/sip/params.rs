@@ -67,6 +67,9 @@ pub fn find_param(buf: &[u8], span: Span, name: &[u8]) -> Option<Param> {
     params(buf, span).find(|p| p.name.get(buf).eq_ignore_ascii_case(name))
 }
 
+/// Below this many bytes [`find_unquoted`] steps byte by byte.
+const SHORT: usize = 32;
+
 /// Index of the first `needle` in `buf[from..end]` outside quotes and `<>`.
 ///
 /// Jumps between the interesting bytes with `memchr3` instead of stepping
@@ -75,7 +78,16 @@ pub fn find_unquoted(buf: &[u8], from: usize, end: usize, needle: u8) -> Option<
     let end = end.min(buf.len());
     let mut i = from;
     while i < end {
-        let rel = memchr::memchr3(needle, b'"', b'<', &buf[i..end])?;
+        let rest = &buf[i..end];
+        // Most parameters are a few bytes long: a plain loop beats the
+        // set-up of a vector search there (callgrind: ~40 against ~110
+        // instructions on a 16-byte `;branch=` value).
+        let rel = if rest.len() <= SHORT {
+            rest.iter()
+                .position(|&b| b == needle || b == b'"' || b == b'<')?
+        } else {
+            memchr::memchr3(needle, b'"', b'<', rest)?
+        };
         let at = i + rel;
         let b = buf[at];
         if b == needle {

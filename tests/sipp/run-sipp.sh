@@ -25,6 +25,13 @@
 #   LOGDIR [mktemp]  logs and SIPp statistics (kept)
 #   UAC_XML, UAS_XML [SCENARIOS/uac-cpm.xml, uas-cpm.xml]  other scenarios
 #   EDGE_ARGS []  extra edge arguments (e.g. --config with a media policy)
+#   UACS [1]      number of SIPp UAC processes (ports UAC_PORT, UAC_PORT+1,
+#                 ...) sharing CALLS and RATE: one SIPp process saturates
+#                 its CPU long before the edge does
+#   EDGE_CPUS []  edge --cpus (e.g. 0 with EDGE_WORKERS=1)
+#   RTT [0]       1: every UAC logs each call's INVITE->200 and BYE->200
+#                 response times (-trace_rtt); their p50/p90/p99/p99.9/max
+#                 are printed (SIPP_RTT lines)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -50,6 +57,9 @@ mkdir -p "$LOGDIR"
 UAC_XML=${UAC_XML:-$SCENARIOS/uac-cpm.xml}
 UAS_XML=${UAS_XML:-$SCENARIOS/uas-cpm.xml}
 EDGE_ARGS=${EDGE_ARGS:-}
+UACS=${UACS:-1}
+EDGE_CPUS=${EDGE_CPUS:-}
+RTT=${RTT:-0}
 IP=127.0.0.1
 
 fail() { die "$@"; }
@@ -73,6 +83,8 @@ command -v "$SIPP" >/dev/null 2>&1 ||
     fail "'$SIPP' not found: install SIPp (Debian/Ubuntu: apt-get install -y sip-tester) or set SIPP"
 [[ -r "$UAC_XML" && -r "$UAS_XML" ]] || fail "SIPp scenarios not found in $SCENARIOS"
 [[ "$CALLS" =~ ^[1-9][0-9]*$ && "$RATE" =~ ^[1-9][0-9]*$ ]] || fail "CALLS and RATE must be positive integers"
+[[ "$UACS" =~ ^[1-9][0-9]?$ ]] || fail "UACS must be 1..99"
+((CALLS % UACS == 0 && RATE >= UACS)) || fail "CALLS must be a multiple of UACS and RATE >= UACS"
 
 if [[ "$NO_EDGE" != 1 ]]; then
     if [[ -z "${EDGE_BIN:-}" ]]; then
@@ -84,7 +96,8 @@ if [[ "$NO_EDGE" != 1 ]]; then
     [[ -x "$EDGE_BIN" ]] || fail "edge binary $EDGE_BIN not found or not executable"
 fi
 
-ports=("$UAS1" "$UAS2" "$UAC_PORT")
+ports=("$UAS1" "$UAS2")
+for ((u = 0; u < UACS; u++)); do ports+=($((UAC_PORT + u))); done
 [[ "$NO_EDGE" == 1 ]] || ports+=("${EDGE##*:}")
 for p in "${ports[@]}"; do
     ! udp_port_bound "$p" || fail "UDP port $p is already in use (a leftover edge or SIPp?)"
@@ -108,8 +121,10 @@ if [[ "$NO_EDGE" != 1 ]]; then
     # unexpected call to them, so shard health checks are off here; the admin
     # API is off so no TCP port is needed.
     # shellcheck disable=SC2086 # EDGE_ARGS is a word list on purpose
+    cpu_args=()
+    [[ -z "$EDGE_CPUS" ]] || cpu_args=(--cpus "$EDGE_CPUS")
     "$EDGE_BIN" --listen "$EDGE" --shard "$IP:$UAS1" --shard "$IP:$UAS2" \
-        --workers "$EDGE_WORKERS" --no-health --admin off $EDGE_ARGS \
+        --workers "$EDGE_WORKERS" "${cpu_args[@]}" --no-health --admin off $EDGE_ARGS \
         >"$LOGDIR/edge.out" 2>"$LOGDIR/edge.err" &
     EDGE_PID=$!
     PIDS+=("$EDGE_PID")
@@ -121,18 +136,32 @@ fi
 # (and -timeout_error makes hitting it a failure); -recv_timeout: a call
 # waiting 5 s for a message fails instead of lingering.
 GLOBAL_TIMEOUT=$((CALLS / RATE + 30))
-echo "run-sipp: $CALLS calls at $RATE/s via $EDGE_TARGET (UAS on $UAS1, $UAS2), logs in $LOGDIR" >&2
-"$SIPP" "$EDGE_TARGET" -sf "$UAC_XML" -i "$IP" -p "$UAC_PORT" -t u1 \
-    -m "$CALLS" -r "$RATE" -nostdin \
-    -timeout "${GLOBAL_TIMEOUT}s" -timeout_error -recv_timeout 5000 \
-    -trace_stat -stf "$LOGDIR/uac-stat.csv" -fd 1 \
-    -trace_screen -screen_file "$LOGDIR/uac-screen.log" \
-    -trace_err -error_file "$LOGDIR/uac-errors.log" \
-    </dev/null >"$LOGDIR/uac.out" 2>&1 &
-UAC_PID=$!
-PIDS+=("$UAC_PID")
+echo "run-sipp: $CALLS calls at $RATE/s via $EDGE_TARGET from $UACS UAC(s) (UAS on $UAS1, $UAS2), logs in $LOGDIR" >&2
+UAC_PIDS=()
+rtt_args=()
+for ((u = 0; u < UACS; u++)); do
+    # The first UAC keeps the historical file names.
+    sfx=$([[ $u == 0 ]] && echo "" || echo "-$u")
+    [[ "$RTT" != 1 ]] || rtt_args=(-trace_rtt -rtt_freq $((CALLS / UACS < 1000 ? CALLS / UACS : 1000)))
+    # Each UAC writes its rtt file in its own directory (SIPp names it
+    # after the scenario and its PID in the working directory).
+    mkdir -p "$LOGDIR/uac$u"
+    (cd "$LOGDIR/uac$u" && exec "$SIPP" "$EDGE_TARGET" -sf "$UAC_XML" -i "$IP" -p $((UAC_PORT + u)) -t u1 \
+        -m $((CALLS / UACS)) -r $((RATE / UACS)) -nostdin "${rtt_args[@]}" \
+        -timeout "${GLOBAL_TIMEOUT}s" -timeout_error -recv_timeout 5000 \
+        -trace_stat -stf "$LOGDIR/uac$sfx-stat.csv" -fd 1 \
+        -trace_screen -screen_file "$LOGDIR/uac$sfx-screen.log" \
+        -trace_err -error_file "$LOGDIR/uac$sfx-errors.log" \
+        </dev/null >"$LOGDIR/uac$sfx.out" 2>&1) &
+    UAC_PIDS+=("$!")
+    PIDS+=("$!")
+done
 UAC_RC=0
-wait "$UAC_PID" || UAC_RC=$?
+for pid in "${UAC_PIDS[@]}"; do
+    rc=0
+    wait "$pid" || rc=$?
+    ((rc == 0)) || UAC_RC=$rc
+done
 
 # Let the UAS statistics (dumped every second) catch up, then stop everything.
 sleep 1.2
@@ -143,14 +172,33 @@ fi
 cleanup
 
 # ---------------------------------------------------------------- verdict --
-[[ -s "$LOGDIR/uac-stat.csv" ]] || { tail -20 "$LOGDIR/uac.out" >&2; fail "no SIPp statistics (exit $UAC_RC)"; }
-OK=$(stat_col "$LOGDIR/uac-stat.csv" 'SuccessfulCall(C)') || OK=''
-FAILED=$(stat_col "$LOGDIR/uac-stat.csv" 'FailedCall(C)') || FAILED=''
-CREATED=$(stat_col "$LOGDIR/uac-stat.csv" 'OutgoingCall(C)') || CREATED=''
-RETRANS=$(stat_col "$LOGDIR/uac-stat.csv" 'Retransmissions(C)') || RETRANS=''
+# Counters summed over the UACs; response times and elapsed time are the
+# first UAC's (SIPp's cumulative means).
+OK=0 FAILED=0 CREATED=0 RETRANS=0
+for ((u = 0; u < UACS; u++)); do
+    sfx=$([[ $u == 0 ]] && echo "" || echo "-$u")
+    f=$LOGDIR/uac$sfx-stat.csv
+    [[ -s "$f" ]] || { tail -20 "$LOGDIR/uac$sfx.out" >&2; fail "no SIPp statistics from UAC $u (exit $UAC_RC)"; }
+    for pair in OK:SuccessfulCall FAILED:FailedCall CREATED:OutgoingCall RETRANS:Retransmissions; do
+        v=$(stat_col "$f" "${pair#*:}(C)") || fail "UAC $u statistics lack ${pair#*:}(C)"
+        var=${pair%%:*}
+        declare "$var=$((${!var} + v))"
+    done
+done
 RT_INVITE=$(stat_col "$LOGDIR/uac-stat.csv" 'ResponseTimeinvite(C)') || RT_INVITE=''
 RT_BYE=$(stat_col "$LOGDIR/uac-stat.csv" 'ResponseTimebye(C)') || RT_BYE=''
 ELAPSED=$(stat_col "$LOGDIR/uac-stat.csv" 'ElapsedTime(C)') || ELAPSED=''
+if [[ "$RTT" == 1 ]]; then
+    # SIPp's rtt files: "Date_ms;response_time_ms;rtd_no" lines, one per
+    # call and rtd (whole milliseconds), dumped every -rtt_freq calls.
+    for name in invite bye; do
+        cat "$LOGDIR"/uac*/*_rtt.csv | awk -F';' -v r="$name" '$3 == r { print $2 }' |
+            sort -n | awk -v name="$name" '{ v[NR] = $1 } END {
+                if (NR == 0) { print "SIPP_RTT " name " no samples"; exit }
+                printf "SIPP_RTT %s n=%d p50_ms=%s p90_ms=%s p99_ms=%s p999_ms=%s max_ms=%s\n", name, NR,
+                    v[int(NR * 0.5) + 1], v[int(NR * 0.9) + 1], v[int(NR * 0.99) + 1], v[int(NR * 0.999) + 1], v[NR] }'
+    done
+fi
 per_uas=''
 for port in "$UAS1" "$UAS2"; do
     n=$(stat_col "$LOGDIR/uas-$port-stat.csv" 'SuccessfulCall(C)' 2>/dev/null) || n='?'
