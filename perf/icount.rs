@@ -25,9 +25,10 @@ fn main() {
             "P-Asserted-Identity: <sip:alice@example.net>\r\n",
         ),
         "message" => message_cpim("carol@example.net", "bob"),
+        "response" => return response(n, &t, client),
         "none" => Vec::new(),
         other => {
-            eprintln!("unknown message '{other}' (invite|message|none)");
+            eprintln!("unknown message '{other}' (invite|message|response|none)");
             std::process::exit(2);
         }
     };
@@ -40,4 +41,42 @@ fn main() {
         }
     }
     println!("{which}: {n} messages, {total} bytes out");
+}
+
+/// The CS shard's `200 OK` to a forwarded INVITE (both Vias, To tag, SDP),
+/// relayed N times: the response half of a pair.
+fn response(n: usize, t: &cpm_edge::route::Tables, client: SocketAddr) {
+    let invite = invite_to_group(
+        "grp2",
+        "alice",
+        "P-Asserted-Identity: <sip:alice@example.net>\r\n",
+    );
+    let mut out = vec![0u8; 16384];
+    let (o, _) = process(&invite, false, client, t, &mut out);
+    let Some((len, shard)) = o.send() else {
+        eprintln!("the INVITE was not forwarded");
+        std::process::exit(1);
+    };
+    let req = String::from_utf8_lossy(&out[..len]).into_owned();
+    let sdp = "v=0\r\no=cs 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=message 9 TCP/MSRP *\r\na=accept-types:message/cpim\r\na=path:msrp://127.0.0.1:9/s;tcp\r\n";
+    let resp = format!(
+        "SIP/2.0 200 OK\r\n{}\r\n{}\r\n{};tag=cs\r\n{}\r\n{}\r\nContact: <sip:cs@127.0.0.1>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        header(&req, "Via").join("\r\n"),
+        header(&req, "From")[0],
+        header(&req, "To")[0],
+        header(&req, "Call-ID")[0],
+        header(&req, "CSeq")[0],
+        sdp.len()
+    )
+    .into_bytes();
+    let mut total = 0usize;
+    for _ in 0..n {
+        let (o, _) = process(black_box(&resp), false, shard, t, &mut out);
+        total += o.send().map_or(0, |(l, _)| l);
+    }
+    if total == 0 {
+        eprintln!("the 200 OK was not relayed");
+        std::process::exit(1);
+    }
+    println!("response: {n} messages, {total} bytes out");
 }

