@@ -41,7 +41,7 @@ struct Rx {
 }
 
 /// Send side: `n` output slots with their iovecs, names and headers.
-struct Tx {
+pub(super) struct Tx {
     bufs: Vec<u8>,
     names: Vec<libc::sockaddr_storage>,
     iovs: Vec<libc::iovec>,
@@ -154,7 +154,7 @@ impl Rx {
 }
 
 impl Tx {
-    fn new(n: usize, out_size: usize) -> Tx {
+    pub(super) fn new(n: usize, out_size: usize) -> Tx {
         let mut bufs = vec![0u8; n * out_size];
         let mut names = zeroed_names(n);
         let mut iovs = empty_iovs(n);
@@ -171,13 +171,13 @@ impl Tx {
     }
 
     /// The output buffer of slot `k`.
-    fn out(&mut self, k: usize) -> &mut [u8] {
+    pub(super) fn out(&mut self, k: usize) -> &mut [u8] {
         &mut self.bufs[k * self.out_size..(k + 1) * self.out_size]
     }
 
     /// Fill header `k` for a `len`-byte datagram to `dst` (its bytes are
     /// already in `out(k)`).
-    fn set(&mut self, k: usize, len: usize, dst: SocketAddr) {
+    pub(super) fn set(&mut self, k: usize, len: usize, dst: SocketAddr) {
         let (ss, sslen) = to_sockaddr(dst);
         self.names[k] = ss;
         self.iovs[k].iov_len = len.min(self.out_size);
@@ -189,7 +189,7 @@ impl Tx {
     /// Send slots `0..k`: one sendmmsg, repeated only for what is left after
     /// a partial send. A message the kernel refuses is reported and skipped
     /// (after one retry for EAGAIN, ENOBUFS and ECONNREFUSED).
-    fn send<H: DatagramHandler>(&mut self, fd: RawFd, k: usize, handler: &mut H) {
+    pub(super) fn send<H: DatagramHandler>(&mut self, fd: RawFd, k: usize, handler: &mut H) {
         let mut off = 0;
         // The message at `off` already failed once (EAGAIN, ENOBUFS,
         // ECONNREFUSED) and is being retried.
