@@ -5,7 +5,7 @@
 
 use super::params::params;
 use super::uri::parse_port;
-use super::{is_lws, Span};
+use super::{is_lws, trim, Span};
 use std::net::SocketAddr;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -97,18 +97,71 @@ pub fn parse(buf: &[u8], value: Span) -> Option<Via> {
         port,
         ..Via::default()
     };
-    for p in params(buf, value.sub(j, s.len())) {
-        let name = p.name.get(buf);
-        if name.eq_ignore_ascii_case(b"branch") {
-            via.branch = p.value;
-        } else if name.eq_ignore_ascii_case(b"received") {
-            via.received = p.value;
-        } else if name.eq_ignore_ascii_case(b"rport") {
-            via.rport = Some(p.value);
-            via.rport_end = p.name.end;
+    let rest = value.sub(j, s.len());
+    if memchr::memchr2(b'"', b'<', &s[j..]).is_none() {
+        // The usual case: no quoted string or URI among the parameters, so
+        // a `;` always splits and one plain pass does (callgrind, with the
+        // IPv4 fast path of `ip_of`: the shard's 200 OK 9,813 -> 9,215
+        // instructions, the INVITE 17,784 -> 17,419).
+        plain_params(buf, rest, |name, value| via.param(buf, name, value));
+    } else {
+        for p in params(buf, rest) {
+            via.param(buf, p.name, p.value);
         }
     }
     Some(via)
+}
+
+/// The parameters of `span` (which starts at a `;` or is empty) when it
+/// holds no `"` and no `<`: each `;`-separated piece, trimmed, split at its
+/// first `=`, both sides trimmed; empty pieces skipped. The same pieces
+/// [`params`] yields for such text.
+fn plain_params(buf: &[u8], span: Span, mut each: impl FnMut(Span, Option<Span>)) {
+    let end = (span.end as usize).min(buf.len());
+    let mut k = (span.start as usize).min(end);
+    while k < end {
+        debug_assert_eq!(buf[k], b';');
+        let st = k + 1;
+        let mut e = st;
+        let mut eq = None;
+        while e < end {
+            match buf[e] {
+                b';' => break,
+                b'=' if eq.is_none() => eq = Some(e),
+                _ => {}
+            }
+            e += 1;
+        }
+        match eq {
+            Some(q) => each(
+                trim(buf, Span::new(st, q)),
+                Some(trim(buf, Span::new(q + 1, e))),
+            ),
+            None => {
+                let name = trim(buf, Span::new(st, e));
+                if !name.is_empty() {
+                    each(name, None);
+                }
+            }
+        }
+        k = e;
+    }
+}
+
+impl Via {
+    /// Note one parameter if it is one a stateless proxy needs.
+    #[inline]
+    fn param(&mut self, buf: &[u8], name: Span, value: Option<Span>) {
+        let n = name.get(buf);
+        if n.eq_ignore_ascii_case(b"branch") {
+            self.branch = value;
+        } else if n.eq_ignore_ascii_case(b"received") {
+            self.received = value;
+        } else if n.eq_ignore_ascii_case(b"rport") {
+            self.rport = Some(value);
+            self.rport_end = name.end;
+        }
+    }
 }
 
 impl Via {
@@ -163,6 +216,25 @@ mod tests {
             v.response_target(s),
             Some("[2001:db8::9]:4000".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn plain_parameter_pass_agrees_with_the_general_iterator() {
+        for s in [
+            &b";branch=z9hG4bK1;rport;received=10.0.0.1"[..],
+            b"; branch = z9 ;rport= 5060 ; ;x;=v;rport",
+            b";;;",
+            b";a=b=c;branch=",
+            b";\tbranch\t=\tz\t",
+            b"",
+        ] {
+            let mut plain = Vec::new();
+            plain_params(s, Span::new(0, s.len()), |n, v| plain.push((n, v)));
+            let general: Vec<_> = params(s, Span::new(0, s.len()))
+                .map(|p| (p.name, p.value))
+                .collect();
+            assert_eq!(plain, general, "{}", String::from_utf8_lossy(s));
+        }
     }
 
     #[test]
