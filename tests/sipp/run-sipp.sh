@@ -29,6 +29,7 @@
 #                 ...) sharing CALLS and RATE: one SIPp process saturates
 #                 its CPU long before the edge does
 #   EDGE_CPUS []  edge --cpus (e.g. 0 with EDGE_WORKERS=1)
+#   SIPP_BUF [4194304]  SIPp -buff_size (socket send/receive buffers)
 #   RTT [0]       1: every UAC logs each call's INVITE->200 and BYE->200
 #                 response times (-trace_rtt); their p50/p90/p99/p99.9/max
 #                 are printed (SIPP_RTT lines)
@@ -58,6 +59,11 @@ UAC_XML=${UAC_XML:-$SCENARIOS/uac-cpm.xml}
 UAS_XML=${UAS_XML:-$SCENARIOS/uas-cpm.xml}
 EDGE_ARGS=${EDGE_ARGS:-}
 UACS=${UACS:-1}
+# SIPp's own default socket buffer is 64 KiB: at thousands of calls per
+# second a busy SIPp overflows it (seen at the start of a 1M-call run:
+# responses the edge had relayed never reached the UAC, INVITEs were
+# retransmitted and dialogs desynchronised). 4 MiB per socket.
+SIPP_BUF=${SIPP_BUF:-4194304}
 EDGE_CPUS=${EDGE_CPUS:-}
 RTT=${RTT:-0}
 IP=127.0.0.1
@@ -108,7 +114,7 @@ done
 # improvising; -nostdin because there is no terminal; statistics every
 # second so the final counts are on disk before we stop them.
 for port in "$UAS1" "$UAS2"; do
-    "$SIPP" -sf "$UAS_XML" -i "$IP" -p "$port" -t u1 -nd -nostdin \
+    "$SIPP" -sf "$UAS_XML" -i "$IP" -p "$port" -t u1 -nd -nostdin -buff_size "$SIPP_BUF" \
         -trace_err -error_file "$LOGDIR/uas-$port-errors.log" \
         -trace_stat -stf "$LOGDIR/uas-$port-stat.csv" -fd 1 \
         </dev/null >"$LOGDIR/uas-$port.out" 2>&1 &
@@ -147,7 +153,7 @@ for ((u = 0; u < UACS; u++)); do
     # after the scenario and its PID in the working directory).
     mkdir -p "$LOGDIR/uac$u"
     (cd "$LOGDIR/uac$u" && exec "$SIPP" "$EDGE_TARGET" -sf "$UAC_XML" -i "$IP" -p $((UAC_PORT + u)) -t u1 \
-        -m $((CALLS / UACS)) -r $((RATE / UACS)) -nostdin "${rtt_args[@]}" \
+        -m $((CALLS / UACS)) -r $((RATE / UACS)) -nostdin -buff_size "$SIPP_BUF" "${rtt_args[@]}" \
         -timeout "${GLOBAL_TIMEOUT}s" -timeout_error -recv_timeout 5000 \
         -trace_stat -stf "$LOGDIR/uac$sfx-stat.csv" -fd 1 \
         -trace_screen -screen_file "$LOGDIR/uac$sfx-screen.log" \
