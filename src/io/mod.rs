@@ -24,7 +24,8 @@ pub mod uring;
 /// Which kernel interface moves the datagrams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IoBackend {
-    /// io_uring: multishot recvmsg on a provided-buffer ring, batched sendmsg.
+    /// io_uring: multishot recvmsg on a provided-buffer ring; each batch's
+    /// outputs leave with one sendmmsg.
     Uring,
     /// recvmmsg/sendmmsg: the fallback where io_uring is missing or blocked.
     Mmsg,
