@@ -1128,3 +1128,50 @@ fn balanced_bare_cr_and_bare_lf_are_still_refused() {
     let m = cpm_edge::sip::scan::scan(bytes);
     assert_eq!(m.defect, Some(cpm_edge::sip::scan::Defect::BareLineEnd));
 }
+
+#[test]
+fn responses_are_relayed_on_their_vias_whatever_their_from_and_to_say() {
+    // RFC 3261 §16.7: a proxy routes a response on its Via; From/To contents
+    // are the endpoints' business, so an odd From/To URI still goes through
+    // unchanged, while a missing From/To is still dropped as malformed.
+    let (_, fwd) = run(invite("").as_bytes());
+    let ok = response(&fwd, |o, c| format!("Via: {o}\r\nVia: {c}"));
+    for odd in [
+        ok.replace(
+            "From: <sip:alice@example.net>",
+            "From: \"unterminated <sip:a@b",
+        ),
+        ok.replace("To: <sip:grp2@groups.example.net>", "To: ;tag=only"),
+    ] {
+        let (o, out) = run_from(odd.as_bytes(), "127.0.0.1:7004");
+        assert_eq!(
+            o,
+            Outcome::Relayed {
+                len: out.len(),
+                dst: sa(CLIENT),
+                code: 200
+            },
+            "{odd}"
+        );
+        assert!(out.contains(header(&odd, "From")[0]) && out.contains(header(&odd, "To")[0]));
+    }
+    for missing in [
+        ok.replace("From: <sip:alice@example.net>;tag=a73kszlfl\r\n", ""),
+        ok.replace("To: <sip:grp2@groups.example.net>;tag=cs\r\n", ""),
+    ] {
+        assert_eq!(
+            dropped(&run_from(missing.as_bytes(), "127.0.0.1:7004").0),
+            DropReason::MalformedResponse,
+            "{missing}"
+        );
+    }
+    // A client Via whose parameters hold a quoted string takes the general
+    // parameter path: `received` and `rport` are still read.
+    let quoted = response(&fwd, |o, _| {
+        format!("Via: {o}\r\nVia: SIP/2.0/UDP 192.0.2.77:5099;x=\"a;b\";rport=6000;received=198.51.100.9;branch=z9hG4bKq")
+    });
+    match run_from(quoted.as_bytes(), "127.0.0.1:7004").0 {
+        Outcome::Relayed { dst, .. } => assert_eq!(dst, sa("198.51.100.9:6000")),
+        other => panic!("{other:?}"),
+    }
+}
