@@ -40,6 +40,6 @@ for rcvbuf in 212992 8388608; do
     line=$(BUILD=0 MODE=open RATE="$RATE" DURATION="$BURST_S" WARMUP=1 IO=mmsg \
         EDGE_ARGS="--config $CFG" perf/run-load.sh 2>/dev/null | grep -E '^(RESULT|LOAD) ' | tr '\n' ' ' || true)
     e1=$(rcvbuf_errors) d1=$(softnet_drops)
-    f() { tr ' ' '\n' <<<"$line" | sed -n "s/^$1=//p"; }
+    f() { tr ' ' '\n' <<<"$line" | sed -n "s/^$1=//p" | head -1; }
     echo "| $rcvbuf | $(f sent) | $(f ok) | $(f non2xx) | $(f lost) ($(f loss_pct) %) | $((e1 - e0)) | $((d1 - d0)) |"
 done
