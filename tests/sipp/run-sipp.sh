@@ -88,6 +88,9 @@ stat_col() {
 command -v "$SIPP" >/dev/null 2>&1 ||
     fail "'$SIPP' not found: install SIPp (Debian/Ubuntu: apt-get install -y sip-tester) or set SIPP"
 [[ -r "$UAC_XML" && -r "$UAS_XML" ]] || fail "SIPp scenarios not found in $SCENARIOS"
+# Each UAC runs in its own directory (its rtt file lands there): absolute paths.
+UAC_XML=$(realpath "$UAC_XML")
+UAS_XML=$(realpath "$UAS_XML")
 [[ "$CALLS" =~ ^[1-9][0-9]*$ && "$RATE" =~ ^[1-9][0-9]*$ ]] || fail "CALLS and RATE must be positive integers"
 [[ "$UACS" =~ ^[1-9][0-9]?$ ]] || fail "UACS must be 1..99"
 ((CALLS % UACS == 0 && RATE >= UACS)) || fail "CALLS must be a multiple of UACS and RATE >= UACS"
