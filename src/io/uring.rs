@@ -286,7 +286,6 @@ pub fn run<H: DatagramHandler>(
         batch,
         bufs: &mut bufs,
         tx: &mut tx,
-        tx_n: 0,
         hdr: &hdr,
         recv_armed: false,
         pending: VecDeque::with_capacity(cfg.buf_count + 4),
@@ -309,9 +308,8 @@ struct Loop<'a> {
     fd: RawFd,
     batch: usize,
     bufs: &'a mut BufRing,
-    /// This batch's outputs; `tx_n` of them are filled.
+    /// The current batch's outputs.
     tx: &'a mut Tx,
-    tx_n: usize,
     hdr: &'a libc::msghdr,
     /// A multishot recv is (or will be, once submitted) in the kernel.
     recv_armed: bool,
@@ -360,6 +358,8 @@ impl Loop<'_> {
             // 2. One batch: up to `batch` datagrams.
             let mut started = false;
             let mut n = 0;
+            // Outputs filled in `tx` for this batch.
+            let mut k = 0;
             while n < self.batch {
                 let Some((res, flags)) = self.pending.pop_front() else {
                     break;
@@ -376,7 +376,7 @@ impl Loop<'_> {
                         started = true;
                     }
                     n += 1;
-                    self.dispatch(bid, handler);
+                    k += usize::from(self.dispatch(bid, k, handler));
                 } else {
                     handler.on_recv_error(libc::EINVAL);
                 }
@@ -402,9 +402,8 @@ impl Loop<'_> {
 
             // 4. The batch's outputs: one sendmmsg.
             if started {
-                if self.tx_n > 0 {
-                    self.tx.send(self.fd, self.tx_n, handler);
-                    self.tx_n = 0;
+                if k > 0 {
+                    self.tx.send(self.fd, k, handler);
                 }
                 handler.on_batch_end();
             }
@@ -425,12 +424,15 @@ impl Loop<'_> {
         Ok(())
     }
 
-    /// Hand one received buffer to the handler; its output (if any) joins
-    /// the batch's sendmmsg.
-    fn dispatch<H: DatagramHandler>(&mut self, bid: u16, handler: &mut H) {
+    /// Hand one received buffer to the handler; its output (if any) goes in
+    /// output slot `k` of the batch's sendmmsg. True when it produced one.
+    fn dispatch<H: DatagramHandler>(&mut self, bid: u16, k: usize, handler: &mut H) -> bool {
         let msg = match RecvMsgOut::parse(self.bufs.buf(bid), self.hdr) {
             Ok(m) => m,
-            Err(()) => return handler.on_recv_error(libc::EINVAL),
+            Err(()) => {
+                handler.on_recv_error(libc::EINVAL);
+                return false;
+            }
         };
         let mut ss = zeroed_storage();
         let name = msg.name_data();
@@ -446,21 +448,21 @@ impl Loop<'_> {
             )
         };
         let Some(src) = from_sockaddr(&ss, msg.incoming_name_len() as libc::socklen_t) else {
-            return handler.on_recv_error(libc::EAFNOSUPPORT);
+            handler.on_recv_error(libc::EAFNOSUPPORT);
+            return false;
         };
-        debug_assert!(
-            self.tx_n < self.batch,
-            "one output slot per datagram of a batch"
-        );
-        let k = self.tx_n;
-        if let Some((len, dst)) = handler.on_datagram(
+        debug_assert!(k < self.batch, "one output slot per datagram of a batch");
+        match handler.on_datagram(
             msg.payload_data(),
             msg.is_payload_truncated(),
             src,
             self.tx.out(k),
         ) {
-            self.tx.set(k, len, dst);
-            self.tx_n += 1;
+            Some((len, dst)) => {
+                self.tx.set(k, len, dst);
+                true
+            }
+            None => false,
         }
     }
 }
