@@ -38,7 +38,7 @@ EDGE_PID=$!
 PIDS+=("$EDGE_PID")
 wait_ready "$EDGE_PID" 5060 "cpm-edge under valgrind"
 
-# An idle edge's instructions, to subtract: the same wall time with no load.
+# Open loop at RATE so the slowed-down (valgrind) edge keeps up.
 secs=$(( (PAIRS + RATE - 1) / RATE ))
 "$TARGET_DIR/release/cpm-loadgen" --target 127.0.0.1:5060 --mode open --rate "$RATE" \
     --duration "$secs" --warmup 0 --timeout-ms 5000 >"$LOGDIR/loadgen.out" 2>"$LOGDIR/loadgen.err" ||
@@ -49,7 +49,6 @@ wait "$EDGE_PID" 2>/dev/null || true
 ok=$(tr ' ' '\n' <"$LOGDIR/loadgen.out" | sed -n 's/^ok=//p')
 total=$(sed -n 's/.*Collected : \([0-9]*\).*/\1/p' "$LOGDIR/edge.err")
 [[ -n "$ok" && "$ok" -gt 0 && -n "$total" ]] || die "no result; see $LOGDIR"
-grep -q "relayed: *[0-9]" "$LOGDIR/edge.out" || true
 echo "icount-live ($IO): $total instructions, $ok pairs answered 200 by the responders"
 echo "icount-live ($IO): $((total / ok)) instructions per pair (whole process, start-up included)"
 callgrind_annotate --inclusive=yes "$LOGDIR/callgrind.out" 2>/dev/null |

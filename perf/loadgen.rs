@@ -1096,6 +1096,20 @@ fn run(args: &Args) -> Result<ExitCode, String> {
 mod tests {
     use super::*;
 
+    /// Asserts the message's Content-Length equals its body's length; its
+    /// header block.
+    fn content_length_fits(text: &str) -> &str {
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let cl: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(cl, body.len());
+        head
+    }
+
     #[test]
     fn template_is_consistent() {
         let t = Template::build(
@@ -1107,14 +1121,7 @@ mod tests {
         let mut m = t.bytes.clone();
         t.patch(&mut m, 123, 45, 6);
         let s = String::from_utf8(m).unwrap();
-        let (head, body) = s.split_once("\r\n\r\n").unwrap();
-        let cl: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("Content-Length: "))
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert_eq!(cl, body.len());
+        let head = content_length_fits(&s);
         assert!(head.starts_with("INVITE sip:grp006@groups.example.net SIP/2.0\r\n"));
         assert!(head.contains("From: <sip:user00045@example.net>;tag="));
         assert!(head.contains("\r\nCall-ID: 0000000123-abcdef01@loadgen\r\n"));
@@ -1161,14 +1168,7 @@ mod tests {
                 }
                 BadKind::Oversized => {
                     assert_eq!(buf.len(), OVERSIZED_BYTES);
-                    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-                    let cl: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("Content-Length: "))
-                        .unwrap()
-                        .parse()
-                        .unwrap();
-                    assert_eq!(cl, body.len());
+                    content_length_fits(&text);
                 }
             }
             // Whatever the edge answers echoes Call-ID or the Via branch.

@@ -11,7 +11,6 @@ mod common;
 use common::*;
 use cpm_edge::app::App;
 use cpm_edge::config::Config;
-use cpm_edge::io::uring;
 use cpm_edge::route::{process, Outcome};
 use cpm_edge::stats::Snapshot;
 use std::collections::HashSet;
@@ -23,16 +22,6 @@ use std::time::{Duration, Instant};
 const BOUND: Duration = Duration::from_secs(10);
 /// How long "nothing more arrives" is watched.
 const QUIET: Duration = Duration::from_millis(300);
-
-fn backends() -> Vec<&'static str> {
-    match uring::probe() {
-        Ok(()) => vec!["mmsg", "uring"],
-        Err(e) => {
-            eprintln!("io_uring unusable here ({e}); testing the mmsg backend only");
-            vec!["mmsg"]
-        }
-    }
-}
 
 /// The edge: one worker on `io`, no admin API, no health checks, the given
 /// shards (`cs1`, `cs2`, ...), `workers_extra` lines under `[workers]`.

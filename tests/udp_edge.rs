@@ -5,7 +5,7 @@
 mod common;
 use common::*;
 use cpm_edge::config::Config;
-use cpm_edge::io::{uring, IoChoice};
+use cpm_edge::io::IoChoice;
 use cpm_edge::worker::Server;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
@@ -14,16 +14,6 @@ struct Rig {
     server: Server,
     edge: SocketAddr,
     shards: Vec<UdpSocket>,
-}
-
-fn backends() -> Vec<&'static str> {
-    match uring::probe() {
-        Ok(()) => vec!["mmsg", "uring"],
-        Err(e) => {
-            eprintln!("io_uring unusable here ({e}); testing the mmsg backend only");
-            vec!["mmsg"]
-        }
-    }
 }
 
 fn rig(io: &str, routing: &str) -> Rig {

@@ -250,3 +250,15 @@ pub fn big_rcvbuf(s: &UdpSocket) {
         }
     }
 }
+
+/// The `--io` names of the backends usable here: mmsg always, io_uring when
+/// its probe passes (else said once on stderr).
+pub fn backends() -> Vec<&'static str> {
+    match cpm_edge::io::uring::probe() {
+        Ok(()) => vec!["mmsg", "uring"],
+        Err(e) => {
+            eprintln!("io_uring unusable here ({e}); testing the mmsg backend only");
+            vec!["mmsg"]
+        }
+    }
+}
