@@ -13,6 +13,7 @@
 //!
 //! Invariants: at most [`MAX_SHARDS`] slots; at least one shard at start.
 
+use super::groups::StableBuild;
 use super::legs::Leg;
 use crate::sip::branch::{fmix64, hash_bytes};
 use std::collections::HashMap;
@@ -72,7 +73,9 @@ impl Shard {
 #[derive(Debug, Clone)]
 pub struct ShardSet {
     shards: Vec<Shard>,
-    by_addr: HashMap<SocketAddr, u16>,
+    /// Looked up for every datagram (is the sender a shard?): the stable
+    /// hash, not SipHash; the keys are the operator's shard addresses.
+    by_addr: HashMap<SocketAddr, u16, StableBuild>,
     edge_hostport: String,
 }
 
@@ -112,7 +115,7 @@ impl ShardSet {
         assert!(list.len() <= MAX_SHARDS, "too many shards");
         let mut set = ShardSet {
             shards: list.iter().map(|s| make_shard(s, edge_hostport)).collect(),
-            by_addr: HashMap::new(),
+            by_addr: HashMap::default(),
             edge_hostport: edge_hostport.to_string(),
         };
         for (i, spec) in list.iter().enumerate() {

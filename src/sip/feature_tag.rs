@@ -4,12 +4,11 @@
 //! `:` is usually escaped as `%3A`) or as a P-Preferred-Service /
 //! P-Asserted-Service value (RFC 6050, plain form).
 //!
-//! The scan searches each of those header values once with a precompiled
-//! `memmem` finder for the invariant middle of the URN, then checks the
-//! prefix (`urn:urn-7:` in plain or escaped form) and the service name.
-
-use memchr::memmem::Finder;
-use std::sync::OnceLock;
+//! Each of those header values is read structurally: the `+g.3gpp.icsi-ref`
+//! parameter by its `;`, then each element of its (quoted, comma-separated)
+//! list must start with the ICSI prefix (`urn:urn-7:` plain or `%3A`
+//! escaped), the invariant middle and a known service name. Nothing is
+//! searched for, so a header costs about what its length costs to skim.
 
 /// One bit per CPM service of the ICSI.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -38,60 +37,33 @@ const SERVICES: [(&[u8], u8); 6] = [
     (b"systemmsg", CpmServices::SYSTEMMSG),
 ];
 
-fn finder() -> &'static Finder<'static> {
-    static F: OnceLock<Finder<'static>> = OnceLock::new();
-    F.get_or_init(|| Finder::new(MIDDLE))
-}
+const TAG: &[u8] = b"+g.3gpp.icsi-ref";
 
-/// Does `prefix_end` follow a `urn:urn-7:` (any case, `:` plain or `%3A`)?
-fn has_urn_prefix(v: &[u8], at: usize) -> bool {
-    let before = &v[..at];
-    let ends_ci = |suffix: &[u8]| {
-        before.len() >= suffix.len()
-            && before[before.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-    };
-    ends_ci(b"urn:urn-7:") || ends_ci(b"urn%3Aurn-7%3A")
-}
-
-/// Is the URN at `at` inside a `+g.3gpp.icsi-ref` parameter value? (A URN
-/// elsewhere in a Contact, e.g. in a display name or another parameter, is
-/// not a feature tag.) URNs hold no `;`, so the parameter starts after the
-/// last `;` before the match.
-fn in_icsi_ref(v: &[u8], at: usize) -> bool {
-    let start = memchr::memrchr(b';', &v[..at]).map_or(0, |p| p + 1);
-    let seg = &v[start..at];
-    let seg = &seg[seg
-        .iter()
-        .position(|b| !crate::sip::is_lws(*b))
-        .unwrap_or(seg.len())..];
-    const TAG: &[u8] = b"+g.3gpp.icsi-ref";
-    seg.len() > TAG.len() && seg[..TAG.len()].eq_ignore_ascii_case(TAG) && {
-        let rest = &seg[TAG.len()..];
-        let rest = &rest[rest
-            .iter()
-            .position(|b| !crate::sip::is_lws(*b))
-            .unwrap_or(rest.len())..];
-        rest.first() == Some(&b'=')
+fn skip_lws(v: &[u8], mut i: usize) -> usize {
+    while i < v.len() && crate::sip::is_lws(v[i]) {
+        i += 1;
     }
+    i
 }
 
-/// Candidate positions of a CPM ICSI in a whole header block: one SIMD
-/// search per message; [`service_at`] then checks each hit in its header.
-pub fn candidates(block: &[u8]) -> memchr::memmem::FindIter<'_, 'static> {
-    finder().find_iter(block)
+fn starts_with_ci(v: &[u8], prefix: &[u8]) -> bool {
+    v.len() >= prefix.len() && v[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
 
-/// The service bit of the ICSI whose invariant middle starts at `at` in the
-/// header value `v`, or 0 when it is not a CPM ICSI in this position. With
-/// `feature_tag`, only ICSIs inside a `+g.3gpp.icsi-ref` parameter count
-/// (Contact, Accept-Contact); without, the value itself is the service
-/// (P-Preferred-Service, P-Asserted-Service).
-pub fn service_at(v: &[u8], at: usize, feature_tag: bool) -> u8 {
-    if at + MIDDLE.len() > v.len() || !has_urn_prefix(v, at) || (feature_tag && !in_icsi_ref(v, at))
-    {
+/// The service bit of one list element that starts at `v[0]`: a CPM ICSI
+/// (`urn:urn-7:` or `urn%3Aurn-7%3A`, any case, then the invariant middle
+/// and a known service name), else 0.
+fn service_of(v: &[u8]) -> u8 {
+    let rest = if starts_with_ci(v, b"urn:urn-7:") {
+        &v[10..]
+    } else if starts_with_ci(v, b"urn%3Aurn-7%3A") {
+        &v[14..]
+    } else {
         return 0;
-    }
-    let rest = &v[at + MIDDLE.len()..];
+    };
+    let Some(rest) = rest.strip_prefix(MIDDLE) else {
+        return 0;
+    };
     let name_len = rest
         .iter()
         .position(|b| !(b.is_ascii_alphanumeric() || *b == b'-'))
@@ -103,14 +75,59 @@ pub fn service_at(v: &[u8], at: usize, feature_tag: bool) -> u8 {
         .map_or(0, |(_, bit)| *bit)
 }
 
-/// CPM services named in one header value (any number of ICSIs, e.g. a
-/// comma-separated `+g.3gpp.icsi-ref` list); see [`service_at`].
+/// Service bits of a comma-separated list of service identifiers starting
+/// at `v[0]`: a quoted feature-tag value (`"a,b"`, ends at the closing
+/// quote) or a bare list (ends at `;` for a parameter, else at the end).
+fn service_list(v: &[u8], in_param: bool) -> u8 {
+    let quoted = v.first() == Some(&b'"');
+    let body = &v[usize::from(quoted)..];
+    let stop = if quoted {
+        memchr::memchr(b'"', body)
+    } else if in_param {
+        memchr::memchr(b';', body)
+    } else {
+        None
+    };
+    let body = &body[..stop.unwrap_or(body.len())];
+    let mut bits = 0;
+    let mut at = 0;
+    loop {
+        at = skip_lws(body, at);
+        bits |= service_of(&body[at..]);
+        match memchr::memchr(b',', &body[at..]) {
+            Some(c) => at += c + 1,
+            None => return bits,
+        }
+    }
+}
+
+/// CPM services named in one header value. With `feature_tag` (Contact,
+/// Accept-Contact, RFC 3840/3841) only ICSIs in the value of a
+/// `+g.3gpp.icsi-ref` parameter count, so a URN in a display name or in
+/// another parameter is not a feature tag; without it (P-Preferred-Service,
+/// P-Asserted-Service, RFC 6050) the value is itself a list of services.
+/// Structural, with no search for the URN: the parameter is found by its
+/// `;`, the ICSI must start each list element.
 pub fn cpm_services(v: &[u8], feature_tag: bool) -> CpmServices {
-    CpmServices(
-        finder()
-            .find_iter(v)
-            .fold(0, |acc, at| acc | service_at(v, at, feature_tag)),
-    )
+    if !feature_tag {
+        return CpmServices(service_list(v, false));
+    }
+    let mut bits = 0;
+    // A value that is only parameters (an Accept-Contact written without
+    // its `*`) has the tag at its start.
+    let starts = std::iter::once(0).chain(memchr::memchr_iter(b';', v).map(|s| s + 1));
+    for start in starts {
+        let p = skip_lws(v, start);
+        if !starts_with_ci(&v[p..], TAG) {
+            continue;
+        }
+        let eq = skip_lws(v, p + TAG.len());
+        if v.get(eq) != Some(&b'=') {
+            continue;
+        }
+        bits |= service_list(&v[skip_lws(v, eq + 1)..], true);
+    }
+    CpmServices(bits)
 }
 
 #[cfg(test)]
