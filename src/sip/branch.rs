@@ -126,10 +126,10 @@ fn prefix_finder() -> &'static memchr::memmem::Finder<'static> {
     F.get_or_init(|| memchr::memmem::Finder::new(BRANCH_PREFIX))
 }
 
-/// Does any of our branches in the headers carry this loop hash?
-/// Cheap in the common case: one SIMD search that finds nothing.
+/// Does any of our branches in the Vias carry this loop hash? Cheap in
+/// the common case: one SIMD search of the Via lines that finds nothing.
 pub fn is_loop(buf: &[u8], m: &Message, loop_h: u32) -> bool {
-    let hdrs = m.headers.get(buf);
+    let hdrs = m.via_lines.get(buf);
     let mut want = [0u8; 8];
     hex_into(u64::from(loop_h), &mut want);
     prefix_finder().find_iter(hdrs).any(|at| {
