@@ -778,7 +778,7 @@ fn lf_only_line_ends_are_refused_cleanly() {
         "SIP/2.0 400 Bad Request - Line Not Ended By CRLF\r\n\
          v: SIP/2.0/UDP 192.0.2.20:5070;branch=z9hG4bKmsg77;received=192.0.2.10\r\n\
          f: \"Bob\" <sip:bob@example.net>;tag=bb1\r\n\
-         t: <sip:carol@example.net>;tag=e33b77dfdab06d6b\r\n\
+         t: <sip:carol@example.net>;tag=b5de427f799f345e\r\n\
          i: msg-1@192.0.2.20\r\n\
          CSeq: 10 MESSAGE\r\n\
          Server: cpm-edge\r\n\

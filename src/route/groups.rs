@@ -24,9 +24,7 @@ pub struct StableHasher(StableHash);
 
 impl Hasher for StableHasher {
     fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0.byte(*b);
-        }
+        self.0.bytes(bytes);
     }
     fn finish(&self) -> u64 {
         self.0.finish()
