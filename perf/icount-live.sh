@@ -5,7 +5,7 @@
 # Unlike perf/icount.sh (the pure pipeline on one message) this includes the
 # per-datagram and per-batch costs of the worker loop, so changes there can
 # be compared exactly on a noisy machine. Kernel time is not counted.
-#   perf/icount-live.sh [mmsg|uring] [PAIRS]   (default mmsg 10000)
+#   perf/icount-live.sh [mmsg|uring] [PAIRS]   (default mmsg 10000; EDGE_BIN=another build)
 # Prints the total, the per-pair figure and the top functions (inclusive);
 # the callgrind file stays in LOGDIR for callgrind_annotate.
 set -euo pipefail
@@ -31,7 +31,7 @@ PIDS+=($!)
 wait_ready "$!" 7004 cpm-cs-responder
 # No health probes: under valgrind they would time out and mark shards down.
 valgrind --tool=callgrind --callgrind-out-file="$LOGDIR/callgrind.out" \
-    "$TARGET_DIR/release/cpm-edge" --listen 127.0.0.1:5060 --shard 127.0.0.1:7001 \
+    "${EDGE_BIN:-$TARGET_DIR/release/cpm-edge}" --listen 127.0.0.1:5060 --shard 127.0.0.1:7001 \
     --shard 127.0.0.1:7002 --shard 127.0.0.1:7003 --shard 127.0.0.1:7004 \
     --workers 1 --io "$IO" --admin off --no-health >"$LOGDIR/edge.out" 2>"$LOGDIR/edge.err" &
 EDGE_PID=$!
