@@ -25,35 +25,36 @@ pub struct Via {
 }
 
 /// Parse one Via value. `None` when the protocol or sent-by is malformed.
+/// Bytes that end a sent-by host: `:` (port), `;` (params), LWS.
+static HOST_END: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b':' as usize] = true;
+    t[b';' as usize] = true;
+    t[b' ' as usize] = true;
+    t[b'\t' as usize] = true;
+    t[b'\r' as usize] = true;
+    t[b'\n' as usize] = true;
+    t
+};
+
 pub fn parse(buf: &[u8], value: Span) -> Option<Via> {
     let s = value.get(buf);
     // sent-protocol: SIP / 2.0 / transport, LWS allowed around the slashes.
-    let mut i = 0;
+    // Nearly every Via spells it `SIP/2.0/<transport>`: checked as bytes,
+    // the general loop below takes the rest (same spans either way).
     let mut parts = [Span::default(); 3];
-    for (n, part) in parts.iter_mut().enumerate() {
-        while i < s.len() && is_lws(s[i]) {
-            i += 1;
+    let mut i = if s.len() > 8 && &s[..8] == b"SIP/2.0/" && super::is_token(s[8]) {
+        let mut e = 9;
+        while e < s.len() && super::is_token(s[e]) {
+            e += 1;
         }
-        let st = i;
-        while i < s.len() && super::is_token(s[i]) {
-            i += 1;
-        }
-        if st == i {
-            return None;
-        }
-        *part = value.sub(st, i);
-        while i < s.len() && is_lws(s[i]) {
-            i += 1;
-        }
-        if n < 2 {
-            if s.get(i) != Some(&b'/') {
-                return None;
-            }
-            i += 1;
-        }
-    }
-    if !parts[0].get(buf).eq_ignore_ascii_case(b"SIP") || parts[1].get(buf) != b"2.0" {
-        return None;
+        parts = [value.sub(0, 3), value.sub(4, 7), value.sub(8, e)];
+        e
+    } else {
+        sent_protocol(buf, value, &mut parts)?
+    };
+    while i < s.len() && is_lws(s[i]) {
+        i += 1;
     }
     let hp_start = i;
     let (host, mut j) = if s.get(i) == Some(&b'[') {
@@ -61,7 +62,7 @@ pub fn parse(buf: &[u8], value: Span) -> Option<Via> {
         (value.sub(i + 1, close), close + 1)
     } else {
         let st = i;
-        while i < s.len() && !matches!(s[i], b':' | b';') && !is_lws(s[i]) {
+        while i < s.len() && !HOST_END[usize::from(s[i])] {
             i += 1;
         }
         (value.sub(st, i), i)
@@ -112,6 +113,39 @@ pub fn parse(buf: &[u8], value: Span) -> Option<Via> {
     Some(via)
 }
 
+/// The general sent-protocol grammar (LWS around the slashes, any case of
+/// `SIP`): fills `parts`, returns where the sent-by starts.
+fn sent_protocol(buf: &[u8], value: Span, parts: &mut [Span; 3]) -> Option<usize> {
+    let s = value.get(buf);
+    let mut i = 0;
+    for (n, part) in parts.iter_mut().enumerate() {
+        while i < s.len() && is_lws(s[i]) {
+            i += 1;
+        }
+        let st = i;
+        while i < s.len() && super::is_token(s[i]) {
+            i += 1;
+        }
+        if st == i {
+            return None;
+        }
+        *part = value.sub(st, i);
+        while i < s.len() && is_lws(s[i]) {
+            i += 1;
+        }
+        if n < 2 {
+            if s.get(i) != Some(&b'/') {
+                return None;
+            }
+            i += 1;
+        }
+    }
+    if !parts[0].get(buf).eq_ignore_ascii_case(b"SIP") || parts[1].get(buf) != b"2.0" {
+        return None;
+    }
+    Some(i)
+}
+
 /// The parameters of `span` (which starts at a `;` or is empty) when it
 /// holds no `"` and no `<`: each `;`-separated piece, trimmed, split at its
 /// first `=`, both sides trimmed; empty pieces skipped. The same pieces
@@ -153,13 +187,15 @@ impl Via {
     #[inline]
     fn param(&mut self, buf: &[u8], name: Span, value: Option<Span>) {
         let n = name.get(buf);
-        if n.eq_ignore_ascii_case(b"branch") {
-            self.branch = value;
-        } else if n.eq_ignore_ascii_case(b"received") {
-            self.received = value;
-        } else if n.eq_ignore_ascii_case(b"rport") {
-            self.rport = Some(value);
-            self.rport_end = name.end;
+        // One compare per parameter: the length picks the candidate.
+        match n.len() {
+            6 if n.eq_ignore_ascii_case(b"branch") => self.branch = value,
+            8 if n.eq_ignore_ascii_case(b"received") => self.received = value,
+            5 if n.eq_ignore_ascii_case(b"rport") => {
+                self.rport = Some(value);
+                self.rport_end = name.end;
+            }
+            _ => {}
         }
     }
 }
