@@ -88,9 +88,7 @@ impl StableHash {
         let mut words = s.chunks_exact(8);
         let mut h = self.h;
         for w in &mut words {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(w);
-            h = mix(h, u64::from_le_bytes(a));
+            h = mix(h, super::le_word(w));
         }
         let tail = words.remainder();
         let mut w = u64::from(0x80 | tail.len() as u8) << 56;

@@ -37,14 +37,9 @@ const SERVICES: [(&[u8], u8); 6] = [
     (b"systemmsg", CpmServices::SYSTEMMSG),
 ];
 
-const TAG: &[u8] = b"+g.3gpp.icsi-ref";
+use super::skip_lws;
 
-fn skip_lws(v: &[u8], mut i: usize) -> usize {
-    while i < v.len() && crate::sip::is_lws(v[i]) {
-        i += 1;
-    }
-    i
-}
+const TAG: &[u8] = b"+g.3gpp.icsi-ref";
 
 fn starts_with_ci(v: &[u8], prefix: &[u8]) -> bool {
     v.len() >= prefix.len() && v[..prefix.len()].eq_ignore_ascii_case(prefix)

@@ -64,6 +64,23 @@ pub(crate) fn is_lws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | b'\n')
 }
 
+/// The first index at or after `i` in `s` that is not LWS (`s.len()` if none).
+#[inline]
+pub(crate) fn skip_lws(s: &[u8], mut i: usize) -> usize {
+    while i < s.len() && is_lws(s[i]) {
+        i += 1;
+    }
+    i
+}
+
+/// The first 8 bytes of `s` as a little-endian word (`s` holds at least 8).
+#[inline]
+pub(crate) fn le_word(s: &[u8]) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&s[..8]);
+    u64::from_le_bytes(w)
+}
+
 /// Trim LWS from both ends of `span`.
 pub(crate) fn trim(buf: &[u8], span: Span) -> Span {
     let s = span.get(buf);

@@ -13,7 +13,7 @@ use super::feature_tag::{cpm_services, CpmServices};
 use super::params::{next_value_start, values};
 use super::uri::{addr_of, header_params};
 use super::via::{self, Via};
-use super::{is_lws, is_token, trim, Span};
+use super::{is_lws, is_token, le_word, skip_lws, trim, Span};
 
 /// The SIP methods the edge tells apart; anything else is `Other` and is
 /// routed like any request.
@@ -383,12 +383,6 @@ const P_ASSERTED_SERVICE: NamePat = name_pat(b"p-asserted-service", Header::PAss
 const P_PREFERRED_SERVICE: NamePat = name_pat(b"p-preferred-service", Header::PPreferredService);
 const P_ASSERTED_IDENTITY: NamePat = name_pat(b"p-asserted-identity", Header::PAssertedIdentity);
 
-fn word(s: &[u8], k: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&s[8 * k..8 * k + 8]);
-    u64::from_le_bytes(w)
-}
-
 /// Is `line` (which starts with the `len`-byte name) this header's name?
 fn name_is(line: &[u8], len: usize, p: &NamePat) -> bool {
     debug_assert_eq!(len, p.name.len());
@@ -396,7 +390,7 @@ fn name_is(line: &[u8], len: usize, p: &NamePat) -> bool {
     if line.len() < 8 * words {
         return line[..len].eq_ignore_ascii_case(p.name);
     }
-    (0..words).all(|k| (word(line, k) & p.and[k]) | p.or[k] == p.want[k])
+    (0..words).all(|k| (le_word(&line[8 * k..]) & p.and[k]) | p.or[k] == p.want[k])
 }
 
 /// Classify a header name (case-insensitive, compact forms included).
@@ -920,20 +914,11 @@ fn tag_of(buf: &[u8], value: Span) -> Option<Span> {
         match p[i] {
             b'"' => in_quote = !in_quote,
             b';' if !in_quote => {
-                let mut j = i + 1;
-                while j < p.len() && is_lws(p[j]) {
-                    j += 1;
-                }
+                let j = skip_lws(p, i + 1);
                 if p.len() >= j + 3 && p[j..j + 3].eq_ignore_ascii_case(b"tag") {
-                    let mut k = j + 3;
-                    while k < p.len() && is_lws(p[k]) {
-                        k += 1;
-                    }
+                    let k = skip_lws(p, j + 3);
                     if p.get(k) == Some(&b'=') {
-                        k += 1;
-                        while k < p.len() && is_lws(p[k]) {
-                            k += 1;
-                        }
+                        let k = skip_lws(p, k + 1);
                         let v_end = p[k..]
                             .iter()
                             .position(|b| *b == b';' || is_lws(*b))

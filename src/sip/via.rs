@@ -5,7 +5,7 @@
 
 use super::params::params;
 use super::uri::parse_port;
-use super::{is_lws, trim, Span};
+use super::{skip_lws, trim, Span};
 use std::net::SocketAddr;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -53,9 +53,7 @@ pub fn parse(buf: &[u8], value: Span) -> Option<Via> {
     } else {
         sent_protocol(buf, value, &mut parts)?
     };
-    while i < s.len() && is_lws(s[i]) {
-        i += 1;
-    }
+    i = skip_lws(s, i);
     let hp_start = i;
     let (host, mut j) = if s.get(i) == Some(&b'[') {
         let close = memchr::memchr(b']', &s[i..])? + i;
@@ -70,24 +68,17 @@ pub fn parse(buf: &[u8], value: Span) -> Option<Via> {
     if host.is_empty() || hp_start == j {
         return None;
     }
-    while j < s.len() && is_lws(s[j]) {
-        j += 1;
-    }
+    j = skip_lws(s, j);
     let mut port = None;
     if s.get(j) == Some(&b':') {
-        j += 1;
-        while j < s.len() && is_lws(s[j]) {
-            j += 1;
-        }
+        j = skip_lws(s, j + 1);
         let ps = j;
         while j < s.len() && s[j].is_ascii_digit() {
             j += 1;
         }
         port = Some(parse_port(&s[ps..j])?);
     }
-    while j < s.len() && is_lws(s[j]) {
-        j += 1;
-    }
+    j = skip_lws(s, j);
     if j < s.len() && s[j] != b';' {
         return None;
     }
@@ -119,9 +110,7 @@ fn sent_protocol(buf: &[u8], value: Span, parts: &mut [Span; 3]) -> Option<usize
     let s = value.get(buf);
     let mut i = 0;
     for (n, part) in parts.iter_mut().enumerate() {
-        while i < s.len() && is_lws(s[i]) {
-            i += 1;
-        }
+        i = skip_lws(s, i);
         let st = i;
         while i < s.len() && super::is_token(s[i]) {
             i += 1;
@@ -130,9 +119,7 @@ fn sent_protocol(buf: &[u8], value: Span, parts: &mut [Span; 3]) -> Option<usize
             return None;
         }
         *part = value.sub(st, i);
-        while i < s.len() && is_lws(s[i]) {
-            i += 1;
-        }
+        i = skip_lws(s, i);
         if n < 2 {
             if s.get(i) != Some(&b'/') {
                 return None;
