@@ -81,6 +81,43 @@ pub(crate) fn le_word(s: &[u8]) -> u64 {
     u64::from_le_bytes(w)
 }
 
+// Byte searches on the fast path run over short haystacks (a header line,
+// a URI, a name: ~10-100 bytes), where memchr's run-time CPU dispatch (an
+// indirect call per search) is a good part of the cost. SSE2 is part of the
+// x86_64 baseline, so its searchers are called directly there and can be
+// inlined (callgrind: the INVITE 13,653 -> 12,660 instructions, the 200 OK
+// 8,056 -> 7,425, with the header walk's line ends and colons).
+
+/// The first CR or LF of `s`: the end of a physical header line.
+#[inline]
+pub(crate) fn find_line_end(s: &[u8]) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(two) = memchr::arch::x86_64::sse2::memchr::Two::new(b'\r', b'\n') {
+        return two.find(s);
+    }
+    memchr::memchr2(b'\r', b'\n', s)
+}
+
+/// The first `b` in `s`.
+#[inline]
+pub(crate) fn find_byte(b: u8, s: &[u8]) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(one) = memchr::arch::x86_64::sse2::memchr::One::new(b) {
+        return one.find(s);
+    }
+    memchr::memchr(b, s)
+}
+
+/// The last `b` in `s`.
+#[inline]
+pub(crate) fn rfind_byte(b: u8, s: &[u8]) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(one) = memchr::arch::x86_64::sse2::memchr::One::new(b) {
+        return one.rfind(s);
+    }
+    memchr::memrchr(b, s)
+}
+
 /// Trim LWS from both ends of `span`.
 pub(crate) fn trim(buf: &[u8], span: Span) -> Span {
     let s = span.get(buf);
@@ -110,4 +147,48 @@ static TOKEN: [bool; 256] = {
 #[inline]
 pub(crate) fn is_token(b: u8) -> bool {
     TOKEN[b as usize]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The direct searchers agree with a plain scan at every length (both
+    /// sides of the 16-byte vector width), every needle position, and with
+    /// no needle at all.
+    #[test]
+    fn byte_searches_match_a_plain_scan() {
+        for len in 0..80usize {
+            for at in (0..len).chain([usize::MAX]) {
+                for (needle, other) in [(b':', b'\n'), (b'\r', b';'), (b'\n', b'\r')] {
+                    let mut s: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+                    if at < len {
+                        s[at] = needle;
+                        // A second hit later and an unrelated byte earlier.
+                        if at + 3 < len {
+                            s[at + 3] = needle;
+                        }
+                        if at > 0 {
+                            s[at - 1] = other;
+                        }
+                    }
+                    assert_eq!(
+                        find_byte(needle, &s),
+                        s.iter().position(|b| *b == needle),
+                        "{len} {at}"
+                    );
+                    assert_eq!(
+                        rfind_byte(needle, &s),
+                        s.iter().rposition(|b| *b == needle),
+                        "{len} {at}"
+                    );
+                    assert_eq!(
+                        find_line_end(&s),
+                        s.iter().position(|b| *b == b'\r' || *b == b'\n'),
+                        "{len} {at}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -13,7 +13,9 @@ use super::feature_tag::{cpm_services, CpmServices};
 use super::params::{next_value_start, values};
 use super::uri::{addr_of, header_params};
 use super::via::{self, Via};
-use super::{is_lws, is_token, le_word, skip_lws, trim, Span};
+use super::{
+    find_byte, find_line_end, is_lws, is_token, le_word, rfind_byte, skip_lws, trim, Span,
+};
 
 /// The SIP methods the edge tells apart; anything else is `Other` and is
 /// routed like any request.
@@ -509,7 +511,7 @@ impl Iterator for HeaderLines<'_> {
         let mut from = start;
         let mut complete = start;
         let line_end = loop {
-            let Some(i) = memchr::memchr2(b'\r', b'\n', &buf[from..end]) else {
+            let Some(i) = find_line_end(&buf[from..end]) else {
                 if !self.open_ended {
                     break end;
                 }
@@ -543,7 +545,7 @@ impl Iterator for HeaderLines<'_> {
         self.pos = line_end;
         let line = Span::new(start, line_end);
         let text = &buf[start..line_end];
-        let Some(colon) = text.iter().position(|b| *b == b':') else {
+        let Some(colon) = find_byte(b':', text) else {
             return Some(HeaderLine {
                 kind: Header::Other,
                 name: Span::new(start, start),
@@ -593,7 +595,7 @@ pub fn scan(buf: &[u8]) -> Message {
         m.flag(Defect::Keepalive);
         return m;
     };
-    let Some(sl_len) = memchr::memchr(b'\n', &buf[first..]) else {
+    let Some(sl_len) = find_byte(b'\n', &buf[first..]) else {
         m.flag(Defect::BadStartLine);
         return m;
     };
@@ -612,8 +614,7 @@ pub fn scan(buf: &[u8]) -> Message {
     // end at the first empty line of any ending, so that the answer never
     // takes body lines for headers. The start line's defect comes first,
     // then the block's (line ends, blank line, NUL), then the headers'.
-    let bare_in_start_line =
-        sl_end == sl_nl || memchr::memchr(b'\r', &buf[first..sl_end]).is_some();
+    let bare_in_start_line = sl_end == sl_nl || find_byte(b'\r', &buf[first..sl_end]).is_some();
     let start_defect = m.defect.take();
     let walk = scan_headers(buf, &mut m, hdr_start);
     let header_defect = std::mem::replace(&mut m.defect, start_defect);
@@ -628,7 +629,7 @@ pub fn scan(buf: &[u8]) -> Message {
         }
     };
     m.headers = Span::new(hdr_start, headers_end.max(hdr_start));
-    if memchr::memchr(0, m.headers.get(buf)).is_some() {
+    if find_byte(0, m.headers.get(buf)).is_some() {
         m.flag(Defect::NulInHeaders);
     }
     if let Some(d) = header_defect {
@@ -716,11 +717,11 @@ fn scan_start_line(buf: &[u8], m: &mut Message) {
     }
     // Request-Line = Method SP Request-URI SP SIP-Version
     let base = m.start_line.start as usize;
-    let Some(sp1) = memchr::memchr(b' ', line) else {
+    let Some(sp1) = find_byte(b' ', line) else {
         m.flag(Defect::BadStartLine);
         return;
     };
-    let Some(sp2) = memchr::memrchr(b' ', line) else {
+    let Some(sp2) = rfind_byte(b' ', line) else {
         m.flag(Defect::BadStartLine);
         return;
     };
