@@ -14,6 +14,12 @@ if ! command -v sipp >/dev/null 2>&1; then
   apt-get install -y -qq sip-tester >/dev/null
 fi
 
+if ! command -v ip >/dev/null 2>&1 || ! command -v ss >/dev/null 2>&1; then
+  step "installing iproute2 (ip netns, ss) for the path-MTU test"
+  apt-get update -qq
+  apt-get install -y -qq iproute2 >/dev/null
+fi
+
 step "cargo fmt --check"
 cargo fmt --all --check
 
@@ -33,6 +39,9 @@ step "SIPp: audio+video+message offer, media policy strips video (seed 5.2.3.7)"
 CALLS=1000 RATE=300 EDGE_BIN="${CARGO_TARGET_DIR:-target}/release/cpm-edge" \
   UAC_XML=tests/sipp/uac-cpm-av.xml UAS_XML=tests/sipp/uas-cpm-av.xml \
   EDGE_ARGS="--config tests/sipp/policy-no-video.toml" tests/sipp/run-sipp.sh
+
+step "path MTU: datagrams larger than a 1500-byte MTU cross the edge fragmented (netns)"
+EDGE_BIN="${CARGO_TARGET_DIR:-target}/release/cpm-edge" tests/mtu/run-mtu.sh
 
 step "fuzz targets build"
 if rustup toolchain list 2>/dev/null | grep -q nightly && cargo +nightly fuzz --version >/dev/null 2>&1; then

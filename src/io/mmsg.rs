@@ -13,7 +13,9 @@
 //! the rest is sent again; a message the kernel refuses is reported to
 //! `on_send_error` and skipped, after one retry for EAGAIN/ENOBUFS (with a
 //! short wait for buffer space) and ECONNREFUSED (an error left by an earlier
-//! datagram: this one was not sent). Note that sendmmsg itself discards the
+//! datagram: this one was not sent); EMSGSIZE (an IPv4 datagram larger than
+//! the path MTU, refused under DF) sends that one fragmented
+//! (`socket::send_fragmentable`). Note that sendmmsg itself discards the
 //! error of a message that follows successful ones in the same call; the
 //! retry of the rest then sends it.
 
@@ -232,6 +234,18 @@ impl Tx {
                 libc::ECONNREFUSED if !retried => {
                     retried = true;
                     handler.on_send_error(self.dsts[off], err);
+                }
+                // Larger than the path MTU with DF: sent fragmented, as the
+                // kernel's default mode would have (see `bind_udp`).
+                libc::EMSGSIZE if self.dsts[off].is_ipv4() => {
+                    let len = self.iovs[off].iov_len;
+                    let data = &self.bufs[off * self.out_size..off * self.out_size + len];
+                    if let Err(e) = super::socket::send_fragmentable(fd, data, self.dsts[off]) {
+                        handler
+                            .on_send_error(self.dsts[off], e.raw_os_error().unwrap_or(libc::EIO));
+                    }
+                    off += 1;
+                    retried = false;
                 }
                 _ => {
                     handler.on_send_error(self.dsts[off], err);

@@ -277,6 +277,14 @@ fn send_patiently(s: &UdpSocket, data: &[u8], dst: SocketAddr) -> std::io::Resul
                 tries += 1;
                 std::thread::sleep(Duration::from_micros(100));
             }
+            // Larger than the path MTU: fragmented, as in the workers.
+            Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) && dst.is_ipv4() => {
+                return crate::io::socket::send_fragmentable(
+                    std::os::fd::AsRawFd::as_raw_fd(s),
+                    data,
+                    dst,
+                );
+            }
             r => return r,
         }
     }
