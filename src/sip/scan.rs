@@ -386,6 +386,7 @@ const P_PREFERRED_SERVICE: NamePat = name_pat(b"p-preferred-service", Header::PP
 const P_ASSERTED_IDENTITY: NamePat = name_pat(b"p-asserted-identity", Header::PAssertedIdentity);
 
 /// Is `line` (which starts with the `len`-byte name) this header's name?
+#[inline(always)]
 fn name_is(line: &[u8], len: usize, p: &NamePat) -> bool {
     debug_assert_eq!(len, p.name.len());
     let words = len.div_ceil(8);
@@ -403,6 +404,7 @@ pub fn header_kind(name: &[u8]) -> Header {
 /// Classify the `len`-byte name at the start of `line`. Reading whole words
 /// of `line` past the name is what makes this cheap; the words are masked
 /// to the name.
+#[inline(always)]
 fn header_kind_in(line: &[u8], len: usize) -> Header {
     let Some(first) = line.first().filter(|_| len > 0) else {
         return Header::Other;
@@ -491,6 +493,7 @@ pub fn header_lines(buf: &[u8], headers: Span) -> HeaderLines<'_> {
 
 impl Iterator for HeaderLines<'_> {
     type Item = HeaderLine;
+    #[inline(always)]
     fn next(&mut self) -> Option<HeaderLine> {
         let (buf, end, start) = (self.buf, self.end, self.pos);
         if start >= end {
