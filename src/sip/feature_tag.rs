@@ -37,7 +37,7 @@ const SERVICES: [(&[u8], u8); 6] = [
     (b"systemmsg", CpmServices::SYSTEMMSG),
 ];
 
-use super::skip_lws;
+use super::{find_byte, skip_lws};
 
 const TAG: &[u8] = b"+g.3gpp.icsi-ref";
 
@@ -77,9 +77,9 @@ fn service_list(v: &[u8], in_param: bool) -> u8 {
     let quoted = v.first() == Some(&b'"');
     let body = &v[usize::from(quoted)..];
     let stop = if quoted {
-        memchr::memchr(b'"', body)
+        find_byte(b'"', body)
     } else if in_param {
-        memchr::memchr(b';', body)
+        find_byte(b';', body)
     } else {
         None
     };
@@ -89,7 +89,7 @@ fn service_list(v: &[u8], in_param: bool) -> u8 {
     loop {
         at = skip_lws(body, at);
         bits |= service_of(&body[at..]);
-        match memchr::memchr(b',', &body[at..]) {
+        match find_byte(b',', &body[at..]) {
             Some(c) => at += c + 1,
             None => return bits,
         }
@@ -110,19 +110,20 @@ pub fn cpm_services(v: &[u8], feature_tag: bool) -> CpmServices {
     let mut bits = 0;
     // A value that is only parameters (an Accept-Contact written without
     // its `*`) has the tag at its start.
-    let starts = std::iter::once(0).chain(memchr::memchr_iter(b';', v).map(|s| s + 1));
-    for start in starts {
+    let mut start = 0;
+    loop {
         let p = skip_lws(v, start);
-        if !starts_with_ci(&v[p..], TAG) {
-            continue;
+        if starts_with_ci(&v[p..], TAG) {
+            let eq = skip_lws(v, p + TAG.len());
+            if v.get(eq) == Some(&b'=') {
+                bits |= service_list(&v[skip_lws(v, eq + 1)..], true);
+            }
         }
-        let eq = skip_lws(v, p + TAG.len());
-        if v.get(eq) != Some(&b'=') {
-            continue;
+        match find_byte(b';', &v[start..]) {
+            Some(s) => start += s + 1,
+            None => return CpmServices(bits),
         }
-        bits |= service_list(&v[skip_lws(v, eq + 1)..], true);
     }
-    CpmServices(bits)
 }
 
 #[cfg(test)]
