@@ -5,6 +5,7 @@
 //! parameters. Escapes (`%XX`) are kept as written: identities are compared
 //! in their on-the-wire form, which is what every hop forwards unchanged.
 
+use super::branch::StableHash;
 use super::params::{find_byte2, find_unquoted};
 use super::{find_byte, rfind_byte, trim, Span};
 use std::net::{IpAddr, SocketAddr};
@@ -249,6 +250,18 @@ pub fn identity_bytes(buf: &[u8], uri: &Uri, mut f: impl FnMut(u8)) {
     }
 }
 
+/// [`identity_bytes`] into a hash, whole words at a time.
+pub fn identity_hash(buf: &[u8], uri: &Uri, h: &mut StableHash) {
+    match uri.scheme {
+        Scheme::Sip | Scheme::Sips => {
+            h.stream::<false>(uri.user.get(buf));
+            h.byte(b'@');
+            h.stream::<true>(uri.host.get(buf));
+        }
+        _ => h.stream::<false>(uri.user.get(buf)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,6 +282,13 @@ mod tests {
         let mut id = Vec::new();
         identity_bytes(s, &u, |b| id.push(b));
         assert_eq!(id, b"grp1@groups.example.net");
+        for s in [&s[..], b"sips:Al.Ice:pw@EXAMPLE.net:5061", b"tel:+1555;x=y"] {
+            let u = p(s);
+            let (mut words, mut bytes) = (StableHash::default(), StableHash::default());
+            identity_hash(s, &u, &mut words);
+            identity_bytes(s, &u, |b| bytes.byte(b));
+            assert_eq!(words.finish(), bytes.finish());
+        }
     }
 
     #[test]
