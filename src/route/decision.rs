@@ -392,7 +392,7 @@ fn decide_request(
 /// Hash of a user's canonical identity (the rendezvous input).
 pub fn user_hash(buf: &[u8], u: &Uri) -> u64 {
     let mut h = StableHash::default();
-    uri::identity_bytes(buf, u, |b| h.byte(b));
+    uri::identity_hash(buf, u, &mut h);
     h.byte(0xff);
     h.finish()
 }

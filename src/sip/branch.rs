@@ -70,6 +70,42 @@ impl StableHash {
         }
     }
 
+    /// The bytes of `s`, exactly as `byte` would take them one by one, but
+    /// a word at a time, shifted into place behind the pending bytes
+    /// (`byte` is a dependent shift-or and compare per byte); with `LOWER`,
+    /// each byte ASCII-lowercased first.
+    #[inline]
+    pub fn stream<const LOWER: bool>(&mut self, s: &[u8]) {
+        let map = |w: u64| if LOWER { lower_word(w) } else { w };
+        let shift = 8 * self.n;
+        let mut words = s.chunks_exact(8);
+        for c in &mut words {
+            let w = map(super::le_word(c));
+            if shift == 0 {
+                self.h = mix(self.h, w);
+            } else {
+                self.h = mix(self.h, self.word | w << shift);
+                self.word = w >> (64 - shift);
+            }
+        }
+        let tail = words.remainder();
+        if tail.is_empty() {
+            return;
+        }
+        let w = map(load_short(tail));
+        let n = self.n + tail.len() as u32;
+        let joined = self.word | w << shift;
+        if n >= 8 {
+            // `shift > 0` here: a tail is shorter than a word.
+            self.h = mix(self.h, joined);
+            self.word = w >> (64 - shift);
+            self.n = n - 8;
+        } else {
+            self.word = joined;
+            self.n = n;
+        }
+    }
+
     /// The bytes streamed so far and not yet mixed, marked by their count.
     #[inline]
     fn flush(&mut self) {
@@ -92,8 +128,8 @@ impl StableHash {
         }
         let tail = words.remainder();
         let mut w = u64::from(0x80 | tail.len() as u8) << 56;
-        for (i, b) in tail.iter().enumerate() {
-            w |= u64::from(*b) << (8 * i);
+        if !tail.is_empty() {
+            w |= load_short(tail);
         }
         self.h = mix(h, w);
     }
@@ -103,6 +139,36 @@ impl StableHash {
         self.flush();
         fmix64(self.h)
     }
+}
+
+/// The 1 to 7 bytes of `s` as a little-endian word, zero above them:
+/// two overlapping loads instead of a loop (overlapping bytes are equal).
+#[inline]
+fn load_short(s: &[u8]) -> u64 {
+    let n = s.len();
+    debug_assert!(n > 0 && n < 8);
+    if n >= 4 {
+        let lo = u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+        let hi = u32::from_le_bytes([s[n - 4], s[n - 3], s[n - 2], s[n - 1]]);
+        u64::from(lo) | u64::from(hi) << (8 * (n - 4))
+    } else {
+        u64::from(s[0])
+            | u64::from(s[n / 2]) << (8 * (n / 2))
+            | u64::from(s[n - 1]) << (8 * (n - 1))
+    }
+}
+
+/// `u8::to_ascii_lowercase` on each byte of a word: `A..=Z` (and only
+/// them) gain 0x20. The additions stay within each byte (at most
+/// 0x7f + 0x3f), so no carry crosses into the next one.
+#[inline]
+fn lower_word(w: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    let low7 = w & (0x7f * ONES);
+    let above_z = low7 + (0x7f - u64::from(b'Z')) * ONES;
+    let from_a = low7 + (0x80 - u64::from(b'A')) * ONES;
+    let upper = (from_a ^ above_z) & !w & (0x80 * ONES);
+    w | (upper >> 2)
 }
 
 /// murmur3's 64-bit finaliser: full avalanche of FNV's weak high bits.
@@ -214,6 +280,63 @@ mod tests {
         b.bytes(b"a");
         b.bytes(b"bc");
         assert_ne!(a.finish(), b.finish());
+    }
+
+    /// `stream` is `byte` per byte, whatever the bytes pending before it,
+    /// and its lowercasing is `to_ascii_lowercase`'s.
+    #[test]
+    fn streaming_words_equals_streaming_bytes() {
+        let text: Vec<u8> = (0..=255u8)
+            .chain(b"Alice@Example.NET".iter().copied())
+            .collect();
+        for pending in 0..9 {
+            for len in 0..40 {
+                for at in [0, 3, 60, 120, 200, 250] {
+                    let s = &text[at..(at + len).min(text.len())];
+                    let mut a = StableHash::default();
+                    let mut b = StableHash::default();
+                    let mut c = StableHash::default();
+                    let mut d = StableHash::default();
+                    for i in 0..pending {
+                        for h in [&mut a, &mut b, &mut c, &mut d] {
+                            h.byte(i);
+                        }
+                    }
+                    a.stream::<false>(s);
+                    s.iter().for_each(|x| b.byte(*x));
+                    c.stream::<true>(s);
+                    s.iter().for_each(|x| d.byte(x.to_ascii_lowercase()));
+                    for h in [&mut a, &mut b, &mut c, &mut d] {
+                        h.byte(0xff);
+                    }
+                    assert_eq!(a.finish(), b.finish(), "{pending} {len} {at}");
+                    assert_eq!(c.finish(), d.finish(), "{pending} {len} {at}");
+                }
+            }
+        }
+        // `bytes`: its words, then the tail and its length in one word.
+        for len in 0..40 {
+            let s = &text[200..200 + len];
+            let mut h = SEED;
+            let mut words = s.chunks_exact(8);
+            for w in &mut words {
+                h = mix(h, u64::from_le_bytes(w.try_into().unwrap()));
+            }
+            let mut w = u64::from(0x80 | words.remainder().len() as u8) << 56;
+            for (i, b) in words.remainder().iter().enumerate() {
+                w |= u64::from(*b) << (8 * i);
+            }
+            let mut a = StableHash::default();
+            a.bytes(s);
+            assert_eq!(a.finish(), fmix64(mix(h, w)), "{len}");
+        }
+        for x in 0..=255u8 {
+            for k in 0..8 {
+                let w = u64::from(x) << (8 * k) | 0x4142_5a5b_6061_7a7b & !(0xff << (8 * k));
+                let want: Vec<u8> = w.to_le_bytes().iter().map(u8::to_ascii_lowercase).collect();
+                assert_eq!(lower_word(w).to_le_bytes().to_vec(), want, "{w:x}");
+            }
+        }
     }
 
     #[test]

@@ -37,36 +37,114 @@ const SERVICES: [(&[u8], u8); 6] = [
     (b"systemmsg", CpmServices::SYSTEMMSG),
 ];
 
-use super::skip_lws;
+use super::{find_byte, le_word, skip_lws};
 
-const TAG: &[u8] = b"+g.3gpp.icsi-ref";
+/// A fixed text of 8 to 32 bytes (`W` words) compared a word at a time:
+/// byte-wise ASCII case folding cost more than the rest of a feature tag's
+/// reading. The last word overlaps the one before it when the length is
+/// not a multiple of 8.
+struct Pat<const W: usize> {
+    len: usize,
+    /// 0x20 at each letter whose case is ignored (OR 0x20 folds exactly
+    /// the case of a letter; any other byte is compared as is),
+    fold: [u64; W],
+    /// and the text with those letters lowercase.
+    want: [u64; W],
+}
 
-fn starts_with_ci(v: &[u8], prefix: &[u8]) -> bool {
-    v.len() >= prefix.len() && v[..prefix.len()].eq_ignore_ascii_case(prefix)
+const fn pat<const W: usize>(text: &[u8], ignore_case: bool) -> Pat<W> {
+    assert!(text.len() >= 8 && text.len().div_ceil(8) == W);
+    let (mut fold, mut want) = ([0u64; W], [0u64; W]);
+    let mut k = 0;
+    while k < W {
+        let off = word_offset(text.len(), W, k);
+        let mut i = 0;
+        while i < 8 {
+            let b = text[off + i];
+            if ignore_case && b.is_ascii_alphabetic() {
+                fold[k] |= 0x20 << (8 * i);
+            }
+            want[k] |= ((if ignore_case {
+                b.to_ascii_lowercase()
+            } else {
+                b
+            }) as u64)
+                << (8 * i);
+            i += 1;
+        }
+        k += 1;
+    }
+    Pat {
+        len: text.len(),
+        fold,
+        want,
+    }
+}
+
+const fn word_offset(len: usize, words: usize, k: usize) -> usize {
+    if k + 1 == words {
+        len - 8
+    } else {
+        8 * k
+    }
+}
+
+impl<const W: usize> Pat<W> {
+    /// Does `v` start with this text?
+    #[inline(always)]
+    fn starts(&self, v: &[u8]) -> bool {
+        if v.len() < self.len {
+            return false;
+        }
+        let mut diff = 0;
+        for k in 0..W {
+            let off = word_offset(self.len, W, k);
+            diff |= (le_word(&v[off..]) | self.fold[k]) ^ self.want[k];
+        }
+        diff == 0
+    }
+}
+
+const TAG: Pat<2> = pat(b"+g.3gpp.icsi-ref", true);
+const PLAIN: Pat<2> = pat(b"urn:urn-7:", true);
+const ESCAPED: Pat<2> = pat(b"urn%3Aurn-7%3A", true);
+const MIDDLE_PAT: Pat<4> = pat(MIDDLE, false);
+
+/// A byte that may continue a service name.
+#[inline]
+fn name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-'
 }
 
 /// The service bit of one list element that starts at `v[0]`: a CPM ICSI
 /// (`urn:urn-7:` or `urn%3Aurn-7%3A`, any case, then the invariant middle
 /// and a known service name), else 0.
 fn service_of(v: &[u8]) -> u8 {
-    let rest = if starts_with_ci(v, b"urn:urn-7:") {
-        &v[10..]
-    } else if starts_with_ci(v, b"urn%3Aurn-7%3A") {
-        &v[14..]
+    let rest = if PLAIN.starts(v) {
+        &v[PLAIN.len..]
+    } else if ESCAPED.starts(v) {
+        &v[ESCAPED.len..]
     } else {
         return 0;
     };
-    let Some(rest) = rest.strip_prefix(MIDDLE) else {
+    if !MIDDLE_PAT.starts(rest) {
+        return 0;
+    }
+    let rest = &rest[MIDDLE.len()..];
+    // The name is the longest run of name bytes: a known name that the
+    // text starts with and that no name byte follows. No two known names
+    // share a first letter but `session`/`systemmsg`.
+    let Some(first) = rest.first() else {
         return 0;
     };
-    let name_len = rest
-        .iter()
-        .position(|b| !(b.is_ascii_alphanumeric() || *b == b'-'))
-        .unwrap_or(rest.len());
-    let name = &rest[..name_len];
     SERVICES
         .iter()
-        .find(|(s, _)| s.eq_ignore_ascii_case(name))
+        .filter(|(s, _)| s[0] == first.to_ascii_lowercase())
+        .find(|(s, _)| {
+            rest.len() >= s.len()
+                && rest[..s.len()].eq_ignore_ascii_case(s)
+                && !rest.get(s.len()).is_some_and(|b| name_byte(*b))
+        })
         .map_or(0, |(_, bit)| *bit)
 }
 
@@ -77,9 +155,9 @@ fn service_list(v: &[u8], in_param: bool) -> u8 {
     let quoted = v.first() == Some(&b'"');
     let body = &v[usize::from(quoted)..];
     let stop = if quoted {
-        memchr::memchr(b'"', body)
+        find_byte(b'"', body)
     } else if in_param {
-        memchr::memchr(b';', body)
+        find_byte(b';', body)
     } else {
         None
     };
@@ -89,7 +167,7 @@ fn service_list(v: &[u8], in_param: bool) -> u8 {
     loop {
         at = skip_lws(body, at);
         bits |= service_of(&body[at..]);
-        match memchr::memchr(b',', &body[at..]) {
+        match find_byte(b',', &body[at..]) {
             Some(c) => at += c + 1,
             None => return bits,
         }
@@ -110,19 +188,20 @@ pub fn cpm_services(v: &[u8], feature_tag: bool) -> CpmServices {
     let mut bits = 0;
     // A value that is only parameters (an Accept-Contact written without
     // its `*`) has the tag at its start.
-    let starts = std::iter::once(0).chain(memchr::memchr_iter(b';', v).map(|s| s + 1));
-    for start in starts {
+    let mut start = 0;
+    loop {
         let p = skip_lws(v, start);
-        if !starts_with_ci(&v[p..], TAG) {
-            continue;
+        if TAG.starts(&v[p..]) {
+            let eq = skip_lws(v, p + TAG.len);
+            if v.get(eq) == Some(&b'=') {
+                bits |= service_list(&v[skip_lws(v, eq + 1)..], true);
+            }
         }
-        let eq = skip_lws(v, p + TAG.len());
-        if v.get(eq) != Some(&b'=') {
-            continue;
+        match find_byte(b';', &v[start..]) {
+            Some(s) => start += s + 1,
+            None => return CpmServices(bits),
         }
-        bits |= service_list(&v[skip_lws(v, eq + 1)..], true);
     }
-    CpmServices(bits)
 }
 
 #[cfg(test)]
@@ -166,6 +245,60 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(v)
             );
+        }
+    }
+
+    fn check_pat<const W: usize>(text: &[u8], pat: &Pat<W>, ignore_case: bool) {
+        for i in 0..text.len() {
+            for b in 0..=255u8 {
+                let mut v = text.to_vec();
+                v[i] = b;
+                let expect = if ignore_case {
+                    v.eq_ignore_ascii_case(text)
+                } else {
+                    v == text
+                };
+                assert_eq!(pat.starts(&v), expect, "{v:?}");
+                v.extend_from_slice(b"tail");
+                assert_eq!(pat.starts(&v), expect, "{v:?}");
+                assert!(!pat.starts(&v[..text.len() - 1]));
+            }
+        }
+    }
+
+    /// The word compares against the plain definition: each byte of each
+    /// pattern replaced by every value, alone and at the start of a longer
+    /// text.
+    #[test]
+    fn word_patterns_fold_exactly_the_case_of_letters() {
+        check_pat(b"+g.3gpp.icsi-ref", &TAG, true);
+        check_pat(b"urn:urn-7:", &PLAIN, true);
+        check_pat(b"urn%3Aurn-7%3A", &ESCAPED, true);
+        check_pat(MIDDLE, &MIDDLE_PAT, false);
+    }
+
+    /// Service names as the longest run of name bytes, matched in any case.
+    #[test]
+    fn service_names_end_at_a_non_name_byte() {
+        for (name, bit) in [
+            (&b"session"[..], CpmServices::SESSION),
+            (b"SeSsIoN\"", CpmServices::SESSION),
+            (b"systemmsg,x", CpmServices::SYSTEMMSG),
+            (b"msg;a", CpmServices::MSG),
+            (b"largemsg", CpmServices::LARGEMSG),
+            (b"DEFERRED ", CpmServices::DEFERRED),
+            (b"filetransfer.", CpmServices::FILETRANSFER),
+            (b"msg-", 0),
+            (b"session9", 0),
+            (b"sessio", 0),
+            (b"system", 0),
+            (b"", 0),
+            (b"x", 0),
+        ] {
+            let mut v = b"urn:urn-7:".to_vec();
+            v.extend_from_slice(MIDDLE);
+            v.extend_from_slice(name);
+            assert_eq!(service_of(&v), bit, "{}", String::from_utf8_lossy(&v));
         }
     }
 }

@@ -36,9 +36,14 @@ impl<'o> Out<'o> {
         }
     }
     pub fn put_u32(&mut self, v: u32) {
-        let mut tmp = [0u8; 10];
-        let n = fmt_u32(v, &mut tmp);
-        self.put(&tmp[10 - n..]);
+        let n = decimal_len(v);
+        match self.buf.get_mut(self.len..self.len + n) {
+            Some(dst) => {
+                write_decimal(v, dst);
+                self.len += n;
+            }
+            None => self.overflow = true,
+        }
     }
     /// Bytes written, or `None` when something did not fit.
     pub fn finish(self) -> Option<usize> {
@@ -81,17 +86,35 @@ impl Ins {
     }
 }
 
-/// Decimal digits of `v` right-aligned in `out`; returns how many.
-fn fmt_u32(mut v: u32, out: &mut [u8; 10]) -> usize {
-    let mut i = out.len();
-    loop {
-        i -= 1;
-        out[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            return out.len() - i;
-        }
+/// How many decimal digits `v` has.
+#[inline]
+fn decimal_len(v: u32) -> usize {
+    let mut n = 1;
+    let mut p = 10u32;
+    while n < 10 && v >= p {
+        n += 1;
+        p = p.wrapping_mul(10);
     }
+    n
+}
+
+/// The decimal digits of `v` filling `out` exactly (`out.len()` is
+/// [`decimal_len`]): written in place, where a right-aligned scratch
+/// buffer would cost a copy (a `memcpy` call for a length not known at
+/// compile time).
+#[inline]
+fn write_decimal(mut v: u32, out: &mut [u8]) {
+    for o in out.iter_mut().rev() {
+        *o = b'0' + (v % 10) as u8;
+        v /= 10;
+    }
+}
+
+/// Decimal digits of `v` right-aligned in `out`; returns how many.
+fn fmt_u32(v: u32, out: &mut [u8; 10]) -> usize {
+    let n = decimal_len(v);
+    write_decimal(v, &mut out[10 - n..]);
+    n
 }
 
 /// Text of an IP address without `core::fmt` for IPv4 (the common case, and
@@ -105,9 +128,8 @@ pub fn fmt_ip(ip: IpAddr, out: &mut [u8; 48]) -> usize {
                     out[n] = b'.';
                     n += 1;
                 }
-                let mut tmp = [0u8; 10];
-                let d = fmt_u32(u32::from(*o), &mut tmp);
-                out[n..n + d].copy_from_slice(&tmp[10 - d..]);
+                let d = decimal_len(u32::from(*o));
+                write_decimal(u32::from(*o), &mut out[n..n + d]);
                 n += d;
             }
             n
@@ -121,12 +143,32 @@ pub fn fmt_ip(ip: IpAddr, out: &mut [u8; 48]) -> usize {
     }
 }
 
-/// Replace `del` bytes at `at` with `ins`.
-#[derive(Clone, Copy)]
-pub struct Edit {
-    pub at: u32,
-    pub del: u32,
-    pub ins: Ins,
+/// The decimal digits of each octet value, left-aligned, and their count.
+static OCTETS: [([u8; 3], u8); 256] = {
+    let mut t = [([0u8; 3], 0u8); 256];
+    let mut v = 0;
+    while v < 256 {
+        let (h, d, u) = ((v / 100) as u8, (v / 10 % 10) as u8, (v % 10) as u8);
+        t[v] = if v >= 100 {
+            ([b'0' + h, b'0' + d, b'0' + u], 3)
+        } else if v >= 10 {
+            ([b'0' + d, b'0' + u, 0], 2)
+        } else {
+            ([b'0' + u, 0, 0], 1)
+        };
+        v += 1;
+    }
+    t
+};
+
+/// Replace `del` bytes at `at` with `len` bytes of the edit list's text
+/// from `from`.
+#[derive(Clone, Copy, Default)]
+struct Splice {
+    at: u32,
+    del: u32,
+    from: u16,
+    len: u16,
 }
 
 /// The most a forwarded request needs: Max-Forwards (1), `rport`/`received`
@@ -134,43 +176,108 @@ pub struct Edit {
 /// both Content-Length lines (2).
 const MAX_EDITS: usize = 5 + super::scan::MAX_ROUTES;
 
-/// A small, sorted-on-use set of splices over one region.
+/// Room for the inserted bytes: three full [`Ins`] (a rewrite inserts
+/// three at most: a Max-Forwards value, `=port` and `;received=<ip>`).
+const TEXT: usize = 3 * 64;
+
+/// A small, sorted-on-use set of splices over one region. The inserted
+/// bytes live in one shared buffer, so a splice is 12 bytes to store and
+/// to sort instead of a 64-byte insertion each.
 pub struct Edits {
-    list: [Edit; MAX_EDITS],
+    list: [Splice; MAX_EDITS],
     n: usize,
+    text: [u8; TEXT],
+    used: usize,
 }
 
 impl Default for Edits {
     fn default() -> Self {
         Edits {
-            list: [Edit {
-                at: 0,
-                del: 0,
-                ins: Ins::EMPTY,
-            }; MAX_EDITS],
+            list: [Splice::default(); MAX_EDITS],
             n: 0,
+            text: [0; TEXT],
+            used: 0,
         }
     }
 }
 
 impl Edits {
-    fn push(&mut self, at: usize, del: usize, ins: Ins) {
+    /// Open a splice whose text the caller then appends with `text_*`.
+    fn open(&mut self, at: usize, del: usize) {
         assert!(self.n < MAX_EDITS, "more splices than any rewrite needs");
-        self.list[self.n] = Edit {
+        self.list[self.n] = Splice {
             at: at as u32,
             del: del as u32,
-            ins,
+            from: self.used as u16,
+            len: 0,
         };
         self.n += 1;
     }
+    /// Append to the text of the splice opened last.
+    fn text(&mut self, s: &[u8]) {
+        let dst = self
+            .text
+            .get_mut(self.used..self.used + s.len())
+            .expect("more inserted text than any rewrite needs");
+        dst.copy_from_slice(s);
+        self.used += s.len();
+        self.list[self.n - 1].len += s.len() as u16;
+    }
+    fn text_u32(&mut self, v: u32) {
+        let n = decimal_len(v);
+        let dst = self
+            .text
+            .get_mut(self.used..self.used + n)
+            .expect("more inserted text than any rewrite needs");
+        write_decimal(v, dst);
+        self.used += n;
+        self.list[self.n - 1].len += n as u16;
+    }
+    /// A dotted quad, each octet's digits from a table: three bytes are
+    /// always copied (a fixed-length copy is a store, a variable one a
+    /// `memcpy` call) and the length advanced by the digits only.
+    fn text_ipv4(&mut self, octets: [u8; 4]) {
+        let dst = self
+            .text
+            .get_mut(self.used..self.used + 16)
+            .expect("more inserted text than any rewrite needs");
+        let mut n = 0;
+        for (k, o) in octets.iter().enumerate() {
+            if k > 0 {
+                dst[n] = b'.';
+                n += 1;
+            }
+            let (digits, len) = OCTETS[usize::from(*o)];
+            dst[n..n + 3].copy_from_slice(&digits);
+            n += usize::from(len);
+        }
+        self.used += n;
+        self.list[self.n - 1].len += n as u16;
+    }
+    /// The text of the splice opened last.
+    fn last_text(&self) -> &[u8] {
+        let e = &self.list[self.n - 1];
+        &self.text[e.from as usize..e.from as usize + e.len as usize]
+    }
+    /// Withdraw the splice opened last.
+    fn cancel_last(&mut self) {
+        self.n -= 1;
+        self.used = self.list[self.n].from as usize;
+    }
+    fn push(&mut self, at: usize, del: usize, ins: &[u8]) {
+        self.open(at, del);
+        if !ins.is_empty() {
+            self.text(ins);
+        }
+    }
     pub fn delete(&mut self, span: Span) {
-        self.push(span.start as usize, span.len(), Ins::EMPTY);
+        self.push(span.start as usize, span.len(), &[]);
     }
     pub fn replace(&mut self, span: Span, ins: Ins) {
-        self.push(span.start as usize, span.len(), ins);
+        self.push(span.start as usize, span.len(), ins.as_slice());
     }
     pub fn insert(&mut self, at: usize, ins: Ins) {
-        self.push(at, 0, ins);
+        self.push(at, 0, ins.as_slice());
     }
 
     /// Copy `region` of `buf` to `out`, applying the edits inside it.
@@ -178,7 +285,16 @@ impl Edits {
         let list = &mut self.list[..self.n];
         // Stable: splices at the same offset keep their insertion order
         // (`=port` after a bare rport, then `;received=` at the value end).
-        list.sort_by_key(|e| (e.at, e.del));
+        // A few 12-byte entries, mostly in order: an insertion sort.
+        for i in 1..list.len() {
+            let e = list[i];
+            let mut j = i;
+            while j > 0 && (list[j - 1].at, list[j - 1].del) > (e.at, e.del) {
+                list[j] = list[j - 1];
+                j -= 1;
+            }
+            list[j] = e;
+        }
         let mut pos = region.start as usize;
         for e in list.iter() {
             let at = e.at as usize;
@@ -190,7 +306,9 @@ impl Edits {
                 continue;
             }
             out.put(&buf[pos..at]);
-            out.put(e.ins.as_slice());
+            if e.len > 0 {
+                out.put(&self.text[e.from as usize..e.from as usize + e.len as usize]);
+            }
             pos = at + e.del as usize;
         }
         out.put(&buf[pos.min(region.end as usize)..region.end as usize]);
@@ -201,21 +319,30 @@ impl Edits {
 /// not the source address (always, when `rport` is present) and fill a bare
 /// `rport` with the source port.
 pub fn mark_received(buf: &[u8], via: &Via, src: SocketAddr, edits: &mut Edits) {
-    let mut ip = [0u8; 48];
-    let ip_len = fmt_ip(src.ip(), &mut ip);
+    if via.rport == Some(None) {
+        edits.open(via.rport_end as usize, 0);
+        edits.text(b"=");
+        edits.text_u32(u32::from(src.port()));
+    }
+    // The address is written where the `received` text goes, and the
+    // splice withdrawn if it turns out not to be needed.
+    edits.open(via.value.end as usize, 0);
+    edits.text(b";received=");
+    match src.ip() {
+        IpAddr::V4(v4) => edits.text_ipv4(v4.octets()),
+        ip @ IpAddr::V6(_) => {
+            let mut tmp = [0u8; 48];
+            let n = fmt_ip(ip, &mut tmp);
+            edits.text(&tmp[..n]);
+        }
+    }
+    let ip_text = &edits.last_text()[b";received=".len()..];
     let host = via.host.get(buf);
     // IPv4 text is canonical; IPv6 has several spellings, so parse those.
     let host_is_src =
-        host == &ip[..ip_len] || (src.is_ipv6() && super::uri::ip_of(host) == Some(src.ip()));
-    if via.rport == Some(None) {
-        let mut ins = Ins::EMPTY;
-        ins.put(b"=").put_u32(u32::from(src.port()));
-        edits.insert(via.rport_end as usize, ins);
-    }
-    if via.received.is_none() && (!host_is_src || via.rport.is_some()) {
-        let mut ins = Ins::EMPTY;
-        ins.put(b";received=").put(&ip[..ip_len]);
-        edits.insert(via.value.end as usize, ins);
+        host == ip_text || (src.is_ipv6() && super::uri::ip_of(host) == Some(src.ip()));
+    if !(via.received.is_none() && (!host_is_src || via.rport.is_some())) {
+        edits.cancel_last();
     }
 }
 
@@ -298,9 +425,8 @@ pub fn forward_request(
             o.put(b"\r\n");
         }
         MaxForwards::Replace(span, v) => {
-            let mut ins = Ins::EMPTY;
-            ins.put_u32(v);
-            edits.replace(span, ins);
+            edits.open(span.start as usize, span.len());
+            edits.text_u32(v);
         }
     }
     if let Some(via) = &m.top_via {
@@ -370,4 +496,44 @@ pub fn forward_response(buf: &[u8], m: &Message, out: &mut [u8]) -> Option<usize
     o.put(b"\r\n");
     o.put(m.body.get(buf));
     o.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The in-place decimal writers and the octet table give what
+    /// `Display` gives.
+    #[test]
+    fn number_and_address_text() {
+        for v in [
+            0u32,
+            1,
+            9,
+            10,
+            99,
+            100,
+            5062,
+            65535,
+            999_999_999,
+            1_000_000_000,
+            u32::MAX,
+        ] {
+            let mut buf = [0u8; 16];
+            let mut o = Out::new(&mut buf);
+            o.put_u32(v);
+            let n = o.finish().unwrap();
+            assert_eq!(&buf[..n], v.to_string().as_bytes());
+        }
+        for a in 0..=255u8 {
+            let ip = std::net::Ipv4Addr::new(a, 255 - a, a / 7, 10);
+            let mut e = Edits::default();
+            e.open(0, 0);
+            e.text_ipv4(ip.octets());
+            assert_eq!(e.last_text(), ip.to_string().as_bytes());
+            let mut t = [0u8; 48];
+            let n = fmt_ip(IpAddr::V4(ip), &mut t);
+            assert_eq!(&t[..n], ip.to_string().as_bytes());
+        }
+    }
 }
