@@ -95,8 +95,25 @@ const SHORT: usize = 32;
 ///
 /// Jumps between the interesting bytes with a vector search instead of
 /// stepping over every byte: header values are mostly plain text.
+#[inline]
 pub fn find_unquoted(buf: &[u8], from: usize, end: usize, needle: u8) -> Option<usize> {
     let end = end.min(buf.len());
+    // The usual answers cost no call: a name-addr's `<` (or a list's
+    // needle) as the first byte, and no needle anywhere (one Via per line,
+    // one PAI value), where quotes cannot matter.
+    let rest = buf.get(from..end)?;
+    match rest.first() {
+        None => None,
+        Some(b) if *b == needle => Some(from),
+        Some(_) => {
+            find_byte(needle, rest)?;
+            find_unquoted_walk(buf, from, end, needle)
+        }
+    }
+}
+
+/// [`find_unquoted`] the long way: from quote to quote and `<` to `>`.
+fn find_unquoted_walk(buf: &[u8], from: usize, end: usize, needle: u8) -> Option<usize> {
     let mut i = from;
     while i < end {
         let rest = &buf[i..end];
@@ -211,6 +228,39 @@ mod tests {
                 .get(s),
             b"z9hG4bK1"
         );
+    }
+
+    /// The shortcuts (first byte, no needle at all) answer as the walk.
+    #[test]
+    fn find_unquoted_shortcuts_agree_with_the_walk() {
+        const ALPHA: &[u8] = b"a,\"<>\\";
+        let mut all = vec![Vec::new()];
+        let mut frontier = vec![Vec::new()];
+        for _ in 0..5 {
+            let mut next = Vec::new();
+            for t in &frontier {
+                for b in ALPHA {
+                    let mut n: Vec<u8> = t.clone();
+                    n.push(*b);
+                    next.push(n);
+                }
+            }
+            all.extend(next.iter().cloned());
+            frontier = next;
+        }
+        for s in &all {
+            for from in 0..=s.len() + 1 {
+                for end in [s.len(), s.len().saturating_sub(1), s.len() + 2] {
+                    for needle in [b',', b'<', b'"'] {
+                        assert_eq!(
+                            find_unquoted(s, from, end, needle),
+                            find_unquoted_walk(s, from, end.min(s.len()), needle),
+                            "{s:?} {from} {end} {needle}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -175,10 +175,18 @@ fn scheme_of(s: &[u8]) -> Option<(Scheme, usize)> {
 
 /// A decimal port 1..=65535.
 pub fn parse_port(s: &[u8]) -> Option<u16> {
-    if s.is_empty() || s.len() > 5 || !s.iter().all(u8::is_ascii_digit) {
+    if s.is_empty() || s.len() > 5 {
         return None;
     }
-    let v = s.iter().fold(0u32, |a, d| a * 10 + u32::from(d - b'0'));
+    // One pass: each byte checked and accumulated together.
+    let mut v = 0u32;
+    for b in s {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        v = v * 10 + u32::from(d);
+    }
     (1..=65535).contains(&v).then_some(v as u16)
 }
 
@@ -338,6 +346,33 @@ mod tests {
             b"sip:bob@example.net"
         );
         assert_eq!(header_params(s, Span::new(0, s.len())).get(s), b";tag=1");
+    }
+
+    #[test]
+    fn ports_are_one_to_five_digits_up_to_65535() {
+        let plain = |s: &[u8]| {
+            if s.is_empty() || s.len() > 5 || !s.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            let v = s.iter().fold(0u32, |a, d| a * 10 + u32::from(d - b'0'));
+            (1..=65535).contains(&v).then_some(v as u16)
+        };
+        for v in (0..100_000u32)
+            .step_by(7)
+            .chain([0, 1, 65535, 65536, 99999])
+        {
+            for s in [
+                format!("{v}"),
+                format!("0{v}"),
+                format!("{v}/"),
+                format!(":{v}"),
+            ] {
+                assert_eq!(parse_port(s.as_bytes()), plain(s.as_bytes()), "{s}");
+            }
+        }
+        for s in [&b""[..], b"123456", b"1 2", b"\xff", b"9:", b"/"] {
+            assert_eq!(parse_port(s), plain(s));
+        }
     }
 
     #[test]
