@@ -162,7 +162,7 @@ fn load_short(s: &[u8]) -> u64 {
 /// them) gain 0x20. The additions stay within each byte (at most
 /// 0x7f + 0x3f), so no carry crosses into the next one.
 #[inline]
-fn lower_word(w: u64) -> u64 {
+pub(crate) fn lower_word(w: u64) -> u64 {
     const ONES: u64 = 0x0101_0101_0101_0101;
     let low7 = w & (0x7f * ONES);
     let above_z = low7 + (0x7f - u64::from(b'Z')) * ONES;
