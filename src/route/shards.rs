@@ -76,6 +76,11 @@ pub struct ShardSet {
     /// Looked up for every datagram (is the sender a shard?): the stable
     /// hash, not SipHash; the keys are the operator's shard addresses.
     by_addr: HashMap<SocketAddr, u16, StableBuild>,
+    /// The shards that take new users (`Up`, not removed) as (id hash,
+    /// slot), in slot order: `pick` runs for every new dialog and reads
+    /// only these, not the whole ~130-byte `Shard`s with their state.
+    /// Rebuilt whenever a state or the slots change.
+    up: Vec<(u64, u16)>,
     edge_hostport: String,
 }
 
@@ -116,6 +121,7 @@ impl ShardSet {
         let mut set = ShardSet {
             shards: list.iter().map(|s| make_shard(s, edge_hostport)).collect(),
             by_addr: HashMap::default(),
+            up: Vec::new(),
             edge_hostport: edge_hostport.to_string(),
         };
         for (i, spec) in list.iter().enumerate() {
@@ -135,6 +141,17 @@ impl ShardSet {
             .enumerate()
             .filter(|(_, s)| !s.removed)
             .map(|(i, s)| (s.addr, i as u16))
+            .collect();
+        self.reindex_up();
+    }
+
+    fn reindex_up(&mut self) {
+        self.up = self
+            .shards
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.state == ShardState::Up && !s.removed)
+            .map(|(i, s)| (s.id_hash, i as u16))
             .collect();
     }
 
@@ -173,19 +190,18 @@ impl ShardSet {
     /// choice; `None` when no shard is up.
     #[inline]
     pub fn pick(&self, user_hash: u64) -> Option<usize> {
-        let mut best = None;
-        let mut best_score = 0u64;
-        for (i, s) in self.shards.iter().enumerate() {
-            if s.state != ShardState::Up || s.removed {
-                continue;
-            }
-            let score = fmix64(user_hash ^ s.id_hash);
-            if best.is_none() || score > best_score {
-                best = Some(i);
+        let ((first_id, first), rest) = self.up.split_first()?;
+        let mut best = *first;
+        let mut best_score = fmix64(user_hash ^ first_id);
+        // Strictly greater: on a tie the lower slot wins.
+        for &(id, i) in rest {
+            let score = fmix64(user_hash ^ id);
+            if score > best_score {
+                best = i;
                 best_score = score;
             }
         }
-        best
+        Some(usize::from(best))
     }
 
     /// Where a group hosted on slot `g` goes now: its host unless it is down
@@ -203,6 +219,7 @@ impl ShardSet {
 
     pub fn set_state(&mut self, i: usize, state: ShardState) {
         self.shards[i].state = state;
+        self.reindex_up();
     }
 
     /// Add a shard (or revive a removed slot of the same name). Errors name
@@ -321,6 +338,61 @@ mod tests {
 #[cfg(test)]
 mod failover_tests {
     use super::*;
+
+    /// `pick` over its list of `Up` shards against the definition over all
+    /// slots, through state changes, removals and additions.
+    #[test]
+    fn pick_agrees_with_a_scan_of_all_slots() {
+        let reference = |s: &ShardSet, h: u64| {
+            let mut best = None;
+            let mut best_score = 0u64;
+            for (i, sh) in s.shards.iter().enumerate() {
+                if sh.state != ShardState::Up || sh.removed {
+                    continue;
+                }
+                let score = fmix64(h ^ sh.id_hash);
+                if best.is_none() || score > best_score {
+                    best = Some(i);
+                    best_score = score;
+                }
+            }
+            best
+        };
+        let spec = |i: usize| ShardSpec {
+            name: format!("cs{i}"),
+            addr: SocketAddr::from(([127, 0, 0, 1], 7001 + i as u16)),
+            backup: None,
+        };
+        let mut s = ShardSet::new(&(0..6).map(spec).collect::<Vec<_>>(), "127.0.0.1:5060");
+        let users: Vec<u64> = (0..500)
+            .map(|u| hash_bytes(format!("u{u}").as_bytes()))
+            .chain([0, u64::MAX])
+            .collect();
+        let states = [ShardState::Up, ShardState::Draining, ShardState::Down];
+        let check = |s: &ShardSet| {
+            for h in &users {
+                assert_eq!(s.pick(*h), reference(s, *h));
+            }
+        };
+        for step in 0..40usize {
+            s.set_state(step % 6, states[(step / 6 + step) % 3]);
+            check(&s);
+            if step == 10 {
+                s.remove(2).unwrap();
+                check(&s);
+            }
+            if step == 20 {
+                assert_eq!(s.add(&spec(2)), Ok(2));
+                assert_eq!(s.add(&spec(7)), Ok(6));
+                check(&s);
+            }
+        }
+        for i in 0..s.len() {
+            s.set_state(i, ShardState::Down);
+        }
+        check(&s);
+        assert_eq!(s.pick(1), None);
+    }
 
     #[test]
     fn down_shard_users_move_to_next_choice_and_groups_to_backup() {

@@ -11,7 +11,7 @@
 
 use super::feature_tag::{cpm_services, CpmServices};
 use super::params::{next_value_start, values};
-use super::uri::{addr_of, header_params};
+use super::uri::{addr_of, name_addr};
 use super::via::{self, Via};
 use super::{
     find_byte, find_line_end, is_lws, is_token, le_word, rfind_byte, skip_lws, trim, Span,
@@ -819,11 +819,12 @@ fn scan_headers(buf: &[u8], m: &mut Message, hdr_start: usize) -> Walk {
                 if !request {
                     continue;
                 }
-                match addr_of(buf, h.value) {
+                let (uri, tag) = uri_and_tag(buf, h.value);
+                match uri {
                     Some(u) if !u.is_empty() => m.from_uri = u,
                     _ => m.flag(Defect::BadFrom),
                 }
-                m.from_tag = tag_of(buf, h.value);
+                m.from_tag = tag;
             }
             Header::To => {
                 if !m.to.is_empty() {
@@ -833,11 +834,12 @@ fn scan_headers(buf: &[u8], m: &mut Message, hdr_start: usize) -> Walk {
                 if !request {
                     continue;
                 }
-                match addr_of(buf, h.value) {
+                let (uri, tag) = uri_and_tag(buf, h.value);
+                match uri {
                     Some(u) if !u.is_empty() => m.to_uri = u,
                     _ => m.flag(Defect::BadTo),
                 }
-                m.to_tag = tag_of(buf, h.value);
+                m.to_tag = tag;
             }
             Header::Route if request => {
                 let mut vals = values(buf, h.value).peekable();
@@ -907,11 +909,39 @@ fn scan_headers(buf: &[u8], m: &mut Message, hdr_start: usize) -> Walk {
     }
 }
 
-/// The `tag` header parameter of a From/To value. A short quote-aware byte
-/// loop: cheaper than the general parameter iterator on ~20 bytes.
-fn tag_of(buf: &[u8], value: Span) -> Option<Span> {
-    let params = header_params(buf, value);
+/// The URI and the tag of a From/To value.
+fn uri_and_tag(buf: &[u8], value: Span) -> (Option<Span>, Option<Span>) {
+    let (uri, params) = name_addr(buf, value);
+    (uri, tag_of(buf, params))
+}
+
+/// The `tag` parameter among the header parameters `params` of a From/To
+/// value (see [`name_addr`]).
+fn tag_of(buf: &[u8], params: Span) -> Option<Span> {
     let p = params.get(buf);
+    // The tag is nearly always the only parameter, written `;tag=`: one
+    // word compare (OR 0x20 folds exactly the case of the three letters)
+    // finds what the loop below would at its first byte.
+    let k = if p.len() >= 5
+        && p[0] == b';'
+        && u32::from_le_bytes([p[1], p[2], p[3], p[4]]) | 0x0020_2020
+            == u32::from_le_bytes(*b"tag=")
+    {
+        skip_lws(p, 5)
+    } else {
+        tag_value_start(p)?
+    };
+    let v_end = p[k..]
+        .iter()
+        .position(|b| *b == b';' || is_lws(*b))
+        .map_or(p.len(), |n| k + n);
+    (v_end > k).then(|| params.sub(k, v_end))
+}
+
+/// Where the value of the first `tag` parameter in `p` starts. A short
+/// quote-aware byte loop: cheaper than the general parameter iterator on
+/// ~20 bytes.
+fn tag_value_start(p: &[u8]) -> Option<usize> {
     let mut in_quote = false;
     let mut i = 0;
     while i < p.len() {
@@ -922,12 +952,7 @@ fn tag_of(buf: &[u8], value: Span) -> Option<Span> {
                 if p.len() >= j + 3 && p[j..j + 3].eq_ignore_ascii_case(b"tag") {
                     let k = skip_lws(p, j + 3);
                     if p.get(k) == Some(&b'=') {
-                        let k = skip_lws(p, k + 1);
-                        let v_end = p[k..]
-                            .iter()
-                            .position(|b| *b == b';' || is_lws(*b))
-                            .map_or(p.len(), |n| k + n);
-                        return (v_end > k).then(|| params.sub(k, v_end));
+                        return Some(skip_lws(p, k + 1));
                     }
                 }
             }
@@ -983,6 +1008,75 @@ fn scan_cseq(buf: &[u8], m: &mut Message, value: Span) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The definition the tag search must agree with: the loop over the
+    /// parameters that `header_params` returns, from their first byte.
+    fn reference_tag_of(buf: &[u8], value: Span) -> Option<Span> {
+        let params = crate::sip::uri::header_params(buf, value);
+        let p = params.get(buf);
+        let mut in_quote = false;
+        for i in 0..p.len() {
+            match p[i] {
+                b'"' => in_quote = !in_quote,
+                b';' if !in_quote => {
+                    let j = skip_lws(p, i + 1);
+                    if p.len() >= j + 3 && p[j..j + 3].eq_ignore_ascii_case(b"tag") {
+                        let k = skip_lws(p, j + 3);
+                        if p.get(k) == Some(&b'=') {
+                            let k = skip_lws(p, k + 1);
+                            let v_end = p[k..]
+                                .iter()
+                                .position(|b| *b == b';' || is_lws(*b))
+                                .map_or(p.len(), |n| k + n);
+                            return (v_end > k).then(|| params.sub(k, v_end));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Every short value over the bytes the tag search reacts to, behind
+    /// name-addr and addr-spec prefixes: the same URI and tag as `addr_of`
+    /// and the reference loop.
+    #[test]
+    fn uri_and_tag_agree_with_the_plain_definition() {
+        const ALPHA: &[u8] = b";tAG= \"x<>";
+        let mut tails = vec![Vec::new()];
+        let mut frontier = vec![Vec::new()];
+        for _ in 0..5 {
+            let mut next = Vec::new();
+            for t in &frontier {
+                for b in ALPHA {
+                    let mut n: Vec<u8> = t.clone();
+                    n.push(*b);
+                    next.push(n);
+                }
+            }
+            tails.extend(next.iter().cloned());
+            frontier = next;
+        }
+        for head in [
+            &b"<sip:a@b>"[..],
+            b"\"A;tag=q\" <sip:a@b>",
+            b"sip:a@b",
+            b"<sip:a@b>;tag=",
+            b"<sip:a@b>;Tag= ",
+            b"",
+        ] {
+            for t in &tails {
+                let mut s = head.to_vec();
+                s.extend_from_slice(t);
+                let value = Span::new(0, s.len());
+                let (uri, tag) = uri_and_tag(&s, value);
+                let shown = String::from_utf8_lossy(&s);
+                assert_eq!(uri, addr_of(&s, value), "{shown}");
+                assert_eq!(tag, reference_tag_of(&s, value), "{shown}");
+            }
+        }
+    }
 
     const KNOWN: [(&[u8], Header); 15] = [
         (b"To", Header::To),
