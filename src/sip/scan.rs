@@ -741,7 +741,7 @@ fn scan_start_line(buf: &[u8], m: &mut Message) {
         uri,
     };
     let version = &line[sp2 + 1..];
-    if sp2 <= sp1 + 1 || uri.get(buf).contains(&b' ') {
+    if sp2 <= sp1 + 1 || find_byte(b' ', uri.get(buf)).is_some() {
         m.flag(Defect::BadStartLine);
     } else if !version.eq_ignore_ascii_case(b"SIP/2.0") {
         if version.len() > 4 && version[..4].eq_ignore_ascii_case(b"SIP/") {
