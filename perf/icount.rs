@@ -1,12 +1,14 @@
-//! Instruction-count driver: runs the pure fast path (`route::process`) on
-//! each benchmark message N times so `valgrind --tool=callgrind` gives a
+//! Instruction-count driver: runs the pure fast path on each benchmark
+//! message N times, through the worker's entry point (`route::process_into`
+//! into one reused `Message`), so `valgrind --tool=callgrind` gives a
 //! noise-free instructions-per-message figure (`perf/icount.sh`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use common::*;
-use cpm_edge::route::process;
+use cpm_edge::route::{process, process_into};
+use cpm_edge::sip::scan::Message;
 use std::hint::black_box;
 use std::net::SocketAddr;
 
@@ -34,9 +36,10 @@ fn main() {
     };
     let mut out = vec![0u8; 16384];
     let mut total = 0usize;
+    let mut m = Message::default();
     if !msg.is_empty() {
         for _ in 0..n {
-            let (o, _) = process(black_box(&msg), false, client, &t, &mut out);
+            let o = process_into(black_box(&msg), false, client, &t, &mut out, false, &mut m);
             total += o.send().map_or(0, |(l, _)| l);
         }
     }
@@ -70,8 +73,9 @@ fn response(n: usize, t: &cpm_edge::route::Tables, client: SocketAddr) {
     )
     .into_bytes();
     let mut total = 0usize;
+    let mut m = Message::default();
     for _ in 0..n {
-        let (o, _) = process(black_box(&resp), false, shard, t, &mut out);
+        let o = process_into(black_box(&resp), false, shard, t, &mut out, false, &mut m);
         total += o.send().map_or(0, |(l, _)| l);
     }
     if total == 0 {

@@ -11,7 +11,7 @@ use crate::config::Valid;
 use crate::io::{self, DatagramHandler, IoBackend, IoConfig};
 use crate::policy::slow::{Job, Progress, SlowPath, SlowQueue};
 use crate::route::limits::{socket_fill, Overload, SourceLimiter};
-use crate::route::{process_admitted, DropReason, Outcome, Tables};
+use crate::route::{process_into, DropReason, Outcome, Tables};
 
 /// What a worker needs to admit traffic (limits, allow-list, overload).
 #[derive(Clone, Debug)]
@@ -54,6 +54,9 @@ pub struct EdgeHandler {
     last_fold: Instant,
     /// Rate limit of drop/error logs: one line per reason per second.
     last_log: [Option<Instant>; DropReason::ALL.len() + 1],
+    /// The current datagram's scan, filled in place rather than moved out
+    /// of the pipeline per datagram.
+    msg: crate::sip::scan::Message,
 }
 
 impl EdgeHandler {
@@ -88,6 +91,7 @@ impl EdgeHandler {
             local: new_histogram(),
             last_fold: now,
             last_log: [None; DropReason::ALL.len() + 1],
+            msg: crate::sip::scan::Message::default(),
         }
     }
 
@@ -159,7 +163,8 @@ impl DatagramHandler for EdgeHandler {
             }
         }
         let shed = self.overload.overloaded();
-        let (mut outcome, m) = process_admitted(data, truncated, src, tables, out, shed);
+        let mut outcome = process_into(data, truncated, src, tables, out, shed, &mut self.msg);
+        let m = &self.msg;
         if let Outcome::NeedsPolicy(d) = outcome {
             // The slow path owns it now, or (queue full) it is answered 503
             // (a response is relayed unchecked): never silently dropped.
@@ -178,10 +183,10 @@ impl DatagramHandler for EdgeHandler {
                 None => {}
             }
             outcome = if m.is_request() {
-                let dst = crate::route::reply_target(&m, src);
+                let dst = crate::route::reply_target(m, src);
                 crate::route::unavailable(
                     data,
-                    &m,
+                    m,
                     crate::route::UNAVAILABLE_POLICY_QUEUE,
                     tables.retry_after_s,
                     src,
@@ -189,7 +194,7 @@ impl DatagramHandler for EdgeHandler {
                     out,
                 )
             } else {
-                crate::route::write(data, &m, d, src, tables, None, out)
+                crate::route::write(data, m, d, src, tables, None, out)
             };
         }
         // A truncated datagram is counted as a drop, not as what its start says.

@@ -24,7 +24,7 @@ pub use tables::Tables;
 
 use crate::policy;
 use crate::sip::rewrite::{forward_request, forward_response, MaxForwards, RequestPlan};
-use crate::sip::scan::{scan, Message, StartLine};
+use crate::sip::scan::{scan_into, Message, StartLine};
 use crate::sip::{branch, reply};
 use std::net::SocketAddr;
 
@@ -91,24 +91,41 @@ pub fn process_admitted(
     out: &mut [u8],
     shed_new_invites: bool,
 ) -> (Outcome, Message) {
-    let m = scan(buf);
+    let mut m = Message::default();
+    let o = process_into(buf, truncated, src, t, out, shed_new_invites, &mut m);
+    (o, m)
+}
+
+/// [`process_admitted`] with the scan left in a caller-owned `m` (all of it
+/// overwritten): what a worker calls, keeping one `Message` instead of
+/// moving ~460 bytes out per datagram.
+pub fn process_into(
+    buf: &[u8],
+    truncated: bool,
+    src: SocketAddr,
+    t: &Tables,
+    out: &mut [u8],
+    shed_new_invites: bool,
+    m: &mut Message,
+) -> Outcome {
+    scan_into(buf, m);
+    let m = &*m;
     if truncated {
-        return (Outcome::Dropped(DropReason::Oversized), m);
+        return Outcome::Dropped(DropReason::Oversized);
     }
     if shed_new_invites
         && m.method() == Some(crate::sip::scan::Method::Invite)
         && m.to_tag.is_none()
         && m.defect.is_none()
     {
-        let dst = reply_target(&m, src);
-        let o = unavailable(buf, &m, UNAVAILABLE_OVERLOAD, 1, src, dst, out);
-        return (o, m);
+        let dst = reply_target(m, src);
+        return unavailable(buf, m, UNAVAILABLE_OVERLOAD, 1, src, dst, out);
     }
-    let d = decide(buf, &m, src, t);
-    if !t.policy.is_empty() && needs_policy(buf, &m, &d, t) {
-        return (Outcome::NeedsPolicy(d), m);
+    let d = decide(buf, m, src, t);
+    if !t.policy.is_empty() && needs_policy(buf, m, &d, t) {
+        return Outcome::NeedsPolicy(d);
     }
-    (write(buf, &m, d, src, t, None, out), m)
+    write(buf, m, d, src, t, None, out)
 }
 
 /// Is this decision about an SDP offer or answer a policy applies to?

@@ -250,6 +250,14 @@ pub struct Message {
     pub defect: Option<Defect>,
 }
 
+/// The scan of an empty datagram's fields before any is read: what
+/// [`scan_into`] overwrites.
+impl Default for Message {
+    fn default() -> Message {
+        Message::empty()
+    }
+}
+
 impl Message {
     fn empty() -> Message {
         Message {
@@ -590,17 +598,26 @@ fn parse_u32(s: &[u8]) -> Option<u32> {
 /// Scan one datagram. Never panics; the result's `defect` says what is wrong.
 pub fn scan(buf: &[u8]) -> Message {
     let mut m = Message::empty();
+    scan_into(buf, &mut m);
+    m
+}
+
+/// [`scan`] into a caller-owned `Message` (all of it overwritten): the hot
+/// path keeps one per worker instead of moving the ~460-byte result out of
+/// every call (callgrind: a memcpy of ~76 instructions per move).
+pub fn scan_into(buf: &[u8], m: &mut Message) {
+    *m = Message::empty();
     // RFC 3261 §7.5: empty lines before the start line are ignored.
     let Some(first) = buf
         .iter()
         .position(|b| !matches!(b, b'\r' | b'\n' | b' ' | b'\t' | 0))
     else {
         m.flag(Defect::Keepalive);
-        return m;
+        return;
     };
     let Some(sl_len) = find_byte(b'\n', &buf[first..]) else {
         m.flag(Defect::BadStartLine);
-        return m;
+        return;
     };
     let sl_nl = first + sl_len;
     let sl_end = if sl_nl > first && buf[sl_nl - 1] == b'\r' {
@@ -609,7 +626,7 @@ pub fn scan(buf: &[u8]) -> Message {
         sl_nl
     };
     m.start_line = Span::new(first, sl_end);
-    scan_start_line(buf, &mut m);
+    scan_start_line(buf, m);
 
     let hdr_start = sl_nl + 1;
     // RFC 3261 §7: lines end with CRLF. A bare LF or CR would let the next
@@ -619,7 +636,7 @@ pub fn scan(buf: &[u8]) -> Message {
     // then the block's (line ends, blank line, NUL), then the headers'.
     let bare_in_start_line = sl_end == sl_nl || find_byte(b'\r', &buf[first..sl_end]).is_some();
     let start_defect = m.defect.take();
-    let walk = scan_headers(buf, &mut m, hdr_start);
+    let walk = scan_headers(buf, m, hdr_start);
     let header_defect = std::mem::replace(&mut m.defect, start_defect);
     if bare_in_start_line || walk.bare_line_end {
         m.flag(Defect::BareLineEnd);
@@ -689,7 +706,6 @@ pub fn scan(buf: &[u8]) -> Message {
             _ => Defect::MissingCSeq,
         });
     }
-    m
 }
 
 fn scan_start_line(buf: &[u8], m: &mut Message) {
