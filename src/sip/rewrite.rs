@@ -497,12 +497,19 @@ pub fn forward_response_replaced(
 }
 
 fn pop_top_via(m: &Message, edits: &mut Edits) {
-    if let Some(via) = &m.top_via {
-        match m.top_via_next {
-            Some(next) => edits.delete(Span::new(via.value.start as usize, next as usize)),
-            None => edits.delete(m.top_via_line),
-        }
+    if let Some(cut) = top_via_cut(m) {
+        edits.delete(cut);
     }
+}
+
+/// What popping the top Via deletes: its value up to the next one in the
+/// same line, or its whole line.
+fn top_via_cut(m: &Message) -> Option<Span> {
+    let via = m.top_via.as_ref()?;
+    Some(match m.top_via_next {
+        Some(next) => Span::new(via.value.start as usize, next as usize),
+        None => m.top_via_line,
+    })
 }
 
 /// Write the forwarded response: the top Via (ours) removed, nothing else
@@ -511,9 +518,17 @@ pub fn forward_response(buf: &[u8], m: &Message, out: &mut [u8]) -> Option<usize
     let mut o = Out::new(out);
     o.put(m.start_line.get(buf));
     o.put(b"\r\n");
-    let mut edits = Edits::default();
-    pop_top_via(m, &mut edits);
-    edits.apply(buf, m.headers, &mut o);
+    // A single deletion: the headers are copied around it directly, what
+    // `Edits::apply` does with a one-splice list, without building the
+    // list (callgrind: its ~300-byte zeroing is a memset call per response).
+    let (start, end) = (m.headers.start as usize, m.headers.end as usize);
+    let mut pos = start;
+    if let Some(cut) = top_via_cut(m).filter(|c| c.start as usize >= start) {
+        debug_assert!(cut.end as usize <= end, "the top Via outside the headers");
+        o.put(&buf[start..cut.start as usize]);
+        pos = cut.end as usize;
+    }
+    o.put(&buf[pos.min(end)..end]);
     o.put(b"\r\n");
     o.put(m.body.get(buf));
     o.finish()
