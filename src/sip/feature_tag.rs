@@ -360,18 +360,11 @@ mod tests {
             ";".into(),
             " ".into(),
         ];
-        let mut all = vec![String::new()];
-        let mut frontier = vec![String::new()];
-        for _ in 0..6 {
-            let mut next = Vec::new();
-            for t in &frontier {
-                for p in &pieces {
-                    next.push(format!("{t}{p}"));
-                }
-            }
-            all.extend(next.iter().cloned());
-            frontier = next;
-        }
+        let pieces: Vec<&[u8]> = pieces.iter().map(|p| p.as_bytes()).collect();
+        let all: Vec<String> = crate::sip::concatenations(&pieces, 6)
+            .into_iter()
+            .map(|v| String::from_utf8(v).expect("ASCII pieces"))
+            .collect();
         for v in &all {
             for v in [v.clone(), format!("*;{v}")] {
                 assert_eq!(
@@ -403,18 +396,11 @@ mod tests {
             " ".into(),
             "x".into(),
         ];
-        let mut lists = vec![String::new()];
-        let mut frontier = vec![String::new()];
-        for _ in 0..4 {
-            let mut next = Vec::new();
-            for t in &frontier {
-                for p in &pieces {
-                    next.push(format!("{t}{p}"));
-                }
-            }
-            lists.extend(next.iter().cloned());
-            frontier = next;
-        }
+        let pieces: Vec<&[u8]> = pieces.iter().map(|p| p.as_bytes()).collect();
+        let lists: Vec<String> = crate::sip::concatenations(&pieces, 4)
+            .into_iter()
+            .map(|v| String::from_utf8(v).expect("ASCII pieces"))
+            .collect();
         for l in &lists {
             for v in [l.clone(), format!("\"{l}")] {
                 for in_param in [false, true] {

@@ -149,6 +149,35 @@ pub(crate) fn is_token(b: u8) -> bool {
     TOKEN[b as usize]
 }
 
+/// Every concatenation of 0 to `max_len` of `pieces`: the exhaustive inputs
+/// on which the tests hold a fast routine to its plain definition.
+#[cfg(test)]
+pub(crate) fn concatenations(pieces: &[&[u8]], max_len: usize) -> Vec<Vec<u8>> {
+    let mut all = vec![Vec::new()];
+    let mut frontier: Vec<Vec<u8>> = vec![Vec::new()];
+    for _ in 0..max_len {
+        frontier = frontier
+            .iter()
+            .flat_map(|t| {
+                pieces.iter().map(move |p| {
+                    let mut n = t.clone();
+                    n.extend_from_slice(p);
+                    n
+                })
+            })
+            .collect();
+        all.extend(frontier.iter().cloned());
+    }
+    all
+}
+
+/// Every string of 0 to `max_len` bytes over `alphabet`.
+#[cfg(test)]
+pub(crate) fn short_strings(alphabet: &[u8], max_len: usize) -> Vec<Vec<u8>> {
+    let pieces: Vec<&[u8]> = alphabet.chunks(1).collect();
+    concatenations(&pieces, max_len)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1079,21 +1079,7 @@ mod tests {
     /// and the reference loop.
     #[test]
     fn uri_and_tag_agree_with_the_plain_definition() {
-        const ALPHA: &[u8] = b";tAG= \"x<>";
-        let mut tails = vec![Vec::new()];
-        let mut frontier = vec![Vec::new()];
-        for _ in 0..5 {
-            let mut next = Vec::new();
-            for t in &frontier {
-                for b in ALPHA {
-                    let mut n: Vec<u8> = t.clone();
-                    n.push(*b);
-                    next.push(n);
-                }
-            }
-            tails.extend(next.iter().cloned());
-            frontier = next;
-        }
+        let tails = crate::sip::short_strings(b";tAG= \"x<>", 5);
         for head in [
             &b"<sip:a@b>"[..],
             b"\"A;tag=q\" <sip:a@b>",
@@ -1118,22 +1104,10 @@ mod tests {
     /// the bytes it looks at.
     #[test]
     fn trim_value_is_trim() {
-        const ALPHA: &[u8] = b" \t\r\nx";
-        let mut texts = vec![Vec::new()];
-        let mut frontier: Vec<Vec<u8>> = vec![Vec::new()];
-        for _ in 0..7 {
-            frontier = frontier
-                .iter()
-                .flat_map(|t| {
-                    ALPHA.iter().map(move |b| {
-                        let mut n = t.clone();
-                        n.push(*b);
-                        n
-                    })
-                })
-                .collect();
-            texts.extend(frontier.iter().cloned());
-        }
+        let texts = crate::sip::short_strings(
+            b" 	
+x", 7,
+        );
         for t in &texts {
             let mut buf = b"Name:".to_vec();
             buf.extend_from_slice(t);
