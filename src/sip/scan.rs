@@ -1104,10 +1104,7 @@ mod tests {
     /// the bytes it looks at.
     #[test]
     fn trim_value_is_trim() {
-        let texts = crate::sip::short_strings(
-            b" 	
-x", 7,
-        );
+        let texts = crate::sip::short_strings(b" \t\r\nx", 7);
         for t in &texts {
             let mut buf = b"Name:".to_vec();
             buf.extend_from_slice(t);
