@@ -72,41 +72,6 @@ impl<'o> Out<'o> {
     }
 }
 
-/// Inline bytes of one insertion (an IP address, a port, a number).
-#[derive(Clone, Copy)]
-pub struct Ins {
-    bytes: [u8; 64],
-    len: u8,
-}
-
-impl Ins {
-    pub const EMPTY: Ins = Ins {
-        bytes: [0; 64],
-        len: 0,
-    };
-    fn as_slice(&self) -> &[u8] {
-        &self.bytes[..self.len as usize]
-    }
-    /// Append, truncating at capacity (callers insert short tokens only).
-    pub fn put(&mut self, s: &[u8]) -> &mut Ins {
-        let start = self.len as usize;
-        let n = s.len().min(self.bytes.len() - start);
-        self.bytes[start..start + n].copy_from_slice(&s[..n]);
-        self.len += n as u8;
-        self
-    }
-    pub fn put_u32(&mut self, v: u32) -> &mut Ins {
-        let mut tmp = [0u8; 10];
-        let n = fmt_u32(v, &mut tmp);
-        self.put(&tmp[10 - n..])
-    }
-    pub fn put_ip(&mut self, ip: IpAddr) -> &mut Ins {
-        let mut tmp = [0u8; 48];
-        let n = fmt_ip(ip, &mut tmp);
-        self.put(&tmp[..n])
-    }
-}
-
 /// How many decimal digits `v` has.
 #[inline]
 fn decimal_len(v: u32) -> usize {
@@ -129,13 +94,6 @@ fn write_decimal(mut v: u32, out: &mut [u8]) {
         *o = b'0' + (v % 10) as u8;
         v /= 10;
     }
-}
-
-/// Decimal digits of `v` right-aligned in `out`; returns how many.
-fn fmt_u32(v: u32, out: &mut [u8; 10]) -> usize {
-    let n = decimal_len(v);
-    write_decimal(v, &mut out[10 - n..]);
-    n
 }
 
 /// Text of an IP address without `core::fmt` for IPv4 (the common case, and
@@ -199,7 +157,7 @@ const MAX_EDITS: usize = 5 + super::scan::MAX_ROUTES;
 
 /// Room for the inserted bytes. A rewrite inserts three texts at most: a
 /// Max-Forwards value (10 digits), `=port` (6) and `;received=<ip>` (10 +
-/// at most the 48 of `fmt_ip`'s buffer): 74 bytes, or two full [`Ins`].
+/// at most the 48 of `fmt_ip`'s buffer): 74 bytes.
 /// Not more: an `Edits` this size is zeroed with inline stores, a larger
 /// one by a memset call per forwarded request (callgrind: ~20 instructions).
 const TEXT: usize = 2 * 64;
@@ -288,20 +246,8 @@ impl Edits {
         self.n -= 1;
         self.used = self.list[self.n].from as usize;
     }
-    fn push(&mut self, at: usize, del: usize, ins: &[u8]) {
-        self.open(at, del);
-        if !ins.is_empty() {
-            self.text(ins);
-        }
-    }
     pub fn delete(&mut self, span: Span) {
-        self.push(span.start as usize, span.len(), &[]);
-    }
-    pub fn replace(&mut self, span: Span, ins: Ins) {
-        self.push(span.start as usize, span.len(), ins.as_slice());
-    }
-    pub fn insert(&mut self, at: usize, ins: Ins) {
-        self.push(at, 0, ins.as_slice());
+        self.open(span.start as usize, span.len());
     }
 
     /// Copy `region` of `buf` to `out`, applying the edits inside it.
