@@ -37,7 +37,7 @@ const SERVICES: [(&[u8], u8); 6] = [
     (b"systemmsg", CpmServices::SYSTEMMSG),
 ];
 
-use super::params::find_byte2;
+use super::find_byte2;
 use super::{find_byte, le_word, skip_lws};
 
 /// A fixed text of 8 to 32 bytes (`W` words) compared a word at a time:

@@ -4,7 +4,7 @@
 //! Quoted strings and `<...>` URIs are opaque: a `;` or `,` inside them does
 //! not split. Nothing here allocates.
 
-use super::{find_byte, is_lws, trim, Span};
+use super::{find_byte, find_byte2, find_byte3, is_lws, trim, Span};
 
 /// One `name[=value]` parameter; `value` is `None` for a bare flag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,27 +65,6 @@ impl Iterator for Params<'_> {
 /// The parameter named `name` (case-insensitive) in `span`.
 pub fn find_param(buf: &[u8], span: Span, name: &[u8]) -> Option<Param> {
     params(buf, span).find(|p| p.name.get(buf).eq_ignore_ascii_case(name))
-}
-
-/// The first of two bytes in `s`: the SSE2 searcher called directly, as
-/// `sip::find_byte` does for one byte (no run-time dispatch on short spans).
-#[inline]
-pub(crate) fn find_byte2(a: u8, b: u8, s: &[u8]) -> Option<usize> {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(two) = memchr::arch::x86_64::sse2::memchr::Two::new(a, b) {
-        return two.find(s);
-    }
-    memchr::memchr2(a, b, s)
-}
-
-/// The first of three bytes in `s` (see [`find_byte2`]).
-#[inline]
-pub(crate) fn find_byte3(a: u8, b: u8, c: u8, s: &[u8]) -> Option<usize> {
-    #[cfg(target_arch = "x86_64")]
-    if let Some(three) = memchr::arch::x86_64::sse2::memchr::Three::new(a, b, c) {
-        return three.find(s);
-    }
-    memchr::memchr3(a, b, c, s)
 }
 
 /// Below this many bytes [`find_unquoted`] steps byte by byte.

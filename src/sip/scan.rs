@@ -13,9 +13,7 @@ use super::feature_tag::{cpm_services, CpmServices};
 use super::params::{next_value_start, values};
 use super::uri::{addr_of, name_addr};
 use super::via::{self, Via};
-use super::{
-    find_byte, find_line_end, is_lws, is_token, le_word, rfind_byte, skip_lws, trim, Span,
-};
+use super::{find_byte, find_byte2, is_lws, is_token, le_word, rfind_byte, skip_lws, trim, Span};
 
 /// The SIP methods the edge tells apart; anything else is `Other` and is
 /// routed like any request.
@@ -522,7 +520,7 @@ impl Iterator for HeaderLines<'_> {
         let mut from = start;
         let mut complete = start;
         let line_end = loop {
-            let Some(i) = find_line_end(&buf[from..end]) else {
+            let Some(i) = find_byte2(b'\r', b'\n', &buf[from..end]) else {
                 if !self.open_ended {
                     break end;
                 }

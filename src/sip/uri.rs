@@ -6,7 +6,8 @@
 //! in their on-the-wire form, which is what every hop forwards unchanged.
 
 use super::branch::StableHash;
-use super::params::{find_byte2, find_unquoted};
+use super::find_byte2;
+use super::params::find_unquoted;
 use super::{find_byte, rfind_byte, trim, Span};
 use std::net::{IpAddr, SocketAddr};
 

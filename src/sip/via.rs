@@ -3,7 +3,8 @@
 //! The sent-by, `branch`, `received` and `rport` are what a stateless proxy
 //! needs to add its own hop and to send responses back along the path.
 
-use super::params::{find_byte2, params};
+use super::find_byte2;
+use super::params::params;
 use super::uri::parse_port;
 use super::{find_byte, skip_lws, trim, Span};
 use std::net::SocketAddr;
