@@ -215,7 +215,10 @@ pub struct Message {
     pub top_via_line: Span,
     /// Start of the value after the top Via in the same line, if any.
     pub top_via_next: Option<u32>,
+    /// A response's second Via (a request's is not parsed).
     pub second_via: Option<Via>,
+    /// Via values seen (of a line's values, those past the third overall
+    /// are not counted).
     pub via_count: u16,
     /// From the first Via line's start to the last one's end (other
     /// headers may sit between them): where a branch of ours can be.
@@ -998,26 +1001,49 @@ fn tag_value_start(p: &[u8]) -> Option<usize> {
 }
 
 fn scan_via(buf: &[u8], m: &mut Message, h: &HeaderLine) {
+    // One value per Via line is the usual shape. Without a comma anywhere
+    // the (already trimmed) value is that one value, and the list iterator's
+    // quote-aware search, trim and second call are not needed (callgrind:
+    // the 200 OK with its two Via lines 5,595 -> 5,286 instructions, the
+    // INVITE 8,847 -> 8,670, with the second Via of requests left alone).
+    if find_byte(b',', h.value.get(buf)).is_none() {
+        if !h.value.is_empty() {
+            scan_via_value(buf, m, h, h.value);
+        }
+        return;
+    }
     for v in values(buf, h.value) {
-        m.via_count = m.via_count.saturating_add(1);
-        match m.via_count {
-            1 => {
-                m.top_via_line = h.line;
-                m.top_via_next =
-                    next_value_start(buf, v.end as usize, h.value.end as usize).map(|p| p as u32);
-                match via::parse(buf, v) {
-                    Some(parsed) => m.top_via = Some(parsed),
-                    None => m.flag(Defect::BadVia),
-                }
-            }
-            2 => {
-                // Only a response is routed on the second Via; a bad one in a
-                // request is the next hops' business, not ours.
-                m.second_via = via::parse(buf, v);
-            }
-            _ => return,
+        if !scan_via_value(buf, m, h, v) {
+            return;
         }
     }
+}
+
+/// Note one Via value `v` of line `h`; false from the third value on, after
+/// which the rest of the line is not looked at.
+#[inline(always)]
+fn scan_via_value(buf: &[u8], m: &mut Message, h: &HeaderLine, v: Span) -> bool {
+    m.via_count = m.via_count.saturating_add(1);
+    match m.via_count {
+        1 => {
+            m.top_via_line = h.line;
+            m.top_via_next =
+                next_value_start(buf, v.end as usize, h.value.end as usize).map(|p| p as u32);
+            match via::parse(buf, v) {
+                Some(parsed) => m.top_via = Some(parsed),
+                None => m.flag(Defect::BadVia),
+            }
+        }
+        // Only a response is routed on the second Via; in a request it is
+        // the next hops' business, not ours, so it is not parsed.
+        2 => {
+            if !m.is_request() {
+                m.second_via = via::parse(buf, v);
+            }
+        }
+        _ => return false,
+    }
+    true
 }
 
 fn scan_cseq(buf: &[u8], m: &mut Message, value: Span) {
