@@ -347,6 +347,15 @@ mod tests {
 
     /// Feature-tag values of up to six pieces (tags, `=`, quotes, ICSIs,
     /// separators): the same bits as the reference.
+    /// [`crate::sip::concatenations`] of text pieces, as text.
+    fn concatenated(pieces: &[String], max_len: usize) -> Vec<String> {
+        let pieces: Vec<&[u8]> = pieces.iter().map(|p| p.as_bytes()).collect();
+        crate::sip::concatenations(&pieces, max_len)
+            .into_iter()
+            .map(|v| String::from_utf8(v).expect("ASCII pieces"))
+            .collect()
+    }
+
     #[test]
     fn cpm_services_agrees_with_the_reference() {
         let icsi = |p: &str, n: &str| format!("{p}3gpp-service.ims.icsi.oma.cpm.{n}");
@@ -360,11 +369,7 @@ mod tests {
             ";".into(),
             " ".into(),
         ];
-        let pieces: Vec<&[u8]> = pieces.iter().map(|p| p.as_bytes()).collect();
-        let all: Vec<String> = crate::sip::concatenations(&pieces, 6)
-            .into_iter()
-            .map(|v| String::from_utf8(v).expect("ASCII pieces"))
-            .collect();
+        let all = concatenated(&pieces, 6);
         for v in &all {
             for v in [v.clone(), format!("*;{v}")] {
                 assert_eq!(
@@ -396,11 +401,7 @@ mod tests {
             " ".into(),
             "x".into(),
         ];
-        let pieces: Vec<&[u8]> = pieces.iter().map(|p| p.as_bytes()).collect();
-        let lists: Vec<String> = crate::sip::concatenations(&pieces, 4)
-            .into_iter()
-            .map(|v| String::from_utf8(v).expect("ASCII pieces"))
-            .collect();
+        let lists = concatenated(&pieces, 4);
         for l in &lists {
             for v in [l.clone(), format!("\"{l}")] {
                 for in_param in [false, true] {
