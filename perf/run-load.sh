@@ -63,21 +63,6 @@ NAME=run-load
 # shellcheck source=perf/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-# "utime stime" of process $1 and all its descendants in clock ticks (all
-# threads; Kamailio's UDP worker is a child process). The comm field may
-# contain spaces, so cut at the last ')' first: field 14 (utime) becomes $12.
-cpu_ticks() {
-    local s u st child cu cs
-    s=$(cat "/proc/$1/stat" 2>/dev/null) || die "process $1 is gone"
-    s=${s##*) }
-    read -r u st < <(awk '{ print $12, $13 }' <<<"$s")
-    for child in $(pgrep -P "$1" 2>/dev/null); do
-        read -r cu cs < <(cpu_ticks "$child")
-        u=$((u + cu)) st=$((st + cs))
-    done
-    echo "$u $st"
-}
-
 now_s() { date +%s.%N; }
 
 # ---------------------------------------------------------------- build --

@@ -23,7 +23,8 @@ tests/sipp/run-sipp.sh || rc=$?
 t1=$(date +%s.%N)
 awk -v n="$CALLS" -v t0="$t0" -v t1="$t1" -v u="$UACS" -v r="$RATE" 'BEGIN {
     printf "sipp-scale: %d calls from %d SIPp UACs (asked %d/s) in %.1f s wall = %.0f calls/s (start-up included)\n",
-        n, u, r, t1 - t0, n / (t1 - t0) }'
+        n, u, r, t1 - t0, n / (t1 - t0)
+    printf "SIPP_SCALE calls_per_s=%.0f wall_s=%.1f\n", n / (t1 - t0), t1 - t0 }'
 echo "sipp-scale: edge counters:"
 sed -n '/^requests received/,/^in-proxy latency/p' "$LOGDIR/edge.out" | sed 's/^/  /'
 exit "$rc"

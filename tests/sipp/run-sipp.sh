@@ -175,8 +175,16 @@ done
 # Let the UAS statistics (dumped every second) catch up, then stop everything.
 sleep 1.2
 EDGE_ALIVE=1
-if [[ "$NO_EDGE" != 1 ]] && ! kill -0 "$EDGE_PID" 2>/dev/null; then
-    EDGE_ALIVE=0
+EDGE_CPU=''
+if [[ "$NO_EDGE" != 1 ]]; then
+    if kill -0 "$EDGE_PID" 2>/dev/null; then
+        # The edge's whole CPU (start-up included: a few ms against minutes).
+        read -r eu es < <(cpu_ticks "$EDGE_PID")
+        EDGE_CPU="edge_user_s=$(awk -v t="$eu" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / hz }')"
+        EDGE_CPU+=" edge_sys_s=$(awk -v t="$es" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / hz }')"
+    else
+        EDGE_ALIVE=0
+    fi
 fi
 cleanup
 
@@ -214,7 +222,7 @@ for port in "$UAS1" "$UAS2"; do
     per_uas+=" $port:$n"
 done
 
-echo "SIPP calls=$CALLS created=$CREATED successful=$OK failed=$FAILED retransmissions=$RETRANS sipp_exit=$UAC_RC elapsed=$ELAPSED rt_invite=$RT_INVITE rt_bye=$RT_BYE uas_successful=${per_uas# }"
+echo "SIPP calls=$CALLS created=$CREATED successful=$OK failed=$FAILED retransmissions=$RETRANS sipp_exit=$UAC_RC elapsed=$ELAPSED rt_invite=$RT_INVITE rt_bye=$RT_BYE uas_successful=${per_uas# }${EDGE_CPU:+ $EDGE_CPU}"
 
 problems=()
 [[ "$UAC_RC" == 0 ]] || problems+=("SIPp exit status $UAC_RC (0 = all calls succeeded)")
