@@ -180,8 +180,8 @@ if [[ "$NO_EDGE" != 1 ]]; then
     if kill -0 "$EDGE_PID" 2>/dev/null; then
         # The edge's whole CPU (start-up included: a few ms against minutes).
         read -r eu es < <(cpu_ticks "$EDGE_PID")
-        EDGE_CPU="edge_user_s=$(awk -v t="$eu" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / hz }')"
-        EDGE_CPU+=" edge_sys_s=$(awk -v t="$es" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", t / hz }')"
+        EDGE_CPU=$(awk -v u="$eu" -v s="$es" -v hz="$(getconf CLK_TCK)" \
+            'BEGIN { printf "edge_user_s=%.2f edge_sys_s=%.2f", u / hz, s / hz }')
     else
         EDGE_ALIVE=0
     fi
