@@ -36,6 +36,9 @@ rm -rf "$DATA"
 mkdir -p "$DATA"
 echo "pgo-build: instrumented build into $GEN" >&2
 RUSTFLAGS="-Cprofile-generate=$DATA" CARGO_TARGET_DIR=$GEN cargo build --release -q --bin cpm-edge
+# The build scripts were instrumented too and wrote their profiles here
+# while they ran; the edge has not run yet, so none of these is its own.
+rm -f "$DATA"/*.profraw
 # The generator and responders are the normal release build: only the
 # edge's profile is wanted.
 cargo build --release -q --bins

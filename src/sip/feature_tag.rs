@@ -345,8 +345,6 @@ mod tests {
         }
     }
 
-    /// Feature-tag values of up to six pieces (tags, `=`, quotes, ICSIs,
-    /// separators): the same bits as the reference.
     /// [`crate::sip::concatenations`] of text pieces, as text.
     fn concatenated(pieces: &[String], max_len: usize) -> Vec<String> {
         let pieces: Vec<&[u8]> = pieces.iter().map(|p| p.as_bytes()).collect();
@@ -356,6 +354,8 @@ mod tests {
             .collect()
     }
 
+    /// Feature-tag values of up to six pieces (tags, `=`, quotes, ICSIs,
+    /// separators): the same bits as the reference.
     #[test]
     fn cpm_services_agrees_with_the_reference() {
         let icsi = |p: &str, n: &str| format!("{p}3gpp-service.ims.icsi.oma.cpm.{n}");
