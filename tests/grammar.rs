@@ -19,6 +19,10 @@ const CLIENT_EDITS: [(&str, &str); 2] = [
     (";rport\r\n", ";rport=5062;received=192.0.2.10\r\n"),
 ];
 
+/// A CS shard of the default tables, and the Via edit a request from it gets.
+const SHARD1: &str = "127.0.0.1:7001";
+const SHARD1_VIA_EDIT: (&str, &str) = (";rport\r\n", ";rport=7001;received=127.0.0.1\r\n");
+
 fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
@@ -206,19 +210,30 @@ fn sips_request_uri_and_tel_identities() {
     let (o, out) = run(sips.as_bytes());
     assert_forwarded(&o, &out, sips.as_bytes(), &CLIENT_EDITS);
 
-    // tel: in From and P-Asserted-Identity: the user identity is the number,
-    // and P-Asserted-Identity wins over From.
+    // tel: in From and P-Asserted-Identity. From a client the asserted
+    // identity is not trusted (RFC 3325): it is removed and From decides.
     let pai = "P-Asserted-Identity: <tel:+15551234;phone-context=example.net>, <sip:x@y>\r\n";
     let a = invite(pai).replace("From: <sip:alice@example.net>", "From: <tel:+1999>");
+    let a_bare = invite("").replace("From: <sip:alice@example.net>", "From: <tel:+1999>");
     let b = invite(pai);
     let (oa, out_a) = run(a.as_bytes());
-    let (ob, _) = run(b.as_bytes());
-    assert_forwarded(&oa, &out_a, a.as_bytes(), &CLIENT_EDITS);
+    let (oa_bare, _) = run(a_bare.as_bytes());
+    let mut edits = CLIENT_EDITS.to_vec();
+    edits.push((pai, ""));
+    assert_forwarded(&oa, &out_a, a.as_bytes(), &edits);
     let shard = |o: &Outcome| match o {
         Outcome::Forwarded { shard, .. } => *shard,
         _ => None,
     };
-    assert_eq!(shard(&oa), shard(&ob));
+    assert_eq!(shard(&oa), shard(&oa_bare));
+    // From a trusted source (the non-CPM route, e.g. an IMS core) the
+    // identity is the asserted number, whatever From says, and it is kept.
+    let t = tables_with("[routing]\nnon_cpm_route = \"127.0.0.1:5080\"\n");
+    let (ta, out_ta) = run_with(a.as_bytes(), "127.0.0.1:5080", &t, 16384);
+    let (tb, _) = run_with(b.as_bytes(), "127.0.0.1:5080", &t, 16384);
+    assert_eq!(header(&out_ta, "P-Asserted-Identity"), [pai.trim_end()]);
+    assert!(shard(&ta).is_some());
+    assert_eq!(shard(&ta), shard(&tb));
     // tel Request-URI from a CS: the invited user's PF.
     let tel = invite_with(
         "INVITE sip:grp2@groups.example.net",
@@ -301,10 +316,22 @@ fn ipv6_via_sent_by_gets_received_and_rport() {
             (";rport\r\n", ";rport=5071;received=2001:db8::2\r\n"),
         ],
     );
-    // Without rport, a Via naming the source (in another spelling) is left alone.
+    // Without rport, a Via naming the source (in another spelling) still
+    // gets both: rport is forced, so answers go to the real source only.
     let plain = msg.replace(";rport", "");
     let (o, out) = run_from(plain.as_bytes(), "[2001:db8:0::1]:5070");
-    assert_forwarded(&o, &out, plain.as_bytes(), &CLIENT_EDITS[..1]);
+    assert_forwarded(
+        &o,
+        &out,
+        plain.as_bytes(),
+        &[
+            CLIENT_EDITS[0],
+            (
+                "branch=z9hG4bK-alice-1\r\n",
+                "branch=z9hG4bK-alice-1;rport=5070;received=2001:db8::1\r\n",
+            ),
+        ],
+    );
     // Answers go to the source.
     let bad = msg.replace("CSeq: 1 INVITE", "CSeq: x INVITE");
     let (o, out) = run_from(bad.as_bytes(), "[2001:db8::2]:5071");
@@ -357,6 +384,10 @@ fn ipv6_request_uri() {
         &[
             ("Route: <sip:127.0.0.1:5060;lr;cpm-leg=term>\r\n", ""),
             CLIENT_EDITS[0],
+            (
+                "branch=z9hG4bKcs2\r\n",
+                "branch=z9hG4bKcs2;rport=7002;received=127.0.0.1\r\n",
+            ),
         ],
     );
 }
@@ -593,10 +624,18 @@ fn responses_pop_only_our_via_value() {
 fn response_to_an_ipv6_client_goes_to_received_even_bracketed() {
     // Regression: `received=[2001:db8::2]` (RFC 5118 §4.5) was not read and
     // the response went to the sent-by host instead of the NAT address.
-    let (_, fwd) = run(invite("").as_bytes());
+    // The client sits behind a NAT: its Via names [2001:db8::1]:5070, its
+    // datagrams come from [2001:db8::2]:5071.
+    let msg = invite_with(
+        "Via: SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bK-alice-1;rport",
+        "Via: SIP/2.0/UDP [2001:db8::1]:5070;branch=z9hG4bKa;rport",
+    );
+    let (_, fwd) = run_from(msg.as_bytes(), "[2001:db8::2]:5071");
     for recv in ["2001:db8::2", "[2001:db8::2]"] {
-        let resp = response(&fwd, |o, _| {
-            format!("Via: {o}\r\nVia: SIP/2.0/UDP [2001:db8::1]:5070;branch=z9hG4bKa;rport=5071;received={recv}")
+        let resp = response(&fwd, |o, c| {
+            let c = c.replace("received=2001:db8::2", &format!("received={recv}"));
+            assert!(c.contains(&format!("rport=5071;received={recv}")), "{c}");
+            format!("Via: {o}\r\nVia: {c}")
         });
         let (o, _) = run_from(resp.as_bytes(), "127.0.0.1:7004");
         match o {
@@ -771,12 +810,12 @@ fn lf_only_line_ends_are_refused_cleanly() {
         &o,
         &out,
         "SIP/2.0 400 Bad Request - Line Not Ended By CRLF",
-        "192.0.2.10:5070",
+        CLIENT,
     );
     assert_eq!(
         out,
         "SIP/2.0 400 Bad Request - Line Not Ended By CRLF\r\n\
-         v: SIP/2.0/UDP 192.0.2.20:5070;branch=z9hG4bKmsg77;received=192.0.2.10\r\n\
+         v: SIP/2.0/UDP 192.0.2.20:5070;branch=z9hG4bKmsg77;rport=5062;received=192.0.2.10\r\n\
          f: \"Bob\" <sip:bob@example.net>;tag=bb1\r\n\
          t: <sip:carol@example.net>;tag=b5de427f799f345e\r\n\
          i: msg-1@192.0.2.20\r\n\
@@ -858,12 +897,15 @@ fn folded_via_and_route() {
     let (o, out) = run(msg.as_bytes());
     assert_forwarded(&o, &out, msg.as_bytes(), &CLIENT_EDITS);
 
-    // A folded Route: our value popped with its comma and folding, the next
-    // value kept as written.
+    // A folded Route from a shard: our value popped with its comma and
+    // folding, the next value kept as written. (From a client the same
+    // Route is refused: a client never chooses the next hop.)
     let msg = invite(
         "Route: <sip:127.0.0.1:5060;lr>,\r\n <sip:127.0.0.1:5090;lr>,\r\n\t<sip:10.1.1.1;lr>\r\n",
     );
     let (o, out) = run(msg.as_bytes());
+    assert_answer(&o, &out, "SIP/2.0 403 Forbidden - Not Relaying", CLIENT);
+    let (o, out) = run_from(msg.as_bytes(), SHARD1);
     assert!(
         matches!(o, Outcome::Forwarded { dst, kind: ForwardKind::LooseRoute, .. } if dst == sa("127.0.0.1:5090")),
         "{o:?}"
@@ -874,7 +916,7 @@ fn folded_via_and_route() {
         msg.as_bytes(),
         &[
             CLIENT_EDITS[0],
-            CLIENT_EDITS[1],
+            SHARD1_VIA_EDIT,
             ("<sip:127.0.0.1:5060;lr>,\r\n ", ""),
         ],
     );
@@ -908,16 +950,18 @@ fn routes_naming_the_edge() {
         );
         assert_forwarded(&o, &out, msg.as_bytes(), &edits);
     }
-    // A next hop with lr=on after ours.
+    // A next hop with lr=on after ours, from a shard (a client's: 403).
     let msg = invite("Route: <sip:127.0.0.1:5060;lr>, <sip:127.0.0.1:5090;lr=on>\r\n");
     let (o, out) = run(msg.as_bytes());
+    assert_answer(&o, &out, "SIP/2.0 403 Forbidden - Not Relaying", CLIENT);
+    let (o, out) = run_from(msg.as_bytes(), SHARD1);
     assert_forwarded(
         &o,
         &out,
         msg.as_bytes(),
         &[
             CLIENT_EDITS[0],
-            CLIENT_EDITS[1],
+            SHARD1_VIA_EDIT,
             ("<sip:127.0.0.1:5060;lr>, ", ""),
         ],
     );
@@ -940,12 +984,16 @@ fn routes_naming_the_edge() {
 fn max_forwards_values() {
     let (o, out) = run(invite_with("Max-Forwards: 70", "Max-Forwards: 0").as_bytes());
     assert_answer(&o, &out, "SIP/2.0 483 Too Many Hops", CLIENT);
+    // Above `routing.max_forwards_limit` (70) a value is lowered to it
+    // first: a client cannot buy more hops than a normal request has.
     for (v, next) in [
         ("1", "0"),
-        ("255", "254"),
-        ("256", "255"),
+        ("69", "68"),
+        ("70", "69"),
+        ("71", "69"),
+        ("255", "69"),
         ("070", "69"),
-        ("4294967295", "4294967294"),
+        ("4294967295", "69"),
     ] {
         let msg = invite_with("Max-Forwards: 70", &format!("Max-Forwards: {v}"));
         let (o, out) = run(msg.as_bytes());
@@ -1167,8 +1215,17 @@ fn responses_are_relayed_on_their_vias_whatever_their_from_and_to_say() {
     }
     // A client Via whose parameters hold a quoted string takes the general
     // parameter path: `received` and `rport` are still read.
-    let quoted = response(&fwd, |o, _| {
-        format!("Via: {o}\r\nVia: SIP/2.0/UDP 192.0.2.77:5099;x=\"a;b\";rport=6000;received=198.51.100.9;branch=z9hG4bKq")
+    let msg = invite_with(
+        "Via: SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bK-alice-1;rport",
+        "Via: SIP/2.0/UDP 192.0.2.77:5099;x=\"a;b\";rport;branch=z9hG4bKq",
+    );
+    let (_, fwd) = run_from(msg.as_bytes(), "198.51.100.9:6000");
+    let quoted = response(&fwd, |o, c| {
+        assert!(
+            c.contains("rport=6000;") && c.contains(";received=198.51.100.9"),
+            "{c}"
+        );
+        format!("Via: {o}\r\nVia: {c}")
     });
     match run_from(quoted.as_bytes(), "127.0.0.1:7004").0 {
         Outcome::Relayed { dst, .. } => assert_eq!(dst, sa("198.51.100.9:6000")),

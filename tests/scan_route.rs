@@ -234,14 +234,18 @@ Content-Length: {{len}}
         header(&out2, "Route").is_empty(),
         "our term entry popped, nothing pushed"
     );
-    // A client forging the term marker is not trusted: it goes to its own PF.
+    // A client forging the term marker is refused: no client request ever
+    // carries a leg marker (our Record-Route entries have none).
     let forged = invite_to_group(
         "grp1",
         "mallory",
         "Route: <sip:127.0.0.1:5060;lr;cpm-leg=term>\r\n",
     );
-    let (o3, _) = run(&forged, CLIENT, &t);
-    assert_eq!(kind(&o3), ForwardKind::OriginatingPf);
+    let (o3, out3) = run(&forged, CLIENT, &t);
+    assert_eq!(
+        reply_line(&o3, &out3),
+        "SIP/2.0 403 Forbidden - Leg Marker From A Client"
+    );
 }
 
 #[test]
@@ -287,8 +291,8 @@ Content-Length: 0
     );
     assert_eq!(
         header(&out, "Via"),
-        vec!["Via: SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKplain"],
-        "sent-by is the source: no received"
+        vec!["Via: SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKplain;rport=5062;received=192.0.2.10"],
+        "rport and received are forced to the real source"
     );
     assert_eq!(header(&out, "Call-ID"), vec!["Call-ID: plain-1"]);
     assert_eq!(header(&out, "CSeq"), vec!["CSeq: 1 INVITE"]);
@@ -358,7 +362,11 @@ Content-Length: 0
 
 ",
     );
+    // From a client: refused, a client never chooses the next hop.
     let (o, out) = run(&msg, CLIENT, &tables());
+    assert_eq!(reply_line(&o, &out), "SIP/2.0 403 Forbidden - Not Relaying");
+    // From a shard: loose routing to the next value.
+    let (o, out) = run(&msg, "127.0.0.1:7001", &tables());
     assert_eq!(kind(&o), ForwardKind::LooseRoute);
     assert_eq!(o.send().unwrap().1, sa("192.0.2.99:5070"));
     assert_eq!(

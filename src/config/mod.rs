@@ -44,6 +44,8 @@ pub struct Config {
     pub policy: PolicyConf,
     #[serde(default)]
     pub slow_path: SlowPathConf,
+    #[serde(default)]
+    pub trust: TrustConf,
     /// Extra groups, one per line: `<group URI> <shard name>` (`#` comments);
     /// re-read on SIGHUP with the config file. Sized for millions of lines.
     pub groups_file: Option<String>,
@@ -261,6 +263,10 @@ pub struct Routing {
     /// Where requests without the CPM enabler usage indication go; absent =
     /// answer `403`.
     pub non_cpm_route: Option<String>,
+    /// The highest Max-Forwards the edge passes on (Kamailio's maxfwd
+    /// `max_limit`): a larger incoming value is lowered to it first, so a
+    /// client cannot buy a request more hops than a normal one has.
+    pub max_forwards_limit: u32,
 }
 
 impl Default for Routing {
@@ -269,7 +275,55 @@ impl Default for Routing {
             originating_pf: true,
             record_route: true,
             non_cpm_route: None,
+            max_forwards_limit: 70,
         }
+    }
+}
+
+/// The edge's trust boundary (README "Security").
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrustConf {
+    /// The secret every edge of a deployment shares: the key of the MAC in
+    /// the Via branches the edges write, verified on every response.
+    /// Absent: a random key of this process (fine for one edge; a fleet,
+    /// or responses across a restart, need a shared configured one).
+    pub secret: Option<String>,
+    /// The other edges of the deployment (their listen addresses): a
+    /// response whose next hop is one of them, or this edge, is dropped.
+    pub peer_edges: Vec<String>,
+}
+
+/// [`TrustConf`] checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustSettings {
+    /// `None`: a random key per process.
+    pub secret: Option<Vec<u8>>,
+    pub peer_edges: Vec<SocketAddr>,
+}
+
+/// A configured secret shorter than this is refused: the MAC is only as
+/// strong as the secret's entropy.
+pub const MIN_SECRET_LEN: usize = 16;
+
+impl TrustConf {
+    fn validate(&self) -> Result<TrustSettings, String> {
+        let secret = match &self.secret {
+            Some(s) if s.len() < MIN_SECRET_LEN => {
+                return Err(format!(
+                    "trust.secret: {} bytes, at least {MIN_SECRET_LEN} (a random token)",
+                    s.len()
+                ))
+            }
+            s => s.as_ref().map(|s| s.as_bytes().to_vec()),
+        };
+        let peer_edges = self
+            .peer_edges
+            .iter()
+            .enumerate()
+            .map(|(i, a)| addr(&format!("trust.peer_edges[{i}]"), a))
+            .collect::<Result<_, _>>()?;
+        Ok(TrustSettings { secret, peer_edges })
     }
 }
 
@@ -309,6 +363,8 @@ pub struct Valid {
     pub originating_pf: bool,
     pub record_route: bool,
     pub non_cpm_route: Option<SocketAddr>,
+    pub max_forwards_limit: u32,
+    pub trust: TrustSettings,
     pub shards: Vec<ShardSpec>,
     /// (canonical identity `user@host`, shard index)
     pub groups: Vec<(Vec<u8>, usize)>,
@@ -446,6 +502,13 @@ impl Config {
             .as_deref()
             .map(|v| addr("routing.non_cpm_route", v))
             .transpose()?;
+        let max_forwards_limit = self.routing.max_forwards_limit;
+        if !(1..=255).contains(&max_forwards_limit) {
+            return Err(format!(
+                "routing.max_forwards_limit: {max_forwards_limit} is outside 1..=255"
+            ));
+        }
+        let trust = self.trust.validate()?;
         if self.shards.is_empty() {
             return Err(
                 "shard: at least one [[shard]] (a CPM Conversation Server) is required".into(),
@@ -672,6 +735,8 @@ impl Config {
             originating_pf: self.routing.originating_pf,
             record_route: self.routing.record_route,
             non_cpm_route,
+            max_forwards_limit,
+            trust,
             shards,
             groups,
             hosts,

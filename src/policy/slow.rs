@@ -296,10 +296,7 @@ fn handle(buf: &[u8], src: SocketAddr, t: &Tables, ctx: &Ctx, out: &mut [u8]) ->
     let d = decide(buf, &m, src, t);
     match d {
         Decision::Forward {
-            kind,
-            loop_hash,
-            ruri,
-            ..
+            kind, loop_hash, ..
         } if super::has_sdp(buf, &m) => {
             let Some(policy) = t.policy.effective(kind, buf, &m) else {
                 return route::write(buf, &m, d, src, t, None, out);
@@ -312,7 +309,7 @@ fn handle(buf: &[u8], src: SocketAddr, t: &Tables, ctx: &Ctx, out: &mut [u8]) ->
                 t,
                 ctx,
                 &policy,
-                branch::branch(buf, &m, ruri, loop_hash),
+                branch::branch(&t.branch_key, buf, &m, src, loop_hash),
                 out,
             )
         }

@@ -180,9 +180,8 @@ pub fn write(
             pop,
             max_forwards,
             loop_hash,
-            ruri,
         } => {
-            let br = branch::branch(buf, &m, ruri, loop_hash);
+            let br = branch::branch(&t.branch_key, buf, &m, src, loop_hash);
             let plan = RequestPlan {
                 via_prefix: &t.edge.via_prefix,
                 branch: &br,
@@ -195,6 +194,7 @@ pub fn write(
                 max_forwards,
                 pop_routes: pop,
                 src,
+                keep_asserted_identity: t.is_trusted_source(src),
                 body,
             };
             match forward_request(buf, &m, &plan, out) {
@@ -268,20 +268,21 @@ fn retry_after_line(secs: u32, out: &mut [u8; 32]) -> usize {
     o.finish().unwrap_or(0)
 }
 
-/// Where a stateless answer goes (RFC 3261 §18.2.2, RFC 3581): the source
-/// address; its port when the top Via asked for `rport`, else the sent-by port.
-pub fn reply_target(m: &Message, src: SocketAddr) -> SocketAddr {
-    match &m.top_via {
-        Some(v) if v.rport.is_none() => SocketAddr::new(src.ip(), v.port.unwrap_or(5060)),
-        _ => src,
-    }
+/// Where a stateless answer goes: the request's real source, always
+/// (RFC 3581 §4 applied whether or not the client asked for `rport`, as
+/// Kamailio's `force_rport`): a Via cannot steer the edge's answers to
+/// another port, let alone another host.
+pub fn reply_target(_m: &Message, src: SocketAddr) -> SocketAddr {
+    src
 }
 
-/// Max-Forwards handling shared by decision and tests.
-pub(crate) fn next_max_forwards(m: &Message) -> Option<MaxForwards> {
+/// Max-Forwards handling shared by decision and tests: absent → `limit`
+/// inserted; 0 → `None` (`483`); else the value, lowered to `limit` first,
+/// minus one.
+pub(crate) fn next_max_forwards(m: &Message, limit: u32) -> Option<MaxForwards> {
     match m.max_forwards {
-        None => Some(MaxForwards::Insert(70)),
+        None => Some(MaxForwards::Insert(limit)),
         Some((_, 0)) => None,
-        Some((span, v)) => Some(MaxForwards::Replace(span, v - 1)),
+        Some((span, v)) => Some(MaxForwards::Replace(span, v.min(limit) - 1)),
     }
 }

@@ -8,7 +8,7 @@
 use super::groups::GroupTable;
 use super::shards::ShardSet;
 use crate::config::Valid;
-use crate::sip::branch::lower_word;
+use crate::sip::branch::{lower_word, BranchKey};
 use crate::sip::{le_word, uri};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -43,6 +43,12 @@ impl EdgeIdentity {
                 .map(|(h, p)| (h.as_bytes().to_vec(), *p))
                 .collect(),
         }
+    }
+
+    /// Our Via up to the branch value as it appears inside a Via header
+    /// (`SIP/2.0/UDP host:port;branch=`): how our own hop is recognised.
+    pub fn via_sent_by(&self) -> &[u8] {
+        &self.via_prefix[b"Via: ".len()..]
     }
 
     pub fn hostport(&self) -> String {
@@ -141,6 +147,22 @@ pub struct Tables {
     pub generation: u64,
     /// Media policies (slow path); empty = the slow path is never used.
     pub policy: std::sync::Arc<crate::policy::PolicyTable>,
+    /// The key of the MAC in our branches (`[trust] secret`).
+    pub branch_key: BranchKey,
+    /// The address the workers are bound to.
+    pub listen: SocketAddr,
+    /// The other edges of the deployment (`[trust] peer_edges`).
+    pub peer_edges: Vec<SocketAddr>,
+    /// The highest Max-Forwards passed on (`routing.max_forwards_limit`).
+    pub max_forwards_limit: u32,
+}
+
+/// The key of an edge without `[trust] secret`: drawn once per process, so
+/// a reload (which builds new tables) keeps verifying the branches written
+/// before it.
+fn process_branch_key() -> BranchKey {
+    static KEY: std::sync::OnceLock<BranchKey> = std::sync::OnceLock::new();
+    *KEY.get_or_init(BranchKey::random)
 }
 
 impl Tables {
@@ -167,7 +189,40 @@ impl Tables {
             retry_after_s: v.retry_after_s,
             generation: 0,
             policy: std::sync::Arc::new(v.policy.clone()),
+            branch_key: v
+                .trust
+                .secret
+                .as_deref()
+                .map_or_else(process_branch_key, BranchKey::from_secret),
+            listen: v.listen,
+            peer_edges: v.trust.peer_edges.clone(),
+            max_forwards_limit: v.max_forwards_limit,
         }
+    }
+
+    /// Sources trusted to assert an identity (RFC 3325's trust domain):
+    /// the Conversation Servers and the configured non-CPM route, each by
+    /// its source address. Clients never are.
+    pub fn is_trusted_source(&self, src: SocketAddr) -> bool {
+        self.shards.by_addr(src).is_some() || self.non_cpm_route == Some(src)
+    }
+
+    /// Where a client's request may be sent: a shard or the non-CPM route,
+    /// never anywhere else (no open relay).
+    pub fn is_function_addr(&self, a: SocketAddr) -> bool {
+        self.shards.by_addr(a).is_some() || self.non_cpm_route == Some(a)
+    }
+
+    /// Is `a` this edge or a peer edge? A response relayed there would come
+    /// straight back (or ping-pong between edges): never a next hop.
+    pub fn is_edge_addr(&self, a: SocketAddr) -> bool {
+        let me = a == self.listen
+            || (self.listen.ip().is_unspecified()
+                && a.port() == self.listen.port()
+                && (a.ip().is_loopback()
+                    || a.ip().is_unspecified()
+                    || uri::ip_of(&self.edge.host) == Some(a.ip())));
+        me || self.peer_edges.contains(&a)
     }
 
     /// The address of a URI's host: an IP literal, or a static `[hosts]`
@@ -175,7 +230,14 @@ impl Tables {
     pub fn resolve(&self, buf: &[u8], u: &uri::Uri) -> Option<SocketAddr> {
         let host = u.host.get(buf);
         if let Some(a) = uri::socket_addr(host, u.port) {
-            return Some(a);
+            // An IPv4-mapped IPv6 literal names an IPv4 host: sent as is from
+            // an IPv4 socket it would be lost as a send error.
+            return Some(match a.ip() {
+                std::net::IpAddr::V6(v6) => v6
+                    .to_ipv4_mapped()
+                    .map_or(a, |v4| SocketAddr::new(v4.into(), a.port())),
+                _ => a,
+            });
         }
         if host.len() > 253 {
             return None;

@@ -18,7 +18,9 @@
 //! hash versions) pick different shards for a user and different branches.
 
 use super::scan::Message;
+use super::via::Via;
 use super::Span;
+use std::net::SocketAddr;
 
 /// Marks a branch as made by a cpm-edge instance.
 pub const BRANCH_PREFIX: &[u8] = b"z9hG4bKcpe";
@@ -212,49 +214,160 @@ pub fn loop_hash(buf: &[u8], m: &Message, ruri: Span, leg: u8, popped: usize) ->
     (h.finish() >> 32) as u32
 }
 
-/// The full branch value for the Via we add.
-pub fn branch(buf: &[u8], m: &Message, ruri: Span, loop_h: u32) -> [u8; BRANCH_LEN] {
-    let mut h = StableHash::default();
-    match m.top_via {
-        Some(v) if v.branch.is_some_and(|b| b.get(buf).starts_with(b"z9hG4bK")) => {
-            h.bytes(v.branch.map_or(&[][..], |b| b.get(buf)));
-            h.bytes(v.host.get(buf));
-            h.bytes(&v.port.unwrap_or(0).to_le_bytes());
-        }
-        _ => {
-            h.bytes(m.call_id.get(buf));
-            h.bytes(m.from_tag.map_or(&[][..], |t| t.get(buf)));
-            h.bytes(&m.cseq_num.to_le_bytes());
-            h.bytes(m.top_via.map_or(&[][..], |v| v.value.get(buf)));
-            h.bytes(ruri.get(buf));
-        }
+/// The secret that makes our branches unforgeable: a 128-bit SipHash key
+/// shared by every edge of a deployment (`[trust] secret`), so any edge
+/// can verify a response to a request another edge forwarded.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct BranchKey {
+    k0: u64,
+    k1: u64,
+}
+
+impl std::fmt::Debug for BranchKey {
+    // A key never appears in logs or `/config`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BranchKey(..)")
     }
+}
+
+impl BranchKey {
+    /// The key derived from a configured secret (any length; validation
+    /// asks for at least 16 bytes): SipHash-1-3-128 of the secret under a
+    /// fixed key, a compression, not a password hash (the secret is a
+    /// random token, never a human password).
+    pub fn from_secret(secret: &[u8]) -> BranchKey {
+        use siphasher::sip128::{Hasher128, SipHasher13};
+        let mut h = SipHasher13::new_with_keys(0x6370_6d2d_6564_6765, 0x6272_616e_6368_6b31);
+        std::hash::Hasher::write(&mut h, secret);
+        let v = h.finish128();
+        BranchKey { k0: v.h1, k1: v.h2 }
+    }
+
+    /// A key of this process alone, from the kernel's random source: what an
+    /// edge without `[trust] secret` uses (one edge; a fleet must share one).
+    pub fn random() -> BranchKey {
+        let mut b = [0u8; 16];
+        let mut got = 0;
+        while got < b.len() {
+            // SAFETY: `b[got..]` is a valid, writable buffer of the length passed.
+            let n = unsafe { libc::getrandom(b[got..].as_mut_ptr().cast(), b.len() - got, 0) };
+            assert!(
+                n > 0,
+                "getrandom failed: the kernel's random source is required"
+            );
+            got += n as usize;
+        }
+        BranchKey::from_secret(&b)
+    }
+
+    /// The 64-bit MAC of a transaction as one hop sees it: the previous
+    /// hop's Via (branch and sent-by, what RFC 3261 §17.2.3 matches on),
+    /// where answers go back to (the requester's real source, which the
+    /// edge writes into that Via as `received`/`rport`), Call-ID, CSeq
+    /// number (not its method: a CANCEL and the ACK of a non-2xx share the
+    /// INVITE's branch) and the loop hash. A response carries all of it, so
+    /// the edge that verifies it needs no state. (Not the From tag: the
+    /// scan of a response does not parse From, and the previous hop's
+    /// branch already names the transaction.)
+    fn mac(&self, buf: &[u8], m: &Message, prev: &Via, back_to: SocketAddr, loop_h: u32) -> u64 {
+        use std::hash::Hasher;
+        let mut h = siphasher::sip::SipHasher24::new_with_keys(self.k0, self.k1);
+        let mut field = |s: &[u8]| {
+            h.write_u32(s.len() as u32);
+            h.write(s);
+        };
+        field(prev.branch.map_or(&[][..], |b| b.get(buf)));
+        field(prev.host.get(buf));
+        field(m.call_id.get(buf));
+        match back_to.ip() {
+            std::net::IpAddr::V4(ip) => h.write(&ip.octets()),
+            std::net::IpAddr::V6(ip) => h.write(&ip.octets()),
+        }
+        h.write_u16(back_to.port());
+        h.write_u16(prev.port.unwrap_or(0));
+        h.write_u32(m.cseq_num);
+        h.write_u32(loop_h);
+        h.finish()
+    }
+}
+
+/// The full branch value for the Via we add to a request received from
+/// `src`: our prefix, the MAC of its transaction, its loop hash.
+pub fn branch(
+    key: &BranchKey,
+    buf: &[u8],
+    m: &Message,
+    src: SocketAddr,
+    loop_h: u32,
+) -> [u8; BRANCH_LEN] {
+    let mac = m
+        .top_via
+        .as_ref()
+        .map_or(0, |v| key.mac(buf, m, v, src, loop_h));
     let mut out = [0u8; BRANCH_LEN];
     out[..BRANCH_PREFIX.len()].copy_from_slice(BRANCH_PREFIX);
-    hex_into(
-        h.finish(),
-        &mut out[BRANCH_PREFIX.len()..BRANCH_PREFIX.len() + 16],
-    );
+    hex_into(mac, &mut out[BRANCH_PREFIX.len()..BRANCH_PREFIX.len() + 16]);
     hex_into(u64::from(loop_h), &mut out[BRANCH_PREFIX.len() + 16..]);
     out
 }
 
-/// Does any of our branches in the Vias carry this loop hash? A `z` starts
-/// every prefix and is rare elsewhere in Via lines, so a byte search jumps
-/// between candidates: cheaper on a ~70-byte Via line than a memmem finder,
-/// whose run-time dispatch and searcher copy were ~110 instructions of an
-/// INVITE. The prefix cannot overlap itself (its only `z` is its first
-/// byte), so every occurrence is found as memmem would find it.
-pub fn is_loop(buf: &[u8], m: &Message, loop_h: u32) -> bool {
+/// Is `top_branch` (a response's top Via branch) one an edge holding `key`
+/// wrote for the request this response answers, going back to `back_to`
+/// (where the response's second Via sends it)? A forged branch, or a real
+/// one whose second Via was rewritten to steer the answer elsewhere, fails.
+pub fn verify(
+    key: &BranchKey,
+    buf: &[u8],
+    m: &Message,
+    top_branch: &[u8],
+    back_to: SocketAddr,
+) -> bool {
+    let (Some(prev), true) = (m.second_via.as_ref(), is_ours(top_branch)) else {
+        return false;
+    };
+    let digits = &top_branch[BRANCH_PREFIX.len()..];
+    let (Some(mac), Some(loop_h)) = (parse_hex(&digits[..16]), parse_hex(&digits[16..])) else {
+        return false;
+    };
+    // Not secret-dependent timing worth hiding: a forger learns nothing
+    // from how fast a wrong MAC is refused, since it never sees the answer.
+    key.mac(buf, m, prev, back_to, loop_h as u32) == mac
+}
+
+/// Lowercase hex digits (as `hex_into` writes them) back to a number.
+fn parse_hex(s: &[u8]) -> Option<u64> {
+    s.iter().try_fold(0u64, |v, &c| {
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => return None,
+        };
+        Some(v << 4 | u64::from(d))
+    })
+}
+
+/// Does a Via that this edge wrote (its `sent_by`: `SIP/2.0/UDP host:port;branch=`,
+/// as our Via prefix spells it) carry this loop hash? Another edge's Via
+/// with our branch prefix and the same loop hash is a legitimate hop of a
+/// chain of edges, not a loop (so the sent-by is part of the match).
+/// A `z` starts every prefix and is rare elsewhere in Via lines, so a byte
+/// search jumps between candidates: cheaper on a ~70-byte Via line than a
+/// memmem finder, whose run-time dispatch and searcher copy were ~110
+/// instructions of an INVITE. The prefix cannot overlap itself (its only
+/// `z` is its first byte), so every occurrence is found as memmem would.
+pub fn is_loop(buf: &[u8], m: &Message, sent_by: &[u8], loop_h: u32) -> bool {
     let hdrs = m.via_lines.get(buf);
+    let mut want = [0u8; 8];
+    hex_into(u64::from(loop_h), &mut want);
     let mut from = 0;
     while let Some(i) = super::find_byte(BRANCH_PREFIX[0], &hdrs[from..]) {
         let at = from + i;
         if hdrs[at..].starts_with(BRANCH_PREFIX) {
             let tail = at + BRANCH_PREFIX.len() + 16;
-            let mut want = [0u8; 8];
-            hex_into(u64::from(loop_h), &mut want);
-            if hdrs.get(tail..tail + 8) == Some(&want[..]) {
+            if hdrs.get(tail..tail + 8) == Some(&want[..])
+                && hdrs[..at].len() >= sent_by.len()
+                && hdrs[at - sent_by.len()..at].eq_ignore_ascii_case(sent_by)
+            {
                 return true;
             }
         }
@@ -352,25 +465,32 @@ mod tests {
     #[test]
     fn is_loop_agrees_with_memmem() {
         use super::super::scan::scan;
+        let sent_by = b"SIP/2.0/UDP h;branch=";
         let reference = |hdrs: &[u8], loop_h: u32| {
             let mut want = [0u8; 8];
             hex_into(u64::from(loop_h), &mut want);
             memchr::memmem::find_iter(hdrs, BRANCH_PREFIX).any(|at| {
                 let tail = at + BRANCH_PREFIX.len() + 16;
-                hdrs.get(tail..tail + 8) == Some(&want[..])
+                hdrs.get(tail..tail + 8) == Some(&want[..]) && hdrs[..at].ends_with(sent_by)
             })
         };
         let ours = |l: &str| format!("z9hG4bKcpe0123456789abcdef{l}");
         let mut m = scan(b"");
-        for pre in ["", "zz", "z9hG4bKcp", "Via: SIP/2.0/UDP h;branch="] {
+        for pre in [
+            "",
+            "zz",
+            "z9hG4bKcp",
+            "Via: SIP/2.0/UDP h;branch=",
+            "Via: SIP/2.0/UDP other:5060;branch=",
+        ] {
             for branch in [ours("deadbeef"), ours("deadbeee"), ours("dead")] {
                 for post in ["", ";rport", "z9hG4bKcpez"] {
-                    let text = format!("{pre}{branch}{post},{branch}");
+                    let text = format!("{pre}{branch}{post},SIP/2.0/UDP h;branch={branch}");
                     for end in 0..=text.len() {
                         let buf = &text.as_bytes()[..end];
                         m.via_lines = Span::new(0, end);
                         assert_eq!(
-                            is_loop(buf, &m, 0xdead_beef),
+                            is_loop(buf, &m, sent_by, 0xdead_beef),
                             reference(buf, 0xdead_beef),
                             "{text} {end}"
                         );
@@ -378,6 +498,61 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A branch verifies on the response to its request, going back to the
+    /// request's source, under the key that wrote it; nothing else does.
+    #[test]
+    fn branch_mac_binds_key_transaction_and_return_address() {
+        use super::super::scan::scan;
+        let req = b"INVITE sip:g@x SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5062;branch=z9hG4bKc1\r\n\
+            From: <sip:a@x>;tag=1\r\nTo: <sip:g@x>\r\nCall-ID: c1\r\nCSeq: 7 INVITE\r\n\
+            Content-Length: 0\r\n\r\n";
+        let src: SocketAddr = "198.51.100.7:4000".parse().unwrap();
+        let key = BranchKey::from_secret(b"0123456789abcdef-deployment");
+        let m = scan(req);
+        assert_eq!(m.defect, None);
+        let br = branch(&key, req, &m, src, 0xdead_beef);
+        let b = std::str::from_utf8(&br).unwrap();
+        assert!(is_ours(&br) && b.ends_with("deadbeef"), "{b}");
+        let resp = |br: &str, client_via: &str, call_id: &str| {
+            format!(
+                "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP e:5060;branch={br}\r\nVia: {client_via}\r\n\
+                 From: <sip:a@x>;tag=1\r\nTo: <sip:g@x>;tag=2\r\nCall-ID: {call_id}\r\n\
+                 CSeq: 7 INVITE\r\nContent-Length: 0\r\n\r\n"
+            )
+        };
+        let via = "SIP/2.0/UDP 192.0.2.1:5062;branch=z9hG4bKc1;rport=4000;received=198.51.100.7";
+        let ok = |text: &str, key: &BranchKey, back_to: SocketAddr| {
+            let r = scan(text.as_bytes());
+            assert_eq!(r.defect, None, "{text}");
+            let top = r.top_via.unwrap().branch.unwrap().get(text.as_bytes());
+            verify(key, text.as_bytes(), &r, top, back_to)
+        };
+        assert!(ok(&resp(b, via, "c1"), &key, src));
+        // Another deployment's key, another return address, another
+        // transaction, another previous hop, a forged or cut branch: refused.
+        let other = BranchKey::from_secret(b"0123456789abcdef-elsewhere!");
+        assert!(!ok(&resp(b, via, "c1"), &other, src));
+        assert!(!ok(
+            &resp(b, via, "c1"),
+            &key,
+            "198.51.100.8:4000".parse().unwrap()
+        ));
+        assert!(!ok(&resp(b, via, "c2"), &key, src));
+        assert!(!ok(
+            &resp(b, &via.replace("z9hG4bKc1", "z9hG4bKc9"), "c1"),
+            &key,
+            src
+        ));
+        let flipped =
+            format!("{}{}", &b[..12], if &b[12..13] == "0" { "1" } else { "0" }) + &b[13..];
+        assert!(!ok(&resp(&flipped, via, "c1"), &key, src));
+        assert!(!ok(&resp(&b[..b.len() - 1], via, "c1"), &key, src));
+        // The same request from the same source gets the same branch on any
+        // edge sharing the key (retransmissions, CANCEL, non-2xx ACK).
+        assert_eq!(branch(&key, req, &m, src, 0xdead_beef), br);
+        assert_ne!(branch(&other, req, &m, src, 0xdead_beef), br);
     }
 
     #[test]

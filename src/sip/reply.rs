@@ -34,7 +34,7 @@ pub fn build(
                 first_via = false;
                 let mut edits = Edits::default();
                 if let Some(via) = &m.top_via {
-                    mark_received(buf, via, src, &mut edits);
+                    mark_received(via, src, &mut edits);
                 }
                 edits.apply(buf, without_eol(buf, h.line), &mut o);
                 o.put(b"\r\n");

@@ -151,13 +151,14 @@ struct Splice {
 }
 
 /// The most a forwarded request needs: Max-Forwards (1), `rport`/`received`
-/// (2), one per popped Route line (`MAX_ROUTES`), and with a replaced body
-/// both Content-Length lines (2).
-const MAX_EDITS: usize = 5 + super::scan::MAX_ROUTES;
+/// (2), the P-Asserted-Identity lines (`MAX_PAI_LINES`), one per popped
+/// Route line (`MAX_ROUTES`), and with a replaced body both Content-Length
+/// lines (2).
+const MAX_EDITS: usize = 5 + super::scan::MAX_PAI_LINES + super::scan::MAX_ROUTES;
 
 /// Room for the inserted bytes. A rewrite inserts three texts at most: a
-/// Max-Forwards value (10 digits), `=port` (6) and `;received=<ip>` (10 +
-/// at most the 48 of `fmt_ip`'s buffer): 74 bytes.
+/// Max-Forwards value (10 digits), `;rport=port` (12) and `;received=<ip>`
+/// (10 + at most the 48 of `fmt_ip`'s buffer): 80 bytes.
 /// Not more: an `Edits` this size is zeroed with inline stores, a larger
 /// one by a memset call per forwarded request (callgrind: ~20 instructions).
 const TEXT: usize = 2 * 64;
@@ -237,14 +238,10 @@ impl Edits {
         self.list[self.n - 1].len += n as u16;
     }
     /// The text of the splice opened last.
+    #[cfg(test)]
     fn last_text(&self) -> &[u8] {
         let e = &self.list[self.n - 1];
         &self.text[e.from as usize..e.from as usize + e.len as usize]
-    }
-    /// Withdraw the splice opened last.
-    fn cancel_last(&mut self) {
-        self.n -= 1;
-        self.used = self.list[self.n].from as usize;
     }
     pub fn delete(&mut self, span: Span) {
         self.open(span.start as usize, span.len());
@@ -285,19 +282,30 @@ impl Edits {
     }
 }
 
-/// RFC 3261 §18.2.1 + RFC 3581 §4: add `received` when the sent-by host is
-/// not the source address (always, when `rport` is present) and fill a bare
-/// `rport` with the source port.
-pub fn mark_received(buf: &[u8], via: &Via, src: SocketAddr, edits: &mut Edits) {
-    if via.rport == Some(None) {
-        edits.open(via.rport_end as usize, 0);
-        edits.text(b"=");
-        edits.text_u32(u32::from(src.port()));
+/// RFC 3261 §18.2.1 + RFC 3581 §4, forced (Kamailio's `force_rport`): the
+/// top Via leaves with `received` and `rport` naming the real source,
+/// whatever the sender wrote there, so answers (ours and the functions')
+/// go back to where the request came from and nowhere a Via chooses.
+pub fn mark_received(via: &Via, src: SocketAddr, edits: &mut Edits) {
+    match via.rport {
+        Some(Some(v)) => edits.open(v.start as usize, v.len()),
+        Some(None) => {
+            edits.open(via.rport_end as usize, 0);
+            edits.text(b"=");
+        }
+        None => {
+            edits.open(via.value.end as usize, 0);
+            edits.text(b";rport=");
+        }
     }
-    // The address is written where the `received` text goes, and the
-    // splice withdrawn if it turns out not to be needed.
-    edits.open(via.value.end as usize, 0);
-    edits.text(b";received=");
+    edits.text_u32(u32::from(src.port()));
+    match via.received {
+        Some(v) => edits.open(v.start as usize, v.len()),
+        None => {
+            edits.open(via.value.end as usize, 0);
+            edits.text(b";received=");
+        }
+    }
     match src.ip() {
         IpAddr::V4(v4) => edits.text_ipv4(v4.octets()),
         ip @ IpAddr::V6(_) => {
@@ -306,13 +314,13 @@ pub fn mark_received(buf: &[u8], via: &Via, src: SocketAddr, edits: &mut Edits) 
             edits.text(&tmp[..n]);
         }
     }
-    let ip_text = &edits.last_text()[b";received=".len()..];
-    let host = via.host.get(buf);
-    // IPv4 text is canonical; IPv6 has several spellings, so parse those.
-    let host_is_src =
-        host == ip_text || (src.is_ipv6() && super::uri::ip_of(host) == Some(src.ip()));
-    if !(via.received.is_none() && (!host_is_src || via.rport.is_some())) {
-        edits.cancel_last();
+}
+
+/// Remove the P-Asserted-Identity lines of a request from an untrusted
+/// source (RFC 3325 §5: the trust domain's edge removes them).
+pub fn drop_asserted_identity(m: &Message, edits: &mut Edits) {
+    for l in m.pai_lines.iter().filter(|l| !l.is_empty()) {
+        edits.delete(*l);
     }
 }
 
@@ -356,6 +364,9 @@ pub struct RequestPlan<'a> {
     pub max_forwards: MaxForwards,
     pub pop_routes: usize,
     pub src: SocketAddr,
+    /// The source is trusted to assert identities (a function): its
+    /// P-Asserted-Identity is passed on; anyone else's is removed.
+    pub keep_asserted_identity: bool,
     /// A replacement body (the slow path's filtered SDP): Content-Length is
     /// rewritten to its length.
     pub body: Option<&'a [u8]>,
@@ -400,7 +411,10 @@ pub fn forward_request(
         }
     }
     if let Some(via) = &m.top_via {
-        mark_received(buf, via, plan.src, &mut edits);
+        mark_received(via, plan.src, &mut edits);
+    }
+    if !plan.keep_asserted_identity {
+        drop_asserted_identity(m, &mut edits);
     }
     pop_routes(m.route_values(), plan.pop_routes, &mut edits);
     if let Some(body) = plan.body {
@@ -494,7 +508,7 @@ mod tests {
         e.open(0, 0);
         e.text_u32(u32::MAX);
         e.open(1, 0);
-        e.text(b"=");
+        e.text(b";rport=");
         e.text_u32(65535);
         e.open(2, 0);
         e.text(b";received=");
@@ -502,8 +516,8 @@ mod tests {
         let v6 = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap();
         let n = fmt_ip(IpAddr::V6(v6), &mut tmp);
         e.text(&tmp[..n]);
-        e.cancel_last();
-        e.open(2, 0);
+        assert_eq!(e.last_text().len(), b";received=".len() + n);
+        e.open(3, 0);
         e.text(b";received=");
         e.text_ipv4([255; 4]);
         assert_eq!(e.last_text(), b";received=255.255.255.255");

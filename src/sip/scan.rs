@@ -129,6 +129,9 @@ pub enum Defect {
     DuplicateTo,
     DuplicateMaxForwards,
     DuplicateContentLength,
+    /// More P-Asserted-Identity lines than the edge can remove (RFC 3325
+    /// allows two identities).
+    TooManyAssertedIdentities,
 }
 
 impl Defect {
@@ -162,6 +165,9 @@ impl Defect {
             Defect::DuplicateTo => "Bad Request - Duplicate To",
             Defect::DuplicateMaxForwards => "Bad Request - Duplicate Max-Forwards",
             Defect::DuplicateContentLength => "Bad Request - Conflicting Content-Length",
+            Defect::TooManyAssertedIdentities => {
+                "Bad Request - Too Many P-Asserted-Identity Headers"
+            }
         }
     }
 
@@ -185,6 +191,10 @@ pub enum StartLine {
         code: u16,
     },
 }
+
+/// P-Asserted-Identity lines remembered: RFC 3325 §9.1 allows at most two
+/// identities (a sip/sips URI and a tel URI), one per line or both in one.
+pub const MAX_PAI_LINES: usize = 2;
 
 /// One Route value and where it sits, so it can be popped in place.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -236,6 +246,9 @@ pub struct Message {
     pub to_tag: Option<Span>,
     /// URI of the first P-Asserted-Identity value.
     pub pai_uri: Option<Span>,
+    /// The P-Asserted-Identity lines (removed from an untrusted source's
+    /// request); empty spans where there are fewer.
+    pub pai_lines: [Span; MAX_PAI_LINES],
     pub routes: [RouteValue; MAX_ROUTES],
     /// All Route values seen (saturating).
     pub route_count: u8,
@@ -283,6 +296,7 @@ impl Message {
             to_uri: Span::default(),
             to_tag: None,
             pai_uri: None,
+            pai_lines: [Span::default(); MAX_PAI_LINES],
             routes: [RouteValue::default(); MAX_ROUTES],
             route_count: 0,
             cpm: CpmServices::default(),
@@ -895,6 +909,10 @@ fn scan_headers(buf: &[u8], m: &mut Message, hdr_start: usize) -> Walk {
             Header::PAssertedIdentity if request => {
                 if m.pai_uri.is_none() {
                     m.pai_uri = values(buf, h.value).next().and_then(|v| addr_of(buf, v));
+                }
+                match m.pai_lines.iter_mut().find(|l| l.is_empty()) {
+                    Some(slot) => *slot = h.line,
+                    None => m.flag(Defect::TooManyAssertedIdentities),
                 }
             }
             // Routing asks only whether a CPM ICSI is present, so the
