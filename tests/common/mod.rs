@@ -1,6 +1,8 @@
 //! Realistic CPM messages and a table snapshot shared by the tests.
 #![allow(dead_code)]
 
+pub mod capture;
+
 use cpm_edge::config::Config;
 use cpm_edge::route::Tables;
 use std::io::{Read, Write};
