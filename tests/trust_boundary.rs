@@ -74,7 +74,7 @@ impl Rig {
         self.attacker.send_to(msg.as_bytes(), self.edge).unwrap();
     }
 
-    fn from_edge(&self, seen: &[Datagram]) -> Vec<Datagram> {
+    fn sent_by_edge(&self, seen: &[Datagram]) -> Vec<Datagram> {
         seen.iter()
             .filter(|d| d.src == self.edge)
             .copied()
@@ -84,7 +84,7 @@ impl Rig {
     /// Everything the edge sent went to one of `allowed`; returns it.
     fn assert_edge_sent_only_to(&self, allowed: &[SocketAddr]) -> Vec<Datagram> {
         let seen = self.cap.snapshot();
-        let out = self.from_edge(&seen);
+        let out = self.sent_by_edge(&seen);
         for d in &out {
             assert!(
                 allowed.contains(&d.dst),
@@ -112,7 +112,7 @@ impl Rig {
             .map(|d| d.len)
             .sum();
         let bytes_out: usize = self
-            .from_edge(&seen)
+            .sent_by_edge(&seen)
             .iter()
             .filter(|d| d.dst == to)
             .map(|d| d.len)
