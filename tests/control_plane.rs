@@ -631,3 +631,89 @@ fn sighup_reloads_the_config_and_refuses_a_bad_one() {
     assert!(status.success(), "clean stop: {status:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The admin API runs start-up's validation: shards at the edge itself or at
+/// unusable addresses, ids illegal in a SIP URI; an id with `/` round-trips
+/// when its `/` is sent as `%2F`.
+#[test]
+fn admin_api_validates_like_start_up() {
+    let cs1 = Cs::start();
+    let a = app(
+        &[("cs1", cs1.addr, None)],
+        &[],
+        "[health]\nenabled = false\n",
+    );
+    let admin = a.admin_addr.unwrap();
+    let edge = a.server.local_addr;
+    let gen0 = a.cp.snapshot().generation;
+    let shard = |addr: &str| format!(r#"{{"name":"cs2","addr":"{addr}"}}"#);
+    let bad_shards = [
+        (shard(&edge.to_string()), "edge's own address"),
+        (shard("0.0.0.0:7001"), "unspecified IP or port 0"),
+        (shard("127.0.0.1:0"), "unspecified IP or port 0"),
+        (shard("0.0.0.0:0"), "unspecified IP or port 0"),
+        (shard("[::1]:7001"), "family"),
+        (
+            r#"{"name":"a b","addr":"127.0.0.1:7001"}"#.to_string(),
+            "name",
+        ),
+    ];
+    for (body, msg) in &bad_shards {
+        let (st, resp) = http(admin, "POST", "/shards", body, None);
+        assert_eq!(st, 400, "{body}: {resp}");
+        assert!(resp.contains(msg), "{body}: {resp} should mention {msg}");
+        let v: serde_json::Value = serde_json::from_str(&resp).unwrap();
+        assert!(v["error"].is_string());
+    }
+    // The same addresses are refused by start-up validation.
+    for addr in [edge.to_string(), "0.0.0.0:7001".into(), "[::1]:7001".into()] {
+        let toml =
+            format!("[listen]\naddr = \"{edge}\"\n[[shard]]\nname = \"x\"\naddr = \"{addr}\"\n");
+        let e = Config::parse(&toml).unwrap().validate().unwrap_err();
+        assert!(e.starts_with("shard[0].addr: "), "{addr}: {e}");
+    }
+    for id in [
+        r"sip:g\r\nVia: SIP/2.0/UDP evil@x",
+        "sip:g h@x",
+        "sip:g<x>@x",
+        r"sip:g\u0000@x",
+    ] {
+        let body = format!(r#"{{"id":"{id}","shard":"cs1"}}"#);
+        let (st, resp) = http(admin, "POST", "/groups", &body, None);
+        assert_eq!(st, 400, "{id}: {resp}");
+        assert!(resp.contains("not allowed in a SIP URI"), "{id}: {resp}");
+        let batch = format!(r#"{{"upsert":[{{"id":"{id}","shard":"cs1"}}]}}"#);
+        assert_eq!(http(admin, "POST", "/groups/batch", &batch, None).0, 400);
+    }
+    assert_eq!(
+        a.cp.snapshot().generation,
+        gen0,
+        "nothing refused was published"
+    );
+
+    // An id holding '/': created from JSON, read and deleted with %2F.
+    let body = r#"{"id":"sip:team/a@groups.example.net","shard":"cs1"}"#;
+    let (st, resp) = http(admin, "POST", "/groups", body, None);
+    assert_eq!(st, 200, "{resp}");
+    let path = "/groups/sip:team%2Fa@groups.example.net";
+    let (st, resp) = http(admin, "GET", path, "", None);
+    assert_eq!(st, 200, "{resp}");
+    assert!(
+        resp.contains(r#""id":"sip:team/a@groups.example.net""#),
+        "{resp}"
+    );
+    // Unencoded, the '/' splits the path: no such endpoint, nothing touched.
+    let (st, _) = http(
+        admin,
+        "DELETE",
+        "/groups/sip:team/a@groups.example.net",
+        "",
+        None,
+    );
+    assert_eq!(st, 405);
+    let (st, resp) = http(admin, "DELETE", path, "", None);
+    assert_eq!(st, 200, "{resp}");
+    assert_eq!(http(admin, "GET", path, "", None).0, 404);
+    assert_eq!(a.cp.snapshot().groups.len(), 0);
+    a.stop().unwrap();
+}

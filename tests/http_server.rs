@@ -651,3 +651,61 @@ fn defaults() {
         "text/plain; charset=utf-8"
     );
 }
+
+#[test]
+fn duplicate_authorization_headers_are_400() {
+    let srv = start(HttpConfig {
+        token: Some("s3cret-token".into()),
+        ..HttpConfig::default()
+    });
+    let good = "Authorization: Bearer s3cret-token\r\n";
+    let bad = "Authorization: Bearer wrong\r\n";
+    for (first, second) in [(good, bad), (bad, good), (good, good)] {
+        for path in ["/metrics", "/health"] {
+            let raw = format!("GET {path} HTTP/1.1\r\n{first}X-Between: 1\r\n{second}\r\n");
+            let r = roundtrip(srv.addr, raw.as_bytes());
+            assert_json_error(&r, 400);
+            assert!(
+                r.json()["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("duplicate Authorization"),
+                "{:?}",
+                r.json()
+            );
+        }
+    }
+    assert_eq!(srv.calls.load(Ordering::SeqCst), 0, "handler never ran");
+    let one = format!("GET /metrics HTTP/1.1\r\n{good}\r\n");
+    assert_eq!(roundtrip(srv.addr, one.as_bytes()).status, 200);
+}
+
+#[test]
+fn path_segments_are_decoded_one_by_one() {
+    let srv = start_default();
+    let r = roundtrip(srv.addr, &get("/groups/sip:a%2Fb@x"));
+    assert_eq!(r.json()["path"], "/groups/sip:a/b@x");
+    let req = Request {
+        method: "GET".into(),
+        path: "/groups/sip:a/b@x".into(),
+        raw_path: "/groups/sip:a%2Fb@x?q=1".into(),
+        query: Vec::new(),
+        headers: Vec::new(),
+        body: Vec::new(),
+        peer: "127.0.0.1:1".parse().unwrap(),
+    };
+    assert_eq!(
+        req.path_segments().unwrap(),
+        vec!["groups".to_string(), "sip:a/b@x".to_string()]
+    );
+    let abs = Request {
+        raw_path: "http://h:1/a%20b/c/".into(),
+        ..req.clone()
+    };
+    assert_eq!(abs.path_segments().unwrap(), vec!["a b", "c"]);
+    let bad = Request {
+        raw_path: "/a/%zz".into(),
+        ..req
+    };
+    assert_eq!(bad.path_segments(), None);
+}

@@ -98,6 +98,21 @@ impl Request {
             .map(|(_, v)| v.as_str())
     }
 
+    /// The path's segments (leading and trailing `/` ignored), each
+    /// percent-decoded on its own: an encoded `/` (`%2F`) stays inside its
+    /// segment, so `/groups/sip:a%2Fb@x` is `["groups", "sip:a/b@x"]`.
+    /// `None` when the target is malformed.
+    pub fn path_segments(&self) -> Option<Vec<String>> {
+        if self.raw_path == "*" {
+            return Some(vec!["*".to_string()]);
+        }
+        let (raw, _) = target_parts(&self.raw_path).ok()?;
+        raw.trim_matches('/')
+            .split('/')
+            .map(|seg| percent_decode(seg, false))
+            .collect()
+    }
+
     /// The first query parameter named `name` (exact match).
     pub fn query_param(&self, name: &str) -> Option<&str> {
         self.query
@@ -476,6 +491,17 @@ fn serve_one(conn: &mut Conn, shared: &Shared) -> Next {
         Err((status, msg)) => return conn.fail(cfg, status, msg),
     };
     let keep_alive = wants_keep_alive(&head);
+    if head
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "authorization")
+        .count()
+        > 1
+    {
+        // Which one would decide is exactly what a proxy in front and this
+        // server could disagree on.
+        return conn.fail(cfg, 400, "duplicate Authorization header");
+    }
 
     if !authorized(cfg.token.as_deref(), &head.method, &path, &head.headers) {
         warn!(method = ?head.method, path = ?path, %peer, "admin http: 401 unauthorized");
@@ -1075,6 +1101,25 @@ fn split_target(target: &str) -> Result<(String, Query), &'static str> {
     if target == "*" {
         return Ok(("*".to_string(), Vec::new()));
     }
+    let (raw_path, raw_query) = target_parts(target)?;
+    let path = if raw_path.is_empty() {
+        "/".to_string()
+    } else {
+        percent_decode(raw_path, false).ok_or("malformed percent-encoding in path")?
+    };
+    let mut query = Vec::new();
+    for pair in raw_query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = percent_decode(k, true).ok_or("malformed percent-encoding in query")?;
+        let v = percent_decode(v, true).ok_or("malformed percent-encoding in query")?;
+        query.push((k, v));
+    }
+    Ok((path, query))
+}
+
+/// The still-encoded path and query of a request target (origin or
+/// absolute form), without any fragment.
+fn target_parts(target: &str) -> Result<(&str, &str), &'static str> {
     let lower = target.get(..8).unwrap_or(target).to_ascii_lowercase();
     let rest = if let Some(scheme_len) = ["http://", "https://"]
         .iter()
@@ -1090,20 +1135,7 @@ fn split_target(target: &str) -> Result<(String, Query), &'static str> {
         return Err("malformed request target");
     };
     let rest = rest.split('#').next().unwrap_or("");
-    let (raw_path, raw_query) = rest.split_once('?').unwrap_or((rest, ""));
-    let path = if raw_path.is_empty() {
-        "/".to_string()
-    } else {
-        percent_decode(raw_path, false).ok_or("malformed percent-encoding in path")?
-    };
-    let mut query = Vec::new();
-    for pair in raw_query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = percent_decode(k, true).ok_or("malformed percent-encoding in query")?;
-        let v = percent_decode(v, true).ok_or("malformed percent-encoding in query")?;
-        query.push((k, v));
-    }
-    Ok((path, query))
+    Ok(rest.split_once('?').unwrap_or((rest, "")))
 }
 
 /// `%XX` decoding (and `+` as space when `plus`); `None` on a bad escape or
