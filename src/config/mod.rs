@@ -57,6 +57,15 @@ pub struct Admin {
     pub bind: String,
     /// Bearer token; required when `bind` is not a loopback address.
     pub token: Option<String>,
+    /// Connection threads at once.
+    pub max_connections: usize,
+    /// Connection threads one source IP may hold.
+    pub max_connections_per_peer: usize,
+    /// Thread-less slots where connections beyond those limits may still
+    /// get `/health` and `/ready` answered.
+    pub probe_slots: usize,
+    /// A request head must arrive within this (slowloris).
+    pub header_timeout_ms: u64,
 }
 
 impl Default for Admin {
@@ -64,8 +73,21 @@ impl Default for Admin {
         Admin {
             bind: "127.0.0.1:8080".into(),
             token: None,
+            max_connections: 64,
+            max_connections_per_peer: 8,
+            probe_slots: 64,
+            header_timeout_ms: 2000,
         }
     }
+}
+
+/// The admin HTTP server's bounds (see `control::http::HttpConfig`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminLimits {
+    pub max_connections: usize,
+    pub max_connections_per_peer: usize,
+    pub probe_slots: usize,
+    pub header_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -315,6 +337,7 @@ pub struct Valid {
     pub hosts: Vec<(String, SocketAddr)>,
     pub admin_bind: Option<SocketAddr>,
     pub admin_token: Option<String>,
+    pub admin_limits: AdminLimits,
     pub health: Option<HealthSettings>,
     pub retry_after_s: u32,
     pub log_level: String,
@@ -540,6 +563,7 @@ impl Config {
                 ));
             }
         }
+        let admin_limits = self.admin.limits()?;
         let h = &self.health;
         let health = if h.enabled {
             if !(10..=3_600_000).contains(&h.interval_ms) {
@@ -645,6 +669,7 @@ impl Config {
             slow_queue: self.slow_path.queue,
             admin_bind,
             admin_token: self.admin.token.clone().filter(|t| !t.is_empty()),
+            admin_limits,
             health,
             retry_after_s: h.retry_after_s,
             log_level: self.log.level.clone(),
@@ -665,6 +690,36 @@ impl Config {
             shards,
             groups,
             hosts,
+        })
+    }
+}
+
+impl Admin {
+    fn limits(&self) -> Result<AdminLimits, String> {
+        for (key, v, max) in [
+            ("admin.max_connections", self.max_connections, 4096),
+            (
+                "admin.max_connections_per_peer",
+                self.max_connections_per_peer,
+                4096,
+            ),
+            ("admin.probe_slots", self.probe_slots, 4096),
+        ] {
+            if !(1..=max).contains(&v) {
+                return Err(format!("{key}: {v} is outside 1..={max}"));
+            }
+        }
+        if !(100..=60_000).contains(&self.header_timeout_ms) {
+            return Err(format!(
+                "admin.header_timeout_ms: {} is outside 100..=60000",
+                self.header_timeout_ms
+            ));
+        }
+        Ok(AdminLimits {
+            max_connections: self.max_connections,
+            max_connections_per_peer: self.max_connections_per_peer,
+            probe_slots: self.probe_slots,
+            header_timeout: std::time::Duration::from_millis(self.header_timeout_ms),
         })
     }
 }
