@@ -9,19 +9,27 @@
 //!
 //! Invariants:
 //! - bounded: at most [`HttpConfig::max_connections`] connection threads at
-//!   once (the next connection is answered 503 and closed); a request's line
+//!   once, at most [`HttpConfig::max_connections_per_peer`] per source IP;
+//!   a connection beyond either waits, without a thread, in one of
+//!   [`HttpConfig::probe_slots`] (oldest closed when full) where only
+//!   `GET /health` and `GET /ready` are answered (else 503), so idle or
+//!   slow connections cannot make health probes fail; a request's line
 //!   and headers are at most `max_header_bytes` (else 431), its body at most
 //!   `max_body` (else 413), both checked before the bytes are buffered;
-//! - timely: an idle keep-alive connection is closed after `io_timeout`; once
-//!   a request's first byte is in, its line and headers must all arrive within
-//!   `io_timeout` (a client that trickles bytes is answered 408 and cut off);
+//! - timely: an idle keep-alive connection is closed after `io_timeout`; a
+//!   new connection's first request head must arrive within `header_timeout`
+//!   of the accept, a later one's within `header_timeout` of its first byte
+//!   (a client that trickles bytes is answered 408 and cut off);
 //!   a body gets `io_timeout` plus `io_timeout` per MiB received so far, a
 //!   response `io_timeout` plus `io_timeout` per MiB, so a big upload on a
 //!   healthy link passes and a trickle cannot hold a thread for long;
 //! - authenticated: with a token configured, no request except `GET /health`
 //!   and `GET /ready` reaches the handler without `Authorization: Bearer
-//!   <token>` (compared in constant time); [`serve`] refuses to run without a
-//!   token on a non-loopback address;
+//!   <token>` (compared in constant time; the token may be rotated through
+//!   [`HttpConfig::live_token`]); two `Authorization` fields are a 400;
+//!   [`serve`] refuses to run without a token on a non-loopback address;
+//! - quiet under attack: warnings about refused connections and bad requests
+//!   are throttled to one line per reason per second (with a count);
 //! - total: no input makes the server panic; a panic inside the handler is
 //!   caught and answered 500 (this needs `panic = "unwind"`: under the
 //!   release profile's `panic = "abort"` a handler panic aborts the process,
@@ -308,12 +316,14 @@ pub fn is_loopback(addr: &SocketAddr) -> bool {
 /// The accept thread waits in `poll` (50 ms at a time) on the non-blocking
 /// listener, so it returns within ~100 ms of `stop` and then closes the
 /// listener. Each connection gets its own thread, at most `max_connections`
-/// at once; beyond that a connection is answered 503 (`Retry-After: 1`) and
-/// closed.
+/// at once and `max_connections_per_peer` per source IP; beyond that it
+/// goes to the probe slots (the accept thread polls them too): `/health`
+/// and `/ready` answered, anything else 503 (`Retry-After: 1`), then closed.
 ///
-/// Fails (`InvalidInput`) without starting when `max_connections` or
-/// `io_timeout` is zero, when the token is empty, or when there is no token
-/// and the listener is not on a loopback address.
+/// Fails (`InvalidInput`) without starting when a connection limit, the
+/// probe slots, `io_timeout` or `header_timeout` is zero, when the token is
+/// empty, or when there is no token and the listener is not on a loopback
+/// address.
 pub fn serve(
     listener: TcpListener,
     cfg: HttpConfig,
