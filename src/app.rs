@@ -21,6 +21,33 @@ pub struct App {
     threads: Vec<JoinHandle<()>>,
 }
 
+/// Bind the admin API and build its server configuration; the control
+/// plane gets the token cell (rotated on reload) and the server's counters.
+fn admin_http(
+    v: &Valid,
+    bind: SocketAddr,
+    control: &mut ControlPlane,
+) -> Result<(std::net::TcpListener, HttpConfig), String> {
+    let listener = std::net::TcpListener::bind(bind)
+        .map_err(|e| format!("cannot bind admin API on {bind}: {e}"))?;
+    let token: http::TokenCell = Arc::new(arc_swap::ArcSwapOption::from(
+        v.admin_token.clone().map(Arc::new),
+    ));
+    let l = v.admin_limits;
+    let cfg = HttpConfig {
+        token: v.admin_token.clone(),
+        max_connections: l.max_connections,
+        max_connections_per_peer: l.max_connections_per_peer,
+        probe_slots: l.probe_slots,
+        header_timeout: l.header_timeout,
+        live_token: Some(Arc::clone(&token)),
+        ..HttpConfig::default()
+    };
+    control.admin_token = Some(token);
+    control.http_stats = Some(Arc::clone(&cfg.stats));
+    Ok((listener, cfg))
+}
+
 impl App {
     pub fn start(v: &Valid) -> Result<App, String> {
         let server = Server::start(v)?;
@@ -34,18 +61,17 @@ impl App {
             .slow
             .as_ref()
             .map(|s| (s.queue.clone(), Arc::clone(&s.stats)));
-        let cp = Arc::new(control);
+        control.admission = Some(Arc::clone(&server.admission));
         let control_stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
+        let admin = match v.admin_bind {
+            Some(bind) => Some(admin_http(v, bind, &mut control)?),
+            None => None,
+        };
+        let cp = Arc::new(control);
         let mut admin_addr = None;
-        if let Some(bind) = v.admin_bind {
-            let listener = std::net::TcpListener::bind(bind)
-                .map_err(|e| format!("cannot bind admin API on {bind}: {e}"))?;
+        if let Some((listener, cfg)) = admin {
             admin_addr = listener.local_addr().ok();
-            let cfg = HttpConfig {
-                token: v.admin_token.clone(),
-                ..HttpConfig::default()
-            };
             let api_cp = Arc::clone(&cp);
             let handler: http::Handler = Arc::new(move |req| api::handle(&api_cp, req));
             threads.push(

@@ -4,7 +4,7 @@
 use clap::Parser;
 use cpm_edge::app::App;
 use cpm_edge::config::{Config, ShardConf};
-use cpm_edge::control::ControlPlane;
+use cpm_edge::control::{ControlPlane, ReloadError};
 use cpm_edge::io::IoChoice;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,7 +14,7 @@ use std::time::Duration;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// CPM-aware stateless SIP edge proxy for OMA CPM Conversation Server clusters.
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(version, about)]
 struct Cli {
     /// TOML configuration file (default: the embedded demo configuration).
@@ -245,11 +245,28 @@ fn main() {
         }
     }
     println!("  ready (SIGHUP reloads the configuration, SIGINT/SIGTERM stop)");
+    // A reload runs on its own thread: reading the files may block (a slow
+    // disk, a FIFO given as --config), and SIGTERM must not wait for it.
+    let mut reloading: Option<std::thread::JoinHandle<()>> = None;
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
-        if hup.swap(false, Ordering::Relaxed) {
-            reload(&cli, &app.cp);
+        if reloading.as_ref().is_some_and(|r| r.is_finished()) {
+            let _ = reloading.take().map(std::thread::JoinHandle::join);
         }
+        // A SIGHUP during a reload stays pending until that one is done.
+        if reloading.is_none() && hup.swap(false, Ordering::Relaxed) {
+            let (cli, cp) = (cli.clone(), Arc::clone(&app.cp));
+            match std::thread::Builder::new()
+                .name("reload".into())
+                .spawn(move || reload(&cli, &cp))
+            {
+                Ok(h) => reloading = Some(h),
+                Err(e) => tracing::error!("reload refused: cannot start a reload thread: {e}"),
+            }
+        }
+    }
+    if reloading.is_some_and(|r| !r.is_finished()) {
+        tracing::warn!("stopping with a reload still running: it is abandoned");
     }
     println!("cpm-edge: stopping");
     let stats = server.stats.clone();
@@ -275,28 +292,24 @@ fn main() {
 }
 
 /// SIGHUP: re-read the configuration file (and its groups file) with the
-/// same command-line overrides; an invalid one leaves everything running as is.
+/// same command-line overrides; an invalid one, or one changing a setting
+/// bound at start, leaves everything running as is (one log line says why).
 fn reload(cli: &Cli, cp: &ControlPlane) {
-    match load(cli).and_then(|c| c.validate()) {
-        Ok(v) => {
+    let r = load(cli)
+        .and_then(|c| c.validate())
+        .map_err(ReloadError::Invalid)
+        .and_then(|v| {
             let groups = v.groups.len();
-            match cp.reload(v) {
-                Ok(notes) => {
-                    cp.reloads_ok.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(groups, "configuration reloaded");
-                    for n in notes {
-                        tracing::warn!("reload: {n}");
-                    }
-                }
-                Err(e) => {
-                    cp.reloads_failed.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(error = %e.message, "reload refused; running configuration unchanged");
-                }
-            }
+            cp.reload(v).map(|()| groups)
+        });
+    match r {
+        Ok(groups) => {
+            cp.reloads_ok.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(groups, "configuration reloaded");
         }
         Err(e) => {
             cp.reloads_failed.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(error = %e, "reload refused; running configuration unchanged");
+            tracing::error!("{e}");
         }
     }
 }

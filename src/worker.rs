@@ -21,6 +21,24 @@ pub struct Admission {
     pub shed_at_queue_pct: u32,
     /// The worker's socket (for SO_MEMINFO samples).
     pub sock_fd: Option<std::os::fd::RawFd>,
+    /// The running settings, swapped whole on reload; a worker looks once
+    /// per batch and rebuilds its admission state when they changed.
+    pub live: Option<LiveAdmission>,
+}
+
+/// Where the control plane publishes new admission settings.
+pub type LiveAdmission = Arc<ArcSwap<Admission>>;
+impl Admission {
+    /// The shared settings of a validated configuration (no socket).
+    pub fn from_valid(v: &Valid) -> Admission {
+        Admission {
+            limits: v.limits.clone(),
+            allow: v.allow.clone(),
+            shed_at_queue_pct: v.shed_at_queue_pct,
+            sock_fd: None,
+            live: None,
+        }
+    }
 }
 use crate::stats::{new_histogram, WorkerStats};
 use arc_swap::{ArcSwap, Cache};
@@ -42,6 +60,9 @@ pub struct EdgeHandler {
     limit_reply: bool,
     allow: Vec<(std::net::IpAddr, u8)>,
     overload: Overload,
+    /// The published admission settings and the ones applied now.
+    live: Option<Cache<LiveAdmission, Arc<Admission>>>,
+    applied: Option<Arc<Admission>>,
     /// The worker's socket, sampled for its receive-queue fill.
     sock_fd: Option<std::os::fd::RawFd>,
     batches: u64,
@@ -69,18 +90,17 @@ impl EdgeHandler {
         admission: &Admission,
     ) -> EdgeHandler {
         let now = Instant::now();
-        EdgeHandler {
+        let mut h = EdgeHandler {
             tables: Cache::new(tables),
             stats,
             slow,
             progress,
-            limiter: admission
-                .limits
-                .as_ref()
-                .map(|l| SourceLimiter::new(l.rate, l.burst, l.slots)),
-            limit_reply: admission.limits.as_ref().is_some_and(|l| l.reply),
-            allow: admission.allow.clone(),
-            overload: Overload::new(admission.shed_at_queue_pct),
+            limiter: None,
+            limit_reply: false,
+            allow: Vec::new(),
+            overload: Overload::new(0),
+            live: admission.live.clone().map(Cache::new),
+            applied: None,
             sock_fd: admission.sock_fd,
             batches: 0,
             started: now,
@@ -92,7 +112,46 @@ impl EdgeHandler {
             last_fold: now,
             last_log: [None; DropReason::ALL.len() + 1],
             msg: crate::sip::scan::Message::default(),
+        };
+        h.apply_admission(Arc::new(admission.clone()));
+        h
+    }
+
+    /// Take `a`'s limits, allow-list and shedding threshold; the bucket
+    /// table is rebuilt only when the limit settings changed.
+    fn apply_admission(&mut self, a: Arc<Admission>) {
+        if self
+            .applied
+            .as_ref()
+            .is_none_or(|cur| cur.limits != a.limits)
+        {
+            self.limiter = a
+                .limits
+                .as_ref()
+                .map(|l| SourceLimiter::new(l.rate, l.burst, l.slots));
+            self.limit_reply = a.limits.as_ref().is_some_and(|l| l.reply);
         }
+        self.allow = a.allow.clone();
+        if self
+            .applied
+            .as_ref()
+            .is_none_or(|cur| cur.shed_at_queue_pct != a.shed_at_queue_pct)
+        {
+            self.overload = Overload::new(a.shed_at_queue_pct);
+        }
+        self.applied = Some(a);
+    }
+
+    /// Once per batch: follow a reload of the admission settings.
+    fn follow_admission(&mut self) {
+        let Some(live) = self.live.as_mut() else {
+            return;
+        };
+        let cur = Arc::clone(live.load());
+        if self.applied.as_ref().is_some_and(|a| Arc::ptr_eq(a, &cur)) {
+            return;
+        }
+        self.apply_admission(cur);
     }
 
     fn log_limited(&mut self, slot: usize, msg: std::fmt::Arguments<'_>) {
@@ -114,6 +173,7 @@ impl EdgeHandler {
 
 impl DatagramHandler for EdgeHandler {
     fn on_batch_start(&mut self) {
+        self.follow_admission();
         self.batch_start = Instant::now();
         self.batch_n = 0;
         self.now_ms = self.batch_start.duration_since(self.started).as_millis() as u64;
@@ -284,6 +344,8 @@ pub struct Server {
     pub backend_reason: String,
     pub local_addr: SocketAddr,
     pub tables: Arc<ArcSwap<Tables>>,
+    /// The admission settings every worker follows (swapped on reload).
+    pub admission: LiveAdmission,
     pub stats: Vec<Arc<WorkerStats>>,
     /// The SDP policy threads (idle while no policy is configured).
     pub slow: Option<SlowPath>,
@@ -298,6 +360,7 @@ impl Server {
         assert!(v.workers >= 1, "validated worker count");
         let (backend, backend_reason) = io::select_backend(v.io)?;
         let tables = Arc::new(ArcSwap::from_pointee(Tables::from_config(v)));
+        let admission: LiveAdmission = Arc::new(ArcSwap::from_pointee(Admission::from_valid(v)));
         let mut sockets = Vec::with_capacity(v.workers);
         for i in 0..v.workers {
             let s = io::socket::bind_udp(v.listen, true, v.socket_rcvbuf, v.socket_sndbuf)
@@ -343,10 +406,9 @@ impl Server {
             let slow_q = Some(slow.queue.clone());
             let progress = Arc::clone(&progress);
             let admission = Admission {
-                limits: v.limits.clone(),
-                allow: v.allow.clone(),
-                shed_at_queue_pct: v.shed_at_queue_pct,
                 sock_fd: Some(std::os::fd::AsRawFd::as_raw_fd(&sock)),
+                live: Some(Arc::clone(&admission)),
+                ..Admission::from_valid(v)
             };
             let t = std::thread::Builder::new()
                 .name(format!("edge-w{i}"))
@@ -367,6 +429,7 @@ impl Server {
             backend_reason,
             local_addr,
             tables,
+            admission,
             stats,
             slow: Some(slow),
             stop,

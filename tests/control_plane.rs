@@ -631,3 +631,335 @@ fn sighup_reloads_the_config_and_refuses_a_bad_one() {
     assert!(status.success(), "clean stop: {status:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The admin API runs start-up's validation: shards at the edge itself or at
+/// unusable addresses, ids illegal in a SIP URI; an id with `/` round-trips
+/// when its `/` is sent as `%2F`.
+#[test]
+fn admin_api_validates_like_start_up() {
+    let cs1 = Cs::start();
+    let a = app(
+        &[("cs1", cs1.addr, None)],
+        &[],
+        "[health]\nenabled = false\n",
+    );
+    let admin = a.admin_addr.unwrap();
+    let edge = a.server.local_addr;
+    let gen0 = a.cp.snapshot().generation;
+    let shard = |addr: &str| format!(r#"{{"name":"cs2","addr":"{addr}"}}"#);
+    let bad_shards = [
+        (shard(&edge.to_string()), "edge's own address"),
+        (shard("0.0.0.0:7001"), "unspecified IP or port 0"),
+        (shard("127.0.0.1:0"), "unspecified IP or port 0"),
+        (shard("0.0.0.0:0"), "unspecified IP or port 0"),
+        (shard("[::1]:7001"), "family"),
+        (
+            r#"{"name":"a b","addr":"127.0.0.1:7001"}"#.to_string(),
+            "name",
+        ),
+    ];
+    for (body, msg) in &bad_shards {
+        let (st, resp) = http(admin, "POST", "/shards", body, None);
+        assert_eq!(st, 400, "{body}: {resp}");
+        assert!(resp.contains(msg), "{body}: {resp} should mention {msg}");
+        let v: serde_json::Value = serde_json::from_str(&resp).unwrap();
+        assert!(v["error"].is_string());
+    }
+    // The same addresses are refused by start-up validation.
+    for addr in [edge.to_string(), "0.0.0.0:7001".into(), "[::1]:7001".into()] {
+        let toml =
+            format!("[listen]\naddr = \"{edge}\"\n[[shard]]\nname = \"x\"\naddr = \"{addr}\"\n");
+        let e = Config::parse(&toml).unwrap().validate().unwrap_err();
+        assert!(e.starts_with("shard[0].addr: "), "{addr}: {e}");
+    }
+    for id in [
+        r"sip:g\r\nVia: SIP/2.0/UDP evil@x",
+        "sip:g h@x",
+        "sip:g<x>@x",
+        r"sip:g\u0000@x",
+    ] {
+        let body = format!(r#"{{"id":"{id}","shard":"cs1"}}"#);
+        let (st, resp) = http(admin, "POST", "/groups", &body, None);
+        assert_eq!(st, 400, "{id}: {resp}");
+        assert!(resp.contains("not allowed in a SIP URI"), "{id}: {resp}");
+        let batch = format!(r#"{{"upsert":[{{"id":"{id}","shard":"cs1"}}]}}"#);
+        assert_eq!(http(admin, "POST", "/groups/batch", &batch, None).0, 400);
+    }
+    assert_eq!(
+        a.cp.snapshot().generation,
+        gen0,
+        "nothing refused was published"
+    );
+
+    // An id holding '/': created from JSON, read and deleted with %2F.
+    let body = r#"{"id":"sip:team/a@groups.example.net","shard":"cs1"}"#;
+    let (st, resp) = http(admin, "POST", "/groups", body, None);
+    assert_eq!(st, 200, "{resp}");
+    let path = "/groups/sip:team%2Fa@groups.example.net";
+    let (st, resp) = http(admin, "GET", path, "", None);
+    assert_eq!(st, 200, "{resp}");
+    assert!(
+        resp.contains(r#""id":"sip:team/a@groups.example.net""#),
+        "{resp}"
+    );
+    // Unencoded, the '/' splits the path: no such endpoint, nothing touched.
+    let (st, _) = http(
+        admin,
+        "DELETE",
+        "/groups/sip:team/a@groups.example.net",
+        "",
+        None,
+    );
+    assert_eq!(st, 405);
+    let (st, resp) = http(admin, "DELETE", path, "", None);
+    assert_eq!(st, 200, "{resp}");
+    assert_eq!(http(admin, "GET", path, "", None).0, 404);
+    assert_eq!(a.cp.snapshot().groups.len(), 0);
+    a.stop().unwrap();
+}
+
+/// The edge's configuration text for the reload tests: one shard (a test
+/// socket), one group, the admin API on an ephemeral loopback port.
+fn reload_toml(listen: u16, shard: SocketAddr, extra: &str) -> String {
+    format!(
+        "[listen]\naddr = \"127.0.0.1:{listen}\"\n[admin]\nbind = \"127.0.0.1:0\"\n{extra}\n[health]\nenabled = false\n[workers]\ncount = 1\n[[shard]]\nname = \"cs1\"\naddr = \"{shard}\"\n[[group]]\nid = \"sip:g1@groups.example.net\"\nshard = \"cs1\"\n"
+    )
+}
+
+fn valid(toml: &str) -> cpm_edge::config::Valid {
+    Config::parse(toml).unwrap().validate().unwrap()
+}
+
+/// Send `n` INVITEs from `client` at once; how many reach `shard` and how
+/// many 503s come back, and the top Via of the first forwarded one.
+fn burst(
+    client: &UdpSocket,
+    edge: SocketAddr,
+    shard: &UdpSocket,
+    n: usize,
+    tag: &str,
+) -> (usize, usize, String) {
+    let me = client.local_addr().unwrap();
+    for i in 0..n {
+        let m = invite_from("u", "sip:g1@groups.example.net", &format!("{tag}-{i}"), me);
+        client.send_to(&m, edge).unwrap();
+    }
+    let (mut fwd, mut busy, mut via) = (0, 0, String::new());
+    let mut buf = vec![0u8; 65536];
+    for s in [shard, client] {
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        while let Ok((len, _)) = s.recv_from(&mut buf) {
+            let m = String::from_utf8_lossy(&buf[..len]).into_owned();
+            if m.starts_with("INVITE ") {
+                fwd += 1;
+                if via.is_empty() {
+                    via = header(&m, "Via")[0].to_string();
+                }
+            } else if m.starts_with("SIP/2.0 503") {
+                busy += 1;
+            }
+        }
+    }
+    (fwd, busy, via)
+}
+
+#[test]
+fn reload_rotates_the_token_applies_limits_and_refuses_fixed_keys_whole() {
+    let shard = sock();
+    let sa = shard.local_addr().unwrap();
+    let port = free_port();
+    let base = |extra: &str| reload_toml(port, sa, extra);
+    let a = App::start(&valid(&base("token = \"old-token\"\n"))).unwrap();
+    let (admin, edge) = (a.admin_addr.unwrap(), a.server.local_addr);
+    let client = sock();
+    big_rcvbuf(&client);
+    big_rcvbuf(&shard);
+    assert_eq!(http(admin, "GET", "/groups", "", Some("old-token")).0, 200);
+    let (fwd, busy, via) = burst(&client, edge, &shard, 30, "before");
+    assert_eq!((fwd, busy), (30, 0), "no limit yet");
+    assert!(via.contains(&format!("127.0.0.1:{port}")), "{via}");
+
+    // Token rotation and limits, in one reload.
+    let limited = "token = \"new-token\"\n[limits]\nper_source_rate = 5\nper_source_burst = 5\n";
+    a.cp.reload(valid(&base(limited))).unwrap();
+    assert_eq!(http(admin, "GET", "/groups", "", Some("old-token")).0, 401);
+    assert_eq!(http(admin, "GET", "/groups", "", Some("new-token")).0, 200);
+    let (fwd, busy, _) = burst(&client, edge, &shard, 30, "limited");
+    assert!(fwd <= 7, "the new rate applies: {fwd} forwarded");
+    assert!(busy >= 20, "over the rate: 503 ({busy})");
+
+    // A listen change refuses everything else in the same file too.
+    let other = free_port();
+    let moved = reload_toml(other, sa, "token = \"third\"\n")
+        + "[[group]]\nid = \"sip:g2@groups.example.net\"\nshard = \"cs1\"\n";
+    let err = a.cp.reload(valid(&moved)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("reload refused: listen.addr changed 127.0.0.1:{port} -> 127.0.0.1:{other}; restart to apply")
+    );
+    assert_eq!(http(admin, "GET", "/groups", "", Some("third")).0, 401);
+    assert_eq!(http(admin, "GET", "/groups", "", Some("new-token")).0, 200);
+    assert_eq!(a.cp.snapshot().groups.len(), 1, "no group added");
+    let several =
+        reload_toml(other, sa, "[workers]\nbatch = 32\n").replace("[workers]\ncount = 1\n", "");
+    let e = a.cp.reload(valid(&several)).unwrap_err().to_string();
+    assert!(
+        e.contains("listen.addr changed") && e.contains("workers.batch changed 64 -> 32"),
+        "{e}"
+    );
+
+    // Limits off again and the token removed (allowed on loopback only).
+    a.cp.reload(valid(&base(""))).unwrap();
+    assert_eq!(http(admin, "GET", "/groups", "", None).0, 200);
+    std::thread::sleep(Duration::from_millis(1200));
+    let (fwd, busy, via) = burst(&client, edge, &shard, 30, "after");
+    assert_eq!((fwd, busy), (30, 0), "limits off again");
+    assert!(
+        via.contains(&format!("127.0.0.1:{port}")),
+        "still the old Via: {via}"
+    );
+    a.stop().unwrap();
+}
+
+/// The real binary, killed (by its PID) if a test fails before stopping it.
+struct Edge(std::process::Child);
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn spawn_edge(cfg: &std::path::Path, stderr: &std::path::Path) -> Edge {
+    let err = std::fs::File::create(stderr).unwrap();
+    Edge(
+        std::process::Command::new(env!("CARGO_BIN_EXE_cpm-edge"))
+            .arg("--config")
+            .arg(cfg)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn mkfifo(p: &std::path::Path) {
+    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+}
+
+fn admin_up(admin: SocketAddr) -> bool {
+    TcpStream::connect(admin).is_ok() && http(admin, "GET", "/health", "", None).0 == 200
+}
+
+#[test]
+fn sighup_refuses_a_listen_change_and_a_fifo_groups_file_with_one_log_line() {
+    let dir = std::env::temp_dir().join(format!("cpm-edge-fixed-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cfg, log, fifo) = (
+        dir.join("edge.toml"),
+        dir.join("stderr.log"),
+        dir.join("groups.fifo"),
+    );
+    mkfifo(&fifo);
+    let shard = sock();
+    let sa = shard.local_addr().unwrap();
+    let admin_port = free_port();
+    let write = |listen: u16, extra: &str| {
+        let t = reload_toml(listen, sa, extra)
+            .replace("127.0.0.1:0", &format!("127.0.0.1:{admin_port}"));
+        std::fs::write(&cfg, t).unwrap();
+    };
+    let (port, other) = (free_port(), free_port());
+    write(port, "");
+    let mut edge = spawn_edge(&cfg, &log);
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    wait_until("edge up", Duration::from_secs(20), || admin_up(admin));
+    let logged = |needle: &str| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(needle)
+    };
+
+    write(other, "");
+    unsafe { libc::kill(edge.0.id() as i32, libc::SIGHUP) };
+    let line = format!("reload refused: listen.addr changed 127.0.0.1:{port} -> 127.0.0.1:{other}; restart to apply");
+    wait_until("the refusal logged", Duration::from_secs(10), || {
+        logged(&line)
+    });
+    let client = sock();
+    let old: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (fwd, _, via) = burst(&client, old, &shard, 3, "old");
+    assert_eq!(fwd, 3, "still answering on the old address");
+    assert!(via.contains(&format!("127.0.0.1:{port}")), "old Via: {via}");
+
+    // groups_file a FIFO: refused at once (no blocking read), logged.
+    std::fs::write(
+        &cfg,
+        format!("groups_file = {:?}\n", fifo.to_str().unwrap())
+            + &reload_toml(port, sa, "").replace("127.0.0.1:0", &format!("127.0.0.1:{admin_port}")),
+    )
+    .unwrap();
+    unsafe { libc::kill(edge.0.id() as i32, libc::SIGHUP) };
+    wait_until("the FIFO refused", Duration::from_secs(10), || {
+        logged("not a regular file")
+    });
+    let (_, m) = http(admin, "GET", "/metrics", "", None);
+    assert!(
+        m.contains("cpm_edge_reloads_total{result=\"failed\"} 2"),
+        "{m}"
+    );
+    let t0 = Instant::now();
+    unsafe { libc::kill(edge.0.id() as i32, libc::SIGTERM) };
+    let status = edge.0.wait().unwrap();
+    assert!(
+        status.success() && t0.elapsed() < Duration::from_secs(5),
+        "{status:?}"
+    );
+    // The same groups_file is refused at start.
+    let e = Config::parse(&std::fs::read_to_string(&cfg).unwrap())
+        .unwrap()
+        .validate()
+        .unwrap_err();
+    assert!(e.contains("not a regular file"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A reload stuck reading its file (here: `--config` is a FIFO nobody
+/// writes to any more) does not keep SIGTERM from stopping the edge.
+#[test]
+fn sigterm_stops_the_edge_while_a_reload_is_stuck() {
+    let dir = std::env::temp_dir().join(format!("cpm-edge-stuck-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cfg, log) = (dir.join("edge.fifo"), dir.join("stderr.log"));
+    mkfifo(&cfg);
+    let admin_port = free_port();
+    let text = reload_toml(free_port(), "127.0.0.1:7101".parse().unwrap(), "")
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{admin_port}"));
+    let mut edge = spawn_edge(&cfg, &log);
+    // Opening for writing waits for the edge to open it for reading.
+    std::fs::write(&cfg, text).unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    wait_until("edge up", Duration::from_secs(20), || admin_up(admin));
+    unsafe { libc::kill(edge.0.id() as i32, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    unsafe { libc::kill(edge.0.id() as i32, libc::SIGTERM) };
+    let r = wait_until("exit after SIGTERM", Duration::from_secs(5), || {
+        edge.0.try_wait().ok().flatten().is_some()
+    });
+    assert!(r < Duration::from_secs(5));
+    let status = edge.0.wait().unwrap();
+    assert!(status.success(), "{status:?} after {:?}", t0.elapsed());
+    let err = std::fs::read_to_string(&log).unwrap();
+    assert!(err.contains("reload still running"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -651,3 +651,231 @@ fn defaults() {
         "text/plain; charset=utf-8"
     );
 }
+
+#[test]
+fn duplicate_authorization_headers_are_400() {
+    let srv = start(HttpConfig {
+        token: Some("s3cret-token".into()),
+        ..HttpConfig::default()
+    });
+    let good = "Authorization: Bearer s3cret-token\r\n";
+    let bad = "Authorization: Bearer wrong\r\n";
+    for (first, second) in [(good, bad), (bad, good), (good, good)] {
+        for path in ["/metrics", "/health"] {
+            let raw = format!("GET {path} HTTP/1.1\r\n{first}X-Between: 1\r\n{second}\r\n");
+            let r = roundtrip(srv.addr, raw.as_bytes());
+            assert_json_error(&r, 400);
+            assert!(
+                r.json()["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("duplicate Authorization"),
+                "{:?}",
+                r.json()
+            );
+        }
+    }
+    assert_eq!(srv.calls.load(Ordering::SeqCst), 0, "handler never ran");
+    let one = format!("GET /metrics HTTP/1.1\r\n{good}\r\n");
+    assert_eq!(roundtrip(srv.addr, one.as_bytes()).status, 200);
+}
+
+#[test]
+fn path_segments_are_decoded_one_by_one() {
+    let srv = start_default();
+    let r = roundtrip(srv.addr, &get("/groups/sip:a%2Fb@x"));
+    assert_eq!(r.json()["path"], "/groups/sip:a/b@x");
+    let req = Request {
+        method: "GET".into(),
+        path: "/groups/sip:a/b@x".into(),
+        raw_path: "/groups/sip:a%2Fb@x?q=1".into(),
+        query: Vec::new(),
+        headers: Vec::new(),
+        body: Vec::new(),
+        peer: "127.0.0.1:1".parse().unwrap(),
+    };
+    assert_eq!(
+        req.path_segments().unwrap(),
+        vec!["groups".to_string(), "sip:a/b@x".to_string()]
+    );
+    let abs = Request {
+        raw_path: "http://h:1/a%20b/c/".into(),
+        ..req.clone()
+    };
+    assert_eq!(abs.path_segments().unwrap(), vec!["a b", "c"]);
+    let bad = Request {
+        raw_path: "/a/%zz".into(),
+        ..req
+    };
+    assert_eq!(bad.path_segments(), None);
+}
+
+/// A TCP connection from source IP `from` (any 127/8 address works on Linux
+/// loopback), so tests can play several peers.
+fn connect_from(from: &str, addr: SocketAddr) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let src: SocketAddr = format!("{from}:0").parse().unwrap();
+    s.bind(&src.into()).unwrap();
+    s.connect(&addr.into()).unwrap();
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(GENEROUS)).unwrap();
+    s
+}
+
+fn roundtrip_from(from: &str, addr: SocketAddr, raw: &[u8]) -> Resp {
+    let mut s = connect_from(from, addr);
+    s.write_all(raw).unwrap();
+    read_response(&mut s)
+}
+
+/// Log lines of every test in this binary (the subscriber is global).
+static LOGS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+
+struct Capture;
+
+impl Write for Capture {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        LOGS.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(|| Capture)
+        .try_init();
+}
+
+fn log_lines(needle: &[&str]) -> Vec<String> {
+    let all = String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned();
+    all.lines()
+        .filter(|l| needle.iter().all(|n| l.contains(n)))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn an_idle_flood_from_one_peer_cannot_fail_health_and_logs_are_throttled() {
+    capture_logs();
+    let srv = start(HttpConfig {
+        token: Some("tok".into()),
+        ..HttpConfig::default()
+    });
+    let flood: Vec<TcpStream> = (0..100)
+        .map(|_| connect_from("127.0.0.77", srv.addr))
+        .collect();
+    thread::sleep(Duration::from_millis(200));
+    for path in ["/health", "/ready"] {
+        // From another peer, and from the flooding peer itself (probe slots).
+        assert_eq!(roundtrip(srv.addr, &get(path)).status, 200, "{path}");
+        assert_eq!(
+            roundtrip_from("127.0.0.77", srv.addr, &get(path)).status,
+            200,
+            "{path} from the flooding peer"
+        );
+    }
+    // Other peers still get full service; the flooding one only probes.
+    let ok = b"GET /metrics HTTP/1.1\r\nAuthorization: Bearer tok\r\n\r\n";
+    assert_eq!(roundtrip(srv.addr, ok).status, 200);
+    let r = roundtrip_from("127.0.0.77", srv.addr, ok);
+    assert_json_error(&r, 503);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    // 92+ refusals inside a second: one line, then one with the count.
+    thread::sleep(Duration::from_millis(1100));
+    drop(connect_from("127.0.0.77", srv.addr));
+    thread::sleep(Duration::from_millis(100));
+    let lines = log_lines(&["too many connections from this peer", "127.0.0.77"]);
+    assert!(
+        (1..=3).contains(&lines.len()),
+        "{} lines: {lines:#?}",
+        lines.len()
+    );
+    assert!(
+        lines.iter().any(|l| !l.contains("suppressed=0")),
+        "a line counts the suppressed ones: {lines:#?}"
+    );
+    drop(flood);
+}
+
+#[test]
+fn an_idle_flood_from_many_peers_cannot_fail_health() {
+    let cfg = HttpConfig::default();
+    let stats = Arc::clone(&cfg.stats);
+    let srv = start(cfg);
+    // 30 peers x 8 (the per-peer cap) fill the pool of 64 and spill over.
+    let mut flood = Vec::new();
+    for p in 0..30 {
+        for _ in 0..8 {
+            flood.push(connect_from(&format!("127.0.1.{}", p + 1), srv.addr));
+        }
+    }
+    let t0 = Instant::now();
+    while stats.active.load(Ordering::SeqCst) < 64 {
+        assert!(t0.elapsed() < GENEROUS, "pool never filled");
+        thread::sleep(Duration::from_millis(10));
+    }
+    for path in ["/health", "/ready", "/health", "/ready"] {
+        let r = roundtrip(srv.addr, &get(path));
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(r.header("connection"), Some("close"));
+    }
+    assert!(stats.over_pool.load(Ordering::SeqCst) >= 100);
+    assert!(stats.probes_answered.load(Ordering::SeqCst) >= 4);
+    // A full pool answers anything else 503, never hangs.
+    assert_json_error(&roundtrip(srv.addr, &get("/other")), 503);
+    drop(flood);
+}
+
+#[test]
+fn a_slowloris_is_cut_off_by_the_header_timeout_and_health_stays_up() {
+    let cfg = HttpConfig {
+        header_timeout: Duration::from_millis(500),
+        ..HttpConfig::default()
+    };
+    let stats = Arc::clone(&cfg.stats);
+    let srv = start(cfg);
+    let stop = Arc::new(AtomicBool::new(false));
+    // 70 connections from 10 peers, each trickling a header byte every 100 ms.
+    let trick: Vec<JoinHandle<(Duration, Vec<u8>)>> = (0..70)
+        .map(|i| {
+            let mut s = connect_from(&format!("127.0.2.{}", i % 10 + 1), srv.addr);
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let t0 = Instant::now();
+                let _ = s.write_all(b"GET / HTTP/1.1\r\nX-Slow: ");
+                let mut w = s.try_clone().unwrap();
+                let writer = thread::spawn(move || {
+                    while !stop.load(Ordering::Acquire) && w.write_all(b"a").is_ok() {
+                        thread::sleep(Duration::from_millis(100));
+                    }
+                });
+                let got = read_until_closed(&mut s);
+                let took = t0.elapsed();
+                let _ = s.shutdown(Shutdown::Both);
+                let _ = writer.join();
+                (took, got)
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(roundtrip(srv.addr, &get("/health")).status, 200);
+    for t in trick {
+        let (took, got) = t.join().unwrap();
+        // Well before io_timeout (5 s): the header timeout did it.
+        assert!(took < Duration::from_millis(2500), "cut after {took:?}");
+        assert!(
+            got.is_empty()
+                || got.starts_with(b"HTTP/1.1 408 ")
+                || got.starts_with(b"HTTP/1.1 503 "),
+            "{:?}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    stop.store(true, Ordering::Release);
+    assert!(stats.header_timeouts.load(Ordering::SeqCst) >= 50);
+    assert_eq!(roundtrip(srv.addr, &get("/health")).status, 200);
+}

@@ -59,6 +59,15 @@ pub struct Admin {
     pub bind: String,
     /// Bearer token; required when `bind` is not a loopback address.
     pub token: Option<String>,
+    /// Connection threads at once.
+    pub max_connections: usize,
+    /// Connection threads one source IP may hold.
+    pub max_connections_per_peer: usize,
+    /// Thread-less slots where connections beyond those limits may still
+    /// get `/health` and `/ready` answered.
+    pub probe_slots: usize,
+    /// A request head must arrive within this (slowloris).
+    pub header_timeout_ms: u64,
 }
 
 impl Default for Admin {
@@ -66,8 +75,21 @@ impl Default for Admin {
         Admin {
             bind: "127.0.0.1:8080".into(),
             token: None,
+            max_connections: 64,
+            max_connections_per_peer: 8,
+            probe_slots: 64,
+            header_timeout_ms: 2000,
         }
     }
+}
+
+/// The admin HTTP server's bounds (see `control::http::HttpConfig`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdminLimits {
+    pub max_connections: usize,
+    pub max_connections_per_peer: usize,
+    pub probe_slots: usize,
+    pub header_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -371,6 +393,7 @@ pub struct Valid {
     pub hosts: Vec<(String, SocketAddr)>,
     pub admin_bind: Option<SocketAddr>,
     pub admin_token: Option<String>,
+    pub admin_limits: AdminLimits,
     pub health: Option<HealthSettings>,
     pub retry_after_s: u32,
     pub log_level: String,
@@ -522,13 +545,9 @@ impl Config {
         }
         let mut shards: Vec<ShardSpec> = Vec::new();
         for (i, s) in self.shards.iter().enumerate() {
-            if s.name.is_empty() || s.name.contains(|c: char| c.is_whitespace() || c == '/') {
-                return Err(format!(
-                    "shard[{i}].name: '{}' must be non-empty, without spaces or '/'",
-                    s.name
-                ));
-            }
+            check_shard_name(&s.name).map_err(|e| format!("shard[{i}].name: {e}"))?;
             let a = addr(&format!("shard[{i}].addr"), &s.addr)?;
+            check_shard_addr(a, listen, &advertise).map_err(|e| format!("shard[{i}].addr: {e}"))?;
             if shards.iter().any(|x| x.name == s.name) {
                 return Err(format!(
                     "shard[{i}].name: duplicate shard name '{}'",
@@ -537,11 +556,6 @@ impl Config {
             }
             if shards.iter().any(|x| x.addr == a) {
                 return Err(format!("shard[{i}].addr: duplicate shard address {a}"));
-            }
-            if a == listen {
-                return Err(format!(
-                    "shard[{i}].addr: {a} is the edge's own listen address"
-                ));
             }
             shards.push(ShardSpec {
                 name: s.name.clone(),
@@ -574,8 +588,7 @@ impl Config {
             groups.push((key, shard));
         }
         if let Some(path) = &self.groups_file {
-            let text =
-                std::fs::read_to_string(path).map_err(|e| format!("groups_file: {path}: {e}"))?;
+            let text = read_regular_file(path).map_err(|e| format!("groups_file: {path}: {e}"))?;
             for (n, line) in text.lines().enumerate() {
                 let line = line.split('#').next().unwrap_or("").trim();
                 if line.is_empty() {
@@ -613,6 +626,7 @@ impl Config {
                 ));
             }
         }
+        let admin_limits = self.admin.limits()?;
         let h = &self.health;
         let health = if h.enabled {
             if !(10..=3_600_000).contains(&h.interval_ms) {
@@ -718,6 +732,7 @@ impl Config {
             slow_queue: self.slow_path.queue,
             admin_bind,
             admin_token: self.admin.token.clone().filter(|t| !t.is_empty()),
+            admin_limits,
             health,
             retry_after_s: h.retry_after_s,
             log_level: self.log.level.clone(),
@@ -742,6 +757,123 @@ impl Config {
             hosts,
         })
     }
+}
+
+impl Admin {
+    fn limits(&self) -> Result<AdminLimits, String> {
+        for (key, v, max) in [
+            ("admin.max_connections", self.max_connections, 4096),
+            (
+                "admin.max_connections_per_peer",
+                self.max_connections_per_peer,
+                4096,
+            ),
+            ("admin.probe_slots", self.probe_slots, 4096),
+        ] {
+            if !(1..=max).contains(&v) {
+                return Err(format!("{key}: {v} is outside 1..={max}"));
+            }
+        }
+        if !(100..=60_000).contains(&self.header_timeout_ms) {
+            return Err(format!(
+                "admin.header_timeout_ms: {} is outside 100..=60000",
+                self.header_timeout_ms
+            ));
+        }
+        Ok(AdminLimits {
+            max_connections: self.max_connections,
+            max_connections_per_peer: self.max_connections_per_peer,
+            probe_slots: self.probe_slots,
+            header_timeout: std::time::Duration::from_millis(self.header_timeout_ms),
+        })
+    }
+}
+
+/// A shard name: non-empty, without whitespace or `/` (it is a path segment
+/// of the admin API). Shared by start-up validation and `POST /shards`.
+pub fn check_shard_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == '/') {
+        return Err(format!("'{name}' must be non-empty, without spaces or '/'"));
+    }
+    Ok(())
+}
+
+/// A shard address the edge can send to without talking to itself: a
+/// specified IP of the listen address's family, a non-zero port, and not
+/// the edge's own address (its listen address, the advertised IP with the
+/// listen port, or a loopback IP with the listen port when the edge listens
+/// on a wildcard). Shared by start-up validation and `POST /shards`.
+pub fn check_shard_addr(a: SocketAddr, listen: SocketAddr, advertise: &str) -> Result<(), String> {
+    if a.ip().is_unspecified() || a.port() == 0 {
+        return Err(format!(
+            "{a} is not a usable address (unspecified IP or port 0)"
+        ));
+    }
+    if a.is_ipv4() != listen.is_ipv4() {
+        return Err(format!(
+            "{a} is not of the listen address's family ({listen}): the edge cannot send to it"
+        ));
+    }
+    let advertised = advertise
+        .trim_matches(|c| c == '[' || c == ']')
+        .parse::<IpAddr>()
+        .is_ok_and(|ip| ip == a.ip());
+    let own = a == listen
+        || (a.port() == listen.port()
+            && (advertised || (listen.ip().is_unspecified() && a.ip().is_loopback())));
+    if own {
+        return Err(format!("{a} is the edge's own address (listen {listen})"));
+    }
+    Ok(())
+}
+
+/// The whole content of `path`, which must be a regular file: a FIFO, a
+/// device or a directory is refused (a FIFO would block the reader until
+/// a writer shows up). Opened non-blocking and checked on the open file, so
+/// swapping the path for a FIFO in between cannot block either.
+pub fn read_regular_file(path: &str) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| e.to_string())?;
+    let meta = f.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file (FIFOs, devices and directories are refused)".into());
+    }
+    let mut text = String::new();
+    f.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    Ok(text)
+}
+
+/// Every character of a configured URI must be legal in a SIP URI (RFC 3261
+/// section 25.1: unreserved, reserved, `%HH` escapes, `[` `]` of an IPv6
+/// reference): no CR, LF, space, `<`, `>`, `"`, non-ASCII... The hot-path
+/// parser is lenient by design; identities the edge is told about are not.
+fn check_uri_chars(id: &str) -> Result<(), String> {
+    let b = id.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c == b'%' {
+            let hex = |j: usize| b.get(j).is_some_and(u8::is_ascii_hexdigit);
+            if !(hex(i + 1) && hex(i + 2)) {
+                return Err(format!("{id:?}: malformed %-escape at byte {i}"));
+            }
+            i += 3;
+            continue;
+        }
+        if !(c.is_ascii_alphanumeric() || b"-_.!~*'();/?:@&=+$,[]".contains(&c)) {
+            return Err(format!(
+                "{id:?}: character {:?} at byte {i} is not allowed in a SIP URI",
+                char::from(c)
+            ));
+        }
+        i += 1;
+    }
+    Ok(())
 }
 
 /// `10.0.0.0/8`, `2001:db8::/32`, or a bare address (a /32 or /128).
@@ -806,6 +938,7 @@ pub fn check_policy(key: &str, p: &MediaPolicy) -> Result<(), String> {
 fn uri_identity(id: &str) -> Result<(crate::sip::uri::Scheme, bool, Vec<u8>), String> {
     use crate::sip::uri;
     use crate::sip::Span;
+    check_uri_chars(id)?;
     let b = id.as_bytes();
     let u = uri::parse(b, Span::new(0, b.len())).ok_or_else(|| format!("'{id}' is not a URI"))?;
     let mut key = Vec::new();
@@ -877,5 +1010,96 @@ mod tests {
         assert!(err("[routing]\nbogus = 1\n").contains("unknown field `bogus`"));
         let dup = "[[group]]\nid = \"sip:g@X\"\nshard = \"a\"\n[[group]]\nid = \"sip:g@x;lr\"\nshard = \"a\"\n";
         assert!(err(dup).starts_with("group[1].id: duplicate"));
+    }
+
+    fn shard_err(listen: &str, shard: &str) -> String {
+        let t = format!(
+            "[listen]\naddr = \"{listen}\"\nadvertise = \"198.51.100.7\"\n[[shard]]\nname = \"a\"\naddr = \"{shard}\"\n"
+        );
+        Config::parse(&t)
+            .and_then(|c| c.validate().map(|_| ()))
+            .unwrap_err()
+    }
+
+    #[test]
+    fn shards_at_the_edge_itself_or_unusable_addresses_are_refused() {
+        let own = shard_err("127.0.0.1:5060", "127.0.0.1:5060");
+        assert!(
+            own.starts_with("shard[0].addr: 127.0.0.1:5060 is the edge's own"),
+            "{own}"
+        );
+        let wild = shard_err("0.0.0.0:5060", "127.0.0.1:5060");
+        assert!(wild.contains("edge's own address"), "{wild}");
+        let adv = shard_err("0.0.0.0:5060", "198.51.100.7:5060");
+        assert!(adv.contains("edge's own address"), "{adv}");
+        for bad in ["0.0.0.0:7001", "127.0.0.1:0", "0.0.0.0:0"] {
+            let e = shard_err("127.0.0.1:5060", bad);
+            assert!(e.contains("unspecified IP or port 0"), "{bad}: {e}");
+        }
+        let v6 = shard_err("127.0.0.1:5060", "[::1]:7001");
+        assert!(v6.contains("family"), "{v6}");
+        let v4 = shard_err("[::1]:5060", "127.0.0.1:7001");
+        assert!(v4.contains("family"), "{v4}");
+        // Same IP, other port: a shard on the edge's host is fine.
+        let t = "[listen]\naddr = \"127.0.0.1:5060\"\n[[shard]]\nname = \"a\"\naddr = \"127.0.0.1:5061\"\n";
+        assert!(Config::parse(t).unwrap().validate().is_ok());
+    }
+
+    #[test]
+    fn group_ids_with_characters_illegal_in_a_sip_uri_are_refused() {
+        for bad in [
+            "sip:g\r\nVia: x@h",
+            "sip:g h@x",
+            "sip:g<@x",
+            "sip:g\"@x",
+            "sip:gr\u{e9}@x",
+            "sip:g%zz@x",
+            "sip:g%4@x",
+            "sip:g#@x",
+        ] {
+            assert!(group_key(bad).is_err(), "{bad:?}");
+            let toml = format!("[[group]]\nid = {bad:?}\nshard = \"a\"\n");
+            assert!(err(&toml).starts_with("group[0].id"), "{bad:?}");
+        }
+        for good in [
+            "sip:a/b@x",
+            "sip:a%2Fb@x",
+            "sip:g@[::1]",
+            "sip:g-_.!~*'()&=+$,@x",
+        ] {
+            assert!(group_key(good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn groups_file_must_be_a_regular_file() {
+        let dir = std::env::temp_dir().join(format!("cpm-edge-gf-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("groups.fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: `c` is a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        for p in [fifo.to_str().unwrap(), dir.to_str().unwrap()] {
+            let t = format!(
+                "groups_file = {p:?}\n[[shard]]\nname = \"a\"\naddr = \"127.0.0.1:7001\"\n"
+            );
+            let e = Config::parse(&t).unwrap().validate().unwrap_err();
+            assert!(
+                e.starts_with("groups_file: ") && e.contains("not a regular file"),
+                "{e}"
+            );
+        }
+        let file = dir.join("groups.txt");
+        std::fs::write(&file, "sip:f1@x a\n").unwrap();
+        let t = format!(
+            "groups_file = {:?}\n[[shard]]\nname = \"a\"\naddr = \"127.0.0.1:7001\"\n",
+            file.to_str().unwrap()
+        );
+        assert_eq!(
+            Config::parse(&t).unwrap().validate().unwrap().groups.len(),
+            1
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

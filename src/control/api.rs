@@ -30,8 +30,15 @@ use serde_json::{json, Value};
 use std::sync::atomic::Ordering::Relaxed;
 
 /// Route one request to its endpoint.
+///
+/// Path segments are percent-decoded one by one (see
+/// [`Request::path_segments`]): a group id holding `/` is addressed with
+/// `%2F`, so every id that can be created can be read and deleted.
 pub fn handle(cp: &ControlPlane, req: &Request) -> Response {
-    let segs: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+    let Some(owned) = req.path_segments() else {
+        return Response::error(400, "malformed request target");
+    };
+    let segs: Vec<&str> = owned.iter().map(String::as_str).collect();
     let r = match (req.method.as_str(), segs.as_slice()) {
         ("GET", ["health"]) => return Response::text(200, "ok\n"),
         ("GET", ["ready"]) => return ready(cp),
@@ -337,15 +344,16 @@ fn list_shards(t: &Tables) -> Value {
 
 fn add_shard(cp: &ControlPlane, b: &Value) -> Result<Value, ApiError> {
     let name = str_field(b, "name")?;
-    if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == '/') {
-        return Err(ApiError::new(
-            400,
-            format!("name: '{name}' must be non-empty, without spaces or '/'"),
-        ));
-    }
+    crate::config::check_shard_name(name).map_err(|e| ApiError::new(400, format!("name: {e}")))?;
     let addr = str_field(b, "addr")?
         .parse()
         .map_err(|_| ApiError::new(400, "addr: not an IP:port socket address"))?;
+    let (listen, advertise) = {
+        let c = cp.config.lock().unwrap_or_else(|p| p.into_inner());
+        (c.listen, c.advertise.clone())
+    };
+    crate::config::check_shard_addr(addr, listen, &advertise)
+        .map_err(|e| ApiError::new(400, format!("addr: {e}")))?;
     let backup = b.get("backup").and_then(Value::as_str).map(str::to_string);
     let spec = ShardSpec {
         name: name.to_string(),

@@ -9,19 +9,27 @@
 //!
 //! Invariants:
 //! - bounded: at most [`HttpConfig::max_connections`] connection threads at
-//!   once (the next connection is answered 503 and closed); a request's line
+//!   once, at most [`HttpConfig::max_connections_per_peer`] per source IP;
+//!   a connection beyond either waits, without a thread, in one of
+//!   [`HttpConfig::probe_slots`] (oldest closed when full) where only
+//!   `GET /health` and `GET /ready` are answered (else 503), so idle or
+//!   slow connections cannot make health probes fail; a request's line
 //!   and headers are at most `max_header_bytes` (else 431), its body at most
 //!   `max_body` (else 413), both checked before the bytes are buffered;
-//! - timely: an idle keep-alive connection is closed after `io_timeout`; once
-//!   a request's first byte is in, its line and headers must all arrive within
-//!   `io_timeout` (a client that trickles bytes is answered 408 and cut off);
+//! - timely: an idle keep-alive connection is closed after `io_timeout`; a
+//!   new connection's first request head must arrive within `header_timeout`
+//!   of the accept, a later one's within `header_timeout` of its first byte
+//!   (a client that trickles bytes is answered 408 and cut off);
 //!   a body gets `io_timeout` plus `io_timeout` per MiB received so far, a
 //!   response `io_timeout` plus `io_timeout` per MiB, so a big upload on a
 //!   healthy link passes and a trickle cannot hold a thread for long;
 //! - authenticated: with a token configured, no request except `GET /health`
 //!   and `GET /ready` reaches the handler without `Authorization: Bearer
-//!   <token>` (compared in constant time); [`serve`] refuses to run without a
-//!   token on a non-loopback address;
+//!   <token>` (compared in constant time; the token may be rotated through
+//!   [`HttpConfig::live_token`]); two `Authorization` fields are a 400;
+//!   [`serve`] refuses to run without a token on a non-loopback address;
+//! - quiet under attack: warnings about refused connections and bad requests
+//!   are throttled to one line per reason per second (with a count);
 //! - total: no input makes the server panic; a panic inside the handler is
 //!   caught and answered 500 (this needs `panic = "unwind"`: under the
 //!   release profile's `panic = "abort"` a handler panic aborts the process,
@@ -38,13 +46,16 @@
 //! chunked` (chunk extensions and trailers are read and dropped);
 //! `Expect: 100-continue` is answered once the headers passed the checks.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -96,6 +107,21 @@ impl Request {
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
+    }
+
+    /// The path's segments (leading and trailing `/` ignored), each
+    /// percent-decoded on its own: an encoded `/` (`%2F`) stays inside its
+    /// segment, so `/groups/sip:a%2Fb@x` is `["groups", "sip:a/b@x"]`.
+    /// `None` when the target is malformed.
+    pub fn path_segments(&self) -> Option<Vec<String>> {
+        if self.raw_path == "*" {
+            return Some(vec!["*".to_string()]);
+        }
+        let (raw, _) = target_parts(&self.raw_path).ok()?;
+        raw.trim_matches('/')
+            .split('/')
+            .map(|seg| percent_decode(seg, false))
+            .collect()
     }
 
     /// The first query parameter named `name` (exact match).
@@ -192,10 +218,50 @@ pub struct HttpConfig {
     pub max_body: usize,
     /// Largest request line plus headers, bytes (431 beyond).
     pub max_header_bytes: usize,
-    /// Most connections served at once (503 beyond).
+    /// Most connections served at once (beyond: the probe slots).
     pub max_connections: usize,
+    /// Most connection threads one source IP may hold, so that one peer
+    /// cannot take the whole pool (beyond: the probe slots).
+    pub max_connections_per_peer: usize,
+    /// Connections that find no thread (pool full, or their peer at its
+    /// cap) wait here, without a thread, polled by the accept thread, for
+    /// one request: `GET /health` and `GET /ready` are answered, anything
+    /// else gets 503; when all are taken the longest-waiting one is closed,
+    /// so a flood of idle connections cannot keep a health probe out.
+    pub probe_slots: usize,
+    /// A request's line and headers must arrive within this once its first
+    /// byte is in, and a new connection's first request within this of the
+    /// accept (slowloris; capped by `io_timeout`).
+    pub header_timeout: Duration,
     /// Idle, header and base body/response timeout.
     pub io_timeout: Duration,
+    /// When set, the token is read from here at every request (the control
+    /// plane rotates it on reload) and `token` is ignored.
+    pub live_token: Option<TokenCell>,
+    /// Counters for `/metrics`.
+    pub stats: Arc<HttpStats>,
+}
+
+/// A bearer token that can be replaced while the server runs.
+pub type TokenCell = Arc<ArcSwapOption<String>>;
+
+/// The server's counters (all monotonic except `active`).
+#[derive(Debug, Default)]
+pub struct HttpStats {
+    /// Connection threads alive now.
+    pub active: AtomicU64,
+    /// Connections given a thread.
+    pub accepted: AtomicU64,
+    /// Connections that found the pool full / their peer at its cap.
+    pub over_pool: AtomicU64,
+    pub over_peer_cap: AtomicU64,
+    /// Probe-slot outcomes: health/ready answered, other requests answered
+    /// 503, closed without an answer (no request in time, slots full).
+    pub probes_answered: AtomicU64,
+    pub probes_refused: AtomicU64,
+    pub probes_dropped: AtomicU64,
+    /// Connections closed because their request head was too slow (408).
+    pub header_timeouts: AtomicU64,
 }
 
 impl Default for HttpConfig {
@@ -205,7 +271,12 @@ impl Default for HttpConfig {
             max_body: 16 << 20, // bulk group uploads
             max_header_bytes: 16 << 10,
             max_connections: 64,
+            max_connections_per_peer: 8,
+            probe_slots: 64,
+            header_timeout: Duration::from_secs(2),
             io_timeout: Duration::from_secs(5),
+            live_token: None,
+            stats: Arc::new(HttpStats::default()),
         }
     }
 }
@@ -218,8 +289,11 @@ impl fmt::Debug for HttpConfig {
             .field("max_body", &self.max_body)
             .field("max_header_bytes", &self.max_header_bytes)
             .field("max_connections", &self.max_connections)
+            .field("max_connections_per_peer", &self.max_connections_per_peer)
+            .field("probe_slots", &self.probe_slots)
+            .field("header_timeout", &self.header_timeout)
             .field("io_timeout", &self.io_timeout)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -242,12 +316,14 @@ pub fn is_loopback(addr: &SocketAddr) -> bool {
 /// The accept thread waits in `poll` (50 ms at a time) on the non-blocking
 /// listener, so it returns within ~100 ms of `stop` and then closes the
 /// listener. Each connection gets its own thread, at most `max_connections`
-/// at once; beyond that a connection is answered 503 (`Retry-After: 1`) and
-/// closed.
+/// at once and `max_connections_per_peer` per source IP; beyond that it
+/// goes to the probe slots (the accept thread polls them too): `/health`
+/// and `/ready` answered, anything else 503 (`Retry-After: 1`), then closed.
 ///
-/// Fails (`InvalidInput`) without starting when `max_connections` or
-/// `io_timeout` is zero, when the token is empty, or when there is no token
-/// and the listener is not on a loopback address.
+/// Fails (`InvalidInput`) without starting when a connection limit, the
+/// probe slots, `io_timeout` or `header_timeout` is zero, when the token is
+/// empty, or when there is no token and the listener is not on a loopback
+/// address.
 pub fn serve(
     listener: TcpListener,
     cfg: HttpConfig,
@@ -255,14 +331,21 @@ pub fn serve(
     stop: Arc<AtomicBool>,
 ) -> io::Result<JoinHandle<()>> {
     let invalid = |msg: String| Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
-    if cfg.max_connections == 0 {
-        return invalid("admin http: max_connections must be at least 1".into());
+    if cfg.max_connections == 0 || cfg.max_connections_per_peer == 0 || cfg.probe_slots == 0 {
+        return invalid(
+            "admin http: max_connections, max_connections_per_peer and probe_slots must be at least 1"
+                .into(),
+        );
     }
-    if cfg.io_timeout.is_zero() {
-        return invalid("admin http: io_timeout must not be zero".into());
+    if cfg.io_timeout.is_zero() || cfg.header_timeout.is_zero() {
+        return invalid("admin http: io_timeout and header_timeout must not be zero".into());
     }
     let local = listener.local_addr()?;
-    match &cfg.token {
+    let token: TokenCell = cfg
+        .live_token
+        .clone()
+        .unwrap_or_else(|| Arc::new(ArcSwapOption::from(cfg.token.clone().map(Arc::new))));
+    match token.load().as_deref() {
         Some(t) if t.is_empty() => {
             return invalid("admin http: the token must not be empty".into());
         }
@@ -276,16 +359,18 @@ pub fn serve(
     listener.set_nonblocking(true)?;
     info!(
         addr = %local,
-        auth = cfg.token.is_some(),
+        auth = token.load().is_some(),
         max_connections = cfg.max_connections,
         "admin http listening"
     );
     let shared = Arc::new(Shared {
         cfg,
+        token,
         handler,
         stop,
-        active: Arc::new(AtomicUsize::new(0)),
-        rejecting: Arc::new(AtomicUsize::new(0)),
+        active: AtomicUsize::new(0),
+        peers: Mutex::new(HashMap::new()),
+        logs: LogThrottle::default(),
     });
     thread::Builder::new()
         .name("http-accept".into())
@@ -294,40 +379,95 @@ pub fn serve(
 
 struct Shared {
     cfg: HttpConfig,
+    token: TokenCell,
     handler: Handler,
     stop: Arc<AtomicBool>,
     /// Connection threads alive.
-    active: Arc<AtomicUsize>,
-    /// Threads answering 503 to connections beyond the limit.
-    rejecting: Arc<AtomicUsize>,
+    active: AtomicUsize,
+    /// Connection threads alive per source IP (no entry at zero).
+    peers: Mutex<HashMap<IpAddr, usize>>,
+    logs: LogThrottle,
 }
 
 impl Shared {
     fn stopping(&self) -> bool {
         self.stop.load(Ordering::Acquire)
     }
+
+    fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, usize>> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
-/// One counted thread slot, released on drop (also when the thread unwinds).
-struct Slot(Arc<AtomicUsize>);
+/// One connection thread's place in the pool and in its peer's count,
+/// released on drop (also when the thread unwinds).
+struct Slot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.shared.active.fetch_sub(1, Ordering::AcqRel);
+        self.shared.cfg.stats.active.fetch_sub(1, Ordering::Relaxed);
+        let mut peers = self.shared.peers();
+        if let Some(n) = peers.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                peers.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// At most one log line per reason per second; the next line says how many
+/// were suppressed in between. A flood of refused connections or bad
+/// requests must not turn into a flood of log lines.
+#[derive(Default)]
+struct LogThrottle {
+    last: Mutex<HashMap<&'static str, (Instant, u64)>>,
+}
+
+impl LogThrottle {
+    /// Call `emit(suppressed)` unless `reason` was logged less than a second ago.
+    fn log(&self, reason: &'static str, emit: impl FnOnce(u64)) {
+        let now = Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match last.get_mut(reason) {
+            Some((t, n)) if now.duration_since(*t) < Duration::from_secs(1) => *n += 1,
+            Some((t, n)) => {
+                let suppressed = std::mem::take(n);
+                *t = now;
+                drop(last);
+                emit(suppressed);
+            }
+            None => {
+                last.insert(reason, (now, 0));
+                drop(last);
+                emit(0);
+            }
+        }
     }
 }
 
 fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    let fd = listener.as_raw_fd();
+    let mut probes = Probes::default();
     while !shared.stopping() {
-        let mut pfd = libc::pollfd {
-            fd,
+        let mut fds = Vec::with_capacity(1 + probes.waiting.len());
+        fds.push(libc::pollfd {
+            fd: listener.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
-        };
-        // SAFETY: `pfd` is a valid pollfd borrowed exclusively for the call
-        // and nfds is 1; `fd` stays open as `listener` outlives the loop.
-        let rc = unsafe { libc::poll(&mut pfd, 1, ACCEPT_POLL_MS) };
+        });
+        fds.extend(probes.waiting.iter().map(|p| libc::pollfd {
+            fd: p.stream.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }));
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfds borrowed
+        // exclusively for the call; every fd stays open as the listener and
+        // the waiting streams outlive the call.
+        let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ACCEPT_POLL_MS) };
         if rc < 0 {
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
@@ -336,82 +476,242 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             }
             continue;
         }
-        if rc == 0 {
-            continue;
-        }
-        // Take the whole backlog, then poll again.
-        while !shared.stopping() {
-            match listener.accept() {
-                Ok((stream, peer)) => dispatch(stream, peer, &shared),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
-                    ) => {}
-                Err(e) => {
-                    // EMFILE, ENFILE, ENOBUFS...: back off instead of spinning.
-                    warn!(error = %e, "admin http: accept failed");
-                    thread::sleep(Duration::from_millis(ACCEPT_POLL_MS as u64));
-                    break;
-                }
-            }
+        let ready: Vec<bool> = fds[1..].iter().map(|p| p.revents != 0).collect();
+        probes.serve(&ready, &shared);
+        if fds[0].revents != 0 {
+            accept_all(&listener, &shared, &mut probes);
         }
     }
     info!("admin http stopped");
 }
 
-fn dispatch(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
-    // Linux does not pass O_NONBLOCK on to accepted sockets; be explicit.
-    if let Err(e) = stream.set_nonblocking(false) {
-        warn!(%peer, error = %e, "admin http: cannot configure connection");
-        return;
-    }
-    // Only this thread increments, so check-then-act is exact.
-    if shared.active.load(Ordering::Acquire) >= shared.cfg.max_connections {
-        reject(stream, peer, shared);
-        return;
-    }
-    shared.active.fetch_add(1, Ordering::AcqRel);
-    let slot = Slot(shared.active.clone());
-    let sh = shared.clone();
-    let spawned = thread::Builder::new()
-        .name("http-conn".into())
-        .spawn(move || {
-            let _slot = slot;
-            handle_connection(stream, peer, &sh);
-        });
-    if let Err(e) = spawned {
-        // The closure, and with it the slot and the stream, are dropped.
-        warn!(%peer, error = %e, "admin http: cannot spawn a connection thread");
+/// Take the whole backlog.
+fn accept_all(listener: &TcpListener, shared: &Arc<Shared>, probes: &mut Probes) {
+    while !shared.stopping() {
+        match listener.accept() {
+            Ok((stream, peer)) => dispatch(stream, peer, shared, probes),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                ) => {}
+            Err(e) => {
+                // EMFILE, ENFILE, ENOBUFS...: back off instead of spinning.
+                shared.logs.log("accept failed", |n| {
+                    warn!(error = %e, suppressed = n, "admin http: accept failed");
+                });
+                thread::sleep(Duration::from_millis(ACCEPT_POLL_MS as u64));
+                break;
+            }
+        }
     }
 }
 
-/// Answer 503 on a short-lived thread (so that a client which already sent
-/// its request reads the answer instead of a reset); when even those threads
-/// are at the limit, just close.
-fn reject(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>) {
-    let limit = shared.cfg.max_connections;
-    warn!(%peer, limit, "admin http: too many connections, answering 503");
-    if shared.rejecting.load(Ordering::Acquire) >= limit {
+fn dispatch(stream: TcpStream, peer: SocketAddr, shared: &Arc<Shared>, probes: &mut Probes) {
+    let ip = peer.ip().to_canonical();
+    let stats = &shared.cfg.stats;
+    // Only this thread increments, so check-then-act is exact.
+    if shared.active.load(Ordering::Acquire) >= shared.cfg.max_connections {
+        stats.over_pool.fetch_add(1, Ordering::Relaxed);
+        let limit = shared.cfg.max_connections;
+        shared.logs.log("pool full", |n| {
+            warn!(%peer, limit, suppressed = n, "admin http: too many connections; only /health and /ready are answered");
+        });
+        probes.push(stream, peer, shared);
         return;
     }
-    shared.rejecting.fetch_add(1, Ordering::AcqRel);
-    let slot = Slot(shared.rejecting.clone());
-    let timeout = shared.cfg.io_timeout.min(Duration::from_secs(1));
+    {
+        let mut peers = shared.peers();
+        let n = peers.entry(ip).or_insert(0);
+        if *n >= shared.cfg.max_connections_per_peer {
+            drop(peers);
+            stats.over_peer_cap.fetch_add(1, Ordering::Relaxed);
+            let limit = shared.cfg.max_connections_per_peer;
+            shared.logs.log("peer cap", |n| {
+                warn!(%peer, limit, suppressed = n, "admin http: too many connections from this peer; only /health and /ready are answered");
+            });
+            probes.push(stream, peer, shared);
+            return;
+        }
+        *n += 1;
+    }
+    shared.active.fetch_add(1, Ordering::AcqRel);
+    stats.active.fetch_add(1, Ordering::Relaxed);
+    stats.accepted.fetch_add(1, Ordering::Relaxed);
+    let slot = Slot {
+        shared: Arc::clone(shared),
+        ip,
+    };
     let spawned = thread::Builder::new()
-        .name("http-reject".into())
+        .name("http-conn".into())
         .spawn(move || {
-            let _slot = slot;
-            let mut stream = stream;
-            let resp = Response::error(503, "too many connections").with_header("Retry-After", "1");
-            let deadline = far_add(Instant::now(), timeout);
-            if write_response(&mut stream, &resp, false, false, deadline).is_ok() {
-                linger_close(&mut stream, timeout);
+            let slot = slot;
+            // Linux does not pass O_NONBLOCK on to accepted sockets; be explicit.
+            if let Err(e) = stream.set_nonblocking(false) {
+                debug!(%peer, error = %e, "admin http: cannot configure connection");
+                return;
             }
+            handle_connection(stream, peer, &slot.shared);
         });
     if let Err(e) = spawned {
-        warn!(%peer, error = %e, "admin http: cannot spawn a reject thread");
+        // The closure, and with it the slot and the stream, are dropped.
+        shared.logs.log("spawn failed", |n| {
+            warn!(%peer, error = %e, suppressed = n, "admin http: cannot spawn a connection thread");
+        });
+    }
+}
+
+/// Longest request head a probe slot reads: health probes are small.
+const PROBE_HEAD_MAX: usize = 4 * 1024;
+
+/// A connection waiting, without a thread, for its one request.
+struct Probe {
+    stream: TcpStream,
+    peer: SocketAddr,
+    buf: Vec<u8>,
+    deadline: Instant,
+}
+
+/// The probe slots (see [`HttpConfig::probe_slots`]), oldest first.
+#[derive(Default)]
+struct Probes {
+    waiting: std::collections::VecDeque<Probe>,
+}
+
+impl Probes {
+    fn push(&mut self, stream: TcpStream, peer: SocketAddr, shared: &Shared) {
+        if stream.set_nonblocking(true).is_err() {
+            return;
+        }
+        if self.waiting.len() >= shared.cfg.probe_slots {
+            // The longest-waiting one had the most time to send its request.
+            self.waiting.pop_front();
+            shared
+                .cfg
+                .stats
+                .probes_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let timeout = shared.cfg.header_timeout.min(shared.cfg.io_timeout);
+        self.waiting.push_back(Probe {
+            stream,
+            peer,
+            buf: Vec::new(),
+            deadline: far_add(Instant::now(), timeout),
+        });
+    }
+
+    /// Read the probes `ready` marks (in `waiting` order), answer those with
+    /// a whole request head, close those past their deadline.
+    fn serve(&mut self, ready: &[bool], shared: &Shared) {
+        let now = Instant::now();
+        let mut keep = std::collections::VecDeque::with_capacity(self.waiting.len());
+        let mut i = 0;
+        while let Some(mut p) = self.waiting.pop_front() {
+            let is_ready = ready.get(i).copied().unwrap_or(false);
+            i += 1;
+            if is_ready && p.read_and_answer(shared) {
+                continue;
+            }
+            if now >= p.deadline {
+                shared
+                    .cfg
+                    .stats
+                    .probes_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            keep.push_back(p);
+        }
+        self.waiting = keep;
+    }
+}
+
+impl Probe {
+    /// Read what is there; true when the connection is finished with.
+    fn read_and_answer(&mut self, shared: &Shared) -> bool {
+        let mut chunk = [0u8; 1024];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => {
+                    shared
+                        .cfg
+                        .stats
+                        .probes_dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                    return true;
+                }
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(_) => return true,
+            }
+            if self.buf.len() > PROBE_HEAD_MAX {
+                break;
+            }
+        }
+        let start = self
+            .buf
+            .iter()
+            .position(|&b| b != b'\r' && b != b'\n')
+            .unwrap_or(self.buf.len());
+        match find_head_end(&self.buf[start..], 0) {
+            Some(end) => {
+                let head = parse_head(&self.buf[start..start + end]).ok();
+                self.answer(head, shared);
+                true
+            }
+            None if self.buf.len() > PROBE_HEAD_MAX => {
+                self.answer(None, shared);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// `GET /health` or `GET /ready` without a body reaches the handler;
+    /// anything else is 503. One non-blocking write (a fresh socket's send
+    /// buffer holds a small answer), then close.
+    fn answer(&mut self, head: Option<Head>, shared: &Shared) {
+        let stats = &shared.cfg.stats;
+        let probe = head.and_then(|h| {
+            let (path, query) = split_target(&h.target).ok()?;
+            let bodiless = matches!(body_kind(&h.headers, 0), Ok(BodyKind::None));
+            let single_auth = h
+                .headers
+                .iter()
+                .filter(|(k, _)| k == "authorization")
+                .count()
+                <= 1;
+            (h.method == "GET"
+                && bodiless
+                && single_auth
+                && (path == "/health" || path == "/ready"))
+                .then(|| Request {
+                    method: h.method,
+                    path,
+                    raw_path: h.target,
+                    query,
+                    headers: h.headers,
+                    body: Vec::new(),
+                    peer: self.peer,
+                })
+        });
+        let resp = match probe {
+            Some(req) => {
+                stats.probes_answered.fetch_add(1, Ordering::Relaxed);
+                let r = catch_unwind(AssertUnwindSafe(|| (shared.handler)(&req)))
+                    .unwrap_or_else(|_| Response::error(500, "internal error"));
+                sanitize(r).0
+            }
+            None => {
+                stats.probes_refused.fetch_add(1, Ordering::Relaxed);
+                Response::error(503, "too many connections").with_header("Retry-After", "1")
+            }
+        };
+        let _ = self.stream.write(&response_bytes(&resp, false, false));
+        let _ = self.stream.shutdown(Shutdown::Write);
     }
 }
 
@@ -431,6 +731,7 @@ fn handle_connection(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
         stream,
         buf: Vec::new(),
         peer,
+        accepted: Some(Instant::now()),
     };
     loop {
         if shared.stopping() {
@@ -458,27 +759,49 @@ fn serve_one(conn: &mut Conn, shared: &Shared) -> Next {
             debug!(%peer, error = %e, "admin http: read failed");
             return Next::Drop;
         }
-        Err(HeadErr::Timeout) => return conn.fail(cfg, 408, "request header timeout"),
-        Err(HeadErr::Reject(status, msg)) => return conn.fail(cfg, status, msg),
+        Err(HeadErr::Timeout) => {
+            cfg.stats.header_timeouts.fetch_add(1, Ordering::Relaxed);
+            return conn.fail(shared, 408, "request header timeout");
+        }
+        Err(HeadErr::Reject(status, msg)) => return conn.fail(shared, status, msg),
     };
     let parsed = parse_head(&conn.buf[..end]);
     conn.buf.drain(..end);
     let head = match parsed {
         Ok(h) => h,
-        Err((status, msg)) => return conn.fail(cfg, status, msg),
+        Err((status, msg)) => return conn.fail(shared, status, msg),
     };
     let (path, query) = match split_target(&head.target) {
         Ok(pq) => pq,
-        Err(msg) => return conn.fail(cfg, 400, msg),
+        Err(msg) => return conn.fail(shared, 400, msg),
     };
     let kind = match body_kind(&head.headers, cfg.max_body) {
         Ok(k) => k,
-        Err((status, msg)) => return conn.fail(cfg, status, msg),
+        Err((status, msg)) => return conn.fail(shared, status, msg),
     };
     let keep_alive = wants_keep_alive(&head);
+    if head
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "authorization")
+        .count()
+        > 1
+    {
+        // Which one would decide is exactly what a proxy in front and this
+        // server could disagree on.
+        return conn.fail(shared, 400, "duplicate Authorization header");
+    }
 
-    if !authorized(cfg.token.as_deref(), &head.method, &path, &head.headers) {
-        warn!(method = ?head.method, path = ?path, %peer, "admin http: 401 unauthorized");
+    let token = shared.token.load();
+    if !authorized(
+        token.as_deref().map(String::as_str),
+        &head.method,
+        &path,
+        &head.headers,
+    ) {
+        shared.logs.log("unauthorized", |n| {
+            warn!(method = ?head.method, path = ?path, %peer, suppressed = n, "admin http: 401 unauthorized");
+        });
         // The body was not read: only a bodiless request leaves the
         // connection in a state where the next request can follow.
         let keep = keep_alive && matches!(kind, BodyKind::None) && !shared.stopping();
@@ -504,8 +827,8 @@ fn serve_one(conn: &mut Conn, shared: &Shared) -> Next {
 
     let body = match conn.read_body(kind, cfg) {
         Ok(b) => b,
-        Err(BodyErr::Timeout) => return conn.fail(cfg, 408, "request body timeout"),
-        Err(BodyErr::Reject(status, msg)) => return conn.fail(cfg, status, msg),
+        Err(BodyErr::Timeout) => return conn.fail(shared, 408, "request body timeout"),
+        Err(BodyErr::Reject(status, msg)) => return conn.fail(shared, status, msg),
         Err(BodyErr::Eof) => {
             debug!(%peer, "admin http: connection closed inside a body");
             return Next::Drop;
@@ -555,6 +878,9 @@ struct Conn {
     /// Bytes received and not yet consumed (pipelined requests stay here).
     buf: Vec<u8>,
     peer: SocketAddr,
+    /// Set until the first request's head is in: the whole of it, idle wait
+    /// included, must arrive within `header_timeout` of the accept.
+    accepted: Option<Instant>,
 }
 
 enum ReadErr {
@@ -638,7 +964,9 @@ impl Conn {
     fn read_head(&mut self, cfg: &HttpConfig, stop: &AtomicBool) -> Result<usize, HeadErr> {
         // Idle: wait for the first byte (empty lines before a request line
         // are ignored, RFC 9112 section 2.2).
-        let idle_deadline = Clock::new(cfg.io_timeout).deadline(0);
+        let head_timeout = cfg.header_timeout.min(cfg.io_timeout);
+        let first = self.accepted.take().map(|t| far_add(t, head_timeout));
+        let idle_deadline = first.unwrap_or_else(|| Clock::new(cfg.io_timeout).deadline(0));
         loop {
             let blank = self
                 .buf
@@ -655,7 +983,7 @@ impl Conn {
                 Err(_) => return Err(HeadErr::Quiet),
             }
         }
-        let deadline = Clock::new(cfg.io_timeout).deadline(0);
+        let deadline = first.unwrap_or_else(|| Clock::new(head_timeout).deadline(0));
         let mut scanned = 0;
         loop {
             if let Some(end) = find_head_end(&self.buf, scanned) {
@@ -787,8 +1115,11 @@ impl Conn {
     }
 
     /// Answer a framing error and close.
-    fn fail(&mut self, cfg: &HttpConfig, status: u16, msg: &'static str) -> Next {
-        warn!(peer = %self.peer, status, error = msg, "admin http: bad request");
+    fn fail(&mut self, shared: &Shared, status: u16, msg: &'static str) -> Next {
+        let cfg = &shared.cfg;
+        shared.logs.log("bad request", |n| {
+            warn!(peer = %self.peer, status, error = msg, suppressed = n, "admin http: bad request");
+        });
         let resp = Response::error(status, msg);
         self.respond(cfg, &resp, false, false)
     }
@@ -853,6 +1184,18 @@ fn write_response(
     head_only: bool,
     deadline: Instant,
 ) -> io::Result<()> {
+    let (head, body) = response_parts(resp, keep, head_only);
+    if body.len() <= SINGLE_WRITE {
+        let mut all = head.into_bytes();
+        all.extend_from_slice(body);
+        write_all(stream, &[&all], deadline)
+    } else {
+        write_all(stream, &[head.as_bytes(), body], deadline)
+    }
+}
+
+/// The status line and header section of `resp`, and the body to send.
+fn response_parts(resp: &Response, keep: bool, head_only: bool) -> (String, &[u8]) {
     use std::fmt::Write as _;
     let status = resp.status;
     let bodiless = status == 204 || status == 304;
@@ -880,13 +1223,15 @@ fn write_response(
     } else {
         &resp.body
     };
-    if body.len() <= SINGLE_WRITE {
-        let mut all = head.into_bytes();
-        all.extend_from_slice(body);
-        write_all(stream, &[&all], deadline)
-    } else {
-        write_all(stream, &[head.as_bytes(), body], deadline)
-    }
+    (head, body)
+}
+
+/// A whole small response as one buffer.
+fn response_bytes(resp: &Response, keep: bool, head_only: bool) -> Vec<u8> {
+    let (head, body) = response_parts(resp, keep, head_only);
+    let mut all = head.into_bytes();
+    all.extend_from_slice(body);
+    all
 }
 
 /// Close after the last response: stop sending, then drain what the client
@@ -1075,6 +1420,25 @@ fn split_target(target: &str) -> Result<(String, Query), &'static str> {
     if target == "*" {
         return Ok(("*".to_string(), Vec::new()));
     }
+    let (raw_path, raw_query) = target_parts(target)?;
+    let path = if raw_path.is_empty() {
+        "/".to_string()
+    } else {
+        percent_decode(raw_path, false).ok_or("malformed percent-encoding in path")?
+    };
+    let mut query = Vec::new();
+    for pair in raw_query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = percent_decode(k, true).ok_or("malformed percent-encoding in query")?;
+        let v = percent_decode(v, true).ok_or("malformed percent-encoding in query")?;
+        query.push((k, v));
+    }
+    Ok((path, query))
+}
+
+/// The still-encoded path and query of a request target (origin or
+/// absolute form), without any fragment.
+fn target_parts(target: &str) -> Result<(&str, &str), &'static str> {
     let lower = target.get(..8).unwrap_or(target).to_ascii_lowercase();
     let rest = if let Some(scheme_len) = ["http://", "https://"]
         .iter()
@@ -1090,20 +1454,7 @@ fn split_target(target: &str) -> Result<(String, Query), &'static str> {
         return Err("malformed request target");
     };
     let rest = rest.split('#').next().unwrap_or("");
-    let (raw_path, raw_query) = rest.split_once('?').unwrap_or((rest, ""));
-    let path = if raw_path.is_empty() {
-        "/".to_string()
-    } else {
-        percent_decode(raw_path, false).ok_or("malformed percent-encoding in path")?
-    };
-    let mut query = Vec::new();
-    for pair in raw_query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = percent_decode(k, true).ok_or("malformed percent-encoding in query")?;
-        let v = percent_decode(v, true).ok_or("malformed percent-encoding in query")?;
-        query.push((k, v));
-    }
-    Ok((path, query))
+    Ok(rest.split_once('?').unwrap_or((rest, "")))
 }
 
 /// `%XX` decoding (and `+` as space when `plus`); `None` on a bad escape or

@@ -21,6 +21,64 @@ fn esc(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// The admin HTTP server's own counters: connections admitted or sent to
+/// the probe slots, what the probe slots did, slow request heads.
+fn admin_http(o: &mut String, h: &super::http::HttpStats) {
+    let v = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    family(
+        o,
+        "cpm_edge_admin_http_connections",
+        "gauge",
+        "Admin API connection threads alive.",
+    );
+    let _ = writeln!(o, "cpm_edge_admin_http_connections {}", v(&h.active));
+    family(
+        o,
+        "cpm_edge_admin_http_connections_total",
+        "counter",
+        "Admin API connections: given a thread, or sent to the probe slots (pool full, peer at its cap).",
+    );
+    for (r, c) in [
+        ("accepted", &h.accepted),
+        ("pool_full", &h.over_pool),
+        ("peer_cap", &h.over_peer_cap),
+    ] {
+        let _ = writeln!(
+            o,
+            "cpm_edge_admin_http_connections_total{{result=\"{r}\"}} {}",
+            v(c)
+        );
+    }
+    family(
+        o,
+        "cpm_edge_admin_http_probe_slots_total",
+        "counter",
+        "Probe-slot connections: /health or /ready answered, other requests refused 503, closed unanswered.",
+    );
+    for (r, c) in [
+        ("answered", &h.probes_answered),
+        ("refused", &h.probes_refused),
+        ("dropped", &h.probes_dropped),
+    ] {
+        let _ = writeln!(
+            o,
+            "cpm_edge_admin_http_probe_slots_total{{result=\"{r}\"}} {}",
+            v(c)
+        );
+    }
+    family(
+        o,
+        "cpm_edge_admin_http_header_timeouts_total",
+        "counter",
+        "Admin API connections closed for a request head slower than admin.header_timeout_ms.",
+    );
+    let _ = writeln!(
+        o,
+        "cpm_edge_admin_http_header_timeouts_total {}",
+        v(&h.header_timeouts)
+    );
+}
+
 pub fn render(cp: &ControlPlane) -> String {
     let snap = Snapshot::merge(&cp.stats);
     let t = cp.snapshot();
@@ -205,6 +263,9 @@ pub fn render(cp: &ControlPlane) -> String {
         "cpm_edge_admin_changes_total {}",
         cp.api_changes.load(std::sync::atomic::Ordering::Relaxed)
     );
+    if let Some(h) = &cp.http_stats {
+        admin_http(&mut o, h);
+    }
 
     let listen_port = cp
         .config

@@ -23,7 +23,9 @@ use crate::policy::slow::{SlowQueue, SlowStats};
 use crate::route::shards::ShardState;
 use crate::route::Tables;
 use crate::stats::WorkerStats;
+use crate::worker::{Admission, LiveAdmission};
 use arc_swap::ArcSwap;
+use http::{HttpStats, TokenCell};
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -42,6 +44,147 @@ impl ApiError {
             message: message.into(),
         }
     }
+}
+
+/// A setting bound at start (a socket, a thread, a buffer) that a reload
+/// found changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FixedChange {
+    pub key: &'static str,
+    pub from: String,
+    pub to: String,
+}
+
+/// Why a reload applied nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadError {
+    /// Settings bound at start changed: restart to apply them.
+    NeedsRestart(Vec<FixedChange>),
+    /// The new configuration does not validate.
+    Invalid(String),
+}
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReloadError::NeedsRestart(changes) => {
+                let list: Vec<String> = changes
+                    .iter()
+                    .map(|c| format!("{} changed {} -> {}", c.key, c.from, c.to))
+                    .collect();
+                write!(f, "reload refused: {}; restart to apply", list.join(", "))
+            }
+            ReloadError::Invalid(e) => {
+                write!(f, "reload refused: {e}; running configuration unchanged")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ReloadError {}
+
+/// The settings of `next` that differ from `cur` although they were bound
+/// at start: the UDP sockets and workers, the admin listener, the health
+/// checker, the slow-path threads and queue, the log filter.
+pub fn fixed_changes(cur: &Valid, next: &Valid) -> Vec<FixedChange> {
+    fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
+        v.as_ref().map_or("off".to_string(), T::to_string)
+    }
+    fn health(h: &Option<crate::config::HealthSettings>) -> String {
+        h.map_or("off".to_string(), |h| {
+            format!(
+                "interval_ms={} timeout_ms={} fail_threshold={} ok_threshold={}",
+                h.interval.as_millis(),
+                h.timeout.as_millis(),
+                h.fail_threshold,
+                h.ok_threshold
+            )
+        })
+    }
+    let al = |a: &crate::config::AdminLimits| {
+        format!(
+            "max_connections={} max_connections_per_peer={} probe_slots={} header_timeout_ms={}",
+            a.max_connections,
+            a.max_connections_per_peer,
+            a.probe_slots,
+            a.header_timeout.as_millis()
+        )
+    };
+    let pairs: [(&'static str, String, String); 16] = [
+        (
+            "listen.addr",
+            cur.listen.to_string(),
+            next.listen.to_string(),
+        ),
+        (
+            "listen.advertise",
+            cur.advertise.clone(),
+            next.advertise.clone(),
+        ),
+        (
+            "workers.count",
+            cur.workers.to_string(),
+            next.workers.to_string(),
+        ),
+        (
+            "workers.cpus",
+            format!("{:?}", cur.cpus),
+            format!("{:?}", next.cpus),
+        ),
+        (
+            "workers.io",
+            format!("{:?}", cur.io),
+            format!("{:?}", next.io),
+        ),
+        (
+            "workers.batch",
+            cur.batch.to_string(),
+            next.batch.to_string(),
+        ),
+        (
+            "workers.recv_buffers",
+            cur.recv_buffers.to_string(),
+            next.recv_buffers.to_string(),
+        ),
+        (
+            "workers.max_datagram",
+            cur.max_datagram.to_string(),
+            next.max_datagram.to_string(),
+        ),
+        (
+            "workers.socket_rcvbuf",
+            cur.socket_rcvbuf.to_string(),
+            next.socket_rcvbuf.to_string(),
+        ),
+        (
+            "workers.socket_sndbuf",
+            cur.socket_sndbuf.to_string(),
+            next.socket_sndbuf.to_string(),
+        ),
+        ("admin.bind", opt(&cur.admin_bind), opt(&next.admin_bind)),
+        (
+            "admin limits",
+            al(&cur.admin_limits),
+            al(&next.admin_limits),
+        ),
+        ("health", health(&cur.health), health(&next.health)),
+        (
+            "slow_path.threads",
+            cur.slow_threads.to_string(),
+            next.slow_threads.to_string(),
+        ),
+        (
+            "slow_path.queue",
+            cur.slow_queue.to_string(),
+            next.slow_queue.to_string(),
+        ),
+        ("log.level", cur.log_level.clone(), next.log_level.clone()),
+    ];
+    pairs
+        .into_iter()
+        .filter(|(_, a, b)| a != b)
+        .map(|(key, from, to)| FixedChange { key, from, to })
+        .collect()
 }
 
 /// Health transition counts of one shard.
@@ -65,6 +208,12 @@ pub struct ControlPlane {
     pub api_changes: AtomicU64,
     /// The slow path's queue (for its depth) and counters.
     pub slow: Option<(SlowQueue, Arc<SlowStats>)>,
+    /// The workers' admission settings (`[limits]`), swapped on reload.
+    pub admission: Option<LiveAdmission>,
+    /// The admin API's bearer token, swapped on reload.
+    pub admin_token: Option<TokenCell>,
+    /// The admin HTTP server's counters (for `/metrics`).
+    pub http_stats: Option<Arc<HttpStats>>,
 }
 
 impl ControlPlane {
@@ -86,6 +235,9 @@ impl ControlPlane {
             reloads_failed: AtomicU64::new(0),
             api_changes: AtomicU64::new(0),
             slow: None,
+            admission: None,
+            admin_token: None,
+            http_stats: None,
         }
     }
 
@@ -147,19 +299,17 @@ impl ControlPlane {
             .clone()
     }
 
-    /// Replace shards, groups and routing knobs by a re-read configuration,
-    /// keeping the health state of shards that stay (by name). The listen
-    /// address and workers need a restart; a change there is reported.
-    pub fn reload(&self, v: Valid) -> Result<Vec<String>, ApiError> {
-        let mut notes = Vec::new();
-        {
+    /// Apply a re-read configuration whole: shards, groups, hosts, routing
+    /// knobs and policies (keeping the health state of shards that stay, by
+    /// name), the `[limits]` the workers follow and the admin token. A change
+    /// of a setting bound at start ([`fixed_changes`]) refuses everything.
+    pub fn reload(&self, v: Valid) -> Result<(), ReloadError> {
+        let fixed = {
             let cur = self.config.lock().unwrap_or_else(|p| p.into_inner());
-            if cur.listen != v.listen || cur.workers != v.workers || cur.advertise != v.advertise {
-                notes.push(
-                    "listen/advertise/workers changed: takes effect at the next restart"
-                        .to_string(),
-                );
-            }
+            fixed_changes(&cur, &v)
+        };
+        if !fixed.is_empty() {
+            return Err(ReloadError::NeedsRestart(fixed));
         }
         self.publish(|t| {
             let mut next = Tables::from_config(&v);
@@ -176,8 +326,15 @@ impl ControlPlane {
             next.generation = t.generation;
             *t = next;
             Ok(())
-        })?;
+        })
+        .map_err(|e| ReloadError::Invalid(e.message))?;
+        if let Some(a) = &self.admission {
+            a.store(Arc::new(Admission::from_valid(&v)));
+        }
+        if let Some(t) = &self.admin_token {
+            t.store(v.admin_token.clone().map(Arc::new));
+        }
         *self.config.lock().unwrap_or_else(|p| p.into_inner()) = v;
-        Ok(notes)
+        Ok(())
     }
 }
