@@ -103,10 +103,13 @@ pub enum DropReason {
     TooLarge,
     /// Over its source's rate limit, in `drop` mode (or not answerable).
     RateLimited,
+    /// A new INVITE shed under overload, unanswered (`shed = "drop"`, or
+    /// the worker's answer budget is spent).
+    ShedSilent,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::Keepalive,
         DropReason::Oversized,
         DropReason::Garbage,
@@ -117,6 +120,7 @@ impl DropReason {
         DropReason::AckRefused,
         DropReason::TooLarge,
         DropReason::RateLimited,
+        DropReason::ShedSilent,
     ];
 
     pub fn name(self) -> &'static str {
@@ -131,6 +135,7 @@ impl DropReason {
             DropReason::AckRefused => "ack_refused",
             DropReason::TooLarge => "too_large",
             DropReason::RateLimited => "rate_limited",
+            DropReason::ShedSilent => "shed_silent",
         }
     }
 }
