@@ -330,6 +330,24 @@ fn overload_sheds_new_invites_only() {
         matches!(o, Outcome::Forwarded { .. }),
         "not overloaded: forwarded"
     );
+    // Only a dialog-creating INVITE is ever shed.
+    let inv = String::from_utf8(invite_to_group("grp1", "alice", "")).unwrap();
+    let sheddable =
+        |text: &str| cpm_edge::route::sheddable(&cpm_edge::sip::scan::scan(text.as_bytes()));
+    assert!(sheddable(&inv));
+    for method in ["CANCEL", "ACK"] {
+        let m = inv
+            .replace("INVITE sip:", &format!("{method} sip:"))
+            .replace("1 INVITE", &format!("1 {method}"));
+        assert!(!sheddable(&m), "{method}");
+    }
+    assert!(!sheddable(&reinvite), "re-INVITE");
+    let resp = inv.replacen(
+        "INVITE sip:grp1@groups.example.net SIP/2.0",
+        "SIP/2.0 180 Ringing",
+        1,
+    );
+    assert!(!sheddable(&resp), "response");
 }
 
 /// One edge worker (the real handler and io loop on a real socket) whose
