@@ -10,8 +10,9 @@ use crate::config::cidr_contains;
 use crate::config::Valid;
 use crate::io::{self, DatagramHandler, IoBackend, IoConfig};
 use crate::policy::slow::{Job, Progress, SlowPath, SlowQueue};
-use crate::route::limits::{socket_fill, Overload, SourceLimiter};
-use crate::route::{process_into, DropReason, Outcome, Tables};
+use crate::route::limits::{socket_fill, Overload, ReplyBudget, SourceLimiter};
+use crate::route::{DropReason, Outcome, Tables};
+use crate::sip::scan::{scan_into, Method};
 
 /// What a worker needs to admit traffic (limits, allow-list, overload).
 #[derive(Clone, Debug)]
@@ -19,6 +20,8 @@ pub struct Admission {
     pub limits: Option<crate::config::LimitSettings>,
     pub allow: Vec<(std::net::IpAddr, u8)>,
     pub shed_at_queue_pct: u32,
+    /// The budget of refusal answers (rate-limit and shed 503s).
+    pub replies: crate::config::ReplyLimit,
     /// The worker's socket (for SO_MEMINFO samples).
     pub sock_fd: Option<std::os::fd::RawFd>,
     /// The running settings, swapped whole on reload; a worker looks once
@@ -35,6 +38,7 @@ impl Admission {
             limits: v.limits.clone(),
             allow: v.allow.clone(),
             shed_at_queue_pct: v.shed_at_queue_pct,
+            replies: v.replies,
             sock_fd: None,
             live: None,
         }
@@ -58,6 +62,9 @@ pub struct EdgeHandler {
     /// Per-source token buckets (None: no limit configured).
     limiter: Option<SourceLimiter>,
     limit_reply: bool,
+    /// Refusal answers left (rate-limit and shed 503s), on `now_ms`.
+    replies: ReplyBudget,
+    shed_reply: bool,
     allow: Vec<(std::net::IpAddr, u8)>,
     overload: Overload,
     /// The published admission settings and the ones applied now.
@@ -95,8 +102,11 @@ impl EdgeHandler {
             stats,
             slow,
             progress,
+            // Placeholders: `apply_admission` below builds them all.
             limiter: None,
             limit_reply: false,
+            replies: ReplyBudget::new(admission.replies.rate, admission.replies.burst),
+            shed_reply: admission.replies.shed,
             allow: Vec::new(),
             overload: Overload::new(0),
             live: admission.live.clone().map(Cache::new),
@@ -128,8 +138,16 @@ impl EdgeHandler {
             self.limiter = a
                 .limits
                 .as_ref()
-                .map(|l| SourceLimiter::new(l.rate, l.burst, l.slots));
+                .map(|l| SourceLimiter::new(l.rate, l.burst, l.new_burst, l.slots));
             self.limit_reply = a.limits.as_ref().is_some_and(|l| l.reply);
+        }
+        if self
+            .applied
+            .as_ref()
+            .is_none_or(|cur| cur.replies != a.replies)
+        {
+            self.replies = ReplyBudget::new(a.replies.rate, a.replies.burst);
+            self.shed_reply = a.replies.shed;
         }
         self.allow = a.allow.clone();
         if self
@@ -160,6 +178,41 @@ impl EdgeHandler {
             self.last_log[slot] = Some(now);
             tracing::warn!(worker = self.worker, "{msg}");
         }
+    }
+
+    /// A datagram over its source's rate: a bounded `503` (within the
+    /// answer budget, to a request that can be answered) or a counted drop.
+    /// The budget is asked first, so a flood is dropped without a scan.
+    fn refuse_over_rate(
+        &mut self,
+        data: &[u8],
+        truncated: bool,
+        src: SocketAddr,
+        out: &mut [u8],
+    ) -> Option<(usize, SocketAddr)> {
+        self.stats.rate_limited();
+        if !self.limit_reply || truncated || !self.replies.take(self.now_ms) {
+            self.stats.dropped(DropReason::RateLimited);
+            return None;
+        }
+        scan_into(data, &mut self.msg);
+        let m = &self.msg;
+        let o = match m.method() {
+            Some(method) if method != Method::Ack && m.top_via.is_some() => {
+                let dst = crate::route::reply_target(m, src);
+                crate::route::unavailable(data, m, crate::route::UNAVAILABLE_RATE, 1, src, dst, out)
+            }
+            _ => Outcome::Dropped(DropReason::RateLimited),
+        };
+        match o {
+            Outcome::Replied { code, .. } => self.stats.replied(code),
+            Outcome::Dropped(r) => {
+                self.replies.refund();
+                self.stats.dropped(r);
+            }
+            _ => {}
+        }
+        o.send()
     }
 
     fn fold_latency(&mut self) {
@@ -196,34 +249,19 @@ impl DatagramHandler for EdgeHandler {
                     .iter()
                     .any(|(n, len)| cidr_contains(*n, *len, src.ip()));
             if !exempt && !l.admit(src.ip(), self.now_ms) {
-                self.stats.rate_limited();
-                let m = crate::sip::scan::scan(data);
-                let answerable = self.limit_reply
-                    && m.top_via.is_some()
-                    && m.method()
-                        .is_some_and(|x| x != crate::sip::scan::Method::Ack);
-                if answerable {
-                    let dst = crate::route::reply_target(&m, src);
-                    let o = crate::route::unavailable(
-                        data,
-                        &m,
-                        crate::route::UNAVAILABLE_RATE,
-                        1,
-                        src,
-                        dst,
-                        out,
-                    );
-                    if let Outcome::Replied { code, .. } = o {
-                        self.stats.replied(code);
-                    }
-                    return o.send();
-                }
-                self.stats.dropped(DropReason::RateLimited);
-                return None;
+                return self.refuse_over_rate(data, truncated, src, out);
             }
         }
-        let shed = self.overload.overloaded();
-        let mut outcome = process_into(data, truncated, src, tables, out, shed, &mut self.msg);
+        // One scan serves the shed check and the routing after it.
+        scan_into(data, &mut self.msg);
+        let mut outcome =
+            if self.overload.overloaded() && !truncated && crate::route::sheddable(&self.msg) {
+                // Before any routing work: shedding must cost less than forwarding.
+                let budget = self.shed_reply.then_some(&mut self.replies);
+                shed_within(budget, self.now_ms, data, &self.msg, src, out)
+            } else {
+                crate::route::route_scanned(data, truncated, src, tables, out, &self.msg)
+            };
         let m = &self.msg;
         if let Outcome::NeedsPolicy(d) = outcome {
             // The slow path owns it now, or (queue full) it is answered 503
@@ -328,6 +366,29 @@ impl DatagramHandler for EdgeHandler {
         let e = std::io::Error::from_raw_os_error(err);
         self.log_limited(DropReason::ALL.len(), format_args!("receive error: {e}"));
     }
+}
+
+/// Shed a new INVITE: `503 Overloaded` while the answer budget (None:
+/// `shed = "drop"`) has a token, else dropped and counted as `shed_silent`.
+fn shed_within(
+    budget: Option<&mut ReplyBudget>,
+    now_ms: u64,
+    data: &[u8],
+    m: &crate::sip::scan::Message,
+    src: SocketAddr,
+    out: &mut [u8],
+) -> Outcome {
+    let Some(b) = budget else {
+        return crate::route::shed(data, m, src, out, false);
+    };
+    if !b.take(now_ms) {
+        return crate::route::shed(data, m, src, out, false);
+    }
+    let o = crate::route::shed(data, m, src, out, true);
+    if !matches!(o, Outcome::Replied { .. }) {
+        b.refund();
+    }
+    o
 }
 
 impl Drop for EdgeHandler {

@@ -787,7 +787,9 @@ fn reload_rotates_the_token_applies_limits_and_refuses_fixed_keys_whole() {
     assert_eq!(http(admin, "GET", "/groups", "", Some("new-token")).0, 200);
     let (fwd, busy, _) = burst(&client, edge, &shard, 30, "limited");
     assert!(fwd <= 7, "the new rate applies: {fwd} forwarded");
-    assert!(busy >= 20, "over the rate: 503 ({busy})");
+    // Over the rate: 503s up to the answer budget (limits.reply_burst,
+    // default 10), the rest dropped silently, never one answer per packet.
+    assert!((10..=23).contains(&busy), "over the rate: 503 ({busy})");
 
     // A listen change refuses everything else in the same file too.
     let other = free_port();

@@ -128,16 +128,28 @@ pub struct LimitsConf {
     pub per_source_rate: u32,
     /// Datagrams a source may send at once.
     pub per_source_burst: u32,
+    /// What a source the table does not hold (new, or evicted) starts with,
+    /// capped at the burst: rotating addresses buys this much per address.
+    pub new_source_burst: u32,
     /// Bucket table entries per worker (power of two): bounded memory.
     pub table_slots: usize,
-    /// Over the limit: `reply` (503 + Retry-After to requests) or `drop`.
+    /// Over the limit: `reply` (503 + Retry-After to requests, within
+    /// `reply_rate`) or `drop`.
     pub over_limit: String,
+    /// Refusal answers (rate-limit and shedding 503s) per second per
+    /// worker; beyond them a refused request is dropped (counted). Their
+    /// sources may be spoofed: this bounds the reflection.
+    pub reply_rate: u32,
+    /// Refusal answers a worker may send at once.
+    pub reply_burst: u32,
     /// Sources never limited (CIDRs); CS shards are always exempt.
     pub allow: Vec<String>,
     /// Shed new INVITEs (503) while a worker's kernel receive queue is
     /// above this percentage of its socket buffer (the kernel is about to
     /// drop at random); 0 = never.
     pub shed_at_queue_pct: u32,
+    /// A shed INVITE: `reply` (503 Overloaded, within `reply_rate`) or `drop`.
+    pub shed: String,
 }
 
 impl Default for LimitsConf {
@@ -145,10 +157,14 @@ impl Default for LimitsConf {
         LimitsConf {
             per_source_rate: 0,
             per_source_burst: 0,
+            new_source_burst: 4,
             table_slots: 65536,
             over_limit: "reply".into(),
+            reply_rate: 100,
+            reply_burst: 10,
             allow: Vec::new(),
             shed_at_queue_pct: 50,
+            shed: "reply".into(),
         }
     }
 }
@@ -157,8 +173,19 @@ impl Default for LimitsConf {
 pub struct LimitSettings {
     pub rate: u32,
     pub burst: u32,
+    /// A new or evicted source's start (at most `burst`).
+    pub new_burst: u32,
     pub slots: usize,
     pub reply: bool,
+}
+
+/// The per-worker budget of refusal answers (rate-limit and shed 503s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyLimit {
+    pub rate: u32,
+    pub burst: u32,
+    /// Shed INVITEs are answered (within the budget); false: dropped.
+    pub shed: bool,
 }
 
 /// Media-stream policy (seed 5.2.3.7): the service provider's default and
@@ -404,6 +431,7 @@ pub struct Valid {
     /// (network, prefix length) of sources exempt from the limits.
     pub allow: Vec<(IpAddr, u8)>,
     pub shed_at_queue_pct: u32,
+    pub replies: ReplyLimit,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -693,22 +721,19 @@ impl Config {
                     l.table_slots
                 ));
             }
-            let reply = match l.over_limit.as_str() {
-                "reply" => true,
-                "drop" => false,
-                other => {
-                    return Err(format!(
-                        "limits.over_limit: '{other}' is not 'reply' or 'drop'"
-                    ))
-                }
+            let reply = reply_or_drop("limits.over_limit", &l.over_limit)?;
+            if l.new_source_burst == 0 {
+                return Err("limits.new_source_burst: 0 would refuse every new source".into());
+            }
+            let burst = if l.per_source_burst == 0 {
+                l.per_source_rate
+            } else {
+                l.per_source_burst
             };
             Some(LimitSettings {
                 rate: l.per_source_rate,
-                burst: if l.per_source_burst == 0 {
-                    l.per_source_rate
-                } else {
-                    l.per_source_burst
-                },
+                burst,
+                new_burst: l.new_source_burst.min(burst),
                 slots: l.table_slots,
                 reply,
             })
@@ -719,6 +744,7 @@ impl Config {
                 l.shed_at_queue_pct
             ));
         }
+        let replies = reply_limit(l)?;
         let mut allow = Vec::new();
         for (i, c) in l.allow.iter().enumerate() {
             allow.push(parse_cidr(c).map_err(|e| format!("limits.allow[{i}]: {e}"))?);
@@ -727,6 +753,7 @@ impl Config {
             limits,
             allow,
             shed_at_queue_pct: l.shed_at_queue_pct,
+            replies,
             policy,
             slow_threads: self.slow_path.threads,
             slow_queue: self.slow_path.queue,
@@ -874,6 +901,33 @@ fn check_uri_chars(id: &str) -> Result<(), String> {
         i += 1;
     }
     Ok(())
+}
+
+/// `reply` (true) or `drop` (false), for the key `key`.
+fn reply_or_drop(key: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "reply" => Ok(true),
+        "drop" => Ok(false),
+        other => Err(format!("{key}: '{other}' is not 'reply' or 'drop'")),
+    }
+}
+
+/// The refusal-answer budget; 0 for a rate or burst would be `drop` in
+/// disguise, so it is refused (say `drop`).
+fn reply_limit(l: &LimitsConf) -> Result<ReplyLimit, String> {
+    for (key, v) in [
+        ("limits.reply_rate", l.reply_rate),
+        ("limits.reply_burst", l.reply_burst),
+    ] {
+        if !(1..=1_000_000).contains(&v) {
+            return Err(format!("{key}: {v} is outside 1..=1000000"));
+        }
+    }
+    Ok(ReplyLimit {
+        rate: l.reply_rate,
+        burst: l.reply_burst,
+        shed: reply_or_drop("limits.shed", &l.shed)?,
+    })
 }
 
 /// `10.0.0.0/8`, `2001:db8::/32`, or a bare address (a /32 or /128).
@@ -1101,5 +1155,41 @@ mod tests {
             1
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn limits_reply_budget_and_new_source_burst() {
+        let base = "[[shard]]\nname = \"a\"\naddr = \"127.0.0.1:7001\"\n";
+        let v = |extra: &str| {
+            Config::parse(&format!("{base}{extra}"))
+                .unwrap()
+                .validate()
+                .unwrap()
+        };
+        let d = v("");
+        assert_eq!(
+            d.replies,
+            ReplyLimit {
+                rate: 100,
+                burst: 10,
+                shed: true
+            }
+        );
+        let l = v("[limits]\nper_source_rate = 20\nper_source_burst = 2\n");
+        assert_eq!(
+            l.limits.map(|l| l.new_burst),
+            Some(2),
+            "capped at the burst"
+        );
+        let l = v(
+            "[limits]\nper_source_rate = 20\nreply_rate = 5\nreply_burst = 1\nshed = \"drop\"\n",
+        );
+        assert_eq!(l.limits.map(|l| (l.burst, l.new_burst)), Some((20, 4)));
+        assert!(!l.replies.shed && l.replies.rate == 5 && l.replies.burst == 1);
+        assert!(err("[limits]\nreply_rate = 0\n").starts_with("limits.reply_rate"));
+        assert!(err("[limits]\nreply_burst = 0\n").starts_with("limits.reply_burst"));
+        assert!(err("[limits]\nshed = \"bounded\"\n").starts_with("limits.shed: 'bounded'"));
+        assert!(err("[limits]\nper_source_rate = 5\nnew_source_burst = 0\n")
+            .starts_with("limits.new_source_burst"));
     }
 }

@@ -121,10 +121,13 @@ pub enum DropReason {
     /// A response whose next hop is this edge or a peer edge: relaying it
     /// would loop between edges.
     ResponseToEdge,
+    /// A new INVITE shed under overload, unanswered (`shed = "drop"`, or
+    /// the worker's answer budget is spent).
+    ShedSilent,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::Keepalive,
         DropReason::Oversized,
         DropReason::Garbage,
@@ -137,6 +140,7 @@ impl DropReason {
         DropReason::RateLimited,
         DropReason::ResponseForged,
         DropReason::ResponseToEdge,
+        DropReason::ShedSilent,
     ];
 
     pub fn name(self) -> &'static str {
@@ -153,6 +157,7 @@ impl DropReason {
             DropReason::RateLimited => "rate_limited",
             DropReason::ResponseForged => "response_forged",
             DropReason::ResponseToEdge => "response_to_edge",
+            DropReason::ShedSilent => "shed_silent",
         }
     }
 }

@@ -1,16 +1,23 @@
-//! Admission control on the hot path: per-source token buckets and the
-//! overload detector. Worker-local (no sharing, no locks).
+//! Admission control on the hot path: per-source token buckets, the budget
+//! of refusal answers and the overload detector. Worker-local (no sharing,
+//! no locks), pure state machines over an injected clock (`now_ms`, the
+//! worker's per-batch clock), so they are tested on a simulated one.
 //!
 //! - [`SourceLimiter`]: a token bucket per source, in a fixed table of
 //!   `slots` entries, 4-way set-associative. A new source takes the least
 //!   recently seen slot of its set, so an attacker with many addresses can
 //!   only evict other entries, never grow memory. Slots are chosen by a
 //!   keyed hash (random key per process) so collisions cannot be aimed.
-//!   IPv6 sources are limited per /64: one subscriber owns a /64.
-//! - [`Overload`]: the worker is overloaded when its receive batches come
-//!   back full several times in a row (the kernel queue is not draining);
-//!   then new INVITEs are shed with 503 while in-dialog requests and
-//!   responses keep flowing.
+//!   IPv6 sources are limited per /64: one subscriber owns a /64. A new (or
+//!   evicted and returning) source starts with a small burst only, so
+//!   rotating source addresses does not buy a full burst per address.
+//! - [`ReplyBudget`]: one token bucket per worker on the 503s that refuse
+//!   over-rate and shed requests. Their sources may be spoofed: beyond the
+//!   budget a refusal is dropped silently (and counted), so a flood is never
+//!   reflected one answer per packet.
+//! - [`Overload`]: the worker is overloaded when its kernel receive queue
+//!   passes a threshold; then new INVITEs are shed while in-dialog requests
+//!   and responses keep flowing.
 //!
 //! With SO_REUSEPORT the kernel spreads a source's flows over workers by
 //! 4-tuple, so a limit applies per worker: one source port hits one worker.
@@ -18,14 +25,41 @@
 use crate::sip::branch::fmix64;
 use std::net::IpAddr;
 
+/// A token bucket in thousandths of a token (integer arithmetic on the hot
+/// path), refilled from the caller's clock.
+#[derive(Clone, Copy, Default)]
+struct Bucket {
+    milli_tokens: u64,
+    /// Last refill, in ms of the caller's clock.
+    last_ms: u64,
+}
+
+impl Bucket {
+    /// Refill for the time since the last call (`milli_per_ms` = tokens/s),
+    /// capped at `cap_milli`, then take one token if there is one.
+    #[inline]
+    fn take(&mut self, now_ms: u64, milli_per_ms: u64, cap_milli: u64) -> bool {
+        let elapsed = now_ms.saturating_sub(self.last_ms);
+        self.milli_tokens = self
+            .milli_tokens
+            .saturating_add(elapsed.saturating_mul(milli_per_ms))
+            .min(cap_milli);
+        // A clock that steps back must not refill twice.
+        self.last_ms = self.last_ms.max(now_ms);
+        if self.milli_tokens >= 1000 {
+            self.milli_tokens -= 1000;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[derive(Clone, Copy, Default)]
 struct Slot {
     /// Keyed hash of the source, 0 = empty.
     key: u64,
-    /// Tokens in thousandths (integer arithmetic on the hot path).
-    milli_tokens: u64,
-    /// Last refill, in ms since the limiter started.
-    last_ms: u64,
+    bucket: Bucket,
 }
 
 pub struct SourceLimiter {
@@ -35,19 +69,23 @@ pub struct SourceLimiter {
     /// Tokens added per ms, in thousandths: `rate/s * 1000 / 1000`.
     milli_per_ms: u64,
     burst_milli: u64,
+    /// What a slot taken by a new source starts with (at most the burst).
+    new_burst_milli: u64,
 }
 
 const WAYS: usize = 4;
 
 impl SourceLimiter {
-    /// `rate` datagrams/s sustained, `burst` at once, `slots` entries (a
-    /// power of two, at least 4). The hash key comes from the OS.
-    pub fn new(rate: u32, burst: u32, slots: usize) -> SourceLimiter {
+    /// `rate` datagrams/s sustained, `burst` at once once a source has
+    /// accrued it, `new_burst` for a source the table does not hold (capped
+    /// at `burst`), `slots` entries (a power of two, at least 4). The hash
+    /// key comes from the OS.
+    pub fn new(rate: u32, burst: u32, new_burst: u32, slots: usize) -> SourceLimiter {
         assert!(
             slots.is_power_of_two() && slots >= WAYS,
             "validated slot count"
         );
-        assert!(rate > 0 && burst > 0, "validated rate");
+        assert!(rate > 0 && burst > 0 && new_burst > 0, "validated rate");
         let seed = {
             use std::hash::{BuildHasher, Hasher};
             let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -60,6 +98,7 @@ impl SourceLimiter {
             seed,
             milli_per_ms: u64::from(rate),
             burst_milli: u64::from(burst) * 1000,
+            new_burst_milli: u64::from(new_burst.min(burst)) * 1000,
         }
     }
 
@@ -83,31 +122,61 @@ impl SourceLimiter {
             None => {
                 // Replace the least recently seen (empty slots have last_ms 0).
                 let victim = (0..WAYS)
-                    .min_by_key(|i| (set[*i].key != 0, set[*i].last_ms))
+                    .min_by_key(|i| (set[*i].key != 0, set[*i].bucket.last_ms))
                     .unwrap_or(0);
+                // The small start is what a fresh (maybe spoofed) address
+                // gets; it grows to the full burst at the rate.
                 set[victim] = Slot {
                     key,
-                    milli_tokens: self.burst_milli,
-                    last_ms: now_ms,
+                    bucket: Bucket {
+                        milli_tokens: self.new_burst_milli,
+                        last_ms: now_ms,
+                    },
                 };
                 &mut set[victim]
             }
         };
-        let elapsed = now_ms.saturating_sub(slot.last_ms);
-        slot.milli_tokens =
-            (slot.milli_tokens + elapsed.saturating_mul(self.milli_per_ms)).min(self.burst_milli);
-        slot.last_ms = now_ms;
-        if slot.milli_tokens >= 1000 {
-            slot.milli_tokens -= 1000;
-            true
-        } else {
-            false
-        }
+        slot.bucket
+            .take(now_ms, self.milli_per_ms, self.burst_milli)
     }
 
     /// Bytes the table occupies (fixed at start).
     pub fn footprint(&self) -> usize {
         self.slots.len() * std::mem::size_of::<Slot>()
+    }
+}
+
+/// The worker's budget of refusal answers: `rate` per second, `burst` at
+/// once, starting full at time 0 of the worker's clock.
+pub struct ReplyBudget {
+    bucket: Bucket,
+    milli_per_ms: u64,
+    cap_milli: u64,
+}
+
+impl ReplyBudget {
+    pub fn new(rate: u32, burst: u32) -> ReplyBudget {
+        let cap_milli = u64::from(burst) * 1000;
+        ReplyBudget {
+            bucket: Bucket {
+                milli_tokens: cap_milli,
+                last_ms: 0,
+            },
+            milli_per_ms: u64::from(rate),
+            cap_milli,
+        }
+    }
+
+    /// May one more refusal be answered at `now_ms`? (Spends the token.)
+    #[inline]
+    pub fn take(&mut self, now_ms: u64) -> bool {
+        self.bucket.take(now_ms, self.milli_per_ms, self.cap_milli)
+    }
+
+    /// Give back a token taken for a refusal that turned out unanswerable
+    /// (no Via, an ACK, no room): the budget counts answers actually sent.
+    pub fn refund(&mut self) {
+        self.bucket.milli_tokens = (self.bucket.milli_tokens + 1000).min(self.cap_milli);
     }
 }
 
@@ -170,7 +239,7 @@ mod tests {
 
     #[test]
     fn bucket_refills_at_the_rate_and_caps_at_the_burst() {
-        let mut l = SourceLimiter::new(100, 10, 64);
+        let mut l = SourceLimiter::new(100, 10, 10, 64);
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         assert_eq!((0..20).filter(|_| l.admit(ip, 1000)).count(), 10, "burst");
         assert!(!l.admit(ip, 1000));
@@ -190,7 +259,7 @@ mod tests {
 
     #[test]
     fn many_sources_cannot_grow_the_table_and_v6_is_per_slash_64() {
-        let mut l = SourceLimiter::new(1, 1, 1024);
+        let mut l = SourceLimiter::new(1, 1, 1, 1024);
         let before = l.footprint();
         for i in 0..100_000u32 {
             l.admit(IpAddr::from(i.to_be_bytes()), 1);
@@ -202,6 +271,73 @@ mod tests {
         assert!(l.admit(a, 5));
         assert!(!l.admit(b, 5), "same /64 shares the bucket");
         assert!(l.admit(c, 5));
+    }
+
+    #[test]
+    fn a_new_source_starts_with_the_small_burst_and_grows_to_the_full_one() {
+        let mut l = SourceLimiter::new(100, 50, 4, 64);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        assert_eq!((0..20).filter(|_| l.admit(ip, 1000)).count(), 4, "new");
+        assert_eq!(
+            (0..100).filter(|_| l.admit(ip, 3000)).count(),
+            50,
+            "a known source accrues the configured burst"
+        );
+        let capped = SourceLimiter::new(100, 2, 4, 64).new_burst_milli;
+        assert_eq!(capped, 2000, "the new burst never exceeds the burst");
+    }
+
+    #[test]
+    fn an_evicted_source_comes_back_with_the_small_burst() {
+        // One set of 4 ways: the fifth source evicts the least recently seen.
+        let mut l = SourceLimiter::new(100, 10, 2, 4);
+        let ip = |i: u8| IpAddr::from([192, 0, 2, i]);
+        assert!(l.admit(ip(1), 0));
+        assert!(l.admit(ip(1), 10_000), "refilled to the full burst");
+        for i in 2..=5 {
+            assert!(l.admit(ip(i), 10_001));
+        }
+        let back = (0..20).filter(|_| l.admit(ip(1), 10_002)).count();
+        assert_eq!(back, 2, "evicted: its accrued burst is gone");
+    }
+
+    #[test]
+    fn rotating_sources_get_only_the_small_burst_each() {
+        let mut l = SourceLimiter::new(10, 100, 3, 1024);
+        let mut passed = 0;
+        for i in 0..10_000u32 {
+            let ip = IpAddr::from((0x0a00_0000 + i).to_be_bytes());
+            passed += (0..20).filter(|_| l.admit(ip, 5_000)).count();
+        }
+        assert_eq!(passed, 10_000 * 3);
+    }
+
+    #[test]
+    fn reply_budget_bounds_answers_to_burst_plus_rate_times_time() {
+        let mut b = ReplyBudget::new(100, 5);
+        assert_eq!((0..100).filter(|_| b.take(0)).count(), 5, "the burst");
+        // A flood of 10 refusals per ms for one second.
+        let later: usize = (1..=1000u64)
+            .map(|t| (0..10).filter(|_| b.take(t)).count())
+            .sum();
+        assert_eq!(later, 100, "100/s for 1 s");
+        // An hour of silence refills only up to the burst.
+        assert_eq!((0..100).filter(|_| b.take(3_601_000)).count(), 5);
+    }
+
+    #[test]
+    fn reply_budget_refund_and_a_clock_stepping_back() {
+        let mut b = ReplyBudget::new(1000, 2);
+        assert!(b.take(10) && b.take(10) && !b.take(10));
+        b.refund();
+        assert!(b.take(10), "a refunded token is spent again");
+        b.refund();
+        b.refund();
+        b.refund();
+        assert_eq!((0..9).filter(|_| b.take(10)).count(), 2, "capped");
+        assert!(!b.take(5), "stepping back refills nothing");
+        assert_eq!((0..9).filter(|_| b.take(10)).count(), 0, "nor twice");
+        assert!(b.take(11), "1000/s: one per ms");
     }
 
     #[test]

@@ -82,7 +82,9 @@ pub fn process(
 
 /// [`process`] on a worker that may be overloaded: with `shed_new_invites`,
 /// an out-of-dialog INVITE is answered `503` (Retry-After) before routing,
-/// while in-dialog requests, CANCEL/ACK and responses keep flowing.
+/// while in-dialog requests, CANCEL/ACK and responses keep flowing. (The
+/// worker bounds these answers with its budget; this pure entry point
+/// answers every shed INVITE.)
 pub fn process_admitted(
     buf: &[u8],
     truncated: bool,
@@ -97,8 +99,8 @@ pub fn process_admitted(
 }
 
 /// [`process_admitted`] with the scan left in a caller-owned `m` (all of it
-/// overwritten): what a worker calls, keeping one `Message` instead of
-/// moving ~460 bytes out per datagram.
+/// overwritten): keeps one `Message` instead of moving ~460 bytes out per
+/// datagram.
 pub fn process_into(
     buf: &[u8],
     truncated: bool,
@@ -109,17 +111,44 @@ pub fn process_into(
     m: &mut Message,
 ) -> Outcome {
     scan_into(buf, m);
-    let m = &*m;
+    if shed_new_invites && !truncated && sheddable(m) {
+        return shed(buf, m, src, out, true);
+    }
+    route_scanned(buf, truncated, src, t, out, m)
+}
+
+/// May overload shedding refuse this scanned datagram? Only a request that
+/// starts a dialog with an INVITE: in-dialog requests (To-tag), CANCEL, ACK
+/// and responses finish work already admitted. A defective INVITE is shed
+/// too (under overload it would otherwise get a 400 per packet).
+#[inline]
+pub fn sheddable(m: &Message) -> bool {
+    m.method() == Some(crate::sip::scan::Method::Invite) && m.to_tag.is_none()
+}
+
+/// Refuse a shed INVITE before any routing work: `503 Overloaded` when
+/// `reply` (the caller's answer budget allows one) and it can be answered,
+/// else a silent, counted drop.
+pub fn shed(buf: &[u8], m: &Message, src: SocketAddr, out: &mut [u8], reply: bool) -> Outcome {
+    if !reply || m.top_via.is_none() {
+        return Outcome::Dropped(DropReason::ShedSilent);
+    }
+    let dst = reply_target(m, src);
+    unavailable(buf, m, UNAVAILABLE_OVERLOAD, 1, src, dst, out)
+}
+
+/// Decide and write an already scanned datagram (the rest of the pipeline
+/// once admission control has let it through).
+pub fn route_scanned(
+    buf: &[u8],
+    truncated: bool,
+    src: SocketAddr,
+    t: &Tables,
+    out: &mut [u8],
+    m: &Message,
+) -> Outcome {
     if truncated {
         return Outcome::Dropped(DropReason::Oversized);
-    }
-    if shed_new_invites
-        && m.method() == Some(crate::sip::scan::Method::Invite)
-        && m.to_tag.is_none()
-        && m.defect.is_none()
-    {
-        let dst = reply_target(m, src);
-        return unavailable(buf, m, UNAVAILABLE_OVERLOAD, 1, src, dst, out);
     }
     let d = decide(buf, m, src, t);
     if !t.policy.is_empty() && needs_policy(buf, m, &d, t) {
