@@ -199,8 +199,7 @@ impl EdgeHandler {
         let m = &self.msg;
         let o = match m.method() {
             Some(method) if method != Method::Ack && m.top_via.is_some() => {
-                let dst = crate::route::reply_target(m, src);
-                crate::route::unavailable(data, m, crate::route::UNAVAILABLE_RATE, 1, src, dst, out)
+                crate::route::unavailable(data, m, crate::route::UNAVAILABLE_RATE, 1, src, src, out)
             }
             _ => Outcome::Dropped(DropReason::RateLimited),
         };
@@ -281,7 +280,7 @@ impl DatagramHandler for EdgeHandler {
                 None => {}
             }
             outcome = if m.is_request() {
-                let dst = crate::route::reply_target(m, src);
+                let dst = src;
                 crate::route::unavailable(
                     data,
                     m,

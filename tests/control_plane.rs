@@ -3,6 +3,7 @@
 //! UDP sockets in this process, and the real binary for SIGHUP.
 
 mod common;
+use common::capture::{enter_fresh_netns, Capture};
 use common::*;
 use cpm_edge::app::App;
 use cpm_edge::config::Config;
@@ -637,6 +638,9 @@ fn sighup_reloads_the_config_and_refuses_a_bad_one() {
 /// when its `/` is sent as `%2F`.
 #[test]
 fn admin_api_validates_like_start_up() {
+    // Trust-boundary class 12, in a namespace capturing what the edge emits.
+    enter_fresh_netns();
+    let cap = Capture::start();
     let cs1 = Cs::start();
     let a = app(
         &[("cs1", cs1.addr, None)],
@@ -715,6 +719,21 @@ fn admin_api_validates_like_start_up() {
     assert_eq!(st, 200, "{resp}");
     assert_eq!(http(admin, "GET", path, "", None).0, 404);
     assert_eq!(a.cp.snapshot().groups.len(), 0);
+    // Traffic afterwards reaches the one real shard; nothing the API
+    // refused (the edge itself, 0.0.0.0, port 0) ever receives a datagram.
+    let client = sock();
+    let me = client.local_addr().unwrap();
+    client
+        .send_to(
+            &invite_from("u", "sip:g@example.net", "after-refusals", me),
+            edge,
+        )
+        .unwrap();
+    wait_until("the INVITE at cs1", Duration::from_secs(5), || {
+        cs1.calls().contains(&"after-refusals".to_string())
+    });
+    let out = cap.assert_sent_only_to(edge, &[cs1.addr, me]);
+    assert!(!out.is_empty(), "the capture saw the forwarded INVITE");
     a.stop().unwrap();
 }
 
@@ -766,6 +785,9 @@ fn burst(
 
 #[test]
 fn reload_rotates_the_token_applies_limits_and_refuses_fixed_keys_whole() {
+    // Trust-boundary class 9, in a namespace capturing what the edge emits.
+    enter_fresh_netns();
+    let cap = Capture::start();
     let shard = sock();
     let sa = shard.local_addr().unwrap();
     let port = free_port();
@@ -790,6 +812,9 @@ fn reload_rotates_the_token_applies_limits_and_refuses_fixed_keys_whole() {
     // Over the rate: 503s up to the answer budget (limits.reply_burst,
     // default 10), the rest dropped silently, never one answer per packet.
     assert!((10..=23).contains(&busy), "over the rate: 503 ({busy})");
+    let (_, m) = http(admin, "GET", "/metrics", "", Some("new-token"));
+    let limited = format!("cpm_edge_rate_limited_total {}\n", 30 - fwd);
+    assert!(m.contains(&limited), "{limited} in {m}");
 
     // A listen change refuses everything else in the same file too.
     let other = free_port();
@@ -820,6 +845,14 @@ fn reload_rotates_the_token_applies_limits_and_refuses_fixed_keys_whole() {
     assert!(
         via.contains(&format!("127.0.0.1:{port}")),
         "still the old Via: {via}"
+    );
+    let out = cap.assert_sent_only_to(edge, &[sa, client.local_addr().unwrap()]);
+    assert!(out.len() >= 70, "the capture saw the bursts: {}", out.len());
+    assert!(
+        cap.snapshot()
+            .iter()
+            .all(|d| d.src.port() != other && d.dst.port() != other),
+        "nothing from or to the refused listen address"
     );
     a.stop().unwrap();
 }
@@ -862,6 +895,10 @@ fn admin_up(admin: SocketAddr) -> bool {
 
 #[test]
 fn sighup_refuses_a_listen_change_and_a_fifo_groups_file_with_one_log_line() {
+    // Trust-boundary class 9 on the real binary, which inherits this
+    // thread's network namespace; the capture sees what it emits.
+    enter_fresh_netns();
+    let cap = Capture::start();
     let dir = std::env::temp_dir().join(format!("cpm-edge-fixed-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -901,6 +938,14 @@ fn sighup_refuses_a_listen_change_and_a_fifo_groups_file_with_one_log_line() {
     let (fwd, _, via) = burst(&client, old, &shard, 3, "old");
     assert_eq!(fwd, 3, "still answering on the old address");
     assert!(via.contains(&format!("127.0.0.1:{port}")), "old Via: {via}");
+    let out = cap.assert_sent_only_to(old, &[sa, client.local_addr().unwrap()]);
+    assert_eq!(out.len(), 3, "the three INVITEs, to the shard");
+    assert!(
+        cap.snapshot()
+            .iter()
+            .all(|d| d.src.port() != other && d.dst.port() != other),
+        "nothing from or to the refused listen address"
+    );
 
     // groups_file a FIFO: refused at once (no blocking read), logged.
     std::fs::write(

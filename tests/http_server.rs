@@ -2,6 +2,8 @@
 //! bearer auth, handler panics, the connection limit, timeouts and stop.
 //! The client is a few lines of std: raw bytes out, one response parsed back.
 
+mod common;
+use common::connect_from;
 use cpm_edge::control::http::{self, Handler, HttpConfig, Request, Response};
 use serde_json::{json, Value};
 use std::io::{self, Read, Write};
@@ -708,18 +710,6 @@ fn path_segments_are_decoded_one_by_one() {
         ..req
     };
     assert_eq!(bad.path_segments(), None);
-}
-
-/// A TCP connection from source IP `from` (any 127/8 address works on Linux
-/// loopback), so tests can play several peers.
-fn connect_from(from: &str, addr: SocketAddr) -> TcpStream {
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    let src: SocketAddr = format!("{from}:0").parse().unwrap();
-    s.bind(&src.into()).unwrap();
-    s.connect(&addr.into()).unwrap();
-    let s: TcpStream = s.into();
-    s.set_read_timeout(Some(GENEROUS)).unwrap();
-    s
 }
 
 fn roundtrip_from(from: &str, addr: SocketAddr, raw: &[u8]) -> Resp {

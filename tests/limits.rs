@@ -7,13 +7,14 @@
 //! out / request bytes in).
 
 mod common;
+use common::capture::{enter_fresh_netns, Capture};
 use common::*;
 use cpm_edge::app::App;
 use cpm_edge::config::{Config, Valid};
 use cpm_edge::route::{process_admitted, ForwardKind, Outcome};
 use cpm_edge::stats::Snapshot;
 use std::collections::{HashMap, HashSet};
-use std::net::{Ipv4Addr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
 fn edge_toml(port: u16, shards: &[UdpSocket], extra: &str) -> String {
@@ -111,6 +112,30 @@ fn budget(burst: usize, rate: usize, t: Duration) -> usize {
     burst + (rate as f64 * t.as_secs_f64()).ceil() as usize + 1
 }
 
+/// Trust-boundary class 11 seen from outside: every datagram `edge` sent
+/// went to a shard or `client`, and the answer bytes the capture saw reach
+/// `client` per byte in stay below `bound`.
+fn assert_captured(
+    cap: &Capture,
+    edge: SocketAddr,
+    shards: &[UdpSocket],
+    client: &UdpSocket,
+    bytes_in: usize,
+    bound: f64,
+) {
+    let me = client.local_addr().unwrap();
+    let mut allowed: Vec<SocketAddr> = shards.iter().map(|s| s.local_addr().unwrap()).collect();
+    allowed.push(me);
+    let out = cap.assert_sent_only_to(edge, &allowed);
+    let back: usize = out.iter().filter(|d| d.dst == me).map(|d| d.len).sum();
+    let amp = back as f64 / bytes_in as f64;
+    println!(
+        "captured: {} datagrams from the edge, {back} bytes back to the flooder ({amp:.4})",
+        out.len()
+    );
+    assert!(amp < bound, "{amp}");
+}
+
 fn amplification(label: &str, answers: &[String], bytes_in: usize) -> f64 {
     let out: usize = answers.iter().map(|a| a.len()).sum();
     let amp = out as f64 / bytes_in as f64;
@@ -123,6 +148,8 @@ fn amplification(label: &str, answers: &[String], bytes_in: usize) -> f64 {
 
 #[test]
 fn a_flood_from_one_source_gets_answers_bounded_by_the_reply_budget() {
+    enter_fresh_netns();
+    let cap = Capture::start();
     let shards: Vec<UdpSocket> = (0..2).map(|_| sock()).collect();
     let a = app(
         &shards,
@@ -172,6 +199,7 @@ fn a_flood_from_one_source_gets_answers_bounded_by_the_reply_budget() {
     }
     let amp = amplification("rate limit, 1 source, reply_rate 50", &answers, bytes_in);
     assert!(amp < 0.05, "{amp}");
+    assert_captured(&cap, edge, &shards, &client, bytes_in, 0.05);
     // A CS shard is never limited: 100 requests from cs2's address all pass.
     let cs2 = &shards[1];
     for i in 0..100 {
@@ -186,6 +214,8 @@ fn a_flood_from_one_source_gets_answers_bounded_by_the_reply_budget() {
 
 #[test]
 fn rotating_source_addresses_get_only_the_small_new_source_burst() {
+    enter_fresh_netns();
+    let cap = Capture::start();
     let shards: Vec<UdpSocket> = (0..1).map(|_| sock()).collect();
     big_rcvbuf(&shards[0]);
     let a = app(
@@ -235,6 +265,13 @@ fn rotating_source_addresses_get_only_the_small_new_source_burst() {
         sources.len(),
         fwd.len(),
         fwd.len() as f64 / sources.len() as f64
+    );
+    // Drop mode: not one datagram back to any of the (spoofable) sources.
+    let out = cap.assert_sent_only_to(edge, &[shards[0].local_addr().unwrap()]);
+    assert_eq!(
+        out.len(),
+        fwd.len(),
+        "only the forwarded INVITEs left the edge"
     );
     a.stop().unwrap();
 }
@@ -445,6 +482,8 @@ fn bye(from: &UdpSocket, edge: std::net::SocketAddr, target: &UdpSocket, n: usiz
 
 #[test]
 fn shedding_answers_within_the_reply_budget_while_in_dialog_byes_pass() {
+    enter_fresh_netns();
+    let cap = Capture::start();
     let shards: Vec<UdpSocket> = (0..2).map(|_| sock()).collect();
     for s in &shards {
         big_rcvbuf(s);
@@ -509,6 +548,7 @@ fn shedding_answers_within_the_reply_budget_while_in_dialog_byes_pass() {
     );
     let amp = amplification("shedding, reply_rate 50", &answers, bytes_in);
     assert!(amp < 0.05, "{amp}");
+    assert_captured(&cap, w.edge, &shards, &client, bytes_in, 0.05);
 }
 
 #[test]

@@ -5,11 +5,18 @@
 //! requester's real source, and how many bytes an attack class gets out per
 //! byte in (the amplification factor).
 //!
+//! Classes 1-8 and 10 are here; the other three run with the same
+//! namespace and capture beside the tests of their subsystem: class 9
+//! (reload) in `control_plane.rs` (`reload_rotates_…`, `sighup_refuses_…`),
+//! class 11 (shedding and rate-limit reflection) in `limits.rs`, class 12
+//! (admin API validation) in `control_plane.rs` (`admin_api_validates_…`).
+//!
 //! Needs root (network namespaces, AF_PACKET), as CI has.
 
 mod common;
 use common::capture::{enter_fresh_netns, Capture, Datagram};
 use common::*;
+use cpm_edge::app::App;
 use cpm_edge::config::Config;
 use cpm_edge::worker::Server;
 use std::collections::HashMap;
@@ -389,6 +396,78 @@ fn class8_a_chain_of_edges_is_not_a_loop() {
     assert!(fwd.starts_with("INVITE "), "{fwd}");
     assert_eq!(header(&fwd, "Via").len(), 3);
     b.stop().unwrap();
+}
+
+/// Class 10: 100 idle connections from one peer and a 70-connection
+/// slowloris from ten others leave `/health` and `/ready` answering; the
+/// admin port answers only the peers that connected to it and the edge's
+/// SIP side emits nothing meanwhile.
+#[test]
+fn class10_admin_floods_cannot_fail_health() {
+    use std::io::{Read, Write};
+    enter_fresh_netns();
+    let cap = Capture::start();
+    let shard = sock();
+    let toml = format!(
+        "[listen]\naddr = \"127.0.0.1:{}\"\n[admin]\nbind = \"127.0.0.1:0\"\ntoken = \"tok\"\nheader_timeout_ms = 500\n\
+         [health]\nenabled = false\n[workers]\ncount = 1\n[trust]\nsecret = \"{SECRET}\"\n\
+         [[shard]]\nname = \"cs1\"\naddr = \"{}\"\n",
+        free_port(),
+        shard.local_addr().unwrap()
+    );
+    let a = App::start(&Config::parse(&toml).unwrap().validate().unwrap()).unwrap();
+    let admin = a.admin_addr.unwrap();
+    let idle: Vec<std::net::TcpStream> = (0..100)
+        .map(|_| connect_from("127.0.0.77", admin))
+        .collect();
+    let mut slow: Vec<std::net::TcpStream> = (0..70)
+        .map(|i| connect_from(&format!("127.0.2.{}", i % 10 + 1), admin))
+        .collect();
+    for s in &mut slow {
+        let _ = s.write_all(b"GET /groups HTTP/1.1\r\nX-Slow: ");
+    }
+    for _ in 0..3 {
+        for s in &mut slow {
+            let _ = s.write_all(b"a");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for path in ["/health", "/ready"] {
+        assert_eq!(http(admin, "GET", path, "", None).0, 200, "{path}");
+    }
+    // The header timeout (500 ms) cuts every slowloris connection.
+    for s in &mut slow {
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        assert!(
+            got.is_empty()
+                || got.starts_with(b"HTTP/1.1 408 ")
+                || got.starts_with(b"HTTP/1.1 503 "),
+            "{}",
+            String::from_utf8_lossy(&got)
+        );
+    }
+    assert_eq!(http(admin, "GET", "/groups", "", Some("tok")).0, 200);
+    let peers = |d: &Datagram| {
+        d.dst.ip() == std::net::Ipv4Addr::new(127, 0, 0, 77)
+            || d.dst.ip() == std::net::Ipv4Addr::LOCALHOST
+            || matches!(d.dst.ip(), std::net::IpAddr::V4(v) if v.octets()[..3] == [127, 0, 2])
+    };
+    let answers: Vec<Datagram> = cap
+        .tcp_snapshot()
+        .into_iter()
+        .filter(|d| d.src == admin)
+        .collect();
+    assert!(!answers.is_empty(), "the capture saw the admin answers");
+    for d in &answers {
+        assert!(peers(d), "the admin port sent {} bytes to {}", d.len, d.dst);
+    }
+    assert!(
+        cap.assert_sent_only_to(a.server.local_addr, &[]).is_empty(),
+        "the SIP side emitted nothing"
+    );
+    drop(idle);
+    a.stop().unwrap();
 }
 
 /// A stateless stand-in Conversation Server: serves whatever leg the edge

@@ -136,6 +136,13 @@ pub fn render(cp: &ControlPlane) -> String {
     );
     family(
         &mut o,
+        "cpm_edge_rate_limited_total",
+        "counter",
+        "Requests over their source's rate limit (answered 503 within the answer budget, or dropped).",
+    );
+    let _ = writeln!(o, "cpm_edge_rate_limited_total {}", snap.rate_limited);
+    family(
+        &mut o,
         "cpm_edge_drops_total",
         "counter",
         "Datagrams dropped without an answer, per reason.",

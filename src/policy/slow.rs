@@ -330,7 +330,7 @@ fn offer(
     key: [u8; BRANCH_LEN],
     out: &mut [u8],
 ) -> Outcome {
-    let dst = route::reply_target(m, src);
+    let dst = src;
     let body = m.body.get(buf);
     let parsed = match sdp::parse(body) {
         Ok(s) => s,

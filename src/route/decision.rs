@@ -488,7 +488,10 @@ fn decide_request(
     src: SocketAddr,
     t: &Tables,
 ) -> Decision {
-    let reply_dst = super::reply_target(m, src);
+    // Every answer goes to the real source (RFC 3581 §4 whether or not the
+    // client asked for `rport`, as Kamailio's `force_rport`): no Via can
+    // steer it to another port, let alone another host.
+    let reply_dst = src;
     let refuse = |code: u16, reason: &'static str| refusal(method, reply_dst, code, reason);
     // Phase 1, admission: the message and its Request-URI are well formed.
     if let Some(d) = m.defect {

@@ -133,8 +133,7 @@ pub fn shed(buf: &[u8], m: &Message, src: SocketAddr, out: &mut [u8], reply: boo
     if !reply || m.top_via.is_none() {
         return Outcome::Dropped(DropReason::ShedSilent);
     }
-    let dst = reply_target(m, src);
-    unavailable(buf, m, UNAVAILABLE_OVERLOAD, 1, src, dst, out)
+    unavailable(buf, m, UNAVAILABLE_OVERLOAD, 1, src, src, out)
 }
 
 /// Decide and write an already scanned datagram (the rest of the pipeline
@@ -237,10 +236,7 @@ pub fn write(
                 None if m.method() == Some(crate::sip::scan::Method::Ack) => {
                     Outcome::Dropped(DropReason::TooLarge)
                 }
-                None => {
-                    let dst = reply_target(&m, src);
-                    answer(buf, &m, 513, "Message Too Large", &[], src, dst, out)
-                }
+                None => answer(buf, &m, 513, "Message Too Large", &[], src, src, out),
             }
         }
     }
@@ -295,14 +291,6 @@ fn retry_after_line(secs: u32, out: &mut [u8; 32]) -> usize {
     o.put_u32(secs);
     o.put(b"\r\n");
     o.finish().unwrap_or(0)
-}
-
-/// Where a stateless answer goes: the request's real source, always
-/// (RFC 3581 §4 applied whether or not the client asked for `rport`, as
-/// Kamailio's `force_rport`): a Via cannot steer the edge's answers to
-/// another port, let alone another host.
-pub fn reply_target(_m: &Message, src: SocketAddr) -> SocketAddr {
-    src
 }
 
 /// Max-Forwards handling shared by decision and tests: absent → `limit`

@@ -56,9 +56,18 @@ pub struct Datagram {
     pub len: usize,
 }
 
-/// Every IPv4 UDP datagram sent on this namespace's `lo`, from start to stop.
+/// What the capture saw: UDP datagrams, and TCP segments with a payload
+/// (`len` the TCP payload bytes) for the admin API's port.
+#[derive(Default)]
+struct Seen {
+    udp: Vec<Datagram>,
+    tcp: Vec<Datagram>,
+}
+
+/// Every IPv4 UDP datagram and TCP segment sent on this namespace's `lo`,
+/// from start to stop.
 pub struct Capture {
-    seen: Arc<Mutex<Vec<Datagram>>>,
+    seen: Arc<Mutex<Seen>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -88,7 +97,20 @@ impl Capture {
                 std::mem::size_of::<libc::timeval>() as u32,
             )
         };
-        let seen = Arc::new(Mutex::new(Vec::new()));
+        // A flood test sends thousands of datagrams at once: a large buffer
+        // keeps the kernel from dropping copies before this thread reads.
+        let size: libc::c_int = 64 << 20;
+        // SAFETY: fd is a socket, size a c_int of the size passed.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+        let seen = Arc::new(Mutex::new(Seen::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let (s2, st2) = (Arc::clone(&seen), Arc::clone(&stop));
         let thread = std::thread::spawn(move || capture_loop(fd, &s2, &st2));
@@ -99,16 +121,52 @@ impl Capture {
         }
     }
 
-    /// What has been captured so far (give the kernel a moment first).
+    /// The UDP datagrams captured so far (give the kernel a moment first).
     pub fn snapshot(&self) -> Vec<Datagram> {
         std::thread::sleep(std::time::Duration::from_millis(150));
-        self.seen.lock().unwrap().clone()
+        self.seen.lock().unwrap().udp.clone()
+    }
+
+    /// The TCP segments with a payload captured so far.
+    pub fn tcp_snapshot(&self) -> Vec<Datagram> {
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        self.seen.lock().unwrap().tcp.clone()
     }
 
     /// Forget what was captured so far (between test phases).
     pub fn clear(&self) {
         std::thread::sleep(std::time::Duration::from_millis(150));
-        self.seen.lock().unwrap().clear();
+        let mut s = self.seen.lock().unwrap();
+        s.udp.clear();
+        s.tcp.clear();
+    }
+
+    /// Every UDP datagram `from` sent, after asserting that each went to
+    /// one of `allowed`.
+    pub fn assert_sent_only_to(&self, from: SocketAddr, allowed: &[SocketAddr]) -> Vec<Datagram> {
+        let out: Vec<Datagram> = self
+            .snapshot()
+            .into_iter()
+            .filter(|d| d.src == from)
+            .collect();
+        for d in &out {
+            assert!(
+                allowed.contains(&d.dst),
+                "{from} sent {} bytes to {} (allowed: {allowed:?})",
+                d.len,
+                d.dst
+            );
+        }
+        out
+    }
+
+    /// UDP payload bytes sent from `from` to any address `to` accepts.
+    pub fn bytes(&self, from: SocketAddr, to: impl Fn(SocketAddr) -> bool) -> usize {
+        self.snapshot()
+            .iter()
+            .filter(|d| d.src == from && to(d.dst))
+            .map(|d| d.len)
+            .sum()
     }
 }
 
@@ -121,7 +179,7 @@ impl Drop for Capture {
     }
 }
 
-fn capture_loop(fd: i32, seen: &Mutex<Vec<Datagram>>, stop: &AtomicBool) {
+fn capture_loop(fd: i32, seen: &Mutex<Seen>, stop: &AtomicBool) {
     let mut buf = vec![0u8; 70_000];
     while !stop.load(Ordering::SeqCst) {
         // SAFETY: sockaddr_ll is plain old data.
@@ -143,25 +201,41 @@ fn capture_loop(fd: i32, seen: &Mutex<Vec<Datagram>>, stop: &AtomicBool) {
         if n <= 0 || from.sll_pkttype != libc::PACKET_HOST {
             continue;
         }
-        if let Some(d) = parse_ipv4_udp(&buf[..n as usize]) {
-            seen.lock().unwrap().push(d);
+        match parse_ipv4(&buf[..n as usize]) {
+            Some((UDP, d)) => seen.lock().unwrap().udp.push(d),
+            Some((_, d)) if d.len > 0 => seen.lock().unwrap().tcp.push(d),
+            _ => {}
         }
     }
     // SAFETY: fd is ours.
     unsafe { libc::close(fd) };
 }
 
-fn parse_ipv4_udp(p: &[u8]) -> Option<Datagram> {
+const UDP: u8 = 17;
+const TCP: u8 = 6;
+
+/// An IPv4 UDP datagram or TCP segment: its protocol, addresses and
+/// payload length.
+fn parse_ipv4(p: &[u8]) -> Option<(u8, Datagram)> {
     let ihl = usize::from(p.first()? & 0x0f) * 4;
-    if p.first()? >> 4 != 4 || *p.get(9)? != 17 || p.len() < ihl + 8 {
+    let proto = *p.get(9)?;
+    let header = if proto == UDP { 8 } else { 20 };
+    if p.first()? >> 4 != 4 || !(proto == UDP || proto == TCP) || p.len() < ihl + header {
         return None;
     }
     let ip = |at: usize| IpAddr::V4(Ipv4Addr::new(p[at], p[at + 1], p[at + 2], p[at + 3]));
     let port = |at: usize| u16::from_be_bytes([p[at], p[at + 1]]);
-    let udp_len = usize::from(port(ihl + 4));
-    Some(Datagram {
+    let total = usize::from(port(2));
+    let len = if proto == UDP {
+        usize::from(port(ihl + 4)).saturating_sub(8)
+    } else {
+        let data_offset = usize::from(p[ihl + 12] >> 4) * 4;
+        total.saturating_sub(ihl + data_offset)
+    };
+    let d = Datagram {
         src: SocketAddr::new(ip(12), port(ihl)),
         dst: SocketAddr::new(ip(16), port(ihl + 2)),
-        len: udp_len.saturating_sub(8),
-    })
+        len,
+    };
+    Some((proto, d))
 }

@@ -264,3 +264,15 @@ pub fn backends() -> Vec<&'static str> {
         }
     }
 }
+
+/// A TCP connection from source IP `from` (any 127/8 address works on Linux
+/// loopback), so tests can play several peers.
+pub fn connect_from(from: &str, addr: SocketAddr) -> TcpStream {
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let src: SocketAddr = format!("{from}:0").parse().unwrap();
+    s.bind(&src.into()).unwrap();
+    s.connect(&addr.into()).unwrap();
+    let s: TcpStream = s.into();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
