@@ -9,7 +9,7 @@
 
 use arc_swap::ArcSwap;
 use cpm_edge::route::groups::{GroupTable, StableBuild};
-use cpm_edge::sip::branch::hash_bytes;
+use cpm_edge::sip::hash::hash_bytes;
 use cpm_edge::sip::uri::{self, Uri};
 use cpm_edge::sip::Span;
 use criterion::{criterion_group, Criterion};

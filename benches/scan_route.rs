@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use cpm_edge::route::{process, Outcome};
+use cpm_edge::pipeline::{process, Outcome};
 use cpm_edge::sip::scan::scan;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
 use std::net::SocketAddr;

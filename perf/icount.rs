@@ -1,13 +1,13 @@
 //! Instruction-count driver: runs the pure fast path on each benchmark
-//! message N times, through the worker's entry point (`route::process_into`
-//! into one reused `Message`), so `valgrind --tool=callgrind` gives a
+//! message N times, through the worker's entry point (`pipeline::run`, with no
+//! admission control, into one reused `Message`), so `valgrind --tool=callgrind` gives a
 //! noise-free instructions-per-message figure (`perf/icount.sh`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use common::*;
-use cpm_edge::route::{process, process_into};
+use cpm_edge::pipeline::{process, run, Datagram, Open};
 use cpm_edge::sip::scan::Message;
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -39,7 +39,12 @@ fn main() {
     let mut m = Message::default();
     if !msg.is_empty() {
         for _ in 0..n {
-            let o = process_into(black_box(&msg), false, client, &t, &mut out, false, &mut m);
+            let d = Datagram {
+                buf: black_box(&msg),
+                truncated: false,
+                src: client,
+            };
+            let o = run(&d, &t, &mut Open::default(), &mut out, &mut m);
             total += o.send().map_or(0, |(l, _)| l);
         }
     }
@@ -75,7 +80,12 @@ fn response(n: usize, t: &cpm_edge::route::Tables, client: SocketAddr) {
     let mut total = 0usize;
     let mut m = Message::default();
     for _ in 0..n {
-        let o = process_into(black_box(&resp), false, shard, t, &mut out, false, &mut m);
+        let d = Datagram {
+            buf: black_box(&resp),
+            truncated: false,
+            src: shard,
+        };
+        let o = run(&d, t, &mut Open::default(), &mut out, &mut m);
         total += o.send().map_or(0, |(l, _)| l);
     }
     if total == 0 {

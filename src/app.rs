@@ -6,7 +6,7 @@ use crate::config::Valid;
 use crate::control::health::{self, Health, HealthConfig};
 use crate::control::http::{self, HttpConfig};
 use crate::control::{api, ControlPlane};
-use crate::worker::Server;
+use crate::dataplane::worker::Server;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -48,9 +48,14 @@ fn admin_http(
     Ok((listener, cfg))
 }
 
+/// Start the data plane of a validated configuration (no control plane).
+pub fn start_server(v: &Valid) -> Result<Server, String> {
+    Server::start(&v.server, v.tables(), v.admission())
+}
+
 impl App {
     pub fn start(v: &Valid) -> Result<App, String> {
-        let server = Server::start(v)?;
+        let server = start_server(v)?;
         let mut control = ControlPlane::new(
             Arc::clone(&server.tables),
             server.stats.clone(),
@@ -85,7 +90,7 @@ impl App {
                 timeout: h.timeout,
                 fail_threshold: h.fail_threshold,
                 ok_threshold: h.ok_threshold,
-                bind: SocketAddr::new(v.listen.ip(), 0),
+                bind: SocketAddr::new(v.server.listen.ip(), 0),
                 from_host: server.tables.load().edge.hostport(),
             };
             let t_cp = Arc::clone(&cp);

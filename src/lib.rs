@@ -1,13 +1,21 @@
 //! cpm-edge: a CPM-aware stateless SIP edge proxy (OMA CPM, seed 5.2.3.2).
 //!
-//! Module map (hot path: `sip`, `route`, `io`; control plane: `config`,
-//! `stats`; the process wiring lives in `worker` and `main.rs`):
+//! Layers, each importing only the layers below it (checked by
+//! `tests/layers.rs`):
+//!
+//! | layer | modules | what |
+//! |---|---|---|
+//! | 0 | `sip`, `io` | sans-IO SIP over bytes; datagram io that knows no SIP |
+//! | 1 | `route` | seed 5.2.3.2 routing: legs, shards, groups, policy table, decision |
+//! | 2 | `pipeline` | scan → admit → decide → policy gate → write |
+//! | 3 | `dataplane` | workers, admission, counters, slow-path threads |
+//! | 4 | `config`, `control` | configuration, admin API, health checks, metrics |
+//! | 5 | `app` | the running edge: data plane + control plane wired |
 pub mod app;
-pub mod config; // TOML schema, validation with precise errors, embedded default
+pub mod config;
 pub mod control;
-pub mod io; // datagram io: io_uring, recvmmsg/sendmmsg fallback, sockets
-pub mod policy;
-pub mod route; // seed 5.2.3.2 routing: legs, shards, groups, tables, decision
-pub mod sip; // sans-IO SIP: scan, grammar helpers, rewrite, stateless replies
-pub mod stats; // per-worker counters and latency histograms, merged on read
-pub mod worker; // pinned worker threads: io loop + pipeline + counting // admin API, health checks, metrics, live table updates // the running edge: workers + control plane + admin API + health // slow path: SDP parser, media policy (seed 5.2.3.7), policy threads
+pub mod dataplane;
+pub mod io;
+pub mod pipeline;
+pub mod route;
+pub mod sip;

@@ -169,8 +169,8 @@ fn main() {
     if cli.check_config {
         println!(
             "configuration OK: listen {} ({} workers), {} shards [{}], {} groups, {routing}",
-            valid.listen,
-            valid.workers,
+            valid.server.listen,
+            valid.server.workers,
             shards.len(),
             shards.join(" "),
             valid.groups.len()
@@ -186,10 +186,10 @@ fn main() {
         }
     };
     let server = &app.server;
-    let pin = if valid.cpus.is_empty() {
+    let pin = if valid.server.cpus.is_empty() {
         "not pinned".to_string()
     } else {
-        format!("pinned to CPUs {:?}", valid.cpus)
+        format!("pinned to CPUs {:?}", valid.server.cpus)
     };
     println!(
         "cpm-edge {} listening on udp {} as {}",
@@ -204,7 +204,10 @@ fn main() {
     );
     println!(
         "  workers: {} ({pin}), batch {}, {} receive buffers of {} bytes",
-        valid.workers, valid.batch, valid.recv_buffers, valid.max_datagram
+        valid.server.workers,
+        valid.server.batch,
+        valid.server.recv_buffers,
+        valid.server.max_datagram
     );
     println!("  CS shards ({}): {}", shards.len(), shards.join(" "));
     println!("  groups: {}; {routing}", valid.groups.len());
@@ -271,9 +274,9 @@ fn main() {
     println!("cpm-edge: stopping");
     let stats = server.stats.clone();
     let result = app.stop();
-    let snap = cpm_edge::stats::Snapshot::merge(&stats);
+    let snap = cpm_edge::dataplane::stats::Snapshot::merge(&stats);
     println!("{snap}");
-    let lat = cpm_edge::stats::merged_latency(&stats);
+    let lat = cpm_edge::dataplane::stats::merged_latency(&stats);
     if !lat.is_empty() {
         println!(
             "in-proxy latency (ns): p50={} p90={} p99={} p99.9={} max={} n={}",

@@ -305,7 +305,7 @@ fn a_killed_shard_fails_over_and_comes_back() {
         let t = a.cp.snapshot();
         let m = invite_from(u, "sip:bob@example.net", "probe", ca);
         let mut out = vec![0u8; 8192];
-        let (o, _) = cpm_edge::route::process(&m, false, ca, &t, &mut out);
+        let (o, _) = cpm_edge::pipeline::process(&m, false, ca, &t, &mut out);
         by_addr[&o.send().unwrap().1].to_string()
     };
     let before: HashMap<String, String> = users.iter().map(|u| (u.clone(), home(u))).collect();

@@ -7,7 +7,8 @@
 
 mod common;
 use common::*;
-use cpm_edge::route::{decide, process, write, DropReason, ForwardKind, Outcome, Tables};
+use cpm_edge::pipeline::{process, write, Outcome};
+use cpm_edge::route::{decide, DropReason, ForwardKind, Tables};
 use cpm_edge::sip::scan::{scan, Defect, Method};
 use std::net::SocketAddr;
 

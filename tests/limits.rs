@@ -11,8 +11,9 @@ use common::capture::{enter_fresh_netns, Capture};
 use common::*;
 use cpm_edge::app::App;
 use cpm_edge::config::{Config, Valid};
-use cpm_edge::route::{process_admitted, ForwardKind, Outcome};
-use cpm_edge::stats::Snapshot;
+use cpm_edge::dataplane::stats::Snapshot;
+use cpm_edge::pipeline::{process_admitted, Outcome};
+use cpm_edge::route::ForwardKind;
 use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
@@ -370,7 +371,7 @@ fn overload_sheds_new_invites_only() {
     // Only a dialog-creating INVITE is ever shed.
     let inv = String::from_utf8(invite_to_group("grp1", "alice", "")).unwrap();
     let sheddable =
-        |text: &str| cpm_edge::route::sheddable(&cpm_edge::sip::scan::scan(text.as_bytes()));
+        |text: &str| cpm_edge::pipeline::sheddable(&cpm_edge::sip::scan::scan(text.as_bytes()));
     assert!(sheddable(&inv));
     for method in ["CANCEL", "ACK"] {
         let m = inv
@@ -392,7 +393,7 @@ fn overload_sheds_new_invites_only() {
 /// reads: the worker is overloaded from its 16th batch on, deterministically.
 struct OverloadedWorker {
     edge: std::net::SocketAddr,
-    stats: std::sync::Arc<cpm_edge::stats::WorkerStats>,
+    stats: std::sync::Arc<cpm_edge::dataplane::stats::WorkerStats>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
     _full: UdpSocket,
@@ -409,32 +410,37 @@ impl OverloadedWorker {
         for _ in 0..400 {
             let _ = filler.send_to(&[0u8; 1000], full.local_addr().unwrap());
         }
-        let (queued, buf) = cpm_edge::route::limits::socket_fill(full.as_raw_fd()).unwrap();
+        let (queued, buf) = cpm_edge::dataplane::limits::socket_fill(full.as_raw_fd()).unwrap();
         assert!(queued * 100 >= buf * 90, "filled: {queued} of {buf}");
-        let admission = cpm_edge::worker::Admission {
+        let admission = cpm_edge::dataplane::worker::Admission {
             shed_at_queue_pct: 50,
             sock_fd: Some(full.as_raw_fd()),
-            ..cpm_edge::worker::Admission::from_valid(&v)
+            ..v.admission()
         };
-        let sock = bind_udp(v.listen, false, v.socket_rcvbuf, v.socket_sndbuf).unwrap();
+        let sock = bind_udp(
+            v.server.listen,
+            false,
+            v.server.socket_rcvbuf,
+            v.server.socket_sndbuf,
+        )
+        .unwrap();
         let edge = sock.local_addr().unwrap();
-        let (backend, _) = cpm_edge::io::select_backend(v.io).unwrap();
+        let (backend, _) = cpm_edge::io::select_backend(v.server.io).unwrap();
         let cfg = cpm_edge::io::IoConfig {
-            batch: v.batch,
-            buf_size: v.max_datagram,
-            buf_count: v.recv_buffers,
-            out_size: v.max_datagram,
+            batch: v.server.batch,
+            buf_size: v.server.max_datagram,
+            buf_count: v.server.recv_buffers,
+            out_size: v.server.max_datagram,
         };
-        let tables = Arc::new(arc_swap::ArcSwap::from_pointee(
-            cpm_edge::route::Tables::from_config(&v),
-        ));
-        let stats = Arc::new(cpm_edge::stats::WorkerStats::new(8));
+        let tables = Arc::new(arc_swap::ArcSwap::from_pointee(v.tables()));
+        let stats = Arc::new(cpm_edge::dataplane::stats::WorkerStats::new(8));
         let stop = Arc::new(AtomicBool::new(false));
         let (st, sp) = (Arc::clone(&stats), Arc::clone(&stop));
         let thread = std::thread::spawn(move || {
-            let progress = Arc::new(cpm_edge::policy::slow::Progress::new(1));
-            let mut h =
-                cpm_edge::worker::EdgeHandler::new(tables, st, 0, None, progress, &admission);
+            let progress = Arc::new(cpm_edge::dataplane::slow::Progress::new(1));
+            let mut h = cpm_edge::dataplane::worker::EdgeHandler::new(
+                tables, st, 0, None, progress, &admission,
+            );
             cpm_edge::io::run(backend, &sock, cfg, &mut h, &sp)
         });
         OverloadedWorker {

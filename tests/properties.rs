@@ -14,7 +14,8 @@
 
 mod common;
 use common::*;
-use cpm_edge::route::{process, DropReason, ForwardKind, Outcome, Tables};
+use cpm_edge::pipeline::{process, Outcome};
+use cpm_edge::route::{DropReason, ForwardKind, Tables};
 use cpm_edge::sip::branch::is_ours;
 use cpm_edge::sip::params::values;
 use cpm_edge::sip::scan::{header_lines, scan, Defect, Header, Message};

@@ -3,7 +3,8 @@
 
 mod common;
 use common::*;
-use cpm_edge::route::{process, DropReason, ForwardKind, Outcome, Tables};
+use cpm_edge::pipeline::{process, Outcome};
+use cpm_edge::route::{DropReason, ForwardKind, Tables};
 use cpm_edge::sip::branch::BRANCH_PREFIX;
 use cpm_edge::sip::feature_tag::CpmServices;
 use cpm_edge::sip::scan::{scan, Defect, Method, StartLine};

@@ -3,10 +3,10 @@
 //! malformed bodies, and a mutation property (never panics, refusal keeps
 //! the body parseable with the same number of media sections).
 
-use cpm_edge::policy::media::{
+use cpm_edge::sip::media::{
     check_answer, filter_offer, AnswerViolation, MediaPolicy, OfferVerdict,
 };
-use cpm_edge::policy::sdp::{self, parse, refuse_streams, LineEnding, MediaType, Sdp, SdpError};
+use cpm_edge::sip::sdp::{self, parse, refuse_streams, LineEnding, MediaType, Sdp, SdpError};
 
 /// Join lines with CRLF, each line terminated.
 fn crlf(lines: &[&str]) -> Vec<u8> {

@@ -18,7 +18,7 @@ use common::capture::{enter_fresh_netns, Capture, Datagram};
 use common::*;
 use cpm_edge::app::App;
 use cpm_edge::config::Config;
-use cpm_edge::worker::Server;
+use cpm_edge::dataplane::worker::Server;
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,7 +45,7 @@ fn start_edge(shards: &[SocketAddr], extra: &str) -> Server {
         toml += &format!("[[shard]]\nname = \"cs{}\"\naddr = \"{s}\"\n", i + 1);
     }
     let valid = Config::parse(&toml).unwrap().validate().unwrap();
-    Server::start(&valid).unwrap()
+    cpm_edge::app::start_server(&valid).unwrap()
 }
 
 impl Rig {

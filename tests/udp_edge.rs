@@ -5,8 +5,8 @@
 mod common;
 use common::*;
 use cpm_edge::config::Config;
+use cpm_edge::dataplane::worker::Server;
 use cpm_edge::io::IoChoice;
-use cpm_edge::worker::Server;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
@@ -32,14 +32,14 @@ fn rig(io: &str, routing: &str) -> Rig {
     toml += "[[group]]\nid = \"sip:grp3@groups.example.net\"\nshard = \"cs3\"\n";
     let valid = Config::parse(&toml).unwrap().validate().unwrap();
     assert_eq!(
-        valid.io,
+        valid.server.io,
         if io == "uring" {
             IoChoice::Uring
         } else {
             IoChoice::Mmsg
         }
     );
-    let server = Server::start(&valid).unwrap();
+    let server = cpm_edge::app::start_server(&valid).unwrap();
     let edge = server.local_addr;
     Rig {
         server,
@@ -207,7 +207,7 @@ fn rejects_are_answered_over_udp_and_drops_counted() {
                 {
                     let mut out = vec![0u8; 8192];
                     let tables = r.server.tables.load();
-                    let (o, _) = cpm_edge::route::process(
+                    let (o, _) = cpm_edge::pipeline::process(
                         base.as_bytes(),
                         false,
                         client.local_addr().unwrap(),
@@ -317,7 +317,7 @@ fn a_closed_shard_port_does_not_stop_the_worker() {
                 .unwrap()
                 .replace("192.0.2.10:5062", &ca);
             let mut out = vec![0u8; 8192];
-            let (o, _) = cpm_edge::route::process(
+            let (o, _) = cpm_edge::pipeline::process(
                 msg.as_bytes(),
                 false,
                 client.local_addr().unwrap(),

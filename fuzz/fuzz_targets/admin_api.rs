@@ -7,10 +7,9 @@
 use cpm_edge::config::{Config, Valid};
 use cpm_edge::control::http::Request;
 use cpm_edge::control::{api, ControlPlane};
+use cpm_edge::dataplane::stats::WorkerStats;
 use cpm_edge::io::IoBackend;
 use cpm_edge::route::shards::MAX_SHARDS;
-use cpm_edge::route::Tables;
-use cpm_edge::stats::WorkerStats;
 use libfuzzer_sys::fuzz_target;
 use std::sync::{Arc, OnceLock};
 
@@ -20,7 +19,7 @@ fn cp() -> &'static ControlPlane {
         let v: Valid = Config::default_embedded()
             .validate()
             .expect("default config");
-        let tables = Arc::new(Tables::from_config(&v));
+        let tables = Arc::new(v.tables());
         let stats = vec![Arc::new(WorkerStats::new(MAX_SHARDS))];
         ControlPlane::new(Arc::new(tables.into()), stats, IoBackend::Mmsg, v)
     })

@@ -3,7 +3,6 @@
 #![no_main]
 
 use cpm_edge::config::Config;
-use cpm_edge::route::Tables;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -16,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     }
     match Config::parse(text).and_then(|c| c.validate()) {
         Ok(v) => {
-            let t = Tables::from_config(&v);
+            let t = v.tables();
             assert_eq!(t.groups.len(), v.groups.len());
             assert_eq!(t.shards.len(), v.shards.len());
         }

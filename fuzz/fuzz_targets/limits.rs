@@ -4,7 +4,7 @@
 //! limiter, per worker for the answer budget).
 #![no_main]
 
-use cpm_edge::route::limits::{ReplyBudget, SourceLimiter};
+use cpm_edge::dataplane::limits::{ReplyBudget, SourceLimiter};
 use libfuzzer_sys::fuzz_target;
 use std::net::IpAddr;
 

@@ -3,8 +3,8 @@
 //! of media sections, the refused ones at port 0, and is never longer.
 #![no_main]
 
-use cpm_edge::policy::media::{filter_offer, MediaPolicy};
-use cpm_edge::policy::sdp::{parse, refuse_streams};
+use cpm_edge::sip::media::{filter_offer, MediaPolicy};
+use cpm_edge::sip::sdp::{parse, refuse_streams};
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 

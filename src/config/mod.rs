@@ -5,10 +5,16 @@
 //! and workers without any further failure mode (start-up `assert!`s guard
 //! the few invariants validation establishes).
 
+use crate::dataplane::limits::{LimitSettings, ReplyLimit};
+use crate::dataplane::worker::{Admission, ServerSettings};
 use crate::io::IoChoice;
-use crate::policy::media::MediaPolicy;
-use crate::policy::{OnViolation, PolicyTable};
+use crate::route::groups::GroupTable;
+use crate::route::policy::{OnViolation, PolicyTable};
+use crate::route::shards::ShardSet;
 use crate::route::shards::{ShardSpec, MAX_SHARDS};
+use crate::route::tables::{self, EdgeIdentity, Tables};
+use crate::sip::branch::BranchKey;
+use crate::sip::media::MediaPolicy;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -167,25 +173,6 @@ impl Default for LimitsConf {
             shed: "reply".into(),
         }
     }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LimitSettings {
-    pub rate: u32,
-    pub burst: u32,
-    /// A new or evicted source's start (at most `burst`).
-    pub new_burst: u32,
-    pub slots: usize,
-    pub reply: bool,
-}
-
-/// The per-worker budget of refusal answers (rate-limit and shed 503s).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReplyLimit {
-    pub rate: u32,
-    pub burst: u32,
-    /// Shed INVITEs are answered (within the budget); false: dropped.
-    pub shed: bool,
 }
 
 /// Media-stream policy (seed 5.2.3.7): the service provider's default and
@@ -398,17 +385,10 @@ pub struct GroupConf {
 /// The typed, checked configuration.
 #[derive(Debug, Clone)]
 pub struct Valid {
-    pub listen: SocketAddr,
+    /// The data plane's settings bound at start.
+    pub server: ServerSettings,
     pub advertise: String,
     pub aliases: Vec<(String, Option<u16>)>,
-    pub workers: usize,
-    pub cpus: Vec<usize>,
-    pub io: IoChoice,
-    pub batch: usize,
-    pub recv_buffers: usize,
-    pub max_datagram: usize,
-    pub socket_rcvbuf: usize,
-    pub socket_sndbuf: usize,
     pub originating_pf: bool,
     pub record_route: bool,
     pub non_cpm_route: Option<SocketAddr>,
@@ -425,8 +405,6 @@ pub struct Valid {
     pub retry_after_s: u32,
     pub log_level: String,
     pub policy: PolicyTable,
-    pub slow_threads: usize,
-    pub slow_queue: usize,
     pub limits: Option<LimitSettings>,
     /// (network, prefix length) of sources exempt from the limits.
     pub allow: Vec<(IpAddr, u8)>,
@@ -755,25 +733,27 @@ impl Config {
             shed_at_queue_pct: l.shed_at_queue_pct,
             replies,
             policy,
-            slow_threads: self.slow_path.threads,
-            slow_queue: self.slow_path.queue,
             admin_bind,
             admin_token: self.admin.token.clone().filter(|t| !t.is_empty()),
             admin_limits,
             health,
             retry_after_s: h.retry_after_s,
             log_level: self.log.level.clone(),
-            listen,
+            server: ServerSettings {
+                listen,
+                workers,
+                cpus: w.cpus.clone(),
+                io: w.io,
+                batch: w.batch,
+                recv_buffers: w.recv_buffers,
+                max_datagram: w.max_datagram,
+                socket_rcvbuf: w.socket_rcvbuf,
+                socket_sndbuf: w.socket_sndbuf,
+                slow_threads: self.slow_path.threads,
+                slow_queue: self.slow_path.queue,
+            },
             advertise,
             aliases,
-            workers,
-            cpus: w.cpus.clone(),
-            io: w.io,
-            batch: w.batch,
-            recv_buffers: w.recv_buffers,
-            max_datagram: w.max_datagram,
-            socket_rcvbuf: w.socket_rcvbuf,
-            socket_sndbuf: w.socket_sndbuf,
             originating_pf: self.routing.originating_pf,
             record_route: self.routing.record_route,
             non_cpm_route,
@@ -783,6 +763,56 @@ impl Config {
             groups,
             hosts,
         })
+    }
+}
+
+impl Valid {
+    /// The routing tables of this configuration (generation 0).
+    pub fn tables(&self) -> Tables {
+        let v = self;
+        let edge = EdgeIdentity::new(&v.advertise, v.server.listen.port(), &v.aliases);
+        let shards = ShardSet::new(&v.shards, &edge.hostport());
+        let mut groups = GroupTable::with_capacity(v.groups.len());
+        for (key, shard) in &v.groups {
+            assert!(*shard < shards.len(), "validated group shard index");
+            groups.insert(key, *shard as u16);
+        }
+        Tables {
+            edge,
+            shards,
+            groups,
+            hosts: v
+                .hosts
+                .iter()
+                .map(|(h, a)| (h.as_bytes().to_vec(), *a))
+                .collect(),
+            originating_pf: v.originating_pf,
+            record_route: v.record_route,
+            non_cpm_route: v.non_cpm_route,
+            retry_after_s: v.retry_after_s,
+            generation: 0,
+            policy: std::sync::Arc::new(v.policy.clone()),
+            branch_key: v
+                .trust
+                .secret
+                .as_deref()
+                .map_or_else(tables::process_branch_key, BranchKey::from_secret),
+            listen: v.server.listen,
+            peer_edges: v.trust.peer_edges.clone(),
+            max_forwards_limit: v.max_forwards_limit,
+        }
+    }
+
+    /// The admission settings of this configuration (no socket yet).
+    pub fn admission(&self) -> Admission {
+        Admission {
+            limits: self.limits.clone(),
+            allow: self.allow.clone(),
+            shed_at_queue_pct: self.shed_at_queue_pct,
+            replies: self.replies,
+            sock_fd: None,
+            live: None,
+        }
     }
 }
 
@@ -948,21 +978,6 @@ pub fn parse_cidr(c: &str) -> Result<(IpAddr, u8), String> {
     Ok((ip, len))
 }
 
-/// Is `ip` inside `net/len`?
-pub fn cidr_contains(net: IpAddr, len: u8, ip: IpAddr) -> bool {
-    match (net, ip) {
-        (IpAddr::V4(n), IpAddr::V4(a)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-            u32::from(n) & mask == u32::from(a) & mask
-        }
-        (IpAddr::V6(n), IpAddr::V6(a)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-            u128::from(n) & mask == u128::from(a) & mask
-        }
-        _ => false,
-    }
-}
-
 /// A policy's values must make sense: named media types, a positive stream cap.
 pub fn check_policy(key: &str, p: &MediaPolicy) -> Result<(), String> {
     if p.max_streams == Some(0) {
@@ -1036,7 +1051,7 @@ mod tests {
     fn embedded_default_is_valid() {
         let v = Config::default_embedded().validate().unwrap();
         assert_eq!(v.shards.len(), 4);
-        assert_eq!(v.listen, "127.0.0.1:5060".parse().unwrap());
+        assert_eq!(v.server.listen, "127.0.0.1:5060".parse().unwrap());
         assert_eq!(v.advertise, "127.0.0.1");
         assert_eq!(v.groups[0].0, b"grp1@groups.example.net");
     }

@@ -22,10 +22,10 @@
 use super::http::{Request, Response};
 use super::{ApiError, ControlPlane};
 use crate::config::group_key;
-use crate::policy::media::MediaPolicy;
 use crate::route::groups::GroupTable;
 use crate::route::shards::{ShardSpec, ShardState};
 use crate::route::Tables;
+use crate::sip::media::MediaPolicy;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -129,14 +129,14 @@ fn config(cp: &ControlPlane) -> Value {
     let c = cp.config.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let t = cp.snapshot();
     json!({
-        "listen": c.listen.to_string(),
+        "listen": c.server.listen.to_string(),
         "advertise": c.advertise,
-        "workers": c.workers,
-        "cpus": c.cpus,
+        "workers": c.server.workers,
+        "cpus": c.server.cpus,
         "io_backend": cp.backend.name(),
-        "batch": c.batch,
-        "recv_buffers": c.recv_buffers,
-        "max_datagram": c.max_datagram,
+        "batch": c.server.batch,
+        "recv_buffers": c.server.recv_buffers,
+        "max_datagram": c.server.max_datagram,
         "routing": {
             "originating_pf": t.originating_pf,
             "record_route": t.record_route,
@@ -350,7 +350,7 @@ fn add_shard(cp: &ControlPlane, b: &Value) -> Result<Value, ApiError> {
         .map_err(|_| ApiError::new(400, "addr: not an IP:port socket address"))?;
     let (listen, advertise) = {
         let c = cp.config.lock().unwrap_or_else(|p| p.into_inner());
-        (c.listen, c.advertise.clone())
+        (c.server.listen, c.advertise.clone())
     };
     crate::config::check_shard_addr(addr, listen, &advertise)
         .map_err(|e| ApiError::new(400, format!("addr: {e}")))?;

@@ -4,7 +4,7 @@
 //! locks only briefly; it never touches the hot path.
 
 use super::ControlPlane;
-use crate::stats::{merged_latency, Snapshot};
+use crate::dataplane::stats::{merged_latency, Snapshot};
 use std::fmt::Write as _;
 
 const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "6xx"];
@@ -278,6 +278,7 @@ pub fn render(cp: &ControlPlane) -> String {
         .config
         .lock()
         .unwrap_or_else(|p| p.into_inner())
+        .server
         .listen
         .port();
     let (queued, drops, sockets) = kernel_udp(listen_port);

@@ -18,12 +18,13 @@ pub mod http;
 pub mod metrics;
 
 use crate::config::Valid;
+use crate::dataplane::slow::SlowQueue;
+use crate::dataplane::stats::WorkerStats;
+use crate::dataplane::worker::LiveAdmission;
 use crate::io::IoBackend;
-use crate::policy::slow::{SlowQueue, SlowStats};
+use crate::pipeline::gate::GateStats;
 use crate::route::shards::ShardState;
 use crate::route::Tables;
-use crate::stats::WorkerStats;
-use crate::worker::{Admission, LiveAdmission};
 use arc_swap::ArcSwap;
 use http::{HttpStats, TokenCell};
 use std::collections::BTreeMap;
@@ -113,8 +114,8 @@ pub fn fixed_changes(cur: &Valid, next: &Valid) -> Vec<FixedChange> {
     let pairs: [(&'static str, String, String); 16] = [
         (
             "listen.addr",
-            cur.listen.to_string(),
-            next.listen.to_string(),
+            cur.server.listen.to_string(),
+            next.server.listen.to_string(),
         ),
         (
             "listen.advertise",
@@ -123,43 +124,43 @@ pub fn fixed_changes(cur: &Valid, next: &Valid) -> Vec<FixedChange> {
         ),
         (
             "workers.count",
-            cur.workers.to_string(),
-            next.workers.to_string(),
+            cur.server.workers.to_string(),
+            next.server.workers.to_string(),
         ),
         (
             "workers.cpus",
-            format!("{:?}", cur.cpus),
-            format!("{:?}", next.cpus),
+            format!("{:?}", cur.server.cpus),
+            format!("{:?}", next.server.cpus),
         ),
         (
             "workers.io",
-            format!("{:?}", cur.io),
-            format!("{:?}", next.io),
+            format!("{:?}", cur.server.io),
+            format!("{:?}", next.server.io),
         ),
         (
             "workers.batch",
-            cur.batch.to_string(),
-            next.batch.to_string(),
+            cur.server.batch.to_string(),
+            next.server.batch.to_string(),
         ),
         (
             "workers.recv_buffers",
-            cur.recv_buffers.to_string(),
-            next.recv_buffers.to_string(),
+            cur.server.recv_buffers.to_string(),
+            next.server.recv_buffers.to_string(),
         ),
         (
             "workers.max_datagram",
-            cur.max_datagram.to_string(),
-            next.max_datagram.to_string(),
+            cur.server.max_datagram.to_string(),
+            next.server.max_datagram.to_string(),
         ),
         (
             "workers.socket_rcvbuf",
-            cur.socket_rcvbuf.to_string(),
-            next.socket_rcvbuf.to_string(),
+            cur.server.socket_rcvbuf.to_string(),
+            next.server.socket_rcvbuf.to_string(),
         ),
         (
             "workers.socket_sndbuf",
-            cur.socket_sndbuf.to_string(),
-            next.socket_sndbuf.to_string(),
+            cur.server.socket_sndbuf.to_string(),
+            next.server.socket_sndbuf.to_string(),
         ),
         ("admin.bind", opt(&cur.admin_bind), opt(&next.admin_bind)),
         (
@@ -170,13 +171,13 @@ pub fn fixed_changes(cur: &Valid, next: &Valid) -> Vec<FixedChange> {
         ("health", health(&cur.health), health(&next.health)),
         (
             "slow_path.threads",
-            cur.slow_threads.to_string(),
-            next.slow_threads.to_string(),
+            cur.server.slow_threads.to_string(),
+            next.server.slow_threads.to_string(),
         ),
         (
             "slow_path.queue",
-            cur.slow_queue.to_string(),
-            next.slow_queue.to_string(),
+            cur.server.slow_queue.to_string(),
+            next.server.slow_queue.to_string(),
         ),
         ("log.level", cur.log_level.clone(), next.log_level.clone()),
     ];
@@ -207,7 +208,7 @@ pub struct ControlPlane {
     pub reloads_failed: AtomicU64,
     pub api_changes: AtomicU64,
     /// The slow path's queue (for its depth) and counters.
-    pub slow: Option<(SlowQueue, Arc<SlowStats>)>,
+    pub slow: Option<(SlowQueue, Arc<GateStats>)>,
     /// The workers' admission settings (`[limits]`), swapped on reload.
     pub admission: Option<LiveAdmission>,
     /// The admin API's bearer token, swapped on reload.
@@ -227,7 +228,7 @@ impl ControlPlane {
             tables,
             stats,
             backend,
-            workers: config.workers,
+            workers: config.server.workers,
             config: Mutex::new(config),
             writer: Mutex::new(()),
             transitions: Mutex::new(BTreeMap::new()),
@@ -312,7 +313,7 @@ impl ControlPlane {
             return Err(ReloadError::NeedsRestart(fixed));
         }
         self.publish(|t| {
-            let mut next = Tables::from_config(&v);
+            let mut next = v.tables();
             for (i, s) in next
                 .shards
                 .live()
@@ -329,7 +330,7 @@ impl ControlPlane {
         })
         .map_err(|e| ReloadError::Invalid(e.message))?;
         if let Some(a) = &self.admission {
-            a.store(Arc::new(Admission::from_valid(&v)));
+            a.store(Arc::new(v.admission()));
         }
         if let Some(t) = &self.admin_token {
             t.store(v.admin_token.clone().map(Arc::new));

@@ -35,7 +35,8 @@
 
 use super::legs::{Leg, LEG_PARAM};
 use super::tables::Tables;
-use crate::sip::branch::{self, StableHash};
+use crate::sip::branch;
+use crate::sip::hash::{self, StableHash};
 use crate::sip::params::find_param;
 use crate::sip::rewrite::MaxForwards;
 use crate::sip::scan::{Defect, Message, Method, StartLine};
@@ -459,7 +460,7 @@ impl Request<'_> {
             None => Decision::Unavailable {
                 dst: self.reply_dst,
                 retry_after: self.t.retry_after_s,
-                reason: super::UNAVAILABLE_NO_CS,
+                reason: crate::sip::reply::UNAVAILABLE_NO_CS,
             },
         }
     }
@@ -475,7 +476,7 @@ impl Request<'_> {
         let user = asserted.unwrap_or(self.m.from_uri);
         match uri::parse(self.buf, user) {
             Some(u) => user_hash(self.buf, &u),
-            None => branch::hash_bytes(user.get(self.buf)),
+            None => hash::hash_bytes(user.get(self.buf)),
         }
     }
 }

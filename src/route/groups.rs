@@ -6,7 +6,7 @@
 //! `sip:Grp1@groups.example.net` are the same group. Lookups build the key in
 //! a stack buffer: no allocation on the hot path.
 
-use crate::sip::branch::StableHash;
+use crate::sip::hash::StableHash;
 use crate::sip::uri::{Scheme, Uri};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};

@@ -15,7 +15,7 @@
 
 use super::groups::StableBuild;
 use super::legs::Leg;
-use crate::sip::branch::{fmix64, hash_bytes};
+use crate::sip::hash::{fmix64, hash_bytes};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 

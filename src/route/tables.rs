@@ -7,8 +7,8 @@
 
 use super::groups::GroupTable;
 use super::shards::ShardSet;
-use crate::config::Valid;
-use crate::sip::branch::{lower_word, BranchKey};
+use crate::sip::branch::BranchKey;
+use crate::sip::hash::lower_word;
 use crate::sip::{le_word, uri};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -146,7 +146,7 @@ pub struct Tables {
     /// Incremented by every published change (admin API, health, reload).
     pub generation: u64,
     /// Media policies (slow path); empty = the slow path is never used.
-    pub policy: std::sync::Arc<crate::policy::PolicyTable>,
+    pub policy: std::sync::Arc<super::policy::PolicyTable>,
     /// The key of the MAC in our branches (`[trust] secret`).
     pub branch_key: BranchKey,
     /// The address the workers are bound to.
@@ -160,46 +160,12 @@ pub struct Tables {
 /// The key of an edge without `[trust] secret`: drawn once per process, so
 /// a reload (which builds new tables) keeps verifying the branches written
 /// before it.
-fn process_branch_key() -> BranchKey {
+pub fn process_branch_key() -> BranchKey {
     static KEY: std::sync::OnceLock<BranchKey> = std::sync::OnceLock::new();
     *KEY.get_or_init(BranchKey::random)
 }
 
 impl Tables {
-    pub fn from_config(v: &Valid) -> Tables {
-        let edge = EdgeIdentity::new(&v.advertise, v.listen.port(), &v.aliases);
-        let shards = ShardSet::new(&v.shards, &edge.hostport());
-        let mut groups = GroupTable::with_capacity(v.groups.len());
-        for (key, shard) in &v.groups {
-            assert!(*shard < shards.len(), "validated group shard index");
-            groups.insert(key, *shard as u16);
-        }
-        Tables {
-            edge,
-            shards,
-            groups,
-            hosts: v
-                .hosts
-                .iter()
-                .map(|(h, a)| (h.as_bytes().to_vec(), *a))
-                .collect(),
-            originating_pf: v.originating_pf,
-            record_route: v.record_route,
-            non_cpm_route: v.non_cpm_route,
-            retry_after_s: v.retry_after_s,
-            generation: 0,
-            policy: std::sync::Arc::new(v.policy.clone()),
-            branch_key: v
-                .trust
-                .secret
-                .as_deref()
-                .map_or_else(process_branch_key, BranchKey::from_secret),
-            listen: v.listen,
-            peer_edges: v.trust.peer_edges.clone(),
-            max_forwards_limit: v.max_forwards_limit,
-        }
-    }
-
     /// Sources trusted to assert an identity (RFC 3325's trust domain):
     /// the Conversation Servers and the configured non-CPM route, each by
     /// its source address. Clients never are.

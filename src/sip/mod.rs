@@ -4,16 +4,25 @@
 //! - [`scan`]: one pass over a datagram, offsets of what routing needs;
 //! - [`uri`], [`via`], [`params`]: small grammar helpers over those offsets;
 //! - [`feature_tag`]: the CPM enabler usage indication (CPM ICSI);
-//! - [`branch`]: RFC 3261 §16.11 stateless branch and loop-detection hash;
+//! - [`hash`]: the stable routing hash;
+//! - [`branch`]: RFC 3261 §16.11 keyed stateless branch, loop detection;
 //! - [`rewrite`]: forwarded requests and responses into an output buffer;
-//! - [`reply`]: stateless answers (400, 403, 482, 483, ...).
+//! - [`reply`]: stateless answers (400, 403, 482, 483, ...);
+//! - [`sdp`]: RFC 8866 parser that keeps the original bytes, RFC 3264
+//!   stream refusal (port 0);
+//! - [`media`]: media-stream policy (seed 5.2.3.7): allowed media types,
+//!   protocols, MSRP accept-types, max streams and file size, and the check
+//!   of an answer against the offer.
 
 pub mod branch;
 pub mod feature_tag;
+pub mod hash;
+pub mod media;
 pub mod params;
 pub mod reply;
 pub mod rewrite;
 pub mod scan;
+pub mod sdp;
 pub mod uri;
 pub mod via;
 

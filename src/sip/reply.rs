@@ -3,7 +3,7 @@
 //! To-tag added: derived from the request, so a retransmission gets the same
 //! answer), Call-ID and CSeq, then our reason phrase and optional extra lines.
 
-use super::branch::StableHash;
+use super::hash::StableHash;
 use super::rewrite::{mark_received, Edits, Out};
 use super::scan::{header_lines, Header, Message};
 use super::Span;
@@ -78,5 +78,11 @@ fn to_tag(buf: &[u8], m: &Message, out: &mut [u8; 16]) {
     h.bytes(m.call_id.get(buf));
     h.bytes(m.from_tag.map_or(&[][..], |t| t.get(buf)));
     h.bytes(&m.cseq_num.to_le_bytes());
-    super::branch::hex_into(h.finish(), out);
+    super::hash::hex_into(h.finish(), out);
 }
+
+/// Reason phrases of the edge's `503` answers: each names why.
+pub const UNAVAILABLE_NO_CS: &str = "Service Unavailable - No Conversation Server Available";
+pub const UNAVAILABLE_POLICY_QUEUE: &str = "Service Unavailable - Policy Queue Full";
+pub const UNAVAILABLE_OVERLOAD: &str = "Service Unavailable - Overloaded";
+pub const UNAVAILABLE_RATE: &str = "Service Unavailable - Rate Limit Exceeded";

@@ -5,8 +5,8 @@
 //! parameters. Escapes (`%XX`) are kept as written: identities are compared
 //! in their on-the-wire form, which is what every hop forwards unchanged.
 
-use super::branch::StableHash;
 use super::find_byte2;
+use super::hash::StableHash;
 use super::params::find_unquoted;
 use super::{find_byte, rfind_byte, trim, Span};
 use std::net::{IpAddr, SocketAddr};

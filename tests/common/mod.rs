@@ -79,11 +79,10 @@ Hello CPM
 
 /// The embedded default plus a non-CPM variant; shards 127.0.0.1:7001-7004.
 pub fn tables() -> Tables {
-    Tables::from_config(
-        &Config::default_embedded()
-            .validate()
-            .expect("default config"),
-    )
+    Config::default_embedded()
+        .validate()
+        .expect("default config")
+        .tables()
 }
 
 pub fn tables_with(toml_extra: &str) -> Tables {
@@ -96,12 +95,11 @@ pub fn tables_with(toml_extra: &str) -> Tables {
     } else {
         text
     };
-    Tables::from_config(
-        &Config::parse(&text)
-            .expect("toml")
-            .validate()
-            .expect("valid"),
-    )
+    Config::parse(&text)
+        .expect("toml")
+        .validate()
+        .expect("valid")
+        .tables()
 }
 
 pub fn header<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {

@@ -1,27 +1,36 @@
 //! The process wiring of the hot path: one pinned thread per worker, each
 //! with its own SO_REUSEPORT socket, running the io loop with an
-//! [`EdgeHandler`] that calls the pure pipeline (`route::process`) and
-//! counts every outcome.
+//! [`EdgeHandler`] that runs the pipeline ([`pipeline::run`]) with the
+//! worker's admission state and counts every outcome.
 //!
 //! Tables are read through an `ArcSwap` cache: a worker's read is a pointer
 //! load, a writer publishes a whole new snapshot (never a mix).
 
-use crate::config::cidr_contains;
-use crate::config::Valid;
-use crate::io::{self, DatagramHandler, IoBackend, IoConfig};
-use crate::policy::slow::{Job, Progress, SlowPath, SlowQueue};
-use crate::route::limits::{socket_fill, Overload, ReplyBudget, SourceLimiter};
-use crate::route::{DropReason, Outcome, Tables};
-use crate::sip::scan::{scan_into, Method};
+use crate::dataplane::limits::{
+    cidr_contains, socket_fill, LimitSettings, Overload, ReplyBudget, ReplyLimit, SourceLimiter,
+};
+use crate::dataplane::slow::{Job, Progress, SlowPath, SlowQueue};
+use crate::dataplane::stats::{new_histogram, WorkerStats};
+use crate::io::{self, DatagramHandler, IoBackend, IoChoice, IoConfig};
+use crate::pipeline::{self, Datagram, Outcome, Refusal};
+use crate::route::{DropReason, Tables};
+use crate::sip::scan::{Message, StartLine};
+use arc_swap::{ArcSwap, Cache};
+use hdrhistogram::Histogram;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// What a worker needs to admit traffic (limits, allow-list, overload).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Admission {
-    pub limits: Option<crate::config::LimitSettings>,
+    pub limits: Option<LimitSettings>,
     pub allow: Vec<(std::net::IpAddr, u8)>,
     pub shed_at_queue_pct: u32,
     /// The budget of refusal answers (rate-limit and shed 503s).
-    pub replies: crate::config::ReplyLimit,
+    pub replies: ReplyLimit,
     /// The worker's socket (for SO_MEMINFO samples).
     pub sock_fd: Option<std::os::fd::RawFd>,
     /// The running settings, swapped whole on reload; a worker looks once
@@ -31,34 +40,30 @@ pub struct Admission {
 
 /// Where the control plane publishes new admission settings.
 pub type LiveAdmission = Arc<ArcSwap<Admission>>;
-impl Admission {
-    /// The shared settings of a validated configuration (no socket).
-    pub fn from_valid(v: &Valid) -> Admission {
-        Admission {
-            limits: v.limits.clone(),
-            allow: v.allow.clone(),
-            shed_at_queue_pct: v.shed_at_queue_pct,
-            replies: v.replies,
-            sock_fd: None,
-            live: None,
-        }
-    }
-}
-use crate::stats::{new_histogram, WorkerStats};
-use arc_swap::{ArcSwap, Cache};
-use hdrhistogram::Histogram;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
-/// The handler one worker runs: scan → decide → rewrite, then count.
-pub struct EdgeHandler {
-    tables: Cache<Arc<ArcSwap<Tables>>, Arc<Tables>>,
+/// The data plane's settings bound at start (a reload cannot change them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub workers: usize,
+    /// CPUs to pin workers to (round robin); empty: not pinned.
+    pub cpus: Vec<usize>,
+    pub io: IoChoice,
+    pub batch: usize,
+    pub recv_buffers: usize,
+    pub max_datagram: usize,
+    pub socket_rcvbuf: usize,
+    pub socket_sndbuf: usize,
+    pub slow_threads: usize,
+    pub slow_queue: usize,
+}
+
+/// One worker's admission state, as the pipeline asks it
+/// ([`pipeline::Admission`]): per-source limits, the answer budget,
+/// overload, and the hand-over to the slow path.
+struct WorkerAdmission {
     stats: Arc<WorkerStats>,
     slow: Option<SlowQueue>,
-    progress: Arc<Progress>,
     /// Per-source token buckets (None: no limit configured).
     limiter: Option<SourceLimiter>,
     limit_reply: bool,
@@ -67,6 +72,69 @@ pub struct EdgeHandler {
     shed_reply: bool,
     allow: Vec<(std::net::IpAddr, u8)>,
     overload: Overload,
+    now_ms: u64,
+    worker: u16,
+    /// The batch being handled (a slow-path result waits for its sends).
+    batch: u64,
+}
+
+impl pipeline::Admission for WorkerAdmission {
+    fn over_rate(&mut self, src: SocketAddr, t: &Tables) -> bool {
+        let Some(l) = self.limiter.as_mut() else {
+            return false;
+        };
+        let exempt = t.shards.by_addr(src).is_some()
+            || self
+                .allow
+                .iter()
+                .any(|(n, len)| cidr_contains(*n, *len, src.ip()));
+        let over = !exempt && !l.admit(src.ip(), self.now_ms);
+        if over {
+            self.stats.rate_limited();
+        }
+        over
+    }
+
+    fn overloaded(&self) -> bool {
+        self.overload.overloaded()
+    }
+
+    fn answer_token(&mut self, why: Refusal) -> bool {
+        let allowed = match why {
+            Refusal::OverRate => self.limit_reply,
+            Refusal::Shed => self.shed_reply,
+        };
+        allowed && self.replies.take(self.now_ms)
+    }
+
+    fn refund(&mut self) {
+        self.replies.refund();
+    }
+
+    fn hand_over(&mut self, d: &Datagram<'_>) -> bool {
+        let Some(q) = self.slow.as_ref() else {
+            return false;
+        };
+        let job = Job {
+            data: d.buf.to_vec(),
+            src: d.src,
+            worker: self.worker,
+            batch: self.batch,
+        };
+        let queued = q.try_send(job).is_ok();
+        if !queued {
+            self.stats.slow_full();
+        }
+        queued
+    }
+}
+
+/// The handler one worker runs: the pipeline, then counting.
+pub struct EdgeHandler {
+    tables: Cache<Arc<ArcSwap<Tables>>, Arc<Tables>>,
+    stats: Arc<WorkerStats>,
+    adm: WorkerAdmission,
+    progress: Arc<Progress>,
     /// The published admission settings and the ones applied now.
     live: Option<Cache<LiveAdmission, Arc<Admission>>>,
     applied: Option<Arc<Admission>>,
@@ -74,7 +142,6 @@ pub struct EdgeHandler {
     sock_fd: Option<std::os::fd::RawFd>,
     batches: u64,
     started: Instant,
-    now_ms: u64,
     worker: usize,
     batch_start: Instant,
     batch_n: u64,
@@ -84,7 +151,7 @@ pub struct EdgeHandler {
     last_log: [Option<Instant>; DropReason::ALL.len() + 1],
     /// The current datagram's scan, filled in place rather than moved out
     /// of the pipeline per datagram.
-    msg: crate::sip::scan::Message,
+    msg: Message,
 }
 
 impl EdgeHandler {
@@ -99,29 +166,34 @@ impl EdgeHandler {
         let now = Instant::now();
         let mut h = EdgeHandler {
             tables: Cache::new(tables),
+            adm: WorkerAdmission {
+                stats: Arc::clone(&stats),
+                slow,
+                // Placeholders: `apply_admission` below builds them all.
+                limiter: None,
+                limit_reply: false,
+                replies: ReplyBudget::new(admission.replies.rate, admission.replies.burst),
+                shed_reply: admission.replies.shed,
+                allow: Vec::new(),
+                overload: Overload::new(0),
+                now_ms: 0,
+                worker: worker as u16,
+                batch: 0,
+            },
             stats,
-            slow,
             progress,
-            // Placeholders: `apply_admission` below builds them all.
-            limiter: None,
-            limit_reply: false,
-            replies: ReplyBudget::new(admission.replies.rate, admission.replies.burst),
-            shed_reply: admission.replies.shed,
-            allow: Vec::new(),
-            overload: Overload::new(0),
             live: admission.live.clone().map(Cache::new),
             applied: None,
             sock_fd: admission.sock_fd,
             batches: 0,
             started: now,
-            now_ms: 0,
             worker,
             batch_start: now,
             batch_n: 0,
             local: new_histogram(),
             last_fold: now,
             last_log: [None; DropReason::ALL.len() + 1],
-            msg: crate::sip::scan::Message::default(),
+            msg: Message::default(),
         };
         h.apply_admission(Arc::new(admission.clone()));
         h
@@ -130,32 +202,22 @@ impl EdgeHandler {
     /// Take `a`'s limits, allow-list and shedding threshold; the bucket
     /// table is rebuilt only when the limit settings changed.
     fn apply_admission(&mut self, a: Arc<Admission>) {
-        if self
-            .applied
-            .as_ref()
-            .is_none_or(|cur| cur.limits != a.limits)
-        {
-            self.limiter = a
+        let cur = self.applied.as_deref();
+        let adm = &mut self.adm;
+        if cur.is_none_or(|c| c.limits != a.limits) {
+            adm.limiter = a
                 .limits
                 .as_ref()
                 .map(|l| SourceLimiter::new(l.rate, l.burst, l.new_burst, l.slots));
-            self.limit_reply = a.limits.as_ref().is_some_and(|l| l.reply);
+            adm.limit_reply = a.limits.as_ref().is_some_and(|l| l.reply);
         }
-        if self
-            .applied
-            .as_ref()
-            .is_none_or(|cur| cur.replies != a.replies)
-        {
-            self.replies = ReplyBudget::new(a.replies.rate, a.replies.burst);
-            self.shed_reply = a.replies.shed;
+        if cur.is_none_or(|c| c.replies != a.replies) {
+            adm.replies = ReplyBudget::new(a.replies.rate, a.replies.burst);
+            adm.shed_reply = a.replies.shed;
         }
-        self.allow = a.allow.clone();
-        if self
-            .applied
-            .as_ref()
-            .is_none_or(|cur| cur.shed_at_queue_pct != a.shed_at_queue_pct)
-        {
-            self.overload = Overload::new(a.shed_at_queue_pct);
+        adm.allow = a.allow.clone();
+        if cur.is_none_or(|c| c.shed_at_queue_pct != a.shed_at_queue_pct) {
+            adm.overload = Overload::new(a.shed_at_queue_pct);
         }
         self.applied = Some(a);
     }
@@ -180,38 +242,41 @@ impl EdgeHandler {
         }
     }
 
-    /// A datagram over its source's rate: a bounded `503` (within the
-    /// answer budget, to a request that can be answered) or a counted drop.
-    /// The budget is asked first, so a flood is dropped without a scan.
-    fn refuse_over_rate(
-        &mut self,
-        data: &[u8],
-        truncated: bool,
-        src: SocketAddr,
-        out: &mut [u8],
-    ) -> Option<(usize, SocketAddr)> {
-        self.stats.rate_limited();
-        if !self.limit_reply || truncated || !self.replies.take(self.now_ms) {
-            self.stats.dropped(DropReason::RateLimited);
-            return None;
-        }
-        scan_into(data, &mut self.msg);
+    /// Count what arrived (a truncated datagram as a drop, not as what its
+    /// start says) and what became of it: the one place outcomes are
+    /// counted.
+    fn count(&mut self, d: &Datagram<'_>, outcome: &Outcome) {
         let m = &self.msg;
-        let o = match m.method() {
-            Some(method) if method != Method::Ack && m.top_via.is_some() => {
-                crate::route::unavailable(data, m, crate::route::UNAVAILABLE_RATE, 1, src, src, out)
+        match m.method().filter(|_| !d.truncated) {
+            Some(method) => self.stats.rx_request(method),
+            None => {
+                if let StartLine::Response { code } = m.start {
+                    if code >= 100 && !d.truncated {
+                        self.stats.rx_response(code);
+                    }
+                }
             }
-            _ => Outcome::Dropped(DropReason::RateLimited),
-        };
-        match o {
-            Outcome::Replied { code, .. } => self.stats.replied(code),
-            Outcome::Dropped(r) => {
-                self.replies.refund();
-                self.stats.dropped(r);
-            }
-            _ => {}
         }
-        o.send()
+        match *outcome {
+            Outcome::Forwarded { kind, shard, .. } => self.stats.forwarded(kind, shard),
+            Outcome::Relayed { code, .. } => self.stats.relayed(code),
+            Outcome::Replied { code, .. } => self.stats.replied(code),
+            Outcome::NeedsPolicy(_) => self.stats.slow_queued(),
+            Outcome::Dropped(r) => {
+                self.stats.dropped(r);
+                if r != DropReason::Keepalive {
+                    self.log_limited(
+                        r as usize,
+                        format_args!(
+                            "dropped datagram from {}: {} ({} bytes)",
+                            d.src,
+                            r.name(),
+                            d.buf.len()
+                        ),
+                    );
+                }
+            }
+        }
     }
 
     fn fold_latency(&mut self) {
@@ -228,7 +293,8 @@ impl DatagramHandler for EdgeHandler {
         self.follow_admission();
         self.batch_start = Instant::now();
         self.batch_n = 0;
-        self.now_ms = self.batch_start.duration_since(self.started).as_millis() as u64;
+        self.adm.now_ms = self.batch_start.duration_since(self.started).as_millis() as u64;
+        self.adm.batch = self.batches;
     }
 
     fn on_datagram(
@@ -239,92 +305,15 @@ impl DatagramHandler for EdgeHandler {
         out: &mut [u8],
     ) -> Option<(usize, SocketAddr)> {
         self.batch_n += 1;
+        let d = Datagram {
+            buf: data,
+            truncated,
+            src,
+        };
         // A borrowed snapshot: no refcount traffic on a line shared by workers.
         let tables = self.tables.load();
-        if let Some(l) = self.limiter.as_mut() {
-            let exempt = tables.shards.by_addr(src).is_some()
-                || self
-                    .allow
-                    .iter()
-                    .any(|(n, len)| cidr_contains(*n, *len, src.ip()));
-            if !exempt && !l.admit(src.ip(), self.now_ms) {
-                return self.refuse_over_rate(data, truncated, src, out);
-            }
-        }
-        // One scan serves the shed check and the routing after it.
-        scan_into(data, &mut self.msg);
-        let mut outcome =
-            if self.overload.overloaded() && !truncated && crate::route::sheddable(&self.msg) {
-                // Before any routing work: shedding must cost less than forwarding.
-                let budget = self.shed_reply.then_some(&mut self.replies);
-                shed_within(budget, self.now_ms, data, &self.msg, src, out)
-            } else {
-                crate::route::route_scanned(data, truncated, src, tables, out, &self.msg)
-            };
-        let m = &self.msg;
-        if let Outcome::NeedsPolicy(d) = outcome {
-            // The slow path owns it now, or (queue full) it is answered 503
-            // (a response is relayed unchecked): never silently dropped.
-            let job = Job {
-                data: data.to_vec(),
-                src,
-                worker: self.worker as u16,
-                batch: self.batches,
-            };
-            match self.slow.as_ref().map(|q| q.try_send(job)) {
-                Some(Ok(())) => {
-                    self.stats.slow_queued();
-                    return None;
-                }
-                Some(Err(_)) => self.stats.slow_full(),
-                None => {}
-            }
-            outcome = if m.is_request() {
-                let dst = src;
-                crate::route::unavailable(
-                    data,
-                    m,
-                    crate::route::UNAVAILABLE_POLICY_QUEUE,
-                    tables.retry_after_s,
-                    src,
-                    dst,
-                    out,
-                )
-            } else {
-                crate::route::write(data, m, d, src, tables, None, out)
-            };
-        }
-        // A truncated datagram is counted as a drop, not as what its start says.
-        match m.method().filter(|_| !truncated) {
-            Some(method) => self.stats.rx_request(method),
-            None => {
-                if let crate::sip::scan::StartLine::Response { code } = m.start {
-                    if code >= 100 && !truncated {
-                        self.stats.rx_response(code);
-                    }
-                }
-            }
-        }
-        match outcome {
-            Outcome::Forwarded { kind, shard, .. } => self.stats.forwarded(kind, shard),
-            Outcome::Relayed { code, .. } => self.stats.relayed(code),
-            Outcome::Replied { code, .. } => self.stats.replied(code),
-            Outcome::NeedsPolicy(_) => {}
-            Outcome::Dropped(r) => {
-                self.stats.dropped(r);
-                let slot = DropReason::ALL.iter().position(|x| *x == r).unwrap_or(0);
-                if r != DropReason::Keepalive {
-                    self.log_limited(
-                        slot,
-                        format_args!(
-                            "dropped datagram from {src}: {} ({} bytes)",
-                            r.name(),
-                            data.len()
-                        ),
-                    );
-                }
-            }
-        }
+        let outcome = pipeline::run(&d, tables, &mut self.adm, out, &mut self.msg);
+        self.count(&d, &outcome);
         outcome.send()
     }
 
@@ -333,9 +322,9 @@ impl DatagramHandler for EdgeHandler {
         self.progress.done(self.worker, self.batches);
         self.batches += 1;
         // Sampling the kernel queue costs a syscall: every 16th batch.
-        if self.overload.enabled() && self.batches.is_multiple_of(16) {
+        if self.adm.overload.enabled() && self.batches.is_multiple_of(16) {
             if let Some((queued, buf)) = self.sock_fd.and_then(socket_fill) {
-                self.overload.sample(queued, buf);
+                self.adm.overload.sample(queued, buf);
             }
         }
         if self.batch_n > 0 {
@@ -367,29 +356,6 @@ impl DatagramHandler for EdgeHandler {
     }
 }
 
-/// Shed a new INVITE: `503 Overloaded` while the answer budget (None:
-/// `shed = "drop"`) has a token, else dropped and counted as `shed_silent`.
-fn shed_within(
-    budget: Option<&mut ReplyBudget>,
-    now_ms: u64,
-    data: &[u8],
-    m: &crate::sip::scan::Message,
-    src: SocketAddr,
-    out: &mut [u8],
-) -> Outcome {
-    let Some(b) = budget else {
-        return crate::route::shed(data, m, src, out, false);
-    };
-    if !b.take(now_ms) {
-        return crate::route::shed(data, m, src, out, false);
-    }
-    let o = crate::route::shed(data, m, src, out, true);
-    if !matches!(o, Outcome::Replied { .. }) {
-        b.refund();
-    }
-    o
-}
-
 impl Drop for EdgeHandler {
     fn drop(&mut self) {
         if let Ok(mut shared) = self.stats.latency.lock() {
@@ -416,11 +382,16 @@ pub struct Server {
 impl Server {
     /// Bind every worker's socket, then start the workers. Errors (bind,
     /// forced io backend unavailable) are returned before any thread runs.
-    pub fn start(v: &Valid) -> Result<Server, String> {
+    pub fn start(
+        v: &ServerSettings,
+        tables: Tables,
+        admission: Admission,
+    ) -> Result<Server, String> {
         assert!(v.workers >= 1, "validated worker count");
         let (backend, backend_reason) = io::select_backend(v.io)?;
-        let tables = Arc::new(ArcSwap::from_pointee(Tables::from_config(v)));
-        let admission: LiveAdmission = Arc::new(ArcSwap::from_pointee(Admission::from_valid(v)));
+        let tables = Arc::new(ArcSwap::from_pointee(tables));
+        let shared = admission.clone();
+        let admission: LiveAdmission = Arc::new(ArcSwap::from_pointee(admission));
         let mut sockets = Vec::with_capacity(v.workers);
         for i in 0..v.workers {
             let s = io::socket::bind_udp(v.listen, true, v.socket_rcvbuf, v.socket_sndbuf)
@@ -468,7 +439,7 @@ impl Server {
             let admission = Admission {
                 sock_fd: Some(std::os::fd::AsRawFd::as_raw_fd(&sock)),
                 live: Some(Arc::clone(&admission)),
-                ..Admission::from_valid(v)
+                ..shared.clone()
             };
             let t = std::thread::Builder::new()
                 .name(format!("edge-w{i}"))
@@ -497,8 +468,8 @@ impl Server {
         })
     }
 
-    pub fn snapshot(&self) -> crate::stats::Snapshot {
-        crate::stats::Snapshot::merge(&self.stats)
+    pub fn snapshot(&self) -> super::stats::Snapshot {
+        super::stats::Snapshot::merge(&self.stats)
     }
 
     pub fn stop_flag(&self) -> Arc<AtomicBool> {

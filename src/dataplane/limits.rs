@@ -22,8 +22,43 @@
 //! With SO_REUSEPORT the kernel spreads a source's flows over workers by
 //! 4-tuple, so a limit applies per worker: one source port hits one worker.
 
-use crate::sip::branch::fmix64;
+use crate::sip::hash::fmix64;
 use std::net::IpAddr;
+
+/// Per-source token buckets (`[limits]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitSettings {
+    pub rate: u32,
+    pub burst: u32,
+    /// A new or evicted source's start (at most `burst`).
+    pub new_burst: u32,
+    pub slots: usize,
+    pub reply: bool,
+}
+
+/// The per-worker budget of refusal answers (rate-limit and shed 503s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReplyLimit {
+    pub rate: u32,
+    pub burst: u32,
+    /// Shed INVITEs are answered (within the budget); false: dropped.
+    pub shed: bool,
+}
+
+/// Is `ip` inside `net/len`?
+pub fn cidr_contains(net: IpAddr, len: u8, ip: IpAddr) -> bool {
+    match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            u32::from(n) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            u128::from(n) & mask == u128::from(a) & mask
+        }
+        _ => false,
+    }
+}
 
 /// A token bucket in thousandths of a token (integer arithmetic on the hot
 /// path), refilled from the caller's clock.

@@ -61,18 +61,15 @@ impl WorkerStats {
         }
     }
     pub fn rx_request(&self, m: Method) {
-        let i = Method::ALL
-            .iter()
-            .position(|x| *x == m)
-            .unwrap_or(N_METHODS - 1);
-        bump(&self.c[RX_REQ + i]);
+        // By discriminant: `Method::ALL` lists every variant in order
+        // (checked by `enum_indexes_are_discriminants`).
+        bump(&self.c[RX_REQ + m as usize]);
     }
     pub fn rx_response(&self, code: u16) {
         bump(&self.c[RX_RESP + class(code)]);
     }
     pub fn forwarded(&self, k: ForwardKind, shard: Option<u16>) {
-        let i = ForwardKind::ALL.iter().position(|x| *x == k).unwrap_or(0);
-        bump(&self.c[FWD + i]);
+        bump(&self.c[FWD + k as usize]);
         if let Some(s) = shard.and_then(|s| self.per_shard.get(usize::from(s))) {
             bump(s);
         }
@@ -88,8 +85,7 @@ impl WorkerStats {
         bump(&self.c[REPLY + i]);
     }
     pub fn dropped(&self, r: DropReason) {
-        let i = DropReason::ALL.iter().position(|x| *x == r).unwrap_or(0);
-        bump(&self.c[DROP + i]);
+        bump(&self.c[DROP + r as usize]);
     }
     pub fn send_error(&self) {
         bump(&self.c[SEND_ERR]);
@@ -250,5 +246,27 @@ impl std::fmt::Display for Snapshot {
             "io errors:           send={} recv={}",
             self.send_errors, self.recv_errors
         )
+    }
+}
+
+#[cfg(test)]
+mod enum_index_tests {
+    use super::*;
+
+    /// Counters are indexed by discriminant: each `ALL` must list its
+    /// enum's variants in declaration order, every one of them.
+    #[test]
+    fn enum_indexes_are_discriminants() {
+        for (i, m) in Method::ALL.iter().enumerate() {
+            assert_eq!(*m as usize, i, "{m:?}");
+        }
+        assert_eq!(Method::ALL.len(), Method::Other as usize + 1);
+        for (i, k) in ForwardKind::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i, "{k:?}");
+        }
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?}");
+        }
+        assert_eq!(DropReason::ALL.len(), DropReason::ShedSilent as usize + 1);
     }
 }

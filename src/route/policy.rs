@@ -1,28 +1,15 @@
-//! The slow path: media-stream policy on SDP offers and answers (seed
-//! 5.2.3.7), off the io workers.
-//!
-//! - [`sdp`]: RFC 8866 parser that keeps the original bytes, RFC 3264
-//!   stream refusal (port 0);
-//! - [`media`]: the policy (allowed media types, protocols, MSRP
-//!   accept-types, max streams, max file size) and the answer check;
-//! - [`PolicyTable`]: which policy applies to a request: the service
-//!   provider's default, overridden per user on the legs to a Participating
-//!   Function, per group on the leg to the Controlling Function;
-//! - [`slow`]: bounded crossbeam queue + threads that filter offers, check
-//!   answers and send the result.
-//!
-//! Invariant: a message the fast path hands over is answered or forwarded by
-//! the slow path, or (queue full) answered `503` by the worker: never lost.
+//! Which media-stream policy (seed 5.2.3.7) applies to a request: the
+//! service provider's default, overridden per user on the legs to a
+//! Participating Function, per group on the leg to the Controlling
+//! Function. The policy itself and the SDP it reads are in
+//! [`crate::sip::media`] and [`crate::sip::sdp`]; applying it is the
+//! pipeline's policy gate.
 
-pub mod media;
-pub mod sdp;
-pub mod slow;
-
-use crate::route::groups::{identity_key, MAX_IDENTITY};
-use crate::route::ForwardKind;
+use super::groups::{identity_key, MAX_IDENTITY};
+use super::ForwardKind;
+use crate::sip::media::MediaPolicy;
 use crate::sip::scan::{Message, Method, StartLine};
 use crate::sip::uri;
-use media::MediaPolicy;
 use std::collections::HashMap;
 
 /// What to do with an answer that accepts a stream the edge did not offer.

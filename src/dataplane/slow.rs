@@ -1,0 +1,207 @@
+//! Slow-path threads: the pipeline's policy gate (SDP offers filtered,
+//! answers checked, seed 5.2.3.7) off the io workers, fed by a bounded
+//! crossbeam queue from them.
+//!
+//! Each job is a copy of one datagram that the fast path decided needs a
+//! policy. A thread runs [`PolicyGate::apply`] on it (with the current
+//! table snapshot) and sends the result through a duplicate of the
+//! receiving worker's socket: the same kernel socket, so the source address
+//! is the edge's, and a dup does not join the SO_REUSEPORT group.
+//!
+//! Invariants: the queue is bounded (the worker answers `503` when full);
+//! every job ends in exactly one send or one counted outcome.
+
+use crate::pipeline::gate::{GateStats, PolicyGate};
+use crate::route::Tables;
+use arc_swap::ArcSwap;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// One datagram for the slow path.
+pub struct Job {
+    pub data: Vec<u8>,
+    pub src: SocketAddr,
+    /// Index of the worker (and socket) that received it.
+    pub worker: u16,
+    /// The worker's batch it arrived in: its result is sent only after the
+    /// worker submitted that batch's outputs, so it cannot overtake a message
+    /// received before it (a 180 forwarded by the worker, then the 200 with
+    /// SDP that went through the slow path).
+    pub batch: u64,
+}
+
+/// How far each worker has got: batches whose outputs are submitted.
+#[derive(Default)]
+pub struct Progress(Vec<AtomicU64>);
+
+impl Progress {
+    pub fn new(workers: usize) -> Progress {
+        Progress((0..workers).map(|_| AtomicU64::new(0)).collect())
+    }
+    /// Called by worker `w` after it submitted the sends of batch `n`.
+    pub fn done(&self, w: usize, n: u64) {
+        if let Some(c) = self.0.get(w) {
+            c.store(n + 1, std::sync::atomic::Ordering::Release);
+        }
+    }
+    /// Wait (bounded) until worker `w` has submitted batch `n`.
+    fn wait_for(&self, w: usize, n: u64) {
+        let Some(c) = self.0.get(w) else { return };
+        let deadline = Instant::now() + PROGRESS_WAIT;
+        while c.load(std::sync::atomic::Ordering::Acquire) <= n && Instant::now() < deadline {
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// Longest a result waits for its worker's batch (a worker blocked in a
+/// send must not stall the slow path).
+const PROGRESS_WAIT: Duration = Duration::from_millis(2);
+
+/// The queue handle the io workers hold.
+#[derive(Clone)]
+pub struct SlowQueue {
+    tx: Sender<Job>,
+}
+
+impl SlowQueue {
+    /// Hand a datagram over; `Err` when the queue is full (the worker answers 503).
+    pub fn try_send(&self, job: Job) -> Result<(), Job> {
+        self.tx.try_send(job).map_err(|e| match e {
+            TrySendError::Full(j) | TrySendError::Disconnected(j) => j,
+        })
+    }
+    pub fn depth(&self) -> usize {
+        self.tx.len()
+    }
+    pub fn capacity(&self) -> usize {
+        self.tx.capacity().unwrap_or(0)
+    }
+}
+
+pub struct SlowPath {
+    pub queue: SlowQueue,
+    pub stats: Arc<GateStats>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+struct Ctx {
+    progress: Arc<Progress>,
+    tables: Arc<ArcSwap<Tables>>,
+    sockets: Vec<UdpSocket>,
+    gate: PolicyGate,
+    max_out: usize,
+}
+
+impl SlowPath {
+    /// `sockets[i]` is a duplicate of worker i's socket.
+    pub fn start(
+        threads: usize,
+        queue: usize,
+        tables: Arc<ArcSwap<Tables>>,
+        sockets: Vec<UdpSocket>,
+        max_out: usize,
+        progress: Arc<Progress>,
+    ) -> Result<SlowPath, String> {
+        assert!(threads >= 1 && queue >= 1, "validated slow path sizes");
+        let (tx, rx) = crossbeam_channel::bounded(queue);
+        let gate = PolicyGate::default();
+        let stats = Arc::clone(&gate.stats);
+        let stop = Arc::new(AtomicBool::new(false));
+        let ctx = Arc::new(Ctx {
+            progress,
+            tables,
+            sockets,
+            gate,
+            max_out,
+        });
+        let mut handles = Vec::with_capacity(threads);
+        for i in 0..threads {
+            let (rx, ctx, stop): (Receiver<Job>, _, _) =
+                (rx.clone(), Arc::clone(&ctx), Arc::clone(&stop));
+            let h = std::thread::Builder::new()
+                .name(format!("edge-slow{i}"))
+                .spawn(move || run(&rx, &ctx, &stop))
+                .map_err(|e| format!("cannot spawn slow path thread: {e}"))?;
+            handles.push(h);
+        }
+        Ok(SlowPath {
+            queue: SlowQueue { tx },
+            stats,
+            stop,
+            threads: handles,
+        })
+    }
+
+    /// Finish the queued jobs, then stop the threads.
+    pub fn stop(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for SlowPath {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(rx: &Receiver<Job>, ctx: &Ctx, stop: &AtomicBool) {
+    let mut out = vec![0u8; ctx.max_out];
+    loop {
+        let job = match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(j) => j,
+            Err(_) if stop.load(Relaxed) && rx.is_empty() => return,
+            Err(_) => continue,
+        };
+        ctx.gate.stats.jobs.fetch_add(1, Relaxed);
+        let tables = ctx.tables.load();
+        let outcome = ctx
+            .gate
+            .apply(&job.data, job.src, &tables, Instant::now(), &mut out);
+        if let Some((len, dst)) = outcome.send() {
+            ctx.progress.wait_for(usize::from(job.worker), job.batch);
+            let sock = ctx
+                .sockets
+                .get(usize::from(job.worker))
+                .or(ctx.sockets.first());
+            if let Some(Err(e)) = sock.map(|s| send_patiently(s, &out[..len], dst)) {
+                ctx.gate.stats.send_errors.fetch_add(1, Relaxed);
+                tracing::warn!(%dst, error = %e, "slow path send failed");
+            }
+        }
+    }
+}
+
+/// The dup shares the worker socket's non-blocking mode: a full send buffer
+/// is waited out briefly (bounded: ~20 ms) rather than losing the message.
+fn send_patiently(s: &UdpSocket, data: &[u8], dst: SocketAddr) -> std::io::Result<usize> {
+    let mut tries = 0;
+    loop {
+        match s.send_to(data, dst) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && tries < 200 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            // Larger than the path MTU: fragmented, as in the workers.
+            Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) && dst.is_ipv4() => {
+                return crate::io::socket::send_fragmentable(
+                    std::os::fd::AsRawFd::as_raw_fd(s),
+                    data,
+                    dst,
+                );
+            }
+            r => return r,
+        }
+    }
+}

@@ -1,0 +1,415 @@
+//! The pipeline: one entry point per datagram, scan → admit → decide →
+//! policy gate → write, every outcome written and counted by the caller in
+//! one place. Pure: no io, no clock, no allocation on the fast path.
+//!
+//! - [`run`]: the fast path of a worker, asking the data plane's
+//!   [`Admission`] at each phase; [`process`]: the same without admission;
+//! - [`gate`]: the policy gate of the slow path (seed 5.2.3.7), the same
+//!   decision with the media policy applied.
+//!
+//! Invariant: every datagram ends in exactly one [`Outcome`].
+
+pub mod gate;
+
+use crate::route::decision::{decide, Decision, DropReason, ForwardKind};
+use crate::route::{policy, Tables};
+use crate::sip::branch;
+use crate::sip::reply::{self, UNAVAILABLE_OVERLOAD, UNAVAILABLE_POLICY_QUEUE, UNAVAILABLE_RATE};
+use crate::sip::rewrite::{forward_request, forward_response, RequestPlan};
+use crate::sip::scan::{scan_into, Message, Method, StartLine};
+use std::net::SocketAddr;
+
+/// What became of one datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A request forwarded: `len` bytes of `out` go to `dst`.
+    Forwarded {
+        len: usize,
+        dst: SocketAddr,
+        kind: ForwardKind,
+        shard: Option<u16>,
+    },
+    /// A response forwarded back along the Via path.
+    Relayed {
+        len: usize,
+        dst: SocketAddr,
+        code: u16,
+    },
+    /// A stateless answer to a request.
+    Replied {
+        len: usize,
+        dst: SocketAddr,
+        code: u16,
+    },
+    Dropped(DropReason),
+    /// An SDP offer/answer a media policy applies to: for the slow path.
+    NeedsPolicy(Decision),
+}
+
+impl Outcome {
+    /// The datagram to send, if any.
+    pub fn send(&self) -> Option<(usize, SocketAddr)> {
+        match *self {
+            Outcome::Forwarded { len, dst, .. }
+            | Outcome::Relayed { len, dst, .. }
+            | Outcome::Replied { len, dst, .. } => Some((len, dst)),
+            Outcome::Dropped(_) | Outcome::NeedsPolicy(_) => None,
+        }
+    }
+}
+
+/// One received datagram: the bytes, whether the io layer cut it short,
+/// and its real source. Travel together through every phase.
+#[derive(Clone, Copy, Debug)]
+pub struct Datagram<'a> {
+    pub buf: &'a [u8],
+    pub truncated: bool,
+    pub src: SocketAddr,
+}
+
+/// Which refusal wants a token of the answer budget.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The source is over its rate (`503 Rate Limit Exceeded`).
+    OverRate,
+    /// The worker is overloaded (`503 Overloaded`).
+    Shed,
+}
+
+/// The data plane's admission state as the pipeline asks it, phase by
+/// phase. Each answer is the data plane's own fact (it counts its own
+/// rate-limit and queue events); the pipeline decides what becomes of the
+/// datagram and its caller counts the [`Outcome`].
+pub trait Admission {
+    /// Is this source over its rate? (Shards and allow-listed sources never are.)
+    fn over_rate(&mut self, src: SocketAddr, t: &Tables) -> bool;
+    /// Is the worker overloaded, so new INVITEs are shed?
+    fn overloaded(&self) -> bool;
+    /// Take a token of the answer budget for `why`; `false`: drop silently.
+    fn answer_token(&mut self, why: Refusal) -> bool;
+    /// The token taken was not used (the request could not be answered).
+    fn refund(&mut self);
+    /// Hand a datagram that needs the policy gate to the slow path;
+    /// `false`: it cannot take it now.
+    fn hand_over(&mut self, d: &Datagram<'_>) -> bool;
+}
+
+/// No admission control: nothing is limited or shed, and a datagram that
+/// needs the policy gate is handed back as [`Outcome::NeedsPolicy`]. The
+/// pure entry point of tests, benches and fuzzing; with `overloaded`, new
+/// INVITEs are shed and every one answered.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Open {
+    pub overloaded: bool,
+}
+
+impl Admission for Open {
+    fn over_rate(&mut self, _src: SocketAddr, _t: &Tables) -> bool {
+        false
+    }
+    fn overloaded(&self) -> bool {
+        self.overloaded
+    }
+    fn answer_token(&mut self, _why: Refusal) -> bool {
+        true
+    }
+    fn refund(&mut self) {}
+    fn hand_over(&mut self, _d: &Datagram<'_>) -> bool {
+        true
+    }
+}
+
+/// The pipeline for one datagram, as named phases: admit the source (rate),
+/// scan, admit the request (shedding), decide and write, the policy gate
+/// hand-over. The scan is left in the caller-owned `m` (all of it
+/// overwritten; one `Message` kept instead of ~460 bytes moved out per
+/// datagram), so the caller can count what it was.
+pub fn run(
+    d: &Datagram<'_>,
+    t: &Tables,
+    adm: &mut impl Admission,
+    out: &mut [u8],
+    m: &mut Message,
+) -> Outcome {
+    if adm.over_rate(d.src, t) {
+        return refuse_over_rate(d, adm, out, m);
+    }
+    scan_into(d.buf, m);
+    if adm.overloaded() && !d.truncated && sheddable(m) {
+        // Before any routing work: shedding must cost less than forwarding.
+        return shed_within(d, adm, out, m);
+    }
+    match route_scanned(d.buf, d.truncated, d.src, t, out, m) {
+        Outcome::NeedsPolicy(dec) => hand_over(d, dec, t, adm, out, m),
+        o => o,
+    }
+}
+
+/// Scan, decide and write one datagram with no admission control
+/// ([`Open`]). An SDP offer or answer that a media policy applies to is not
+/// written but handed back as [`Outcome::NeedsPolicy`] for the slow path.
+pub fn process(
+    buf: &[u8],
+    truncated: bool,
+    src: SocketAddr,
+    t: &Tables,
+    out: &mut [u8],
+) -> (Outcome, Message) {
+    process_admitted(buf, truncated, src, t, out, false)
+}
+
+/// [`process`] on a worker that may be overloaded: with `shed_new_invites`,
+/// an out-of-dialog INVITE is answered `503` (Retry-After) before routing,
+/// while in-dialog requests, CANCEL/ACK and responses keep flowing. (A
+/// worker bounds these answers with its budget; here every one is
+/// answered.)
+pub fn process_admitted(
+    buf: &[u8],
+    truncated: bool,
+    src: SocketAddr,
+    t: &Tables,
+    out: &mut [u8],
+    shed_new_invites: bool,
+) -> (Outcome, Message) {
+    let mut m = Message::default();
+    let d = Datagram {
+        buf,
+        truncated,
+        src,
+    };
+    let mut adm = Open {
+        overloaded: shed_new_invites,
+    };
+    let o = run(&d, t, &mut adm, out, &mut m);
+    (o, m)
+}
+
+/// Over its source's rate: a `503` within the answer budget to a request
+/// that can be answered, else a counted drop. The budget is asked first,
+/// so a flood is dropped without a scan.
+fn refuse_over_rate(
+    d: &Datagram<'_>,
+    adm: &mut impl Admission,
+    out: &mut [u8],
+    m: &mut Message,
+) -> Outcome {
+    if d.truncated || !adm.answer_token(Refusal::OverRate) {
+        // Not scanned: `m` must not describe the previous datagram.
+        m.start = StartLine::Response { code: 0 };
+        return Outcome::Dropped(DropReason::RateLimited);
+    }
+    scan_into(d.buf, m);
+    let o = match m.method() {
+        Some(method) if method != Method::Ack && m.top_via.is_some() => {
+            unavailable(d.buf, m, UNAVAILABLE_RATE, 1, d.src, d.src, out)
+        }
+        _ => Outcome::Dropped(DropReason::RateLimited),
+    };
+    if !matches!(o, Outcome::Replied { .. }) {
+        adm.refund();
+    }
+    o
+}
+
+/// Shed a new INVITE: `503 Overloaded` while the answer budget has a
+/// token, else dropped and counted as `shed_silent`.
+fn shed_within(d: &Datagram<'_>, adm: &mut impl Admission, out: &mut [u8], m: &Message) -> Outcome {
+    if !adm.answer_token(Refusal::Shed) {
+        return shed(d.buf, m, d.src, out, false);
+    }
+    let o = shed(d.buf, m, d.src, out, true);
+    if !matches!(o, Outcome::Replied { .. }) {
+        adm.refund();
+    }
+    o
+}
+
+/// The slow path owns it now, or (it cannot take it) a request is answered
+/// `503` and a response relayed unchecked: never silently dropped.
+fn hand_over(
+    d: &Datagram<'_>,
+    dec: Decision,
+    t: &Tables,
+    adm: &mut impl Admission,
+    out: &mut [u8],
+    m: &Message,
+) -> Outcome {
+    if adm.hand_over(d) {
+        return Outcome::NeedsPolicy(dec);
+    }
+    if m.is_request() {
+        let r = UNAVAILABLE_POLICY_QUEUE;
+        unavailable(d.buf, m, r, t.retry_after_s, d.src, d.src, out)
+    } else {
+        write(d.buf, m, dec, d.src, t, None, out)
+    }
+}
+
+/// May overload shedding refuse this scanned datagram? Only a request that
+/// starts a dialog with an INVITE: in-dialog requests (To-tag), CANCEL, ACK
+/// and responses finish work already admitted. A defective INVITE is shed
+/// too (under overload it would otherwise get a 400 per packet).
+#[inline]
+pub fn sheddable(m: &Message) -> bool {
+    m.method() == Some(Method::Invite) && m.to_tag.is_none()
+}
+
+/// Refuse a shed INVITE before any routing work: `503 Overloaded` when
+/// `reply` (the answer budget allows one) and it can be answered, else a
+/// silent, counted drop.
+fn shed(buf: &[u8], m: &Message, src: SocketAddr, out: &mut [u8], reply: bool) -> Outcome {
+    if !reply || m.top_via.is_none() {
+        return Outcome::Dropped(DropReason::ShedSilent);
+    }
+    unavailable(buf, m, UNAVAILABLE_OVERLOAD, 1, src, src, out)
+}
+
+/// Decide and write an already scanned datagram (the rest of the pipeline
+/// once admission control has let it through).
+pub fn route_scanned(
+    buf: &[u8],
+    truncated: bool,
+    src: SocketAddr,
+    t: &Tables,
+    out: &mut [u8],
+    m: &Message,
+) -> Outcome {
+    if truncated {
+        return Outcome::Dropped(DropReason::Oversized);
+    }
+    let d = decide(buf, m, src, t);
+    if !t.policy.is_empty() && needs_policy(buf, m, &d, t) {
+        return Outcome::NeedsPolicy(d);
+    }
+    write(buf, m, d, src, t, None, out)
+}
+
+/// Is this decision about an SDP offer or answer a policy applies to?
+fn needs_policy(buf: &[u8], m: &Message, d: &Decision, t: &Tables) -> bool {
+    match d {
+        Decision::Forward { kind, .. } => {
+            m.method().is_some_and(policy::offer_method)
+                && policy::has_sdp(buf, m)
+                && t.policy.applies(*kind, buf, m)
+        }
+        Decision::Relay { .. } => policy::is_answer(buf, m),
+        _ => false,
+    }
+}
+
+/// Carry out a decision into `out`: the forwarded request (with `body`
+/// replacing the original one when given), the relayed response or the
+/// stateless answer.
+pub fn write(
+    buf: &[u8],
+    m: &Message,
+    d: Decision,
+    src: SocketAddr,
+    t: &Tables,
+    body: Option<&[u8]>,
+    out: &mut [u8],
+) -> Outcome {
+    let m = *m;
+    match d {
+        Decision::Drop(r) => Outcome::Dropped(r),
+        Decision::Reply { code, reason, dst } => answer(buf, &m, code, reason, &[], src, dst, out),
+        Decision::Unavailable {
+            dst,
+            retry_after,
+            reason,
+        } => unavailable(buf, &m, reason, retry_after, src, dst, out),
+        Decision::Relay { dst } => match forward_response(buf, &m, out) {
+            Some(len) => Outcome::Relayed {
+                len,
+                dst,
+                code: match m.start {
+                    StartLine::Response { code } => code,
+                    StartLine::Request { .. } => 0,
+                },
+            },
+            None => Outcome::Dropped(DropReason::TooLarge),
+        },
+        Decision::Forward {
+            dst,
+            kind,
+            push,
+            pop,
+            max_forwards,
+            loop_hash,
+        } => {
+            let br = branch::branch(&t.branch_key, buf, &m, src, loop_hash);
+            let plan = RequestPlan {
+                via_prefix: &t.edge.via_prefix,
+                branch: &br,
+                route_push: push.map(|(shard, leg)| t.shards.get(shard).route_line(leg)),
+                record_route: (t.record_route
+                    && kind.record_routes()
+                    && m.to_tag.is_none()
+                    && m.method().is_some_and(dialog_creating))
+                .then_some(&t.edge.record_route_line[..]),
+                max_forwards,
+                pop_routes: pop,
+                src,
+                keep_asserted_identity: t.is_trusted_source(src),
+                body,
+            };
+            match forward_request(buf, &m, &plan, out) {
+                Some(len) => Outcome::Forwarded {
+                    len,
+                    dst,
+                    kind,
+                    shard: push.map(|(s, _)| s as u16),
+                },
+                // An ACK is never answered (RFC 3261 §17.1.1.3).
+                None if m.method() == Some(Method::Ack) => Outcome::Dropped(DropReason::TooLarge),
+                None => answer(buf, &m, 513, "Message Too Large", &[], src, src, out),
+            }
+        }
+    }
+}
+
+/// `503` with `Retry-After` (no shard can take it, the slow path is full,
+/// the worker is overloaded, the source is over its rate).
+pub fn unavailable(
+    buf: &[u8],
+    m: &Message,
+    reason: &str,
+    retry_after: u32,
+    src: SocketAddr,
+    dst: SocketAddr,
+    out: &mut [u8],
+) -> Outcome {
+    let mut line = [0u8; 32];
+    let n = retry_after_line(retry_after, &mut line);
+    answer(buf, m, 503, reason, &[&line[..n]], src, dst, out)
+}
+
+fn dialog_creating(m: crate::sip::scan::Method) -> bool {
+    use crate::sip::scan::Method::*;
+    matches!(m, Invite | Subscribe | Refer)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn answer(
+    buf: &[u8],
+    m: &Message,
+    code: u16,
+    reason: &str,
+    extra: &[&[u8]],
+    src: SocketAddr,
+    dst: SocketAddr,
+    out: &mut [u8],
+) -> Outcome {
+    match reply::build(buf, m, code, reason, extra, src, out) {
+        Some(len) => Outcome::Replied { len, dst, code },
+        None => Outcome::Dropped(DropReason::TooLarge),
+    }
+}
+
+fn retry_after_line(secs: u32, out: &mut [u8; 32]) -> usize {
+    let mut o = crate::sip::rewrite::Out::new(out);
+    o.put(b"Retry-After: ");
+    o.put_u32(secs);
+    o.put(b"\r\n");
+    o.finish().unwrap_or(0)
+}
