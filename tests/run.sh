@@ -23,14 +23,17 @@ fi
 step "cargo fmt --check"
 cargo fmt --all --check
 
-step "cargo clippy --all-targets -- -D warnings"
-cargo clippy --all-targets -q -- -D warnings
+step "cargo clippy --all-targets -- -D warnings (incompatible_msrv against rust-version)"
+cargo clippy --locked --all-targets -q -- -D warnings
 
-step "cargo test (unit, routing, UDP integration, io backends)"
-cargo test -q
+step "cargo doc --no-deps, warnings denied"
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps -q
+
+step "cargo test (unit, routing, layering, UDP integration, io backends, trust boundary)"
+cargo test --locked -q
 
 step "release build"
-cargo build --release -q --bins
+cargo build --locked --release -q --bins
 
 step "SIPp: uac-cpm -> cpm-edge -> uas-cpm"
 EDGE_BIN="${CARGO_TARGET_DIR:-target}/release/cpm-edge" tests/sipp/run-sipp.sh
@@ -48,7 +51,7 @@ if rustup toolchain list 2>/dev/null | grep -q nightly && cargo +nightly fuzz --
   (cd fuzz && cargo +nightly fuzz build -O)
 else
   # Without cargo-fuzz (or nightly) the target still has to compile.
-  cargo build -q --manifest-path fuzz/Cargo.toml
+  cargo build --locked -q --manifest-path fuzz/Cargo.toml
 fi
 
 step "all tests passed"

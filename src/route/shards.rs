@@ -13,7 +13,6 @@
 //!
 //! Invariants: at most [`MAX_SHARDS`] slots; at least one shard at start.
 
-use super::groups::StableBuild;
 use super::legs::Leg;
 use crate::sip::hash::{fmix64, hash_bytes};
 use std::collections::HashMap;
@@ -21,6 +20,64 @@ use std::net::SocketAddr;
 
 /// Most shard slots (live + removed) an edge holds.
 pub const MAX_SHARDS: usize = 256;
+
+/// The hasher of the shard-address index, looked up for every datagram's
+/// source (who may assert an identity, who may choose a next hop): a
+/// multiply-rotate fold of the few integers `SocketAddr` hashes into, then
+/// murmur3's finaliser for hashbrown's top bits. The index holds only
+/// operator-configured addresses, so an attacker's lookups cannot grow a
+/// probe chain (no HashDoS, no seed needed).
+#[derive(Clone, Copy, Default)]
+pub struct AddrBuild;
+
+#[derive(Default)]
+pub struct AddrHasher(u64);
+
+impl std::hash::Hasher for AddrHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, v: u8) {
+        self.write_u64(u64::from(v));
+    }
+    #[inline]
+    fn write_u16(&mut self, v: u16) {
+        self.write_u64(u64::from(v));
+    }
+    #[inline]
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+    #[inline]
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(23) ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+    #[inline]
+    fn write_u128(&mut self, v: u128) {
+        self.write_u64(v as u64);
+        self.write_u64((v >> 64) as u64);
+    }
+    #[inline]
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        fmix64(self.0)
+    }
+}
+
+impl std::hash::BuildHasher for AddrBuild {
+    type Hasher = AddrHasher;
+    #[inline]
+    fn build_hasher(&self) -> AddrHasher {
+        AddrHasher::default()
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShardState {
@@ -73,9 +130,12 @@ impl Shard {
 #[derive(Debug, Clone)]
 pub struct ShardSet {
     shards: Vec<Shard>,
-    /// Looked up for every datagram (is the sender a shard?): the stable
-    /// hash, not SipHash; the keys are the operator's shard addresses.
-    by_addr: HashMap<SocketAddr, u16, StableBuild>,
+    /// Looked up for every datagram (is the sender a shard?); the keys are
+    /// the operator's shard addresses.
+    by_addr: HashMap<SocketAddr, u16, AddrBuild>,
+    /// One bit per UDP port some shard uses: most senders are clients on
+    /// other ports, refused by one bit test before any hashing.
+    ports: Box<[u64; 1024]>,
     /// The shards that take new users (`Up`, not removed) as (id hash,
     /// slot), in slot order: `pick` runs for every new dialog and reads
     /// only these, not the whole ~130-byte `Shard`s with their state.
@@ -121,6 +181,7 @@ impl ShardSet {
         let mut set = ShardSet {
             shards: list.iter().map(|s| make_shard(s, edge_hostport)).collect(),
             by_addr: HashMap::default(),
+            ports: Box::new([0; 1024]),
             up: Vec::new(),
             edge_hostport: edge_hostport.to_string(),
         };
@@ -142,6 +203,11 @@ impl ShardSet {
             .filter(|(_, s)| !s.removed)
             .map(|(i, s)| (s.addr, i as u16))
             .collect();
+        self.ports.fill(0);
+        for a in self.by_addr.keys() {
+            let p = usize::from(a.port());
+            self.ports[p / 64] |= 1 << (p % 64);
+        }
         self.reindex_up();
     }
 
@@ -176,6 +242,10 @@ impl ShardSet {
     /// The shard whose address sent this datagram, if any.
     #[inline]
     pub fn by_addr(&self, src: SocketAddr) -> Option<usize> {
+        let p = usize::from(src.port());
+        if self.ports[p / 64] & (1 << (p % 64)) == 0 {
+            return None;
+        }
         self.by_addr.get(&src).map(|i| *i as usize)
     }
 
