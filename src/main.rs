@@ -3,7 +3,7 @@
 
 use clap::Parser;
 use cpm_edge::app::App;
-use cpm_edge::config::{Config, ShardConf};
+use cpm_edge::config::{Config, ShardConf, Valid};
 use cpm_edge::control::{ControlPlane, ReloadError};
 use cpm_edge::io::IoChoice;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -146,34 +146,22 @@ fn main() {
         print!("{}", cpm_edge::config::DEFAULT_TOML);
         return;
     }
-    let valid = match load(&cli).and_then(|c| c.validate()) {
+    let valid = match load_valid(&cli) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("cpm-edge: configuration error: {e}");
             std::process::exit(2);
         }
     };
-    let shards: Vec<String> = valid
-        .shards
-        .iter()
-        .map(|s| format!("{}={}", s.name, s.addr))
-        .collect();
-    let routing = format!(
-        "originating_pf={} record_route={} non_cpm_route={}",
-        valid.originating_pf,
-        valid.record_route,
-        valid
-            .non_cpm_route
-            .map_or("none (403)".to_string(), |a| a.to_string())
-    );
     if cli.check_config {
         println!(
-            "configuration OK: listen {} ({} workers), {} shards [{}], {} groups, {routing}",
+            "configuration OK: listen {} ({} workers), {} shards [{}], {} groups, {}",
             valid.server.listen,
             valid.server.workers,
-            shards.len(),
-            shards.join(" "),
-            valid.groups.len()
+            valid.shards.len(),
+            shard_list(&valid),
+            valid.groups.len(),
+            routing_summary(&valid)
         );
         return;
     }
@@ -185,11 +173,59 @@ fn main() {
             std::process::exit(1);
         }
     };
+    report_start(&valid, &app);
+    let signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cpm-edge: {e}");
+            std::process::exit(1);
+        }
+    };
+    println!("  ready (SIGHUP reloads the configuration, SIGINT/SIGTERM stop)");
+    serve_until_stopped(&cli, &app, &signals);
+    println!("cpm-edge: stopping");
+    let stats = app.server.stats.clone();
+    let result = app.stop();
+    report_stop(&stats);
+    if let Err(e) = result {
+        eprintln!("cpm-edge: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// The configuration file (or the embedded default) with the command-line
+/// overrides, validated.
+fn load_valid(cli: &Cli) -> Result<Valid, String> {
+    load(cli)?.validate().map_err(|e| e.to_string())
+}
+
+fn shard_list(v: &Valid) -> String {
+    let names: Vec<String> = v
+        .shards
+        .iter()
+        .map(|s| format!("{}={}", s.name, s.addr))
+        .collect();
+    names.join(" ")
+}
+
+fn routing_summary(v: &Valid) -> String {
+    format!(
+        "originating_pf={} record_route={} non_cpm_route={}",
+        v.originating_pf,
+        v.record_route,
+        v.non_cpm_route
+            .map_or("none (403)".to_string(), |a| a.to_string())
+    )
+}
+
+/// The start-up report: where the edge listens, how it runs, what it routes to.
+fn report_start(valid: &Valid, app: &App) {
     let server = &app.server;
-    let pin = if valid.server.cpus.is_empty() {
+    let s = &valid.server;
+    let pin = if s.cpus.is_empty() {
         "not pinned".to_string()
     } else {
-        format!("pinned to CPUs {:?}", valid.server.cpus)
+        format!("pinned to CPUs {:?}", s.cpus)
     };
     println!(
         "cpm-edge {} listening on udp {} as {}",
@@ -204,13 +240,18 @@ fn main() {
     );
     println!(
         "  workers: {} ({pin}), batch {}, {} receive buffers of {} bytes",
-        valid.server.workers,
-        valid.server.batch,
-        valid.server.recv_buffers,
-        valid.server.max_datagram
+        s.workers, s.batch, s.recv_buffers, s.max_datagram
     );
-    println!("  CS shards ({}): {}", shards.len(), shards.join(" "));
-    println!("  groups: {}; {routing}", valid.groups.len());
+    println!(
+        "  CS shards ({}): {}",
+        valid.shards.len(),
+        shard_list(valid)
+    );
+    println!(
+        "  groups: {}; {}",
+        valid.groups.len(),
+        routing_summary(valid)
+    );
     match app.admin_addr {
         Some(a) => {
             let auth = if valid.admin_token.is_some() {
@@ -229,35 +270,41 @@ fn main() {
         ),
         None => println!("  health: off (shards always up)"),
     }
+}
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let hup = Arc::new(AtomicBool::new(false));
-    for sig in [
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ] {
-        let flag = if sig == signal_hook::consts::SIGHUP {
-            &hup
-        } else {
-            &stop
+/// SIGINT/SIGTERM set `stop`, SIGHUP sets `hup`.
+struct Signals {
+    stop: Arc<AtomicBool>,
+    hup: Arc<AtomicBool>,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, String> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let s = Signals {
+            stop: Arc::new(AtomicBool::new(false)),
+            hup: Arc::new(AtomicBool::new(false)),
         };
-        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(flag)) {
-            eprintln!("cpm-edge: cannot install handler for signal {sig}: {e}");
-            std::process::exit(1);
+        for (sig, flag) in [(SIGINT, &s.stop), (SIGTERM, &s.stop), (SIGHUP, &s.hup)] {
+            signal_hook::flag::register(sig, Arc::clone(flag))
+                .map_err(|e| format!("cannot install handler for signal {sig}: {e}"))?;
         }
+        Ok(s)
     }
-    println!("  ready (SIGHUP reloads the configuration, SIGINT/SIGTERM stop)");
-    // A reload runs on its own thread: reading the files may block (a slow
-    // disk, a FIFO given as --config), and SIGTERM must not wait for it.
+}
+
+/// Until SIGINT/SIGTERM: each SIGHUP reloads. A reload runs on its own
+/// thread: reading the files may block (a slow disk, a FIFO given as
+/// --config), and SIGTERM must not wait for it.
+fn serve_until_stopped(cli: &Cli, app: &App, signals: &Signals) {
     let mut reloading: Option<std::thread::JoinHandle<()>> = None;
-    while !stop.load(Ordering::Relaxed) {
+    while !signals.stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
         if reloading.as_ref().is_some_and(|r| r.is_finished()) {
             let _ = reloading.take().map(std::thread::JoinHandle::join);
         }
         // A SIGHUP during a reload stays pending until that one is done.
-        if reloading.is_none() && hup.swap(false, Ordering::Relaxed) {
+        if reloading.is_none() && signals.hup.swap(false, Ordering::Relaxed) {
             let (cli, cp) = (cli.clone(), Arc::clone(&app.cp));
             match std::thread::Builder::new()
                 .name("reload".into())
@@ -271,12 +318,13 @@ fn main() {
     if reloading.is_some_and(|r| !r.is_finished()) {
         tracing::warn!("stopping with a reload still running: it is abandoned");
     }
-    println!("cpm-edge: stopping");
-    let stats = server.stats.clone();
-    let result = app.stop();
-    let snap = cpm_edge::dataplane::stats::Snapshot::merge(&stats);
+}
+
+/// The counters and the in-proxy latency distribution at exit.
+fn report_stop(stats: &[Arc<cpm_edge::dataplane::stats::WorkerStats>]) {
+    let snap = cpm_edge::dataplane::stats::Snapshot::merge(stats);
     println!("{snap}");
-    let lat = cpm_edge::dataplane::stats::merged_latency(&stats);
+    let lat = cpm_edge::dataplane::stats::merged_latency(stats);
     if !lat.is_empty() {
         println!(
             "in-proxy latency (ns): p50={} p90={} p99={} p99.9={} max={} n={}",
@@ -288,23 +336,16 @@ fn main() {
             lat.len()
         );
     }
-    if let Err(e) = result {
-        eprintln!("cpm-edge: {e}");
-        std::process::exit(1);
-    }
 }
 
 /// SIGHUP: re-read the configuration file (and its groups file) with the
 /// same command-line overrides; an invalid one, or one changing a setting
 /// bound at start, leaves everything running as is (one log line says why).
 fn reload(cli: &Cli, cp: &ControlPlane) {
-    let r = load(cli)
-        .and_then(|c| c.validate())
-        .map_err(ReloadError::Invalid)
-        .and_then(|v| {
-            let groups = v.groups.len();
-            cp.reload(v).map(|()| groups)
-        });
+    let r = load_valid(cli).map_err(ReloadError::Invalid).and_then(|v| {
+        let groups = v.groups.len();
+        cp.reload(v).map(|()| groups)
+    });
     match r {
         Ok(groups) => {
             cp.reloads_ok.fetch_add(1, Ordering::Relaxed);

@@ -19,6 +19,14 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
+mod validate;
+
+use validate::{addr, bad, check_range, reply_limit, validate_shards, Groups};
+pub use validate::{
+    check_policy, check_shard_addr, check_shard_name, group_key, parse_cidr, read_regular_file,
+    user_key, ConfigError,
+};
+
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
 
 #[derive(Debug, Clone, Deserialize)]
@@ -342,27 +350,6 @@ pub struct TrustSettings {
 /// strong as the secret's entropy.
 pub const MIN_SECRET_LEN: usize = 16;
 
-impl TrustConf {
-    fn validate(&self) -> Result<TrustSettings, String> {
-        let secret = match &self.secret {
-            Some(s) if s.len() < MIN_SECRET_LEN => {
-                return Err(format!(
-                    "trust.secret: {} bytes, at least {MIN_SECRET_LEN} (a random token)",
-                    s.len()
-                ))
-            }
-            s => s.as_ref().map(|s| s.as_bytes().to_vec()),
-        };
-        let peer_edges = self
-            .peer_edges
-            .iter()
-            .enumerate()
-            .map(|(i, a)| addr(&format!("trust.peer_edges[{i}]"), a))
-            .collect::<Result<_, _>>()?;
-        Ok(TrustSettings { secret, peer_edges })
-    }
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShardConf {
@@ -420,338 +407,47 @@ pub struct HealthSettings {
     pub ok_threshold: u32,
 }
 
-fn addr(key: &str, v: &str) -> Result<SocketAddr, String> {
-    v.parse::<SocketAddr>()
-        .map_err(|_| format!("{key}: '{v}' is not an IP:port socket address (e.g. 127.0.0.1:7001)"))
-}
-
 impl Config {
-    pub fn parse(text: &str) -> Result<Config, String> {
-        toml::from_str(text).map_err(|e| format!("config: {e}"))
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| bad("config", e))
     }
 
     pub fn default_embedded() -> Config {
         Config::parse(DEFAULT_TOML).expect("embedded default config parses")
     }
 
-    /// Check every value; the error names the key and what is wrong.
-    pub fn validate(&self) -> Result<Valid, String> {
-        let listen = addr("listen.addr", &self.listen.addr)?;
-        if listen.port() == 0 {
-            return Err(
-                "listen.addr: port 0 is not allowed (the edge names its port in Via and Route)"
-                    .into(),
-            );
-        }
-        let advertise = match &self.listen.advertise {
-            Some(a) if a.is_empty() || a.contains([' ', ';', ',', '<', '>', '"']) => {
-                return Err(format!("listen.advertise: '{a}' is not a valid host"));
-            }
-            Some(a) => a.clone(),
-            None if listen.ip().is_unspecified() => {
-                return Err(
-                    "listen.advertise: required when listen.addr is a wildcard address".into(),
-                );
-            }
-            None => match listen.ip() {
-                IpAddr::V4(ip) => ip.to_string(),
-                IpAddr::V6(ip) => format!("[{ip}]"),
-            },
-        };
-        let mut aliases = Vec::new();
-        for (i, a) in self.listen.aliases.iter().enumerate() {
-            let (h, p) = match a.rsplit_once(':') {
-                Some((h, p))
-                    if !h.ends_with(':')
-                        && !p.is_empty()
-                        && p.bytes().all(|b| b.is_ascii_digit()) =>
-                {
-                    let port = p
-                        .parse::<u16>()
-                        .map_err(|_| format!("listen.aliases[{i}]: bad port in '{a}'"))?;
-                    (h.to_string(), Some(port))
-                }
-                _ => (a.clone(), None),
-            };
-            if h.is_empty() {
-                return Err(format!("listen.aliases[{i}]: empty host"));
-            }
-            aliases.push((
-                h.trim_matches(|c| c == '[' || c == ']')
-                    .to_ascii_lowercase(),
-                p,
-            ));
-        }
-        let w = &self.workers;
-        let workers = if w.count == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            w.count
-        };
-        if workers > 256 {
-            return Err(format!("workers.count: {workers} is more than 256"));
-        }
-        let ncpu = core_affinity::get_core_ids().map_or(0, |c| c.len());
-        for (i, c) in w.cpus.iter().enumerate() {
-            if ncpu > 0
-                && !core_affinity::get_core_ids()
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|id| id.id == *c)
-            {
-                return Err(format!(
-                    "workers.cpus[{i}]: CPU {c} is not available (this machine has {ncpu})"
-                ));
-            }
-        }
-        if !(1..=1024).contains(&w.batch) {
-            return Err(format!("workers.batch: {} is outside 1..=1024", w.batch));
-        }
-        if !w.recv_buffers.is_power_of_two() || !(16..=32768).contains(&w.recv_buffers) {
-            return Err(format!(
-                "workers.recv_buffers: {} must be a power of two in 16..=32768",
-                w.recv_buffers
-            ));
-        }
-        if w.recv_buffers < w.batch {
-            return Err(format!(
-                "workers.recv_buffers: {} is smaller than workers.batch {}",
-                w.recv_buffers, w.batch
-            ));
-        }
-        if !(1500..=65507).contains(&w.max_datagram) {
-            return Err(format!(
-                "workers.max_datagram: {} is outside 1500..=65507",
-                w.max_datagram
-            ));
-        }
-        let non_cpm_route = self
-            .routing
-            .non_cpm_route
-            .as_deref()
-            .map(|v| addr("routing.non_cpm_route", v))
-            .transpose()?;
-        let max_forwards_limit = self.routing.max_forwards_limit;
-        if !(1..=255).contains(&max_forwards_limit) {
-            return Err(format!(
-                "routing.max_forwards_limit: {max_forwards_limit} is outside 1..=255"
-            ));
-        }
+    /// Check every value, section by section; the error names the key
+    /// and what is wrong. Reads `groups_file` (a regular file only).
+    pub fn validate(&self) -> Result<Valid, ConfigError> {
+        let (listen, advertise, aliases) = self.listen.validate()?;
+        let server = self.server_settings(listen)?;
+        let (non_cpm_route, max_forwards_limit) = self.routing.validate()?;
         let trust = self.trust.validate()?;
-        if self.shards.is_empty() {
-            return Err(
-                "shard: at least one [[shard]] (a CPM Conversation Server) is required".into(),
-            );
-        }
-        if self.shards.len() > MAX_SHARDS {
-            return Err(format!(
-                "shard: {} shards, at most {MAX_SHARDS}",
-                self.shards.len()
-            ));
-        }
-        let mut shards: Vec<ShardSpec> = Vec::new();
-        for (i, s) in self.shards.iter().enumerate() {
-            check_shard_name(&s.name).map_err(|e| format!("shard[{i}].name: {e}"))?;
-            let a = addr(&format!("shard[{i}].addr"), &s.addr)?;
-            check_shard_addr(a, listen, &advertise).map_err(|e| format!("shard[{i}].addr: {e}"))?;
-            if shards.iter().any(|x| x.name == s.name) {
-                return Err(format!(
-                    "shard[{i}].name: duplicate shard name '{}'",
-                    s.name
-                ));
-            }
-            if shards.iter().any(|x| x.addr == a) {
-                return Err(format!("shard[{i}].addr: duplicate shard address {a}"));
-            }
-            shards.push(ShardSpec {
-                name: s.name.clone(),
-                addr: a,
-                backup: s.backup.clone(),
-            });
-        }
-        for (i, s) in self.shards.iter().enumerate() {
-            if let Some(b) = &s.backup {
-                if *b == s.name {
-                    return Err(format!(
-                        "shard[{i}].backup: a shard cannot be its own backup"
-                    ));
-                }
-                if !self.shards.iter().any(|x| x.name == *b) {
-                    return Err(format!("shard[{i}].backup: unknown shard '{b}'"));
-                }
-            }
-        }
-        let mut groups: Vec<(Vec<u8>, usize)> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        let shard_of = |name: &str| shards.iter().position(|x| x.name == name);
-        for (i, g) in self.groups.iter().enumerate() {
-            let key = group_key(&g.id).map_err(|e| format!("group[{i}].id: {e}"))?;
-            let shard = shard_of(&g.shard)
-                .ok_or_else(|| format!("group[{i}].shard: unknown shard '{}'", g.shard))?;
-            if !seen.insert(key.clone()) {
-                return Err(format!("group[{i}].id: duplicate group '{}'", g.id));
-            }
-            groups.push((key, shard));
-        }
-        if let Some(path) = &self.groups_file {
-            let text = read_regular_file(path).map_err(|e| format!("groups_file: {path}: {e}"))?;
-            for (n, line) in text.lines().enumerate() {
-                let line = line.split('#').next().unwrap_or("").trim();
-                if line.is_empty() {
-                    continue;
-                }
-                let at = || format!("groups_file: {path}:{}", n + 1);
-                let mut it = line.split_whitespace();
-                let (Some(id), Some(shard), None) = (it.next(), it.next(), it.next()) else {
-                    return Err(format!(
-                        "{}: expected '<group URI> <shard name>', got '{line}'",
-                        at()
-                    ));
-                };
-                let key = group_key(id).map_err(|e| format!("{}: {e}", at()))?;
-                let s =
-                    shard_of(shard).ok_or_else(|| format!("{}: unknown shard '{shard}'", at()))?;
-                if !seen.insert(key.clone()) {
-                    return Err(format!("{}: duplicate group '{id}'", at()));
-                }
-                groups.push((key, s));
-            }
-        }
-        let mut hosts = Vec::new();
-        for (h, v) in &self.hosts {
-            hosts.push((h.to_ascii_lowercase(), addr(&format!("hosts.{h}"), v)?));
-        }
-        let admin_bind = match self.admin.bind.trim() {
-            "" => None,
-            b => Some(addr("admin.bind", b)?),
-        };
-        if let Some(a) = admin_bind {
-            if !a.ip().is_loopback() && self.admin.token.as_deref().is_none_or(str::is_empty) {
-                return Err(format!(
-                    "admin.token: required when admin.bind ({a}) is not a loopback address"
-                ));
-            }
-        }
+        let shards = validate_shards(&self.shards, listen, &advertise)?;
+        let groups = self.all_groups(&shards)?;
+        let hosts = self
+            .hosts
+            .iter()
+            .map(|(h, v)| Ok((h.to_ascii_lowercase(), addr(&format!("hosts.{h}"), v)?)))
+            .collect::<Result<_, ConfigError>>()?;
+        let admin_bind = self.admin.bind()?;
         let admin_limits = self.admin.limits()?;
-        let h = &self.health;
-        let health = if h.enabled {
-            if !(10..=3_600_000).contains(&h.interval_ms) {
-                return Err(format!(
-                    "health.interval_ms: {} is outside 10..=3600000",
-                    h.interval_ms
-                ));
-            }
-            if h.timeout_ms < 1 || h.timeout_ms > h.interval_ms.max(1) * 10 {
-                return Err(format!(
-                    "health.timeout_ms: {} must be in 1..=10*interval_ms",
-                    h.timeout_ms
-                ));
-            }
-            if h.fail_threshold == 0 || h.ok_threshold == 0 {
-                return Err("health.fail_threshold/ok_threshold: must be at least 1".into());
-            }
-            Some(HealthSettings {
-                interval: std::time::Duration::from_millis(h.interval_ms),
-                timeout: std::time::Duration::from_millis(h.timeout_ms),
-                fail_threshold: h.fail_threshold,
-                ok_threshold: h.ok_threshold,
-            })
-        } else {
-            None
-        };
-        let mut policy = PolicyTable {
-            default: self.policy.default.clone(),
-            on_violation: self.policy.on_violation,
-            ..PolicyTable::default()
-        };
-        if let Some(d) = &policy.default {
-            check_policy("policy.default", d)?;
-        }
-        for (id, p) in &self.policy.users {
-            let k = user_key(id).map_err(|e| format!("policy.users.\"{id}\": {e}"))?;
-            check_policy(&format!("policy.users.\"{id}\""), p)?;
-            policy.users.insert(k, p.clone());
-        }
-        for (id, p) in &self.policy.groups {
-            let k = group_key(id).map_err(|e| format!("policy.groups.\"{id}\": {e}"))?;
-            check_policy(&format!("policy.groups.\"{id}\""), p)?;
-            policy.groups.insert(k, p.clone());
-        }
-        if !(1..=64).contains(&self.slow_path.threads) {
-            return Err(format!(
-                "slow_path.threads: {} is outside 1..=64",
-                self.slow_path.threads
-            ));
-        }
-        if !(1..=1_000_000).contains(&self.slow_path.queue) {
-            return Err(format!(
-                "slow_path.queue: {} is outside 1..=1000000",
-                self.slow_path.queue
-            ));
-        }
+        let health = self.health.validate()?;
+        let policy = self.policy.validate()?;
         let l = &self.limits;
-        let limits = if l.per_source_rate == 0 {
-            None
-        } else {
-            if !l.table_slots.is_power_of_two() || !(64..=1 << 24).contains(&l.table_slots) {
-                return Err(format!(
-                    "limits.table_slots: {} must be a power of two in 64..=16777216",
-                    l.table_slots
-                ));
-            }
-            let reply = reply_or_drop("limits.over_limit", &l.over_limit)?;
-            if l.new_source_burst == 0 {
-                return Err("limits.new_source_burst: 0 would refuse every new source".into());
-            }
-            let burst = if l.per_source_burst == 0 {
-                l.per_source_rate
-            } else {
-                l.per_source_burst
-            };
-            Some(LimitSettings {
-                rate: l.per_source_rate,
-                burst,
-                new_burst: l.new_source_burst.min(burst),
-                slots: l.table_slots,
-                reply,
-            })
-        };
-        if l.shed_at_queue_pct > 100 {
-            return Err(format!(
-                "limits.shed_at_queue_pct: {} is above 100",
-                l.shed_at_queue_pct
-            ));
-        }
-        let replies = reply_limit(l)?;
-        let mut allow = Vec::new();
-        for (i, c) in l.allow.iter().enumerate() {
-            allow.push(parse_cidr(c).map_err(|e| format!("limits.allow[{i}]: {e}"))?);
-        }
         Ok(Valid {
-            limits,
-            allow,
-            shed_at_queue_pct: l.shed_at_queue_pct,
-            replies,
+            limits: l.per_source()?,
+            allow: l.allow_list()?,
+            shed_at_queue_pct: l.shed_threshold()?,
+            replies: reply_limit(l)?,
             policy,
             admin_bind,
             admin_token: self.admin.token.clone().filter(|t| !t.is_empty()),
             admin_limits,
             health,
-            retry_after_s: h.retry_after_s,
+            retry_after_s: self.health.retry_after_s,
             log_level: self.log.level.clone(),
-            server: ServerSettings {
-                listen,
-                workers,
-                cpus: w.cpus.clone(),
-                io: w.io,
-                batch: w.batch,
-                recv_buffers: w.recv_buffers,
-                max_datagram: w.max_datagram,
-                socket_rcvbuf: w.socket_rcvbuf,
-                socket_sndbuf: w.socket_sndbuf,
-                slow_threads: self.slow_path.threads,
-                slow_queue: self.slow_path.queue,
-            },
+            server,
             advertise,
             aliases,
             originating_pf: self.routing.originating_pf,
@@ -763,6 +459,43 @@ impl Config {
             groups,
             hosts,
         })
+    }
+
+    /// The data plane's settings: `[workers]` and `[slow_path]`.
+    fn server_settings(&self, listen: SocketAddr) -> Result<ServerSettings, ConfigError> {
+        let w = &self.workers;
+        let workers = w.validate()?;
+        let sp = &self.slow_path;
+        check_range("slow_path.threads", sp.threads, 1..=64)?;
+        check_range("slow_path.queue", sp.queue, 1..=1_000_000)?;
+        Ok(ServerSettings {
+            listen,
+            workers,
+            cpus: w.cpus.clone(),
+            io: w.io,
+            batch: w.batch,
+            recv_buffers: w.recv_buffers,
+            max_datagram: w.max_datagram,
+            socket_rcvbuf: w.socket_rcvbuf,
+            socket_sndbuf: w.socket_sndbuf,
+            slow_threads: sp.threads,
+            slow_queue: sp.queue,
+        })
+    }
+
+    /// `[[group]]` entries, then the lines of `groups_file`: (canonical
+    /// identity, shard index), no identity twice.
+    fn all_groups(&self, shards: &[ShardSpec]) -> Result<Vec<(Vec<u8>, usize)>, ConfigError> {
+        let mut groups = Groups::new(shards);
+        for (i, g) in self.groups.iter().enumerate() {
+            groups.add(&format!("group[{i}]"), &g.id, &g.shard)?;
+        }
+        if let Some(path) = &self.groups_file {
+            let text =
+                read_regular_file(path).map_err(|e| bad("groups_file", format!("{path}: {e}")))?;
+            groups.add_file(path, &text)?;
+        }
+        Ok(groups.list)
     }
 }
 
@@ -816,233 +549,6 @@ impl Valid {
     }
 }
 
-impl Admin {
-    fn limits(&self) -> Result<AdminLimits, String> {
-        for (key, v, max) in [
-            ("admin.max_connections", self.max_connections, 4096),
-            (
-                "admin.max_connections_per_peer",
-                self.max_connections_per_peer,
-                4096,
-            ),
-            ("admin.probe_slots", self.probe_slots, 4096),
-        ] {
-            if !(1..=max).contains(&v) {
-                return Err(format!("{key}: {v} is outside 1..={max}"));
-            }
-        }
-        if !(100..=60_000).contains(&self.header_timeout_ms) {
-            return Err(format!(
-                "admin.header_timeout_ms: {} is outside 100..=60000",
-                self.header_timeout_ms
-            ));
-        }
-        Ok(AdminLimits {
-            max_connections: self.max_connections,
-            max_connections_per_peer: self.max_connections_per_peer,
-            probe_slots: self.probe_slots,
-            header_timeout: std::time::Duration::from_millis(self.header_timeout_ms),
-        })
-    }
-}
-
-/// A shard name: non-empty, without whitespace or `/` (it is a path segment
-/// of the admin API). Shared by start-up validation and `POST /shards`.
-pub fn check_shard_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == '/') {
-        return Err(format!("'{name}' must be non-empty, without spaces or '/'"));
-    }
-    Ok(())
-}
-
-/// A shard address the edge can send to without talking to itself: a
-/// specified IP of the listen address's family, a non-zero port, and not
-/// the edge's own address (its listen address, the advertised IP with the
-/// listen port, or a loopback IP with the listen port when the edge listens
-/// on a wildcard). Shared by start-up validation and `POST /shards`.
-pub fn check_shard_addr(a: SocketAddr, listen: SocketAddr, advertise: &str) -> Result<(), String> {
-    if a.ip().is_unspecified() || a.port() == 0 {
-        return Err(format!(
-            "{a} is not a usable address (unspecified IP or port 0)"
-        ));
-    }
-    if a.is_ipv4() != listen.is_ipv4() {
-        return Err(format!(
-            "{a} is not of the listen address's family ({listen}): the edge cannot send to it"
-        ));
-    }
-    let advertised = advertise
-        .trim_matches(|c| c == '[' || c == ']')
-        .parse::<IpAddr>()
-        .is_ok_and(|ip| ip == a.ip());
-    let own = a == listen
-        || (a.port() == listen.port()
-            && (advertised || (listen.ip().is_unspecified() && a.ip().is_loopback())));
-    if own {
-        return Err(format!("{a} is the edge's own address (listen {listen})"));
-    }
-    Ok(())
-}
-
-/// The whole content of `path`, which must be a regular file: a FIFO, a
-/// device or a directory is refused (a FIFO would block the reader until
-/// a writer shows up). Opened non-blocking and checked on the open file, so
-/// swapping the path for a FIFO in between cannot block either.
-pub fn read_regular_file(path: &str) -> Result<String, String> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(|e| e.to_string())?;
-    let meta = f.metadata().map_err(|e| e.to_string())?;
-    if !meta.is_file() {
-        return Err("not a regular file (FIFOs, devices and directories are refused)".into());
-    }
-    let mut text = String::new();
-    f.read_to_string(&mut text).map_err(|e| e.to_string())?;
-    Ok(text)
-}
-
-/// Every character of a configured URI must be legal in a SIP URI (RFC 3261
-/// section 25.1: unreserved, reserved, `%HH` escapes, `[` `]` of an IPv6
-/// reference): no CR, LF, space, `<`, `>`, `"`, non-ASCII... The hot-path
-/// parser is lenient by design; identities the edge is told about are not.
-fn check_uri_chars(id: &str) -> Result<(), String> {
-    let b = id.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        let c = b[i];
-        if c == b'%' {
-            let hex = |j: usize| b.get(j).is_some_and(u8::is_ascii_hexdigit);
-            if !(hex(i + 1) && hex(i + 2)) {
-                return Err(format!("{id:?}: malformed %-escape at byte {i}"));
-            }
-            i += 3;
-            continue;
-        }
-        if !(c.is_ascii_alphanumeric() || b"-_.!~*'();/?:@&=+$,[]".contains(&c)) {
-            return Err(format!(
-                "{id:?}: character {:?} at byte {i} is not allowed in a SIP URI",
-                char::from(c)
-            ));
-        }
-        i += 1;
-    }
-    Ok(())
-}
-
-/// `reply` (true) or `drop` (false), for the key `key`.
-fn reply_or_drop(key: &str, v: &str) -> Result<bool, String> {
-    match v {
-        "reply" => Ok(true),
-        "drop" => Ok(false),
-        other => Err(format!("{key}: '{other}' is not 'reply' or 'drop'")),
-    }
-}
-
-/// The refusal-answer budget; 0 for a rate or burst would be `drop` in
-/// disguise, so it is refused (say `drop`).
-fn reply_limit(l: &LimitsConf) -> Result<ReplyLimit, String> {
-    for (key, v) in [
-        ("limits.reply_rate", l.reply_rate),
-        ("limits.reply_burst", l.reply_burst),
-    ] {
-        if !(1..=1_000_000).contains(&v) {
-            return Err(format!("{key}: {v} is outside 1..=1000000"));
-        }
-    }
-    Ok(ReplyLimit {
-        rate: l.reply_rate,
-        burst: l.reply_burst,
-        shed: reply_or_drop("limits.shed", &l.shed)?,
-    })
-}
-
-/// `10.0.0.0/8`, `2001:db8::/32`, or a bare address (a /32 or /128).
-pub fn parse_cidr(c: &str) -> Result<(IpAddr, u8), String> {
-    let (a, p) = c.split_once('/').map_or((c, None), |(a, p)| (a, Some(p)));
-    let ip: IpAddr = a
-        .parse()
-        .map_err(|_| format!("'{c}' is not an address or CIDR"))?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    let len = match p {
-        Some(p) => p
-            .parse::<u8>()
-            .ok()
-            .filter(|l| *l <= max)
-            .ok_or_else(|| format!("'{c}': bad prefix length"))?,
-        None => max,
-    };
-    Ok((ip, len))
-}
-
-/// A policy's values must make sense: named media types, a positive stream cap.
-pub fn check_policy(key: &str, p: &MediaPolicy) -> Result<(), String> {
-    if p.max_streams == Some(0) {
-        return Err(format!(
-            "{key}.max_streams: 0 would refuse every invitation; use at least 1"
-        ));
-    }
-    for (field, list) in [
-        ("allowed_media", &p.allowed_media),
-        ("allowed_protos", &p.allowed_protos),
-        ("allowed_accept_types", &p.allowed_accept_types),
-    ] {
-        if let Some(l) = list {
-            if let Some(bad) = l
-                .iter()
-                .find(|v| v.is_empty() || v.contains(char::is_whitespace))
-            {
-                return Err(format!("{key}.{field}: '{bad}' is not a valid value"));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A configured URI parsed and reduced to its canonical identity
-/// (`user@host`, host lowercased; the number for tel).
-fn uri_identity(id: &str) -> Result<(crate::sip::uri::Scheme, bool, Vec<u8>), String> {
-    use crate::sip::uri;
-    use crate::sip::Span;
-    check_uri_chars(id)?;
-    let b = id.as_bytes();
-    let u = uri::parse(b, Span::new(0, b.len())).ok_or_else(|| format!("'{id}' is not a URI"))?;
-    let mut key = Vec::new();
-    uri::identity_bytes(b, &u, |c| key.push(c));
-    Ok((u.scheme, !u.user.is_empty(), key))
-}
-
-/// Canonical identity of a configured user URI (sip, sips or tel).
-pub fn user_key(id: &str) -> Result<Vec<u8>, String> {
-    match uri_identity(id)? {
-        (crate::sip::uri::Scheme::Other, _, _) | (_, false, _) => {
-            Err(format!("'{id}' is not a sip:, sips: or tel: URI of a user"))
-        }
-        (_, true, key) => Ok(key),
-    }
-}
-
-/// Canonical identity of a configured group URI.
-pub fn group_key(id: &str) -> Result<Vec<u8>, String> {
-    use crate::sip::uri::Scheme;
-    let (scheme, has_user, key) = uri_identity(id)?;
-    if !matches!(scheme, Scheme::Sip | Scheme::Sips) || !has_user {
-        return Err(format!(
-            "'{id}' is not a SIP URI with a user part (sip:group@domain)"
-        ));
-    }
-    if key.len() > crate::route::groups::MAX_IDENTITY {
-        return Err(format!(
-            "'{id}' is longer than {} bytes",
-            crate::route::groups::MAX_IDENTITY
-        ));
-    }
-    Ok(key)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1061,6 +567,7 @@ mod tests {
         Config::parse(&format!("{base}{extra}"))
             .and_then(|c| c.validate().map(|_| ()))
             .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -1088,6 +595,7 @@ mod tests {
         Config::parse(&t)
             .and_then(|c| c.validate().map(|_| ()))
             .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -1153,7 +661,11 @@ mod tests {
             let t = format!(
                 "groups_file = {p:?}\n[[shard]]\nname = \"a\"\naddr = \"127.0.0.1:7001\"\n"
             );
-            let e = Config::parse(&t).unwrap().validate().unwrap_err();
+            let e = Config::parse(&t)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
             assert!(
                 e.starts_with("groups_file: ") && e.contains("not a regular file"),
                 "{e}"

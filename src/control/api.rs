@@ -439,7 +439,7 @@ fn list_policies(t: &Tables) -> Value {
 fn set_policy(cp: &ControlPlane, scope: PolicyScope<'_>, b: &Value) -> Result<Value, ApiError> {
     let p: MediaPolicy = serde_json::from_value(b.clone())
         .map_err(|e| ApiError::new(400, format!("policy: {e}")))?;
-    crate::config::check_policy("policy", &p).map_err(|e| ApiError::new(400, e))?;
+    crate::config::check_policy("policy", &p).map_err(|e| ApiError::new(400, e.to_string()))?;
     let key = policy_key(&scope)?;
     let v = cp.publish(|t| {
         let table = std::sync::Arc::make_mut(&mut t.policy);
