@@ -7,7 +7,7 @@
 
 mod common;
 use common::*;
-use cpm_edge::pipeline::{process, write, Outcome};
+use cpm_edge::pipeline::{process, write, Outcome, Scanned};
 use cpm_edge::route::{decide, DropReason, ForwardKind, Tables};
 use cpm_edge::sip::scan::{scan, Defect, Method};
 use std::net::SocketAddr;
@@ -1115,7 +1115,7 @@ fn body_rewrite_with_every_edit_at_once() {
     let d = decide(b, &m, src, &t);
     let mut out = vec![0u8; 16384];
     let new_body = b"v=0\r\n";
-    let o = write(b, &m, d, src, &t, Some(new_body), &mut out);
+    let o = write(Scanned::new(b, &m, src), d, &t, Some(new_body), &mut out);
     let Outcome::Forwarded { len, .. } = o else {
         panic!("{o:?}")
     };

@@ -19,6 +19,6 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(t.groups.len(), v.groups.len());
             assert_eq!(t.shards.len(), v.shards.len());
         }
-        Err(e) => assert!(!e.is_empty()),
+        Err(e) => assert!(!e.key.is_empty() && !e.reason.is_empty(), "{e}"),
     }
 });

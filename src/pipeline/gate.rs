@@ -9,14 +9,14 @@
 //! most `OFFER_TTL` (INVITE transaction lifetime, RFC 3261 Timer B/F: 32 s;
 //! doubled for 18x/2xx retransmissions).
 
-use super::Outcome;
+use super::{write, Outcome, Scanned};
 use crate::route::decision::{decide, Decision};
 use crate::route::policy::{self, OnViolation};
 use crate::route::Tables;
 use crate::sip::branch::{self, BRANCH_LEN};
 use crate::sip::media::{self, MediaPolicy};
 use crate::sip::rewrite::forward_response_replaced;
-use crate::sip::scan::{scan, Message};
+use crate::sip::scan::scan;
 use crate::sip::sdp::{self, MediaType};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -123,171 +123,136 @@ impl PolicyGate {
         now: Instant,
         out: &mut [u8],
     ) -> Outcome {
-        handle(buf, src, t, self, now, out)
+        let m = scan(buf);
+        let s = Scanned::new(buf, &m, src);
+        let d = decide(buf, &m, src, t);
+        let at = At { t, now };
+        match d {
+            Decision::Forward {
+                kind, loop_hash, ..
+            } if policy::has_sdp(buf, &m) => match t.policy.effective(kind, buf, &m) {
+                Some(p) => {
+                    let key = branch::branch(&t.branch_key, buf, &m, src, loop_hash);
+                    self.offer(s, d, &p, key, at, out)
+                }
+                None => write(s, d, t, None, out),
+            },
+            Decision::Relay { .. } if policy::is_answer(buf, &m) => self.answer(s, d, t, out),
+            _ => write(s, d, t, None, out),
+        }
     }
-}
 
-fn handle(
-    buf: &[u8],
-    src: SocketAddr,
-    t: &Tables,
-    ctx: &PolicyGate,
-    now: Instant,
-    out: &mut [u8],
-) -> Outcome {
-    let m = scan(buf);
-    let d = decide(buf, &m, src, t);
-    match d {
-        Decision::Forward {
-            kind, loop_hash, ..
-        } if policy::has_sdp(buf, &m) => {
-            let Some(policy) = t.policy.effective(kind, buf, &m) else {
-                return super::write(buf, &m, d, src, t, None, out);
-            };
-            offer(
-                buf,
-                &m,
-                d,
-                src,
-                t,
-                ctx,
-                &policy,
-                branch::branch(&t.branch_key, buf, &m, src, loop_hash),
-                now,
-                out,
-            )
-        }
-        Decision::Relay { .. } if policy::is_answer(buf, &m) => {
-            answer(buf, &m, d, src, t, ctx, out)
-        }
-        _ => super::write(buf, &m, d, src, t, None, out),
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn offer(
-    buf: &[u8],
-    m: &Message,
-    d: Decision,
-    src: SocketAddr,
-    t: &Tables,
-    ctx: &PolicyGate,
-    policy: &MediaPolicy,
-    key: [u8; BRANCH_LEN],
-    now: Instant,
-    out: &mut [u8],
-) -> Outcome {
-    let dst = src;
-    let body = m.body.get(buf);
-    let parsed = match sdp::parse(body) {
-        Ok(s) => s,
-        Err(e) => {
-            ctx.stats.sdp_malformed_400.fetch_add(1, Relaxed);
-            let reason = format!("Bad Request - {}", e.0);
-            return super::answer(buf, m, 400, &reason, &[], src, dst, out);
-        }
-    };
-    let verdict = media::filter_offer(&parsed, policy);
-    if verdict.kept() == 0 {
-        ctx.stats.offers_rejected_488.fetch_add(1, Relaxed);
-        let warning = format!(
-            "Warning: 304 {} \"Media type not available\"\r\n",
-            t.edge.hostport()
-        );
-        tracing::debug!(call_id = %String::from_utf8_lossy(m.call_id.get(buf)), reasons = ?verdict.reasons, "offer refused whole");
-        return super::answer(
-            buf,
-            m,
-            488,
-            "Not Acceptable Here",
-            &[warning.as_bytes()],
-            src,
-            dst,
-            out,
-        );
-    }
-    let offered = Offered {
-        nonzero: parsed
-            .media
-            .iter()
-            .zip(&verdict.refuse)
-            .map(|(s, r)| s.port != 0 && !r)
-            .collect(),
-        types: parsed.media.iter().map(|s| s.media_type.clone()).collect(),
-    };
-    let result = if verdict.any_refused() {
-        let mut filtered = Vec::with_capacity(body.len());
-        sdp::refuse_streams(body, &parsed, &verdict.refuse, &mut filtered);
-        ctx.stats.offers_filtered.fetch_add(1, Relaxed);
-        super::write(buf, m, d, src, t, Some(&filtered), out)
-    } else {
-        ctx.stats.offers_passed.fetch_add(1, Relaxed);
-        super::write(buf, m, d, src, t, None, out)
-    };
-    if matches!(result, Outcome::Forwarded { .. }) {
-        ctx.offers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, offered, now);
-    }
-    result
-}
-
-fn answer(
-    buf: &[u8],
-    m: &Message,
-    d: Decision,
-    src: SocketAddr,
-    t: &Tables,
-    ctx: &PolicyGate,
-    out: &mut [u8],
-) -> Outcome {
-    let key: Option<[u8; BRANCH_LEN]> = m
-        .top_via
-        .and_then(|v| v.branch)
-        .and_then(|b| b.get(buf).try_into().ok());
-    let verdict = {
-        let offers = ctx.offers.lock().unwrap_or_else(|p| p.into_inner());
-        key.and_then(|k| offers.map.get(&k))
-            .map(|o| match sdp::parse(m.body.get(buf)) {
-                Ok(ans) => media::check_answer(&o.nonzero, &o.types, &ans).map_err(|v| v.0),
-                Err(e) => Err(format!("answer SDP unreadable: {}", e.0)),
-            })
-    };
-    match verdict {
-        None => {
-            ctx.stats.answers_unmatched.fetch_add(1, Relaxed);
-            super::write(buf, m, d, src, t, None, out)
-        }
-        Some(Ok(())) => {
-            ctx.stats.answers_checked.fetch_add(1, Relaxed);
-            super::write(buf, m, d, src, t, None, out)
-        }
-        Some(Err(why)) => {
-            ctx.stats.answers_checked.fetch_add(1, Relaxed);
-            ctx.stats.answer_violations.fetch_add(1, Relaxed);
-            let call_id = String::from_utf8_lossy(m.call_id.get(buf)).into_owned();
-            tracing::warn!(call_id, violation = %why, "answer accepts media the edge did not offer");
-            match (t.policy.on_violation, d) {
-                (OnViolation::Reject, Decision::Relay { dst }) => match forward_response_replaced(
-                    buf,
-                    m,
-                    500,
-                    "Answer Violates Media Policy",
-                    out,
-                ) {
-                    Some(len) => {
-                        ctx.stats.answers_replaced_500.fetch_add(1, Relaxed);
-                        Outcome::Relayed {
-                            len,
-                            dst,
-                            code: 500,
-                        }
-                    }
-                    None => super::write(buf, m, d, src, t, None, out),
-                },
-                _ => super::write(buf, m, d, src, t, None, out),
+    /// An SDP offer forwarded with the streams the policy refuses set to
+    /// port 0 (RFC 3264), or refused whole (`488`) when none is left; what
+    /// was offered is remembered under our branch for the answer's check.
+    fn offer(
+        &self,
+        s: Scanned<'_>,
+        d: Decision,
+        policy: &MediaPolicy,
+        key: [u8; BRANCH_LEN],
+        at: At<'_>,
+        out: &mut [u8],
+    ) -> Outcome {
+        let body = s.m.body.get(s.buf);
+        let parsed = match sdp::parse(body) {
+            Ok(p) => p,
+            Err(e) => {
+                self.stats.sdp_malformed_400.fetch_add(1, Relaxed);
+                let reason = format!("Bad Request - {}", e.0);
+                return super::answer(s, 400, &reason, &[], out);
             }
+        };
+        let verdict = media::filter_offer(&parsed, policy);
+        if verdict.kept() == 0 {
+            self.stats.offers_rejected_488.fetch_add(1, Relaxed);
+            let warning = format!(
+                "Warning: 304 {} \"Media type not available\"\r\n",
+                at.t.edge.hostport()
+            );
+            tracing::debug!(call_id = %String::from_utf8_lossy(s.m.call_id.get(s.buf)), reasons = ?verdict.reasons, "offer refused whole");
+            let extra = [warning.as_bytes()];
+            return super::answer(s, 488, "Not Acceptable Here", &extra, out);
+        }
+        let offered = Offered {
+            nonzero: parsed
+                .media
+                .iter()
+                .zip(&verdict.refuse)
+                .map(|(m, r)| m.port != 0 && !r)
+                .collect(),
+            types: parsed.media.iter().map(|m| m.media_type.clone()).collect(),
+        };
+        let result = if verdict.any_refused() {
+            let mut filtered = Vec::with_capacity(body.len());
+            sdp::refuse_streams(body, &parsed, &verdict.refuse, &mut filtered);
+            self.stats.offers_filtered.fetch_add(1, Relaxed);
+            write(s, d, at.t, Some(&filtered), out)
+        } else {
+            self.stats.offers_passed.fetch_add(1, Relaxed);
+            write(s, d, at.t, None, out)
+        };
+        if matches!(result, Outcome::Forwarded { .. }) {
+            self.offers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, offered, at.now);
+        }
+        result
+    }
+
+    /// An SDP answer checked against the offer the edge forwarded: one
+    /// accepting a stream that was not offered is counted and logged, and
+    /// with `on_violation = "reject"` replaced by `500`.
+    fn answer(&self, s: Scanned<'_>, d: Decision, t: &Tables, out: &mut [u8]) -> Outcome {
+        let (buf, m) = (s.buf, s.m);
+        let key: Option<[u8; BRANCH_LEN]> = m
+            .top_via
+            .and_then(|v| v.branch)
+            .and_then(|b| b.get(buf).try_into().ok());
+        let verdict = {
+            let offers = self.offers.lock().unwrap_or_else(|p| p.into_inner());
+            key.and_then(|k| offers.map.get(&k))
+                .map(|o| match sdp::parse(m.body.get(buf)) {
+                    Ok(ans) => media::check_answer(&o.nonzero, &o.types, &ans).map_err(|v| v.0),
+                    Err(e) => Err(format!("answer SDP unreadable: {}", e.0)),
+                })
+        };
+        let why = match verdict {
+            None => {
+                self.stats.answers_unmatched.fetch_add(1, Relaxed);
+                return write(s, d, t, None, out);
+            }
+            Some(Ok(())) => {
+                self.stats.answers_checked.fetch_add(1, Relaxed);
+                return write(s, d, t, None, out);
+            }
+            Some(Err(why)) => why,
+        };
+        self.stats.answers_checked.fetch_add(1, Relaxed);
+        self.stats.answer_violations.fetch_add(1, Relaxed);
+        let call_id = String::from_utf8_lossy(m.call_id.get(buf)).into_owned();
+        tracing::warn!(call_id, violation = %why, "answer accepts media the edge did not offer");
+        let (OnViolation::Reject, Decision::Relay { dst }) = (t.policy.on_violation, d) else {
+            return write(s, d, t, None, out);
+        };
+        match forward_response_replaced(buf, m, 500, "Answer Violates Media Policy", out) {
+            Some(len) => {
+                self.stats.answers_replaced_500.fetch_add(1, Relaxed);
+                Outcome::Relayed {
+                    len,
+                    dst,
+                    code: 500,
+                }
+            }
+            None => write(s, d, t, None, out),
         }
     }
+}
+
+/// The tables and the clock a gate call runs with.
+#[derive(Clone, Copy)]
+struct At<'a> {
+    t: &'a Tables,
+    now: Instant,
 }

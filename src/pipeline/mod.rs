@@ -67,6 +67,21 @@ pub struct Datagram<'a> {
     pub src: SocketAddr,
 }
 
+/// A datagram with its scan: the bytes, what the scanner found in them
+/// and the real source. Every phase after the scan takes these together.
+#[derive(Clone, Copy)]
+pub struct Scanned<'a> {
+    pub buf: &'a [u8],
+    pub m: &'a Message,
+    pub src: SocketAddr,
+}
+
+impl<'a> Scanned<'a> {
+    pub fn new(buf: &'a [u8], m: &'a Message, src: SocketAddr) -> Scanned<'a> {
+        Scanned { buf, m, src }
+    }
+}
+
 /// Which refusal wants a token of the answer budget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -139,8 +154,12 @@ pub fn run(
         // Before any routing work: shedding must cost less than forwarding.
         return shed_within(d, adm, out, m);
     }
-    match route_scanned(d.buf, d.truncated, d.src, t, out, m) {
-        Outcome::NeedsPolicy(dec) => hand_over(d, dec, t, adm, out, m),
+    if d.truncated {
+        return Outcome::Dropped(DropReason::Oversized);
+    }
+    let s = Scanned::new(d.buf, m, d.src);
+    match route_scanned(s, t, out) {
+        Outcome::NeedsPolicy(dec) => hand_over(d, s, dec, t, adm, out),
         o => o,
     }
 }
@@ -201,7 +220,7 @@ fn refuse_over_rate(
     scan_into(d.buf, m);
     let o = match m.method() {
         Some(method) if method != Method::Ack && m.top_via.is_some() => {
-            unavailable(d.buf, m, UNAVAILABLE_RATE, 1, d.src, d.src, out)
+            unavailable(Scanned::new(d.buf, m, d.src), UNAVAILABLE_RATE, 1, out)
         }
         _ => Outcome::Dropped(DropReason::RateLimited),
     };
@@ -214,10 +233,11 @@ fn refuse_over_rate(
 /// Shed a new INVITE: `503 Overloaded` while the answer budget has a
 /// token, else dropped and counted as `shed_silent`.
 fn shed_within(d: &Datagram<'_>, adm: &mut impl Admission, out: &mut [u8], m: &Message) -> Outcome {
+    let s = Scanned::new(d.buf, m, d.src);
     if !adm.answer_token(Refusal::Shed) {
-        return shed(d.buf, m, d.src, out, false);
+        return shed(s, out, false);
     }
-    let o = shed(d.buf, m, d.src, out, true);
+    let o = shed(s, out, true);
     if !matches!(o, Outcome::Replied { .. }) {
         adm.refund();
     }
@@ -228,20 +248,19 @@ fn shed_within(d: &Datagram<'_>, adm: &mut impl Admission, out: &mut [u8], m: &M
 /// `503` and a response relayed unchecked: never silently dropped.
 fn hand_over(
     d: &Datagram<'_>,
+    s: Scanned<'_>,
     dec: Decision,
     t: &Tables,
     adm: &mut impl Admission,
     out: &mut [u8],
-    m: &Message,
 ) -> Outcome {
     if adm.hand_over(d) {
         return Outcome::NeedsPolicy(dec);
     }
-    if m.is_request() {
-        let r = UNAVAILABLE_POLICY_QUEUE;
-        unavailable(d.buf, m, r, t.retry_after_s, d.src, d.src, out)
+    if s.m.is_request() {
+        unavailable(s, UNAVAILABLE_POLICY_QUEUE, t.retry_after_s, out)
     } else {
-        write(d.buf, m, dec, d.src, t, None, out)
+        write(s, dec, t, None, out)
     }
 }
 
@@ -257,31 +276,21 @@ pub fn sheddable(m: &Message) -> bool {
 /// Refuse a shed INVITE before any routing work: `503 Overloaded` when
 /// `reply` (the answer budget allows one) and it can be answered, else a
 /// silent, counted drop.
-fn shed(buf: &[u8], m: &Message, src: SocketAddr, out: &mut [u8], reply: bool) -> Outcome {
-    if !reply || m.top_via.is_none() {
+fn shed(s: Scanned<'_>, out: &mut [u8], reply: bool) -> Outcome {
+    if !reply || s.m.top_via.is_none() {
         return Outcome::Dropped(DropReason::ShedSilent);
     }
-    unavailable(buf, m, UNAVAILABLE_OVERLOAD, 1, src, src, out)
+    unavailable(s, UNAVAILABLE_OVERLOAD, 1, out)
 }
 
-/// Decide and write an already scanned datagram (the rest of the pipeline
+/// Decide and write a whole scanned datagram (the rest of the pipeline
 /// once admission control has let it through).
-pub fn route_scanned(
-    buf: &[u8],
-    truncated: bool,
-    src: SocketAddr,
-    t: &Tables,
-    out: &mut [u8],
-    m: &Message,
-) -> Outcome {
-    if truncated {
-        return Outcome::Dropped(DropReason::Oversized);
-    }
-    let d = decide(buf, m, src, t);
-    if !t.policy.is_empty() && needs_policy(buf, m, &d, t) {
+pub fn route_scanned(s: Scanned<'_>, t: &Tables, out: &mut [u8]) -> Outcome {
+    let d = decide(s.buf, s.m, s.src, t);
+    if !t.policy.is_empty() && needs_policy(s.buf, s.m, &d, t) {
         return Outcome::NeedsPolicy(d);
     }
-    write(buf, m, d, src, t, None, out)
+    write(s, d, t, None, out)
 }
 
 /// Is this decision about an SDP offer or answer a policy applies to?
@@ -301,107 +310,110 @@ fn needs_policy(buf: &[u8], m: &Message, d: &Decision, t: &Tables) -> bool {
 /// replacing the original one when given), the relayed response or the
 /// stateless answer.
 pub fn write(
-    buf: &[u8],
-    m: &Message,
+    s: Scanned<'_>,
     d: Decision,
-    src: SocketAddr,
     t: &Tables,
     body: Option<&[u8]>,
     out: &mut [u8],
 ) -> Outcome {
-    let m = *m;
     match d {
         Decision::Drop(r) => Outcome::Dropped(r),
-        Decision::Reply { code, reason, dst } => answer(buf, &m, code, reason, &[], src, dst, out),
+        Decision::Reply { code, reason } => answer(s, code, reason, &[], out),
         Decision::Unavailable {
-            dst,
             retry_after,
             reason,
-        } => unavailable(buf, &m, reason, retry_after, src, dst, out),
-        Decision::Relay { dst } => match forward_response(buf, &m, out) {
-            Some(len) => Outcome::Relayed {
-                len,
-                dst,
-                code: match m.start {
-                    StartLine::Response { code } => code,
-                    StartLine::Request { .. } => 0,
-                },
+        } => unavailable(s, reason, retry_after, out),
+        Decision::Relay { dst } => relay(s, dst, out),
+        Decision::Forward { .. } => forward(s, d, t, body, out),
+    }
+}
+
+/// A response back along the Via path, our Via popped.
+fn relay(s: Scanned<'_>, dst: SocketAddr, out: &mut [u8]) -> Outcome {
+    match forward_response(s.buf, s.m, out) {
+        Some(len) => Outcome::Relayed {
+            len,
+            dst,
+            code: match s.m.start {
+                StartLine::Response { code } => code,
+                StartLine::Request { .. } => 0,
             },
-            None => Outcome::Dropped(DropReason::TooLarge),
         },
-        Decision::Forward {
+        None => Outcome::Dropped(DropReason::TooLarge),
+    }
+}
+
+/// A request forwarded with our Via (the keyed branch), the Route set the
+/// leg needs, our Record-Route where a dialog starts, and only a trusted
+/// source's P-Asserted-Identity.
+fn forward(
+    s: Scanned<'_>,
+    d: Decision,
+    t: &Tables,
+    body: Option<&[u8]>,
+    out: &mut [u8],
+) -> Outcome {
+    let Decision::Forward {
+        dst,
+        kind,
+        push,
+        pop,
+        max_forwards,
+        loop_hash,
+    } = d
+    else {
+        unreachable!("forward() is called with a Forward decision");
+    };
+    let (buf, m, src) = (s.buf, s.m, s.src);
+    let br = branch::branch(&t.branch_key, buf, m, src, loop_hash);
+    let plan = RequestPlan {
+        via_prefix: &t.edge.via_prefix,
+        branch: &br,
+        route_push: push.map(|(shard, leg)| t.shards.get(shard).route_line(leg)),
+        record_route: (t.record_route
+            && kind.record_routes()
+            && m.to_tag.is_none()
+            && m.method().is_some_and(dialog_creating))
+        .then_some(&t.edge.record_route_line[..]),
+        max_forwards,
+        pop_routes: pop,
+        src,
+        keep_asserted_identity: t.is_trusted_source(src),
+        body,
+    };
+    match forward_request(buf, m, &plan, out) {
+        Some(len) => Outcome::Forwarded {
+            len,
             dst,
             kind,
-            push,
-            pop,
-            max_forwards,
-            loop_hash,
-        } => {
-            let br = branch::branch(&t.branch_key, buf, &m, src, loop_hash);
-            let plan = RequestPlan {
-                via_prefix: &t.edge.via_prefix,
-                branch: &br,
-                route_push: push.map(|(shard, leg)| t.shards.get(shard).route_line(leg)),
-                record_route: (t.record_route
-                    && kind.record_routes()
-                    && m.to_tag.is_none()
-                    && m.method().is_some_and(dialog_creating))
-                .then_some(&t.edge.record_route_line[..]),
-                max_forwards,
-                pop_routes: pop,
-                src,
-                keep_asserted_identity: t.is_trusted_source(src),
-                body,
-            };
-            match forward_request(buf, &m, &plan, out) {
-                Some(len) => Outcome::Forwarded {
-                    len,
-                    dst,
-                    kind,
-                    shard: push.map(|(s, _)| s as u16),
-                },
-                // An ACK is never answered (RFC 3261 §17.1.1.3).
-                None if m.method() == Some(Method::Ack) => Outcome::Dropped(DropReason::TooLarge),
-                None => answer(buf, &m, 513, "Message Too Large", &[], src, src, out),
-            }
-        }
+            shard: push.map(|(s, _)| s as u16),
+        },
+        // An ACK is never answered (RFC 3261 §17.1.1.3).
+        None if m.method() == Some(Method::Ack) => Outcome::Dropped(DropReason::TooLarge),
+        None => answer(s, 513, "Message Too Large", &[], out),
     }
 }
 
 /// `503` with `Retry-After` (no shard can take it, the slow path is full,
 /// the worker is overloaded, the source is over its rate).
-pub fn unavailable(
-    buf: &[u8],
-    m: &Message,
-    reason: &str,
-    retry_after: u32,
-    src: SocketAddr,
-    dst: SocketAddr,
-    out: &mut [u8],
-) -> Outcome {
+pub fn unavailable(s: Scanned<'_>, reason: &str, retry_after: u32, out: &mut [u8]) -> Outcome {
     let mut line = [0u8; 32];
     let n = retry_after_line(retry_after, &mut line);
-    answer(buf, m, 503, reason, &[&line[..n]], src, dst, out)
+    answer(s, 503, reason, &[&line[..n]], out)
 }
 
-fn dialog_creating(m: crate::sip::scan::Method) -> bool {
-    use crate::sip::scan::Method::*;
-    matches!(m, Invite | Subscribe | Refer)
+fn dialog_creating(m: Method) -> bool {
+    matches!(m, Method::Invite | Method::Subscribe | Method::Refer)
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn answer(
-    buf: &[u8],
-    m: &Message,
-    code: u16,
-    reason: &str,
-    extra: &[&[u8]],
-    src: SocketAddr,
-    dst: SocketAddr,
-    out: &mut [u8],
-) -> Outcome {
-    match reply::build(buf, m, code, reason, extra, src, out) {
-        Some(len) => Outcome::Replied { len, dst, code },
+/// A stateless answer, to the request's real source.
+pub fn answer(s: Scanned<'_>, code: u16, reason: &str, extra: &[&[u8]], out: &mut [u8]) -> Outcome {
+    match reply::build(s.buf, s.m, code, reason, extra, s.src, out) {
+        Some(len) => Outcome::Replied {
+            len,
+            dst: s.src,
+            code,
+        },
         None => Outcome::Dropped(DropReason::TooLarge),
     }
 }

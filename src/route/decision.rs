@@ -179,15 +179,16 @@ pub enum Decision {
     Relay {
         dst: SocketAddr,
     },
+    /// A stateless answer. It always goes to the request's real source
+    /// (RFC 3581 §4 whether or not the client asked for `rport`, as
+    /// Kamailio's `force_rport`): no Via can steer it elsewhere.
     Reply {
         code: u16,
         reason: &'static str,
-        dst: SocketAddr,
     },
     /// `503` with `Retry-After`: no Conversation Server can take it now
     /// (or the edge sheds it); `reason` says which.
     Unavailable {
-        dst: SocketAddr,
         retry_after: u32,
         reason: &'static str,
     },
@@ -284,11 +285,11 @@ fn own_routes(buf: &[u8], m: &Message, t: &Tables) -> OwnRoutes {
 
 /// An answer to the request, or for an ACK (never answered, RFC 3261
 /// §17.1.1.3) a counted drop.
-fn refusal(method: Method, dst: SocketAddr, code: u16, reason: &'static str) -> Decision {
+fn refusal(method: Method, code: u16, reason: &'static str) -> Decision {
     if method == Method::Ack {
         Decision::Drop(DropReason::AckRefused)
     } else {
-        Decision::Reply { code, reason, dst }
+        Decision::Reply { code, reason }
     }
 }
 
@@ -304,7 +305,6 @@ struct Request<'a> {
     /// to choose the next hop; a client never is.
     from_shard: Option<usize>,
     routes: OwnRoutes,
-    reply_dst: SocketAddr,
     max_forwards: MaxForwards,
     loop_hash: u32,
 }
@@ -312,7 +312,7 @@ struct Request<'a> {
 impl Request<'_> {
     /// An answer, or for an ACK (never answered, RFC 3261 §17.1.1.3) a drop.
     fn refuse(&self, code: u16, reason: &'static str) -> Decision {
-        refusal(self.method, self.reply_dst, code, reason)
+        refusal(self.method, code, reason)
     }
 
     fn forward(&self, dst: SocketAddr, kind: ForwardKind, push: Option<(usize, Leg)>) -> Decision {
@@ -458,7 +458,6 @@ impl Request<'_> {
             Some(s) => self.forward(self.t.shards.get(s).addr, kind, Some((s, leg))),
             None if self.method == Method::Ack => Decision::Drop(DropReason::AckRefused),
             None => Decision::Unavailable {
-                dst: self.reply_dst,
                 retry_after: self.t.retry_after_s,
                 reason: crate::sip::reply::UNAVAILABLE_NO_CS,
             },
@@ -489,11 +488,7 @@ fn decide_request(
     src: SocketAddr,
     t: &Tables,
 ) -> Decision {
-    // Every answer goes to the real source (RFC 3581 §4 whether or not the
-    // client asked for `rport`, as Kamailio's `force_rport`): no Via can
-    // steer it to another port, let alone another host.
-    let reply_dst = src;
-    let refuse = |code: u16, reason: &'static str| refusal(method, reply_dst, code, reason);
+    let refuse = |code: u16, reason: &'static str| refusal(method, code, reason);
     // Phase 1, admission: the message and its Request-URI are well formed.
     if let Some(d) = m.defect {
         // Without a parsed top Via there is nowhere trustworthy to answer.
@@ -522,7 +517,6 @@ fn decide_request(
         return Decision::Reply {
             code: 200,
             reason: "OK",
-            dst: reply_dst,
         };
     }
     // Phase 3, hop limits: Max-Forwards and loops.
@@ -544,7 +538,6 @@ fn decide_request(
         t,
         from_shard,
         routes,
-        reply_dst,
         max_forwards,
         loop_hash,
     };
