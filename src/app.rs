@@ -86,10 +86,7 @@ impl App {
         }
         if let Some(h) = v.health {
             let cfg = HealthConfig {
-                interval: h.interval,
-                timeout: h.timeout,
-                fail_threshold: h.fail_threshold,
-                ok_threshold: h.ok_threshold,
+                probes: h,
                 bind: SocketAddr::new(v.server.listen.ip(), 0),
                 from_host: server.tables.load().edge.hostport(),
             };

@@ -5,7 +5,9 @@
 //! are asserted (generous, 3 s); absence of a transition is asserted after
 //! counting answered probes, never after a bare sleep.
 
-use cpm_edge::control::health::{spawn, Health, HealthConfig, OnChange, ShardHealth, Targets};
+use cpm_edge::control::health::{
+    spawn, Health, HealthConfig, HealthSettings, OnChange, ShardHealth, Targets,
+};
 use cpm_edge::sip::scan::{scan, Method, StartLine};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
@@ -17,10 +19,12 @@ const BOUND: Duration = Duration::from_secs(3);
 
 fn cfg() -> HealthConfig {
     HealthConfig {
-        interval: Duration::from_millis(50),
-        timeout: Duration::from_millis(100),
-        fail_threshold: 2,
-        ok_threshold: 2,
+        probes: HealthSettings {
+            interval: Duration::from_millis(50),
+            timeout: Duration::from_millis(100),
+            fail_threshold: 2,
+            ok_threshold: 2,
+        },
         bind: "127.0.0.1:0".parse().unwrap(),
         from_host: "edge.test:5060".into(),
     }
@@ -29,11 +33,10 @@ fn cfg() -> HealthConfig {
 // ---------------------------------------------------------------- state machine
 
 fn thresholds(fail: u32, ok: u32) -> HealthConfig {
-    HealthConfig {
-        fail_threshold: fail,
-        ok_threshold: ok,
-        ..cfg()
-    }
+    let mut c = cfg();
+    c.probes.fail_threshold = fail;
+    c.probes.ok_threshold = ok;
+    c
 }
 
 #[test]

@@ -27,6 +27,7 @@
 //!   closure on every tick: a new key starts Up, a vanished key is forgotten
 //!   without a callback.
 
+pub use crate::config::HealthSettings;
 use crate::sip::scan::{scan, StartLine};
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -40,17 +41,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
-/// Health-check settings.
+/// Health-check settings: the probing schedule and thresholds as
+/// configured (`[health]`), and where the checker sends from.
 #[derive(Clone, Debug)]
 pub struct HealthConfig {
-    /// Between probes of one shard (e.g. 1 s).
-    pub interval: Duration,
-    /// A probe unanswered after this is a failure.
-    pub timeout: Duration,
-    /// Consecutive failures to mark a shard Down (0 is taken as 1).
-    pub fail_threshold: u32,
-    /// Consecutive successes to mark it Up again (0 is taken as 1).
-    pub ok_threshold: u32,
+    pub probes: HealthSettings,
     /// Local address of the checker's own UDP socket (e.g. `127.0.0.1:0`).
     pub bind: SocketAddr,
     /// Host (optionally `:port`) for From/Contact/Call-ID, e.g. the edge's
@@ -101,14 +96,14 @@ impl ShardHealth {
         if ok {
             self.fails = 0;
             self.oks = self.oks.saturating_add(1);
-            if self.state == Health::Down && self.oks >= cfg.ok_threshold.max(1) {
+            if self.state == Health::Down && self.oks >= cfg.probes.ok_threshold.max(1) {
                 self.state = Health::Up;
                 return Some(Health::Up);
             }
         } else {
             self.oks = 0;
             self.fails = self.fails.saturating_add(1);
-            if self.state == Health::Up && self.fails >= cfg.fail_threshold.max(1) {
+            if self.state == Health::Up && self.fails >= cfg.probes.fail_threshold.max(1) {
                 self.state = Health::Down;
                 return Some(Health::Down);
             }
@@ -324,7 +319,7 @@ impl Checker {
         if call_id.is_empty() {
             return;
         }
-        let timeout = self.cfg.timeout;
+        let timeout = self.cfg.probes.timeout;
         let Some(i) = self.shards.iter().position(|s| {
             same_addr(s.addr, from) && s.outstanding.as_ref().is_some_and(|p| p.call_id == call_id)
         }) else {
@@ -351,13 +346,13 @@ impl Checker {
             Health::Down => warn!(
                 shard = %shard.name,
                 addr = %shard.addr,
-                failures = self.cfg.fail_threshold.max(1),
+                failures = self.cfg.probes.fail_threshold.max(1),
                 "CS shard Down: OPTIONS probes unanswered"
             ),
             Health::Up => info!(
                 shard = %shard.name,
                 addr = %shard.addr,
-                successes = self.cfg.ok_threshold.max(1),
+                successes = self.cfg.probes.ok_threshold.max(1),
                 "CS shard Up: OPTIONS probes answered again"
             ),
         }
@@ -371,7 +366,7 @@ impl Checker {
             let timed_out = self.shards[i]
                 .outstanding
                 .as_ref()
-                .is_some_and(|p| now.saturating_duration_since(p.sent) >= self.cfg.timeout);
+                .is_some_and(|p| now.saturating_duration_since(p.sent) >= self.cfg.probes.timeout);
             if timed_out {
                 self.shards[i].outstanding = None;
                 debug!(shard = %self.shards[i].name, "health probe timed out");
@@ -385,11 +380,11 @@ impl Checker {
                 let s = &mut self.shards[i];
                 // Keep the cadence; after a stall, restart it from now
                 // rather than firing a burst of catch-up probes.
-                let next = later(s.next_due, self.cfg.interval);
+                let next = later(s.next_due, self.cfg.probes.interval);
                 s.next_due = if next > now {
                     next
                 } else {
-                    later(now, self.cfg.interval)
+                    later(now, self.cfg.probes.interval)
                 };
             }
         }

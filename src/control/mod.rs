@@ -57,32 +57,23 @@ pub struct FixedChange {
 }
 
 /// Why a reload applied nothing.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReloadError {
     /// Settings bound at start changed: restart to apply them.
+    #[error("reload refused: {}; restart to apply", changed(.0))]
     NeedsRestart(Vec<FixedChange>),
     /// The new configuration does not validate.
+    #[error("reload refused: {0}; running configuration unchanged")]
     Invalid(String),
 }
 
-impl std::fmt::Display for ReloadError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ReloadError::NeedsRestart(changes) => {
-                let list: Vec<String> = changes
-                    .iter()
-                    .map(|c| format!("{} changed {} -> {}", c.key, c.from, c.to))
-                    .collect();
-                write!(f, "reload refused: {}; restart to apply", list.join(", "))
-            }
-            ReloadError::Invalid(e) => {
-                write!(f, "reload refused: {e}; running configuration unchanged")
-            }
-        }
-    }
+fn changed(changes: &[FixedChange]) -> String {
+    let list: Vec<String> = changes
+        .iter()
+        .map(|c| format!("{} changed {} -> {}", c.key, c.from, c.to))
+        .collect();
+    list.join(", ")
 }
-
-impl std::error::Error for ReloadError {}
 
 /// The settings of `next` that differ from `cur` although they were bound
 /// at start: the UDP sockets and workers, the admin listener, the health
