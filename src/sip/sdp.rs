@@ -317,14 +317,8 @@ pub fn parse(body: &[u8]) -> Result<Sdp, SdpError> {
         return Err(err("SDP too large"));
     }
     let text = std::str::from_utf8(body).map_err(|_| err("Malformed SDP: not UTF-8"))?;
-
+    let mut p = Parser::default();
     let mut pos = 0;
-    let mut line_ending = None;
-    let (mut seen_o, mut seen_s, mut seen_t) = (false, false, false);
-    let mut session_direction: Option<String> = None;
-    let mut session_end = None;
-    let mut media: Vec<Media> = Vec::new();
-
     loop {
         // End of body, or only empty lines left: those trailing line endings
         // are tolerated and stay outside every section.
@@ -337,8 +331,8 @@ pub fn parse(body: &[u8]) -> Result<Sdp, SdpError> {
         }
         let line = next_line(body, pos);
         let content = text.get(line.start..line.content_end).unwrap_or("");
-        if line_ending.is_none() {
-            line_ending = Some(line.ending.unwrap_or(LineEnding::CrLf));
+        if p.line_ending.is_none() {
+            p.line_ending = Some(line.ending.unwrap_or(LineEnding::CrLf));
         }
         if pos == 0 {
             // Checked before the line syntax: whatever else is wrong with a
@@ -346,97 +340,139 @@ pub fn parse(body: &[u8]) -> Result<Sdp, SdpError> {
             if content != "v=0" {
                 return Err(err("Malformed SDP: first line not v=0"));
             }
-            pos = line.next;
-            continue;
+        } else {
+            let (kind, value) = type_and_value(content)?;
+            p.line(kind, value, &line)?;
         }
-        if content.is_empty() {
-            return Err(err("Malformed SDP: empty line"));
+        if let Some(m) = p.media.last_mut() {
+            m.range.end = line.next;
         }
-        // RFC 8866 text excludes NUL, CR and LF; a lone CR would otherwise be
-        // read as a line break by some peers and not by others.
-        if content.bytes().any(|b| b == b'\r' || b == 0) {
-            return Err(err("Malformed SDP: control character"));
-        }
-        let cb = content.as_bytes();
-        let kind = match (cb.first(), cb.get(1)) {
-            (Some(&k), Some(&b'=')) if k.is_ascii_alphabetic() => k,
-            _ => return Err(err("Malformed SDP: bad line")),
-        };
-        let value = content.get(2..).unwrap_or("");
-        let value_at = line.start + 2;
+        pos = line.next;
+    }
+    p.finish(body.len())
+}
 
-        let in_media = session_end.is_some();
+/// The `<type>=<value>` of one line, after the checks every line gets.
+fn type_and_value(content: &str) -> Result<(u8, &str), SdpError> {
+    if content.is_empty() {
+        return Err(err("Malformed SDP: empty line"));
+    }
+    // RFC 8866 text excludes NUL, CR and LF; a lone CR would otherwise be
+    // read as a line break by some peers and not by others.
+    if content.bytes().any(|b| b == b'\r' || b == 0) {
+        return Err(err("Malformed SDP: control character"));
+    }
+    let cb = content.as_bytes();
+    match (cb.first(), cb.get(1)) {
+        (Some(&k), Some(&b'=')) if k.is_ascii_alphabetic() => {
+            Ok((k, content.get(2..).unwrap_or("")))
+        }
+        _ => Err(err("Malformed SDP: bad line")),
+    }
+}
+
+/// What the parse has seen so far.
+#[derive(Default)]
+struct Parser {
+    line_ending: Option<LineEnding>,
+    seen_o: bool,
+    seen_s: bool,
+    seen_t: bool,
+    session_direction: Option<String>,
+    /// Where the first media section starts (the session part ends).
+    session_end: Option<usize>,
+    media: Vec<Media>,
+}
+
+impl Parser {
+    /// One line after `v=0`.
+    fn line(&mut self, kind: u8, value: &str, line: &Line) -> Result<(), SdpError> {
+        let in_media = self.session_end.is_some();
         match kind {
             b'v' => return Err(err("Malformed SDP: misplaced v= line")),
-            b'm' => {
-                if !in_media {
-                    check_session(seen_o, seen_s, seen_t)?;
-                    session_end = Some(line.start);
-                }
-                if media.len() >= MAX_MEDIA {
-                    return Err(err("SDP too large: too many m= lines"));
-                }
-                let mut m = parse_mline(value, value_at)?;
-                m.range = line.start..line.next;
-                m.mline = line.start..line.content_end;
-                media.push(m);
-            }
+            b'm' => self.media_line(value, line)?,
             // Session-only lines inside a media section: the section would
             // be cut by refuse_streams, so a misplaced one is an error, not
             // something to carry along.
             b'o' | b's' | b't' | b'r' | b'z' | b'u' | b'e' | b'p' if in_media => {
                 return Err(err("Malformed SDP: session line in media section"));
             }
-            b'o' => seen_o = true,
-            b's' => seen_s = true,
-            b't' => seen_t = true,
-            b'a' => {
-                let (name, attr_value) = match value.split_once(':') {
-                    Some((n, v)) => (n, Some(v)),
-                    None => (value, None),
-                };
-                let current = if in_media { media.last_mut() } else { None };
-                if attr_value.is_none() && is_direction(name) {
-                    let d = Some(name.to_ascii_lowercase());
-                    match current {
-                        Some(m) => m.direction = d,
-                        None => session_direction = d,
-                    }
-                } else if let (Some(m), Some(v)) = (current, attr_value) {
-                    // Attribute names matched case-insensitively: a peer
-                    // writing `Accept-Types` must not slip past the policy.
-                    if name.eq_ignore_ascii_case("accept-types") {
-                        m.accept_types.extend(lowercase_list(v));
-                    } else if name.eq_ignore_ascii_case("accept-wrapped-types") {
-                        m.accept_wrapped_types.extend(lowercase_list(v));
-                    } else if name.eq_ignore_ascii_case("file-selector") {
-                        if let Some(n) = file_selector_size(v)? {
-                            m.file_size = Some(m.file_size.map_or(n, |s| s.max(n)));
-                        }
-                    }
-                }
-            }
+            b'o' => self.seen_o = true,
+            b's' => self.seen_s = true,
+            b't' => self.seen_t = true,
+            b'a' => self.attribute(value)?,
             _ => {}
         }
-        if let Some(m) = media.last_mut() {
-            m.range.end = line.next;
-        }
-        pos = line.next;
+        Ok(())
     }
 
-    if session_end.is_none() {
-        check_session(seen_o, seen_s, seen_t)?;
+    fn media_line(&mut self, value: &str, line: &Line) -> Result<(), SdpError> {
+        if self.session_end.is_none() {
+            check_session(self.seen_o, self.seen_s, self.seen_t)?;
+            self.session_end = Some(line.start);
+        }
+        if self.media.len() >= MAX_MEDIA {
+            return Err(err("SDP too large: too many m= lines"));
+        }
+        let mut m = parse_mline(value, line.start + 2)?;
+        m.range = line.start..line.next;
+        m.mline = line.start..line.content_end;
+        self.media.push(m);
+        Ok(())
     }
-    // RFC 8866 §6.7: a session-level direction applies to every section
-    // without its own.
-    for m in media.iter_mut().filter(|m| m.direction.is_none()) {
-        m.direction.clone_from(&session_direction);
+
+    /// `a=` lines: direction (session or media level) and, in a media
+    /// section, what the policy reads (accepted types, file size).
+    fn attribute(&mut self, value: &str) -> Result<(), SdpError> {
+        let (name, attr_value) = match value.split_once(':') {
+            Some((n, v)) => (n, Some(v)),
+            None => (value, None),
+        };
+        let current = if self.session_end.is_some() {
+            self.media.last_mut()
+        } else {
+            None
+        };
+        if attr_value.is_none() && is_direction(name) {
+            let d = Some(name.to_ascii_lowercase());
+            match current {
+                Some(m) => m.direction = d,
+                None => self.session_direction = d,
+            }
+            return Ok(());
+        }
+        let (Some(m), Some(v)) = (current, attr_value) else {
+            return Ok(());
+        };
+        // Attribute names matched case-insensitively: a peer writing
+        // `Accept-Types` must not slip past the policy.
+        if name.eq_ignore_ascii_case("accept-types") {
+            m.accept_types.extend(lowercase_list(v));
+        } else if name.eq_ignore_ascii_case("accept-wrapped-types") {
+            m.accept_wrapped_types.extend(lowercase_list(v));
+        } else if name.eq_ignore_ascii_case("file-selector") {
+            if let Some(n) = file_selector_size(v)? {
+                m.file_size = Some(m.file_size.map_or(n, |s| s.max(n)));
+            }
+        }
+        Ok(())
     }
-    Ok(Sdp {
-        session_end: session_end.unwrap_or(body.len()),
-        media,
-        line_ending: line_ending.unwrap_or(LineEnding::CrLf),
-    })
+
+    fn finish(mut self, body_len: usize) -> Result<Sdp, SdpError> {
+        if self.session_end.is_none() {
+            check_session(self.seen_o, self.seen_s, self.seen_t)?;
+        }
+        // RFC 8866 §6.7: a session-level direction applies to every section
+        // without its own.
+        for m in self.media.iter_mut().filter(|m| m.direction.is_none()) {
+            m.direction.clone_from(&self.session_direction);
+        }
+        Ok(Sdp {
+            session_end: self.session_end.unwrap_or(body_len),
+            media: self.media,
+            line_ending: self.line_ending.unwrap_or(LineEnding::CrLf),
+        })
+    }
 }
 
 fn check_session(o: bool, s: bool, t: bool) -> Result<(), SdpError> {
