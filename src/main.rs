@@ -157,7 +157,7 @@ fn main() {
         println!(
             "configuration OK: listen {} ({} workers), {} shards [{}], {} groups, {}",
             valid.server.listen,
-            valid.server.workers,
+            valid.server.workers.count,
             valid.shards.len(),
             shard_list(&valid),
             valid.groups.len(),
@@ -166,6 +166,15 @@ fn main() {
         return;
     }
     init_logging(&valid.log_level);
+    // Before anything is reachable: a SIGHUP that arrives as soon as the
+    // admin API answers must find its handler, not the default (exit).
+    let signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cpm-edge: {e}");
+            std::process::exit(1);
+        }
+    };
     let app = match App::start(&valid) {
         Ok(a) => a,
         Err(e) => {
@@ -174,13 +183,6 @@ fn main() {
         }
     };
     report_start(&valid, &app);
-    let signals = match Signals::install() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("cpm-edge: {e}");
-            std::process::exit(1);
-        }
-    };
     println!("  ready (SIGHUP reloads the configuration, SIGINT/SIGTERM stop)");
     serve_until_stopped(&cli, &app, &signals);
     println!("cpm-edge: stopping");
@@ -221,7 +223,7 @@ fn routing_summary(v: &Valid) -> String {
 /// The start-up report: where the edge listens, how it runs, what it routes to.
 fn report_start(valid: &Valid, app: &App) {
     let server = &app.server;
-    let s = &valid.server;
+    let s = &valid.server.workers;
     let pin = if s.cpus.is_empty() {
         "not pinned".to_string()
     } else {
@@ -240,7 +242,7 @@ fn report_start(valid: &Valid, app: &App) {
     );
     println!(
         "  workers: {} ({pin}), batch {}, {} receive buffers of {} bytes",
-        s.workers, s.batch, s.recv_buffers, s.max_datagram
+        s.count, s.batch, s.recv_buffers, s.max_datagram
     );
     println!(
         "  CS shards ({}): {}",

@@ -420,17 +420,17 @@ impl OverloadedWorker {
         let sock = bind_udp(
             v.server.listen,
             false,
-            v.server.socket_rcvbuf,
-            v.server.socket_sndbuf,
+            v.server.workers.socket_rcvbuf,
+            v.server.workers.socket_sndbuf,
         )
         .unwrap();
         let edge = sock.local_addr().unwrap();
-        let (backend, _) = cpm_edge::io::select_backend(v.server.io).unwrap();
+        let (backend, _) = cpm_edge::io::select_backend(v.server.workers.io).unwrap();
         let cfg = cpm_edge::io::IoConfig {
-            batch: v.server.batch,
-            buf_size: v.server.max_datagram,
-            buf_count: v.server.recv_buffers,
-            out_size: v.server.max_datagram,
+            batch: v.server.workers.batch,
+            buf_size: v.server.workers.max_datagram,
+            buf_count: v.server.workers.recv_buffers,
+            out_size: v.server.workers.max_datagram,
         };
         let tables = Arc::new(arc_swap::ArcSwap::from_pointee(v.tables()));
         let stats = Arc::new(cpm_edge::dataplane::stats::WorkerStats::new(8));

@@ -32,7 +32,7 @@ fn rig(io: &str, routing: &str) -> Rig {
     toml += "[[group]]\nid = \"sip:grp3@groups.example.net\"\nshard = \"cs3\"\n";
     let valid = Config::parse(&toml).unwrap().validate().unwrap();
     assert_eq!(
-        valid.server.io,
+        valid.server.workers.io,
         if io == "uring" {
             IoChoice::Uring
         } else {

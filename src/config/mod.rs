@@ -6,8 +6,9 @@
 //! the few invariants validation establishes).
 
 use crate::dataplane::limits::{LimitSettings, ReplyLimit};
+use crate::dataplane::slow::SlowPathSettings;
+pub use crate::dataplane::worker::Workers;
 use crate::dataplane::worker::{Admission, ServerSettings};
-use crate::io::IoChoice;
 use crate::route::groups::GroupTable;
 use crate::route::policy::{OnViolation, PolicyTable};
 use crate::route::shards::ShardSet;
@@ -57,7 +58,7 @@ pub struct Config {
     #[serde(default)]
     pub policy: PolicyConf,
     #[serde(default)]
-    pub slow_path: SlowPathConf,
+    pub slow_path: SlowPathSettings,
     #[serde(default)]
     pub trust: TrustConf,
     /// Extra groups, one per line: `<group URI> <shard name>` (`#` comments);
@@ -209,24 +210,6 @@ impl Default for PolicyConf {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct SlowPathConf {
-    /// Threads filtering SDP (used only when a policy is configured).
-    pub threads: usize,
-    /// Bounded queue from the io workers; full = `503` + `Retry-After`.
-    pub queue: usize,
-}
-
-impl Default for SlowPathConf {
-    fn default() -> Self {
-        SlowPathConf {
-            threads: 1,
-            queue: 4096,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
 pub struct Log {
     /// tracing filter (`info`, `cpm_edge=debug`, ...); `RUST_LOG` overrides.
     pub level: String,
@@ -257,39 +240,6 @@ impl Default for Listen {
             addr: "127.0.0.1:5060".into(),
             advertise: None,
             aliases: Vec::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Workers {
-    /// Number of io workers; 0 = one per available CPU.
-    pub count: usize,
-    /// CPUs to pin workers to, in order (wrapping); empty = no pinning.
-    pub cpus: Vec<usize>,
-    pub io: IoChoice,
-    /// Datagrams per receive/send batch.
-    pub batch: usize,
-    /// Receive buffers per worker (io_uring provided-buffer ring entries).
-    pub recv_buffers: usize,
-    /// Largest datagram accepted; larger ones are dropped and counted.
-    pub max_datagram: usize,
-    pub socket_rcvbuf: usize,
-    pub socket_sndbuf: usize,
-}
-
-impl Default for Workers {
-    fn default() -> Self {
-        Workers {
-            count: 0,
-            cpus: Vec::new(),
-            io: IoChoice::Auto,
-            batch: 64,
-            recv_buffers: 1024,
-            max_datagram: 16384,
-            socket_rcvbuf: 8 << 20,
-            socket_sndbuf: 8 << 20,
         }
     }
 }
@@ -461,25 +411,20 @@ impl Config {
         })
     }
 
-    /// The data plane's settings: `[workers]` and `[slow_path]`.
+    /// The data plane's settings: `[workers]` (the count resolved) and
+    /// `[slow_path]`, as configured.
     fn server_settings(&self, listen: SocketAddr) -> Result<ServerSettings, ConfigError> {
-        let w = &self.workers;
-        let workers = w.validate()?;
+        let count = self.workers.validate()?;
         let sp = &self.slow_path;
         check_range("slow_path.threads", sp.threads, 1..=64)?;
         check_range("slow_path.queue", sp.queue, 1..=1_000_000)?;
         Ok(ServerSettings {
             listen,
-            workers,
-            cpus: w.cpus.clone(),
-            io: w.io,
-            batch: w.batch,
-            recv_buffers: w.recv_buffers,
-            max_datagram: w.max_datagram,
-            socket_rcvbuf: w.socket_rcvbuf,
-            socket_sndbuf: w.socket_sndbuf,
-            slow_threads: sp.threads,
-            slow_queue: sp.queue,
+            workers: Workers {
+                count,
+                ..self.workers.clone()
+            },
+            slow_path: sp.clone(),
         })
     }
 

@@ -131,12 +131,12 @@ fn config(cp: &ControlPlane) -> Value {
     json!({
         "listen": c.server.listen.to_string(),
         "advertise": c.advertise,
-        "workers": c.server.workers,
-        "cpus": c.server.cpus,
+        "workers": c.server.workers.count,
+        "cpus": c.server.workers.cpus,
         "io_backend": cp.backend.name(),
-        "batch": c.server.batch,
-        "recv_buffers": c.server.recv_buffers,
-        "max_datagram": c.server.max_datagram,
+        "batch": c.server.workers.batch,
+        "recv_buffers": c.server.workers.recv_buffers,
+        "max_datagram": c.server.workers.max_datagram,
         "routing": {
             "originating_pf": t.originating_pf,
             "record_route": t.record_route,

@@ -21,6 +21,25 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+/// `[slow_path]`: the policy-gate threads and their queue.
+pub struct SlowPathSettings {
+    /// Threads filtering SDP (used only when a policy is configured).
+    pub threads: usize,
+    /// Bounded queue from the io workers; full = `503` + `Retry-After`.
+    pub queue: usize,
+}
+
+impl Default for SlowPathSettings {
+    fn default() -> Self {
+        SlowPathSettings {
+            threads: 1,
+            queue: 4096,
+        }
+    }
+}
+
 /// One datagram for the slow path.
 pub struct Job {
     pub data: Vec<u8>,

@@ -45,17 +45,43 @@ pub type LiveAdmission = Arc<ArcSwap<Admission>>;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerSettings {
     pub listen: SocketAddr,
-    pub workers: usize,
-    /// CPUs to pin workers to (round robin); empty: not pinned.
+    pub workers: Workers,
+    pub slow_path: super::slow::SlowPathSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+/// `[workers]`: the io workers, as configured and as run (validation
+/// resolves `count = 0` to the CPUs available).
+pub struct Workers {
+    /// Number of io workers; 0 = one per available CPU.
+    pub count: usize,
+    /// CPUs to pin workers to, in order (wrapping); empty = no pinning.
     pub cpus: Vec<usize>,
     pub io: IoChoice,
+    /// Datagrams per receive/send batch.
     pub batch: usize,
+    /// Receive buffers per worker (io_uring provided-buffer ring entries).
     pub recv_buffers: usize,
+    /// Largest datagram accepted; larger ones are dropped and counted.
     pub max_datagram: usize,
     pub socket_rcvbuf: usize,
     pub socket_sndbuf: usize,
-    pub slow_threads: usize,
-    pub slow_queue: usize,
+}
+
+impl Default for Workers {
+    fn default() -> Self {
+        Workers {
+            count: 0,
+            cpus: Vec::new(),
+            io: IoChoice::Auto,
+            batch: 64,
+            recv_buffers: 1024,
+            max_datagram: 16384,
+            socket_rcvbuf: 8 << 20,
+            socket_sndbuf: 8 << 20,
+        }
+    }
 }
 
 /// One worker's admission state, as the pipeline asks it
@@ -387,15 +413,20 @@ impl Server {
         tables: Tables,
         admission: Admission,
     ) -> Result<Server, String> {
-        assert!(v.workers >= 1, "validated worker count");
-        let (backend, backend_reason) = io::select_backend(v.io)?;
+        assert!(v.workers.count >= 1, "validated worker count");
+        let (backend, backend_reason) = io::select_backend(v.workers.io)?;
         let tables = Arc::new(ArcSwap::from_pointee(tables));
         let shared = admission.clone();
         let admission: LiveAdmission = Arc::new(ArcSwap::from_pointee(admission));
-        let mut sockets = Vec::with_capacity(v.workers);
-        for i in 0..v.workers {
-            let s = io::socket::bind_udp(v.listen, true, v.socket_rcvbuf, v.socket_sndbuf)
-                .map_err(|e| format!("worker {i}: cannot bind udp {}: {e}", v.listen))?;
+        let mut sockets = Vec::with_capacity(v.workers.count);
+        for i in 0..v.workers.count {
+            let s = io::socket::bind_udp(
+                v.listen,
+                true,
+                v.workers.socket_rcvbuf,
+                v.workers.socket_sndbuf,
+            )
+            .map_err(|e| format!("worker {i}: cannot bind udp {}: {e}", v.listen))?;
             sockets.push(s);
         }
         let local_addr = sockets[0].local_addr().map_err(|e| e.to_string())?;
@@ -406,22 +437,22 @@ impl Server {
             .map_err(|e| format!("cannot duplicate worker sockets for the slow path: {e}"))?;
         // The dups share the workers' non-blocking file status: a full send
         // buffer fails a slow-path send (counted) instead of blocking it.
-        let progress = Arc::new(Progress::new(v.workers));
+        let progress = Arc::new(Progress::new(v.workers.count));
         let slow = SlowPath::start(
-            v.slow_threads,
-            v.slow_queue,
+            v.slow_path.threads,
+            v.slow_path.queue,
             Arc::clone(&tables),
             dups,
-            v.max_datagram,
+            v.workers.max_datagram,
             Arc::clone(&progress),
         )?;
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let stop = Arc::new(AtomicBool::new(false));
         let cfg = IoConfig {
-            batch: v.batch,
-            buf_size: v.max_datagram,
-            buf_count: v.recv_buffers,
-            out_size: v.max_datagram,
+            batch: v.workers.batch,
+            buf_size: v.workers.max_datagram,
+            buf_count: v.workers.recv_buffers,
+            out_size: v.workers.max_datagram,
         };
         let mut stats = Vec::new();
         let mut threads = Vec::new();
@@ -429,8 +460,8 @@ impl Server {
             // Sized for every slot a live shard add may use.
             let st = Arc::new(WorkerStats::new(crate::route::shards::MAX_SHARDS));
             stats.push(Arc::clone(&st));
-            let core = (!v.cpus.is_empty())
-                .then(|| v.cpus[i % v.cpus.len()])
+            let core = (!v.workers.cpus.is_empty())
+                .then(|| v.workers.cpus[i % v.workers.cpus.len()])
                 .and_then(|c| cores.iter().find(|id| id.id == c).copied());
             let tables = Arc::clone(&tables);
             let stop = Arc::clone(&stop);
