@@ -149,8 +149,12 @@ where
     if mode == Mode::Probe && answered == 0 {
         cfg.stats.probes_dropped.fetch_add(1, Ordering::Relaxed);
     }
-    if linger {
+    // A probe slot closes at once, as the slot it holds may be taken for
+    // a newer connection at any moment.
+    if linger && mode == Mode::Pool {
         linger_close(&mut io, cfg.io_timeout.min(LINGER_TIME), &mut shutdown).await;
+    } else {
+        let _ = io.shutdown().await;
     }
 }
 
