@@ -891,9 +891,9 @@ fn scan_headers(buf: &[u8], m: &mut Message, hdr_start: usize) -> Walk {
             Header::From | Header::To => scan_party(buf, m, &h, request),
             Header::Route if request => {
                 let mut vals = values(buf, h.value).peekable();
-                // Values are popped up to the next one: an empty element
-                // in front would be left behind alone (and none is a
-                // Route with nothing in it).
+                // A value is popped up to the next one: an empty element
+                // in front of the first would be left alone in the line.
+                // A Route with no value at all is malformed too.
                 if vals.peek().is_none_or(|v| v.start != h.value.start) {
                     m.flag(Defect::BadRoute);
                 }
@@ -1098,10 +1098,9 @@ fn scan_via_value(buf: &[u8], m: &mut Message, h: &HeaderLine, v: Span) -> bool 
                 None => m.flag(Defect::BadVia),
             }
         }
-        // Only a response is routed on the second Via; in a request it is
-        // the next hops' business, not ours, so it is not parsed.
-        // One that does not parse leaves the response without a next hop
-        // (a counted drop).
+        // Only a response is routed on the second Via (one that does not
+        // parse leaves it without a next hop, a counted drop); in a request
+        // it is the next hops' business, not ours, so it is not parsed.
         2 => {
             if !m.is_request() {
                 m.second_via = via::parse(buf, v);
