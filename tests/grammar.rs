@@ -342,12 +342,22 @@ fn ipv6_via_sent_by_gets_received_and_rport() {
         "SIP/2.0 400 Bad Request - Malformed CSeq",
         "[2001:db8::2]:5071",
     );
-    // An IPv6 sent-by without brackets is not a Via: nowhere to answer.
+    // An IPv6 sent-by without brackets is not a Via: answered (at the
+    // source) with the Via echoed as written, never edited. (It was dropped
+    // as unanswerable while answers could follow a Via; they go to the
+    // source now.)
     let unbracketed = invite_with("192.0.2.10:5062;branch", "2001:db8::1;branch");
-    assert_eq!(
-        dropped(&run(unbracketed.as_bytes()).0),
-        DropReason::RequestUnanswerable
+    let (o, out) = run(unbracketed.as_bytes());
+    assert!(
+        matches!(o, Outcome::Replied { code: 400, dst, .. } if dst == sa(CLIENT)),
+        "{o:?}"
     );
+    assert_eq!(status_line(&out), "SIP/2.0 400 Bad Request - Malformed Via");
+    assert_eq!(
+        header(&out, "Via"),
+        ["Via: SIP/2.0/UDP 2001:db8::1;branch=z9hG4bK-alice-1;rport"]
+    );
+    assert_no_bare_line_ends(&out);
 }
 
 #[test]

@@ -491,8 +491,9 @@ fn decide_request(
     let refuse = |code: u16, reason: &'static str| refusal(method, code, reason);
     // Phase 1, admission: the message and its Request-URI are well formed.
     if let Some(d) = m.defect {
-        // Without a parsed top Via there is nowhere trustworthy to answer.
-        if m.top_via.is_none() {
+        // An answer needs a Via to echo; one that did not parse is echoed
+        // as written, never edited (and the answer goes to `src` anyway).
+        if m.via_count == 0 {
             return Decision::Drop(DropReason::RequestUnanswerable);
         }
         return refuse(d.status(), d.reason());

@@ -38,6 +38,7 @@ const SERVICES: [(&[u8], u8); 6] = [
 ];
 
 use super::find_byte2;
+use super::params::{quoted_end, run, SERVICE};
 use super::{find_byte, le_word, skip_lws};
 
 /// A fixed text of 8 to 32 bytes (`W` words) compared a word at a time:
@@ -184,8 +185,10 @@ fn letters_start(v: &[u8], lower: &[u8]) -> bool {
 /// match either way, as none of those bytes continues a service name.
 ///
 /// Also returns how much of `v` is known to hold no `;` (0 when that is
-/// not known), so that a parameter's caller need not search it again.
-fn service_list(v: &[u8], in_param: bool) -> (u8, usize) {
+/// not known), so that a parameter's caller need not search it again, and
+/// for a quoted list where its closing quote (the first `"` past the
+/// opening one) ends, if it has one.
+fn service_list(v: &[u8], in_param: bool) -> (u8, usize, Option<usize>) {
     let quoted = v.first() == Some(&b'"');
     let body = &v[usize::from(quoted)..];
     // With nothing to end the list but the text, `,` stands in for the end.
@@ -209,13 +212,14 @@ fn service_list(v: &[u8], in_param: bool) -> (u8, usize) {
         let hit = find_byte2(b',', end, &body[from..]);
         // A quoted list's search skips bytes that may be `;`.
         semi_free &= !quoted || hit == Some(0);
+        let close = quoted.then(|| hit.map(|c| from + c + 2)).flatten();
         match hit {
             Some(c) if body[from + c] == b',' => at = from + c + 1,
             // The closing quote that ends the list is not a `;`, the `;`
             // that ends a bare one is.
-            Some(c) if semi_free => return (bits, from + c + 2 * usize::from(quoted)),
-            None if semi_free => return (bits, v.len()),
-            _ => return (bits, 0),
+            Some(c) if semi_free => return (bits, from + c + 2 * usize::from(quoted), close),
+            None if semi_free => return (bits, v.len(), None),
+            _ => return (bits, 0, close),
         }
     }
 }
@@ -228,10 +232,26 @@ fn service_list(v: &[u8], in_param: bool) -> (u8, usize) {
 /// Structural, with no search for the URN: the parameter is found by its
 /// `;`, the ICSI must start each list element.
 pub fn cpm_services(v: &[u8], feature_tag: bool) -> CpmServices {
+    read(v, feature_tag).0
+}
+
+/// [`cpm_services`], `None` when what it reads is malformed: a
+/// `+g.3gpp.icsi-ref` whose value is not one whole quoted string (RFC 3840
+/// `feature-param`: `LDQUOT tag-value-list RDQUOT`), or a P-Preferred- /
+/// P-Asserted-Service value that is not a list of RFC 6050 `Service-ID`s.
+/// The rest of a Contact or Accept-Contact is not the edge's business
+/// (RFC 3261 §16.3) and is not judged.
+pub fn checked_cpm_services(v: &[u8], feature_tag: bool) -> Option<CpmServices> {
+    let (bits, ok) = read(v, feature_tag);
+    ok.then_some(bits)
+}
+
+fn read(v: &[u8], feature_tag: bool) -> (CpmServices, bool) {
     if !feature_tag {
-        return CpmServices(service_list(v, false).0);
+        return (CpmServices(service_list(v, false).0), service_ids_ok(v));
     }
     let mut bits = 0;
+    let mut ok = true;
     // A value that is only parameters (an Accept-Contact written without
     // its `*`) has the tag at its start.
     let mut start = 0;
@@ -244,14 +264,49 @@ pub fn cpm_services(v: &[u8], feature_tag: bool) -> CpmServices {
             let eq = skip_lws(v, p + TAG.len);
             if v.get(eq) == Some(&b'=') {
                 let list = skip_lws(v, eq + 1);
-                let (b, semi_free) = service_list(&v[list..], true);
+                let (b, semi_free, close) = service_list(&v[list..], true);
                 bits |= b;
                 from = list + semi_free;
+                ok &= v.get(list) == Some(&b'"') && quoted_value_ends(v, list, close);
             }
         }
         match find_byte(b';', &v[from..]) {
             Some(s) => start = from + s + 1,
-            None => return CpmServices(bits),
+            None => return (CpmServices(bits), ok),
+        }
+    }
+}
+
+/// Does the quoted value at `v[list]` end its parameter: its closing quote
+/// (at `close` past the list's start, as the list reader found it, or
+/// where a quoted-pair moves it) followed by nothing but LWS before the
+/// next parameter, the next value or the end?
+fn quoted_value_ends(v: &[u8], list: usize, close: Option<usize>) -> bool {
+    let ends_there = |e: usize| {
+        let a = skip_lws(v, e);
+        a == v.len() || matches!(v[a], b';' | b',')
+    };
+    // A quoted-pair (`\"`) moves the closing quote past the one found.
+    close.is_some_and(|c| ends_there(list + c)) || quoted_end(v, list).is_some_and(ends_there)
+}
+
+/// Is `v` a list of RFC 6050 service identifiers: `"urn:urn-7:"` and
+/// dot-separated `let-dig` labels, separated by commas?
+fn service_ids_ok(v: &[u8]) -> bool {
+    let mut i = 0;
+    loop {
+        if !PLAIN.starts(&v[i..]) {
+            return false;
+        }
+        let e = run(v, i + PLAIN.len, SERVICE);
+        if e == i + PLAIN.len {
+            return false;
+        }
+        i = skip_lws(v, e);
+        match v.get(i) {
+            None => return true,
+            Some(b',') => i = skip_lws(v, i + 1),
+            Some(_) => return false,
         }
     }
 }
@@ -405,7 +460,7 @@ mod tests {
         for l in &lists {
             for v in [l.clone(), format!("\"{l}")] {
                 for in_param in [false, true] {
-                    let (_, semi_free) = service_list(v.as_bytes(), in_param);
+                    let (_, semi_free, _) = service_list(v.as_bytes(), in_param);
                     assert!(!v.as_bytes()[..semi_free].contains(&b';'), "{v}");
                     assert_eq!(
                         service_list(v.as_bytes(), in_param).0,

@@ -1,11 +1,14 @@
 //! Stateless answers to requests the edge refuses (RFC 3261 §8.2.6, §16.3):
-//! the request's Via (top value marked `received`/`rport`), From, To (with a
-//! To-tag added: derived from the request, so a retransmission gets the same
-//! answer), Call-ID and CSeq, then our reason phrase and optional extra lines.
+//! the request's Via (top value marked `received`/`rport` when it parsed,
+//! else echoed as written), From, To (with a To-tag added: derived from the
+//! request, so a retransmission gets the same answer; a To that does not
+//! parse is echoed as written), Call-ID and CSeq, then our reason phrase and
+//! optional extra lines.
 
 use super::hash::StableHash;
 use super::rewrite::{mark_received, Edits, Out};
 use super::scan::{header_lines, Header, Message};
+use super::uri::checked_name_addr;
 use super::Span;
 use std::net::SocketAddr;
 
@@ -39,7 +42,13 @@ pub fn build(
                 edits.apply(buf, without_eol(buf, h.line), &mut o);
                 o.put(b"\r\n");
             }
-            Header::To if m.to_tag.is_none() && code > 100 => {
+            // A tag goes after the To value only where it cannot land
+            // inside one the edge could not read (an open quote, `<`).
+            Header::To
+                if m.to_tag.is_none()
+                    && code > 100
+                    && (h.value.is_empty() || checked_name_addr(buf, h.value).is_some()) =>
+            {
                 // An empty value's span sits after the line end.
                 let eol = without_eol(buf, h.line).end as usize;
                 let v_end = (h.value.end as usize).min(eol);

@@ -9,11 +9,11 @@
 //!   be read: the reply builder needs the Via, From, To, Call-ID and CSeq of a
 //!   malformed request to answer it. The first defect found is kept.
 
-use super::feature_tag::{cpm_services, CpmServices};
-use super::params::{next_value_start, values};
-use super::uri::{addr_of, name_addr};
+use super::feature_tag::{checked_cpm_services, CpmServices};
+use super::params::{next_value_start, run, values, WORD};
+use super::uri::checked_name_addr;
 use super::via::{self, Via};
-use super::{find_byte, find_byte2, is_lws, is_token, le_word, rfind_byte, skip_lws, trim, Span};
+use super::{find_byte, find_byte2, is_token, le_word, rfind_byte, trim, Span};
 
 /// The SIP methods the edge tells apart; anything else is `Other` and is
 /// routed like any request.
@@ -132,6 +132,20 @@ pub enum Defect {
     /// More P-Asserted-Identity lines than the edge can remove (RFC 3325
     /// allows two identities).
     TooManyAssertedIdentities,
+    /// Not `word [ "@" word ]` (RFC 3261 §25.1 `callid`).
+    BadCallId,
+    /// A Route value the edge reads that is not a name-addr (or addr-spec).
+    BadRoute,
+    /// The first P-Asserted-Identity value is not a name-addr or addr-spec.
+    BadAssertedIdentity,
+    /// A `+g.3gpp.icsi-ref` in Contact whose value is not a quoted string.
+    BadContact,
+    /// The same in Accept-Contact.
+    BadAcceptContact,
+    /// A P-Preferred-Service value that is not a list of service IDs.
+    BadPreferredService,
+    /// The same in P-Asserted-Service.
+    BadAssertedService,
 }
 
 impl Defect {
@@ -168,6 +182,13 @@ impl Defect {
             Defect::TooManyAssertedIdentities => {
                 "Bad Request - Too Many P-Asserted-Identity Headers"
             }
+            Defect::BadCallId => "Bad Request - Malformed Call-ID",
+            Defect::BadRoute => "Bad Request - Malformed Route",
+            Defect::BadAssertedIdentity => "Bad Request - Malformed P-Asserted-Identity",
+            Defect::BadContact => "Bad Request - Malformed Contact Feature Tag",
+            Defect::BadAcceptContact => "Bad Request - Malformed Accept-Contact Feature Tag",
+            Defect::BadPreferredService => "Bad Request - Malformed P-Preferred-Service",
+            Defect::BadAssertedService => "Bad Request - Malformed P-Asserted-Service",
         }
     }
 
@@ -684,7 +705,7 @@ pub fn scan_into(buf: &[u8], m: &mut Message) {
         }
     };
     m.headers = Span::new(hdr_start, headers_end.max(hdr_start));
-    if find_byte(0, m.headers.get(buf)).is_some() {
+    if find_byte(0, m.headers.get(buf)).is_some() && !nuls_only_quoted(buf, m.headers) {
         m.flag(Defect::NulInHeaders);
     }
     if let Some(d) = header_defect {
@@ -855,6 +876,11 @@ fn scan_headers(buf: &[u8], m: &mut Message, hdr_start: usize) -> Walk {
                     m.flag(Defect::DuplicateCallId);
                 }
                 m.call_id = h.value;
+                // A response's Call-ID is the request's or its branch MAC
+                // fails: it is not read apart from that.
+                if request && !is_call_id(h.value.get(buf)) {
+                    m.flag(Defect::BadCallId);
+                }
             }
             Header::CSeq => {
                 if !m.cseq_method.is_empty() {
@@ -862,41 +888,21 @@ fn scan_headers(buf: &[u8], m: &mut Message, hdr_start: usize) -> Walk {
                 }
                 scan_cseq(buf, m, h.value);
             }
-            Header::From => {
-                if !m.from.is_empty() {
-                    m.flag(Defect::DuplicateFrom);
-                }
-                m.from = h.value;
-                if !request {
-                    continue;
-                }
-                let (uri, tag) = uri_and_tag(buf, h.value);
-                match uri {
-                    Some(u) if !u.is_empty() => m.from_uri = u,
-                    _ => m.flag(Defect::BadFrom),
-                }
-                m.from_tag = tag;
-            }
-            Header::To => {
-                if !m.to.is_empty() {
-                    m.flag(Defect::DuplicateTo);
-                }
-                m.to = h.value;
-                if !request {
-                    continue;
-                }
-                let (uri, tag) = uri_and_tag(buf, h.value);
-                match uri {
-                    Some(u) if !u.is_empty() => m.to_uri = u,
-                    _ => m.flag(Defect::BadTo),
-                }
-                m.to_tag = tag;
-            }
+            Header::From | Header::To => scan_party(buf, m, &h, request),
             Header::Route if request => {
                 let mut vals = values(buf, h.value).peekable();
+                // A value is popped up to the next one: an empty element
+                // in front of the first would be left alone in the line.
+                // A Route with no value at all is malformed too.
+                if vals.peek().is_none_or(|v| v.start != h.value.start) {
+                    m.flag(Defect::BadRoute);
+                }
                 while let Some(v) = vals.next() {
                     let idx = m.route_count as usize;
                     if idx < MAX_ROUTES {
+                        if checked_name_addr(buf, v).is_none() {
+                            m.flag(Defect::BadRoute);
+                        }
                         m.routes[idx] = RouteValue {
                             value: v,
                             line: h.line,
@@ -908,7 +914,16 @@ fn scan_headers(buf: &[u8], m: &mut Message, hdr_start: usize) -> Walk {
             }
             Header::PAssertedIdentity if request => {
                 if m.pai_uri.is_none() {
-                    m.pai_uri = values(buf, h.value).next().and_then(|v| addr_of(buf, v));
+                    // One identity per line is the usual shape: no list to split.
+                    let first = if find_byte(b',', h.value.get(buf)).is_none() {
+                        Some(h.value).filter(|v| !v.is_empty())
+                    } else {
+                        values(buf, h.value).next()
+                    };
+                    match first.and_then(|v| checked_name_addr(buf, v)) {
+                        Some((uri, _)) => m.pai_uri = Some(uri),
+                        None => m.flag(Defect::BadAssertedIdentity),
+                    }
                 }
                 match m.pai_lines.iter_mut().find(|l| l.is_empty()) {
                     Some(slot) => *slot = h.line,
@@ -920,10 +935,20 @@ fn scan_headers(buf: &[u8], m: &mut Message, hdr_start: usize) -> Walk {
             // of the whole block plus a check of every hit cost ~22 % of an
             // INVITE's instructions).
             Header::AcceptContact | Header::Contact if request && !m.cpm.any() => {
-                m.cpm = cpm_services(h.value.get(buf), true)
+                match checked_cpm_services(h.value.get(buf), true) {
+                    Some(c) => m.cpm = c,
+                    None if h.kind == Header::Contact => m.flag(Defect::BadContact),
+                    None => m.flag(Defect::BadAcceptContact),
+                }
             }
             Header::PPreferredService | Header::PAssertedService if request && !m.cpm.any() => {
-                m.cpm = cpm_services(h.value.get(buf), false)
+                match checked_cpm_services(h.value.get(buf), false) {
+                    Some(c) => m.cpm = c,
+                    None if h.kind == Header::PPreferredService => {
+                        m.flag(Defect::BadPreferredService)
+                    }
+                    None => m.flag(Defect::BadAssertedService),
+                }
             }
             Header::ContentLength => {
                 // Equal duplicates are tolerated; both lines go when a body is rewritten.
@@ -964,58 +989,75 @@ fn scan_headers(buf: &[u8], m: &mut Message, hdr_start: usize) -> Walk {
     }
 }
 
-/// The URI and the tag of a From/To value.
-fn uri_and_tag(buf: &[u8], value: Span) -> (Option<Span>, Option<Span>) {
-    let (uri, params) = name_addr(buf, value);
-    (uri, tag_of(buf, params))
-}
-
-/// The `tag` parameter among the header parameters `params` of a From/To
-/// value (see [`name_addr`]).
-fn tag_of(buf: &[u8], params: Span) -> Option<Span> {
-    let p = params.get(buf);
-    // The tag is nearly always the only parameter, written `;tag=`: one
-    // word compare (OR 0x20 folds exactly the case of the three letters)
-    // finds what the loop below would at its first byte.
-    let k = if p.len() >= 5
-        && p[0] == b';'
-        && u32::from_le_bytes([p[1], p[2], p[3], p[4]]) | 0x0020_2020
-            == u32::from_le_bytes(*b"tag=")
-    {
-        skip_lws(p, 5)
+/// One From or To line: the same `name-addr` grammar (RFC 3261 §20.20,
+/// §20.39), the same checks, into its own fields; a second one of a kind is
+/// flagged. A request's value is checked to its end and its URI and tag
+/// kept; a response's is only noted (it is routed on its Vias).
+#[inline(always)]
+fn scan_party(buf: &[u8], m: &mut Message, h: &HeaderLine, request: bool) {
+    let from = h.kind == Header::From;
+    let (seen, duplicate, bad) = if from {
+        (m.from, Defect::DuplicateFrom, Defect::BadFrom)
     } else {
-        tag_value_start(p)?
+        (m.to, Defect::DuplicateTo, Defect::BadTo)
     };
-    let v_end = p[k..]
-        .iter()
-        .position(|b| *b == b';' || is_lws(*b))
-        .map_or(p.len(), |n| k + n);
-    (v_end > k).then(|| params.sub(k, v_end))
+    if !seen.is_empty() {
+        m.flag(duplicate);
+    }
+    let (uri, tag) = match request.then(|| checked_name_addr(buf, h.value)) {
+        Some(Some(parts)) => parts,
+        Some(None) => {
+            m.flag(bad);
+            (Span::default(), None)
+        }
+        None => (Span::default(), None),
+    };
+    if from {
+        (m.from, m.from_uri, m.from_tag) = (h.value, uri, tag);
+    } else {
+        (m.to, m.to_uri, m.to_tag) = (h.value, uri, tag);
+    }
 }
 
-/// Where the value of the first `tag` parameter in `p` starts. A short
-/// quote-aware byte loop: cheaper than the general parameter iterator on
-/// ~20 bytes.
-fn tag_value_start(p: &[u8]) -> Option<usize> {
-    let mut in_quote = false;
-    let mut i = 0;
-    while i < p.len() {
-        match p[i] {
-            b'"' => in_quote = !in_quote,
-            b';' if !in_quote => {
-                let j = skip_lws(p, i + 1);
-                if p.len() >= j + 3 && p[j..j + 3].eq_ignore_ascii_case(b"tag") {
-                    let k = skip_lws(p, j + 3);
-                    if p.get(k) == Some(&b'=') {
-                        return Some(skip_lws(p, k + 1));
-                    }
-                }
-            }
-            _ => {}
-        }
-        i += 1;
+/// `callid = word [ "@" word ]`.
+fn is_call_id(v: &[u8]) -> bool {
+    let e = run(v, 0, WORD);
+    if e == v.len() {
+        return e > 0;
     }
-    None
+    let e2 = run(v, e + 1, WORD);
+    e > 0 && v[e] == b'@' && e2 > e + 1 && e2 == v.len()
+}
+
+/// Is every NUL in the header block the escaped octet of a quoted-pair
+/// (RFC 3261 §25.1 allows `\` + 0x00 inside a quoted string, RFC 4475
+/// §3.1.1.2)? Any other NUL would cut the message short for a next hop
+/// that reads C strings. Walked only when the block holds a NUL.
+#[cold]
+fn nuls_only_quoted(buf: &[u8], headers: Span) -> bool {
+    header_lines(buf, headers).all(|h| {
+        let line = h.line.get(buf);
+        if find_byte(0, line).is_none() {
+            return true;
+        }
+        if h.name.is_empty() {
+            return false;
+        }
+        // From the colon on (a name holds no NUL, nor the LWS after it).
+        let colon = h.name.len() + find_byte(b':', &line[h.name.len()..]).unwrap_or(0);
+        let mut quoted = false;
+        let mut i = colon;
+        while i < line.len() {
+            match line[i] {
+                b'"' => quoted = !quoted,
+                b'\\' if quoted => i += 1,
+                0 => return false,
+                _ => {}
+            }
+            i += 1;
+        }
+        true
+    })
 }
 
 fn scan_via(buf: &[u8], m: &mut Message, h: &HeaderLine) {
@@ -1045,15 +1087,20 @@ fn scan_via_value(buf: &[u8], m: &mut Message, h: &HeaderLine, v: Span) -> bool 
     match m.via_count {
         1 => {
             m.top_via_line = h.line;
-            m.top_via_next =
-                next_value_start(buf, v.end as usize, h.value.end as usize).map(|p| p as u32);
-            match via::parse(buf, v) {
+            let next = next_value_start(buf, v.end as usize, h.value.end as usize);
+            m.top_via_next = next.map(|p| p as u32);
+            // An empty element before or after it (`Via: , v`, `v,`,
+            // `v,,w`) would be left alone in the line when it is popped.
+            let lone = v.start != h.value.start
+                || next.is_some_and(|p| p == h.value.end as usize || buf[p] == b',');
+            match via::parse(buf, v).filter(|_| !lone) {
                 Some(parsed) => m.top_via = Some(parsed),
                 None => m.flag(Defect::BadVia),
             }
         }
-        // Only a response is routed on the second Via; in a request it is
-        // the next hops' business, not ours, so it is not parsed.
+        // Only a response is routed on the second Via (one that does not
+        // parse leaves it without a next hop, a counted drop); in a request
+        // it is the next hops' business, not ours, so it is not parsed.
         2 => {
             if !m.is_request() {
                 m.second_via = via::parse(buf, v);
@@ -1086,6 +1133,7 @@ fn scan_cseq(buf: &[u8], m: &mut Message, value: Span) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sip::{is_lws, skip_lws};
 
     /// The definition the tag search must agree with: the loop over the
     /// parameters that `header_params` returns, from their first byte.
@@ -1116,12 +1164,14 @@ mod tests {
         None
     }
 
-    /// Every short value over the bytes the tag search reacts to, behind
-    /// name-addr and addr-spec prefixes: the same URI and tag as `addr_of`
-    /// and the reference loop.
+    /// Every short value over the bytes the tag reading reacts to, behind
+    /// name-addr and addr-spec prefixes: where the checked reading accepts
+    /// the value, the same URI as `addr_of` and the same tag as the plain
+    /// loop; and it refuses what no grammar allows.
     #[test]
-    fn uri_and_tag_agree_with_the_plain_definition() {
+    fn checked_name_addr_agrees_with_the_plain_definition() {
         let tails = crate::sip::short_strings(b";tAG= \"x<>", 5);
+        let mut accepted = 0;
         for head in [
             &b"<sip:a@b>"[..],
             b"\"A;tag=q\" <sip:a@b>",
@@ -1133,12 +1183,37 @@ mod tests {
             for t in &tails {
                 let mut s = head.to_vec();
                 s.extend_from_slice(t);
-                let value = Span::new(0, s.len());
-                let (uri, tag) = uri_and_tag(&s, value);
+                let value = trim(&s, Span::new(0, s.len()));
                 let shown = String::from_utf8_lossy(&s);
-                assert_eq!(uri, addr_of(&s, value), "{shown}");
+                let Some((uri, tag)) = checked_name_addr(&s, value) else {
+                    continue;
+                };
+                accepted += 1;
+                assert_eq!(Some(uri), crate::sip::uri::addr_of(&s, value), "{shown}");
                 assert_eq!(tag, reference_tag_of(&s, value), "{shown}");
             }
+        }
+        assert!(accepted > 1000, "{accepted}");
+        for bad in [
+            &b"<sip:a@b>;;tag=1"[..],
+            b"<sip:a@b>;tag=",
+            b"<sip:a@b>;tag=\"1\"",
+            b"<sip:a@b> x",
+            b"< sip:a@b>",
+            b"<sip:a@b >",
+            b"\"A <sip:a@b>",
+            b"A, B <sip:a@b>",
+            b"sip:a@b?x=y",
+            b"sip:a,b@c",
+            b"<sip:a@b",
+            b"<>",
+        ] {
+            assert_eq!(
+                checked_name_addr(bad, Span::new(0, bad.len())),
+                None,
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
