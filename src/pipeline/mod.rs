@@ -16,6 +16,7 @@ use crate::route::{policy, Tables};
 use crate::sip::branch;
 use crate::sip::reply::{self, UNAVAILABLE_OVERLOAD, UNAVAILABLE_POLICY_QUEUE, UNAVAILABLE_RATE};
 use crate::sip::rewrite::{forward_request, forward_response, RequestPlan};
+pub use crate::sip::scan::Scanned;
 use crate::sip::scan::{scan_into, Message, Method, StartLine};
 use std::net::SocketAddr;
 
@@ -65,21 +66,6 @@ pub struct Datagram<'a> {
     pub buf: &'a [u8],
     pub truncated: bool,
     pub src: SocketAddr,
-}
-
-/// A datagram with its scan: the bytes, what the scanner found in them
-/// and the real source. Every phase after the scan takes these together.
-#[derive(Clone, Copy)]
-pub struct Scanned<'a> {
-    pub buf: &'a [u8],
-    pub m: &'a Message,
-    pub src: SocketAddr,
-}
-
-impl<'a> Scanned<'a> {
-    pub fn new(buf: &'a [u8], m: &'a Message, src: SocketAddr) -> Scanned<'a> {
-        Scanned { buf, m, src }
-    }
 }
 
 /// Which refusal wants a token of the answer budget.
@@ -408,7 +394,7 @@ fn dialog_creating(m: Method) -> bool {
 
 /// A stateless answer, to the request's real source.
 pub fn answer(s: Scanned<'_>, code: u16, reason: &str, extra: &[&[u8]], out: &mut [u8]) -> Outcome {
-    match reply::build(s.buf, s.m, code, reason, extra, s.src, out) {
+    match reply::build(s, code, reason, extra, out) {
         Some(len) => Outcome::Replied {
             len,
             dst: s.src,

@@ -7,23 +7,21 @@
 
 use super::hash::StableHash;
 use super::rewrite::{mark_received, Edits, Out};
-use super::scan::{header_lines, Header, Message};
+use super::scan::{header_lines, Header, Message, Scanned};
 use super::uri::checked_name_addr;
 use super::Span;
-use std::net::SocketAddr;
 
 /// Write `SIP/2.0 <code> <reason>` answering `m`. `extra` lines must each end
 /// with CRLF. `None` when it does not fit `out`.
 pub fn build(
-    buf: &[u8],
-    m: &Message,
+    s: Scanned<'_>,
     code: u16,
     reason: &str,
     extra: &[&[u8]],
-    src: SocketAddr,
     out: &mut [u8],
 ) -> Option<usize> {
     debug_assert!((100..700).contains(&code));
+    let (buf, m, src) = (s.buf, s.m, s.src);
     let mut o = Out::new(out);
     o.put(b"SIP/2.0 ");
     o.put_u32(u32::from(code));

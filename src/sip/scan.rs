@@ -1130,6 +1130,21 @@ fn scan_cseq(buf: &[u8], m: &mut Message, value: Span) {
     m.cseq_method = method;
 }
 
+/// A datagram with its scan: the bytes, what the scanner found in them
+/// and the real source. Every phase after the scan takes these together.
+#[derive(Clone, Copy)]
+pub struct Scanned<'a> {
+    pub buf: &'a [u8],
+    pub m: &'a Message,
+    pub src: std::net::SocketAddr,
+}
+
+impl<'a> Scanned<'a> {
+    pub fn new(buf: &'a [u8], m: &'a Message, src: std::net::SocketAddr) -> Scanned<'a> {
+        Scanned { buf, m, src }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
