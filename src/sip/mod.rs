@@ -12,7 +12,10 @@
 //!   stream refusal (port 0);
 //! - [`media`]: media-stream policy (seed 5.2.3.7): allowed media types,
 //!   protocols, MSRP accept-types, max streams and file size, and the check
-//!   of an answer against the offer.
+//!   of an answer against the offer;
+//! - [`transaction`]: RFC 3261 §17 client and server transactions over UDP
+//!   (with RFC 6026's Accepted state) as sans-IO state machines in a
+//!   bounded table.
 
 pub mod branch;
 pub mod feature_tag;
@@ -23,6 +26,7 @@ pub mod reply;
 pub mod rewrite;
 pub mod scan;
 pub mod sdp;
+pub mod transaction;
 pub mod uri;
 pub mod via;
 
