@@ -15,9 +15,12 @@
 //!   of an answer against the offer;
 //! - [`transaction`]: RFC 3261 §17 client and server transactions over UDP
 //!   (with RFC 6026's Accepted state) as sans-IO state machines in a
-//!   bounded table.
+//!   bounded table;
+//! - [`dialog`]: RFC 3261 §12 dialogs (UAC and UAS) and the in-dialog
+//!   requests they write, in a bounded table.
 
 pub mod branch;
+pub mod dialog;
 pub mod feature_tag;
 pub mod hash;
 pub mod media;
