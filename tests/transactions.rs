@@ -271,7 +271,13 @@ impl Ua {
         let mut out = vec![0u8; 4096];
         let n = match self.dialog.and_then(|d| self.dialogs.get(d)) {
             Some(d) => d
-                .write_response(req, &m, Some(self.peer), code, "Reason", &[], b"", &mut out)
+                .write_response(
+                    req,
+                    &m,
+                    Some(self.peer),
+                    ResponseSpec::new(code, "Reason"),
+                    &mut out,
+                )
                 .unwrap(),
             None => {
                 let spec = ResponseSpec {

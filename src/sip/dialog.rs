@@ -45,6 +45,8 @@ pub enum DialogError {
     MissingTag,
     #[error("no Contact URI for the remote target")]
     MissingContact,
+    #[error("a Contact or Record-Route URI that is no SIP URI or holds whitespace")]
+    BadUri,
     #[error("the request already has a To tag: it is inside a dialog")]
     InDialog,
     #[error("a {0} response creates no dialog")]
@@ -153,7 +155,16 @@ fn tags(buf: &[u8], m: &Message) -> (Option<Span>, Option<Span>) {
     }
 }
 
-/// The Record-Route values of `m`, in order.
+/// Is `uri` one we may put in a Request-URI: a URI the parser accepts,
+/// without whitespace or control bytes (a folded or spaced URI from the
+/// peer would split our request line).
+fn is_clean_uri(buf: &[u8], uri: Span) -> bool {
+    let u = uri.get(buf);
+    !u.is_empty() && u.iter().all(|b| b.is_ascii_graphic()) && uri::parse(buf, uri).is_some()
+}
+
+/// The Record-Route values of `m`, in order; each one's URI clean (a
+/// strict route's becomes a Request-URI).
 fn record_routes(buf: &[u8], m: &Message) -> Result<Vec<Vec<u8>>, DialogError> {
     let mut routes = Vec::new();
     for h in header_lines(buf, m.headers) {
@@ -164,17 +175,25 @@ fn record_routes(buf: &[u8], m: &Message) -> Result<Vec<Vec<u8>>, DialogError> {
             if routes.len() == MAX_ROUTE_SET {
                 return Err(DialogError::TooManyRoutes);
             }
+            if !addr_of(buf, v).is_some_and(|u| is_clean_uri(buf, u)) {
+                return Err(DialogError::BadUri);
+            }
             routes.push(v.get(buf).to_vec());
         }
     }
     Ok(routes)
 }
 
-/// The URI of the first Contact of `m`.
-fn contact_uri(buf: &[u8], m: &Message) -> Option<Span> {
-    let h = header_lines(buf, m.headers).find(|h| h.kind == Header::Contact)?;
-    let first = values(buf, h.value).next()?;
-    addr_of(buf, first).filter(|u| !u.is_empty())
+/// The URI of the first Contact of `m`: `Ok(None)` without one.
+fn contact_uri(buf: &[u8], m: &Message) -> Result<Option<Span>, DialogError> {
+    let Some(h) = header_lines(buf, m.headers).find(|h| h.kind == Header::Contact) else {
+        return Ok(None);
+    };
+    let uri = values(buf, h.value).next().and_then(|v| addr_of(buf, v));
+    match uri {
+        Some(u) if is_clean_uri(buf, u) => Ok(Some(u)),
+        _ => Err(DialogError::BadUri),
+    }
 }
 
 fn status(m: &Message) -> Option<u16> {
@@ -222,7 +241,7 @@ impl Dialog {
         let remote_tag = tags(response, rs).1.ok_or(DialogError::MissingTag)?;
         let mut route_set = record_routes(response, rs)?;
         route_set.reverse();
-        let remote_target = match (contact_uri(response, rs), rq.start) {
+        let remote_target = match (contact_uri(response, rs)?, rq.start) {
             (Some(c), _) => c.get(response),
             // An early dialog from a provisional without Contact: the
             // Request-URI until the 2xx says better.
@@ -266,7 +285,7 @@ impl Dialog {
         if local_tag.is_empty() {
             return Err(DialogError::MissingTag);
         }
-        let remote_target = contact_uri(request, m).ok_or(DialogError::MissingContact)?;
+        let remote_target = contact_uri(request, m)?.ok_or(DialogError::MissingContact)?;
         let mut local_party = m.to.get(request).to_vec();
         local_party.extend_from_slice(b";tag=");
         local_party.extend_from_slice(local_tag);
@@ -349,7 +368,7 @@ impl Dialog {
             self.state = DialogState::Confirmed;
         }
         if is_target_refresh(method) {
-            if let Some(c) = contact_uri(response, rs) {
+            if let Some(c) = contact_uri(response, rs)? {
                 self.remote_target = c.get(response).to_vec();
             }
         }
@@ -379,6 +398,13 @@ impl Dialog {
                 remote,
             });
         }
+        // Checked before anything changes: a refused request leaves the
+        // dialog as it was.
+        let refresh = if is_target_refresh(method) {
+            contact_uri(buf, m)?
+        } else {
+            None
+        };
         self.remote_seq = Some(m.cseq_num);
         if method == Method::Bye {
             self.state = DialogState::Terminated;
@@ -387,10 +413,8 @@ impl Dialog {
         if method == Method::Invite {
             self.invite_seq = Some(m.cseq_num);
         }
-        if is_target_refresh(method) {
-            if let Some(c) = contact_uri(buf, m) {
-                self.remote_target = c.get(buf).to_vec();
-            }
+        if let Some(c) = refresh {
+            self.remote_target = c.get(buf).to_vec();
         }
         Ok(InDialog::Request)
     }
@@ -453,30 +477,25 @@ impl Dialog {
         self.write(&lines, out).ok_or(DialogError::TooLarge)
     }
 
-    /// Write our response (UAS) to `request` (scanned as `m`, from
-    /// `source`): our To tag, and for a 101-299 to a request that makes or
-    /// refreshes a dialog the Record-Route copy (§12.1.1) and our Contact.
-    #[allow(clippy::too_many_arguments)]
+    /// Write our response (UAS) `spec` to `request` (scanned as `m`, from
+    /// `source`), with our To tag, and for a 101-299 to a request that makes
+    /// or refreshes a dialog the Record-Route copy (§12.1.1) and our
+    /// Contact.
     pub fn write_response(
         &self,
         request: &[u8],
         m: &Message,
         source: Option<SocketAddr>,
-        code: u16,
-        reason: &str,
-        headers: &[&[u8]],
-        body: &[u8],
+        spec: ResponseSpec<'_>,
         out: &mut [u8],
     ) -> Result<usize, DialogError> {
         let method = m.method().unwrap_or(Method::Other);
-        let establishing = (101..=299).contains(&code) && is_target_refresh(method);
+        let establishing = (101..=299).contains(&spec.code) && is_target_refresh(method);
         let spec = ResponseSpec {
             to_tag: Some(&self.local_tag),
             record_route: establishing && m.to_tag.is_none(),
             contact: establishing.then_some(&self.local_contact[..]),
-            headers,
-            body,
-            ..ResponseSpec::new(code, reason)
+            ..spec
         };
         write_response(request, m, source, &spec, out).ok_or(DialogError::TooLarge)
     }
@@ -754,23 +773,25 @@ impl DialogTable {
     /// End the early dialogs under `call_id` with our `local_tag` (a
     /// non-2xx final response to their INVITE, §12.3); how many.
     pub fn remove_early(&mut self, call_id: &[u8], local_tag: &[u8]) -> usize {
-        let Some(list) = self.by_call_id.get(call_id) else {
-            return 0;
-        };
-        let early: Vec<DialogId> = list
-            .iter()
-            .filter(|s| {
-                self.slots[**s as usize]
-                    .dialog
-                    .as_ref()
-                    .is_some_and(|d| d.state == DialogState::Early && d.local_tag == local_tag)
-            })
-            .map(|s| self.id_of(*s))
-            .collect();
-        early
-            .iter()
-            .filter(|id| self.remove(**id).is_some())
-            .count()
+        let mut removed = 0;
+        // One at a time: `remove` edits the Call-ID's list (of at most
+        // MAX_PER_CALL_ID dialogs).
+        while let Some(id) = self.early_of(call_id, local_tag) {
+            self.remove(id);
+            removed += 1;
+        }
+        removed
+    }
+
+    fn early_of(&self, call_id: &[u8], local_tag: &[u8]) -> Option<DialogId> {
+        let list = self.by_call_id.get(call_id)?;
+        let slot = list.iter().copied().find(|s| {
+            self.slots[*s as usize]
+                .dialog
+                .as_ref()
+                .is_some_and(|d| d.state == DialogState::Early && d.local_tag == local_tag)
+        })?;
+        Some(self.id_of(slot))
     }
 
     /// Check the table's invariants (O(n); for tests and the fuzz target).
@@ -1114,6 +1135,36 @@ mod tests {
         assert_eq!((e, e.status()), (DialogError::Terminated, 481));
     }
 
+    /// A Contact or Record-Route URI that would split our request line
+    /// (whitespace, folding) or is no URI refuses the dialog; in a target
+    /// refresh it refuses the request and leaves the dialog as it was.
+    #[test]
+    fn uris_that_would_corrupt_our_requests_are_refused() {
+        for bad in [
+            "Contact: <sip:alice@192.0.2.1 x>\r\n",
+            "Contact: <sip:alice@192.0.2.1;\r\n lr>\r\n",
+            "Contact: <nonsense>\r\n",
+            "Contact: <sip:a@h>\r\nRecord-Route: <sip:p 1>\r\n",
+        ] {
+            let req = format!(
+                "INVITE sip:bob@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKu\r\n\
+                 From: <sip:a@a>;tag=fa\r\nTo: <sip:b@b>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n{bad}\r\n"
+            );
+            let m = scan(req.as_bytes());
+            assert_eq!(m.defect, None, "{bad}");
+            let e = Dialog::uas(req.as_bytes(), &m, b"tb", b"<sip:b@h>");
+            assert_eq!(e, Err(DialogError::BadUri), "{bad}");
+        }
+        let mut d = uas();
+        let refresh = in_dialog("UPDATE", 11, "Contact: <sip:x y@h>\r\n");
+        let e = d.on_request(&refresh, &scan(&refresh));
+        assert_eq!(e, Err(DialogError::BadUri));
+        assert_eq!(
+            (d.remote_seq(), d.remote_target()),
+            (Some(10), &b"sip:alice@192.0.2.1"[..])
+        );
+    }
+
     /// The UAS's dialog-creating 200 carries its tag, the Record-Route and
     /// its Contact; a 200 to an in-dialog MESSAGE carries neither.
     #[test]
@@ -1121,9 +1172,8 @@ mod tests {
         let d = uas();
         let mut out = [0u8; 2048];
         let m = scan(INVITE);
-        let n = d
-            .write_response(INVITE, &m, None, 200, "OK", &[], b"", &mut out)
-            .unwrap();
+        let spec = ResponseSpec::new(200, "OK");
+        let n = d.write_response(INVITE, &m, None, spec, &mut out).unwrap();
         let ok = text(&out[..n]);
         assert!(
             ok.contains("\r\nTo: <sip:bob@b.example>;tag=tb\r\n"),
@@ -1136,9 +1186,8 @@ mod tests {
         );
         let msg = in_dialog("MESSAGE", 11, "");
         let mm = scan(&msg);
-        let n = d
-            .write_response(&msg, &mm, None, 200, "OK", &[], b"", &mut out)
-            .unwrap();
+        let spec = ResponseSpec::new(200, "OK");
+        let n = d.write_response(&msg, &mm, None, spec, &mut out).unwrap();
         let ok = text(&out[..n]);
         assert!(
             !ok.contains("Record-Route") && !ok.contains("Contact"),

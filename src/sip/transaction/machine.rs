@@ -217,19 +217,26 @@ impl Transaction {
             }
             (State::Calling | State::Proceeding, Class::Failure) => {
                 self.reply = self.ack_for(io, resp, rm);
-                io.send(self.peer, &self.reply);
+                self.send_reply(io);
                 self.enter(State::Completed);
                 self.arm_lifetime(io, Timer::D, io.config.timer_d);
                 true
             }
             (State::Completed, Class::Failure) => {
-                io.send(self.peer, &self.reply);
+                self.send_reply(io);
                 false
             }
             // RFC 6026 §8.4: every 2xx in Accepted goes up (a retransmission
             // the TU ACKs again, or another fork's).
             (State::Accepted, Class::Success) => true,
             _ => false,
+        }
+    }
+
+    /// The stored response (server) or ACK (INVITE client), if there is one.
+    fn send_reply(&self, io: &mut Io<'_>) {
+        if !self.reply.is_empty() {
+            io.send(self.peer, &self.reply);
         }
     }
 
@@ -278,13 +285,9 @@ impl Transaction {
     /// A retransmission of the request (§17.2.1, §17.2.2): the last
     /// response again, if one was sent and the state still answers.
     pub(super) fn on_request_again(&mut self, io: &mut Io<'_>) -> Received {
-        let answers = match self.kind {
-            Kind::InviteServer => matches!(self.state, State::Proceeding | State::Completed),
-            Kind::NonInviteServer => matches!(self.state, State::Proceeding | State::Completed),
-            Kind::InviteClient | Kind::NonInviteClient => false,
-        };
-        if answers && !self.reply.is_empty() {
-            io.send(self.peer, &self.reply);
+        // Confirmed and Accepted absorb silently; Trying has nothing to say.
+        if !self.kind.is_client() && matches!(self.state, State::Proceeding | State::Completed) {
+            self.send_reply(io);
         }
         io.stats.absorbed += 1;
         Received::Absorbed
@@ -374,7 +377,7 @@ impl Transaction {
         if self.state != State::Accepted {
             return Err(Error::InvalidState(self.state));
         }
-        io.send(self.peer, &self.reply);
+        self.send_reply(io);
         Ok(())
     }
 
@@ -416,12 +419,11 @@ impl Transaction {
                 return;
             }
         };
-        let bytes = if timer == Timer::G {
-            &self.reply
+        if timer == Timer::G {
+            self.send_reply(io);
         } else {
-            &self.request
-        };
-        io.send(self.peer, bytes);
+            io.send(self.peer, &self.request);
+        }
         io.stats.retransmitted += 1;
         self.arm_retransmit(io, timer, next);
     }

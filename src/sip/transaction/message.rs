@@ -132,17 +132,13 @@ fn copy_response_headers(
     spec: &ResponseSpec<'_>,
     o: &mut Out<'_>,
 ) {
-    let mut top = true;
     for h in header_lines(buf, m.headers) {
         let line = without_eol(buf, h.line);
         match h.kind {
-            Header::Via if top => {
-                top = false;
-                match (source, m.top_via.as_ref()) {
-                    (Some(src), Some(via)) => put_marked_via(buf, line, via, src, o),
-                    _ => o.put(line.get(buf)),
-                }
-            }
+            Header::Via if h.line == m.top_via_line => match (source, m.top_via.as_ref()) {
+                (Some(src), Some(via)) => put_marked_via(buf, line, via, src, o),
+                _ => o.put(line.get(buf)),
+            },
             Header::To => match spec.to_tag.filter(|_| m.to_tag.is_none()) {
                 Some(tag) => put_tagged(buf, line, h.value, tag, o),
                 None => o.put(line.get(buf)),
@@ -381,6 +377,28 @@ mod tests {
             let n = write_response(m_same, &m, Some(src), &spec, &mut out).unwrap();
             assert!(text(&out[..n]).contains(want), "{}", text(&out[..n]));
         }
+    }
+
+    /// With two values on the top Via line, `received` goes after the
+    /// first value, inside the line, and the second value is copied as is.
+    #[test]
+    fn only_the_top_via_value_is_marked() {
+        let req = b"OPTIONS sip:x SIP/2.0\r\n\
+            Via: SIP/2.0/UDP a.example;branch=z9hG4bK1, SIP/2.0/UDP b.example;branch=z9hG4bK2\r\n\
+            From: <sip:a@a>;tag=1\r\nTo: <sip:b@b>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n";
+        let m = scan(req);
+        let mut out = [0u8; 1024];
+        let src: SocketAddr = "192.0.2.9:5060".parse().unwrap();
+        let spec = ResponseSpec::new(200, "OK");
+        let n = write_response(req, &m, Some(src), &spec, &mut out).unwrap();
+        assert!(
+            text(&out[..n]).contains(
+                "\r\nVia: SIP/2.0/UDP a.example;branch=z9hG4bK1;received=192.0.2.9, \
+                 SIP/2.0/UDP b.example;branch=z9hG4bK2\r\n"
+            ),
+            "{}",
+            text(&out[..n])
+        );
     }
 
     /// §17.1.1.3: the ACK keeps the INVITE's Request-URI, top Via alone,

@@ -75,8 +75,9 @@ pub struct Config {
     /// Whether an INVITE server transaction answers 100 Trying itself at
     /// once (§17.2.1: it must, unless the TU answers within 200 ms).
     pub send_trying: bool,
-    /// SipHash key of the transaction index (so that nobody can aim
-    /// datagrams at one hash bucket) and of generated branches.
+    /// SipHash key of the transaction index and of generated branches: set
+    /// a random one per process (the default is public), so that nobody
+    /// can aim datagrams at one hash bucket or predict a branch.
     pub key: [u64; 2],
 }
 
@@ -114,7 +115,10 @@ impl Config {
         if self.t1.is_zero() || self.t2 < self.t1 || self.t4.is_zero() {
             return Err("T1 and T4 must be positive and T2 at least T1");
         }
-        let longest = [self.t2, self.t4, self.timer_c, self.timer_d, self.t1x64()];
+        if self.t1 > MAX_TIMER / 64 {
+            return Err("64·T1 must be at most an hour");
+        }
+        let longest = [self.t2, self.t4, self.timer_c, self.timer_d];
         if longest.iter().any(|d| *d > MAX_TIMER) || self.timer_c.is_zero() {
             return Err("timers must be positive and at most an hour");
         }

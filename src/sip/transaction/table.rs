@@ -38,6 +38,24 @@ struct Slot {
     txn: Option<Transaction>,
 }
 
+/// A datagram being routed, with what every step of routing reads.
+struct Incoming<'a> {
+    now: Instant,
+    source: SocketAddr,
+    bytes: &'a [u8],
+    m: &'a Message,
+    via: Via,
+}
+
+impl Incoming<'_> {
+    fn method_name(&self) -> &[u8] {
+        match self.m.start {
+            StartLine::Request { method_span, .. } => method_span.get(self.bytes),
+            StartLine::Response { .. } => &[],
+        }
+    }
+}
+
 /// Every transaction of one transport user (a UA core, a CS), and the
 /// inputs and outputs of all of them. See the module documentation.
 pub struct TransactionTable {
@@ -219,15 +237,10 @@ impl TransactionTable {
         if let Some(held) = txn.cancel {
             return Ok(held);
         }
-        let im = scan(&txn.request);
-        let via = im.top_via.ok_or(Error::NoBranch)?;
-        let key = key::client(b"CANCEL", key::branch(&txn.request, &via)?)?;
+        let (key, bytes) = cancel_of(txn)?;
         if let Some(sent) = self.lookup(&key) {
             return Ok(self.id_of(sent));
         }
-        let cap = txn.request.len() + BUILD_SLACK;
-        let bytes =
-            build(cap, |out| write_cancel(&txn.request, &im, out)).ok_or(Error::TooLarge)?;
         let held = txn.state == State::Calling;
         let mut c = Transaction::new(
             Kind::NonInviteClient,
@@ -276,31 +289,21 @@ impl TransactionTable {
         if bytes.len() > self.config.max_message {
             return Err(Error::TooLarge);
         }
-        let via = m.top_via.ok_or(Error::NoBranch)?;
+        let d = Incoming {
+            now,
+            source,
+            bytes,
+            m,
+            via: m.top_via.ok_or(Error::NoBranch)?,
+        };
         match m.start {
-            StartLine::Request {
-                method,
-                method_span,
-                ..
-            } => {
-                let name = method_span.get(bytes);
-                self.on_request(now, source, bytes, m, &via, method, name)
-            }
-            StartLine::Response { code } => self.on_response(now, bytes, m, &via, code),
+            StartLine::Request { method, .. } => self.on_request(&d, method),
+            StartLine::Response { code } => self.on_response(&d, code),
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn on_request(
-        &mut self,
-        now: Instant,
-        source: SocketAddr,
-        bytes: &[u8],
-        m: &Message,
-        via: &Via,
-        method: Method,
-        name: &[u8],
-    ) -> Result<Received, Error> {
+    fn on_request(&mut self, d: &Incoming<'_>, method: Method) -> Result<Received, Error> {
+        let (now, bytes, via) = (d.now, d.bytes, &d.via);
         // §17.2.3: an ACK matches the INVITE it acknowledges.
         if method == Method::Ack {
             let key = key::server(bytes, via, b"INVITE")?;
@@ -308,12 +311,12 @@ impl TransactionTable {
             let r = found.and_then(|slot| self.run(slot, now, |t, io| t.on_ack(io)));
             return Ok(r.unwrap_or(Received::Ack(None)));
         }
-        let key = key::server(bytes, via, name)?;
+        let key = key::server(bytes, via, d.method_name())?;
         if let Some(slot) = self.lookup(&key) {
             let r = self.run(slot, now, |t, io| t.on_request_again(io));
             return Ok(r.unwrap_or(Received::Absorbed));
         }
-        let id = self.new_server(now, source, bytes, m, via, method, key)?;
+        let id = self.new_server(d, method, key)?;
         if method != Method::Cancel {
             return Ok(Received::Request(id));
         }
@@ -325,14 +328,9 @@ impl TransactionTable {
         Ok(Received::Cancel { cancel: id, invite })
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn new_server(
         &mut self,
-        now: Instant,
-        source: SocketAddr,
-        bytes: &[u8],
-        m: &Message,
-        via: &Via,
+        d: &Incoming<'_>,
         method: Method,
         key: Key,
     ) -> Result<TransactionId, Error> {
@@ -341,21 +339,21 @@ impl TransactionTable {
         } else {
             Kind::NonInviteServer
         };
-        let peer = response_destination(via, source);
-        let txn = Transaction::new(kind, key.as_bytes().into(), peer, bytes.to_vec());
+        let peer = response_destination(&d.via, d.source);
+        let txn = Transaction::new(kind, key.as_bytes().into(), peer, d.bytes.to_vec());
         let id = self.insert(txn)?;
         let trying = (kind == Kind::InviteServer && self.config.send_trying)
-            .then(|| self.trying(bytes, m, source))
+            .then(|| self.trying(d))
             .flatten();
-        self.run(id.slot, now, |t, io| t.start_server(io, trying));
+        self.run(id.slot, d.now, |t, io| t.start_server(io, trying));
         Ok(id)
     }
 
     /// The 100 Trying of an INVITE (§17.2.1: no To tag).
-    fn trying(&mut self, bytes: &[u8], m: &Message, source: SocketAddr) -> Option<Vec<u8>> {
+    fn trying(&mut self, d: &Incoming<'_>) -> Option<Vec<u8>> {
         let spec = ResponseSpec::new(100, "Trying");
-        let t = build(bytes.len() + BUILD_SLACK, |out| {
-            write_response(bytes, m, Some(source), &spec, out)
+        let t = build(d.bytes.len() + BUILD_SLACK, |out| {
+            write_response(d.bytes, d.m, Some(d.source), &spec, out)
         });
         if t.is_none() {
             self.stats.build_failures += 1;
@@ -363,19 +361,13 @@ impl TransactionTable {
         t
     }
 
-    fn on_response(
-        &mut self,
-        now: Instant,
-        bytes: &[u8],
-        m: &Message,
-        via: &Via,
-        code: u16,
-    ) -> Result<Received, Error> {
+    fn on_response(&mut self, d: &Incoming<'_>, code: u16) -> Result<Received, Error> {
         // §17.1.3: our branch and the CSeq method.
-        let key = key::client(m.cseq_method.get(bytes), key::branch(bytes, via)?)?;
+        let method = d.m.cseq_method.get(d.bytes);
+        let key = key::client(method, key::branch(d.bytes, &d.via)?)?;
         let found = self.lookup(&key);
-        let r =
-            found.and_then(|slot| self.run(slot, now, |t, io| t.on_response(io, code, bytes, m)));
+        let r = found
+            .and_then(|slot| self.run(slot, d.now, |t, io| t.on_response(io, code, d.bytes, d.m)));
         if r.is_none() {
             self.stats.stray_responses += 1;
         }
@@ -564,4 +556,14 @@ impl TransactionTable {
         let (transmits, events) = self.outbox.pending();
         assert!(transmits <= self.config.max_pending && events <= self.config.max_pending);
     }
+}
+
+/// The key and bytes of the CANCEL of INVITE client transaction `invite`.
+fn cancel_of(invite: &Transaction) -> Result<(Key, Vec<u8>), Error> {
+    let im = scan(&invite.request);
+    let via = im.top_via.ok_or(Error::NoBranch)?;
+    let key = key::client(b"CANCEL", key::branch(&invite.request, &via)?)?;
+    let cap = invite.request.len() + BUILD_SLACK;
+    let bytes = build(cap, |out| write_cancel(&invite.request, &im, out)).ok_or(Error::TooLarge)?;
+    Ok((key, bytes))
 }
