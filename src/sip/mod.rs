@@ -12,9 +12,15 @@
 //!   stream refusal (port 0);
 //! - [`media`]: media-stream policy (seed 5.2.3.7): allowed media types,
 //!   protocols, MSRP accept-types, max streams and file size, and the check
-//!   of an answer against the offer.
+//!   of an answer against the offer;
+//! - [`transaction`]: RFC 3261 §17 client and server transactions over UDP
+//!   (with RFC 6026's Accepted state) as sans-IO state machines in a
+//!   bounded table;
+//! - [`dialog`]: RFC 3261 §12 dialogs (UAC and UAS) and the in-dialog
+//!   requests they write, in a bounded table.
 
 pub mod branch;
+pub mod dialog;
 pub mod feature_tag;
 pub mod hash;
 pub mod media;
@@ -23,6 +29,7 @@ pub mod reply;
 pub mod rewrite;
 pub mod scan;
 pub mod sdp;
+pub mod transaction;
 pub mod uri;
 pub mod via;
 
