@@ -176,7 +176,9 @@ impl Tables {
     /// Where a client's request may be sent: a shard or the non-CPM route,
     /// never anywhere else (no open relay).
     pub fn is_function_addr(&self, a: SocketAddr) -> bool {
-        self.shards.by_addr(a).is_some() || self.non_cpm_route == Some(a)
+        // The same set as the trusted sources: the functions are who may
+        // assert an identity and where a client's request may go.
+        self.is_trusted_source(a)
     }
 
     /// Is `a` this edge or a peer edge? A response relayed there would come

@@ -19,15 +19,14 @@
 //! Bytes are copied out of the messages once, when a dialog is made or its
 //! target refreshed; the table is bounded like the transaction table.
 
+use crate::sip::hash::KeyedBuild;
 use crate::sip::params::{find_param, values};
 use crate::sip::rewrite::Out;
 use crate::sip::scan::{header_lines, Header, Message, Method, StartLine};
 use crate::sip::transaction::{write_response, ResponseSpec, MAX_FORWARDS};
 use crate::sip::uri::{self, addr_of, name_addr};
 use crate::sip::Span;
-use siphasher::sip::SipHasher13;
 use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -540,14 +539,7 @@ impl Dialog {
         if l.contact {
             put_header(&mut o, b"Contact: ", &self.local_contact);
         }
-        for h in l.headers {
-            o.put(h);
-        }
-        o.put(b"Content-Length: ");
-        o.put_u32(u32::try_from(l.body.len()).ok()?);
-        o.put(b"\r\n\r\n");
-        o.put(l.body);
-        o.finish()
+        o.finish_with_body(l.headers, l.body)
     }
 }
 
@@ -591,16 +583,6 @@ pub struct DialogId {
     generation: u32,
 }
 
-#[derive(Clone)]
-struct Keyed([u64; 2]);
-
-impl BuildHasher for Keyed {
-    type Hasher = SipHasher13;
-    fn build_hasher(&self) -> SipHasher13 {
-        SipHasher13::new_with_keys(self.0[0], self.0[1])
-    }
-}
-
 struct Slot {
     generation: u32,
     dialog: Option<Dialog>,
@@ -612,7 +594,7 @@ struct Slot {
 pub struct DialogTable {
     slots: Vec<Slot>,
     free: Vec<u32>,
-    by_call_id: HashMap<Box<[u8]>, Vec<u32>, Keyed>,
+    by_call_id: HashMap<Box<[u8]>, Vec<u32>, KeyedBuild>,
     live: usize,
     max: usize,
 }
@@ -623,7 +605,7 @@ impl DialogTable {
         DialogTable {
             slots: Vec::new(),
             free: Vec::new(),
-            by_call_id: HashMap::with_hasher(Keyed(key)),
+            by_call_id: HashMap::with_hasher(KeyedBuild(key)),
             live: 0,
             max,
         }

@@ -177,6 +177,19 @@ pub fn hex_into(v: u64, out: &mut [u8]) {
     }
 }
 
+/// A `HashMap` hasher keyed by a secret: SipHash-1-3 under `key`, for
+/// tables whose keys a peer chooses (transaction branches, Call-IDs), where
+/// an unkeyed hash would let it pile entries into one probe chain.
+#[derive(Clone)]
+pub struct KeyedBuild(pub [u64; 2]);
+
+impl std::hash::BuildHasher for KeyedBuild {
+    type Hasher = siphasher::sip::SipHasher13;
+    fn build_hasher(&self) -> siphasher::sip::SipHasher13 {
+        siphasher::sip::SipHasher13::new_with_keys(self.0[0], self.0[1])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -70,6 +70,19 @@ impl<'o> Out<'o> {
     pub fn finish(self) -> Option<usize> {
         (!self.overflow).then_some(self.len)
     }
+
+    /// End a message the caller built: its `extra` header lines (each with
+    /// its CRLF), `Content-Length`, the blank line and `body`.
+    pub fn finish_with_body(mut self, extra: &[&[u8]], body: &[u8]) -> Option<usize> {
+        for h in extra {
+            self.put(h);
+        }
+        self.put(b"Content-Length: ");
+        self.put_u32(u32::try_from(body.len()).ok()?);
+        self.put(b"\r\n\r\n");
+        self.put(body);
+        self.finish()
+    }
 }
 
 /// How many decimal digits `v` has.

@@ -114,14 +114,7 @@ pub fn write_response(
         o.put(c);
         o.put(b"\r\n");
     }
-    for h in spec.headers {
-        o.put(h);
-    }
-    o.put(b"Content-Length: ");
-    o.put_u32(u32::try_from(spec.body.len()).ok()?);
-    o.put(b"\r\n\r\n");
-    o.put(spec.body);
-    o.finish()
+    o.finish_with_body(spec.headers, spec.body)
 }
 
 /// The headers a response copies from its request, in the request's order.

@@ -14,24 +14,12 @@ use super::message::{Branch, ResponseSpec};
 use super::outbox::Outbox;
 use super::timers::TimerHeap;
 use super::{Config, Error, Event, Kind, Received, State, Stats, TransactionId, Transmit};
+use crate::sip::hash::KeyedBuild;
 use crate::sip::scan::{scan, Message, Method, StartLine};
 use crate::sip::via::Via;
-use siphasher::sip::SipHasher13;
 use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::time::Instant;
-
-/// The index's hasher: SipHash under the configured key.
-#[derive(Clone)]
-struct Keyed([u64; 2]);
-
-impl BuildHasher for Keyed {
-    type Hasher = SipHasher13;
-    fn build_hasher(&self) -> SipHasher13 {
-        SipHasher13::new_with_keys(self.0[0], self.0[1])
-    }
-}
 
 struct Slot {
     generation: u32,
@@ -62,7 +50,7 @@ pub struct TransactionTable {
     config: Config,
     slots: Vec<Slot>,
     free: Vec<u32>,
-    index: HashMap<Box<[u8]>, u32, Keyed>,
+    index: HashMap<Box<[u8]>, u32, KeyedBuild>,
     timers: TimerHeap,
     outbox: Outbox,
     stats: Stats,
@@ -82,7 +70,7 @@ impl TransactionTable {
             config,
             slots: Vec::new(),
             free: Vec::new(),
-            index: HashMap::with_hasher(Keyed(config.key)),
+            index: HashMap::with_hasher(KeyedBuild(config.key)),
             timers: TimerHeap::default(),
             outbox: Outbox::new(config.max_pending),
             stats: Stats::default(),
