@@ -17,7 +17,9 @@ const LAYERS: &[(&str, u8)] = &[
     ("io", 0),
     ("route", 1),
     ("pipeline", 2),
+    ("cs", 2),
     ("dataplane", 3),
+    ("csnode", 3),
     ("config", 4),
     ("control", 5),
     ("app", 6),
@@ -127,7 +129,10 @@ fn load(src: &Path) -> Files {
     let mut refs = BTreeMap::new();
     for f in files {
         let me = module_of(src, &f);
-        if me.first().is_some_and(|m| m == "main" || m == "lib") {
+        if me
+            .first()
+            .is_some_and(|m| m == "main" || m == "lib" || m == "bin")
+        {
             continue; // the binary and the crate root wire everything
         }
         let text = std::fs::read_to_string(&f).expect("read");

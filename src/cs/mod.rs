@@ -1,0 +1,17 @@
+//! The reference CPM Conversation Server (sans-IO): the Participating
+//! Function (seed 5.2.3.2.1, 5.2.3.2.3) and the Controlling Function of
+//! pre-defined groups (5.2.3.2.2, Appendix C), on the same SIP core as the
+//! edge ([`crate::sip::transaction`], [`crate::sip::dialog`]).
+//!
+//! - [`directory`]: provisioned users and hosted groups, with their media
+//!   policies;
+//! - [`session`]: the C.1 rules between a session's upstream side and its
+//!   legs, as a pure state machine;
+//! - [`request`]: the INVITE a leg carries, written from the one received;
+//! - [`server`]: the transaction user tying them to the transaction and
+//!   dialog tables.
+
+pub mod directory;
+pub mod request;
+pub mod server;
+pub mod session;

@@ -1,0 +1,1717 @@
+//! The Conversation Server's transaction user: requests from the edge in,
+//! the Participating and Controlling Functions' sessions, requests and
+//! responses out. Sans-IO over [`TransactionTable`] and [`DialogTable`]:
+//! datagrams and timer expiries go in with an injected `now`, datagrams come
+//! out of [`Server::poll_transmit`], the next deadline out of
+//! [`Server::poll_timeout`], and what happened (for the log, and the C.1
+//! trace of the demo) out of [`Server::poll_note`].
+//!
+//! Both functions are back-to-back user agents (README "The Conversation
+//! Server" says why): a session is an upstream UAS dialog and one dialog
+//! per downstream leg, the rules between them are [`super::session`]'s.
+//!
+//! A request's path through the server, as named phases:
+//! `handle_datagram` → scan → transaction layer → `on_request` (out of
+//! dialog: `on_invite` → which function by the edge's leg marker → authorise
+//! → media policy → `start_session`) or `in_dialog` (BYE, ACK, relayed
+//! requests) → the session's [`Action`]s → `execute`.
+
+use super::directory::{identity_of, Directory, Group, InvitePolicy};
+use super::request::{contact_params, party_without_tag, put_addr, write_invite, Invitation};
+use super::session::{Action, LegState, Mode, Session};
+use crate::route::legs::Leg;
+use crate::sip::dialog::{AckWait, AckWaitStep, Dialog, DialogId, DialogTable, InDialog};
+use crate::sip::media::{check_answer, filter_offer, MediaPolicy};
+use crate::sip::params::find_param;
+use crate::sip::rewrite::Out;
+use crate::sip::scan::{scan, Message, Method, StartLine};
+use crate::sip::sdp::{self, MediaType};
+use crate::sip::transaction::{
+    self, response_destination, write_response, Event, Received, ResponseSpec, TransactionId,
+    TransactionTable, Transmit,
+};
+use crate::sip::uri::{self, addr_of};
+use crate::sip::Span;
+use siphasher::sip::SipHasher13;
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::Hasher;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Largest message the server writes.
+const MAX_OUT: usize = 16 * 1024;
+/// Notes kept for [`Server::poll_note`] before the oldest is dropped.
+const MAX_NOTES: usize = 4096;
+/// The methods answered outside a dialog (`Allow`).
+const ALLOW: &[u8] = b"Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, INFO, UPDATE\r\n";
+
+/// How the server is set up.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The shard name the edge knows this CS by: the host of its groups.
+    pub name: String,
+    /// Our address: Via sent-by, Contact, the source the edge trusts.
+    pub local: SocketAddr,
+    /// The edges: the only sources of requests outside a dialog, and where
+    /// a Route naming no IP literal sends ours.
+    pub edges: Vec<SocketAddr>,
+    pub max_sessions: usize,
+    pub max_dialogs: usize,
+    /// Controlling Function: how long a member may take to answer.
+    pub invite_timeout: Duration,
+    /// The provider's media policy under every user's and group's.
+    pub provider_media: MediaPolicy,
+    pub transaction: transaction::Config,
+}
+
+/// Counters for the metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub sessions_started: [u64; 3],
+    pub sessions_ended: u64,
+    pub refused: u64,
+    pub not_from_edge: u64,
+    /// A `ctrl` INVITE for a group this CS does not host: the edge's group
+    /// table and ours disagree.
+    pub group_divergence: u64,
+    pub answers_refused: u64,
+    pub relayed: u64,
+}
+
+/// Which function a session is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Function {
+    Originating { user: String },
+    Terminating { user: String },
+    Controlling { group: String },
+}
+
+impl Function {
+    fn index(&self) -> usize {
+        match self {
+            Function::Originating { .. } => 0,
+            Function::Terminating { .. } => 1,
+            Function::Controlling { .. } => 2,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId {
+    slot: u32,
+    generation: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Side {
+    Up,
+    Leg(usize),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Due {
+    InviteTimeout(usize),
+    AckWait,
+}
+
+/// The offer as forwarded, for checking answers (5.2.3.7).
+#[derive(Clone, Debug, Default)]
+struct Forwarded {
+    body: Vec<u8>,
+    ports: Vec<bool>,
+    types: Vec<MediaType>,
+}
+
+/// The upstream side: the INVITE received and our UAS dialog.
+struct Up {
+    txn: Option<TransactionId>,
+    request: Vec<u8>,
+    source: SocketAddr,
+    tag: Vec<u8>,
+    /// Made at the first 18x/2xx, with the Contact that reflects the leg's.
+    dialog: Option<DialogId>,
+    contact: Vec<u8>,
+    ack_wait: Option<AckWait>,
+}
+
+/// One downstream leg.
+struct LegData {
+    target: String,
+    txn: Option<TransactionId>,
+    request: Vec<u8>,
+    dialog: Option<DialogId>,
+    answer: Vec<u8>,
+    /// The leg's Contact header parameters (its `isfocus`, feature tags).
+    contact_params: Vec<u8>,
+}
+
+struct SessionData {
+    function: Function,
+    rules: Session,
+    up: Up,
+    legs: Vec<LegData>,
+    offer: Forwarded,
+}
+
+struct Slot {
+    generation: u32,
+    session: Option<SessionData>,
+}
+
+/// An in-dialog request passed to the other side (Participating Function):
+/// its answer goes back on `server`.
+struct Relay {
+    server: TransactionId,
+    request: Vec<u8>,
+    source: SocketAddr,
+}
+
+/// A refusal of an INVITE: status, reason phrase, optional Warning text.
+struct Refusal {
+    code: u16,
+    reason: String,
+    warning: Option<String>,
+}
+
+fn refusal(code: u16, reason: &str) -> Refusal {
+    Refusal {
+        code,
+        reason: reason.to_string(),
+        warning: None,
+    }
+}
+
+/// What the upstream INVITE asks, once authorised: the function, the
+/// downstream legs and the offer to send on them.
+struct Plan {
+    function: Function,
+    mode: Mode,
+    targets: Vec<String>,
+    max_joined: usize,
+    offer: Forwarded,
+    route: Vec<u8>,
+    next_hop: SocketAddr,
+    from: Vec<u8>,
+    asserted: Option<String>,
+    referred_by: Option<String>,
+    up_contact: Vec<u8>,
+    leg_contact: Vec<u8>,
+}
+
+pub struct Server {
+    settings: Settings,
+    directory: Arc<Directory>,
+    txns: TransactionTable,
+    dialogs: DialogTable,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    live: usize,
+    by_txn: HashMap<TransactionId, (SessionId, Side)>,
+    by_dialog: HashMap<DialogId, (SessionId, Side)>,
+    relays: HashMap<TransactionId, Relay>,
+    deadlines: BTreeSet<(Instant, u64, SessionId, Due)>,
+    notes: VecDeque<String>,
+    stats: Stats,
+    key: [u64; 2],
+    counter: u64,
+    out: Vec<u8>,
+}
+
+impl Server {
+    pub fn new(settings: Settings, directory: Arc<Directory>) -> Server {
+        let key = settings.transaction.key;
+        Server {
+            txns: TransactionTable::new(settings.transaction),
+            dialogs: DialogTable::new(settings.max_dialogs, [key[1], key[0]]),
+            settings,
+            directory,
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            by_txn: HashMap::new(),
+            by_dialog: HashMap::new(),
+            relays: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            notes: VecDeque::new(),
+            stats: Stats::default(),
+            key,
+            counter: 0,
+            out: vec![0; MAX_OUT],
+        }
+    }
+
+    /// Replace the directory (admin API, reload). Sessions in progress
+    /// keep what they were set up with.
+    pub fn set_directory(&mut self, d: Arc<Directory>) {
+        self.directory = d;
+    }
+
+    pub fn directory(&self) -> &Arc<Directory> {
+        &self.directory
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    pub fn transaction_stats(&self) -> transaction::Stats {
+        self.txns.stats()
+    }
+
+    pub fn sessions(&self) -> usize {
+        self.live
+    }
+
+    pub fn dialogs(&self) -> usize {
+        self.dialogs.len()
+    }
+
+    pub fn transactions(&self) -> usize {
+        self.txns.len()
+    }
+
+    pub fn poll_transmit(&mut self, buf: &mut Vec<u8>) -> Option<Transmit> {
+        self.txns.poll_transmit(buf)
+    }
+
+    /// The next instant [`Server::handle_timeout`] has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mine = self.deadlines.first().map(|d| d.0);
+        match (self.txns.poll_timeout(), mine) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// What happened, one line each, oldest first.
+    pub fn poll_note(&mut self) -> Option<String> {
+        self.notes.pop_front()
+    }
+
+    fn note(&mut self, text: String) {
+        if self.notes.len() >= MAX_NOTES {
+            self.notes.pop_front();
+        }
+        self.notes.push_back(text);
+    }
+
+    /// A fresh token for tags and Call-IDs: a keyed hash of a counter, so
+    /// that nobody can guess the next one.
+    fn token(&mut self) -> Vec<u8> {
+        self.counter += 1;
+        let mut h = SipHasher13::new_with_keys(self.key[1], self.key[0] ^ 0x5eed);
+        h.write_u64(self.counter);
+        let mut b = [0u8; 16];
+        crate::sip::hash::hex_into(h.finish(), &mut b);
+        b.to_vec()
+    }
+
+    fn via(&mut self) -> Vec<u8> {
+        let branch = self.txns.new_branch();
+        let mut v = vec![0u8; 96];
+        let mut o = Out::new(&mut v);
+        o.put(b"SIP/2.0/UDP ");
+        put_addr(&mut o, self.settings.local);
+        o.put(b";branch=");
+        o.put(branch.as_bytes());
+        o.put(b";rport");
+        let n = o.finish().unwrap_or(0);
+        v.truncate(n);
+        v
+    }
+
+    // ----- inputs ------------------------------------------------------
+
+    /// A datagram from `source`.
+    pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, bytes: &[u8]) {
+        let m = scan(bytes);
+        if let Some(defect) = m.defect {
+            if m.is_request() && m.method() != Some(Method::Ack) {
+                let reason = format!("Bad Request - {}", defect.reason());
+                self.answer_stateless(bytes, &m, source, 400, &reason);
+            }
+            self.stats.refused += 1;
+            return;
+        }
+        match self.txns.handle_datagram(now, source, bytes, &m) {
+            Ok(Received::Request(id)) => self.on_request(now, id, source, bytes, &m),
+            Ok(Received::Cancel { cancel, invite }) => {
+                self.on_cancel(now, cancel, invite, source, bytes, &m)
+            }
+            Ok(Received::Response { id, code }) => self.on_response(now, id, code, bytes, &m),
+            Ok(Received::Ack(_)) => self.on_ack(bytes, &m),
+            Ok(Received::Absorbed | Received::StrayResponse) => {}
+            Err(transaction::Error::TableFull) if m.is_request() => {
+                self.answer_stateless(
+                    bytes,
+                    &m,
+                    source,
+                    503,
+                    "Service Unavailable - Too Many Transactions",
+                );
+            }
+            Err(_) => self.stats.refused += 1,
+        }
+        self.drain_events(now);
+    }
+
+    /// The caller's clock reached [`Server::poll_timeout`].
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.txns.handle_timeout(now);
+        self.drain_events(now);
+        while let Some(first) = self.deadlines.first().copied() {
+            if first.0 > now {
+                break;
+            }
+            self.deadlines.remove(&first);
+            let (_, _, sid, due) = first;
+            self.on_due(now, sid, due);
+        }
+        self.drain_events(now);
+    }
+
+    fn on_due(&mut self, now: Instant, sid: SessionId, due: Due) {
+        let actions = match due {
+            Due::InviteTimeout(i) => match self.session_mut(sid) {
+                Some(s) => s.rules.on_invite_timeout(i),
+                None => return,
+            },
+            Due::AckWait => self.ack_wait_step(now, sid),
+        };
+        self.execute(now, sid, actions);
+    }
+
+    fn ack_wait_step(&mut self, now: Instant, sid: SessionId) -> Vec<Action> {
+        let Some(s) = self.session_mut(sid) else {
+            return Vec::new();
+        };
+        let Some(w) = s.up.ack_wait.as_mut() else {
+            return Vec::new();
+        };
+        let step = w.on_timeout(now);
+        let at = w.deadline();
+        let txn = s.up.txn;
+        match step {
+            AckWaitStep::GiveUp => {
+                s.up.ack_wait = None;
+                return s.rules.on_upstream_ack_timeout();
+            }
+            AckWaitStep::Retransmit => {
+                if let Some(t) = txn {
+                    let _ = self.txns.resend_final(now, t);
+                }
+            }
+            AckWaitStep::Wait => {}
+        }
+        self.schedule(at, sid, Due::AckWait);
+        Vec::new()
+    }
+
+    fn schedule(&mut self, at: Instant, sid: SessionId, due: Due) {
+        self.counter += 1;
+        self.deadlines.insert((at, self.counter, sid, due));
+    }
+
+    fn drain_events(&mut self, now: Instant) {
+        while let Some(e) = self.txns.poll_event() {
+            match e {
+                Event::Timeout { id, .. } | Event::TransportError { id } => {
+                    self.on_txn_failed(now, id)
+                }
+                Event::Terminated { id } => {
+                    self.by_txn.remove(&id);
+                    self.relays.remove(&id);
+                }
+            }
+        }
+    }
+
+    /// A client transaction of ours got no final response: a leg's INVITE
+    /// is then a 408 failure; a relayed request is answered 408.
+    fn on_txn_failed(&mut self, now: Instant, id: TransactionId) {
+        if let Some(r) = self.relays.remove(&id) {
+            self.answer_relay(now, &r, 408, b"");
+            return;
+        }
+        let Some(&(sid, Side::Leg(i))) = self.by_txn.get(&id) else {
+            return;
+        };
+        let actions = match self.session_mut(sid) {
+            Some(s) => s.rules.on_failure(i, 408),
+            None => return,
+        };
+        self.execute(now, sid, actions);
+    }
+
+    // ----- requests ------------------------------------------------------
+
+    fn on_request(
+        &mut self,
+        now: Instant,
+        id: TransactionId,
+        src: SocketAddr,
+        b: &[u8],
+        m: &Message,
+    ) {
+        if m.to_tag.is_some() {
+            return self.in_dialog(now, id, src, b, m);
+        }
+        match m.method() {
+            Some(Method::Invite) => self.on_invite(now, id, src, b, m),
+            Some(Method::Options) => self.respond(now, id, src, b, m, 200, "OK", &[ALLOW]),
+            _ => self.respond(now, id, src, b, m, 405, "Method Not Allowed", &[ALLOW]),
+        }
+    }
+
+    fn on_invite(
+        &mut self,
+        now: Instant,
+        id: TransactionId,
+        src: SocketAddr,
+        b: &[u8],
+        m: &Message,
+    ) {
+        let plan = self.plan(b, m, src);
+        match plan {
+            Ok(plan) => self.start_session(now, id, src, b, m, plan),
+            Err(r) => {
+                self.stats.refused += 1;
+                self.note(format!(
+                    "refused INVITE {}: {} {}",
+                    request_uri(b, m),
+                    r.code,
+                    r.reason
+                ));
+                let warning = r.warning.map(|w| warning_line(&self.settings.local, &w));
+                let extra: Vec<&[u8]> = warning.iter().map(|w| &w[..]).collect();
+                self.respond(now, id, src, b, m, r.code, &r.reason, &extra);
+            }
+        }
+    }
+
+    /// Phase 1 of an INVITE: where it came from, which function the edge's
+    /// marker names, who is served, and what offer goes on.
+    fn plan(&mut self, b: &[u8], m: &Message, src: SocketAddr) -> Result<Plan, Refusal> {
+        if !self.settings.edges.contains(&src) {
+            self.stats.not_from_edge += 1;
+            return Err(refusal(403, "Forbidden - Not From The SIP/IP Core"));
+        }
+        let (route, marker) = self
+            .edge_route(b, m)
+            .ok_or_else(|| refusal(403, "Forbidden - No Leg Marker From The Edge"))?;
+        let next_hop = self.hop_of(&route);
+        let mf = m.max_forwards.map_or(70, |(_, n)| n);
+        if mf == 0 {
+            return Err(refusal(483, "Too Many Hops"));
+        }
+        let target = identity_of(request_uri_str(b, m).as_str())
+            .ok_or_else(|| refusal(416, "Unsupported URI Scheme"))?;
+        let mut plan = match marker {
+            Leg::Originating => self.originating(b, m, &target)?,
+            Leg::Terminating => self.terminating(b, m, &target)?,
+            Leg::Controlling => self.controlling(b, m, &target)?,
+        };
+        plan.route = route;
+        plan.next_hop = next_hop;
+        Ok(plan)
+    }
+
+    /// 5.2.3.2.1: the inviting user's Participating Function.
+    fn originating(&mut self, b: &[u8], m: &Message, target: &str) -> Result<Plan, Refusal> {
+        let user = asserted_identity(b, m)
+            .ok_or_else(|| refusal(400, "Bad Request - No Inviting Identity"))?;
+        let dir = Arc::clone(&self.directory);
+        let u = dir
+            .user(&user)
+            .ok_or_else(|| refusal(403, "Forbidden - User Not Provisioned"))?;
+        let policy = self.settings.provider_media.merged(&u.media);
+        let offer = offer_after_policy(b, m, &policy, "user")?;
+        // 5.2.3.2.1 b: a group hosted here; this CS is its Controlling
+        // Function too (the edge would only send it back to us).
+        if dir
+            .group(target)
+            .is_some_and(|g| g.host == self.settings.name)
+        {
+            let mut plan = self.controlling_with(b, m, target, Some(&user), offer)?;
+            plan.function = Function::Controlling {
+                group: target.to_string(),
+            };
+            return Ok(plan);
+        }
+        Ok(self.single_leg(
+            b,
+            m,
+            Function::Originating { user: user.clone() },
+            offer,
+            Some(u.uri.clone()),
+        ))
+    }
+
+    /// 5.2.3.2.3: the invited user's Participating Function.
+    fn terminating(&mut self, b: &[u8], m: &Message, target: &str) -> Result<Plan, Refusal> {
+        let dir = Arc::clone(&self.directory);
+        let u = dir
+            .user(target)
+            .ok_or_else(|| refusal(404, "Not Found - User Not Provisioned"))?;
+        let policy = self.settings.provider_media.merged(&u.media);
+        let offer = offer_after_policy(b, m, &policy, "user")?;
+        let asserted = asserted_uri(b, m);
+        Ok(self.single_leg(
+            b,
+            m,
+            Function::Terminating {
+                user: target.to_string(),
+            },
+            offer,
+            asserted,
+        ))
+    }
+
+    fn single_leg(
+        &self,
+        b: &[u8],
+        m: &Message,
+        function: Function,
+        offer: Forwarded,
+        asserted: Option<String>,
+    ) -> Plan {
+        let params = contact_params(b, m);
+        Plan {
+            function,
+            mode: Mode::Participating,
+            targets: vec![request_uri_str(b, m)],
+            max_joined: 1,
+            offer,
+            route: Vec::new(),
+            next_hop: self.settings.local,
+            from: party_without_tag(b, m.from),
+            asserted,
+            referred_by: referred_by(b, m),
+            up_contact: self.contact(None, b""),
+            leg_contact: self.contact(None, &params),
+        }
+    }
+
+    /// 5.2.3.2.2: the Controlling Function of a pre-defined group, reached
+    /// through the edge (`ctrl`).
+    fn controlling(&mut self, b: &[u8], m: &Message, target: &str) -> Result<Plan, Refusal> {
+        let hosted = self
+            .directory
+            .group(target)
+            .is_some_and(|g| g.host == self.settings.name);
+        if !hosted {
+            self.stats.group_divergence += 1;
+            return Err(refusal(404, "Not Found - Group Not Hosted Here"));
+        }
+        let offer = offer_after_policy(b, m, &MediaPolicy::default(), "provider")?;
+        self.controlling_with(b, m, target, None, offer)
+    }
+
+    fn controlling_with(
+        &mut self,
+        b: &[u8],
+        m: &Message,
+        target: &str,
+        inviter: Option<&str>,
+        offer: Forwarded,
+    ) -> Result<Plan, Refusal> {
+        let dir = Arc::clone(&self.directory);
+        let Some(g) = dir.group(target) else {
+            return Err(refusal(404, "Not Found - Group Not Hosted Here"));
+        };
+        let inviter = match inviter {
+            Some(i) => i.to_string(),
+            None => asserted_identity(b, m)
+                .ok_or_else(|| refusal(400, "Bad Request - No Inviting Identity"))?,
+        };
+        authorise_inviter(g, &inviter)?;
+        // The group's policy (over the provider's) on what came in: the
+        // inviter's PF has applied the user's already.
+        let policy = self.settings.provider_media.merged(&g.media);
+        let offer = apply_policy(&offer.body, &policy, "group")?;
+        let targets: Vec<String> = g
+            .members
+            .iter()
+            .filter(|mb| mb.identity != inviter)
+            .map(|mb| mb.uri.clone())
+            .collect();
+        if targets.is_empty() {
+            return Err(refusal(480, "Temporarily Unavailable - No Other Member"));
+        }
+        let inviter_uri = asserted_uri(b, m).unwrap_or_else(|| format!("sip:{inviter}"));
+        let group_user = g
+            .uri
+            .trim_start_matches("sip:")
+            .split('@')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        let focus = format!(
+            ";isfocus{}",
+            String::from_utf8_lossy(&cpm_feature_param(b, m))
+        );
+        Ok(Plan {
+            function: Function::Controlling {
+                group: target.to_string(),
+            },
+            mode: Mode::Controlling,
+            targets,
+            max_joined: g.max_participants.saturating_sub(1),
+            offer,
+            route: Vec::new(),
+            next_hop: self.settings.local,
+            from: format!("<{}>", g.uri).into_bytes(),
+            asserted: Some(inviter_uri.clone()),
+            referred_by: Some(inviter_uri),
+            up_contact: self.contact(Some(&group_user), focus.as_bytes()),
+            leg_contact: self.contact(Some(&group_user), focus.as_bytes()),
+        })
+    }
+
+    /// Our Contact value: `<sip:[user@]local>` and header parameters.
+    fn contact(&self, user: Option<&str>, params: &[u8]) -> Vec<u8> {
+        let mut v = vec![0u8; 64 + params.len() + user.map_or(0, str::len)];
+        let mut o = Out::new(&mut v);
+        o.put(b"<sip:");
+        if let Some(u) = user.filter(|u| !u.is_empty()) {
+            o.put(u.as_bytes());
+            o.put(b"@");
+        }
+        put_addr(&mut o, self.settings.local);
+        o.put(b">");
+        o.put(params);
+        let n = o.finish().unwrap_or(0);
+        v.truncate(n);
+        v
+    }
+
+    /// The edge's Route value (the first one not naming us) and its
+    /// `cpm-leg` marker.
+    fn edge_route(&self, b: &[u8], m: &Message) -> Option<(Vec<u8>, Leg)> {
+        for r in m.route_values() {
+            let u = addr_of(b, r.value).and_then(|s| uri::parse(b, s))?;
+            let me = uri::socket_addr(u.host.get(b), u.port) == Some(self.settings.local);
+            if me {
+                continue;
+            }
+            let p = find_param(b, u.params, b"cpm-leg")?;
+            let leg = Leg::from_marker(p.value?.get(b))?;
+            return Some((r.value.get(b).to_vec(), leg));
+        }
+        None
+    }
+
+    /// Where a request routed by this Route value goes: its IP literal, or
+    /// the first edge.
+    fn hop_of(&self, route: &[u8]) -> SocketAddr {
+        let whole = Span::new(0, route.len());
+        addr_of(route, whole)
+            .and_then(|s| uri::parse(route, s))
+            .and_then(|u| uri::socket_addr(u.host.get(route), u.port))
+            .or_else(|| self.settings.edges.first().copied())
+            .unwrap_or(self.settings.local)
+    }
+
+    /// Phase 2: the session, its upstream side, and the INVITE on each leg.
+    fn start_session(
+        &mut self,
+        now: Instant,
+        id: TransactionId,
+        src: SocketAddr,
+        b: &[u8],
+        m: &Message,
+        plan: Plan,
+    ) {
+        if self.live >= self.settings.max_sessions {
+            self.stats.refused += 1;
+            return self.respond(
+                now,
+                id,
+                src,
+                b,
+                m,
+                503,
+                "Service Unavailable - Session Limit",
+                &[],
+            );
+        }
+        let tag = self.token();
+        let sid = self.insert_session(SessionData {
+            function: plan.function.clone(),
+            rules: Session::new(plan.mode, plan.targets.len(), plan.max_joined),
+            up: Up {
+                txn: Some(id),
+                request: b.to_vec(),
+                source: src,
+                tag,
+                dialog: None,
+                contact: plan.up_contact.clone(),
+                ack_wait: None,
+            },
+            legs: Vec::with_capacity(plan.targets.len()),
+            offer: plan.offer.clone(),
+        });
+        self.by_txn.insert(id, (sid, Side::Up));
+        self.stats.sessions_started[plan.function.index()] += 1;
+        self.note(format!(
+            "{} session for {}: inviting {}",
+            function_name(&plan.function),
+            request_uri(b, m),
+            plan.targets.join(", ")
+        ));
+        let mf = m
+            .max_forwards
+            .map_or(70, |(_, n)| n)
+            .saturating_sub(1)
+            .min(70);
+        let mut failed = Vec::new();
+        for (i, target) in plan.targets.iter().enumerate() {
+            if self
+                .invite_leg(now, sid, i, target, &plan, b, m, mf)
+                .is_none()
+            {
+                failed.push(i);
+            }
+        }
+        for i in failed {
+            let actions = self
+                .session_mut(sid)
+                .map(|s| s.rules.on_failure(i, 500))
+                .unwrap_or_default();
+            self.execute(now, sid, actions);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn invite_leg(
+        &mut self,
+        now: Instant,
+        sid: SessionId,
+        i: usize,
+        target: &str,
+        plan: &Plan,
+        b: &[u8],
+        m: &Message,
+        mf: u32,
+    ) -> Option<()> {
+        let branch = self.txns.new_branch();
+        let from_tag = self.token();
+        let mut call_id = self.token();
+        call_id.push(b'@');
+        call_id.extend_from_slice(self.settings.local.ip().to_string().as_bytes());
+        let to = format!("<{target}>");
+        let inv = Invitation {
+            request_uri: target.as_bytes(),
+            local: self.settings.local,
+            branch: branch.as_bytes(),
+            max_forwards: mf,
+            route: &plan.route,
+            from: &plan.from,
+            from_tag: &from_tag,
+            to: to.as_bytes(),
+            call_id: &call_id,
+            contact: &plan.leg_contact,
+            asserted: plan.asserted.as_deref().map(str::as_bytes),
+            referred_by: plan.referred_by.as_deref().map(str::as_bytes),
+            body: &plan.offer.body,
+        };
+        let Some(n) = write_invite(b, m, &inv, &mut self.out) else {
+            self.note(format!("INVITE to {target} does not fit {MAX_OUT} bytes"));
+            return None;
+        };
+        let request = self.out[..n].to_vec();
+        let txn = match self.txns.send_request(now, &request, plan.next_hop) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.note(format!("INVITE to {target} not sent: {e}"));
+                None
+            }
+        };
+        if let Some(t) = txn {
+            self.by_txn.insert(t, (sid, Side::Leg(i)));
+        }
+        let s = self.session_mut(sid)?;
+        s.legs.push(LegData {
+            target: target.to_string(),
+            txn,
+            request,
+            dialog: None,
+            answer: Vec::new(),
+            contact_params: Vec::new(),
+        });
+        if plan.mode == Mode::Controlling {
+            self.schedule(
+                now + self.settings.invite_timeout,
+                sid,
+                Due::InviteTimeout(i),
+            );
+        }
+        txn.map(|_| ())
+    }
+
+    fn on_cancel(
+        &mut self,
+        now: Instant,
+        cancel: TransactionId,
+        invite: Option<TransactionId>,
+        src: SocketAddr,
+        b: &[u8],
+        m: &Message,
+    ) {
+        let owner = invite.and_then(|t| self.by_txn.get(&t).copied());
+        let Some((sid, Side::Up)) = owner else {
+            return self.respond(
+                now,
+                cancel,
+                src,
+                b,
+                m,
+                481,
+                "Call/Transaction Does Not Exist",
+                &[],
+            );
+        };
+        self.respond(now, cancel, src, b, m, 200, "OK", &[]);
+        let actions = self
+            .session_mut(sid)
+            .map(|s| s.rules.on_upstream_cancel())
+            .unwrap_or_default();
+        self.execute(now, sid, actions);
+    }
+
+    fn on_ack(&mut self, b: &[u8], m: &Message) {
+        let Some(did) = self.dialogs.find_request(b, m) else {
+            return;
+        };
+        if let Some(d) = self.dialogs.get_mut(did) {
+            let _ = d.on_request(b, m);
+        }
+        if let Some(&(sid, Side::Up)) = self.by_dialog.get(&did) {
+            if let Some(s) = self.session_mut(sid) {
+                s.up.ack_wait = None;
+            }
+        }
+    }
+
+    /// A request inside one of our dialogs.
+    fn in_dialog(
+        &mut self,
+        now: Instant,
+        id: TransactionId,
+        src: SocketAddr,
+        b: &[u8],
+        m: &Message,
+    ) {
+        let Some(did) = self.dialogs.find_request(b, m) else {
+            return self.respond(
+                now,
+                id,
+                src,
+                b,
+                m,
+                481,
+                "Call/Transaction Does Not Exist",
+                &[],
+            );
+        };
+        let Some(&(sid, side)) = self.by_dialog.get(&did) else {
+            return self.respond(
+                now,
+                id,
+                src,
+                b,
+                m,
+                481,
+                "Call/Transaction Does Not Exist",
+                &[],
+            );
+        };
+        let step = match self.dialogs.get_mut(did) {
+            Some(d) => d.on_request(b, m),
+            None => return,
+        };
+        match step {
+            Err(e) => {
+                let code = e.status();
+                self.respond_in(
+                    now,
+                    id,
+                    did,
+                    src,
+                    b,
+                    m,
+                    code,
+                    crate::sip::reply::reason_phrase(code),
+                    &[],
+                    b"",
+                );
+            }
+            Ok(InDialog::Ack { .. }) => {}
+            Ok(InDialog::Bye) => {
+                self.respond_in(now, id, did, src, b, m, 200, "OK", &[], b"");
+                self.note(format!("BYE from {}", side_name(self.session(sid), side)));
+                let actions = match (self.session_mut(sid), side) {
+                    (Some(s), Side::Up) => s.rules.on_upstream_bye(),
+                    (Some(s), Side::Leg(i)) => s.rules.on_leg_bye(i),
+                    (None, _) => Vec::new(),
+                };
+                self.execute(now, sid, actions);
+            }
+            Ok(InDialog::Request) => self.in_dialog_request(now, id, did, sid, side, src, b, m),
+        }
+    }
+
+    /// A request other than BYE or ACK inside a session's dialog: a
+    /// re-INVITE is refused (this CS does not renegotiate media), the rest
+    /// is relayed to the other side by a Participating Function and
+    /// answered by the Controlling Function (which has no single other
+    /// side; the MSRP switch carries the group's messages).
+    #[allow(clippy::too_many_arguments)]
+    fn in_dialog_request(
+        &mut self,
+        now: Instant,
+        id: TransactionId,
+        did: DialogId,
+        sid: SessionId,
+        side: Side,
+        src: SocketAddr,
+        b: &[u8],
+        m: &Message,
+    ) {
+        if m.method() == Some(Method::Invite) {
+            let w = warning_line(
+                &self.settings.local,
+                "re-INVITE not supported by this Conversation Server",
+            );
+            return self.respond_in(
+                now,
+                id,
+                did,
+                src,
+                b,
+                m,
+                488,
+                "Not Acceptable Here",
+                &[&w],
+                b"",
+            );
+        }
+        let other = match (self.session(sid).map(|s| s.rules.mode()), side) {
+            (Some(Mode::Participating), Side::Up) => self
+                .session(sid)
+                .and_then(|s| s.legs.first())
+                .and_then(|l| l.dialog),
+            (Some(Mode::Participating), Side::Leg(_)) => {
+                self.session(sid).and_then(|s| s.up.dialog)
+            }
+            _ => None,
+        };
+        match other {
+            Some(to) if self.relay(now, id, to, src, b, m).is_some() => self.stats.relayed += 1,
+            _ => self.respond_in(now, id, did, src, b, m, 200, "OK", &[], b""),
+        }
+    }
+
+    /// Send `b`'s method and body inside dialog `to`; its answer goes back
+    /// on server transaction `server`.
+    fn relay(
+        &mut self,
+        now: Instant,
+        server: TransactionId,
+        to: DialogId,
+        src: SocketAddr,
+        b: &[u8],
+        m: &Message,
+    ) -> Option<()> {
+        let via = self.via();
+        let ct = m.content_type_line.map(|l| l.get(b).to_vec());
+        let headers: Vec<&[u8]> = ct.iter().map(|c| &c[..]).collect();
+        let StartLine::Request { method_span, .. } = m.start else {
+            return None;
+        };
+        let method = method_span.get(b);
+        let d = self.dialogs.get_mut(to)?;
+        let n = d
+            .write_request(method, &via, &headers, m.body.get(b), &mut self.out)
+            .ok()?;
+        let hop = next_hop(self.dialogs.get(to)?, &self.settings);
+        let bytes = self.out[..n].to_vec();
+        let client = self.txns.send_request(now, &bytes, hop).ok()?;
+        self.relays.insert(
+            client,
+            Relay {
+                server,
+                request: b.to_vec(),
+                source: src,
+            },
+        );
+        Some(())
+    }
+
+    fn answer_relay(&mut self, now: Instant, r: &Relay, code: u16, body: &[u8]) {
+        let m = scan(&r.request);
+        let did = self.dialogs.find_request(&r.request, &m);
+        let reason = crate::sip::reply::reason_phrase(code);
+        match did {
+            Some(did) => self.respond_in(
+                now,
+                r.server,
+                did,
+                r.source,
+                &r.request,
+                &m,
+                code,
+                reason,
+                &[],
+                body,
+            ),
+            None => self.respond(now, r.server, r.source, &r.request, &m, code, reason, &[]),
+        }
+    }
+
+    // ----- responses -----------------------------------------------------
+
+    fn on_response(&mut self, now: Instant, id: TransactionId, code: u16, b: &[u8], m: &Message) {
+        if let Some(r) = self.relays.get(&id) {
+            if code >= 200 {
+                let r = Relay {
+                    server: r.server,
+                    request: r.request.clone(),
+                    source: r.source,
+                };
+                self.relays.remove(&id);
+                let body = m.body.get(b).to_vec();
+                self.answer_relay(now, &r, code, &body);
+            }
+            return;
+        }
+        let Some(&(sid, Side::Leg(i))) = self.by_txn.get(&id) else {
+            return;
+        };
+        if code == 100 {
+            return;
+        }
+        let dialog = self.leg_dialog(sid, i, b, m);
+        let actions = match code {
+            101..=199 => self
+                .session_mut(sid)
+                .map(|s| s.rules.on_ringing(i))
+                .unwrap_or_default(),
+            200..=299 => self.on_leg_answer(sid, i, dialog, b, m),
+            _ => self
+                .session_mut(sid)
+                .map(|s| s.rules.on_failure(i, code))
+                .unwrap_or_default(),
+        };
+        if code >= 180 {
+            let who = self
+                .session(sid)
+                .and_then(|s| s.legs.get(i))
+                .map_or(String::new(), |l| l.target.clone());
+            self.note(format!("{code} from {who}"));
+        }
+        self.execute(now, sid, actions);
+    }
+
+    /// The leg's dialog for this response (made on its first 18x/2xx with a
+    /// tag), indexed for the in-dialog requests to come.
+    fn leg_dialog(&mut self, sid: SessionId, i: usize, b: &[u8], m: &Message) -> Option<DialogId> {
+        let local = self.contact(None, b"");
+        let s = self.session(sid)?;
+        let req = s.legs.get(i)?.request.clone();
+        let rq = scan(&req);
+        let did = self
+            .dialogs
+            .on_uac_response(&req, &rq, b, m, &local)
+            .ok()
+            .flatten()?;
+        self.by_dialog.insert(did, (sid, Side::Leg(i)));
+        let params = contact_params(b, m);
+        let leg = self.session_mut(sid)?.legs.get_mut(i)?;
+        if !params.is_empty() {
+            leg.contact_params = params;
+        }
+        // A 2xx names the dialog that counts (another fork's may differ).
+        if (200..300).contains(&status(m)) || leg.dialog.is_none() {
+            leg.dialog = Some(did);
+        }
+        Some(did)
+    }
+
+    /// A 2xx on leg `i`: its answer must fit the offer we sent (5.2.3.7);
+    /// one that does not is ACKed and BYEd, and counts as a 488 failure of
+    /// the leg (README: what goes upstream instead).
+    fn on_leg_answer(
+        &mut self,
+        sid: SessionId,
+        i: usize,
+        dialog: Option<DialogId>,
+        b: &[u8],
+        m: &Message,
+    ) -> Vec<Action> {
+        let body = m.body.get(b);
+        let Some(s) = self.session_mut(sid) else {
+            return Vec::new();
+        };
+        if dialog.is_none() {
+            // A 2xx without a usable dialog (no tag or Contact): nothing to
+            // ACK it in; the leg fails.
+            return s.rules.on_failure(i, 502);
+        }
+        let verdict = sdp::parse(body)
+            .map_err(|e| e.0)
+            .and_then(|a| check_answer(&s.offer.ports, &s.offer.types, &a).map_err(|v| v.0));
+        let first = s.legs.get(i).is_some_and(|l| l.answer.is_empty());
+        match verdict {
+            Ok(()) => {
+                if first {
+                    if let Some(l) = s.legs.get_mut(i) {
+                        l.answer = body.to_vec();
+                    }
+                }
+                s.rules.on_answer(i)
+            }
+            Err(why) => {
+                let mut out = vec![Action::AckLeg { leg: i }, Action::ByeLeg { leg: i }];
+                let pending = s
+                    .rules
+                    .leg(i)
+                    .is_some_and(|l| matches!(l, LegState::Calling | LegState::Ringing));
+                if pending {
+                    out.extend(s.rules.on_failure(i, 488));
+                }
+                self.stats.answers_refused += 1;
+                self.note(format!("answer refused (5.2.3.7): {why}"));
+                out
+            }
+        }
+    }
+
+    // ----- actions -------------------------------------------------------
+
+    fn execute(&mut self, now: Instant, sid: SessionId, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::RingUpstream => self.answer_upstream(now, sid, 180, "Ringing", None),
+                Action::AnswerUpstream { leg } => {
+                    self.answer_upstream(now, sid, 200, "OK", Some(leg))
+                }
+                Action::FailUpstream { code, reason } => self.fail_upstream(now, sid, code, reason),
+                Action::TerminateUpstream => {
+                    self.fail_upstream(now, sid, 487, "Request Terminated")
+                }
+                Action::AckLeg { leg } => self.ack_leg(sid, leg),
+                Action::ByeLeg { leg } => self.bye(now, sid, Side::Leg(leg)),
+                Action::CancelLeg { leg } => self.cancel_leg(now, sid, leg),
+                Action::ByeUpstream => self.bye(now, sid, Side::Up),
+                Action::Changed => self.note_participants(sid),
+                Action::End => self.end_session(sid),
+            }
+        }
+    }
+
+    /// The upstream UAS dialog, made at the first 18x/2xx with a Contact
+    /// that repeats the leg's parameters (a Participating Function shows the
+    /// focus's `isfocus`).
+    fn up_dialog(&mut self, sid: SessionId, leg: Option<usize>) -> Option<DialogId> {
+        let s = self.session(sid)?;
+        if let Some(d) = s.up.dialog {
+            return Some(d);
+        }
+        let params = match (s.rules.mode(), leg.or(Some(0))) {
+            (Mode::Participating, Some(i)) => s
+                .legs
+                .get(i)
+                .map(|l| l.contact_params.clone())
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        let contact = if s.rules.mode() == Mode::Participating {
+            self.contact(None, &params)
+        } else {
+            s.up.contact.clone()
+        };
+        let s = self.session(sid)?;
+        let rq = scan(&s.up.request);
+        let d = Dialog::uas(&s.up.request, &rq, &s.up.tag, &contact).ok()?;
+        let did = self.dialogs.insert(d).ok()?;
+        self.by_dialog.insert(did, (sid, Side::Up));
+        self.session_mut(sid)?.up.dialog = Some(did);
+        Some(did)
+    }
+
+    fn answer_upstream(
+        &mut self,
+        now: Instant,
+        sid: SessionId,
+        code: u16,
+        reason: &str,
+        leg: Option<usize>,
+    ) {
+        let Some(did) = self.up_dialog(sid, leg) else {
+            return self.fail_upstream(now, sid, 500, "Server Internal Error - No Dialog");
+        };
+        let Some(s) = self.session(sid) else { return };
+        let body = leg
+            .and_then(|i| s.legs.get(i))
+            .map(|l| l.answer.clone())
+            .unwrap_or_default();
+        let (request, source, txn) = (s.up.request.clone(), s.up.source, s.up.txn);
+        let rq = scan(&request);
+        let ct: &[&[u8]] = if body.is_empty() {
+            &[]
+        } else {
+            &[b"Content-Type: application/sdp\r\n"]
+        };
+        let spec = ResponseSpec {
+            headers: ct,
+            body: &body,
+            ..ResponseSpec::new(code, reason)
+        };
+        let Some(d) = self.dialogs.get_mut(did) else {
+            return;
+        };
+        if code >= 200 {
+            d.confirm();
+        }
+        let Ok(n) = d.write_response(&request, &rq, Some(source), spec, &mut self.out) else {
+            return;
+        };
+        let bytes = self.out[..n].to_vec();
+        if let Some(t) = txn {
+            let _ = self.txns.send_response(now, t, &bytes);
+        }
+        self.note(format!("{code} {reason} to the inviter"));
+        if code >= 200 {
+            let c = self.settings.transaction;
+            let w = AckWait::new(now, c.t1, c.t2);
+            let at = w.deadline();
+            if let Some(s) = self.session_mut(sid) {
+                s.up.ack_wait = Some(w);
+            }
+            self.schedule(at, sid, Due::AckWait);
+        }
+    }
+
+    fn fail_upstream(&mut self, now: Instant, sid: SessionId, code: u16, reason: &str) {
+        let Some(s) = self.session(sid) else { return };
+        let (request, source, txn, tag) = (
+            s.up.request.clone(),
+            s.up.source,
+            s.up.txn,
+            s.up.tag.clone(),
+        );
+        let rq = scan(&request);
+        let spec = ResponseSpec {
+            to_tag: Some(&tag),
+            ..ResponseSpec::new(code, reason)
+        };
+        if let (Some(n), Some(t)) = (
+            write_response(&request, &rq, Some(source), &spec, &mut self.out),
+            txn,
+        ) {
+            let bytes = self.out[..n].to_vec();
+            let _ = self.txns.send_response(now, t, &bytes);
+        }
+        self.note(format!("{code} {reason} to the inviter"));
+    }
+
+    fn ack_leg(&mut self, sid: SessionId, i: usize) {
+        let Some(did) = self
+            .session(sid)
+            .and_then(|s| s.legs.get(i))
+            .and_then(|l| l.dialog)
+        else {
+            return;
+        };
+        let via = self.via();
+        let Some(d) = self.dialogs.get(did) else {
+            return;
+        };
+        let hop = next_hop(d, &self.settings);
+        if let Ok(n) = d.write_ack(&via, &[], b"", &mut self.out) {
+            let bytes = self.out[..n].to_vec();
+            self.txns.send_stateless(hop, &bytes);
+        }
+    }
+
+    fn bye(&mut self, now: Instant, sid: SessionId, side: Side) {
+        let did = match (self.session(sid), side) {
+            (Some(s), Side::Up) => s.up.dialog,
+            (Some(s), Side::Leg(i)) => s.legs.get(i).and_then(|l| l.dialog),
+            (None, _) => None,
+        };
+        let Some(did) = did else { return };
+        let via = self.via();
+        let Some(d) = self.dialogs.get_mut(did) else {
+            return;
+        };
+        let Ok(n) = d.write_request(b"BYE", &via, &[], b"", &mut self.out) else {
+            return;
+        };
+        let hop = self.dialogs.get(did).map(|d| next_hop(d, &self.settings));
+        let bytes = self.out[..n].to_vec();
+        if let Some(h) = hop {
+            let _ = self.txns.send_request(now, &bytes, h);
+        }
+        let who = side_name(self.session(sid), side);
+        self.note(format!("BYE to {who}"));
+    }
+
+    fn cancel_leg(&mut self, now: Instant, sid: SessionId, i: usize) {
+        let Some(l) = self.session(sid).and_then(|s| s.legs.get(i)) else {
+            return;
+        };
+        let target = l.target.clone();
+        if let Some(t) = l.txn {
+            let _ = self.txns.cancel(now, t);
+        }
+        self.note(format!("CANCEL to {target}"));
+    }
+
+    fn note_participants(&mut self, sid: SessionId) {
+        let Some(s) = self.session(sid) else { return };
+        let joined: Vec<&str> = s
+            .legs
+            .iter()
+            .zip(s.rules.legs())
+            .filter(|(_, st)| **st == LegState::Joined)
+            .map(|(l, _)| l.target.as_str())
+            .collect();
+        if s.rules.mode() == Mode::Controlling {
+            let line = format!("participants: [{}]", joined.join(", "));
+            self.note(line);
+        }
+    }
+
+    // ----- sessions ------------------------------------------------------
+
+    fn insert_session(&mut self, data: SessionData) -> SessionId {
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    session: None,
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let s = &mut self.slots[slot as usize];
+        s.session = Some(data);
+        self.live += 1;
+        SessionId {
+            slot,
+            generation: s.generation,
+        }
+    }
+
+    fn session(&self, id: SessionId) -> Option<&SessionData> {
+        let s = self.slots.get(id.slot as usize)?;
+        s.session.as_ref().filter(|_| s.generation == id.generation)
+    }
+
+    fn session_mut(&mut self, id: SessionId) -> Option<&mut SessionData> {
+        let s = self.slots.get_mut(id.slot as usize)?;
+        s.session.as_mut().filter(|_| s.generation == id.generation)
+    }
+
+    /// Forget a session: its dialogs leave the table; transactions still
+    /// running (a BYE, the 2xx's Accepted state) finish on their own.
+    fn end_session(&mut self, id: SessionId) {
+        if self.session(id).is_none() {
+            return;
+        }
+        let s = &mut self.slots[id.slot as usize];
+        let Some(data) = s.session.take() else { return };
+        s.generation = s.generation.wrapping_add(1);
+        self.free.push(id.slot);
+        self.live -= 1;
+        self.stats.sessions_ended += 1;
+        let dialogs = data
+            .up
+            .dialog
+            .into_iter()
+            .chain(data.legs.iter().filter_map(|l| l.dialog));
+        for d in dialogs {
+            self.by_dialog.remove(&d);
+            self.dialogs.remove(d);
+        }
+        let txns = data
+            .up
+            .txn
+            .into_iter()
+            .chain(data.legs.iter().filter_map(|l| l.txn));
+        for t in txns {
+            self.by_txn.remove(&t);
+        }
+        self.note(format!("{} session over", function_name(&data.function)));
+    }
+
+    // ----- answers -------------------------------------------------------
+
+    /// Answer server transaction `id` outside a dialog (a fresh To tag).
+    #[allow(clippy::too_many_arguments)]
+    fn respond(
+        &mut self,
+        now: Instant,
+        id: TransactionId,
+        src: SocketAddr,
+        b: &[u8],
+        m: &Message,
+        code: u16,
+        reason: &str,
+        extra: &[&[u8]],
+    ) {
+        let tag = self.token();
+        let spec = ResponseSpec {
+            to_tag: (m.to_tag.is_none()).then_some(&tag[..]),
+            headers: extra,
+            ..ResponseSpec::new(code, reason)
+        };
+        if let Some(n) = write_response(b, m, Some(src), &spec, &mut self.out) {
+            let bytes = self.out[..n].to_vec();
+            let _ = self.txns.send_response(now, id, &bytes);
+        }
+    }
+
+    /// Answer server transaction `id` inside dialog `did`.
+    #[allow(clippy::too_many_arguments)]
+    fn respond_in(
+        &mut self,
+        now: Instant,
+        id: TransactionId,
+        did: DialogId,
+        src: SocketAddr,
+        b: &[u8],
+        m: &Message,
+        code: u16,
+        reason: &str,
+        extra: &[&[u8]],
+        body: &[u8],
+    ) {
+        let Some(d) = self.dialogs.get(did) else {
+            return self.respond(now, id, src, b, m, code, reason, extra);
+        };
+        let spec = ResponseSpec {
+            headers: extra,
+            body,
+            ..ResponseSpec::new(code, reason)
+        };
+        if let Ok(n) = d.write_response(b, m, Some(src), spec, &mut self.out) {
+            let bytes = self.out[..n].to_vec();
+            let _ = self.txns.send_response(now, id, &bytes);
+        }
+    }
+
+    /// An answer outside any transaction (a malformed request, a full
+    /// table): to the request's source, §18.2.2 and RFC 3581.
+    fn answer_stateless(
+        &mut self,
+        b: &[u8],
+        m: &Message,
+        src: SocketAddr,
+        code: u16,
+        reason: &str,
+    ) {
+        let Some(via) = m.top_via else { return };
+        let tag = self.token();
+        let spec = ResponseSpec {
+            to_tag: Some(&tag),
+            ..ResponseSpec::new(code, reason)
+        };
+        if let Some(n) = write_response(b, m, Some(src), &spec, &mut self.out) {
+            let bytes = self.out[..n].to_vec();
+            self.txns
+                .send_stateless(response_destination(&via, src), &bytes);
+        }
+    }
+
+    /// Check the tables' invariants (tests, fuzz target).
+    pub fn assert_invariants(&self) {
+        self.txns.assert_invariants();
+        self.dialogs.assert_invariants();
+        let live = self.slots.iter().filter(|s| s.session.is_some()).count();
+        assert_eq!(live, self.live);
+        assert!(self.live <= self.settings.max_sessions);
+        for s in self.slots.iter().filter_map(|s| s.session.as_ref()) {
+            s.rules.assert_invariants();
+            assert!(s.legs.len() <= s.rules.legs().len());
+        }
+    }
+}
+
+// ----- helpers over one message ----------------------------------------
+
+fn status(m: &Message) -> u16 {
+    match m.start {
+        StartLine::Response { code } => code,
+        _ => 0,
+    }
+}
+
+fn request_uri(b: &[u8], m: &Message) -> String {
+    request_uri_str(b, m)
+}
+
+fn request_uri_str(b: &[u8], m: &Message) -> String {
+    match m.start {
+        StartLine::Request { uri, .. } => String::from_utf8_lossy(uri.get(b)).into_owned(),
+        _ => String::new(),
+    }
+}
+
+/// The inviting identity: P-Asserted-Identity (set by a trusted hop: the
+/// edge removes a client's, README "Security"), else From.
+fn asserted_identity(b: &[u8], m: &Message) -> Option<String> {
+    identity_of(&asserted_uri(b, m)?)
+}
+
+fn asserted_uri(b: &[u8], m: &Message) -> Option<String> {
+    let span = m.pai_uri.unwrap_or(m.from_uri);
+    let text = String::from_utf8_lossy(span.get(b)).into_owned();
+    (!text.is_empty()).then_some(text)
+}
+
+fn referred_by(b: &[u8], m: &Message) -> Option<String> {
+    let h = crate::sip::scan::header_lines(b, m.headers).find(|h| {
+        h.name.get(b).eq_ignore_ascii_case(b"Referred-By")
+            || h.name.get(b).eq_ignore_ascii_case(b"b")
+    })?;
+    let u = addr_of(b, h.value)?;
+    Some(String::from_utf8_lossy(u.get(b)).into_owned())
+}
+
+/// `;+g.3gpp.icsi-ref="..."` of the request's Contact (the CPM feature tag
+/// the focus Contact repeats), else nothing.
+fn cpm_feature_param(b: &[u8], m: &Message) -> Vec<u8> {
+    let params = contact_params(b, m);
+    let text = String::from_utf8_lossy(&params).into_owned();
+    text.split(';')
+        .find(|p| p.trim_start().starts_with("+g.3gpp.icsi-ref"))
+        .map(|p| format!(";{}", p.trim()).into_bytes())
+        .unwrap_or_default()
+}
+
+fn authorise_inviter(g: &Group, inviter: &str) -> Result<(), Refusal> {
+    if g.invite == InvitePolicy::Members && !g.is_member(inviter) {
+        return Err(refusal(403, "Forbidden - Not A Member Of The Group"));
+    }
+    let size = g.members.len() + usize::from(!g.is_member(inviter));
+    if size > g.max_participants {
+        return Err(Refusal {
+            code: 403,
+            reason: "Forbidden - Group Exceeds Its Maximum Participants".into(),
+            warning: Some(format!(
+                "{size} participants, at most {}",
+                g.max_participants
+            )),
+        });
+    }
+    Ok(())
+}
+
+/// 5.2.3.7 on an offer: parse, drop what `policy` refuses (port 0), `488`
+/// with the reasons when nothing is left, `400` for a body that is no SDP.
+fn offer_after_policy(
+    b: &[u8],
+    m: &Message,
+    policy: &MediaPolicy,
+    whose: &str,
+) -> Result<Forwarded, Refusal> {
+    let body = m.body.get(b);
+    if body.is_empty() {
+        return Err(refusal(488, "Not Acceptable Here - No Offer"));
+    }
+    let is_sdp = m.content_type.is_some_and(|c| {
+        c.get(b).len() >= 15 && c.get(b)[..15].eq_ignore_ascii_case(b"application/sdp")
+    });
+    if !is_sdp {
+        return Err(refusal(
+            415,
+            "Unsupported Media Type - Offer Is Not application/sdp",
+        ));
+    }
+    apply_policy(body, policy, whose)
+}
+
+fn apply_policy(body: &[u8], policy: &MediaPolicy, whose: &str) -> Result<Forwarded, Refusal> {
+    let parsed = sdp::parse(body)
+        .map_err(|e| refusal(400, &format!("Bad Request - Malformed SDP: {}", e.0)))?;
+    let verdict = filter_offer(&parsed, policy);
+    if verdict.kept() == 0 {
+        let why: Vec<String> = verdict.reasons.iter().flatten().cloned().collect();
+        return Err(Refusal {
+            code: 488,
+            reason: "Not Acceptable Here".into(),
+            warning: Some(format!(
+                "{whose} media policy refuses every stream: {}",
+                why.join("; ")
+            )),
+        });
+    }
+    let mut out = Vec::with_capacity(body.len());
+    if verdict.any_refused() {
+        sdp::refuse_streams(body, &parsed, &verdict.refuse, &mut out);
+    } else {
+        out.extend_from_slice(body);
+    }
+    Ok(Forwarded {
+        body: out,
+        ports: verdict.refuse.iter().map(|r| !r).collect(),
+        types: parsed.media.iter().map(|m| m.media_type.clone()).collect(),
+    })
+}
+
+fn warning_line(local: &SocketAddr, text: &str) -> Vec<u8> {
+    let clean: String = text
+        .chars()
+        .take(200)
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                if c == '"' {
+                    '\''
+                } else {
+                    c
+                }
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    format!("Warning: 399 {local} \"{clean}\"\r\n").into_bytes()
+}
+
+/// Where a request inside dialog `d` goes: the first route's IP literal,
+/// else the remote target's, else the first edge.
+fn next_hop(d: &Dialog, settings: &Settings) -> SocketAddr {
+    let first = d.route_set().next().map(<[u8]>::to_vec);
+    let target = first.unwrap_or_else(|| d.remote_target().to_vec());
+    let whole = Span::new(0, target.len());
+    let uri_span = addr_of(&target, whole).unwrap_or(whole);
+    uri::parse(&target, uri_span)
+        .and_then(|u| uri::socket_addr(u.host.get(&target), u.port))
+        .or_else(|| settings.edges.first().copied())
+        .unwrap_or(settings.local)
+}
+
+fn function_name(f: &Function) -> String {
+    match f {
+        Function::Originating { user } => format!("originating PF of {user}:"),
+        Function::Terminating { user } => format!("terminating PF of {user}:"),
+        Function::Controlling { group } => format!("controlling function of {group}:"),
+    }
+}
+
+fn side_name(s: Option<&SessionData>, side: Side) -> String {
+    match (s, side) {
+        (_, Side::Up) => "the inviter".to_string(),
+        (Some(s), Side::Leg(i)) => s.legs.get(i).map_or("a leg".into(), |l| l.target.clone()),
+        (None, Side::Leg(_)) => "a leg".into(),
+    }
+}

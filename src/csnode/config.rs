@@ -1,0 +1,218 @@
+//! The Conversation Server's configuration file: one file for every shard
+//! of a cluster (the shard list, the users, the groups and who hosts them),
+//! and the name of the shard this process is, from the command line.
+
+use crate::cs::directory::{Directory, GroupSpec, UserSpec};
+use crate::cs::server::Settings;
+use crate::sip::media::MediaPolicy;
+use crate::sip::transaction;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The embedded default (`cpm-cs --print-default-config`).
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    server: ServerSection,
+    #[serde(default)]
+    edge_admin: Option<EdgeAdmin>,
+    #[serde(rename = "shard", default)]
+    shards: Vec<ShardEntry>,
+    #[serde(default)]
+    media: MediaPolicy,
+    #[serde(rename = "user", default)]
+    users: Vec<UserSpec>,
+    #[serde(rename = "group", default)]
+    groups: Vec<GroupSpec>,
+}
+
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerSection {
+    edges: Vec<SocketAddr>,
+    #[serde(default = "default_invite_timeout")]
+    invite_timeout_ms: u64,
+    #[serde(default = "default_max_sessions")]
+    max_sessions: usize,
+    #[serde(default = "default_max_dialogs")]
+    max_dialogs: usize,
+    #[serde(default = "default_max_transactions")]
+    max_transactions: usize,
+}
+
+fn default_invite_timeout() -> u64 {
+    30_000
+}
+fn default_max_sessions() -> usize {
+    100_000
+}
+fn default_max_dialogs() -> usize {
+    400_000
+}
+fn default_max_transactions() -> usize {
+    400_000
+}
+
+/// Where the groups this CS hosts are registered (the edge's admin API).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeAdmin {
+    /// `http://host:port` of the edge's admin API.
+    pub url: String,
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default = "default_sync")]
+    pub sync_interval_ms: u64,
+}
+
+fn default_sync() -> u64 {
+    5_000
+}
+
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShardEntry {
+    name: String,
+    addr: SocketAddr,
+}
+
+/// A checked configuration for one shard.
+#[derive(Clone, Debug)]
+pub struct Valid {
+    pub settings: Settings,
+    pub directory: Directory,
+    pub edge_admin: Option<EdgeAdmin>,
+    /// Every shard of the cluster (name, address).
+    pub shards: Vec<(String, SocketAddr)>,
+}
+
+/// Why a configuration was refused: the key and the reason.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct ConfigError {
+    pub key: String,
+    pub reason: String,
+}
+
+fn err(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Parse and check `text` as shard `shard`'s configuration; `key` keys the
+/// transaction branches, tags and Call-IDs (random per process).
+pub fn load(text: &str, shard: &str, key: [u64; 2]) -> Result<Valid, ConfigError> {
+    let f: File = toml::from_str(text).map_err(|e| err("file", e.message().to_string()))?;
+    let shards = check_shards(&f)?;
+    let local = shards
+        .iter()
+        .find(|(n, _)| n == shard)
+        .map(|(_, a)| *a)
+        .ok_or_else(|| err("--shard", format!("no [[shard]] named '{shard}'")))?;
+    check_groups(&f, &shards)?;
+    let directory = Directory::new(&f.users, &f.groups).map_err(|e| err(&e.what, e.reason))?;
+    let settings = settings(&f, shard, local, key)?;
+    Ok(Valid {
+        settings,
+        directory,
+        edge_admin: f.edge_admin,
+        shards,
+    })
+}
+
+/// The shard names of a configuration, in file order.
+pub fn shard_list(text: &str) -> Result<Vec<String>, ConfigError> {
+    let f: File = toml::from_str(text).map_err(|e| err("file", e.message().to_string()))?;
+    Ok(check_shards(&f)?.into_iter().map(|(n, _)| n).collect())
+}
+
+fn check_shards(f: &File) -> Result<Vec<(String, SocketAddr)>, ConfigError> {
+    let mut out: Vec<(String, SocketAddr)> = Vec::new();
+    for (i, s) in f.shards.iter().enumerate() {
+        if out.iter().any(|(n, a)| *n == s.name || *a == s.addr) {
+            return Err(err(&format!("shard[{i}]"), "name or address used twice"));
+        }
+        if s.addr.port() == 0 || s.addr.ip().is_unspecified() {
+            return Err(err(
+                &format!("shard[{i}].addr"),
+                "a specified IP and a non-zero port",
+            ));
+        }
+        out.push((s.name.clone(), s.addr));
+    }
+    Ok(out)
+}
+
+fn check_groups(f: &File, shards: &[(String, SocketAddr)]) -> Result<(), ConfigError> {
+    for (i, g) in f.groups.iter().enumerate() {
+        if !shards.iter().any(|(n, _)| *n == g.host) {
+            return Err(err(
+                &format!("group[{i}].host"),
+                format!("unknown shard '{}'", g.host),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn settings(
+    f: &File,
+    name: &str,
+    local: SocketAddr,
+    key: [u64; 2],
+) -> Result<Settings, ConfigError> {
+    let s = &f.server;
+    if s.edges.is_empty() {
+        return Err(err("server.edges", "at least one edge"));
+    }
+    if s.max_sessions == 0 || s.max_dialogs == 0 || s.max_transactions == 0 {
+        return Err(err(
+            "server",
+            "max_sessions, max_dialogs and max_transactions above 0",
+        ));
+    }
+    let mut transaction = transaction::Config {
+        max_transactions: s.max_transactions,
+        key,
+        ..transaction::Config::default()
+    };
+    transaction.send_trying = true;
+    transaction.validate().map_err(|r| err("server", r))?;
+    Ok(Settings {
+        name: name.to_string(),
+        local,
+        edges: s.edges.clone(),
+        max_sessions: s.max_sessions,
+        max_dialogs: s.max_dialogs,
+        invite_timeout: Duration::from_millis(s.invite_timeout_ms.max(100)),
+        provider_media: f.media.clone(),
+        transaction,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_default_loads_for_every_shard() {
+        for shard in ["cs1", "cs2", "cs3", "cs4"] {
+            let v = load(DEFAULT_TOML, shard, [1, 2]).unwrap();
+            assert_eq!(v.settings.name, shard);
+            assert!(v.directory.hosted_by(shard).count() >= 1, "{shard}");
+        }
+        let e = load(DEFAULT_TOML, "cs9", [1, 2]).unwrap_err();
+        assert_eq!(e.key, "--shard");
+    }
+
+    #[test]
+    fn a_group_on_an_unknown_shard_is_refused_by_key() {
+        let text = DEFAULT_TOML.replace("host = \"cs4\"", "host = \"cs9\"");
+        let e = load(&text, "cs1", [1, 2]).unwrap_err();
+        assert_eq!(e.key, "group[3].host");
+    }
+}

@@ -1,0 +1,61 @@
+//! The running Conversation Server (layer 3): its configuration file, the
+//! io thread of one shard around the sans-IO [`crate::cs::server::Server`],
+//! and the registration of its hosted groups with the edge.
+
+pub mod config;
+pub mod node;
+pub mod sync;
+
+use crate::cs::directory::Directory;
+use arc_swap::ArcSwap;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+
+/// A key of this process for branches, tags and Call-IDs, from the OS's
+/// random seed (`RandomState`): unguessable, and different per run.
+pub fn random_key() -> [u64; 2] {
+    let mut k = [0u64; 2];
+    for (i, v) in k.iter_mut().enumerate() {
+        let mut h = RandomState::new().build_hasher();
+        h.write_u64(u64::from(std::process::id()) ^ i as u64);
+        *v = h.finish();
+    }
+    k
+}
+
+/// A shard running: its SIP thread and, when the edge's admin API is
+/// configured, its group registration.
+pub struct Shard {
+    pub node: node::Node,
+    pub sync: Option<sync::GroupSync>,
+    pub directory: Arc<ArcSwap<Directory>>,
+}
+
+/// Start shard `name` of configuration `text` (`sync`: register groups).
+pub fn start_shard(text: &str, name: &str, with_sync: bool) -> Result<Shard, String> {
+    let valid = config::load(text, name, random_key()).map_err(|e| e.to_string())?;
+    let directory = Arc::new(ArcSwap::from_pointee(valid.directory));
+    let admin = valid.edge_admin.filter(|_| with_sync);
+    let sync = match admin {
+        Some(a) => {
+            let addr = sync::admin_addr(&a.url)
+                .ok_or_else(|| format!("edge_admin.url: '{}' is no http://host:port", a.url))?;
+            let s = sync::SyncSettings {
+                admin: addr,
+                token: a.token,
+                shard: name.to_string(),
+                interval: std::time::Duration::from_millis(a.sync_interval_ms.max(100)),
+            };
+            Some(sync::GroupSync::start(s, Arc::clone(&directory)).map_err(|e| e.to_string())?)
+        }
+        None => None,
+    };
+    let node = node::Node::start(valid.settings, Arc::clone(&directory))
+        .map_err(|e| format!("shard {name}: cannot bind: {e}"))?;
+    Ok(Shard {
+        node,
+        sync,
+        directory,
+    })
+}

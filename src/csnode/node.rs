@@ -1,0 +1,177 @@
+//! One Conversation Server shard running: a thread that owns the UDP socket
+//! and the sans-IO [`Server`], and feeds it datagrams and clock ticks.
+//!
+//! A single thread with a blocking socket and a read timeout, not the
+//! edge's io_uring workers: a CS does a session's work per datagram (two
+//! dialogs, a transaction each way, SDP policy), so the syscall is not what
+//! bounds it, and one thread keeps the sessions free of locks. A cluster
+//! scales by shards (the edge spreads users and groups over them).
+
+use crate::cs::directory::Directory;
+use crate::cs::server::{Server, Settings, Stats};
+use arc_swap::ArcSwap;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Longest wait for a datagram before the loop looks at the clock, the
+/// directory and the stop flag again.
+const TICK: Duration = Duration::from_millis(20);
+const RECV_BUF: usize = 65_536;
+
+/// Counters and sizes of a running shard, copied out by the loop.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Snapshot {
+    pub stats: Stats,
+    pub sessions: usize,
+    pub dialogs: usize,
+    pub transactions: usize,
+    pub datagrams_in: u64,
+    pub datagrams_out: u64,
+    pub send_errors: u64,
+}
+
+/// A running shard; dropping it stops the thread.
+pub struct Node {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    snapshot: Arc<Mutex<Snapshot>>,
+}
+
+impl Node {
+    /// Bind `settings.local` and start serving. The directory is read
+    /// again whenever `directory` is replaced (admin API, reload).
+    pub fn start(settings: Settings, directory: Arc<ArcSwap<Directory>>) -> io::Result<Node> {
+        let sock = crate::io::socket::bind_udp(settings.local, false, 4 << 20, 4 << 20)?;
+        sock.set_read_timeout(Some(TICK))?;
+        let addr = sock.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let snapshot = Arc::new(Mutex::new(Snapshot::default()));
+        let (s2, snap2) = (Arc::clone(&stop), Arc::clone(&snapshot));
+        let name = format!("cs-{}", settings.name);
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || run(sock, settings, directory, &s2, &snap2))?;
+        Ok(Node {
+            addr,
+            stop,
+            thread: Some(thread),
+            snapshot,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshot.lock().map(|s| *s).unwrap_or_default()
+    }
+
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Counters {
+    datagrams_in: u64,
+    datagrams_out: u64,
+    send_errors: u64,
+}
+
+fn run(
+    sock: UdpSocket,
+    settings: Settings,
+    directory: Arc<ArcSwap<Directory>>,
+    stop: &AtomicBool,
+    snapshot: &Mutex<Snapshot>,
+) {
+    let name = settings.name.clone();
+    let mut current = directory.load_full();
+    let mut server = Server::new(settings, Arc::clone(&current));
+    let mut buf = vec![0u8; RECV_BUF];
+    let mut out = Vec::with_capacity(RECV_BUF);
+    let mut c = Counters {
+        datagrams_in: 0,
+        datagrams_out: 0,
+        send_errors: 0,
+    };
+    let mut last_snapshot = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        let wait = server.poll_timeout().map_or(TICK, |d| {
+            d.saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(1), TICK)
+        });
+        let _ = sock.set_read_timeout(Some(wait));
+        match sock.recv_from(&mut buf) {
+            Ok((n, src)) => {
+                c.datagrams_in += 1;
+                server.handle_datagram(Instant::now(), src, &buf[..n]);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => tracing::warn!(shard = %name, "receive error: {e}"),
+        }
+        let now = Instant::now();
+        if server.poll_timeout().is_some_and(|d| d <= now) {
+            server.handle_timeout(now);
+        }
+        flush(&sock, &mut server, &mut out, &mut c);
+        log_notes(&name, &mut server);
+        let latest = directory.load();
+        if !Arc::ptr_eq(&latest, &current) {
+            current = latest.clone();
+            server.set_directory(Arc::clone(&current));
+        }
+        if last_snapshot.elapsed() >= Duration::from_millis(100) {
+            publish(snapshot, &server, &c);
+            last_snapshot = Instant::now();
+        }
+    }
+    publish(snapshot, &server, &c);
+}
+
+fn flush(sock: &UdpSocket, server: &mut Server, out: &mut Vec<u8>, c: &mut Counters) {
+    while let Some(t) = server.poll_transmit(out) {
+        match sock.send_to(out, t.destination) {
+            Ok(_) => c.datagrams_out += 1,
+            Err(_) => c.send_errors += 1,
+        }
+    }
+}
+
+fn log_notes(name: &str, server: &mut Server) {
+    while let Some(n) = server.poll_note() {
+        tracing::info!(target: "cpm_cs", "[{name}] {n}");
+    }
+}
+
+fn publish(snapshot: &Mutex<Snapshot>, server: &Server, c: &Counters) {
+    if let Ok(mut s) = snapshot.lock() {
+        *s = Snapshot {
+            stats: server.stats(),
+            sessions: server.sessions(),
+            dialogs: server.dialogs(),
+            transactions: server.transactions(),
+            datagrams_in: c.datagrams_in,
+            datagrams_out: c.datagrams_out,
+            send_errors: c.send_errors,
+        };
+    }
+}
