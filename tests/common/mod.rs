@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod capture;
+pub mod party;
 
 use cpm_edge::config::Config;
 use cpm_edge::route::Tables;
