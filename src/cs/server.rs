@@ -144,6 +144,9 @@ struct LegData {
     answer: Vec<u8>,
     /// The leg's Contact header parameters (its `isfocus`, feature tags).
     contact_params: Vec<u8>,
+    /// Its final error's reason phrase and Warning lines: what a
+    /// Participating Function relays upstream.
+    failure: Option<(String, Vec<Vec<u8>>)>,
 }
 
 struct SessionData {
@@ -557,7 +560,7 @@ impl Server {
         let dir = Arc::clone(&self.directory);
         let u = dir
             .user(target)
-            .ok_or_else(|| refusal(404, "Not Found - User Not Provisioned"))?;
+            .ok_or_else(|| refusal(404, "Not Found - No Such User Or Group"))?;
         let policy = self.settings.provider_media.merged(&u.media);
         let offer = offer_after_policy(b, m, &policy, "user")?;
         let asserted = asserted_uri(b, m);
@@ -843,6 +846,7 @@ impl Server {
             dialog: None,
             answer: Vec::new(),
             contact_params: Vec::new(),
+            failure: None,
         });
         if plan.mode == Mode::Controlling {
             self.schedule(
@@ -1103,10 +1107,18 @@ impl Server {
                 .map(|s| s.rules.on_ringing(i))
                 .unwrap_or_default(),
             200..=299 => self.on_leg_answer(sid, i, dialog, b, m),
-            _ => self
-                .session_mut(sid)
-                .map(|s| s.rules.on_failure(i, code))
-                .unwrap_or_default(),
+            _ => {
+                let failure = failure_of(b, m);
+                match self.session_mut(sid) {
+                    Some(s) => {
+                        if let Some(l) = s.legs.get_mut(i) {
+                            l.failure = Some(failure);
+                        }
+                        s.rules.on_failure(i, code)
+                    }
+                    None => Vec::new(),
+                }
+            }
         };
         if code >= 180 {
             let who = self
@@ -1298,18 +1310,36 @@ impl Server {
         }
     }
 
+    /// A final error upstream. A Participating Function relays its leg's
+    /// reason phrase and Warning lines (a 488's Warning says which policy
+    /// refused what, 5.2.3.7); a Controlling Function says its own.
     fn fail_upstream(&mut self, now: Instant, sid: SessionId, code: u16, reason: &str) {
         let Some(s) = self.session(sid) else { return };
+        let relayed = match (
+            s.rules.mode(),
+            s.legs.first().and_then(|l| l.failure.clone()),
+        ) {
+            (Mode::Participating, Some(f)) if code != 487 => Some(f),
+            _ => None,
+        };
         let (request, source, txn, tag) = (
             s.up.request.clone(),
             s.up.source,
             s.up.txn,
             s.up.tag.clone(),
         );
+        let reason = relayed
+            .as_ref()
+            .map_or(reason.to_string(), |(r, _)| r.clone());
+        let warnings: Vec<&[u8]> = relayed
+            .iter()
+            .flat_map(|(_, w)| w.iter().map(|l| &l[..]))
+            .collect();
         let rq = scan(&request);
         let spec = ResponseSpec {
             to_tag: Some(&tag),
-            ..ResponseSpec::new(code, reason)
+            headers: &warnings,
+            ..ResponseSpec::new(code, &reason)
         };
         if let (Some(n), Some(t)) = (
             write_response(&request, &rq, Some(source), &spec, &mut self.out),
@@ -1547,6 +1577,31 @@ impl Server {
 }
 
 // ----- helpers over one message ----------------------------------------
+
+/// A final error's reason phrase (printable ASCII, bounded) and its Warning
+/// lines (at most four).
+fn failure_of(b: &[u8], m: &Message) -> (String, Vec<Vec<u8>>) {
+    let line = m.start_line.get(b);
+    let reason: String = line
+        .get(12..)
+        .unwrap_or(b"")
+        .iter()
+        .take(120)
+        .map(|c| {
+            if c.is_ascii_graphic() || *c == b' ' {
+                *c as char
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    let warnings = crate::sip::scan::header_lines(b, m.headers)
+        .filter(|h| h.name.get(b).eq_ignore_ascii_case(b"Warning"))
+        .take(4)
+        .map(|h| h.line.get(b).to_vec())
+        .collect();
+    (reason, warnings)
+}
 
 fn status(m: &Message) -> u16 {
     match m.start {

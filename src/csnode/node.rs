@@ -47,6 +47,9 @@ impl Node {
     /// again whenever `directory` is replaced (admin API, reload).
     pub fn start(settings: Settings, directory: Arc<ArcSwap<Directory>>) -> io::Result<Node> {
         let sock = crate::io::socket::bind_udp(settings.local, false, 4 << 20, 4 << 20)?;
+        // bind_udp makes the edge's sockets non-blocking; this loop blocks
+        // in recv with a timeout instead.
+        sock.set_nonblocking(false)?;
         sock.set_read_timeout(Some(TICK))?;
         let addr = sock.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));

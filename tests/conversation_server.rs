@@ -1,0 +1,343 @@
+//! The whole system over real UDP: clients A-E (scripted user agents,
+//! `tests/common/party.rs`) → cpm-edge → two cpm-cs shards, OMA CPM
+//! Appendix C.1 end to end. A's Participating Function and the group's
+//! Controlling Function are on different shards, so the session crosses
+//! edge → PF(A) → edge → CF → edge → PF(member) → edge → member.
+//!
+//! Every party's received messages are checked message by message
+//! (retransmissions removed: `summary_dedup`).
+
+mod common;
+
+use common::free_port;
+use common::party::{msrp_sdp, Answer, Party};
+use cpm_edge::app::App;
+use cpm_edge::config::Config;
+use cpm_edge::csnode::{self, Shard};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const GROUP: &str = "sip:team@groups.example.net";
+const WAIT: Duration = Duration::from_secs(10);
+
+struct System {
+    edge: App,
+    edge_addr: SocketAddr,
+    shards: Vec<Shard>,
+    parties: Vec<Party>,
+}
+
+impl System {
+    fn party(&self, name: &str) -> &Party {
+        self.parties
+            .iter()
+            .find(|p| p.name() == name)
+            .expect("party")
+    }
+
+    /// Sessions each shard started, per function: [orig, term, ctrl].
+    fn started(&self) -> Vec<[u64; 3]> {
+        self.shards
+            .iter()
+            .map(|s| s.node.snapshot().stats.sessions_started)
+            .collect()
+    }
+}
+
+/// The shard the edge picks for A's Participating Function; the group goes
+/// on the other one (the test asserts the path crossed both).
+fn system(group_extra: &str, more_groups: &str, user_media: &[(&str, &str)]) -> System {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("cpm_cs=info,warn"))
+        .with_test_writer()
+        .try_init();
+    let parties: Vec<Party> = ["alice", "bob", "carol", "dave", "erin", "mallory"]
+        .iter()
+        .map(|n| Party::bind(n))
+        .collect();
+    let edge_port = free_port();
+    let edge_addr: SocketAddr = format!("127.0.0.1:{edge_port}").parse().unwrap();
+    let cs = [free_port(), free_port()];
+    let edge_toml = format!(
+        "[listen]\naddr = \"{edge_addr}\"\n[admin]\nbind = \"127.0.0.1:0\"\n[workers]\ncount = 1\n\
+         [health]\nenabled = false\n\
+         [[shard]]\nname = \"cs1\"\naddr = \"127.0.0.1:{}\"\n[[shard]]\nname = \"cs2\"\naddr = \"127.0.0.1:{}\"\n",
+        cs[0], cs[1]
+    );
+    let edge = App::start(&Config::parse(&edge_toml).unwrap().validate().unwrap()).unwrap();
+    let admin = edge.admin_addr.expect("admin API");
+    let host = group_host(&parties[0]);
+    let more_groups = more_groups.replace("{alice}", &parties[0].aor());
+    let members: Vec<String> = parties[..5]
+        .iter()
+        .map(|p| format!("\"{}\"", p.aor()))
+        .collect();
+    let mut cs_toml = format!(
+        "[server]\nedges = [\"{edge_addr}\"]\ninvite_timeout_ms = 2000\n\
+         [edge_admin]\nurl = \"http://{admin}\"\nsync_interval_ms = 200\n\
+         [[shard]]\nname = \"cs1\"\naddr = \"127.0.0.1:{}\"\n[[shard]]\nname = \"cs2\"\naddr = \"127.0.0.1:{}\"\n\
+         [[group]]\nid = \"{GROUP}\"\nhost = \"{host}\"\nmembers = [{}]\n{group_extra}\n{more_groups}\n",
+        cs[0],
+        cs[1],
+        members.join(", ")
+    );
+    for p in &parties {
+        cs_toml += &format!("[[user]]\nid = \"{}\"\n", p.aor());
+        if let Some((_, media)) = user_media.iter().find(|(n, _)| *n == p.name()) {
+            cs_toml += &format!("media = {media}\n");
+        }
+    }
+    let shards = ["cs1", "cs2"]
+        .iter()
+        .map(|n| csnode::start_shard(&cs_toml, n, true).unwrap())
+        .collect();
+    let s = System {
+        edge,
+        edge_addr,
+        shards,
+        parties,
+    };
+    wait_registered(admin, GROUP, host);
+    s
+}
+
+/// The shard that is *not* A's Participating Function at the edge: the
+/// rendezvous choice of the two names for A's identity.
+fn group_host(alice: &Party) -> &'static str {
+    use cpm_edge::route::shards::{ShardSet, ShardSpec};
+    let specs: Vec<ShardSpec> = ["cs1", "cs2"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| ShardSpec {
+            name: n.to_string(),
+            addr: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
+            backup: None,
+        })
+        .collect();
+    let set = ShardSet::new(&specs, "127.0.0.1:1");
+    let aor = alice.aor();
+    let b = aor.as_bytes();
+    let u = cpm_edge::sip::uri::parse(b, cpm_edge::sip::Span::new(0, b.len())).unwrap();
+    match set.pick(cpm_edge::route::decision::user_hash(b, &u)) {
+        Some(0) => "cs2",
+        _ => "cs1",
+    }
+}
+
+/// The CS registers the group with the edge's admin API (README: the CS
+/// is the source of the group table); wait until the edge routes it.
+fn wait_registered(admin: SocketAddr, group: &str, shard: &str) {
+    let path = format!("/groups/{group}");
+    let t0 = Instant::now();
+    loop {
+        let (code, body) = common::http(admin, "GET", &path, "", None);
+        if code == 200 && body.contains(&format!("\"shard\":\"{shard}\"")) {
+            return;
+        }
+        assert!(t0.elapsed() < WAIT, "group never registered: {code} {body}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn accept(p: &Party, delay_ms: u64) {
+    p.set_answer(Answer::Accept {
+        ring: true,
+        delay: Duration::from_millis(delay_ms),
+        sdp: msrp_sdp(p.name(), p.addr()),
+    });
+}
+
+fn seq(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// Wait until `p`'s deduplicated summary is `want`, then check it stays so
+/// a little longer (nothing extra arrives).
+fn expect(p: &Party, want: &[&str]) {
+    let want = seq(want);
+    let t0 = Instant::now();
+    while p.summary_dedup() != want {
+        assert!(
+            t0.elapsed() < WAIT,
+            "{}: got {:?}, want {want:?}",
+            p.name(),
+            p.summary_dedup()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(p.summary_dedup(), want, "{} received more", p.name());
+}
+
+#[test]
+fn c1_group_session_first_answer_wins_later_joins_busy_leaves_silent_is_cancelled() {
+    let s = system("", "", &[]);
+    let (a, b, c, d, e) = (
+        s.party("alice"),
+        s.party("bob"),
+        s.party("carol"),
+        s.party("dave"),
+        s.party("erin"),
+    );
+    accept(b, 0);
+    accept(c, 600);
+    d.set_answer(Answer::Reject {
+        code: 486,
+        delay: Duration::from_millis(100),
+    });
+    e.set_answer(Answer::RingOnly);
+    let call = a.invite(GROUP, s.edge_addr, &msrp_sdp("alice", a.addr()), "");
+    assert!(
+        call.wait_confirmed(WAIT),
+        "A's session never confirmed: {:?}",
+        a.summary_dedup()
+    );
+    // C joins after B; D is busy; E rings until the invite timeout (2 s)
+    // and is CANCELled.
+    expect(b, &["INVITE", "ACK"]);
+    expect(c, &["INVITE", "ACK"]);
+    expect(d, &["INVITE", "ACK"]);
+    expect(e, &["INVITE", "CANCEL", "ACK"]);
+    // A saw one 180 and one 200, whatever B, C and E sent.
+    expect(a, &["100", "180", "200/INVITE"]);
+    let answer = a
+        .log()
+        .into_iter()
+        .find(|r| r.method_or_code == "200")
+        .unwrap();
+    assert!(
+        answer.raw.contains(&format!("a=path:msrp://{}", b.addr())),
+        "the 200 carries B's answer:\n{}",
+        answer.raw
+    );
+    assert!(
+        answer.raw.contains("isfocus"),
+        "a focus Contact:\n{}",
+        answer.raw
+    );
+    // A's BYE ends B's and C's legs.
+    assert_eq!(call.bye(), Some(200));
+    expect(b, &["INVITE", "ACK", "BYE"]);
+    expect(c, &["INVITE", "ACK", "BYE"]);
+    expect(a, &["100", "180", "200/INVITE", "200/BYE"]);
+    let started = s.started();
+    let orig: u64 = started.iter().map(|x| x[0]).sum();
+    let ctrl: Vec<u64> = started.iter().map(|x| x[2]).collect();
+    assert_eq!(orig, 1, "A's PF served once: {started:?}");
+    assert_eq!(ctrl.iter().sum::<u64>(), 1, "{started:?}");
+    let pf_shard = started.iter().position(|x| x[0] == 1).unwrap();
+    let cf_shard = ctrl.iter().position(|x| *x == 1).unwrap();
+    assert_ne!(
+        pf_shard, cf_shard,
+        "A's PF and the group's CF on different shards"
+    );
+    // Every member's terminating PF: four sessions over both shards.
+    assert_eq!(started.iter().map(|x| x[1]).sum::<u64>(), 4, "{started:?}");
+    // The sessions are over everywhere, nothing left in the tables.
+    let t0 = Instant::now();
+    while s.shards.iter().any(|x| x.node.snapshot().sessions > 0) {
+        assert!(
+            t0.elapsed() < WAIT,
+            "sessions left: {:?}",
+            s.shards
+                .iter()
+                .map(|x| x.node.snapshot().sessions)
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(s.edge);
+}
+
+#[test]
+fn c1_inviter_cancel_before_any_answer_cancels_every_leg() {
+    let s = system("", "", &[]);
+    let a = s.party("alice");
+    let members = ["bob", "carol", "dave", "erin"].map(|n| s.party(n));
+    for m in members {
+        m.set_answer(Answer::RingOnly);
+    }
+    let call = a.invite(GROUP, s.edge_addr, &msrp_sdp("alice", a.addr()), "");
+    for m in members {
+        assert!(m.wait_got("INVITE", WAIT), "{} not invited", m.name());
+    }
+    assert!(a.wait_got("180", WAIT));
+    assert!(call.cancel());
+    assert_eq!(call.wait_final(WAIT), Some(487));
+    for m in members {
+        expect(m, &["INVITE", "CANCEL", "ACK"]);
+    }
+    expect(a, &["100", "180", "200/CANCEL", "487/INVITE"]);
+}
+
+/// A's final response to an INVITE of `request_uri` with `sdp`, and the
+/// response's text.
+fn refused(s: &System, request_uri: &str, from: &str, sdp: &str) -> (u16, String) {
+    let p = s.party(from);
+    let call = p.invite(request_uri, s.edge_addr, sdp, "");
+    let code = call.wait_final(WAIT).expect("a final response");
+    let raw = p
+        .log()
+        .into_iter()
+        .rev()
+        .find(|r| r.start_line.starts_with("SIP/2.0 ") && !r.start_line.starts_with("SIP/2.0 1"))
+        .map(|r| r.raw)
+        .unwrap_or_default();
+    (code, raw)
+}
+
+#[test]
+fn bad_input_gets_a_specific_answer() {
+    let more = "[[group]]\nid = \"sip:audio-only@groups.example.net\"\nhost = \"cs1\"\n\
+        members = [\"{alice}\", \"sip:y@127.0.0.1:2\"]\nmedia = { allowed_media = [\"audio\"] }\n";
+    let s = system("max_participants = 4", more, &[]);
+    let mallory = s.party("mallory");
+    let sdp = msrp_sdp("alice", s.party("alice").addr());
+    // A group nobody hosts: the edge takes it for a user; the invited
+    // side's PF knows no such user or group.
+    let (code, raw) = refused(&s, "sip:nosuch@groups.example.net", "alice", &sdp);
+    assert_eq!(code, 404, "{raw}");
+    assert!(raw.contains("No Such User Or Group"), "{raw}");
+    // Not a member (mallory is provisioned, not in the group).
+    let (code, raw) = refused(&s, GROUP, mallory.name(), &sdp);
+    assert_eq!(code, 403, "{raw}");
+    assert!(raw.contains("Not A Member Of The Group"), "{raw}");
+    // Over the maximum: five members, at most four participants.
+    let (code, raw) = refused(&s, GROUP, "alice", &sdp);
+    assert_eq!(code, 403, "{raw}");
+    assert!(
+        raw.contains("Maximum Participants") && raw.contains("Warning: 399"),
+        "{raw}"
+    );
+    // Malformed SDP.
+    let (code, raw) = refused(&s, GROUP, "bob", "v=0\r\nm=message\r\n");
+    assert_eq!(code, 400, "{raw}");
+    assert!(raw.contains("Malformed SDP"), "{raw}");
+    // The group's media policy refuses the only stream: 488 with a Warning,
+    // relayed by A's PF.
+    let (code, raw) = refused(&s, "sip:audio-only@groups.example.net", "alice", &sdp);
+    assert_eq!(code, 488, "{raw}");
+    assert!(
+        raw.contains("Warning: 399") && raw.contains("group media policy"),
+        "{raw}"
+    );
+    for sh in &s.shards {
+        assert!(sh.node.snapshot().sessions == 0 || sh.node.snapshot().stats.refused > 0);
+    }
+}
+
+#[test]
+fn a_user_media_policy_refusing_every_stream_is_488_at_the_originating_pf() {
+    let s = system("", "", &[("alice", "{ allowed_media = [\"audio\"] }")]);
+    let a = s.party("alice");
+    let (code, raw) = refused(&s, GROUP, "alice", &msrp_sdp("alice", a.addr()));
+    assert_eq!(code, 488, "{raw}");
+    assert!(
+        raw.contains("Warning: 399") && raw.contains("user media policy"),
+        "{raw}"
+    );
+    // Nobody was invited.
+    for n in ["bob", "carol", "dave", "erin"] {
+        assert!(s.party(n).summary_dedup().is_empty(), "{n} was invited");
+    }
+}
