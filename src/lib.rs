@@ -14,6 +14,7 @@
 pub mod app;
 pub mod config;
 pub mod control;
+pub mod cs;
 pub mod dataplane;
 pub mod io;
 pub mod pipeline;

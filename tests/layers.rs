@@ -17,6 +17,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("io", 0),
     ("route", 1),
     ("pipeline", 2),
+    ("cs", 2),
     ("dataplane", 3),
     ("config", 4),
     ("control", 5),
