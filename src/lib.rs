@@ -8,7 +8,9 @@
 //! | 0 | `sip`, `io` | sans-IO SIP over bytes; datagram io that knows no SIP |
 //! | 1 | `route` | seed 5.2.3.2 routing: legs, shards, groups, policy table, decision |
 //! | 2 | `pipeline` | scan → admit → decide → policy gate → write |
+//! | 2 | `cs` | the Conversation Server's functions, sans-IO |
 //! | 3 | `dataplane` | workers, admission, counters, slow-path threads |
+//! | 3 | `csnode` | a Conversation Server shard running: io thread, group sync |
 //! | 4 | `config`, `control` | configuration, admin API, health checks, metrics |
 //! | 5 | `app` | the running edge: data plane + control plane wired |
 pub mod app;

@@ -9,9 +9,13 @@
 //!   legs, as a pure state machine;
 //! - [`request`]: the INVITE a leg carries, written from the one received;
 //! - [`server`]: the transaction user tying them to the transaction and
-//!   dialog tables.
+//!   dialog tables;
+//! - [`conference`]: RFC 4575 conference state documents;
+//! - [`resource_lists`]: RFC 5366 recipient lists (ad-hoc groups).
 
+pub mod conference;
 pub mod directory;
 pub mod request;
+pub mod resource_lists;
 pub mod server;
 pub mod session;
