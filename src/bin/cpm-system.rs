@@ -1,0 +1,86 @@
+//! `cpm-system`: a whole CPM system on loopback in one process (README,
+//! "The two commands"): cpm-edge on its embedded default configuration
+//! (127.0.0.1:5060, admin API on 127.0.0.1:8080, four CS shards) and the
+//! reference Conversation Server for each of those shards (cpm-cs's
+//! embedded default: demo users alice..erin on 127.0.0.1:5071-5075 and the
+//! demo groups). Every step a Conversation Server takes (the C.1 sequence
+//! of a group session) is logged as it happens.
+
+use clap::Parser;
+use cpm_edge::app::App;
+use cpm_edge::config::Config;
+use cpm_edge::csnode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(name = "cpm-system", about = "cpm-edge and its reference Conversation Servers, in one process")]
+struct Cli {
+    /// The edge's configuration (default: cpm-edge's embedded one).
+    #[arg(long)]
+    edge_config: Option<std::path::PathBuf>,
+    /// The Conversation Servers' configuration (default: cpm-cs's embedded one).
+    #[arg(long)]
+    cs_config: Option<std::path::PathBuf>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging();
+    let edge_text = read(cli.edge_config.as_deref(), cpm_edge::config::DEFAULT_TOML);
+    let cs_text = read(cli.cs_config.as_deref(), csnode::config::DEFAULT_TOML);
+    let valid = Config::parse(&edge_text)
+        .and_then(|c| c.validate())
+        .unwrap_or_else(|e| fail(&format!("edge configuration: {e}")));
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
+            fail(&format!("signal {sig}: {e}"));
+        }
+    }
+    let app = App::start(&valid).unwrap_or_else(|e| fail(&format!("edge: {e}")));
+    let names = csnode::config::shard_list(&cs_text).unwrap_or_else(|e| fail(&e.to_string()));
+    let shards: Vec<csnode::Shard> = names
+        .iter()
+        .map(|n| csnode::start_shard(&cs_text, n, true).unwrap_or_else(|e| fail(&e)))
+        .collect();
+    banner(&valid, &shards);
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(shards);
+    if let Err(e) = app.stop() {
+        eprintln!("cpm-system: {e}");
+    }
+}
+
+fn banner(valid: &cpm_edge::config::Valid, shards: &[csnode::Shard]) {
+    eprintln!("cpm-system: edge on {}", valid.server.listen);
+    for s in shards {
+        eprintln!("cpm-system: Conversation Server shard on {}", s.node.addr());
+    }
+    eprintln!("cpm-system: demo users alice..erin at sip:NAME@127.0.0.1:5071..5075;");
+    eprintln!("cpm-system: run `cargo run --release --bin cpm-demo` for a group session (Appendix C.1)");
+}
+
+fn read(path: Option<&std::path::Path>, default: &str) -> String {
+    match path {
+        Some(p) => std::fs::read_to_string(p).unwrap_or_else(|e| fail(&format!("{}: {e}", p.display()))),
+        None => default.to_string(),
+    }
+}
+
+fn fail(e: &str) -> ! {
+    eprintln!("cpm-system: {e}");
+    std::process::exit(2);
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
