@@ -341,3 +341,110 @@ fn a_user_media_policy_refusing_every_stream_is_488_at_the_originating_pf() {
         assert!(s.party(n).summary_dedup().is_empty(), "{n} was invited");
     }
 }
+
+/// The last NOTIFY body A received, once it shows `want` for every entity.
+fn conference_state(a: &Party, want: &[(&str, &str)]) -> String {
+    let t0 = Instant::now();
+    loop {
+        let last = a
+            .log()
+            .into_iter()
+            .rev()
+            .find(|r| r.start_line.starts_with("NOTIFY "));
+        if let Some(n) = &last {
+            let ok = want
+                .iter()
+                .all(|(who, status)| endpoint_status(&n.raw, who).as_deref() == Some(*status));
+            if ok {
+                return n.raw.clone();
+            }
+        }
+        assert!(
+            t0.elapsed() < WAIT,
+            "no NOTIFY with {want:?}; last: {last:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The `<status>` of the endpoint whose entity contains `who`.
+fn endpoint_status(doc: &str, who: &str) -> Option<String> {
+    let at = doc.find(&format!("<endpoint entity=\"sip:{who}@"))?;
+    let rest = &doc[at..];
+    let s = rest.find("<status>")? + "<status>".len();
+    let e = rest[s..].find("</status>")?;
+    Some(rest[s..s + e].to_string())
+}
+
+#[test]
+fn conference_state_is_notified_on_every_join_and_leave() {
+    let s = system("", "", &[]);
+    let (a, b, c, d, e) = (
+        s.party("alice"),
+        s.party("bob"),
+        s.party("carol"),
+        s.party("dave"),
+        s.party("erin"),
+    );
+    accept(b, 0);
+    accept(c, 800);
+    d.set_answer(Answer::Reject {
+        code: 486,
+        delay: Duration::from_millis(100),
+    });
+    e.set_answer(Answer::RingOnly);
+    let call = a.invite(GROUP, s.edge_addr, &msrp_sdp("alice", a.addr()), "");
+    assert!(call.wait_confirmed(WAIT));
+    // In the INVITE's dialog, through A's PF (it relays the SUBSCRIBE and
+    // the NOTIFYs with their event headers).
+    let code = call.request(
+        "SUBSCRIBE",
+        "Event: conference\r\nExpires: 600\r\nAccept: application/conference-info+xml\r\n",
+    );
+    assert_eq!(code, Some(200));
+    let first = conference_state(a, &[("bob", "connected")]);
+    assert!(
+        first.contains("Content-Type: application/conference-info+xml"),
+        "{first}"
+    );
+    assert!(
+        first.contains("Subscription-State: active;expires="),
+        "{first}"
+    );
+    assert!(
+        first.contains("entity=\"sip:team@groups.example.net\""),
+        "{first}"
+    );
+    // Later: C joined, D busy, E cancelled at the invite timeout.
+    let last = conference_state(
+        a,
+        &[
+            ("bob", "connected"),
+            ("carol", "connected"),
+            ("dave", "disconnected"),
+            ("erin", "disconnected"),
+        ],
+    );
+    assert!(
+        last.contains("<disconnection-method>busy</disconnection-method>"),
+        "{last}"
+    );
+    assert!(last.contains("<user-count>"), "{last}");
+    let version = |doc: &str| -> u32 {
+        let v = doc
+            .split("state=\"full\" version=\"")
+            .nth(1)
+            .and_then(|x| x.split('"').next())
+            .unwrap_or("0");
+        v.parse().unwrap_or(0)
+    };
+    assert!(version(&last) > version(&first), "versions grow");
+    // B leaves: the next NOTIFY says so.
+    assert_eq!(b.bye(&b.incoming_calls()[0]), Some(200));
+    let after = conference_state(a, &[("bob", "disconnected"), ("carol", "connected")]);
+    assert!(
+        after.contains("<disconnection-method>departed</disconnection-method>"),
+        "{after}"
+    );
+    assert_eq!(call.bye(), Some(200));
+}

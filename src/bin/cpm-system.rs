@@ -15,7 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser, Debug)]
-#[command(name = "cpm-system", about = "cpm-edge and its reference Conversation Servers, in one process")]
+#[command(
+    name = "cpm-system",
+    about = "cpm-edge and its reference Conversation Servers, in one process"
+)]
 struct Cli {
     /// The edge's configuration (default: cpm-edge's embedded one).
     #[arg(long)]
@@ -61,12 +64,16 @@ fn banner(valid: &cpm_edge::config::Valid, shards: &[csnode::Shard]) {
         eprintln!("cpm-system: Conversation Server shard on {}", s.node.addr());
     }
     eprintln!("cpm-system: demo users alice..erin at sip:NAME@127.0.0.1:5071..5075;");
-    eprintln!("cpm-system: run `cargo run --release --bin cpm-demo` for a group session (Appendix C.1)");
+    eprintln!(
+        "cpm-system: run `cargo run --release --bin cpm-demo` for a group session (Appendix C.1)"
+    );
 }
 
 fn read(path: Option<&std::path::Path>, default: &str) -> String {
     match path {
-        Some(p) => std::fs::read_to_string(p).unwrap_or_else(|e| fail(&format!("{}: {e}", p.display()))),
+        Some(p) => {
+            std::fs::read_to_string(p).unwrap_or_else(|e| fail(&format!("{}: {e}", p.display())))
+        }
         None => default.to_string(),
     }
 }

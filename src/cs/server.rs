@@ -16,9 +16,10 @@
 //! → media policy → `start_session`) or `in_dialog` (BYE, ACK, relayed
 //! requests) → the session's [`Action`]s → `execute`.
 
+use super::conference::{write_full, Conference, Disconnection, EndpointStatus, Participant};
 use super::directory::{identity_of, Directory, Group, InvitePolicy};
 use super::request::{contact_params, party_without_tag, put_addr, write_invite, Invitation};
-use super::session::{Action, LegState, Mode, Session};
+use super::session::{Action, LegState, Mode, Session, Upstream};
 use crate::route::legs::Leg;
 use crate::sip::dialog::{AckWait, AckWaitStep, Dialog, DialogId, DialogTable, InDialog};
 use crate::sip::media::{check_answer, filter_offer, MediaPolicy};
@@ -43,6 +44,10 @@ use std::time::{Duration, Instant};
 const MAX_OUT: usize = 16 * 1024;
 /// Notes kept for [`Server::poll_note`] before the oldest is dropped.
 const MAX_NOTES: usize = 4096;
+/// Most conference-state subscriptions in one session (one per dialog).
+const MAX_SUBSCRIBERS: usize = super::directory::MAX_MEMBERS + 1;
+/// Longest conference subscription granted (and the default).
+const MAX_SUBSCRIPTION: Duration = Duration::from_secs(3600);
 /// The methods answered outside a dialog (`Allow`).
 const ALLOW: &[u8] = b"Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, INFO, UPDATE\r\n";
 
@@ -155,6 +160,13 @@ struct SessionData {
     up: Up,
     legs: Vec<LegData>,
     offer: Forwarded,
+    /// The inviter's URI (the conference state lists it first).
+    inviter: String,
+    /// Conference-state subscriptions (Controlling Function, RFC 4575)
+    /// inside the session's dialogs, at most [`MAX_SUBSCRIBERS`].
+    subscribers: Vec<(Side, Instant)>,
+    /// The version of the last conference-info document sent.
+    version: u32,
 }
 
 struct Slot {
@@ -438,7 +450,7 @@ impl Server {
     /// is then a 408 failure; a relayed request is answered 408.
     fn on_txn_failed(&mut self, now: Instant, id: TransactionId) {
         if let Some(r) = self.relays.remove(&id) {
-            self.answer_relay(now, &r, 408, b"");
+            self.answer_relay(now, &r, 408, &[], b"");
             return;
         }
         let Some(&(sid, Side::Leg(i))) = self.by_txn.get(&id) else {
@@ -758,6 +770,12 @@ impl Server {
             },
             legs: Vec::with_capacity(plan.targets.len()),
             offer: plan.offer.clone(),
+            inviter: plan
+                .asserted
+                .clone()
+                .unwrap_or_else(|| asserted_uri(b, m).unwrap_or_default()),
+            subscribers: Vec::new(),
+            version: 0,
         });
         self.by_txn.insert(id, (sid, Side::Up));
         self.stats.sessions_started[plan.function.index()] += 1;
@@ -1005,7 +1023,11 @@ impl Server {
                 b"",
             );
         }
-        let other = match (self.session(sid).map(|s| s.rules.mode()), side) {
+        let mode = self.session(sid).map(|s| s.rules.mode());
+        if mode == Some(Mode::Controlling) && m.method() == Some(Method::Subscribe) {
+            return self.subscribe(now, id, did, sid, side, src, b, m);
+        }
+        let other = match (mode, side) {
             (Some(Mode::Participating), Side::Up) => self
                 .session(sid)
                 .and_then(|s| s.legs.first())
@@ -1033,8 +1055,8 @@ impl Server {
         m: &Message,
     ) -> Option<()> {
         let via = self.via();
-        let ct = m.content_type_line.map(|l| l.get(b).to_vec());
-        let headers: Vec<&[u8]> = ct.iter().map(|c| &c[..]).collect();
+        let lines = relayed_headers(b, m);
+        let headers: Vec<&[u8]> = lines.iter().map(|c| &c[..]).collect();
         let StartLine::Request { method_span, .. } = m.start else {
             return None;
         };
@@ -1057,24 +1079,25 @@ impl Server {
         Some(())
     }
 
-    fn answer_relay(&mut self, now: Instant, r: &Relay, code: u16, body: &[u8]) {
+    fn answer_relay(
+        &mut self,
+        now: Instant,
+        r: &Relay,
+        code: u16,
+        headers: &[Vec<u8>],
+        body: &[u8],
+    ) {
         let m = scan(&r.request);
         let did = self.dialogs.find_request(&r.request, &m);
         let reason = crate::sip::reply::reason_phrase(code);
+        let extra: Vec<&[u8]> = headers.iter().map(|h| &h[..]).collect();
         match did {
             Some(did) => self.respond_in(
-                now,
-                r.server,
-                did,
-                r.source,
-                &r.request,
-                &m,
-                code,
-                reason,
-                &[],
-                body,
+                now, r.server, did, r.source, &r.request, &m, code, reason, &extra, body,
             ),
-            None => self.respond(now, r.server, r.source, &r.request, &m, code, reason, &[]),
+            None => self.respond(
+                now, r.server, r.source, &r.request, &m, code, reason, &extra,
+            ),
         }
     }
 
@@ -1090,7 +1113,8 @@ impl Server {
                 };
                 self.relays.remove(&id);
                 let body = m.body.get(b).to_vec();
-                self.answer_relay(now, &r, code, &body);
+                let headers = relayed_headers(b, m);
+                self.answer_relay(now, &r, code, &headers, &body);
             }
             return;
         }
@@ -1221,7 +1245,10 @@ impl Server {
                 Action::ByeLeg { leg } => self.bye(now, sid, Side::Leg(leg)),
                 Action::CancelLeg { leg } => self.cancel_leg(now, sid, leg),
                 Action::ByeUpstream => self.bye(now, sid, Side::Up),
-                Action::Changed => self.note_participants(sid),
+                Action::Changed => {
+                    self.note_participants(sid);
+                    self.notify_all(now, sid);
+                }
                 Action::End => self.end_session(sid),
             }
         }
@@ -1419,6 +1446,148 @@ impl Server {
         }
     }
 
+    // ----- conference state (RFC 4575) --------------------------------
+
+    /// A SUBSCRIBE inside one of the Controlling Function's dialogs: for
+    /// `Event: conference`, 200 and a full-state NOTIFY now and on every
+    /// change (the subscription shares the INVITE's dialog, which ends it);
+    /// `Expires: 0` unsubscribes; other packages are `489 Bad Event`.
+    #[allow(clippy::too_many_arguments)]
+    fn subscribe(
+        &mut self,
+        now: Instant,
+        id: TransactionId,
+        did: DialogId,
+        sid: SessionId,
+        side: Side,
+        src: SocketAddr,
+        b: &[u8],
+        m: &Message,
+    ) {
+        let event = header_value(b, m, &[b"Event", b"o"]).unwrap_or_default();
+        let package = event.split(';').next().unwrap_or("").trim();
+        if !package.eq_ignore_ascii_case("conference") {
+            let allow: &[u8] = b"Allow-Events: conference\r\n";
+            return self.respond_in(now, id, did, src, b, m, 489, "Bad Event", &[allow], b"");
+        }
+        let asked = header_value(b, m, &[b"Expires"]).and_then(|v| v.trim().parse::<u64>().ok());
+        let secs = asked.map_or(MAX_SUBSCRIPTION.as_secs(), |e| {
+            e.min(MAX_SUBSCRIPTION.as_secs())
+        });
+        let full = self.session(sid).is_some_and(|s| {
+            s.subscribers.len() >= MAX_SUBSCRIBERS && !s.subscribers.iter().any(|(x, _)| *x == side)
+        });
+        if full {
+            return self.respond_in(
+                now,
+                id,
+                did,
+                src,
+                b,
+                m,
+                503,
+                "Service Unavailable - Too Many Subscriptions",
+                &[],
+                b"",
+            );
+        }
+        let expires = format!("Expires: {secs}\r\n").into_bytes();
+        self.respond_in(now, id, did, src, b, m, 200, "OK", &[&expires], b"");
+        let Some(s) = self.session_mut(sid) else {
+            return;
+        };
+        s.subscribers.retain(|(x, _)| *x != side);
+        if secs > 0 {
+            s.subscribers.push((side, now + Duration::from_secs(secs)));
+        }
+        self.notify(now, sid, side, secs);
+    }
+
+    /// NOTIFY every live subscriber of the session's new state.
+    fn notify_all(&mut self, now: Instant, sid: SessionId) {
+        let Some(s) = self.session_mut(sid) else {
+            return;
+        };
+        s.subscribers.retain(|(_, until)| *until > now);
+        let subs = s.subscribers.clone();
+        for (side, until) in subs {
+            let left = until.saturating_duration_since(now).as_secs().max(1);
+            self.notify(now, sid, side, left);
+        }
+    }
+
+    fn notify(&mut self, now: Instant, sid: SessionId, side: Side, expires: u64) {
+        let Some(doc) = self.conference_document(sid) else {
+            return;
+        };
+        let did = match (self.session(sid), side) {
+            (Some(s), Side::Up) => s.up.dialog,
+            (Some(s), Side::Leg(i)) => s.legs.get(i).and_then(|l| l.dialog),
+            (None, _) => None,
+        };
+        let Some(did) = did else { return };
+        let state = if expires == 0 {
+            "Subscription-State: terminated;reason=timeout\r\n".to_string()
+        } else {
+            format!("Subscription-State: active;expires={expires}\r\n")
+        };
+        let headers: [&[u8]; 3] = [
+            b"Event: conference\r\n",
+            state.as_bytes(),
+            b"Content-Type: application/conference-info+xml\r\n",
+        ];
+        let via = self.via();
+        let Some(d) = self.dialogs.get_mut(did) else {
+            return;
+        };
+        let Ok(n) = d.write_request(b"NOTIFY", &via, &headers, &doc, &mut self.out) else {
+            return;
+        };
+        let hop = self.dialogs.get(did).map(|d| next_hop(d, &self.settings));
+        let bytes = self.out[..n].to_vec();
+        if let Some(h) = hop {
+            let _ = self.txns.send_request(now, &bytes, h);
+        }
+    }
+
+    /// The session's conference-info document (full state), version bumped.
+    fn conference_document(&mut self, sid: SessionId) -> Option<Vec<u8>> {
+        let dir = Arc::clone(&self.directory);
+        let s = self.session_mut(sid)?;
+        let Function::Controlling { group } = &s.function else {
+            return None;
+        };
+        let g = dir.group(group);
+        s.version += 1;
+        let inviter = Participant {
+            entity: &s.inviter,
+            display: None,
+            status: match s.rules.upstream() {
+                Upstream::Answered => EndpointStatus::Connected,
+                Upstream::Inviting { .. } => EndpointStatus::Pending,
+                Upstream::Over => EndpointStatus::Disconnected,
+            },
+            disconnection: (s.rules.upstream() == Upstream::Over)
+                .then_some(Disconnection::Departed),
+            reason: None,
+            dialed_out: false,
+        };
+        let mut people = vec![inviter];
+        for (l, st) in s.legs.iter().zip(s.rules.legs()) {
+            people.push(participant(&l.target, *st));
+        }
+        let conf = Conference {
+            entity: g.map_or(group.as_str(), |g| g.uri.as_str()),
+            subject: g.and_then(|g| g.subject.as_deref()),
+            max_users: g.and_then(|g| u32::try_from(g.max_participants).ok()),
+            version: s.version,
+            participants: &people,
+        };
+        let mut out = Vec::with_capacity(1024);
+        write_full(&conf, &mut out);
+        Some(out)
+    }
+
     // ----- sessions ------------------------------------------------------
 
     fn insert_session(&mut self, data: SessionData) -> SessionId {
@@ -1601,6 +1770,80 @@ fn failure_of(b: &[u8], m: &Message) -> (String, Vec<Vec<u8>>) {
         .map(|h| h.line.get(b).to_vec())
         .collect();
     (reason, warnings)
+}
+
+/// A leg as a conference participant (RFC 4575 §5.7.3: the endpoint's
+/// status and, once out, how it left).
+fn participant(target: &str, st: LegState) -> Participant<'_> {
+    let (status, disconnection, reason) = match st {
+        LegState::Calling => (EndpointStatus::DialingOut, None, None),
+        LegState::Ringing => (EndpointStatus::Alerting, None, None),
+        LegState::Joined => (EndpointStatus::Connected, None, None),
+        LegState::Cancelled => (EndpointStatus::Disconnecting, None, None),
+        LegState::Failed(c) => {
+            let how = if matches!(c, 486 | 600) {
+                Disconnection::Busy
+            } else {
+                Disconnection::Failed
+            };
+            (
+                EndpointStatus::Disconnected,
+                Some(how),
+                Some((c, crate::sip::reply::reason_phrase(c))),
+            )
+        }
+        LegState::Left => (
+            EndpointStatus::Disconnected,
+            Some(Disconnection::Departed),
+            None,
+        ),
+    };
+    Participant {
+        entity: target,
+        display: None,
+        status,
+        disconnection,
+        reason,
+        dialed_out: true,
+    }
+}
+
+/// Header lines a Participating Function passes on with an in-dialog
+/// request it relays: the body's type and the event package's headers
+/// (RFC 6665), so that a conference SUBSCRIBE and its NOTIFYs cross it.
+const RELAYED: &[&[u8]] = &[
+    b"Content-Type",
+    b"c",
+    b"Event",
+    b"o",
+    b"Expires",
+    b"Subscription-State",
+    b"Accept",
+    b"Allow-Events",
+    b"u",
+];
+
+fn relayed_headers(b: &[u8], m: &Message) -> Vec<Vec<u8>> {
+    crate::sip::scan::header_lines(b, m.headers)
+        .filter(|h| {
+            RELAYED
+                .iter()
+                .any(|n| h.name.get(b).eq_ignore_ascii_case(n))
+        })
+        .take(16)
+        .map(|h| h.line.get(b).to_vec())
+        .collect()
+}
+
+/// The value of the first header named one of `names` (long and compact
+/// forms), printable ASCII only.
+fn header_value(b: &[u8], m: &Message, names: &[&[u8]]) -> Option<String> {
+    let h = crate::sip::scan::header_lines(b, m.headers)
+        .find(|h| names.iter().any(|n| h.name.get(b).eq_ignore_ascii_case(n)))?;
+    let v = h.value.get(b);
+    v.iter()
+        .all(|c| c.is_ascii_graphic() || *c == b' ' || *c == b'\t')
+        .then(|| String::from_utf8_lossy(v).into_owned())
 }
 
 fn status(m: &Message) -> u16 {

@@ -217,9 +217,12 @@ impl Session {
                 self.legs[i] = LegState::Failed(code);
                 out.push(Action::Changed);
             }
-            // Our CANCEL's 487, or a failure after a join (impossible on
-            // one transaction): nothing to tell anyone.
-            Some(LegState::Cancelled) => self.legs[i] = LegState::Failed(code),
+            // Our CANCEL's 487: out for good now (the conference state
+            // says so); nothing to tell the inviter.
+            Some(LegState::Cancelled) => {
+                self.legs[i] = LegState::Failed(code);
+                out.push(Action::Changed);
+            }
             _ => return out,
         }
         self.fail_upstream_if_nobody_left(&mut out);
@@ -417,7 +420,7 @@ mod tests {
         s.assert_invariants();
         // The silent member times out: CANCEL, and its 487 is quiet.
         assert_eq!(s.on_invite_timeout(3), vec![CancelLeg { leg: 3 }, Changed]);
-        assert_eq!(s.on_failure(3, 487), vec![]);
+        assert_eq!(s.on_failure(3, 487), vec![Changed]);
         // The inviter's BYE ends both joined legs.
         assert_eq!(
             s.on_upstream_bye(),
@@ -458,8 +461,8 @@ mod tests {
         let out = s.on_invite_timeout(1);
         assert!(matches!(out[2], FailUpstream { code: 480, .. }));
         assert!(!s.is_over() || s.legs().iter().all(|l| !l.pending()));
-        assert_eq!(s.on_failure(0, 487), vec![]);
-        assert_eq!(s.on_failure(1, 487), vec![End]);
+        assert_eq!(s.on_failure(0, 487), vec![Changed]);
+        assert_eq!(s.on_failure(1, 487), vec![Changed, End]);
     }
 
     #[test]
@@ -477,7 +480,7 @@ mod tests {
             ]
         );
         assert_eq!(s.on_answer(0), vec![AckLeg { leg: 0 }, ByeLeg { leg: 0 }]);
-        assert_eq!(s.on_failure(1, 487), vec![End]);
+        assert_eq!(s.on_failure(1, 487), vec![Changed, End]);
         // A CANCEL after the 200 changes nothing.
         let mut s = group(1);
         s.on_answer(0);
@@ -535,7 +538,7 @@ mod tests {
                 Changed
             ]
         );
-        assert_eq!(s.on_failure(1, 487), vec![End]);
+        assert_eq!(s.on_failure(1, 487), vec![Changed, End]);
     }
 
     #[test]

@@ -894,6 +894,13 @@ impl CallHandle {
         let branch = self.inner.send_bye(&self.call_id)?;
         self.inner.wait_nict(&branch, GIVE_UP + T1)
     }
+
+    /// Send `method` inside the confirmed dialog with `extra` header lines;
+    /// its final code.
+    pub fn request(&self, method: &str, extra: &str) -> Option<u16> {
+        let branch = self.inner.send_in_dialog(&self.call_id, method, extra)?;
+        self.inner.wait_nict(&branch, GIVE_UP + T1)
+    }
 }
 
 // ---------------------------------------------------------------- engine
@@ -1401,6 +1408,28 @@ impl Inner {
         st.nict.push(NonInvite {
             branch: branch.clone(),
             method: "BYE".into(),
+            retx: Some(Retx::new(raw.as_bytes(), dest, Some(T2))),
+            final_code: None,
+            timed_out: false,
+        });
+        self.send(raw.as_bytes(), dest);
+        Some(branch)
+    }
+
+    /// A non-BYE request inside the call's dialog with `extra` header lines
+    /// (each ending CRLF), e.g. a SUBSCRIBE to the conference state.
+    fn send_in_dialog(&self, call_id: &str, method: &str, extra: &str) -> Option<String> {
+        let mut st = lock(&self.st);
+        let d = st
+            .dialogs
+            .iter_mut()
+            .find(|d| d.call_id == call_id && !d.terminated)?;
+        let (raw, dest, branch) = self.in_dialog_request(d, method, d.cseq + 1)?;
+        d.cseq += 1;
+        let raw = raw.replacen("Content-Length:", &format!("{extra}Content-Length:"), 1);
+        st.nict.push(NonInvite {
+            branch: branch.clone(),
+            method: method.into(),
             retx: Some(Retx::new(raw.as_bytes(), dest, Some(T2))),
             final_code: None,
             timed_out: false,
