@@ -1,0 +1,237 @@
+//! The Conversation Server's transaction user (`cs::server::Server`, sans
+//! IO) under arbitrary sequences: INVITEs from the edge for every leg
+//! marker and target (group, user, unknown; good and bad SDP), responses
+//! of every class to what the server sent, its own output looped back,
+//! CANCEL / BYE / ACK / SUBSCRIBE inside what it set up, raw bytes from the
+//! edge and from strangers, and clock jumps. Never a panic; the tables and
+//! every session's C.1 rules consistent after each step; no deadline left
+//! in the past once the timers due have run.
+#![no_main]
+
+use cpm_edge::cs::directory::{Directory, GroupSpec, InvitePolicy, UserSpec};
+use cpm_edge::cs::server::{Server, Settings};
+use cpm_edge::sip::media::MediaPolicy;
+use cpm_edge::sip::scan::scan;
+use cpm_edge::sip::transaction::{self, write_response, ResponseSpec};
+use libfuzzer_sys::fuzz_target;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const EDGE: &str = "127.0.0.1:5060";
+const LOCAL: &str = "127.0.0.1:7001";
+const TARGETS: [&str; 4] = [
+    "sip:team@groups.example.net",
+    "sip:bob@127.0.0.1:5072",
+    "sip:nobody@127.0.0.1:5099",
+    "sip:alice@127.0.0.1:5071",
+];
+const LEGS: [&str; 4] = ["orig", "term", "ctrl", "none"];
+const CODES: [u16; 9] = [100, 180, 183, 200, 202, 486, 487, 603, 408];
+const SDP: &str = "v=0\r\no=a 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+    m=message 7394 TCP/MSRP *\r\na=accept-types:message/cpim\r\nm=audio 4000 RTP/AVP 0\r\n";
+
+struct Input<'a>(&'a [u8]);
+
+impl Input<'_> {
+    fn byte(&mut self) -> Option<u8> {
+        let (b, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(*b)
+    }
+    fn pick<T: Copy>(&mut self, from: &[T]) -> Option<T> {
+        Some(from[usize::from(self.byte()?) % from.len()])
+    }
+    fn bytes(&mut self, n: usize) -> &[u8] {
+        let n = n.min(self.0.len());
+        let (a, rest) = self.0.split_at(n);
+        self.0 = rest;
+        a
+    }
+}
+
+fn server() -> Server {
+    let users: Vec<UserSpec> = ["alice", "bob", "carol"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| UserSpec {
+            id: format!("sip:{n}@127.0.0.1:{}", 5071 + i),
+            media: MediaPolicy::default(),
+        })
+        .collect();
+    let group = GroupSpec {
+        id: TARGETS[0].into(),
+        host: "cs1".into(),
+        members: users.iter().map(|u| u.id.clone()).collect(),
+        max_participants: 3,
+        invite: InvitePolicy::Members,
+        subject: Some("fuzz".into()),
+        media: MediaPolicy::default(),
+    };
+    let settings = Settings {
+        name: "cs1".into(),
+        local: LOCAL.parse().unwrap(),
+        edges: vec![EDGE.parse().unwrap()],
+        max_sessions: 4,
+        max_dialogs: 16,
+        invite_timeout: Duration::from_secs(2),
+        provider_media: MediaPolicy::default(),
+        transaction: transaction::Config {
+            max_transactions: 32,
+            max_pending: 64,
+            ..transaction::Config::default()
+        },
+    };
+    Server::new(settings, Arc::new(Directory::new(&users, &[group]).unwrap()))
+}
+
+fn invite(n: u8, target: &str, leg: &str, sdp: &str) -> Vec<u8> {
+    let route = match leg {
+        "none" => String::new(),
+        l => format!("Route: <sip:{LOCAL};lr>,<sip:{EDGE};lr;cpm-leg={l}>\r\n"),
+    };
+    format!(
+        "INVITE {target} SIP/2.0\r\nVia: SIP/2.0/UDP {EDGE};branch=z9hG4bKcpe{n}\r\n\
+         Via: SIP/2.0/UDP 127.0.0.1:5071;branch=z9hG4bKa{n};rport=5071\r\nMax-Forwards: {mf}\r\n\
+         {route}Record-Route: <sip:{EDGE};lr>\r\nFrom: <sip:alice@127.0.0.1:5071>;tag=f{n}\r\n\
+         To: <{target}>\r\nCall-ID: c{n}\r\nCSeq: 1 INVITE\r\n\
+         Contact: <sip:alice@127.0.0.1:5071>;+g.3gpp.icsi-ref=\"urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.session\"\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len(),
+        mf = 70 - u32::from(n % 3),
+    )
+    .into_bytes()
+}
+
+/// A response to `request` (one the server sent): To tag, Contact,
+/// Record-Route, an answer for a 2xx.
+fn respond(request: &[u8], code: u16, tag: u8, answer: &str) -> Option<Vec<u8>> {
+    let m = scan(request);
+    let t = format!("t{tag}");
+    let headers: [&[u8]; 2] = [b"Record-Route: <sip:127.0.0.1:5060;lr>\r\n", b"Content-Type: application/sdp\r\n"];
+    let ok = (200..300).contains(&code);
+    let spec = ResponseSpec {
+        to_tag: (code > 100).then_some(t.as_bytes()),
+        contact: Some(b"<sip:x@127.0.0.1:5072>;isfocus"),
+        headers: if ok { &headers } else { &headers[..1] },
+        body: if ok { answer.as_bytes() } else { b"" },
+        ..ResponseSpec::new(code, "R")
+    };
+    let mut out = vec![0u8; 8192];
+    let n = write_response(request, &m, None, &spec, &mut out)?;
+    out.truncate(n);
+    Some(out)
+}
+
+/// A request inside the dialog a 2xx from us made (swap From and To: a
+/// crude but matching in-dialog request from the peer).
+fn in_dialog(resp: &[u8], method: &str, cseq: u8) -> Vec<u8> {
+    let text = String::from_utf8_lossy(resp);
+    let get = |name: &str| {
+        text.lines()
+            .find(|l| l.len() > name.len() && l[..name.len()].eq_ignore_ascii_case(name))
+            .map(|l| l[name.len()..].trim().to_string())
+            .unwrap_or_default()
+    };
+    let extra = if method == "SUBSCRIBE" { "Event: conference\r\nExpires: 60\r\n" } else { "" };
+    format!(
+        "{method} sip:{LOCAL} SIP/2.0\r\nVia: SIP/2.0/UDP {EDGE};branch=z9hG4bKd{cseq}{method}\r\n\
+         Max-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} {method}\r\n{extra}Content-Length: 0\r\n\r\n",
+        get("To:"),
+        get("From:"),
+        get("Call-ID:"),
+        u32::from(cseq) + 10,
+    )
+    .into_bytes()
+}
+
+struct Sim {
+    s: Server,
+    now: Instant,
+    sent: Vec<Vec<u8>>,
+    edge: SocketAddr,
+}
+
+impl Sim {
+    fn feed(&mut self, from: SocketAddr, b: &[u8]) {
+        self.s.handle_datagram(self.now, from, b);
+        self.drain();
+    }
+    fn drain(&mut self) {
+        let mut buf = Vec::new();
+        while self.s.poll_transmit(&mut buf).is_some() {
+            if self.sent.len() >= 16 {
+                self.sent.remove(0);
+            }
+            self.sent.push(buf.clone());
+        }
+        while self.s.poll_note().is_some() {}
+    }
+    fn pick_sent(&self, i: u8) -> Option<Vec<u8>> {
+        (!self.sent.is_empty()).then(|| self.sent[usize::from(i) % self.sent.len()].clone())
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut input = Input(data);
+    let mut sim = Sim {
+        s: server(),
+        now: Instant::now(),
+        sent: Vec::new(),
+        edge: EDGE.parse().unwrap(),
+    };
+    let stranger: SocketAddr = "192.0.2.9:5060".parse().unwrap();
+    let mut steps = 0;
+    while let Some(op) = input.byte() {
+        steps += 1;
+        if steps > 64 {
+            break;
+        }
+        let arg = input.byte().unwrap_or(0);
+        match op % 8 {
+            0 => {
+                let target = input.pick(&TARGETS).unwrap_or(TARGETS[0]);
+                let leg = input.pick(&LEGS).unwrap_or("orig");
+                let sdp = if arg % 5 == 0 { "v=0\r\nm=bogus\r\n" } else { SDP };
+                sim.feed(sim.edge, &invite(arg % 8, target, leg, sdp));
+            }
+            1 => {
+                let code = input.pick(&CODES).unwrap_or(200);
+                let Some(req) = sim.pick_sent(arg) else { continue };
+                if scan(&req).is_request() {
+                    let answer = if arg % 7 == 0 { "v=0\r\n" } else { SDP };
+                    if let Some(r) = respond(&req, code, arg % 3, answer) {
+                        sim.feed(sim.edge, &r);
+                    }
+                }
+            }
+            2 => {
+                if let Some(b) = sim.pick_sent(arg) {
+                    sim.feed(sim.edge, &b);
+                }
+            }
+            3 | 4 => {
+                let method = ["BYE", "ACK", "SUBSCRIBE", "MESSAGE", "CANCEL", "INVITE"][usize::from(arg) % 6];
+                let Some(b) = sim.pick_sent(input.byte().unwrap_or(0)) else { continue };
+                if !scan(&b).is_request() {
+                    sim.feed(sim.edge, &in_dialog(&b, method, arg));
+                }
+            }
+            5 => {
+                let n = usize::from(input.byte().unwrap_or(0));
+                let raw = input.bytes(n).to_vec();
+                let from = if arg % 2 == 0 { sim.edge } else { stranger };
+                sim.feed(from, &raw);
+            }
+            _ => {
+                sim.now += Duration::from_millis(u64::from(arg) * 137);
+                sim.s.handle_timeout(sim.now);
+                sim.drain();
+                if let Some(next) = sim.s.poll_timeout() {
+                    assert!(next > sim.now, "a deadline left in the past");
+                }
+            }
+        }
+        sim.s.assert_invariants();
+    }
+});
