@@ -308,6 +308,12 @@ impl Server {
         self.notes.pop_front()
     }
 
+    /// A note about session `sid`, prefixed with which function it is.
+    fn note_in(&mut self, sid: SessionId, text: String) {
+        let label = self.session(sid).map_or(String::new(), |s| function_name(&s.function));
+        self.note(format!("{label} {text}"));
+    }
+
     fn note(&mut self, text: String) {
         if self.notes.len() >= MAX_NOTES {
             self.notes.pop_front();
@@ -780,7 +786,7 @@ impl Server {
         self.by_txn.insert(id, (sid, Side::Up));
         self.stats.sessions_started[plan.function.index()] += 1;
         self.note(format!(
-            "{} session for {}: inviting {}",
+            "{} INVITE {}: inviting {}",
             function_name(&plan.function),
             request_uri(b, m),
             plan.targets.join(", ")
@@ -976,7 +982,7 @@ impl Server {
             Ok(InDialog::Ack { .. }) => {}
             Ok(InDialog::Bye) => {
                 self.respond_in(now, id, did, src, b, m, 200, "OK", &[], b"");
-                self.note(format!("BYE from {}", side_name(self.session(sid), side)));
+                self.note_in(sid, format!("BYE from {}", side_name(self.session(sid), side)));
                 let actions = match (self.session_mut(sid), side) {
                     (Some(s), Side::Up) => s.rules.on_upstream_bye(),
                     (Some(s), Side::Leg(i)) => s.rules.on_leg_bye(i),
@@ -1149,7 +1155,7 @@ impl Server {
                 .session(sid)
                 .and_then(|s| s.legs.get(i))
                 .map_or(String::new(), |l| l.target.clone());
-            self.note(format!("{code} from {who}"));
+            self.note_in(sid, format!("{code} from {who}"));
         }
         self.execute(now, sid, actions);
     }
@@ -1222,7 +1228,7 @@ impl Server {
                     out.extend(s.rules.on_failure(i, 488));
                 }
                 self.stats.answers_refused += 1;
-                self.note(format!("answer refused (5.2.3.7): {why}"));
+                self.note_in(sid, format!("answer refused (5.2.3.7): {why}"));
                 out
             }
         }
@@ -1325,7 +1331,7 @@ impl Server {
         if let Some(t) = txn {
             let _ = self.txns.send_response(now, t, &bytes);
         }
-        self.note(format!("{code} {reason} to the inviter"));
+        self.note_in(sid, format!("{code} {reason} to the inviter"));
         if code >= 200 {
             let c = self.settings.transaction;
             let w = AckWait::new(now, c.t1, c.t2);
@@ -1375,7 +1381,7 @@ impl Server {
             let bytes = self.out[..n].to_vec();
             let _ = self.txns.send_response(now, t, &bytes);
         }
-        self.note(format!("{code} {reason} to the inviter"));
+        self.note_in(sid, format!("{code} {reason} to the inviter"));
     }
 
     fn ack_leg(&mut self, sid: SessionId, i: usize) {
@@ -1417,7 +1423,7 @@ impl Server {
             let _ = self.txns.send_request(now, &bytes, h);
         }
         let who = side_name(self.session(sid), side);
-        self.note(format!("BYE to {who}"));
+        self.note_in(sid, format!("BYE to {who}"));
     }
 
     fn cancel_leg(&mut self, now: Instant, sid: SessionId, i: usize) {
@@ -1428,7 +1434,7 @@ impl Server {
         if let Some(t) = l.txn {
             let _ = self.txns.cancel(now, t);
         }
-        self.note(format!("CANCEL to {target}"));
+        self.note_in(sid, format!("CANCEL to {target}"));
     }
 
     fn note_participants(&mut self, sid: SessionId) {
@@ -1442,7 +1448,7 @@ impl Server {
             .collect();
         if s.rules.mode() == Mode::Controlling {
             let line = format!("participants: [{}]", joined.join(", "));
-            self.note(line);
+            self.note_in(sid, line);
         }
     }
 
@@ -2000,9 +2006,9 @@ fn next_hop(d: &Dialog, settings: &Settings) -> SocketAddr {
 
 fn function_name(f: &Function) -> String {
     match f {
-        Function::Originating { user } => format!("originating PF of {user}:"),
-        Function::Terminating { user } => format!("terminating PF of {user}:"),
-        Function::Controlling { group } => format!("controlling function of {group}:"),
+        Function::Originating { user } => format!("[PF {user}, inviting]"),
+        Function::Terminating { user } => format!("[PF {user}, invited]"),
+        Function::Controlling { group } => format!("[CF {group}]"),
     }
 }
 

@@ -45,7 +45,7 @@ expect '  bob    ["INVITE", "ACK", "BYE"]'
 expect '  carol  ["INVITE", "ACK", "BYE"]'
 expect '  dave   ["INVITE", "ACK"]'
 expect '  erin   ["INVITE", "CANCEL", "ACK"]'
-for step in "controlling function of grp1@groups.example.net" "180 Ringing to the inviter" \
+for step in "[CF grp1@groups.example.net] INVITE" "180 Ringing to the inviter" \
             "200 OK to the inviter" "CANCEL to sip:erin@127.0.0.1:5075" "BYE from the inviter"; do
   grep -qF -- "$step" "$work/system.log" || { echo "cpm-system did not log: $step"; fail=1; }
 done
