@@ -73,7 +73,7 @@ fn system(group_extra: &str, more_groups: &str, user_media: &[(&str, &str)]) -> 
         .map(|p| format!("\"{}\"", p.aor()))
         .collect();
     let mut cs_toml = format!(
-        "[server]\nedges = [\"{edge_addr}\"]\ninvite_timeout_ms = 2000\n\
+        "[server]\nedges = [\"{edge_addr}\"]\ninvite_timeout_ms = 2000\nconference_factory = \"{FACTORY}\"\n\
          [edge_admin]\nurl = \"http://{admin}\"\nsync_interval_ms = 200\n\
          [[shard]]\nname = \"cs1\"\naddr = \"127.0.0.1:{}\"\n[[shard]]\nname = \"cs2\"\naddr = \"127.0.0.1:{}\"\n\
          [[group]]\nid = \"{GROUP}\"\nhost = \"{host}\"\nmembers = [{}]\n{group_extra}\n{more_groups}\n",
@@ -447,4 +447,101 @@ fn conference_state_is_notified_on_every_join_and_leave() {
         "{after}"
     );
     assert_eq!(call.bye(), Some(200));
+}
+
+const FACTORY: &str = "sip:conference-factory@groups.example.net";
+
+/// An RFC 5366 body: the offer and a recipient list of `uris`.
+fn recipient_list_body(sdp: &str, uris: &[String]) -> String {
+    let entries: String = uris
+        .iter()
+        .map(|u| format!("      <entry uri=\"{u}\"/>\n"))
+        .collect();
+    format!(
+        "--b1\r\nContent-Type: application/sdp\r\n\r\n{sdp}\r\n--b1\r\n\
+         Content-Type: application/resource-lists+xml\r\nContent-Disposition: recipient-list\r\n\r\n\
+         <?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+         <resource-lists xmlns=\"urn:ietf:params:xml:ns:resource-lists\">\n  <list>\n{entries}  </list>\n</resource-lists>\r\n--b1--\r\n"
+    )
+}
+
+#[test]
+fn ad_hoc_group_from_a_recipient_list() {
+    let s = system("", "", &[]);
+    let (a, b, c) = (s.party("alice"), s.party("bob"), s.party("carol"));
+    accept(b, 0);
+    accept(c, 200);
+    let sdp = common::party::crlf(&msrp_sdp("alice", a.addr()));
+    // The inviter in the list is skipped.
+    let body = recipient_list_body(&sdp, &[b.aor(), c.aor(), a.aor()]);
+    let call = a.invite_with(
+        FACTORY,
+        s.edge_addr,
+        "multipart/mixed;boundary=b1",
+        &body,
+        "Require: recipient-list-invite\r\n",
+    );
+    assert!(call.wait_confirmed(WAIT), "{:?}", a.summary_dedup());
+    expect(b, &["INVITE", "ACK"]);
+    expect(c, &["INVITE", "ACK"]);
+    let inv = b
+        .log()
+        .into_iter()
+        .find(|r| r.start_line.starts_with("INVITE"))
+        .unwrap();
+    assert!(
+        inv.raw.contains("Content-Type: application/sdp"),
+        "the legs carry the offer only:\n{}",
+        inv.raw
+    );
+    assert!(!inv.raw.contains("resource-lists"), "{}", inv.raw);
+    assert!(
+        !inv.raw.contains("Require: recipient-list-invite"),
+        "{}",
+        inv.raw
+    );
+    assert!(inv.raw.contains("isfocus"), "{}", inv.raw);
+    assert_eq!(call.bye(), Some(200));
+    expect(b, &["INVITE", "ACK", "BYE"]);
+    expect(c, &["INVITE", "ACK", "BYE"]);
+    // The inviter's PF hosted it: no Controlling Function elsewhere.
+    let started = s.started();
+    assert_eq!(started.iter().map(|x| x[2]).sum::<u64>(), 1, "{started:?}");
+    assert_eq!(started.iter().map(|x| x[0]).sum::<u64>(), 0, "{started:?}");
+}
+
+#[test]
+fn ad_hoc_bad_input() {
+    let s = system("", "", &[]);
+    let a = s.party("alice");
+    let sdp = common::party::crlf(&msrp_sdp("alice", a.addr()));
+    let body = recipient_list_body(&sdp, &[s.party("bob").aor()]);
+    let refused_with = |ct: &str, body: &str, extra: &str| {
+        let call = a.invite_with(FACTORY, s.edge_addr, ct, body, extra);
+        let code = call.wait_final(WAIT);
+        let raw = a
+            .log()
+            .into_iter()
+            .rev()
+            .find(|r| r.start_line.starts_with("SIP/2.0 4") && r.call_id == call.call_id())
+            .map(|r| r.raw)
+            .unwrap_or_default();
+        (code, raw)
+    };
+    let (code, raw) = refused_with("multipart/mixed;boundary=b1", &body, "");
+    assert_eq!(code, Some(421), "{raw}");
+    assert!(raw.contains("recipient-list-invite"), "{raw}");
+    let require = "Require: recipient-list-invite\r\n";
+    let (code, raw) = refused_with(
+        "multipart/mixed;boundary=b1",
+        &body.replace("<list>", "<!DOCTYPE x><list>"),
+        require,
+    );
+    assert_eq!(code, Some(400), "{raw}");
+    assert!(raw.contains("Resource List"), "{raw}");
+    let (code, raw) = refused_with("multipart/mixed", &body, require);
+    assert_eq!(code, Some(400), "{raw}");
+    assert!(raw.contains("Multipart: no boundary"), "{raw}");
+    let (code, _) = refused_with("application/sdp", &sdp, require);
+    assert_eq!(code, Some(415));
 }

@@ -76,6 +76,7 @@ fn server() -> Server {
         max_dialogs: 16,
         invite_timeout: Duration::from_secs(2),
         provider_media: MediaPolicy::default(),
+        conference_factory: Some("conference-factory@groups.example.net".into()),
         transaction: transaction::Config {
             max_transactions: 32,
             max_pending: 64,

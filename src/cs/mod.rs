@@ -15,6 +15,7 @@
 
 pub mod conference;
 pub mod directory;
+pub mod multipart;
 pub mod request;
 pub mod resource_lists;
 pub mod server;

@@ -41,7 +41,16 @@ pub struct Invitation<'a> {
 
 /// Header names a B2BUA must not copy from the upstream INVITE besides the
 /// ones it writes itself: hop and credential headers of the other dialog.
+///
+/// Require and Supported go too: a B2BUA's legs support what it supports
+/// (no reliable provisionals, no session timers), not what the client
+/// does; and the body of a leg is always the SDP offer (an ad-hoc group's
+/// INVITE carries its recipient list beside it).
 const NOT_COPIED: &[&[u8]] = &[
+    b"Require",
+    b"Supported",
+    b"k",
+    b"Content-Disposition",
     b"Referred-By",
     b"b",
     b"Authorization",
@@ -54,10 +63,7 @@ const NOT_COPIED: &[&[u8]] = &[
 fn copied(kind: Header, name: &[u8]) -> bool {
     match kind {
         Header::Other => !NOT_COPIED.iter().any(|n| n.eq_ignore_ascii_case(name)),
-        Header::AcceptContact
-        | Header::PPreferredService
-        | Header::PAssertedService
-        | Header::ContentType => true,
+        Header::AcceptContact | Header::PPreferredService | Header::PAssertedService => true,
         _ => false,
     }
 }
@@ -108,7 +114,12 @@ pub fn write_invite(
             o.put(h.line.get(upstream));
         }
     }
-    o.finish_with_body(&[], inv.body)
+    let ct: &[&[u8]] = if inv.body.is_empty() {
+        &[]
+    } else {
+        &[b"Content-Type: application/sdp\r\n"]
+    };
+    o.finish_with_body(ct, inv.body)
 }
 
 /// `host:port` of a socket address (IPv6 in brackets).

@@ -20,6 +20,7 @@ use super::conference::{write_full, Conference, Disconnection, EndpointStatus, P
 use super::directory::{identity_of, Directory, Group, InvitePolicy};
 use super::request::{contact_params, party_without_tag, put_addr, write_invite, Invitation};
 use super::session::{Action, LegState, Mode, Session, Upstream};
+use super::{multipart, resource_lists};
 use crate::route::legs::Leg;
 use crate::sip::dialog::{AckWait, AckWaitStep, Dialog, DialogId, DialogTable, InDialog};
 use crate::sip::media::{check_answer, filter_offer, MediaPolicy};
@@ -67,6 +68,10 @@ pub struct Settings {
     pub invite_timeout: Duration,
     /// The provider's media policy under every user's and group's.
     pub provider_media: MediaPolicy,
+    /// The canonical identity of the conference factory URI: an INVITE to
+    /// it with a recipient list (RFC 5366) makes an ad-hoc group, hosted
+    /// by the inviting user's Participating Function.
+    pub conference_factory: Option<String>,
     pub transaction: transaction::Config,
 }
 
@@ -310,7 +315,9 @@ impl Server {
 
     /// A note about session `sid`, prefixed with which function it is.
     fn note_in(&mut self, sid: SessionId, text: String) {
-        let label = self.session(sid).map_or(String::new(), |s| function_name(&s.function));
+        let label = self
+            .session(sid)
+            .map_or(String::new(), |s| function_name(&s.function));
         self.note(format!("{label} {text}"));
     }
 
@@ -551,6 +558,9 @@ impl Server {
             .user(&user)
             .ok_or_else(|| refusal(403, "Forbidden - User Not Provisioned"))?;
         let policy = self.settings.provider_media.merged(&u.media);
+        if self.settings.conference_factory.as_deref() == Some(target) {
+            return self.ad_hoc(b, m, &user, &policy);
+        }
         let offer = offer_after_policy(b, m, &policy, "user")?;
         // 5.2.3.2.1 b: a group hosted here; this CS is its Controlling
         // Function too (the edge would only send it back to us).
@@ -691,6 +701,68 @@ impl Server {
             referred_by: Some(inviter_uri),
             up_contact: self.contact(Some(&group_user), focus.as_bytes()),
             leg_contact: self.contact(Some(&group_user), focus.as_bytes()),
+        })
+    }
+
+    /// An ad-hoc group (RFC 5366, OMA CPM ad-hoc group sessions): the
+    /// inviting user's Participating Function hosts it as its Controlling
+    /// Function and invites every recipient of the list with the offer
+    /// part, after the user's media policy.
+    fn ad_hoc(
+        &mut self,
+        b: &[u8],
+        m: &Message,
+        inviter: &str,
+        policy: &MediaPolicy,
+    ) -> Result<Plan, Refusal> {
+        let require = header_value(b, m, &[b"Require"]).unwrap_or_default();
+        if !require
+            .split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case("recipient-list-invite"))
+        {
+            return Err(Refusal {
+                code: 421,
+                reason: "Extension Required - recipient-list-invite".into(),
+                warning: None,
+            });
+        }
+        let (sdp, list) = ad_hoc_parts(b, m)?;
+        let entries =
+            resource_lists::parse(list).map_err(|e| refusal(400, &format!("Bad Request - {e}")))?;
+        let targets: Vec<String> = entries
+            .into_iter()
+            .map(|e| e.uri)
+            .filter(|u| identity_of(u).as_deref() != Some(inviter))
+            .collect();
+        if targets.is_empty() {
+            return Err(refusal(480, "Temporarily Unavailable - No Other Recipient"));
+        }
+        if targets.len() > super::directory::MAX_MEMBERS {
+            return Err(refusal(403, "Forbidden - Too Many Recipients"));
+        }
+        let offer = apply_policy(sdp, policy, "user")?;
+        let conference = format!("adhoc-{}", String::from_utf8_lossy(&self.token()));
+        let inviter_uri = asserted_uri(b, m).unwrap_or_else(|| format!("sip:{inviter}"));
+        let focus = format!(
+            ";isfocus{}",
+            String::from_utf8_lossy(&cpm_feature_param(b, m))
+        );
+        let contact = self.contact(Some(&conference), focus.as_bytes());
+        Ok(Plan {
+            function: Function::Controlling {
+                group: format!("sip:{conference}@{}", self.settings.local),
+            },
+            mode: Mode::Controlling,
+            max_joined: targets.len(),
+            targets,
+            offer,
+            route: Vec::new(),
+            next_hop: self.settings.local,
+            from: format!("<{inviter_uri}>").into_bytes(),
+            asserted: Some(inviter_uri.clone()),
+            referred_by: Some(inviter_uri),
+            up_contact: contact.clone(),
+            leg_contact: contact,
         })
     }
 
@@ -982,7 +1054,10 @@ impl Server {
             Ok(InDialog::Ack { .. }) => {}
             Ok(InDialog::Bye) => {
                 self.respond_in(now, id, did, src, b, m, 200, "OK", &[], b"");
-                self.note_in(sid, format!("BYE from {}", side_name(self.session(sid), side)));
+                self.note_in(
+                    sid,
+                    format!("BYE from {}", side_name(self.session(sid), side)),
+                );
                 let actions = match (self.session_mut(sid), side) {
                     (Some(s), Side::Up) => s.rules.on_upstream_bye(),
                     (Some(s), Side::Leg(i)) => s.rules.on_leg_bye(i),
@@ -1900,6 +1975,35 @@ fn cpm_feature_param(b: &[u8], m: &Message) -> Vec<u8> {
         .find(|p| p.trim_start().starts_with("+g.3gpp.icsi-ref"))
         .map(|p| format!(";{}", p.trim()).into_bytes())
         .unwrap_or_default()
+}
+
+/// The offer and the recipient list of an ad-hoc group INVITE: the two
+/// parts of its `multipart/mixed` body (RFC 5366 §4).
+fn ad_hoc_parts<'a>(b: &'a [u8], m: &Message) -> Result<(&'a [u8], &'a [u8]), Refusal> {
+    let ct = m
+        .content_type
+        .map(|c| String::from_utf8_lossy(c.get(b)).into_owned())
+        .unwrap_or_default();
+    if !ct.to_ascii_lowercase().starts_with("multipart/mixed") {
+        return Err(refusal(
+            415,
+            "Unsupported Media Type - Expected multipart/mixed With A Recipient List",
+        ));
+    }
+    let bad = |e: multipart::MultipartError| refusal(400, &format!("Bad Request - {e}"));
+    let boundary = multipart::boundary(&ct).map_err(bad)?;
+    let parts = multipart::parts(m.body.get(b), boundary).map_err(bad)?;
+    let find = |t: &str| {
+        parts
+            .iter()
+            .find(|p| p.content_type == t)
+            .map(|p| p.content)
+    };
+    let sdp = find("application/sdp")
+        .ok_or_else(|| refusal(400, "Bad Request - No application/sdp Part"))?;
+    let list = find("application/resource-lists+xml")
+        .ok_or_else(|| refusal(400, "Bad Request - No application/resource-lists+xml Part"))?;
+    Ok((sdp, list))
 }
 
 fn authorise_inviter(g: &Group, inviter: &str) -> Result<(), Refusal> {

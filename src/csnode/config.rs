@@ -40,6 +40,9 @@ struct ServerSection {
     max_dialogs: usize,
     #[serde(default = "default_max_transactions")]
     max_transactions: usize,
+    /// An INVITE to this URI with a recipient list makes an ad-hoc group.
+    #[serde(default)]
+    conference_factory: Option<String>,
 }
 
 fn default_invite_timeout() -> u64 {
@@ -190,8 +193,17 @@ fn settings(
         max_dialogs: s.max_dialogs,
         invite_timeout: Duration::from_millis(s.invite_timeout_ms.max(100)),
         provider_media: f.media.clone(),
+        conference_factory: factory(s.conference_factory.as_deref())?,
         transaction,
     })
+}
+
+fn factory(uri: Option<&str>) -> Result<Option<String>, ConfigError> {
+    uri.map(|u| {
+        crate::cs::directory::identity_of(u)
+            .ok_or_else(|| err("server.conference_factory", "not a sip: URI"))
+    })
+    .transpose()
 }
 
 #[cfg(test)]

@@ -779,9 +779,28 @@ impl Party {
         sdp: &str,
         extra_headers: &str,
     ) -> CallHandle {
+        self.invite_with(
+            request_uri,
+            via_proxy,
+            "application/sdp",
+            sdp,
+            extra_headers,
+        )
+    }
+
+    /// An INVITE whose body is of type `content_type` (e.g. the
+    /// `multipart/mixed` offer and recipient list of an ad-hoc group).
+    pub fn invite_with(
+        &self,
+        request_uri: &str,
+        via_proxy: SocketAddr,
+        content_type: &str,
+        body: &str,
+        extra_headers: &str,
+    ) -> CallHandle {
         let call_id = self
             .inner
-            .invite(request_uri, via_proxy, sdp, extra_headers);
+            .invite(request_uri, via_proxy, content_type, body, extra_headers);
         CallHandle {
             inner: Arc::clone(&self.inner),
             call_id,
@@ -1232,7 +1251,14 @@ impl Inner {
 
     // ------------------------------------------------------------ UAC
 
-    fn invite(&self, request_uri: &str, proxy: SocketAddr, sdp: &str, extra: &str) -> String {
+    fn invite(
+        &self,
+        request_uri: &str,
+        proxy: SocketAddr,
+        ctype: &str,
+        sdp: &str,
+        extra: &str,
+    ) -> String {
         let call_id = format!("{}-{}@{}", self.name, token(), self.addr.ip());
         let (from_tag, branch) = (token(), new_branch());
         let via = format!("SIP/2.0/UDP {};rport;branch={branch}", self.addr);
@@ -1246,7 +1272,7 @@ impl Inner {
             self.contact(),
             header_block(extra)
         );
-        let raw = finish(head, Some("application/sdp"), &crlf(sdp));
+        let raw = finish(head, Some(ctype), &crlf(sdp));
         let mut st = lock(&self.st);
         st.calls.push(Call {
             call_id: call_id.clone(),
