@@ -20,7 +20,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
-#[command(name = "cpm-demo", about = "A pre-defined group session (OMA CPM Appendix C.1) through cpm-system")]
+#[command(
+    name = "cpm-demo",
+    about = "A pre-defined group session (OMA CPM Appendix C.1) through cpm-system"
+)]
 struct Cli {
     /// The edge.
     #[arg(long, default_value = "127.0.0.1:5060")]
@@ -41,7 +44,9 @@ fn main() {
         .iter()
         .enumerate()
         .map(|(i, n)| {
-            let addr: SocketAddr = format!("127.0.0.1:{}", 5071 + i).parse().unwrap_or(cli.edge);
+            let addr: SocketAddr = format!("127.0.0.1:{}", 5071 + i)
+                .parse()
+                .unwrap_or(cli.edge);
             Party::bind_at(n, addr)
         })
         .collect();
@@ -49,7 +54,12 @@ fn main() {
     let t0 = Instant::now();
     let mut shown = vec![0usize; parties.len()];
     println!("alice -> INVITE {} (via {})", cli.group, cli.edge);
-    let call = parties[0].invite(&cli.group, cli.edge, &msrp_sdp("alice", parties[0].addr()), "");
+    let call = parties[0].invite(
+        &cli.group,
+        cli.edge,
+        &msrp_sdp("alice", parties[0].addr()),
+        "",
+    );
     let ring_until = Instant::now() + Duration::from_secs(cli.ring_seconds);
     while Instant::now() < ring_until && !settled(&parties) {
         show(&parties, &mut shown, t0);
@@ -63,7 +73,10 @@ fn main() {
         show(&parties, &mut shown, t0);
         println!("alice's BYE answered {code:?}");
     } else {
-        println!("alice's session was not set up: final {:?}", call.final_code());
+        println!(
+            "alice's session was not set up: final {:?}",
+            call.final_code()
+        );
     }
     println!("\nwhat each client received (retransmissions removed):");
     for p in &parties {
@@ -97,7 +110,12 @@ fn show(parties: &[Party], shown: &mut [usize], t0: Instant) {
         let log = p.log();
         for r in log.iter().skip(shown[i]) {
             let ms = r.at.saturating_duration_since(t0).as_millis();
-            println!("{ms:>6} ms  {:6} <- {}  ({})", p.name(), r.start_line, r.cseq);
+            println!(
+                "{ms:>6} ms  {:6} <- {}  ({})",
+                p.name(),
+                r.start_line,
+                r.cseq
+            );
         }
         shown[i] = log.len();
     }
