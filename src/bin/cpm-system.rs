@@ -3,12 +3,14 @@
 //! (127.0.0.1:5060, admin API on 127.0.0.1:8080, four CS shards) and the
 //! reference Conversation Server for each of those shards (cpm-cs's
 //! embedded default: demo users alice..erin on 127.0.0.1:5071-5075 and the
-//! demo groups). Every step a Conversation Server takes (the C.1 sequence
-//! of a group session) is logged as it happens.
+//! demo groups), with the Conversation Servers' admin API on
+//! 127.0.0.1:8090 (cpm-cs's `[admin]`). Every step a Conversation Server
+//! takes (the C.1 sequence of a group session) is logged as it happens.
 
 use clap::Parser;
 use cpm_edge::app::App;
 use cpm_edge::config::Config;
+use cpm_edge::control::cs_api::{self, CsApi};
 use cpm_edge::csnode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -44,24 +46,49 @@ fn main() {
     }
     let app = App::start(&valid).unwrap_or_else(|e| fail(&format!("edge: {e}")));
     let names = csnode::config::shard_list(&cs_text).unwrap_or_else(|e| fail(&e.to_string()));
+    let mut admin = None;
     let shards: Vec<csnode::Shard> = names
         .iter()
-        .map(|n| csnode::start_shard(&cs_text, n, true).unwrap_or_else(|e| fail(&e)))
+        .map(|n| {
+            let v = csnode::config::load(&cs_text, n, csnode::random_key())
+                .unwrap_or_else(|e| fail(&format!("cs configuration: {e}")));
+            admin = admin.take().or(v.admin.clone());
+            csnode::start(v, true).unwrap_or_else(|e| fail(&e))
+        })
         .collect();
-    banner(&valid, &shards);
+    let cs_admin = admin.map(|a| {
+        let api = CsApi::new(&shards, names.clone()).unwrap_or_else(|e| fail(&e));
+        cs_api::serve(&a, Arc::new(api)).unwrap_or_else(|e| fail(&format!("cs: {e}")))
+    });
+    banner(&valid, &shards, cs_admin.as_ref().map(|s| s.addr));
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
     }
+    drop(cs_admin);
     drop(shards);
     if let Err(e) = app.stop() {
         eprintln!("cpm-system: {e}");
     }
 }
 
-fn banner(valid: &cpm_edge::config::Valid, shards: &[csnode::Shard]) {
+fn banner(
+    valid: &cpm_edge::config::Valid,
+    shards: &[csnode::Shard],
+    cs_admin: Option<std::net::SocketAddr>,
+) {
     eprintln!("cpm-system: edge on {}", valid.server.listen);
+    if let Some(a) = valid.admin_bind {
+        eprintln!("cpm-system: edge admin API on http://{a}");
+    }
     for s in shards {
-        eprintln!("cpm-system: Conversation Server shard on {}", s.node.addr());
+        eprintln!(
+            "cpm-system: Conversation Server shard {} on {}",
+            s.name,
+            s.node.addr()
+        );
+    }
+    if let Some(a) = cs_admin {
+        eprintln!("cpm-system: Conversation Servers' admin API on http://{a} (users, groups; changes live until restart)");
     }
     eprintln!("cpm-system: demo users alice..erin at sip:NAME@127.0.0.1:5071..5075;");
     eprintln!(

@@ -71,7 +71,7 @@ pub fn render(cp: &ControlPlane) -> String {
 }
 
 /// A counter family: `name` without `_total` (the encoder adds it).
-fn counters<L: EncodeLabelSet>(
+pub(super) fn counters<L: EncodeLabelSet>(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -84,11 +84,11 @@ fn counters<L: EncodeLabelSet>(
     Ok(())
 }
 
-fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> fmt::Result {
+pub(super) fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> fmt::Result {
     ConstCounter::new(v).encode(enc.encode_descriptor(name, help, None, MetricType::Counter)?)
 }
 
-fn gauges<L: EncodeLabelSet>(
+pub(super) fn gauges<L: EncodeLabelSet>(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -102,7 +102,7 @@ fn gauges<L: EncodeLabelSet>(
 }
 
 /// An unlabelled gauge; with no value, only its description.
-fn gauge(
+pub(super) fn gauge(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,

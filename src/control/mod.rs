@@ -5,6 +5,8 @@
 //!   (admin API, health transitions, SIGHUP reload all go through
 //!   [`ControlPlane::publish`]);
 //! - [`api`]: the admin HTTP API's endpoints; [`http`]: its HTTP/1.1 server;
+//! - [`cs_api`]: the Conversation Server's admin API (users, groups, its
+//!   shards' counters), on the same HTTP server;
 //! - [`health`]: SIP OPTIONS keepalives to every shard;
 //! - [`metrics`]: Prometheus text exposition.
 //!
@@ -13,6 +15,7 @@
 //! readers (io workers) never wait for a writer.
 
 pub mod api;
+pub mod cs_api;
 pub mod health;
 pub mod http;
 pub mod metrics;

@@ -127,6 +127,13 @@ pub fn identity_of(text: &str) -> Option<String> {
     (!out.is_empty()).then(|| String::from_utf8_lossy(&out).into_owned())
 }
 
+/// The canonical identity of `text`, refused for the reasons
+/// [`Directory::put_user`] and [`Directory::put_group`] refuse an id (the
+/// admin API's lookups by URI).
+pub fn checked_identity(text: &str) -> Result<String, DirectoryError> {
+    check_uri(text, text)
+}
+
 /// A URI fit to go into a header: the characters of a SIP URI only.
 fn check_uri(what: &str, text: &str) -> Result<String, DirectoryError> {
     let bad = text

@@ -18,6 +18,8 @@ struct File {
     server: ServerSection,
     #[serde(default)]
     edge_admin: Option<EdgeAdmin>,
+    #[serde(default)]
+    admin: Option<AdminSection>,
     #[serde(rename = "shard", default)]
     shards: Vec<ShardEntry>,
     #[serde(default)]
@@ -74,6 +76,36 @@ fn default_sync() -> u64 {
     5_000
 }
 
+/// `[admin]`: this process's own admin API (users, groups, shards,
+/// `/metrics`; `crate::control::cs_api`).
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminSection {
+    /// `IP:port`; empty: no admin API.
+    #[serde(default)]
+    bind: String,
+    #[serde(default)]
+    token: Option<String>,
+}
+
+/// Where the CS's admin API listens, and its bearer token (required off
+/// loopback, as for the edge's).
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminApi {
+    pub bind: SocketAddr,
+    pub token: Option<String>,
+}
+
+/// `Debug` with the token redacted.
+impl std::fmt::Debug for AdminApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminApi")
+            .field("bind", &self.bind)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ShardEntry {
@@ -87,6 +119,8 @@ pub struct Valid {
     pub settings: Settings,
     pub directory: Directory,
     pub edge_admin: Option<EdgeAdmin>,
+    /// This process's admin API (`[admin]`; `None`: off).
+    pub admin: Option<AdminApi>,
     /// Every shard of the cluster (name, address).
     pub shards: Vec<(String, SocketAddr)>,
 }
@@ -119,12 +153,37 @@ pub fn load(text: &str, shard: &str, key: [u64; 2]) -> Result<Valid, ConfigError
     check_groups(&f, &shards)?;
     let directory = Directory::new(&f.users, &f.groups).map_err(|e| err(&e.what, e.reason))?;
     let settings = settings(&f, shard, local, key)?;
+    let admin = admin(f.admin.as_ref())?;
     Ok(Valid {
         settings,
         directory,
         edge_admin: f.edge_admin,
+        admin,
         shards,
     })
+}
+
+/// `[admin]`: off when absent or `bind = ""`; off loopback only with a
+/// token.
+fn admin(a: Option<&AdminSection>) -> Result<Option<AdminApi>, ConfigError> {
+    let Some(a) = a else { return Ok(None) };
+    let bind = match a.bind.trim() {
+        "" => return Ok(None),
+        b => b.parse::<SocketAddr>().map_err(|_| {
+            err(
+                "admin.bind",
+                format!("'{b}' is not an IP:port socket address"),
+            )
+        })?,
+    };
+    let token = a.token.clone().filter(|t| !t.is_empty());
+    if !bind.ip().is_loopback() && token.is_none() {
+        return Err(err(
+            "admin.token",
+            format!("required when admin.bind ({bind}) is not a loopback address"),
+        ));
+    }
+    Ok(Some(AdminApi { bind, token }))
 }
 
 /// The shard names of a configuration, in file order.
@@ -219,6 +278,31 @@ mod tests {
         }
         let e = load(DEFAULT_TOML, "cs9", [1, 2]).unwrap_err();
         assert_eq!(e.key, "--shard");
+    }
+
+    #[test]
+    fn the_admin_api_is_off_loopback_only_with_a_token() {
+        let v = load(DEFAULT_TOML, "cs1", [1, 2]).unwrap();
+        let a = v.admin.expect("the default has an admin API");
+        assert_eq!(a.bind.to_string(), "127.0.0.1:8090");
+        assert_eq!(a.token, None);
+        let open = DEFAULT_TOML.replace("bind = \"127.0.0.1:8090\"", "bind = \"0.0.0.0:8090\"");
+        let e = load(&open, "cs1", [1, 2]).unwrap_err();
+        assert_eq!(e.key, "admin.token");
+        let with_token = open.replace(
+            "bind = \"0.0.0.0:8090\"",
+            "bind = \"0.0.0.0:8090\"\ntoken = \"s3cret\"",
+        );
+        let a = load(&with_token, "cs1", [1, 2]).unwrap().admin.unwrap();
+        assert_eq!(a.token.as_deref(), Some("s3cret"));
+        assert!(
+            !format!("{a:?}").contains("s3cret"),
+            "the token is redacted"
+        );
+        let off = DEFAULT_TOML.replace("bind = \"127.0.0.1:8090\"", "bind = \"\"");
+        assert!(load(&off, "cs1", [1, 2]).unwrap().admin.is_none());
+        let bad = DEFAULT_TOML.replace("bind = \"127.0.0.1:8090\"", "bind = \"localhost\"");
+        assert_eq!(load(&bad, "cs1", [1, 2]).unwrap_err().key, "admin.bind");
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub fn random_key() -> [u64; 2] {
 /// A shard running: its SIP thread and, when the edge's admin API is
 /// configured, its group registration.
 pub struct Shard {
+    /// The shard's name (`[[shard]] name`).
+    pub name: String,
     pub node: node::Node,
     pub sync: Option<sync::GroupSync>,
     pub directory: Arc<ArcSwap<Directory>>,
@@ -35,6 +37,13 @@ pub struct Shard {
 /// Start shard `name` of configuration `text` (`sync`: register groups).
 pub fn start_shard(text: &str, name: &str, with_sync: bool) -> Result<Shard, String> {
     let valid = config::load(text, name, random_key()).map_err(|e| e.to_string())?;
+    start(valid, with_sync)
+}
+
+/// Start the shard of a loaded configuration (`valid.settings.name`); the
+/// caller keeps what else it needs of `valid` (`[admin]`, the shard list).
+pub fn start(valid: config::Valid, with_sync: bool) -> Result<Shard, String> {
+    let name = valid.settings.name.clone();
     let directory = Arc::new(ArcSwap::from_pointee(valid.directory));
     let admin = valid.edge_admin.filter(|_| with_sync);
     let sync = match admin {
@@ -44,7 +53,7 @@ pub fn start_shard(text: &str, name: &str, with_sync: bool) -> Result<Shard, Str
             let s = sync::SyncSettings {
                 admin: addr,
                 token: a.token,
-                shard: name.to_string(),
+                shard: name.clone(),
                 interval: std::time::Duration::from_millis(a.sync_interval_ms.max(100)),
             };
             Some(sync::GroupSync::start(s, Arc::clone(&directory)).map_err(|e| e.to_string())?)
@@ -54,6 +63,7 @@ pub fn start_shard(text: &str, name: &str, with_sync: bool) -> Result<Shard, Str
     let node = node::Node::start(valid.settings, Arc::clone(&directory))
         .map_err(|e| format!("shard {name}: cannot bind: {e}"))?;
     Ok(Shard {
+        name,
         node,
         sync,
         directory,

@@ -34,6 +34,17 @@ pub struct Snapshot {
     pub send_errors: u64,
 }
 
+/// Reads a shard's [`Snapshot`] (refreshed every 100 ms by its thread);
+/// the default one reads zeros.
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotReader(Arc<Mutex<Snapshot>>);
+
+impl SnapshotReader {
+    pub fn get(&self) -> Snapshot {
+        self.0.lock().map(|s| *s).unwrap_or_default()
+    }
+}
+
 /// A running shard; dropping it stops the thread.
 pub struct Node {
     addr: SocketAddr,
@@ -44,7 +55,8 @@ pub struct Node {
 
 impl Node {
     /// Bind `settings.local` and start serving. The directory is read
-    /// again whenever `directory` is replaced (admin API, reload).
+    /// again whenever `directory` is replaced (admin API): every datagram
+    /// meets the snapshot stored before it was received.
     pub fn start(settings: Settings, directory: Arc<ArcSwap<Directory>>) -> io::Result<Node> {
         let sock = crate::io::socket::bind_udp(settings.local, false, 4 << 20, 4 << 20)?;
         // bind_udp makes the edge's sockets non-blocking; this loop blocks
@@ -73,6 +85,12 @@ impl Node {
 
     pub fn snapshot(&self) -> Snapshot {
         self.snapshot.lock().map(|s| *s).unwrap_or_default()
+    }
+
+    /// A handle on the counters for another thread (the admin API), which
+    /// does not keep the shard running.
+    pub fn reader(&self) -> SnapshotReader {
+        SnapshotReader(Arc::clone(&self.snapshot))
     }
 
     pub fn stop(&mut self) {
@@ -122,6 +140,9 @@ fn run(
         match sock.recv_from(&mut buf) {
             Ok((n, src)) => {
                 c.datagrams_in += 1;
+                // A directory stored before this datagram arrived (an admin
+                // API change answered 200) is the one it meets.
+                refresh(&directory, &mut current, &mut server);
                 server.handle_datagram(Instant::now(), src, &buf[..n]);
             }
             Err(e)
@@ -137,17 +158,22 @@ fn run(
         }
         flush(&sock, &mut server, &mut out, &mut c);
         log_notes(&name, &mut server);
-        let latest = directory.load();
-        if !Arc::ptr_eq(&latest, &current) {
-            current = latest.clone();
-            server.set_directory(Arc::clone(&current));
-        }
+        refresh(&directory, &mut current, &mut server);
         if last_snapshot.elapsed() >= Duration::from_millis(100) {
             publish(snapshot, &server, &c);
             last_snapshot = Instant::now();
         }
     }
     publish(snapshot, &server, &c);
+}
+
+/// Hand the server the directory's latest snapshot if it was replaced.
+fn refresh(directory: &ArcSwap<Directory>, current: &mut Arc<Directory>, server: &mut Server) {
+    let latest = directory.load();
+    if !Arc::ptr_eq(&latest, current) {
+        *current = Arc::clone(&latest);
+        server.set_directory(Arc::clone(current));
+    }
 }
 
 fn flush(sock: &UdpSocket, server: &mut Server, out: &mut Vec<u8>, c: &mut Counters) {

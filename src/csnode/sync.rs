@@ -2,17 +2,20 @@
 //! hosts each group (README "The Conversation Server"). The CS is the
 //! source: it registers the groups it hosts with the edge's admin API
 //! (`PUT /groups/{uri} {"shard": NAME}`), at start, on every change of its
-//! directory, and again every `sync_interval_ms`, so an edge that restarted
-//! or was changed by hand converges within one interval; a group it stops
-//! hosting is removed (`DELETE`). Requests are idempotent, so several CSs and
-//! several rounds never conflict. What cannot converge is said, not hidden:
+//! directory (its admin API, `crate::control::cs_api`), and again every
+//! `sync_interval_ms`, so an edge that restarted or was changed by hand
+//! converges within one interval. Requests are idempotent, so several CSs and
+//! several rounds never conflict. A group that left the directory is
+//! DELETEd; one that moved to another shard (or changed only how its URI is
+//! written) is not: its host's PUT moves it at the edge, and a DELETE could
+//! land after that PUT and unroute it. What cannot converge is said, not hidden:
 //! every failed round is logged and counted, and a `ctrl` INVITE for a group
 //! this CS does not host is answered `404` and counted as divergence.
 //!
 //! On hyper's HTTP/1 client, on a current-thread tokio runtime of its own
 //! thread (the SIP loop never waits for it).
 
-use crate::cs::directory::Directory;
+use crate::cs::directory::{identity_of, Directory};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -119,7 +122,8 @@ fn count(stats: &SyncStats, ok: Result<(), String>, n: usize) {
     stats.registered.store(n as u64, Ordering::Relaxed);
 }
 
-/// One round: every hosted group PUT, every group no longer hosted DELETEd.
+/// One round: every hosted group PUT, every group gone from the directory
+/// DELETEd.
 async fn round(
     s: &SyncSettings,
     d: &Directory,
@@ -133,7 +137,10 @@ async fn round(
     }
     let gone: Vec<String> = registered.difference(&hosted).cloned().collect();
     for uri in gone {
-        request(s, "DELETE", &uri, None).await?;
+        let still_there = identity_of(&uri).is_some_and(|id| d.group(&id).is_some());
+        if !still_there {
+            request(s, "DELETE", &uri, None).await?;
+        }
         registered.remove(&uri);
     }
     Ok(())
