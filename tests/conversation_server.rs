@@ -47,6 +47,25 @@ impl System {
 /// The shard the edge picks for A's Participating Function; the group goes
 /// on the other one (the test asserts the path crossed both).
 fn system(group_extra: &str, more_groups: &str, user_media: &[(&str, &str)]) -> System {
+    system_full(group_extra, more_groups, user_media, None)
+}
+
+/// A system whose shards also accept requests from `edges_extra = "ADDR"`
+/// (another edge of the fleet).
+fn system_with_edge(extra: &str) -> System {
+    let addr = extra
+        .trim_start_matches("edges_extra = ")
+        .trim_matches('"')
+        .to_string();
+    system_full("", "", &[], Some(addr))
+}
+
+fn system_full(
+    group_extra: &str,
+    more_groups: &str,
+    user_media: &[(&str, &str)],
+    peer_edge: Option<String>,
+) -> System {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("cpm_cs=info,warn"))
         .with_test_writer()
@@ -67,16 +86,19 @@ fn system(group_extra: &str, more_groups: &str, user_media: &[(&str, &str)]) -> 
     let edge = App::start(&Config::parse(&edge_toml).unwrap().validate().unwrap()).unwrap();
     let admin = edge.admin_addr.expect("admin API");
     let host = group_host(&parties[0]);
-    let more_groups = more_groups.replace("{alice}", &parties[0].aor());
+    let more_groups = more_groups
+        .replace("{alice}", &parties[0].aor())
+        .replace("{bob}", &parties[1].aor());
     let members: Vec<String> = parties[..5]
         .iter()
         .map(|p| format!("\"{}\"", p.aor()))
         .collect();
     let mut cs_toml = format!(
-        "[server]\nedges = [\"{edge_addr}\"]\ninvite_timeout_ms = 2000\nconference_factory = \"{FACTORY}\"\n\
+        "[server]\nedges = [\"{edge_addr}\"{}]\ninvite_timeout_ms = 2000\nconference_factory = \"{FACTORY}\"\n\
          [edge_admin]\nurl = \"http://{admin}\"\nsync_interval_ms = 200\n\
          [[shard]]\nname = \"cs1\"\naddr = \"127.0.0.1:{}\"\n[[shard]]\nname = \"cs2\"\naddr = \"127.0.0.1:{}\"\n\
          [[group]]\nid = \"{GROUP}\"\nhost = \"{host}\"\nmembers = [{}]\n{group_extra}\n{more_groups}\n",
+        peer_edge.map_or(String::new(), |p| format!(", \"{p}\"")),
         cs[0],
         cs[1],
         members.join(", ")
@@ -544,4 +566,119 @@ fn ad_hoc_bad_input() {
     assert!(raw.contains("Multipart: no boundary"), "{raw}");
     let (code, _) = refused_with("application/sdp", &sdp, require);
     assert_eq!(code, Some(415));
+}
+
+/// An offer of an MSRP stream and an audio stream.
+fn av_sdp(name: &str, addr: SocketAddr) -> String {
+    format!(
+        "{}m=audio 49170 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n",
+        common::party::crlf(&msrp_sdp(name, addr))
+    )
+}
+
+#[test]
+fn an_answer_accepting_a_stream_not_offered_is_refused() {
+    let more = "[[group]]\nid = \"sip:chat-only@groups.example.net\"\nhost = \"cs1\"\n\
+        members = [\"{alice}\", \"{bob}\"]\nmedia = { allowed_media = [\"message\"] }\n";
+    let s = system("", more, &[]);
+    let (a, b) = (s.party("alice"), s.party("bob"));
+    // B accepts the audio stream the group's policy refused in its offer
+    // (port 0 there): the CF ACKs and BYEs B and answers A 488.
+    b.set_answer(Answer::Accept {
+        ring: false,
+        delay: Duration::ZERO,
+        sdp: av_sdp("bob", b.addr()),
+    });
+    let call = a.invite(
+        "sip:chat-only@groups.example.net",
+        s.edge_addr,
+        &av_sdp("alice", a.addr()),
+        "",
+    );
+    assert_eq!(call.wait_final(WAIT), Some(488));
+    expect(b, &["INVITE", "ACK", "BYE"]);
+    let inv = b
+        .log()
+        .into_iter()
+        .find(|r| r.start_line.starts_with("INVITE"))
+        .unwrap();
+    assert!(
+        inv.raw.contains("m=audio 0 "),
+        "the offer refused audio:\n{}",
+        inv.raw
+    );
+    let refused: u64 = s
+        .shards
+        .iter()
+        .map(|x| x.node.snapshot().stats.answers_refused)
+        .sum();
+    assert_eq!(refused, 1);
+}
+
+#[test]
+fn a_shard_serves_whichever_user_the_edge_sends_and_only_from_an_edge() {
+    // A second edge of the fleet (a test socket) in the shards' `edges`.
+    let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    peer.set_read_timeout(Some(WAIT)).unwrap();
+    let extra = format!("edges_extra = \"{}\"", peer.local_addr().unwrap());
+    let s = system_with_edge(&extra);
+    let a = s.party("alice");
+    // The shard the edge would NOT pick for alice (the group's host).
+    let other = group_host(a);
+    let idx = usize::from(other == "cs2");
+    let shard_addr = s.shards[idx].node.addr();
+    let me = peer.local_addr().unwrap();
+    let invite = |route: &str, branch: &str, via: SocketAddr| {
+        let sdp = msrp_sdp("alice", a.addr());
+        format!(
+            "INVITE sip:bob@127.0.0.1:1 SIP/2.0\r\nVia: SIP/2.0/UDP {via};branch=z9hG4bK{branch}\r\nMax-Forwards: 70\r\n\
+             {route}From: <{}>;tag=x\r\nTo: <sip:bob@127.0.0.1:1>\r\nCall-ID: {branch}\r\nCSeq: 1 INVITE\r\n\
+             Contact: <{}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+            a.aor(),
+            a.aor(),
+            sdp.len()
+        )
+    };
+    let marked = format!("Route: <sip:{shard_addr};lr>,<sip:{me};lr;cpm-leg=orig>\r\n");
+    peer.send_to(invite(&marked, "m1", me).as_bytes(), shard_addr)
+        .unwrap();
+    // Served: the CS sends its own INVITE back to the edge named by the
+    // marker, the marker kept.
+    let mut buf = [0u8; 8192];
+    let mut forwarded = String::new();
+    while !forwarded.starts_with("INVITE ") {
+        let (n, _) = peer.recv_from(&mut buf).expect("the shard forwards");
+        forwarded = String::from_utf8_lossy(&buf[..n]).into_owned();
+    }
+    assert!(
+        forwarded.contains(&format!("Route: <sip:{me};lr;cpm-leg=orig>")),
+        "{forwarded}"
+    );
+    // Without a marker: refused.
+    peer.send_to(invite("", "m2", me).as_bytes(), shard_addr)
+        .unwrap();
+    let mut answer = String::new();
+    while !answer.contains("m2") || !answer.starts_with("SIP/2.0 403") {
+        let (n, _) = peer.recv_from(&mut buf).expect("an answer");
+        answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    }
+    assert!(answer.contains("No Leg Marker"), "{answer}");
+    // From a stranger: refused, whatever it carries.
+    let stranger = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    stranger.set_read_timeout(Some(WAIT)).unwrap();
+    stranger
+        .send_to(
+            invite(&marked, "m3", stranger.local_addr().unwrap()).as_bytes(),
+            shard_addr,
+        )
+        .unwrap();
+    let mut answer = String::new();
+    while !answer.starts_with("SIP/2.0 4") {
+        let (n, _) = stranger.recv_from(&mut buf).expect("an answer");
+        answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    }
+    assert!(
+        answer.starts_with("SIP/2.0 403") && answer.contains("Not From The SIP/IP Core"),
+        "{answer}"
+    );
 }
