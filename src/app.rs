@@ -125,3 +125,15 @@ impl App {
         self.server.stop()
     }
 }
+
+/// Log to stderr with `RUST_LOG`, else `default` as the filter (a bad
+/// filter falls back to `info`): the same for every binary of the crate.
+pub fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(default))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

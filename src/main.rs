@@ -165,7 +165,7 @@ fn main() {
         );
         return;
     }
-    init_logging(&valid.log_level);
+    cpm_edge::app::init_logging(&valid.log_level);
     // Before anything is reachable: a SIGHUP that arrives as soon as the
     // admin API answers must find its handler, not the default (exit).
     let signals = match Signals::install() {
@@ -358,15 +358,4 @@ fn reload(cli: &Cli, cp: &ControlPlane) {
             tracing::error!("{e}");
         }
     }
-}
-
-/// Structured logs: `RUST_LOG` if set, else the configured level.
-fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }

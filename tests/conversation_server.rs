@@ -126,24 +126,7 @@ fn system_full(
 /// The shard that is *not* A's Participating Function at the edge: the
 /// rendezvous choice of the two names for A's identity.
 fn group_host(alice: &Party) -> &'static str {
-    use cpm_edge::route::shards::{ShardSet, ShardSpec};
-    let specs: Vec<ShardSpec> = ["cs1", "cs2"]
-        .iter()
-        .enumerate()
-        .map(|(i, n)| ShardSpec {
-            name: n.to_string(),
-            addr: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
-            backup: None,
-        })
-        .collect();
-    let set = ShardSet::new(&specs, "127.0.0.1:1");
-    let aor = alice.aor();
-    let b = aor.as_bytes();
-    let u = cpm_edge::sip::uri::parse(b, cpm_edge::sip::Span::new(0, b.len())).unwrap();
-    match set.pick(cpm_edge::route::decision::user_hash(b, &u)) {
-        Some(0) => "cs2",
-        _ => "cs1",
-    }
+    ["cs2", "cs1"][common::pf_shard(&alice.aor())]
 }
 
 /// The CS registers the group with the edge's admin API (README: the CS
@@ -167,6 +150,20 @@ fn accept(p: &Party, delay_ms: u64) {
         delay: Duration::from_millis(delay_ms),
         sdp: msrp_sdp(p.name(), p.addr()),
     });
+}
+
+/// Appendix C.1's cast: B answers at once, C after `carol_ms`, D is busy,
+/// E rings until the invite timeout; A is the inviter.
+fn c1_cast(s: &System, carol_ms: u64) -> [&Party; 5] {
+    let p = ["alice", "bob", "carol", "dave", "erin"].map(|n| s.party(n));
+    accept(p[1], 0);
+    accept(p[2], carol_ms);
+    p[3].set_answer(Answer::Reject {
+        code: 486,
+        delay: Duration::from_millis(100),
+    });
+    p[4].set_answer(Answer::RingOnly);
+    p
 }
 
 fn seq(v: &[&str]) -> Vec<String> {
@@ -194,20 +191,7 @@ fn expect(p: &Party, want: &[&str]) {
 #[test]
 fn c1_group_session_first_answer_wins_later_joins_busy_leaves_silent_is_cancelled() {
     let s = system("", "", &[]);
-    let (a, b, c, d, e) = (
-        s.party("alice"),
-        s.party("bob"),
-        s.party("carol"),
-        s.party("dave"),
-        s.party("erin"),
-    );
-    accept(b, 0);
-    accept(c, 600);
-    d.set_answer(Answer::Reject {
-        code: 486,
-        delay: Duration::from_millis(100),
-    });
-    e.set_answer(Answer::RingOnly);
+    let [a, b, c, d, e] = c1_cast(&s, 600);
     let call = a.invite(GROUP, s.edge_addr, &msrp_sdp("alice", a.addr()), "");
     assert!(
         call.wait_confirmed(WAIT),
@@ -401,20 +385,7 @@ fn endpoint_status(doc: &str, who: &str) -> Option<String> {
 #[test]
 fn conference_state_is_notified_on_every_join_and_leave() {
     let s = system("", "", &[]);
-    let (a, b, c, d, e) = (
-        s.party("alice"),
-        s.party("bob"),
-        s.party("carol"),
-        s.party("dave"),
-        s.party("erin"),
-    );
-    accept(b, 0);
-    accept(c, 800);
-    d.set_answer(Answer::Reject {
-        code: 486,
-        delay: Duration::from_millis(100),
-    });
-    e.set_answer(Answer::RingOnly);
+    let [a, b, ..] = c1_cast(&s, 800);
     let call = a.invite(GROUP, s.edge_addr, &msrp_sdp("alice", a.addr()), "");
     assert!(call.wait_confirmed(WAIT));
     // In the INVITE's dialog, through A's PF (it relays the SUBSCRIBE and

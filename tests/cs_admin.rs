@@ -183,22 +183,8 @@ fn system(sync_interval_ms: u64, token: Option<&'static str>) -> System {
 /// rendezvous choice at the edge hosts the group, so her INVITE crosses the
 /// edge's group table (PF → edge → CF).
 fn group_host(alice: &Party) -> (&'static str, &'static str) {
-    use cpm_edge::route::shards::{ShardSet, ShardSpec};
-    let specs: Vec<ShardSpec> = ["cs1", "cs2"]
-        .iter()
-        .enumerate()
-        .map(|(i, n)| ShardSpec {
-            name: n.to_string(),
-            addr: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
-            backup: None,
-        })
-        .collect();
-    let set = ShardSet::new(&specs, "127.0.0.1:1");
-    let aor = alice.aor();
-    let b = aor.as_bytes();
-    let u = cpm_edge::sip::uri::parse(b, cpm_edge::sip::Span::new(0, b.len())).unwrap();
-    match set.pick(cpm_edge::route::decision::user_hash(b, &u)) {
-        Some(0) => ("cs2", "cs1"),
+    match common::pf_shard(&alice.aor()) {
+        0 => ("cs2", "cs1"),
         _ => ("cs1", "cs2"),
     }
 }

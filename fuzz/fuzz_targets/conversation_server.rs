@@ -14,6 +14,10 @@ use cpm_edge::sip::media::MediaPolicy;
 use cpm_edge::sip::scan::scan;
 use cpm_edge::sip::transaction::{self, write_response, ResponseSpec};
 use libfuzzer_sys::fuzz_target;
+
+#[path = "common/input.rs"]
+mod input;
+use input::Input;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,25 +34,6 @@ const LEGS: [&str; 4] = ["orig", "term", "ctrl", "none"];
 const CODES: [u16; 9] = [100, 180, 183, 200, 202, 486, 487, 603, 408];
 const SDP: &str = "v=0\r\no=a 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
     m=message 7394 TCP/MSRP *\r\na=accept-types:message/cpim\r\nm=audio 4000 RTP/AVP 0\r\n";
-
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn byte(&mut self) -> Option<u8> {
-        let (b, rest) = self.0.split_first()?;
-        self.0 = rest;
-        Some(*b)
-    }
-    fn pick<T: Copy>(&mut self, from: &[T]) -> Option<T> {
-        Some(from[usize::from(self.byte()?) % from.len()])
-    }
-    fn bytes(&mut self, n: usize) -> &[u8] {
-        let n = n.min(self.0.len());
-        let (a, rest) = self.0.split_at(n);
-        self.0 = rest;
-        a
-    }
-}
 
 fn server() -> Server {
     let users: Vec<UserSpec> = ["alice", "bob", "carol"]

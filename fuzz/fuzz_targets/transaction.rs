@@ -16,6 +16,10 @@ use cpm_edge::sip::transaction::{
     write_response, Config, Event, Received, ResponseSpec, TransactionId, TransactionTable,
 };
 use libfuzzer_sys::fuzz_target;
+
+#[path = "common/input.rs"]
+mod input;
+use input::Input;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -24,25 +28,6 @@ const MAX_DIALOGS: usize = 4;
 const METHODS: [&str; 6] = ["INVITE", "ACK", "CANCEL", "MESSAGE", "BYE", "OPTIONS"];
 const CODES: [u16; 8] = [100, 180, 183, 200, 202, 486, 487, 503];
 const SENT_BY: [&str; 3] = ["192.0.2.1:5060", "192.0.2.1", "Host.Example:5070;rport"];
-
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn byte(&mut self) -> Option<u8> {
-        let (b, rest) = self.0.split_first()?;
-        self.0 = rest;
-        Some(*b)
-    }
-    fn pick<T: Copy>(&mut self, from: &[T]) -> Option<T> {
-        Some(from[usize::from(self.byte()?) % from.len()])
-    }
-    fn bytes(&mut self, n: usize) -> &[u8] {
-        let n = n.min(self.0.len());
-        let (a, rest) = self.0.split_at(n);
-        self.0 = rest;
-        a
-    }
-}
 
 fn request(method: &str, branch: u8, sent_by: &str, cseq: u8, to_tag: bool) -> Vec<u8> {
     let tag = if to_tag { ";tag=tb" } else { "" };

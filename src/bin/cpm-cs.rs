@@ -50,7 +50,7 @@ fn main() {
         }
         None => DEFAULT_TOML.to_string(),
     };
-    init_logging();
+    cpm_edge::app::init_logging("info");
     let names = if cli.all {
         csnode::config::shard_list(&text).unwrap_or_else(|e| fail(&e.to_string()))
     } else {
@@ -114,13 +114,4 @@ fn main() {
 fn fail(e: &str) -> ! {
     eprintln!("cpm-cs: {e}");
     std::process::exit(2);
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }

@@ -32,7 +32,7 @@ struct Cli {
 
 fn main() {
     let cli = Cli::parse();
-    init_logging();
+    cpm_edge::app::init_logging("info");
     let edge_text = read(cli.edge_config.as_deref(), cpm_edge::config::DEFAULT_TOML);
     let cs_text = read(cli.cs_config.as_deref(), csnode::config::DEFAULT_TOML);
     let valid = Config::parse(&edge_text)
@@ -108,13 +108,4 @@ fn read(path: Option<&std::path::Path>, default: &str) -> String {
 fn fail(e: &str) -> ! {
     eprintln!("cpm-system: {e}");
     std::process::exit(2);
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }

@@ -80,10 +80,16 @@ pub fn handle(cp: &ControlPlane, req: &Request) -> Response {
         }
         _ => Err(ApiError::new(404, format!("no endpoint {}", req.path))),
     };
+    answer(r, req, "admin request refused")
+}
+
+/// The JSON answer of an endpoint's result; a refusal is logged with `what`.
+/// Shared by the edge's and the Conversation Server's admin APIs.
+pub(super) fn answer(r: Result<Value, ApiError>, req: &Request, what: &str) -> Response {
     match r {
         Ok(v) => Response::json(200, &v),
         Err(e) => {
-            tracing::info!(status = e.status, error = %e.message, method = %req.method, path = %req.path, "admin request refused");
+            tracing::info!(status = e.status, error = %e.message, method = %req.method, path = %req.path, "{what}");
             Response::error(e.status, &e.message)
         }
     }

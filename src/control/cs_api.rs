@@ -169,13 +169,7 @@ impl CsApi {
             )),
             _ => Err(ApiError::new(404, format!("no endpoint {}", req.path))),
         };
-        match r {
-            Ok(v) => Response::json(200, &v),
-            Err(e) => {
-                tracing::info!(status = e.status, error = %e.message, method = %req.method, path = %req.path, "cs admin request refused");
-                Response::error(e.status, &e.message)
-            }
-        }
+        super::api::answer(r, req, "cs admin request refused")
     }
 
     fn hosted_here(&self, host: &str) -> bool {

@@ -289,6 +289,15 @@ impl Session {
         out
     }
 
+    fn bye_joined(&mut self, out: &mut Vec<Action>) {
+        for i in 0..self.legs.len() {
+            if self.legs[i] == LegState::Joined {
+                self.legs[i] = LegState::Left;
+                out.push(Action::ByeLeg { leg: i });
+            }
+        }
+    }
+
     fn cancel_pending(&mut self, out: &mut Vec<Action>) {
         for i in 0..self.legs.len() {
             if self.legs[i].pending() {
@@ -306,12 +315,7 @@ impl Session {
         }
         self.upstream = Upstream::Over;
         let mut out = Vec::new();
-        for i in 0..self.legs.len() {
-            if self.legs[i] == LegState::Joined {
-                self.legs[i] = LegState::Left;
-                out.push(Action::ByeLeg { leg: i });
-            }
-        }
+        self.bye_joined(&mut out);
         self.cancel_pending(&mut out);
         out.push(Action::Changed);
         self.finish(&mut out);
@@ -349,12 +353,7 @@ impl Session {
         }
         let mut out = vec![Action::ByeUpstream];
         self.upstream = Upstream::Over;
-        for i in 0..self.legs.len() {
-            if self.legs[i] == LegState::Joined {
-                self.legs[i] = LegState::Left;
-                out.push(Action::ByeLeg { leg: i });
-            }
-        }
+        self.bye_joined(&mut out);
         self.cancel_pending(&mut out);
         out.push(Action::Changed);
         self.finish(&mut out);

@@ -275,3 +275,24 @@ pub fn connect_from(from: &str, addr: SocketAddr) -> TcpStream {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s
 }
+
+/// Which of the shards `cs1`, `cs2` the edge picks as the Participating
+/// Function of `aor` (its rendezvous choice; the shards' addresses do not
+/// enter it): 0 or 1.
+pub fn pf_shard(aor: &str) -> usize {
+    use cpm_edge::route::shards::{ShardSet, ShardSpec};
+    let specs: Vec<ShardSpec> = ["cs1", "cs2"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| ShardSpec {
+            name: n.to_string(),
+            addr: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
+            backup: None,
+        })
+        .collect();
+    let set = ShardSet::new(&specs, "127.0.0.1:1");
+    let b = aor.as_bytes();
+    let u = cpm_edge::sip::uri::parse(b, cpm_edge::sip::Span::new(0, b.len())).unwrap();
+    set.pick(cpm_edge::route::decision::user_hash(b, &u))
+        .unwrap_or(0)
+}
