@@ -187,6 +187,16 @@ struct Relay {
     source: SocketAddr,
 }
 
+/// A request the transaction layer passed up: its server transaction, its
+/// real source, its bytes and their scan. What every answer is built from.
+#[derive(Clone, Copy)]
+struct Rx<'a> {
+    id: TransactionId,
+    src: SocketAddr,
+    b: &'a [u8],
+    m: &'a Message,
+}
+
 /// A refusal of an INVITE: status, reason phrase, optional Warning text.
 struct Refusal {
     code: u16,
@@ -367,10 +377,25 @@ impl Server {
             return;
         }
         match self.txns.handle_datagram(now, source, bytes, &m) {
-            Ok(Received::Request(id)) => self.on_request(now, id, source, bytes, &m),
-            Ok(Received::Cancel { cancel, invite }) => {
-                self.on_cancel(now, cancel, invite, source, bytes, &m)
-            }
+            Ok(Received::Request(id)) => self.on_request(
+                now,
+                Rx {
+                    id,
+                    src: source,
+                    b: bytes,
+                    m: &m,
+                },
+            ),
+            Ok(Received::Cancel { cancel, invite }) => self.on_cancel(
+                now,
+                Rx {
+                    id: cancel,
+                    src: source,
+                    b: bytes,
+                    m: &m,
+                },
+                invite,
+            ),
             Ok(Received::Response { id, code }) => self.on_response(now, id, code, bytes, &m),
             Ok(Received::Ack(_)) => self.on_ack(bytes, &m),
             Ok(Received::Absorbed | Received::StrayResponse) => {}
@@ -478,35 +503,23 @@ impl Server {
 
     // ----- requests ------------------------------------------------------
 
-    fn on_request(
-        &mut self,
-        now: Instant,
-        id: TransactionId,
-        src: SocketAddr,
-        b: &[u8],
-        m: &Message,
-    ) {
+    fn on_request(&mut self, now: Instant, rx: Rx<'_>) {
+        let Rx { m, .. } = rx;
         if m.to_tag.is_some() {
-            return self.in_dialog(now, id, src, b, m);
+            return self.in_dialog(now, rx);
         }
         match m.method() {
-            Some(Method::Invite) => self.on_invite(now, id, src, b, m),
-            Some(Method::Options) => self.respond(now, id, src, b, m, 200, "OK", &[ALLOW]),
-            _ => self.respond(now, id, src, b, m, 405, "Method Not Allowed", &[ALLOW]),
+            Some(Method::Invite) => self.on_invite(now, rx),
+            Some(Method::Options) => self.respond(now, rx, 200, "OK", &[ALLOW]),
+            _ => self.respond(now, rx, 405, "Method Not Allowed", &[ALLOW]),
         }
     }
 
-    fn on_invite(
-        &mut self,
-        now: Instant,
-        id: TransactionId,
-        src: SocketAddr,
-        b: &[u8],
-        m: &Message,
-    ) {
+    fn on_invite(&mut self, now: Instant, rx: Rx<'_>) {
+        let Rx { src, b, m, .. } = rx;
         let plan = self.plan(b, m, src);
         match plan {
-            Ok(plan) => self.start_session(now, id, src, b, m, plan),
+            Ok(plan) => self.start_session(now, rx, plan),
             Err(r) => {
                 self.stats.refused += 1;
                 self.note(format!(
@@ -517,7 +530,7 @@ impl Server {
                 ));
                 let warning = r.warning.map(|w| warning_line(&self.settings.local, &w));
                 let extra: Vec<&[u8]> = warning.iter().map(|w| &w[..]).collect();
-                self.respond(now, id, src, b, m, r.code, &r.reason, &extra);
+                self.respond(now, rx, r.code, &r.reason, &extra);
             }
         }
     }
@@ -811,27 +824,11 @@ impl Server {
     }
 
     /// Phase 2: the session, its upstream side, and the INVITE on each leg.
-    fn start_session(
-        &mut self,
-        now: Instant,
-        id: TransactionId,
-        src: SocketAddr,
-        b: &[u8],
-        m: &Message,
-        plan: Plan,
-    ) {
+    fn start_session(&mut self, now: Instant, rx: Rx<'_>, plan: Plan) {
+        let Rx { id, src, b, m } = rx;
         if self.live >= self.settings.max_sessions {
             self.stats.refused += 1;
-            return self.respond(
-                now,
-                id,
-                src,
-                b,
-                m,
-                503,
-                "Service Unavailable - Session Limit",
-                &[],
-            );
+            return self.respond(now, rx, 503, "Service Unavailable - Session Limit", &[]);
         }
         let tag = self.token();
         let sid = self.insert_session(SessionData {
@@ -954,29 +951,12 @@ impl Server {
         txn.map(|_| ())
     }
 
-    fn on_cancel(
-        &mut self,
-        now: Instant,
-        cancel: TransactionId,
-        invite: Option<TransactionId>,
-        src: SocketAddr,
-        b: &[u8],
-        m: &Message,
-    ) {
+    fn on_cancel(&mut self, now: Instant, rx: Rx<'_>, invite: Option<TransactionId>) {
         let owner = invite.and_then(|t| self.by_txn.get(&t).copied());
         let Some((sid, Side::Up)) = owner else {
-            return self.respond(
-                now,
-                cancel,
-                src,
-                b,
-                m,
-                481,
-                "Call/Transaction Does Not Exist",
-                &[],
-            );
+            return self.respond(now, rx, 481, "Call/Transaction Does Not Exist", &[]);
         };
-        self.respond(now, cancel, src, b, m, 200, "OK", &[]);
+        self.respond(now, rx, 200, "OK", &[]);
         let actions = self
             .session_mut(sid)
             .map(|s| s.rules.on_upstream_cancel())
@@ -999,37 +979,13 @@ impl Server {
     }
 
     /// A request inside one of our dialogs.
-    fn in_dialog(
-        &mut self,
-        now: Instant,
-        id: TransactionId,
-        src: SocketAddr,
-        b: &[u8],
-        m: &Message,
-    ) {
+    fn in_dialog(&mut self, now: Instant, rx: Rx<'_>) {
+        let Rx { b, m, .. } = rx;
         let Some(did) = self.dialogs.find_request(b, m) else {
-            return self.respond(
-                now,
-                id,
-                src,
-                b,
-                m,
-                481,
-                "Call/Transaction Does Not Exist",
-                &[],
-            );
+            return self.respond(now, rx, 481, "Call/Transaction Does Not Exist", &[]);
         };
         let Some(&(sid, side)) = self.by_dialog.get(&did) else {
-            return self.respond(
-                now,
-                id,
-                src,
-                b,
-                m,
-                481,
-                "Call/Transaction Does Not Exist",
-                &[],
-            );
+            return self.respond(now, rx, 481, "Call/Transaction Does Not Exist", &[]);
         };
         let step = match self.dialogs.get_mut(did) {
             Some(d) => d.on_request(b, m),
@@ -1040,11 +996,8 @@ impl Server {
                 let code = e.status();
                 self.respond_in(
                     now,
-                    id,
+                    rx,
                     did,
-                    src,
-                    b,
-                    m,
                     code,
                     crate::sip::reply::reason_phrase(code),
                     &[],
@@ -1053,7 +1006,7 @@ impl Server {
             }
             Ok(InDialog::Ack { .. }) => {}
             Ok(InDialog::Bye) => {
-                self.respond_in(now, id, did, src, b, m, 200, "OK", &[], b"");
+                self.respond_in(now, rx, did, 200, "OK", &[], b"");
                 self.note_in(
                     sid,
                     format!("BYE from {}", side_name(self.session(sid), side)),
@@ -1065,7 +1018,7 @@ impl Server {
                 };
                 self.execute(now, sid, actions);
             }
-            Ok(InDialog::Request) => self.in_dialog_request(now, id, did, sid, side, src, b, m),
+            Ok(InDialog::Request) => self.in_dialog_request(now, rx, did, sid, side),
         }
     }
 
@@ -1074,39 +1027,25 @@ impl Server {
     /// is relayed to the other side by a Participating Function and
     /// answered by the Controlling Function (which has no single other
     /// side; the MSRP switch carries the group's messages).
-    #[allow(clippy::too_many_arguments)]
     fn in_dialog_request(
         &mut self,
         now: Instant,
-        id: TransactionId,
+        rx: Rx<'_>,
         did: DialogId,
         sid: SessionId,
         side: Side,
-        src: SocketAddr,
-        b: &[u8],
-        m: &Message,
     ) {
+        let Rx { m, .. } = rx;
         if m.method() == Some(Method::Invite) {
             let w = warning_line(
                 &self.settings.local,
                 "re-INVITE not supported by this Conversation Server",
             );
-            return self.respond_in(
-                now,
-                id,
-                did,
-                src,
-                b,
-                m,
-                488,
-                "Not Acceptable Here",
-                &[&w],
-                b"",
-            );
+            return self.respond_in(now, rx, did, 488, "Not Acceptable Here", &[&w], b"");
         }
         let mode = self.session(sid).map(|s| s.rules.mode());
         if mode == Some(Mode::Controlling) && m.method() == Some(Method::Subscribe) {
-            return self.subscribe(now, id, did, sid, side, src, b, m);
+            return self.subscribe(now, rx, did, sid, side);
         }
         let other = match (mode, side) {
             (Some(Mode::Participating), Side::Up) => self
@@ -1119,22 +1058,20 @@ impl Server {
             _ => None,
         };
         match other {
-            Some(to) if self.relay(now, id, to, src, b, m).is_some() => self.stats.relayed += 1,
-            _ => self.respond_in(now, id, did, src, b, m, 200, "OK", &[], b""),
+            Some(to) if self.relay(now, rx, to).is_some() => self.stats.relayed += 1,
+            _ => self.respond_in(now, rx, did, 200, "OK", &[], b""),
         }
     }
 
     /// Send `b`'s method and body inside dialog `to`; its answer goes back
     /// on server transaction `server`.
-    fn relay(
-        &mut self,
-        now: Instant,
-        server: TransactionId,
-        to: DialogId,
-        src: SocketAddr,
-        b: &[u8],
-        m: &Message,
-    ) -> Option<()> {
+    fn relay(&mut self, now: Instant, rx: Rx<'_>, to: DialogId) -> Option<()> {
+        let Rx {
+            id: server,
+            src,
+            b,
+            m,
+        } = rx;
         let via = self.via();
         let lines = relayed_headers(b, m);
         let headers: Vec<&[u8]> = lines.iter().map(|c| &c[..]).collect();
@@ -1170,15 +1107,17 @@ impl Server {
     ) {
         let m = scan(&r.request);
         let did = self.dialogs.find_request(&r.request, &m);
+        let rx = Rx {
+            id: r.server,
+            src: r.source,
+            b: &r.request,
+            m: &m,
+        };
         let reason = crate::sip::reply::reason_phrase(code);
         let extra: Vec<&[u8]> = headers.iter().map(|h| &h[..]).collect();
         match did {
-            Some(did) => self.respond_in(
-                now, r.server, did, r.source, &r.request, &m, code, reason, &extra, body,
-            ),
-            None => self.respond(
-                now, r.server, r.source, &r.request, &m, code, reason, &extra,
-            ),
+            Some(did) => self.respond_in(now, rx, did, code, reason, &extra, body),
+            None => self.respond(now, rx, code, reason, &extra),
         }
     }
 
@@ -1533,23 +1472,13 @@ impl Server {
     /// `Event: conference`, 200 and a full-state NOTIFY now and on every
     /// change (the subscription shares the INVITE's dialog, which ends it);
     /// `Expires: 0` unsubscribes; other packages are `489 Bad Event`.
-    #[allow(clippy::too_many_arguments)]
-    fn subscribe(
-        &mut self,
-        now: Instant,
-        id: TransactionId,
-        did: DialogId,
-        sid: SessionId,
-        side: Side,
-        src: SocketAddr,
-        b: &[u8],
-        m: &Message,
-    ) {
+    fn subscribe(&mut self, now: Instant, rx: Rx<'_>, did: DialogId, sid: SessionId, side: Side) {
+        let Rx { b, m, .. } = rx;
         let event = header_value(b, m, &[b"Event", b"o"]).unwrap_or_default();
         let package = event.split(';').next().unwrap_or("").trim();
         if !package.eq_ignore_ascii_case("conference") {
             let allow: &[u8] = b"Allow-Events: conference\r\n";
-            return self.respond_in(now, id, did, src, b, m, 489, "Bad Event", &[allow], b"");
+            return self.respond_in(now, rx, did, 489, "Bad Event", &[allow], b"");
         }
         let asked = header_value(b, m, &[b"Expires"]).and_then(|v| v.trim().parse::<u64>().ok());
         let secs = asked.map_or(MAX_SUBSCRIPTION.as_secs(), |e| {
@@ -1561,11 +1490,8 @@ impl Server {
         if full {
             return self.respond_in(
                 now,
-                id,
+                rx,
                 did,
-                src,
-                b,
-                m,
                 503,
                 "Service Unavailable - Too Many Subscriptions",
                 &[],
@@ -1573,7 +1499,7 @@ impl Server {
             );
         }
         let expires = format!("Expires: {secs}\r\n").into_bytes();
-        self.respond_in(now, id, did, src, b, m, 200, "OK", &[&expires], b"");
+        self.respond_in(now, rx, did, 200, "OK", &[&expires], b"");
         let Some(s) = self.session_mut(sid) else {
             return;
         };
@@ -1736,18 +1662,8 @@ impl Server {
     // ----- answers -------------------------------------------------------
 
     /// Answer server transaction `id` outside a dialog (a fresh To tag).
-    #[allow(clippy::too_many_arguments)]
-    fn respond(
-        &mut self,
-        now: Instant,
-        id: TransactionId,
-        src: SocketAddr,
-        b: &[u8],
-        m: &Message,
-        code: u16,
-        reason: &str,
-        extra: &[&[u8]],
-    ) {
+    fn respond(&mut self, now: Instant, rx: Rx<'_>, code: u16, reason: &str, extra: &[&[u8]]) {
+        let Rx { id, src, b, m } = rx;
         let tag = self.token();
         let spec = ResponseSpec {
             to_tag: (m.to_tag.is_none()).then_some(&tag[..]),
@@ -1765,18 +1681,16 @@ impl Server {
     fn respond_in(
         &mut self,
         now: Instant,
-        id: TransactionId,
+        rx: Rx<'_>,
         did: DialogId,
-        src: SocketAddr,
-        b: &[u8],
-        m: &Message,
         code: u16,
         reason: &str,
         extra: &[&[u8]],
         body: &[u8],
     ) {
+        let Rx { id, src, b, m } = rx;
         let Some(d) = self.dialogs.get(did) else {
-            return self.respond(now, id, src, b, m, code, reason, extra);
+            return self.respond(now, rx, code, reason, extra);
         };
         let spec = ResponseSpec {
             headers: extra,
