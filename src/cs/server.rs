@@ -368,6 +368,23 @@ impl Server {
     /// A datagram from `source`.
     pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, bytes: &[u8]) {
         let m = scan(bytes);
+        // Everything reaches a CS through an edge (in-dialog requests too:
+        // the edge record-routes). From anyone else: a request gets one
+        // stateless 403 (no 100 Trying, no transaction), a response is
+        // dropped; both counted.
+        if !self.settings.edges.contains(&source) {
+            self.stats.not_from_edge += 1;
+            if m.is_request() && m.method() != Some(Method::Ack) {
+                self.answer_stateless(
+                    bytes,
+                    &m,
+                    source,
+                    403,
+                    "Forbidden - Not From The SIP/IP Core",
+                );
+            }
+            return;
+        }
         if let Some(defect) = m.defect {
             if m.is_request() && m.method() != Some(Method::Ack) {
                 let reason = format!("Bad Request - {}", defect.reason());
@@ -516,8 +533,8 @@ impl Server {
     }
 
     fn on_invite(&mut self, now: Instant, rx: Rx<'_>) {
-        let Rx { src, b, m, .. } = rx;
-        let plan = self.plan(b, m, src);
+        let Rx { b, m, .. } = rx;
+        let plan = self.plan(b, m);
         match plan {
             Ok(plan) => self.start_session(now, rx, plan),
             Err(r) => {
@@ -537,11 +554,7 @@ impl Server {
 
     /// Phase 1 of an INVITE: where it came from, which function the edge's
     /// marker names, who is served, and what offer goes on.
-    fn plan(&mut self, b: &[u8], m: &Message, src: SocketAddr) -> Result<Plan, Refusal> {
-        if !self.settings.edges.contains(&src) {
-            self.stats.not_from_edge += 1;
-            return Err(refusal(403, "Forbidden - Not From The SIP/IP Core"));
-        }
+    fn plan(&mut self, b: &[u8], m: &Message) -> Result<Plan, Refusal> {
         let (route, marker) = self
             .edge_route(b, m)
             .ok_or_else(|| refusal(403, "Forbidden - No Leg Marker From The Edge"))?;
