@@ -563,7 +563,7 @@ impl Server {
         if mf == 0 {
             return Err(refusal(483, "Too Many Hops"));
         }
-        let target = identity_of(request_uri_str(b, m).as_str())
+        let target = identity_of(request_uri(b, m).as_str())
             .ok_or_else(|| refusal(416, "Unsupported URI Scheme"))?;
         let mut plan = match marker {
             Leg::Originating => self.originating(b, m, &target)?,
@@ -641,7 +641,7 @@ impl Server {
         Plan {
             function,
             mode: Mode::Participating,
-            targets: vec![request_uri_str(b, m)],
+            targets: vec![request_uri(b, m)],
             max_joined: 1,
             offer,
             route: Vec::new(),
@@ -1861,11 +1861,8 @@ fn status(m: &Message) -> u16 {
     }
 }
 
+/// The Request-URI as text (empty for a response).
 fn request_uri(b: &[u8], m: &Message) -> String {
-    request_uri_str(b, m)
-}
-
-fn request_uri_str(b: &[u8], m: &Message) -> String {
     match m.start {
         StartLine::Request { uri, .. } => String::from_utf8_lossy(uri.get(b)).into_owned(),
         _ => String::new(),
