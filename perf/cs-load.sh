@@ -31,22 +31,26 @@
 #   2. memory (MEM=1), per scenario: a fresh cpm-system; RSS idle; HOLD_N
 #      sessions set up at HOLD_RATE and held (RSS right after: the task's
 #      (RSS with N open - RSS idle) / N, which includes the transactions
-#      of those setups, kept 32 s by RFC 3261/6026 timers J and L); 35 s
+#      of those setups, kept 32 s by RFC 3261/6026 timers L, J, K); 35 s
 #      later (those transactions gone, their memory free in the allocator)
 #      a second batch of HOLD_N held sessions from a second UAC: its RSS
 #      growth / N is the cost of one more held session once transaction
 #      memory is recycled. Then every session ends (BYE) and, after 40 s,
 #      RSS is read again; then HOLD_N more sessions (1 s hold) in the same
-#      process and, 40 s later, RSS once more (unchanged: the freed memory
-#      is reused, nothing accumulates). The CS's own log says how many
-#      sessions started and ended per shard (LOG_MEM has cpm_cs=info).
+#      process and, 40 s later, RSS once more (no growth when the freed
+#      memory is reused and nothing accumulates). The CS's own log says how
+#      many sessions started and ended per shard (LOG_MEM has cpm_cs=info).
 #
 # Output: one STEP line per rate step and MEM lines (key=value), a table
 # of medians over the rounds, all appended to RESULTS; logs of every step
 # (SIPp statistics, error logs, cpm-system stderr, /metrics) in LOGDIR.
-# Exit 0 when every step ran; 3 when some step had failed calls (the table
-# says which: "highest rate with 0 failed" is read from it); 1 on a setup
-# error. Every process it starts is stopped by PID on exit (also Ctrl-C).
+# The box is shared: every STEP line has others_cores (other processes'
+# CPU in the steady window); TABLE="<raw files>" MAX_OTHERS=0.1
+# perf/cs-load.sh reprints the table of those files' steps where the box
+# was quiet (no run). Exit 0 when no call failed; 3 when some step had
+# failed calls (the table says which: "highest rate with 0 failed" is read
+# from it); 1 on a setup error. Every process it starts is stopped by PID
+# on exit (also Ctrl-C).
 #
 # Environment (defaults in brackets):
 #   SCENARIOS ["1to1 group4"]
@@ -61,9 +65,10 @@
 #   SYS_CPUS []  SIPP_CPUS []  taskset CPU lists for cpm-system / SIPp
 #                    (empty: no pinning; the box's other load moves around)
 #   LOG [warn]  LOG_MEM [warn,cpm_cs=info]  RUST_LOG of cpm-system
-#   QUIET_MAX [0.3]  QUIET_WAIT [20]  before each step, wait up to
+#   QUIET_MAX [0.2]  QUIET_WAIT [60]  before each step, wait up to
 #                    QUIET_WAIT s while other processes use more than
-#                    QUIET_MAX cores (recorded as others= either way)
+#                    QUIET_MAX cores (others_before= on the STEP line)
+#   TABLE []  MAX_OTHERS []  reprint tables from raw files (see Output)
 #   SYS_BIN [target/release/cpm-system]  BUILD [0] (1: cargo build first)
 #   SIPP [sipp]  SIPP_BUF [4194304]
 #   LOGDIR [mktemp /tmp/cpm-cs-load.XXXXXX]
@@ -88,8 +93,8 @@ SYS_CPUS=${SYS_CPUS:-}
 SIPP_CPUS=${SIPP_CPUS:-}
 LOG=${LOG:-warn}
 LOG_MEM=${LOG_MEM:-warn,cpm_cs=info}
-QUIET_MAX=${QUIET_MAX:-0.3}
-QUIET_WAIT=${QUIET_WAIT:-20}
+QUIET_MAX=${QUIET_MAX:-0.2}
+QUIET_WAIT=${QUIET_WAIT:-60}
 BUILD=${BUILD:-0}
 SIPP=${SIPP:-sipp}
 SIPP_BUF=${SIPP_BUF:-4194304}
