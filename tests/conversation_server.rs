@@ -166,6 +166,14 @@ fn c1_cast(s: &System, carol_ms: u64) -> [&Party; 5] {
     p
 }
 
+/// The first INVITE `p` received.
+fn first_invite(p: &Party) -> common::party::Received {
+    p.log()
+        .into_iter()
+        .find(|r| r.start_line.starts_with("INVITE"))
+        .expect("an INVITE")
+}
+
 fn seq(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
@@ -477,11 +485,7 @@ fn ad_hoc_group_from_a_recipient_list() {
     assert!(call.wait_confirmed(WAIT), "{:?}", a.summary_dedup());
     expect(b, &["INVITE", "ACK"]);
     expect(c, &["INVITE", "ACK"]);
-    let inv = b
-        .log()
-        .into_iter()
-        .find(|r| r.start_line.starts_with("INVITE"))
-        .unwrap();
+    let inv = first_invite(b);
     assert!(
         inv.raw.contains("Content-Type: application/sdp"),
         "the legs carry the offer only:\n{}",
@@ -568,11 +572,7 @@ fn an_answer_accepting_a_stream_not_offered_is_refused() {
     );
     assert_eq!(call.wait_final(WAIT), Some(488));
     expect(b, &["INVITE", "ACK", "BYE"]);
-    let inv = b
-        .log()
-        .into_iter()
-        .find(|r| r.start_line.starts_with("INVITE"))
-        .unwrap();
+    let inv = first_invite(b);
     assert!(
         inv.raw.contains("m=audio 0 "),
         "the offer refused audio:\n{}",
