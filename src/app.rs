@@ -50,7 +50,7 @@ fn admin_http(
 
 /// Start the data plane of a validated configuration (no control plane).
 pub fn start_server(v: &Valid) -> Result<Server, String> {
-    Server::start(&v.server, v.tables(), v.admission())
+    Server::start(&v.server, v.tables(), v.admission(), v.registrar.clone())
 }
 
 impl App {
@@ -67,6 +67,13 @@ impl App {
             .as_ref()
             .map(|s| (s.queue.clone(), Arc::clone(&s.stats)));
         control.admission = Some(Arc::clone(&server.admission));
+        control.registrar = server.registrar.as_ref().map(|r| {
+            let file = v
+                .registrar
+                .as_ref()
+                .and_then(|c| c.credentials_file.clone());
+            crate::control::registrar_api::RegistrarHandle::new(r, file)
+        });
         let control_stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         let admin = match v.admin_bind {

@@ -9,6 +9,7 @@
 //! | 1 | `route` | seed 5.2.3.2 routing: legs, shards, groups, policy table, decision |
 //! | 2 | `pipeline` | scan → admit → decide → policy gate → write |
 //! | 2 | `cs` | the Conversation Server's functions, sans-IO |
+//! | 2 | `registrar` | the edge's registrar (RFC 3261 §10.3, digest), sans-IO |
 //! | 3 | `dataplane` | workers, admission, counters, slow-path threads |
 //! | 3 | `csnode` | a Conversation Server shard running: io thread, group sync |
 //! | 4 | `config`, `control` | configuration, admin API, health checks, metrics |
@@ -21,5 +22,6 @@ pub mod csnode;
 pub mod dataplane;
 pub mod io;
 pub mod pipeline;
+pub mod registrar;
 pub mod route;
 pub mod sip;

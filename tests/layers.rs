@@ -18,6 +18,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("route", 1),
     ("pipeline", 2),
     ("cs", 2),
+    ("registrar", 2),
     ("dataplane", 3),
     ("csnode", 3),
     ("config", 4),

@@ -867,6 +867,7 @@ fn check_any(buf: &[u8], src: SocketAddr, out_len: usize) -> Result<(), TestCase
         }
         Outcome::Dropped(r) => prop_assert!(out.is_empty() && DropReason::ALL.contains(&r)),
         Outcome::NeedsPolicy(_) => prop_assert!(false, "no policy in the default tables"),
+        Outcome::ToRegistrar => prop_assert!(false, "no registrar in the default tables"),
     }
     Ok(())
 }

@@ -20,6 +20,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
+pub mod registrar;
 mod validate;
 
 use validate::{addr, bad, check_range, reply_limit, validate_shards, Groups};
@@ -61,6 +62,8 @@ pub struct Config {
     pub slow_path: SlowPathSettings,
     #[serde(default)]
     pub trust: TrustConf,
+    #[serde(default)]
+    pub registrar: registrar::RegistrarConf,
     /// Extra groups, one per line: `<group URI> <shard name>` (`#` comments);
     /// re-read on SIGHUP with the config file. Sized for millions of lines.
     pub groups_file: Option<String>,
@@ -347,6 +350,8 @@ pub struct Valid {
     pub allow: Vec<(IpAddr, u8)>,
     pub shed_at_queue_pct: u32,
     pub replies: ReplyLimit,
+    /// The registrar (`[registrar]` with domains), bound at start.
+    pub registrar: Option<crate::dataplane::registrar::RegistrarConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -385,7 +390,9 @@ impl Config {
         let health = self.health.validate()?;
         let policy = self.policy.validate()?;
         let l = &self.limits;
+        let registrar = self.registrar.validate(trust.secret.as_deref())?;
         Ok(Valid {
+            registrar,
             limits: l.per_source()?,
             allow: l.allow_list()?,
             shed_at_queue_pct: l.shed_threshold()?,
@@ -478,6 +485,7 @@ impl Valid {
             listen: v.server.listen,
             peer_edges: v.trust.peer_edges.clone(),
             max_forwards_limit: v.max_forwards_limit,
+            registrar: None,
         }
     }
 

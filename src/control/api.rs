@@ -18,6 +18,7 @@
 //! | `GET /config` | the running configuration |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /health`, `GET /ready` | liveness; readiness = at least one shard up |
+//! | `/registrations`, `/credentials`, `/registrar` | the registrar's (see `registrar_api`) |
 
 use super::http::{Request, Response};
 use super::{ApiError, ControlPlane};
@@ -39,6 +40,11 @@ pub fn handle(cp: &ControlPlane, req: &Request) -> Response {
         return Response::error(400, "malformed request target");
     };
     let segs: Vec<&str> = owned.iter().map(String::as_str).collect();
+    if let Some(r) =
+        super::registrar_api::handle(cp.registrar.as_ref(), &req.method, &segs, &req.body)
+    {
+        return answer(r, req, "admin request refused");
+    }
     let r = match (req.method.as_str(), segs.as_slice()) {
         ("GET", ["health"]) => return Response::text(200, "ok\n"),
         ("GET", ["ready"]) => return ready(cp),

@@ -54,6 +54,13 @@ pub fn render(cp: &ControlPlane) -> String {
     if let Some(h) = &cp.http_stats {
         registry.register_collector(Box::new(AdminHttp(Arc::clone(h))));
     }
+    if let Some(r) = &cp.registrar {
+        registry.register_collector(Box::new(Registrar {
+            stats: Arc::clone(&r.stats),
+            aors: r.location.len() as u64,
+            bindings: r.location.bindings() as u64,
+        }));
+    }
     let listen_port = cp
         .config
         .lock()
@@ -325,6 +332,71 @@ impl Collector for Control {
 
 /// The admin HTTP server's own counters: connections admitted or sent to
 /// the probe slots, what the probe slots did, slow request heads.
+/// The registrar thread's counters and the location service's size.
+struct Registrar {
+    stats: Arc<crate::dataplane::registrar::RegistrarStats>,
+    aors: u64,
+    bindings: u64,
+}
+
+impl fmt::Debug for Registrar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Registrar")
+    }
+}
+
+impl Collector for Registrar {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let e = &mut enc;
+        let s = &self.stats;
+        let v = |c: &AtomicU64| c.load(Relaxed);
+        gauge(
+            e,
+            "cpm_edge_location_aors",
+            "Addresses-of-record with a binding.",
+            self.aors,
+        )?;
+        gauge(
+            e,
+            "cpm_edge_location_bindings",
+            "Registered contacts.",
+            self.bindings,
+        )?;
+        counters(
+            e,
+            "cpm_edge_registrar_requests",
+            "REGISTERs by result: 200 (bindings changed or listed), 401 challenge, refused (4xx/5xx), retransmission answered again, refused at the queue (503).",
+            [
+                ([("result", "registered")], v(&s.registered)),
+                ([("result", "challenged")], v(&s.challenged)),
+                ([("result", "refused")], v(&s.refused)),
+                ([("result", "retransmission")], v(&s.retransmissions)),
+                ([("result", "queue_full")], v(&s.queue_full)),
+            ],
+        )?;
+        counters(
+            e,
+            "cpm_edge_registrar_store",
+            "Location store group commits and their failures; bindings expired by the sweep.",
+            [
+                ([("event", "commit")], v(&s.commits)),
+                ([("event", "commit_error")], v(&s.commit_errors)),
+                ([("event", "expired")], v(&s.expired)),
+            ],
+        )?;
+        counters(
+            e,
+            "cpm_edge_registrar_third_party",
+            "Third-party REGISTERs to Participating Functions: sent, answered 2xx, failed (error, timeout, no shard).",
+            [
+                ([("result", "sent")], v(&s.notices_sent)),
+                ([("result", "answered")], v(&s.notices_answered)),
+                ([("result", "failed")], v(&s.notices_failed)),
+            ],
+        )
+    }
+}
+
 #[derive(Debug)]
 struct AdminHttp(Arc<HttpStats>);
 

@@ -19,6 +19,7 @@ pub mod cs_api;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod registrar_api;
 
 use crate::config::Valid;
 use crate::dataplane::slow::SlowQueue;
@@ -105,7 +106,16 @@ pub fn fixed_changes(cur: &Valid, next: &Valid) -> Vec<FixedChange> {
             a.header_timeout.as_millis()
         )
     };
-    let pairs: [(&'static str, String, String); 16] = [
+    let reg = |v: &Valid| {
+        v.registrar.as_ref().map_or("off".to_string(), |r| {
+            format!(
+                "domains={:?} store={:?} require_registration={} max_aors={}",
+                r.settings.domains, r.store, r.require_registration, r.max_aors
+            )
+        })
+    };
+    let pairs: [(&'static str, String, String); 17] = [
+        ("registrar", reg(cur), reg(next)),
         (
             "listen.addr",
             cur.server.listen.to_string(),
@@ -209,6 +219,8 @@ pub struct ControlPlane {
     pub admin_token: Option<TokenCell>,
     /// The admin HTTP server's counters (for `/metrics`).
     pub http_stats: Option<Arc<HttpStats>>,
+    /// The registrar's location service, credentials and counters.
+    pub registrar: Option<registrar_api::RegistrarHandle>,
 }
 
 impl ControlPlane {
@@ -233,6 +245,7 @@ impl ControlPlane {
             admission: None,
             admin_token: None,
             http_stats: None,
+            registrar: None,
         }
     }
 
@@ -319,6 +332,8 @@ impl ControlPlane {
                 }
             }
             next.generation = t.generation;
+            // The location service is live state, not configuration.
+            next.registrar = t.registrar.clone();
             *t = next;
             Ok(())
         })

@@ -8,21 +8,9 @@ pub mod sync;
 
 use crate::cs::directory::Directory;
 use arc_swap::ArcSwap;
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
-/// A key of this process for branches, tags and Call-IDs, from the OS's
-/// random seed (`RandomState`): unguessable, and different per run.
-pub fn random_key() -> [u64; 2] {
-    let mut k = [0u64; 2];
-    for (i, v) in k.iter_mut().enumerate() {
-        let mut h = RandomState::new().build_hasher();
-        h.write_u64(u64::from(std::process::id()) ^ i as u64);
-        *v = h.finish();
-    }
-    k
-}
+pub use crate::sip::hash::random_key;
 
 /// A shard running: its SIP thread and, when the edge's admin API is
 /// configured, its group registration.

@@ -28,7 +28,8 @@ const RECV_ERR: usize = SEND_ERR + 1;
 const SLOW_QUEUED: usize = RECV_ERR + 1;
 const SLOW_FULL: usize = SLOW_QUEUED + 1;
 const RATE_LIMITED: usize = SLOW_FULL + 1;
-const N_COUNTERS: usize = RATE_LIMITED + 1;
+const REGISTRAR_QUEUED: usize = RATE_LIMITED + 1;
+const N_COUNTERS: usize = REGISTRAR_QUEUED + 1;
 
 /// Histogram range: 1 ns .. 10 s, 3 significant digits.
 pub fn new_histogram() -> Histogram<u64> {
@@ -99,6 +100,9 @@ impl WorkerStats {
     pub fn slow_full(&self) {
         bump(&self.c[SLOW_FULL]);
     }
+    pub fn registrar_queued(&self) {
+        bump(&self.c[REGISTRAR_QUEUED]);
+    }
     pub fn rate_limited(&self) {
         bump(&self.c[RATE_LIMITED]);
     }
@@ -121,6 +125,8 @@ pub struct Snapshot {
     pub slow_full: u64,
     /// Datagrams over their source's rate (answered 503 or dropped).
     pub rate_limited: u64,
+    /// Handed to the registrar thread.
+    pub registrar_queued: u64,
     pub per_shard: Vec<u64>,
 }
 
@@ -157,6 +163,7 @@ impl Snapshot {
             slow_queued: sum(SLOW_QUEUED),
             slow_full: sum(SLOW_FULL),
             rate_limited: sum(RATE_LIMITED),
+            registrar_queued: sum(REGISTRAR_QUEUED),
             per_shard: (0..shards)
                 .map(|s| workers.iter().map(|w| w.per_shard[s].load(Relaxed)).sum())
                 .collect(),
@@ -267,6 +274,9 @@ mod enum_index_tests {
         for (i, r) in DropReason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i, "{r:?}");
         }
-        assert_eq!(DropReason::ALL.len(), DropReason::ShedSilent as usize + 1);
+        assert_eq!(
+            DropReason::ALL.len(),
+            DropReason::RegistrarBusy as usize + 1
+        );
     }
 }

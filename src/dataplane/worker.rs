@@ -9,6 +9,7 @@
 use crate::dataplane::limits::{
     cidr_contains, socket_fill, LimitSettings, Overload, ReplyBudget, ReplyLimit, SourceLimiter,
 };
+use crate::dataplane::registrar::{self, RegQueue, RegistrarConfig, RegistrarThread};
 use crate::dataplane::slow::{Job, Progress, SlowPath, SlowQueue};
 use crate::dataplane::stats::{new_histogram, WorkerStats};
 use crate::io::{self, DatagramHandler, IoBackend, IoChoice, IoConfig};
@@ -90,6 +91,8 @@ impl Default for Workers {
 struct WorkerAdmission {
     stats: Arc<WorkerStats>,
     slow: Option<SlowQueue>,
+    /// The registrar thread's queue (None: the edge is no registrar).
+    registrar: Option<RegQueue>,
     /// Per-source token buckets (None: no limit configured).
     limiter: Option<SourceLimiter>,
     limit_reply: bool,
@@ -153,6 +156,12 @@ impl pipeline::Admission for WorkerAdmission {
         }
         queued
     }
+
+    fn hand_to_registrar(&mut self, d: &Datagram<'_>) -> bool {
+        self.registrar
+            .as_ref()
+            .is_some_and(|q| q.offer(d.buf, d.src))
+    }
 }
 
 /// The handler one worker runs: the pipeline, then counting.
@@ -195,6 +204,7 @@ impl EdgeHandler {
             adm: WorkerAdmission {
                 stats: Arc::clone(&stats),
                 slow,
+                registrar: None,
                 // Placeholders: `apply_admission` below builds them all.
                 limiter: None,
                 limit_reply: false,
@@ -223,6 +233,12 @@ impl EdgeHandler {
         };
         h.apply_admission(Arc::new(admission.clone()));
         h
+    }
+
+    /// Hand REGISTERs for served domains (and the answers to the edge's
+    /// own requests) to this registrar queue.
+    pub fn set_registrar(&mut self, q: Option<RegQueue>) {
+        self.adm.registrar = q;
     }
 
     /// Take `a`'s limits, allow-list and shedding threshold; the bucket
@@ -288,6 +304,7 @@ impl EdgeHandler {
             Outcome::Relayed { code, .. } => self.stats.relayed(code),
             Outcome::Replied { code, .. } => self.stats.replied(code),
             Outcome::NeedsPolicy(_) => self.stats.slow_queued(),
+            Outcome::ToRegistrar => self.stats.registrar_queued(),
             Outcome::Dropped(r) => {
                 self.stats.dropped(r);
                 if r != DropReason::Keepalive {
@@ -401,6 +418,8 @@ pub struct Server {
     pub stats: Vec<Arc<WorkerStats>>,
     /// The SDP policy threads (idle while no policy is configured).
     pub slow: Option<SlowPath>,
+    /// The registrar thread (when the edge serves domains).
+    pub registrar: Option<RegistrarThread>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<std::io::Result<()>>>,
 }
@@ -410,11 +429,28 @@ impl Server {
     /// forced io backend unavailable) are returned before any thread runs.
     pub fn start(
         v: &ServerSettings,
-        tables: Tables,
+        mut tables: Tables,
         admission: Admission,
+        reg: Option<RegistrarConfig>,
     ) -> Result<Server, String> {
         assert!(v.workers.count >= 1, "validated worker count");
         let (backend, backend_reason) = io::select_backend(v.workers.io)?;
+        let recovered = match &reg {
+            Some(r) => Some(registrar::recover(r.store.as_ref(), r.max_aors)?),
+            None => None,
+        };
+        if let (Some(r), Some((loc, _, _))) = (&reg, &recovered) {
+            tables.registrar = Some(crate::route::tables::RegistrarRoute {
+                domains: r
+                    .settings
+                    .domains
+                    .iter()
+                    .map(|d| d.to_ascii_lowercase().into_bytes())
+                    .collect(),
+                require_registration: r.require_registration,
+                location: Arc::clone(loc),
+            });
+        }
         let tables = Arc::new(ArcSwap::from_pointee(tables));
         let shared = admission.clone();
         let admission: LiveAdmission = Arc::new(ArcSwap::from_pointee(admission));
@@ -446,6 +482,15 @@ impl Server {
             v.workers.max_datagram,
             Arc::clone(&progress),
         )?;
+        let registrar = match (reg, recovered) {
+            (Some(cfg), Some(rec)) => {
+                let dup = sockets[0].try_clone().map_err(|e| {
+                    format!("cannot duplicate a worker socket for the registrar: {e}")
+                })?;
+                Some(RegistrarThread::start(cfg, rec, Arc::clone(&tables), dup)?)
+            }
+            _ => None,
+        };
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let stop = Arc::new(AtomicBool::new(false));
         let cfg = IoConfig {
@@ -466,6 +511,7 @@ impl Server {
             let tables = Arc::clone(&tables);
             let stop = Arc::clone(&stop);
             let slow_q = Some(slow.queue.clone());
+            let reg_q = registrar.as_ref().map(|r| r.queue.clone());
             let progress = Arc::clone(&progress);
             let admission = Admission {
                 sock_fd: Some(std::os::fd::AsRawFd::as_raw_fd(&sock)),
@@ -481,6 +527,7 @@ impl Server {
                         }
                     }
                     let mut h = EdgeHandler::new(tables, st, i, slow_q, progress, &admission);
+                    h.set_registrar(reg_q);
                     io::run(backend, &sock, cfg, &mut h, &stop)
                 })
                 .map_err(|e| format!("cannot spawn worker {i}: {e}"))?;
@@ -494,6 +541,7 @@ impl Server {
             admission,
             stats,
             slow: Some(slow),
+            registrar,
             stop,
             threads,
         })
@@ -524,6 +572,9 @@ impl Server {
         }
         if let Some(s) = self.slow.take() {
             s.stop();
+        }
+        if let Some(r) = self.registrar.take() {
+            r.stop();
         }
         first
     }

@@ -45,6 +45,9 @@ pub enum Outcome {
     Dropped(DropReason),
     /// An SDP offer/answer a media policy applies to: for the slow path.
     NeedsPolicy(Decision),
+    /// Handed to the registrar thread (a REGISTER for a served domain, or
+    /// a response to the edge's own third-party REGISTER).
+    ToRegistrar,
 }
 
 impl Outcome {
@@ -54,7 +57,7 @@ impl Outcome {
             Outcome::Forwarded { len, dst, .. }
             | Outcome::Relayed { len, dst, .. }
             | Outcome::Replied { len, dst, .. } => Some((len, dst)),
-            Outcome::Dropped(_) | Outcome::NeedsPolicy(_) => None,
+            Outcome::Dropped(_) | Outcome::NeedsPolicy(_) | Outcome::ToRegistrar => None,
         }
     }
 }
@@ -93,6 +96,8 @@ pub trait Admission {
     /// Hand a datagram that needs the policy gate to the slow path;
     /// `false`: it cannot take it now.
     fn hand_over(&mut self, d: &Datagram<'_>) -> bool;
+    /// Hand a datagram to the registrar thread; `false`: its queue is full.
+    fn hand_to_registrar(&mut self, d: &Datagram<'_>) -> bool;
 }
 
 /// No admission control: nothing is limited or shed, and a datagram that
@@ -116,6 +121,9 @@ impl Admission for Open {
     }
     fn refund(&mut self) {}
     fn hand_over(&mut self, _d: &Datagram<'_>) -> bool {
+        true
+    }
+    fn hand_to_registrar(&mut self, _d: &Datagram<'_>) -> bool {
         true
     }
 }
@@ -146,6 +154,7 @@ pub fn run(
     let s = Scanned::new(d.buf, m, d.src);
     match route_scanned(s, t, out) {
         Outcome::NeedsPolicy(dec) => hand_over(d, s, dec, t, adm, out),
+        Outcome::ToRegistrar => to_registrar(d, s, t, adm, out),
         o => o,
     }
 }
@@ -250,6 +259,26 @@ fn hand_over(
     }
 }
 
+/// The registrar thread owns it now; its queue full: a REGISTER is
+/// answered `503` (the client retries), a response dropped and counted
+/// (the registrar's transaction retransmits its request).
+fn to_registrar(
+    d: &Datagram<'_>,
+    s: Scanned<'_>,
+    t: &Tables,
+    adm: &mut impl Admission,
+    out: &mut [u8],
+) -> Outcome {
+    if adm.hand_to_registrar(d) {
+        return Outcome::ToRegistrar;
+    }
+    if s.m.is_request() {
+        unavailable(s, reply::UNAVAILABLE_REGISTRAR, t.retry_after_s, out)
+    } else {
+        Outcome::Dropped(DropReason::RegistrarBusy)
+    }
+}
+
 /// May overload shedding refuse this scanned datagram? Only a request that
 /// starts a dialog with an INVITE: in-dialog requests (To-tag), CANCEL, ACK
 /// and responses finish work already admitted. A defective INVITE is shed
@@ -311,6 +340,7 @@ pub fn write(
         } => unavailable(s, reason, retry_after, out),
         Decision::Relay { dst } => relay(s, dst, out),
         Decision::Forward { .. } => forward(s, d, t, body, out),
+        Decision::ToRegistrar => Outcome::ToRegistrar,
     }
 }
 
@@ -352,6 +382,8 @@ fn forward(
     };
     let (buf, m, src) = (s.buf, s.m, s.src);
     let br = branch::branch(&t.branch_key, buf, m, src, loop_hash);
+    let mut pai = [0u8; PAI_LINE_MAX];
+    let asserted = asserted_identity_line(t, src, &mut pai);
     let plan = RequestPlan {
         via_prefix: &t.edge.via_prefix,
         branch: &br,
@@ -365,6 +397,7 @@ fn forward(
         pop_routes: pop,
         src,
         keep_asserted_identity: t.is_trusted_source(src),
+        assert_identity: asserted.map(|n| &pai[..n]),
         body,
     };
     match forward_request(buf, m, &plan, out) {
@@ -378,6 +411,32 @@ fn forward(
         None if m.method() == Some(Method::Ack) => Outcome::Dropped(DropReason::TooLarge),
         None => answer(s, 513, "Message Too Large", &[], out),
     }
+}
+
+/// Longest `P-Asserted-Identity` line the edge writes.
+const PAI_LINE_MAX: usize = crate::route::groups::MAX_IDENTITY + 40;
+
+/// RFC 3325 at the trust boundary: a client registered with the edge's
+/// registrar is asserted as the AoR it authenticated for (its own
+/// P-Asserted-Identity is removed in any case). Bytes written to `line`.
+fn asserted_identity_line(
+    t: &Tables,
+    src: SocketAddr,
+    line: &mut [u8; PAI_LINE_MAX],
+) -> Option<usize> {
+    let reg = t.registrar.as_ref()?;
+    if t.is_trusted_source(src) {
+        return None;
+    }
+    reg.location
+        .identity_of_flow(src, |aor| {
+            let mut o = crate::sip::rewrite::Out::new(line);
+            o.put(b"P-Asserted-Identity: <sip:");
+            o.put(aor);
+            o.put(b">\r\n");
+            o.finish()
+        })
+        .flatten()
 }
 
 /// `503` with `Retry-After` (no shard can take it, the slow path is full,

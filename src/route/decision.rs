@@ -125,10 +125,13 @@ pub enum DropReason {
     /// A new INVITE shed under overload, unanswered (`shed = "drop"`, or
     /// the worker's answer budget is spent).
     ShedSilent,
+    /// A response for the registrar while its queue is full (the
+    /// registrar's transaction retransmits its request).
+    RegistrarBusy,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::Keepalive,
         DropReason::Oversized,
         DropReason::Garbage,
@@ -142,6 +145,7 @@ impl DropReason {
         DropReason::ResponseForged,
         DropReason::ResponseToEdge,
         DropReason::ShedSilent,
+        DropReason::RegistrarBusy,
     ];
 
     pub fn name(self) -> &'static str {
@@ -159,6 +163,7 @@ impl DropReason {
             DropReason::ResponseForged => "response_forged",
             DropReason::ResponseToEdge => "response_to_edge",
             DropReason::ShedSilent => "shed_silent",
+            DropReason::RegistrarBusy => "registrar_busy",
         }
     }
 }
@@ -193,6 +198,10 @@ pub enum Decision {
         reason: &'static str,
     },
     Drop(DropReason),
+    /// For the registrar thread: a REGISTER for a served domain, or a
+    /// response to a request the edge itself sent (a third-party REGISTER:
+    /// our Via alone, no second one).
+    ToRegistrar,
 }
 
 pub fn decide(buf: &[u8], m: &Message, src: SocketAddr, t: &Tables) -> Decision {
@@ -227,6 +236,12 @@ fn decide_response(buf: &[u8], m: &Message, t: &Tables) -> Decision {
     let Some(top_branch) = ours else {
         return Decision::Drop(DropReason::ResponseNotOurs);
     };
+    // Only the edge's own requests leave with our Via alone: their answers
+    // belong to the registrar's client transactions (which match the
+    // branch exactly, so a forged one is a stray there).
+    if m.second_via.is_none() && m.via_count == 1 && t.registrar.is_some() {
+        return Decision::ToRegistrar;
+    }
     // Every request the edge forwards leaves with `received`/`rport` set to
     // its real source, so this is where the request came from.
     let Some(dst) = m.second_via.and_then(|v| v.response_target(buf)) else {
@@ -349,6 +364,37 @@ impl Request<'_> {
         }
     }
 
+    /// Served by the invited user's PF: a Request-URI in a served domain is
+    /// an AoR, resolved to its best registered contact whose feature tags
+    /// match the request (RFC 3841, simplified: one shared CPM service,
+    /// then the highest q, then the latest registration); not registered →
+    /// `480`. Any other Request-URI (a contact the PF chose, forking to
+    /// every device) goes to its host.
+    fn to_invited_client(&self) -> Decision {
+        let Some(reg) = self
+            .t
+            .registrar
+            .as_ref()
+            .filter(|r| r.serves(self.ruri.host.get(self.buf)))
+        else {
+            return self.to_ruri(ForwardKind::ToInvitedClient);
+        };
+        let mut key = [0u8; super::groups::MAX_IDENTITY];
+        let flow = super::groups::identity_key(self.buf, &self.ruri, &mut key)
+            .and_then(|aor| reg.best_flow(aor, self.m.cpm.0));
+        match flow {
+            Some(dst) => self.forward(dst, ForwardKind::ToInvitedClient, None),
+            None => self.refuse(480, "Temporarily Unavailable - Not Registered"),
+        }
+    }
+
+    /// The registered user this client's source is a flow of, as the hash
+    /// routing keys users on; `None`: not registered (or no registrar).
+    fn registered_user_hash(&self) -> Option<u64> {
+        let reg = self.t.registrar.as_ref()?;
+        reg.location.identity_of_flow(self.src, identity_key_hash)
+    }
+
     /// Arrived on our Record-Route entry (which carries no leg marker):
     /// a request inside a dialog the functions recorded.
     fn in_dialog(&self) -> bool {
@@ -367,7 +413,7 @@ impl Request<'_> {
             return self.to_ruri(ForwardKind::InDialog);
         }
         if self.routes.leg == Some(Leg::Terminating) {
-            return self.to_ruri(ForwardKind::ToInvitedClient);
+            return self.to_invited_client();
         }
         self.by_cpm_rules(|r| match r.group() {
             Some(g) => r.to_shard(
@@ -388,6 +434,14 @@ impl Request<'_> {
     fn next_hop_of_client_request(&self) -> Decision {
         if self.routes.any_marker {
             return self.refuse(403, "Forbidden - Leg Marker From A Client");
+        }
+        if let Some(reg) = &self.t.registrar {
+            if self.method == Method::Register && reg.serves(self.ruri.host.get(self.buf)) {
+                return Decision::ToRegistrar;
+            }
+            if reg.require_registration && self.registered_user_hash().is_none() {
+                return self.refuse(403, "Forbidden - Not Registered");
+            }
         }
         // Inside a dialog the next hop is what the functions recorded: the
         // next Route value, or with none left the Request-URI. Either must
@@ -468,6 +522,9 @@ impl Request<'_> {
     /// asserted it (a client's is removed when forwarded, RFC 3325), else
     /// From.
     fn inviting_user_hash(&self) -> u64 {
+        if let Some(h) = self.registered_user_hash() {
+            return h;
+        }
         let asserted = self
             .m
             .pai_uri
@@ -546,6 +603,22 @@ fn decide_request(
         Some(_) => r.next_hop_of_shard_request(),
         None => r.next_hop_of_client_request(),
     }
+}
+
+/// [`user_hash`] of a canonical identity key (`user@host`, host
+/// lowercased): the same value as of any URI naming that user.
+pub fn identity_key_hash(key: &[u8]) -> u64 {
+    let mut h = StableHash::default();
+    match key.iter().rposition(|&b| b == b'@') {
+        Some(at) => {
+            h.stream::<false>(&key[..at]);
+            h.byte(b'@');
+            h.stream::<true>(&key[at + 1..]);
+        }
+        None => h.stream::<false>(key),
+    }
+    h.byte(0xff);
+    h.finish()
 }
 
 /// Hash of a user's canonical identity (the rendezvous input).

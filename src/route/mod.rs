@@ -5,6 +5,8 @@
 //!   marker (the wire contract with Conversation Servers);
 //! - [`shards`]: CS shards, rendezvous hashing of users onto them;
 //! - [`groups`]: pre-defined group identity → hosting shard;
+//! - [`location`]: the location service (AoR → registered contacts, flow →
+//!   AoR), lock-free for readers, one writer (the registrar);
 //! - [`tables`]: everything above plus the edge's own identity, one
 //!   immutable snapshot;
 //! - [`policy`]: which media policy applies to a request on which leg;
@@ -13,6 +15,7 @@
 pub mod decision;
 pub mod groups;
 pub mod legs;
+pub mod location;
 pub mod policy;
 pub mod shards;
 pub mod tables;

@@ -155,6 +155,42 @@ pub struct Tables {
     pub peer_edges: Vec<SocketAddr>,
     /// The highest Max-Forwards passed on (`routing.max_forwards_limit`).
     pub max_forwards_limit: u32,
+    /// The edge as registrar of its served domains (`[registrar]`).
+    pub registrar: Option<RegistrarRoute>,
+}
+
+/// What routing reads of the registrar: the served domains, whether
+/// clients must be registered, and the live location service (read
+/// without locks; the registrar thread is its one writer).
+#[derive(Clone)]
+pub struct RegistrarRoute {
+    /// Lowercased.
+    pub domains: Vec<Vec<u8>>,
+    pub require_registration: bool,
+    pub location: std::sync::Arc<super::location::Location>,
+}
+
+impl RegistrarRoute {
+    /// Is `host` (any case) a served domain?
+    pub fn serves(&self, host: &[u8]) -> bool {
+        self.domains.iter().any(|d| d.eq_ignore_ascii_case(host))
+    }
+
+    /// Where a request for `aor` asking for the CPM services `cpm` goes:
+    /// the flow of the best matching binding (RFC 3841 simplified: a
+    /// contact sharing a requested service, or any contact when none is
+    /// asked; then the highest q; then the latest expiry). Expired
+    /// bindings leave at the registrar's next sweep (once a second).
+    pub fn best_flow(&self, aor: &[u8], cpm: u8) -> Option<SocketAddr> {
+        self.location
+            .with_bindings(aor, |bs| {
+                bs.iter()
+                    .filter(|b| cpm == 0 || b.cpm().0 & cpm != 0)
+                    .max_by_key(|b| (b.q(), b.expires_at()))
+                    .map(|b| b.flow())
+            })
+            .flatten()
+    }
 }
 
 /// The key of an edge without `[trust] secret`: drawn once per process, so

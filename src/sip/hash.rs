@@ -190,6 +190,19 @@ impl std::hash::BuildHasher for KeyedBuild {
     }
 }
 
+/// A key of this process for branches, tags, Call-IDs and nonces, from the
+/// OS's random seed (`RandomState`): unguessable, and different per run.
+pub fn random_key() -> [u64; 2] {
+    use std::hash::{BuildHasher, Hasher};
+    let mut k = [0u64; 2];
+    for (i, v) in k.iter_mut().enumerate() {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(u64::from(std::process::id()) ^ i as u64);
+        *v = h.finish();
+    }
+    k
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -92,6 +92,7 @@ fn to_tag(buf: &[u8], m: &Message, out: &mut [u8; 16]) {
 pub const UNAVAILABLE_NO_CS: &str = "Service Unavailable - No Conversation Server Available";
 pub const UNAVAILABLE_POLICY_QUEUE: &str = "Service Unavailable - Policy Queue Full";
 pub const UNAVAILABLE_OVERLOAD: &str = "Service Unavailable - Overloaded";
+pub const UNAVAILABLE_REGISTRAR: &str = "Service Unavailable - Registrar Busy";
 pub const UNAVAILABLE_RATE: &str = "Service Unavailable - Rate Limit Exceeded";
 
 /// The RFC 3261 §21 reason phrase of a status code (and of the common ones

@@ -380,6 +380,9 @@ pub struct RequestPlan<'a> {
     /// The source is trusted to assert identities (a function): its
     /// P-Asserted-Identity is passed on; anyone else's is removed.
     pub keep_asserted_identity: bool,
+    /// A complete `P-Asserted-Identity: ...\r\n` line the edge asserts
+    /// (the registered user a client's source is a flow of), if any.
+    pub assert_identity: Option<&'a [u8]>,
     /// A replacement body (the slow path's filtered SDP): Content-Length is
     /// rewritten to its length.
     pub body: Option<&'a [u8]>,
@@ -410,6 +413,9 @@ pub fn forward_request(
     }
     if let Some(rr) = plan.record_route {
         o.put(rr);
+    }
+    if let Some(pai) = plan.assert_identity {
+        o.put(pai);
     }
     let mut edits = Edits::default();
     match plan.max_forwards {

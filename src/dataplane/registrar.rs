@@ -1,0 +1,567 @@
+//! The registrar thread: the one writer of the location service.
+//!
+//! Workers hand it REGISTERs for served domains and the answers to its own
+//! third-party REGISTERs through one bounded queue. It works in batches
+//! (group commit: the store does about a thousand durable commits a
+//! second, so one commit carries a whole batch):
+//! 1. `decide`: each REGISTER through the sans-IO [`Registrar`], reading
+//!    the bindings as the batch has left them;
+//! 2. `commit`: the batch's changes in one durable redb transaction;
+//! 3. `publish`: the changes into the lock-free [`Location`] (workers see
+//!    them from here on), then the answers go out (a `200` only once its
+//!    binding is durable: on a store failure the batch is answered `500`
+//!    and nothing changes);
+//! 4. `notify`: a third-party REGISTER to the Participating Function of
+//!    each user whose CPM registration changed (client transactions of
+//!    the shared SIP core, retransmitted per RFC 3261 §17.1.2);
+//! 5. `sweep`, once a second: expired bindings leave (persisted, notified).
+
+use super::location_store::LocationStore;
+use crate::registrar::credentials::CredentialStore;
+use crate::registrar::third_party::{self, Notice};
+use crate::registrar::{Change, Registrar, Settings, Verdict, MAX_ANSWER};
+use crate::route::decision::identity_key_hash;
+use crate::route::location::{Binding, Location, LocationWriter};
+use crate::route::Tables;
+use crate::sip::reply;
+use crate::sip::scan::{scan, Scanned};
+use crate::sip::transaction::{self, Received, TransactionTable};
+use arc_swap::ArcSwap;
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Most REGISTERs decided and committed together.
+pub const MAX_BATCH: usize = 256;
+/// Most expired bindings removed per sweep (the rest wait a second).
+pub const MAX_SWEEP: usize = 4096;
+
+/// How the registrar runs (config `[registrar]`, bound at start).
+#[derive(Clone, Debug)]
+pub struct RegistrarConfig {
+    pub settings: Settings,
+    pub require_registration: bool,
+    /// The redb file; `None`: bindings live in memory only.
+    pub store: Option<PathBuf>,
+    /// Bound of the queue from the workers.
+    pub queue: usize,
+    /// Most AoRs the location service holds.
+    pub max_aors: usize,
+    pub nonce_key: [u8; 32],
+    pub credentials: CredentialStore,
+    /// The file the credentials came from (the admin API writes it back).
+    pub credentials_file: Option<PathBuf>,
+}
+
+/// One datagram for the registrar.
+pub struct RegJob {
+    pub data: Vec<u8>,
+    pub src: SocketAddr,
+}
+
+/// The workers' end of the queue.
+#[derive(Clone)]
+pub struct RegQueue {
+    tx: Sender<RegJob>,
+    stats: Arc<RegistrarStats>,
+}
+
+impl RegQueue {
+    /// Queue a datagram; `false` (counted): the queue is full.
+    pub fn offer(&self, data: &[u8], src: SocketAddr) -> bool {
+        match self.tx.try_send(RegJob {
+            data: data.to_vec(),
+            src,
+        }) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.stats.queue_full.fetch_add(1, Relaxed);
+                false
+            }
+        }
+    }
+}
+
+/// The registrar's counters (metrics and the admin API read them).
+#[derive(Debug, Default)]
+pub struct RegistrarStats {
+    pub registered: AtomicU64,
+    pub challenged: AtomicU64,
+    pub refused: AtomicU64,
+    pub retransmissions: AtomicU64,
+    pub commits: AtomicU64,
+    pub commit_errors: AtomicU64,
+    pub expired: AtomicU64,
+    pub notices_sent: AtomicU64,
+    pub notices_answered: AtomicU64,
+    pub notices_failed: AtomicU64,
+    pub queue_full: AtomicU64,
+}
+
+/// The running registrar.
+pub struct RegistrarThread {
+    pub queue: RegQueue,
+    pub location: Arc<Location>,
+    pub credentials: Arc<ArcSwap<CredentialStore>>,
+    pub stats: Arc<RegistrarStats>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Open the store and recover the bindings it holds (expired ones
+/// dropped) into a new location service.
+pub fn recover(
+    store: Option<&PathBuf>,
+    max_aors: usize,
+) -> Result<(Arc<Location>, LocationWriter, Option<LocationStore>), String> {
+    let location = Arc::new(Location::new(max_aors));
+    let mut writer = location
+        .writer()
+        .ok_or("the location service already has a writer")?;
+    let Some(path) = store else {
+        return Ok((location, writer, None));
+    };
+    let s =
+        LocationStore::open(path).map_err(|e| format!("location store {}: {e}", path.display()))?;
+    let recovered = s
+        .load(now_unix())
+        .map_err(|e| format!("location store {}: {e}", path.display()))?;
+    let n = recovered.len();
+    writer
+        .put_many(recovered.iter().map(|(a, b)| (&a[..], b.clone())))
+        .map_err(|e| format!("location store {}: {e}", path.display()))?;
+    tracing::info!(aors = n, path = %path.display(), "location service recovered");
+    Ok((location, writer, Some(s)))
+}
+
+impl RegistrarThread {
+    /// Start the thread with the recovered location service; `socket` is a
+    /// duplicate of a worker's (answers and notices leave from the edge's
+    /// own address, the one the CS shards trust).
+    pub fn start(
+        cfg: RegistrarConfig,
+        recovered: (Arc<Location>, LocationWriter, Option<LocationStore>),
+        tables: Arc<ArcSwap<Tables>>,
+        socket: UdpSocket,
+    ) -> Result<RegistrarThread, String> {
+        let (location, writer, store) = recovered;
+        let (tx, rx) = bounded(cfg.queue.max(1));
+        let stats = Arc::new(RegistrarStats::default());
+        let credentials = Arc::new(ArcSwap::from_pointee(cfg.credentials.clone()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let txn_cfg = transaction::Config {
+            max_transactions: 65_536,
+            key: crate::sip::hash::random_key(),
+            ..transaction::Config::default()
+        };
+        let mut state = State {
+            registrar: Registrar::new(cfg.settings.clone(), cfg.nonce_key),
+            writer,
+            store,
+            tables,
+            credentials: Arc::clone(&credentials),
+            stats: Arc::clone(&stats),
+            socket,
+            txns: TransactionTable::new(txn_cfg),
+            cseq: 0,
+            next_sweep: Instant::now(),
+        };
+        let stop_t = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("edge-registrar".into())
+            .spawn(move || state.run(&rx, &stop_t))
+            .map_err(|e| format!("cannot start the registrar thread: {e}"))?;
+        Ok(RegistrarThread {
+            queue: RegQueue {
+                tx,
+                stats: Arc::clone(&stats),
+            },
+            location,
+            credentials,
+            stats,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn stop(mut self) {
+        self.stop.store(true, Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for RegistrarThread {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The thread's own state.
+struct State {
+    registrar: Registrar,
+    writer: LocationWriter,
+    store: Option<LocationStore>,
+    tables: Arc<ArcSwap<Tables>>,
+    credentials: Arc<ArcSwap<CredentialStore>>,
+    stats: Arc<RegistrarStats>,
+    socket: UdpSocket,
+    txns: TransactionTable,
+    /// CSeq of the notices (one Call-ID per AoR, so one rising counter
+    /// orders them all).
+    cseq: u32,
+    next_sweep: Instant,
+}
+
+/// One decided REGISTER waiting for its batch's commit.
+struct Pending {
+    job: RegJob,
+    answer: Vec<u8>,
+    change: Option<Change>,
+}
+
+impl State {
+    fn run(&mut self, rx: &Receiver<RegJob>, stop: &AtomicBool) {
+        while !stop.load(Relaxed) {
+            let wait = self
+                .next_deadline()
+                .saturating_duration_since(Instant::now());
+            let first = match rx.recv_timeout(wait.min(Duration::from_millis(100))) {
+                Ok(j) => Some(j),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            let mut batch: Vec<RegJob> = first.into_iter().collect();
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(j) => batch.push(j),
+                    Err(_) => break,
+                }
+            }
+            if !batch.is_empty() {
+                self.handle_batch(batch);
+            }
+            self.on_time();
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        match self.txns.poll_timeout() {
+            Some(t) => t.min(self.next_sweep),
+            None => self.next_sweep,
+        }
+    }
+
+    /// Phases 1-4 for one batch.
+    fn handle_batch(&mut self, batch: Vec<RegJob>) {
+        let now = Instant::now();
+        let now_s = now_unix();
+        let mut pending = Vec::with_capacity(batch.len());
+        let mut overlay: HashMap<Vec<u8>, Vec<Binding>> = HashMap::new();
+        for job in batch {
+            if let Some(p) = self.decide(job, now, now_s, &mut overlay) {
+                pending.push(p);
+            }
+        }
+        let changes: Vec<(Vec<u8>, Vec<Binding>)> = overlay.into_iter().collect();
+        if !changes.is_empty() && !self.commit(&changes) {
+            self.answer_failed(&pending);
+            return;
+        }
+        let befores = self.publish(&changes);
+        for p in &pending {
+            self.send(&p.answer, response_dst(&p.job));
+        }
+        for ((aor, after), before) in changes.iter().zip(befores) {
+            if third_party::wanted(&before, after) {
+                self.notify(now, now_s, aor, after);
+            }
+        }
+        self.flush();
+    }
+
+    /// Phase 1: a REGISTER through the registrar, or a response through
+    /// the client transactions.
+    fn decide(
+        &mut self,
+        job: RegJob,
+        now: Instant,
+        now_s: u64,
+        overlay: &mut HashMap<Vec<u8>, Vec<Binding>>,
+    ) -> Option<Pending> {
+        let m = scan(&job.data);
+        if !m.is_request() {
+            self.on_response(now, &job, &m);
+            return None;
+        }
+        let creds = self.credentials.load();
+        let loc = self.writer.location();
+        let current = |aor: &[u8]| -> Vec<Binding> {
+            match overlay.get(aor) {
+                Some(b) => b.clone(),
+                None => loc.lookup(aor).map(|b| b.to_vec()).unwrap_or_default(),
+            }
+        };
+        let mut out = vec![0u8; MAX_ANSWER];
+        let s = Scanned::new(&job.data, &m, job.src);
+        let mut h = self.registrar.handle(s, now_s, &creds, &current, &mut out);
+        self.count(h.verdict);
+        out.truncate(h.len);
+        if let Some(c) = &h.change {
+            let new_aor = !c.bindings.is_empty()
+                && !overlay.contains_key(&c.aor)
+                && loc.lookup(&c.aor).is_none();
+            let room = loc.len() + overlay.len() < loc.capacity();
+            if new_aor && !room {
+                // The table's bound: refused before anything is committed.
+                out = answer_full(s);
+                h.change = None;
+            }
+        }
+        if let Some(c) = &h.change {
+            overlay.insert(c.aor.clone(), c.bindings.clone());
+        }
+        Some(Pending {
+            job,
+            answer: out,
+            change: h.change,
+        })
+    }
+
+    fn count(&self, v: Verdict) {
+        let c = match v {
+            Verdict::Registered => &self.stats.registered,
+            Verdict::Challenged => &self.stats.challenged,
+            Verdict::Retransmission => &self.stats.retransmissions,
+            Verdict::Refused(_) | Verdict::Dropped => &self.stats.refused,
+        };
+        c.fetch_add(1, Relaxed);
+    }
+
+    /// Phase 2: one durable transaction for the batch. `false`: it failed.
+    fn commit(&mut self, changes: &[(Vec<u8>, Vec<Binding>)]) -> bool {
+        let Some(store) = self.store.as_mut() else {
+            return true;
+        };
+        match store.commit(changes) {
+            Ok(()) => {
+                self.stats.commits.fetch_add(1, Relaxed);
+                true
+            }
+            Err(e) => {
+                self.stats.commit_errors.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, "location store commit failed: the batch is refused");
+                false
+            }
+        }
+    }
+
+    /// The batch could not be made durable: every REGISTER that changed
+    /// something is answered `500` (the client retries), the rest as
+    /// decided.
+    fn answer_failed(&mut self, pending: &[Pending]) {
+        for p in pending {
+            if p.change.is_none() {
+                self.send(&p.answer, response_dst(&p.job));
+                continue;
+            }
+            let m = scan(&p.job.data);
+            let mut out = vec![0u8; MAX_ANSWER];
+            let s = Scanned::new(&p.job.data, &m, p.job.src);
+            let extra: [&[u8]; 1] = [b"Retry-After: 5\r\n"];
+            if let Some(n) = reply::build(
+                s,
+                500,
+                "Server Internal Error - Location Store Failed",
+                &extra,
+                &mut out,
+            ) {
+                self.send(&out[..n], response_dst(&p.job));
+            }
+        }
+    }
+
+    /// Phase 3: the changes into the location service; returns each AoR's
+    /// bindings before.
+    fn publish(&mut self, changes: &[(Vec<u8>, Vec<Binding>)]) -> Vec<Vec<Binding>> {
+        changes
+            .iter()
+            .map(|(aor, bindings)| {
+                let before = self
+                    .writer
+                    .location()
+                    .lookup(aor)
+                    .map(|b| b.to_vec())
+                    .unwrap_or_default();
+                if let Err(e) = self.writer.put(aor, bindings.clone()) {
+                    // Checked before the batch was decided (`decide`):
+                    // only a full table gets here, and that AoR is new.
+                    tracing::error!(error = %e, "location service full: binding not kept");
+                }
+                before
+            })
+            .collect()
+    }
+
+    /// Phase 4: the third-party REGISTER of `aor` to its user's PF.
+    fn notify(&mut self, now: Instant, now_s: u64, aor: &[u8], bindings: &[Binding]) {
+        let t = self.tables.load();
+        let Some(shard) = t.shards.pick(identity_key_hash(aor)) else {
+            self.stats.notices_failed.fetch_add(1, Relaxed);
+            return;
+        };
+        let shard_addr = t.shards.get(shard).addr;
+        let domain = aor
+            .iter()
+            .rposition(|&b| b == b'@')
+            .and_then(|i| std::str::from_utf8(&aor[i + 1..]).ok())
+            .unwrap_or("invalid");
+        let call_id = format!("{:016x}-3pr@{}", identity_key_hash(aor), t.edge.hostport());
+        self.cseq = self
+            .cseq
+            .max((now_s.saturating_sub(1_700_000_000)) as u32)
+            .wrapping_add(1);
+        let branch = self.txns.new_branch();
+        let hostport = t.edge.hostport();
+        let n = Notice {
+            edge: &hostport,
+            domain,
+            shard: shard_addr,
+            branch: branch.as_bytes(),
+            call_id: call_id.as_bytes(),
+            version: self.cseq,
+        };
+        let Some(bytes) = third_party::write(&n, aor, bindings, now_s) else {
+            self.stats.notices_failed.fetch_add(1, Relaxed);
+            return;
+        };
+        match self.txns.send_request(now, &bytes, shard_addr) {
+            Ok(_) => {
+                self.stats.notices_sent.fetch_add(1, Relaxed);
+            }
+            Err(e) => {
+                self.stats.notices_failed.fetch_add(1, Relaxed);
+                tracing::warn!(error = ?e, "third-party REGISTER not sent");
+            }
+        }
+    }
+
+    fn on_response(&mut self, now: Instant, job: &RegJob, m: &crate::sip::scan::Message) {
+        if let Ok(Received::Response { code, .. }) =
+            self.txns.handle_datagram(now, job.src, &job.data, m)
+        {
+            if (200..300).contains(&code) {
+                self.stats.notices_answered.fetch_add(1, Relaxed);
+            } else if code >= 300 {
+                self.stats.notices_failed.fetch_add(1, Relaxed);
+                tracing::warn!(code, from = %job.src, "third-party REGISTER refused");
+            }
+        }
+        self.drain_events();
+        self.flush();
+    }
+
+    /// Phase 5 and the transactions' timers.
+    fn on_time(&mut self) {
+        let now = Instant::now();
+        self.txns.handle_timeout(now);
+        self.drain_events();
+        if now >= self.next_sweep {
+            self.next_sweep = now + Duration::from_secs(1);
+            self.sweep(now);
+        }
+        self.flush();
+    }
+
+    fn drain_events(&mut self) {
+        while let Some(e) = self.txns.poll_event() {
+            if let transaction::Event::Timeout { .. } | transaction::Event::TransportError { .. } =
+                e
+            {
+                self.stats.notices_failed.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Expired bindings out: persisted, then notified.
+    fn sweep(&mut self, now: Instant) {
+        let now_s = now_unix();
+        let expired = self.writer.sweep(now_s, MAX_SWEEP);
+        if expired.is_empty() {
+            return;
+        }
+        let changes: Vec<(Vec<u8>, Vec<Binding>)> = expired
+            .iter()
+            .map(|e| (e.aor.clone(), e.remaining.to_vec()))
+            .collect();
+        self.stats.expired.fetch_add(
+            expired.iter().map(|e| e.removed.len() as u64).sum(),
+            Relaxed,
+        );
+        // Already out of memory: a failed commit leaves them in the file,
+        // and the next start drops them by their expiry anyway.
+        self.commit(&changes);
+        for e in &expired {
+            if third_party::wanted(&e.removed, &e.remaining) {
+                self.notify(now, now_s, &e.aor, &e.remaining);
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        let mut buf = Vec::new();
+        while let Some(t) = self.txns.poll_transmit(&mut buf) {
+            self.send(&buf, t.destination);
+            buf.clear();
+        }
+    }
+
+    fn send(&self, data: &[u8], dst: SocketAddr) {
+        if data.is_empty() {
+            return;
+        }
+        // The socket is a worker's dup (non-blocking): a full send buffer
+        // loses this datagram; the client's or our own retransmission
+        // recovers it.
+        if let Err(e) = self.socket.send_to(data, dst) {
+            tracing::warn!(%dst, error = %e, "registrar send failed");
+        }
+    }
+}
+
+/// `503` for a new AoR while the location service holds its maximum.
+fn answer_full(s: Scanned<'_>) -> Vec<u8> {
+    let mut out = vec![0u8; MAX_ANSWER];
+    let extra: [&[u8]; 1] = [b"Retry-After: 60\r\n"];
+    let n = reply::build(
+        s,
+        503,
+        "Service Unavailable - Location Service Full",
+        &extra,
+        &mut out,
+    )
+    .unwrap_or(0);
+    out.truncate(n);
+    out
+}
+
+/// A registrar answer goes to the request's real source (as every
+/// stateless answer of the edge, RFC 3581 §4).
+fn response_dst(job: &RegJob) -> SocketAddr {
+    job.src
+}

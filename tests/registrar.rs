@@ -1,0 +1,654 @@
+//! The edge as registrar (RFC 3261 §10.3, RFC 8760 digest, seed 5.1 and
+//! 5.2.5), over real UDP sockets: clients register through digest
+//! challenges (the response computed here with the hash crates, not with the
+//! edge's digest module), bindings go to the redb-backed location service,
+//! the user's Participating Function hears of CPM registrations by a
+//! third-party REGISTER, terminating requests reach the registered flow, and
+//! bindings survive a restart.
+
+mod common;
+
+use common::{free_port, header, http, recv};
+use cpm_edge::app::App;
+use cpm_edge::config::Config;
+use md5::Md5;
+use sha2::{Digest, Sha256};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::time::Duration;
+
+const DOMAIN: &str = "example.net";
+const CPM_TAG: &str = "+g.3gpp.icsi-ref=\"urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.session\"";
+
+fn hex_md5(s: &str) -> String {
+    Md5::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+fn hex_sha(s: &str) -> String {
+    Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `user password` pairs provisioned (as HA1 lines) for every test.
+const USERS: &[(&str, &str)] = &[("alice", "wonder"), ("bob", "builder"), ("carol", "c4r0l")];
+
+fn credentials_file(dir: &std::path::Path) -> PathBuf {
+    let mut text = String::from("# AOR MD5 SHA-256\n");
+    for (u, p) in USERS {
+        let a1 = format!("{u}:{DOMAIN}:{p}");
+        text += &format!("{u}@{DOMAIN} {} {}\n", hex_md5(&a1), hex_sha(&a1));
+    }
+    let path = dir.join("credentials.txt");
+    // Written once per test: a restart reads what the admin API wrote.
+    if !path.exists() {
+        std::fs::write(&path, text).unwrap();
+    }
+    path
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("cpm-registrar-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// An edge with a registrar for example.net, one shard played by `shard`.
+struct Edge {
+    app: Option<App>,
+    addr: SocketAddr,
+    shard: UdpSocket,
+    dir: PathBuf,
+    extra: String,
+}
+
+impl Edge {
+    fn start(name: &str, extra: &str) -> Edge {
+        let dir = temp_dir(name);
+        let shard = UdpSocket::bind("127.0.0.1:0").unwrap();
+        shard
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut e = Edge {
+            app: None,
+            addr,
+            shard,
+            dir,
+            extra: extra.to_string(),
+        };
+        e.boot();
+        e
+    }
+
+    fn boot(&mut self) {
+        let creds = credentials_file(&self.dir);
+        let toml = format!(
+            "[listen]\naddr = \"{}\"\n[admin]\nbind = \"127.0.0.1:0\"\n[workers]\ncount = 1\n[health]\nenabled = false\n\
+             [[shard]]\nname = \"cs1\"\naddr = \"{}\"\n\
+             [registrar]\ndomains = [\"{DOMAIN}\"]\ncredentials_file = \"{}\"\nstore = \"{}\"\n\
+             min_expires = 60\nmax_expires = 7200\nmax_contacts = 3\nmax_failures = 3\n{}\n",
+            self.addr,
+            self.shard.local_addr().unwrap(),
+            creds.display(),
+            self.dir.join("location.redb").display(),
+            self.extra,
+        );
+        let v = Config::parse(&toml).unwrap().validate().unwrap();
+        self.app = Some(App::start(&v).unwrap());
+    }
+
+    fn admin(&self) -> SocketAddr {
+        self.app.as_ref().unwrap().admin_addr.unwrap()
+    }
+
+    fn restart(&mut self) {
+        self.app.take().unwrap().stop().unwrap();
+        self.boot();
+    }
+}
+
+impl Drop for Edge {
+    fn drop(&mut self) {
+        if let Some(a) = self.app.take() {
+            let _ = a.stop();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A client device: its socket, its user, its REGISTER dialog.
+struct Device {
+    sock: UdpSocket,
+    user: &'static str,
+    password: &'static str,
+    call_id: String,
+    cseq: u32,
+    nc: u32,
+    edge: SocketAddr,
+}
+
+impl Device {
+    fn new(edge: &Edge, user: &'static str, ip: &str) -> Device {
+        let sock = UdpSocket::bind(format!("{ip}:0")).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let password = USERS.iter().find(|(u, _)| *u == user).unwrap().1;
+        let port = sock.local_addr().unwrap().port();
+        Device {
+            sock,
+            user,
+            password,
+            call_id: format!("reg-{user}-{port}"),
+            cseq: 0,
+            nc: 0,
+            edge: edge.addr,
+        }
+    }
+
+    fn local(&self) -> SocketAddr {
+        self.sock.local_addr().unwrap()
+    }
+
+    /// A REGISTER with `contact` (a whole value, or empty for none),
+    /// extra header lines and an optional Authorization value.
+    fn request(&mut self, contact: &str, extra: &str, auth: Option<&str>) -> String {
+        self.cseq += 1;
+        let l = self.local();
+        let contact = if contact.is_empty() {
+            String::new()
+        } else {
+            format!("Contact: {contact}\r\n")
+        };
+        let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\r\n"));
+        format!(
+            "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bK-{}-{}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:{u}@{DOMAIN}>;tag=t{}\r\nTo: <sip:{u}@{DOMAIN}>\r\n\
+             Call-ID: {}\r\nCSeq: {} REGISTER\r\n{contact}{extra}{auth}Content-Length: 0\r\n\r\n",
+            self.call_id,
+            self.cseq,
+            self.cseq,
+            self.call_id,
+            self.cseq,
+            u = self.user,
+        )
+    }
+
+    /// [`Device::request`] sent; the answer.
+    fn ask(&mut self, contact: &str, extra: &str, auth: Option<&str>) -> String {
+        let r = self.request(contact, extra, auth);
+        self.send(&r)
+    }
+
+    fn send(&self, msg: &str) -> String {
+        self.sock.send_to(msg.as_bytes(), self.edge).unwrap();
+        recv(&self.sock).0
+    }
+
+    /// The Authorization for the challenge of `alg` in a 401.
+    fn answer(&mut self, challenge_401: &str, alg: &str, password: &str) -> String {
+        let ch = header(challenge_401, "WWW-Authenticate")
+            .into_iter()
+            .find(|c| c.contains(&format!("algorithm={alg}")))
+            .unwrap_or_else(|| panic!("no {alg} challenge in {challenge_401}"))
+            .to_string();
+        let nonce = param(&ch, "nonce");
+        let realm = param(&ch, "realm");
+        self.nc += 1;
+        let nc = format!("{:08x}", self.nc);
+        let cnonce = format!("cn{}", self.nc);
+        let uri = format!("sip:{DOMAIN}");
+        let h = |s: &str| if alg == "MD5" { hex_md5(s) } else { hex_sha(s) };
+        let ha1 = h(&format!("{}:{realm}:{password}", self.user));
+        let ha2 = h(&format!("REGISTER:{uri}"));
+        let resp = h(&format!("{ha1}:{nonce}:{nc}:{cnonce}:auth:{ha2}"));
+        format!(
+            "Digest username=\"{}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", \
+             response=\"{resp}\", algorithm={alg}, qop=auth, nc={nc}, cnonce=\"{cnonce}\"",
+            self.user
+        )
+    }
+
+    /// REGISTER `contact`: challenged, then answered with `alg`.
+    fn register(&mut self, contact: &str, extra: &str, alg: &str) -> String {
+        let first = self.request(contact, extra, None);
+        let c = self.send(&first);
+        assert!(c.starts_with("SIP/2.0 401 "), "{c}");
+        let auth = self.answer(&c, alg, self.password);
+        let second = self.request(contact, extra, Some(&auth));
+        self.send(&second)
+    }
+}
+
+fn param(h: &str, name: &str) -> String {
+    let i = h
+        .find(&format!("{name}="))
+        .unwrap_or_else(|| panic!("{name} in {h}"))
+        + name.len()
+        + 1;
+    let rest = &h[i..];
+    match rest.strip_prefix('"') {
+        Some(q) => q[..q.find('"').unwrap()].to_string(),
+        None => rest.split([',', ' ']).next().unwrap().to_string(),
+    }
+}
+
+fn status(msg: &str) -> &str {
+    msg.lines().next().unwrap_or("")
+}
+
+#[test]
+fn a_challenge_offers_sha256_then_md5_with_qop_auth() {
+    let edge = Edge::start("challenge", "");
+    let mut d = Device::new(&edge, "alice", "127.0.0.1");
+    let req = d.request(&format!("<sip:alice@{}>", d.local()), "", None);
+    let c = d.send(&req);
+    assert_eq!(status(&c), "SIP/2.0 401 Unauthorized");
+    let ch = header(&c, "WWW-Authenticate");
+    assert_eq!(ch.len(), 2, "{c}");
+    assert!(ch[0].contains("algorithm=SHA-256"), "{}", ch[0]);
+    assert!(ch[1].contains("algorithm=MD5"), "{}", ch[1]);
+    for x in &ch {
+        assert!(
+            x.contains(&format!("realm=\"{DOMAIN}\"")) && x.contains("qop=\"auth\""),
+            "{x}"
+        );
+    }
+}
+
+#[test]
+fn sha256_and_md5_registrations_list_every_binding_and_deregister() {
+    let edge = Edge::start("bindings", "");
+    let mut d = Device::new(&edge, "alice", "127.0.0.1");
+    let me = d.local();
+    let ok = d.register(&format!("<sip:alice@{me}>;expires=600"), "", "SHA-256");
+    assert_eq!(status(&ok), "SIP/2.0 200 OK", "{ok}");
+    let contacts = header(&ok, "Contact");
+    assert_eq!(contacts.len(), 1, "{ok}");
+    assert!(
+        contacts[0].contains(&format!("<sip:alice@{me}>")) && contacts[0].contains("expires=600")
+    );
+    // A second device of the same user, MD5: the 200 lists both.
+    let mut d2 = Device::new(&edge, "alice", "127.0.0.1");
+    let me2 = d2.local();
+    let ok2 = d2.register(&format!("<sip:alice@{me2}>"), "Expires: 900\r\n", "MD5");
+    assert_eq!(status(&ok2), "SIP/2.0 200 OK", "{ok2}");
+    let both = header(&ok2, "Contact").join("\n");
+    assert!(
+        both.contains(&format!("{me}>")) && both.contains(&format!("{me2}>;expires=900")),
+        "{both}"
+    );
+    // Above the maximum: clamped to max_expires.
+    let long = d2.register(&format!("<sip:alice@{me2}>;expires=99999"), "", "MD5");
+    assert!(
+        header(&long, "Contact")
+            .join("\n")
+            .contains(&format!("{me2}>;expires=7200")),
+        "{long}"
+    );
+    // Below the minimum: 423 with Min-Expires.
+    let brief = d.register(&format!("<sip:alice@{me}>;expires=5"), "", "SHA-256");
+    assert!(status(&brief).starts_with("SIP/2.0 423 "), "{brief}");
+    assert_eq!(header(&brief, "Min-Expires"), vec!["Min-Expires: 60"]);
+    // Expires 0 removes one binding; `*` removes the rest.
+    let gone = d.register(&format!("<sip:alice@{me}>;expires=0"), "", "SHA-256");
+    let left = header(&gone, "Contact");
+    assert_eq!(left.len(), 1, "{gone}");
+    assert!(left[0].contains(&me2.to_string()));
+    let star_bad = d.ask("*", "", None);
+    assert!(status(&star_bad).starts_with("SIP/2.0 400 "), "{star_bad}");
+    let all = d.register("*", "Expires: 0\r\n", "SHA-256");
+    assert_eq!(status(&all), "SIP/2.0 200 OK");
+    assert!(header(&all, "Contact").is_empty(), "{all}");
+}
+
+#[test]
+fn contacts_per_aor_are_bounded() {
+    let edge = Edge::start("bounded", "");
+    let mut d = Device::new(&edge, "bob", "127.0.0.1");
+    let me = d.local();
+    for i in 0..3 {
+        let ok = d.register(&format!("<sip:bob@{me};d={i}>"), "", "MD5");
+        assert_eq!(status(&ok), "SIP/2.0 200 OK", "{ok}");
+    }
+    let over = d.register(&format!("<sip:bob@{me};d=9>"), "", "MD5");
+    assert!(
+        status(&over).starts_with("SIP/2.0 403 Forbidden - Too Many Contacts"),
+        "{over}"
+    );
+}
+
+#[test]
+fn wrong_credentials_replays_and_unknown_realms_are_refused() {
+    let edge = Edge::start("refusals", "");
+    let mut d = Device::new(&edge, "carol", "127.0.0.1");
+    let contact = format!("<sip:carol@{}>", d.local());
+    // Wrong password: 403.
+    let c = d.ask(&contact, "", None);
+    let bad = d.answer(&c, "SHA-256", "not-it");
+    let r = d.ask(&contact, "", Some(&bad));
+    assert_eq!(status(&r), "SIP/2.0 403 Forbidden - Bad Credentials");
+    // A good one, then the same nonce count again in a new request: replay.
+    let c = d.ask(&contact, "", None);
+    let good = d.answer(&c, "SHA-256", "c4r0l");
+    let req = d.request(&contact, "", Some(&good));
+    assert_eq!(status(&d.send(&req)), "SIP/2.0 200 OK");
+    // Its retransmission (same bytes) is answered again.
+    assert_eq!(status(&d.send(&req)), "SIP/2.0 200 OK");
+    let replay = d.request(&contact, "", Some(&good));
+    assert_eq!(
+        status(&d.send(&replay)),
+        "SIP/2.0 403 Forbidden - Nonce Count Replayed"
+    );
+    // A realm the edge does not serve.
+    let other = good.replace(&format!("realm=\"{DOMAIN}\""), "realm=\"other.org\"");
+    let r = d.ask(&contact, "", Some(&other));
+    assert_eq!(status(&r), "SIP/2.0 403 Forbidden - Unknown Realm");
+    // A REGISTER for a user of another domain.
+    let foreign = d.request(&contact, "", None).replace(
+        &format!("To: <sip:carol@{DOMAIN}>"),
+        "To: <sip:carol@other.org>",
+    );
+    assert_eq!(
+        status(&d.send(&foreign)),
+        "SIP/2.0 403 Forbidden - Unknown Realm"
+    );
+}
+
+#[test]
+fn malformed_authorization_contact_and_expires_get_400_naming_the_defect() {
+    let edge = Edge::start("defects", "");
+    let mut d = Device::new(&edge, "alice", "127.0.0.1");
+    let contact = format!("<sip:alice@{}>", d.local());
+    let cases = [
+        (
+            d.request(
+                &contact,
+                "",
+                Some("Digest username=\"alice\", realm=\"example.net\""),
+            ),
+            "Digest",
+        ),
+        (d.request(&contact, "", Some("Basic YWxpY2U6d29uZGVy")), ""),
+        (d.request("<sip:alice@>;q=7", "", None), "Contact"),
+        (d.request(&contact, "Expires: soon\r\n", None), "Expires"),
+    ];
+    for (req, word) in cases {
+        let r = d.send(&req);
+        assert!(
+            status(&r).starts_with("SIP/2.0 400 Bad Request - "),
+            "{req}\n=> {r}"
+        );
+        assert!(status(&r).contains(word), "{r}");
+    }
+}
+
+#[test]
+fn failed_attempts_lock_out_one_source_only() {
+    let edge = Edge::start("lockout", "");
+    let mut attacker = Device::new(&edge, "bob", "127.0.0.2");
+    let contact = format!("<sip:bob@{}>", attacker.local());
+    for _ in 0..3 {
+        let c = attacker.ask(&contact, "", None);
+        let bad = attacker.answer(&c, "MD5", "guess");
+        let r = attacker.ask(&contact, "", Some(&bad));
+        assert_eq!(status(&r), "SIP/2.0 403 Forbidden - Bad Credentials");
+    }
+    // Now even the right password from that source is refused...
+    let r = attacker.ask(&contact, "", None);
+    assert_eq!(
+        status(&r),
+        "SIP/2.0 403 Forbidden - Too Many Failed Attempts"
+    );
+    // ...while another source registers the same user.
+    let mut d = Device::new(&edge, "bob", "127.0.0.1");
+    let ok = d.register(&format!("<sip:bob@{}>", d.local()), "", "MD5");
+    assert_eq!(status(&ok), "SIP/2.0 200 OK", "{ok}");
+}
+
+#[test]
+fn a_register_storm_from_one_source_leaves_others_served() {
+    let edge = Edge::start(
+        "storm",
+        "[limits]\nper_source_rate = 20\nper_source_burst = 20\nnew_source_burst = 20\nover_limit = \"reply\"\n",
+    );
+    let storm = UdpSocket::bind("127.0.0.3:0").unwrap();
+    storm
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut stormer = Device::new(&edge, "carol", "127.0.0.3");
+    let msg = stormer.request(
+        &format!("<sip:carol@{}>", storm.local_addr().unwrap()),
+        "",
+        None,
+    );
+    let msg = msg.replace(
+        &stormer.local().to_string(),
+        &storm.local_addr().unwrap().to_string(),
+    );
+    for _ in 0..400 {
+        storm.send_to(msg.as_bytes(), edge.addr).unwrap();
+    }
+    let mut buf = [0u8; 4096];
+    let (mut challenged, mut limited) = (0, 0);
+    while let Ok((n, _)) = storm.recv_from(&mut buf) {
+        let s = String::from_utf8_lossy(&buf[..n]).to_string();
+        if s.starts_with("SIP/2.0 401") {
+            challenged += 1;
+        } else if s.starts_with("SIP/2.0 503") {
+            limited += 1;
+        }
+    }
+    assert!(
+        challenged <= 60,
+        "the storm was not limited: {challenged} challenges"
+    );
+    assert!(
+        challenged >= 1 && limited + challenged < 400 + 1,
+        "{challenged} {limited}"
+    );
+    let mut d = Device::new(&edge, "alice", "127.0.0.1");
+    let ok = d.register(&format!("<sip:alice@{}>", d.local()), "", "SHA-256");
+    assert_eq!(status(&ok), "SIP/2.0 200 OK", "{ok}");
+}
+
+/// The shard's side: the next datagram is a third-party REGISTER; answer it.
+fn third_party(shard: &UdpSocket) -> String {
+    let (msg, from) = recv(shard);
+    assert!(msg.starts_with("REGISTER sip:"), "{msg}");
+    let vias = header(&msg, "Via").join("\r\n");
+    let answer = format!(
+        "SIP/2.0 200 OK\r\n{vias}\r\n{}\r\n{};tag=pf\r\n{}\r\n{}\r\nContent-Length: 0\r\n\r\n",
+        header(&msg, "From")[0],
+        header(&msg, "To")[0],
+        header(&msg, "Call-ID")[0],
+        header(&msg, "CSeq")[0],
+    );
+    shard.send_to(answer.as_bytes(), from).unwrap();
+    msg
+}
+
+#[test]
+fn a_cpm_registration_reaches_the_pf_and_terminating_requests_the_flow() {
+    let mut edge = Edge::start("third-party", "");
+    let mut d = Device::new(&edge, "alice", "127.0.0.1");
+    let me = d.local();
+    let ok = d.register(&format!("<sip:alice@{me}>;{CPM_TAG}"), "", "SHA-256");
+    assert_eq!(status(&ok), "SIP/2.0 200 OK", "{ok}");
+    let tp = third_party(&edge.shard);
+    assert!(tp.contains(&format!("To: <sip:alice@{DOMAIN}>")), "{tp}");
+    assert!(header(&tp, "Content-Type")[0].contains("application/reginfo+xml"));
+    assert!(
+        tp.contains(&format!("sip:alice@{me}")) && tp.contains("oma.cpm.session"),
+        "{tp}"
+    );
+    let exp: u32 = header(&tp, "Expires")[0][9..].trim().parse().unwrap();
+    assert!(exp > 3000, "{tp}");
+    // The invited user's PF (the shard) sends the session on: the edge
+    // resolves the AoR to the registered flow.
+    let (pf, edge_addr) = (edge.shard.local_addr().unwrap(), edge.addr);
+    let invite = |user: &str| {
+        format!(
+            "INVITE sip:{user}@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {s};branch=z9hG4bK-pf-{user}\r\n\
+             Route: <sip:{e};lr;cpm-leg=term>\r\nMax-Forwards: 69\r\nFrom: <sip:bob@{DOMAIN}>;tag=b\r\n\
+             To: <sip:{user}@{DOMAIN}>\r\nCall-ID: t-{user}\r\nCSeq: 1 INVITE\r\nContact: <sip:{s}>\r\n\
+             Accept-Contact: *;{CPM_TAG}\r\nContent-Length: 0\r\n\r\n",
+            s = pf,
+            e = edge_addr,
+        )
+    };
+    edge.shard
+        .send_to(invite("alice").as_bytes(), edge.addr)
+        .unwrap();
+    let (got, _) = recv(&d.sock);
+    assert!(
+        got.starts_with(&format!("INVITE sip:alice@{DOMAIN} ")),
+        "{got}"
+    );
+    // Not registered: 480 back to the PF.
+    edge.shard
+        .send_to(invite("bob").as_bytes(), edge.addr)
+        .unwrap();
+    let (r, _) = recv(&edge.shard);
+    assert!(
+        r.starts_with("SIP/2.0 480 Temporarily Unavailable - Not Registered"),
+        "{r}"
+    );
+    // The bindings survive a restart of the edge.
+    edge.restart();
+    edge.shard
+        .send_to(invite("alice").as_bytes(), edge.addr)
+        .unwrap();
+    let (again, _) = recv(&d.sock);
+    assert!(again.starts_with("INVITE sip:alice@"), "{again}");
+    // De-registration: the PF hears Expires 0 and an empty registration.
+    let off = d.register(
+        &format!("<sip:alice@{me}>;{CPM_TAG}"),
+        "Expires: 0\r\n",
+        "SHA-256",
+    );
+    assert_eq!(status(&off), "SIP/2.0 200 OK");
+    let tp = third_party(&edge.shard);
+    assert_eq!(header(&tp, "Expires"), vec!["Expires: 0"], "{tp}");
+    assert!(tp.contains("terminated"), "{tp}");
+}
+
+#[test]
+fn with_require_registration_only_registered_users_send_and_are_asserted() {
+    let edge = Edge::start("require", "require_registration = true\n");
+    let mut d = Device::new(&edge, "bob", "127.0.0.1");
+    let invite = |d: &Device| {
+        format!(
+            "INVITE sip:carol@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bK-inv\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:mallory@{DOMAIN}>;tag=m\r\nTo: <sip:carol@{DOMAIN}>\r\n\
+             Call-ID: inv-1\r\nCSeq: 1 INVITE\r\nContact: <sip:bob@{l}>\r\n\
+             P-Asserted-Identity: <sip:ceo@{DOMAIN}>\r\nAccept-Contact: *;{CPM_TAG}\r\nContent-Length: 0\r\n\r\n",
+            l = d.local()
+        )
+    };
+    let r = d.send(&invite(&d));
+    assert_eq!(status(&r), "SIP/2.0 403 Forbidden - Not Registered");
+    let ok = d.register(&format!("<sip:bob@{}>", d.local()), "", "MD5");
+    assert_eq!(status(&ok), "SIP/2.0 200 OK", "{ok}");
+    d.sock.send_to(invite(&d).as_bytes(), edge.addr).unwrap();
+    let (fwd, _) = recv(&edge.shard);
+    assert!(
+        fwd.starts_with(&format!("INVITE sip:carol@{DOMAIN} ")),
+        "{fwd}"
+    );
+    assert_eq!(
+        header(&fwd, "P-Asserted-Identity"),
+        vec![format!("P-Asserted-Identity: <sip:bob@{DOMAIN}>").as_str()],
+        "{fwd}"
+    );
+}
+
+#[test]
+fn credentials_and_bindings_through_the_admin_api() {
+    let mut edge = Edge::start("admin", "");
+    // A user the file does not have: refused, then provisioned by HA1.
+    let a1 = format!("dave:{DOMAIN}:s3cret");
+    let body = format!(
+        "{{\"ha1_md5\":\"{}\",\"ha1_sha256\":\"{}\"}}",
+        hex_md5(&a1),
+        hex_sha(&a1)
+    );
+    let (code, _) = http(
+        edge.admin(),
+        "PUT",
+        "/credentials/dave@example.net",
+        &body,
+        None,
+    );
+    assert_eq!(code, 200);
+    let (code, list) = http(edge.admin(), "GET", "/credentials", "", None);
+    assert_eq!(code, 200);
+    assert!(
+        list.contains("dave@example.net") && !list.contains(&hex_md5(&a1)),
+        "{list}"
+    );
+    let (code, _) = http(
+        edge.admin(),
+        "PUT",
+        "/credentials/dave@example.net",
+        "{\"ha1_md5\":\"xyz\"}",
+        None,
+    );
+    assert_eq!(code, 400);
+    let mut d = Device::new(&edge, "alice", "127.0.0.1");
+    d.user = "dave";
+    d.password = "s3cret";
+    let ok = d.register(
+        &format!("<sip:dave@{}>;{CPM_TAG}", d.local()),
+        "",
+        "SHA-256",
+    );
+    assert_eq!(status(&ok), "SIP/2.0 200 OK", "{ok}");
+    third_party(&edge.shard);
+    let (code, b) = http(
+        edge.admin(),
+        "GET",
+        "/registrations/dave@example.net",
+        "",
+        None,
+    );
+    assert_eq!(code, 200, "{b}");
+    assert!(
+        b.contains(&d.local().to_string()) && b.contains("\"cpm_services\":1"),
+        "{b}"
+    );
+    let (code, _) = http(
+        edge.admin(),
+        "GET",
+        "/registrations/nobody@example.net",
+        "",
+        None,
+    );
+    assert_eq!(code, 404);
+    let (code, m) = http(edge.admin(), "GET", "/metrics", "", None);
+    assert_eq!(code, 200);
+    assert!(m.contains("cpm_edge_location_bindings 1"), "{m}");
+    assert!(
+        m.contains("cpm_edge_registrar_requests_total{result=\"registered\"} 1"),
+        "{m}"
+    );
+    // Written back to the file: a restart keeps the user.
+    edge.restart();
+    let (_, list) = http(edge.admin(), "GET", "/credentials", "", None);
+    assert!(list.contains("dave@example.net"), "{list}");
+    let (code, _) = http(
+        edge.admin(),
+        "DELETE",
+        "/credentials/dave@example.net",
+        "",
+        None,
+    );
+    assert_eq!(code, 200);
+    let c = d.ask("", "", None);
+    let auth = d.answer(&c, "MD5", "s3cret");
+    let r = d.ask("", "", Some(&auth));
+    assert_eq!(status(&r), "SIP/2.0 403 Forbidden - Bad Credentials");
+}
