@@ -43,6 +43,9 @@ CALLS=1000 RATE=300 EDGE_BIN="${CARGO_TARGET_DIR:-target}/release/cpm-edge" \
   UAC_XML=tests/sipp/uac-cpm-av.xml UAS_XML=tests/sipp/uas-cpm-av.xml \
   EDGE_ARGS="--config tests/sipp/policy-no-video.toml" tests/sipp/run-sipp.sh
 
+step "SIPp: REGISTER with digest (MD5) through the edge's registrar, bindings kept across a restart"
+EDGE_BIN="${CARGO_TARGET_DIR:-target}/release/cpm-edge" tests/sipp/run-register.sh
+
 step "the system demo: cpm-system + cpm-demo (Appendix C.1 through the edge and CS shards)"
 SYSTEM_BIN="${CARGO_TARGET_DIR:-target}/release/cpm-system" \
   DEMO_BIN="${CARGO_TARGET_DIR:-target}/release/cpm-demo" tests/system/run-demo.sh
