@@ -17,14 +17,20 @@
 //!   (with RFC 6026's Accepted state) as sans-IO state machines in a
 //!   bounded table;
 //! - [`dialog`]: RFC 3261 §12 dialogs (UAC and UAS) and the in-dialog
-//!   requests they write, in a bounded table.
+//!   requests they write, in a bounded table;
+//! - [`contact`]: what a registrar reads from a REGISTER (RFC 3261 §10.3,
+//!   RFC 5626): Contact bindings, Expires, outbound indications;
+//! - [`reginfo`]: RFC 3680 registration information
+//!   (`application/reginfo+xml`), written and read.
 
 pub mod branch;
+pub mod contact;
 pub mod dialog;
 pub mod feature_tag;
 pub mod hash;
 pub mod media;
 pub mod params;
+pub mod reginfo;
 pub mod reply;
 pub mod rewrite;
 pub mod scan;
