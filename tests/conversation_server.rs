@@ -47,7 +47,7 @@ impl System {
 /// The shard the edge picks for A's Participating Function; the group goes
 /// on the other one (the test asserts the path crossed both).
 fn system(group_extra: &str, more_groups: &str, user_media: &[(&str, &str)]) -> System {
-    system_full(group_extra, more_groups, user_media, None)
+    system_full(group_extra, more_groups, user_media, None, "")
 }
 
 /// A system whose shards also accept requests from `edges_extra = "ADDR"`
@@ -57,14 +57,16 @@ fn system_with_edge(extra: &str) -> System {
         .trim_start_matches("edges_extra = ")
         .trim_matches('"')
         .to_string();
-    system_full("", "", &[], Some(addr))
+    system_full("", "", &[], Some(addr), "")
 }
 
+/// `server_extra`: more `[server]` keys (e.g. `terminating = "registered"`).
 fn system_full(
     group_extra: &str,
     more_groups: &str,
     user_media: &[(&str, &str)],
     peer_edge: Option<String>,
+    server_extra: &str,
 ) -> System {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("cpm_cs=info,warn"))
@@ -94,7 +96,7 @@ fn system_full(
         .map(|p| format!("\"{}\"", p.aor()))
         .collect();
     let mut cs_toml = format!(
-        "[server]\nedges = [\"{edge_addr}\"{}]\ninvite_timeout_ms = 2000\nconference_factory = \"{FACTORY}\"\n\
+        "[server]\nedges = [\"{edge_addr}\"{}]\ninvite_timeout_ms = 2000\nconference_factory = \"{FACTORY}\"\n{server_extra}\n\
          [edge_admin]\nurl = \"http://{admin}\"\nsync_interval_ms = 200\n\
          [[shard]]\nname = \"cs1\"\naddr = \"127.0.0.1:{}\"\n[[shard]]\nname = \"cs2\"\naddr = \"127.0.0.1:{}\"\n\
          [[group]]\nid = \"{GROUP}\"\nhost = \"{host}\"\nmembers = [{}]\n{group_extra}\n{more_groups}\n",
@@ -649,5 +651,298 @@ fn a_shard_serves_whichever_user_the_edge_sends_and_only_from_an_edge() {
     assert!(
         answer.starts_with("SIP/2.0 403") && answer.contains("Not From The SIP/IP Core"),
         "{answer}"
+    );
+}
+
+// ------------------------------------------------ registration (seed 5.2.5)
+
+const CPM_TAG: &str = "\"urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.session\"";
+
+/// A system whose shards also take requests from a test socket playing the
+/// edge's registrar (the real edge does not send third-party REGISTERs
+/// yet), with `[server] terminating = TERMINATING`.
+fn system_with_registrar(terminating: &str) -> (System, std::net::UdpSocket) {
+    let registrar = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    registrar.set_read_timeout(Some(WAIT)).unwrap();
+    let me = registrar.local_addr().unwrap().to_string();
+    let extra = format!("terminating = \"{terminating}\"");
+    (system_full("", "", &[], Some(me), &extra), registrar)
+}
+
+/// The shard the edge picks as `aor`'s Participating Function.
+fn pf_of(s: &System, aor: &str) -> SocketAddr {
+    s.shards[common::pf_shard(aor)].node.addr()
+}
+
+/// An RFC 3680 full state: `aor` with one active contact per URI, each
+/// with the CPM session feature tag.
+fn reginfo(aor: &str, contacts: &[String]) -> String {
+    let cs: String = contacts
+        .iter()
+        .enumerate()
+        .map(|(i, uri)| {
+            format!(
+                "    <contact id=\"c{i}\" state=\"active\" event=\"registered\" expires=\"3600\" q=\"0.5\">\n\
+                 \x20     <uri>{uri}</uri>\n\
+                 \x20     <unknown-param name=\"+g.3gpp.icsi-ref\">{CPM_TAG}</unknown-param>\n\
+                 \x20   </contact>\n"
+            )
+        })
+        .collect();
+    let state = if contacts.is_empty() {
+        "terminated"
+    } else {
+        "active"
+    };
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+         <reginfo xmlns=\"urn:ietf:params:xml:ns:reginfo\" version=\"0\" state=\"full\">\n\
+         \x20 <registration aor=\"{aor}\" id=\"r1\" state=\"{state}\">\n{cs}  </registration>\n</reginfo>\n"
+    )
+}
+
+/// Play the registrar: a third-party REGISTER for `aor` to `shard`; the
+/// final response's text.
+fn third_party_register(
+    registrar: &std::net::UdpSocket,
+    shard: SocketAddr,
+    aor: &str,
+    expires: u32,
+    content_type: &str,
+    body: &str,
+) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static CSEQ: AtomicU32 = AtomicU32::new(1);
+    let n = CSEQ.fetch_add(1, Ordering::Relaxed);
+    let me = registrar.local_addr().unwrap();
+    let branch = format!("z9hG4bKreg{n}");
+    let req = format!(
+        "REGISTER sip:{shard} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch={branch}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:registrar@example.net>;tag=reg{n}\r\nTo: <{aor}>\r\n\
+         Call-ID: third-party-{n}@127.0.0.1\r\nCSeq: {n} REGISTER\r\nContact: <sip:{me}>\r\n\
+         Expires: {expires}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    registrar.send_to(req.as_bytes(), shard).unwrap();
+    let mut buf = [0u8; 8192];
+    loop {
+        let (len, _) = registrar
+            .recv_from(&mut buf)
+            .expect("an answer to the REGISTER");
+        let text = String::from_utf8_lossy(&buf[..len]).into_owned();
+        if text.contains(&branch) && text.starts_with("SIP/2.0 ") && !text.starts_with("SIP/2.0 1")
+        {
+            return text;
+        }
+    }
+}
+
+/// The admin API over the system's shards (`GET /registrations/...`).
+fn cs_admin(s: &System) -> cpm_edge::control::cs_api::AdminServer {
+    use cpm_edge::control::cs_api::{serve, CsApi};
+    let api = CsApi::new(&s.shards, vec!["cs1".into(), "cs2".into()]).unwrap();
+    let cfg = cpm_edge::csnode::config::AdminApi {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        token: None,
+    };
+    serve(&cfg, std::sync::Arc::new(api)).unwrap()
+}
+
+/// `GET /registrations/{aor}` once the shard has published `want`
+/// contacts (it publishes every 100 ms): the status and body.
+fn registration(admin: SocketAddr, aor: &str, want: usize) -> (u16, String) {
+    let t0 = Instant::now();
+    loop {
+        let (code, body) = common::http(admin, "GET", &format!("/registrations/{aor}"), "", None);
+        let n = body.matches("\"uri\"").count();
+        if (want == 0 && code == 404) || (want > 0 && code == 200 && n == want) {
+            return (code, body);
+        }
+        assert!(
+            t0.elapsed() < WAIT,
+            "registration never showed {want}: {code} {body}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_user_registered_on_two_devices_is_invited_on_both_and_the_first_answer_wins() {
+    let (s, registrar) = system_with_registrar("registered");
+    let (a, bob) = (s.party("alice"), s.party("bob"));
+    // Bob's second device: another socket, the same user.
+    let bob2 = Party::bind("bob");
+    let shard = pf_of(&s, &bob.aor());
+    let ok = third_party_register(
+        &registrar,
+        shard,
+        &bob.aor(),
+        3600,
+        "application/reginfo+xml",
+        &reginfo(&bob.aor(), &[bob.aor(), bob2.aor()]),
+    );
+    assert!(ok.starts_with("SIP/2.0 200 OK\r\n"), "{ok}");
+    assert!(ok.contains("\r\nExpires: 3600\r\n"), "{ok}");
+    let admin = cs_admin(&s);
+    let (_, body) = registration(admin.addr, &bob.aor(), 2);
+    assert!(
+        body.contains(&bob2.aor()) && body.contains("\"session\""),
+        "{body}"
+    );
+    assert!(body.contains("\"q\":0.5"), "{body}");
+    // The first device rings on; the second answers after 300 ms.
+    bob.set_answer(Answer::RingOnly);
+    bob2.set_answer(Answer::Accept {
+        ring: true,
+        delay: Duration::from_millis(300),
+        sdp: msrp_sdp("bob2", bob2.addr()),
+    });
+    let call = a.invite(&bob.aor(), s.edge_addr, &msrp_sdp("alice", a.addr()), "");
+    assert!(call.wait_confirmed(WAIT), "{:?}", a.summary_dedup());
+    // The loser: INVITE, then the CANCEL (it answered 200, then 487 to
+    // the INVITE, which the PF ACKs).
+    expect(bob, &["INVITE", "CANCEL", "ACK"]);
+    let sent: Vec<String> = bob.sent().into_iter().map(|x| x.start_line).collect();
+    assert!(
+        sent.iter().any(|l| l.starts_with("SIP/2.0 487")),
+        "bob's first device ended the INVITE with 487: {sent:?}"
+    );
+    expect(&bob2, &["INVITE", "ACK"]);
+    // Each device got the INVITE at its own contact, To the user.
+    for (p, dev) in [(bob, bob.aor()), (&bob2, bob2.aor())] {
+        let inv = first_invite(p);
+        assert!(
+            inv.start_line.starts_with(&format!("INVITE {dev} SIP/2.0")),
+            "{}",
+            inv.raw
+        );
+        assert!(
+            inv.raw.contains(&format!("To: <{}>", bob.aor())),
+            "{}",
+            inv.raw
+        );
+    }
+    // One 180, one 200 upstream: the winner's answer.
+    expect(a, &["100", "180", "200/INVITE"]);
+    let answer = a
+        .log()
+        .into_iter()
+        .find(|r| r.method_or_code == "200")
+        .unwrap();
+    assert!(
+        answer
+            .raw
+            .contains(&format!("a=path:msrp://{}", bob2.addr())),
+        "{}",
+        answer.raw
+    );
+    // A's BYE reaches the winner only.
+    assert_eq!(call.bye(), Some(200));
+    expect(&bob2, &["INVITE", "ACK", "BYE"]);
+    expect(bob, &["INVITE", "CANCEL", "ACK"]);
+    let registers: u64 = s
+        .shards
+        .iter()
+        .map(|x| x.node.snapshot().stats.registers)
+        .sum();
+    assert_eq!(registers, 1);
+}
+
+#[test]
+fn an_unregistered_user_is_480_with_terminating_registered() {
+    let (s, registrar) = system_with_registrar("registered");
+    let bob = s.party("bob");
+    let sdp = msrp_sdp("alice", s.party("alice").addr());
+    let (code, raw) = refused(&s, &bob.aor(), "alice", &sdp);
+    assert_eq!(code, 480, "{raw}");
+    assert!(
+        raw.contains("480 Temporarily Unavailable - Not Registered"),
+        "{raw}"
+    );
+    assert!(bob.summary_dedup().is_empty(), "bob was invited");
+    // Registered, then de-registered (Expires: 0, state terminated): 480
+    // again, and the admin API shows no registration.
+    let shard = pf_of(&s, &bob.aor());
+    let admin = cs_admin(&s);
+    let ct = "application/reginfo+xml";
+    let on = reginfo(&bob.aor(), &[bob.aor()]);
+    let ok = third_party_register(&registrar, shard, &bob.aor(), 3600, ct, &on);
+    assert!(ok.starts_with("SIP/2.0 200 "), "{ok}");
+    registration(admin.addr, &bob.aor(), 1);
+    let off = reginfo(&bob.aor(), &[]);
+    let ok = third_party_register(&registrar, shard, &bob.aor(), 0, ct, &off);
+    assert!(
+        ok.starts_with("SIP/2.0 200 ") && ok.contains("Expires: 0\r\n"),
+        "{ok}"
+    );
+    let (code, body) = registration(admin.addr, &bob.aor(), 0);
+    assert!(body.contains("no registration"), "{code} {body}");
+    let (code, raw) = refused(&s, &bob.aor(), "alice", &sdp);
+    assert_eq!(code, 480, "{raw}");
+}
+
+#[test]
+fn register_defects_get_a_specific_answer() {
+    let (s, registrar) = system_with_registrar("registered");
+    let bob = s.party("bob");
+    let shard = pf_of(&s, &bob.aor());
+    let good = reginfo(&bob.aor(), &[bob.aor()]);
+    let ct = "application/reginfo+xml";
+    let r = third_party_register(
+        &registrar,
+        shard,
+        &bob.aor(),
+        3600,
+        "application/xml",
+        &good,
+    );
+    assert!(
+        r.starts_with("SIP/2.0 415 Unsupported Media Type - Expected application/reginfo+xml\r\n"),
+        "{r}"
+    );
+    assert!(r.contains("\r\nAccept: application/reginfo+xml\r\n"), "{r}");
+    let broken = good.replace("</reginfo>", "");
+    let r = third_party_register(&registrar, shard, &bob.aor(), 3600, ct, &broken);
+    // The reg-info parser's own reason (sip::reginfo).
+    assert!(
+        r.starts_with("SIP/2.0 400 Bad Request - Reginfo Element Not Closed\r\n"),
+        "{r}"
+    );
+    let partial = good.replace("state=\"full\"", "state=\"partial\"");
+    let r = third_party_register(&registrar, shard, &bob.aor(), 3600, ct, &partial);
+    assert!(
+        r.starts_with("SIP/2.0 400 Bad Request - Reginfo Not A Full State\r\n"),
+        "{r}"
+    );
+    let stranger = "sip:nobody@127.0.0.1:9";
+    let r = third_party_register(
+        &registrar,
+        shard,
+        stranger,
+        3600,
+        ct,
+        &reginfo(stranger, &[]),
+    );
+    assert!(
+        r.starts_with("SIP/2.0 404 Not Found - User Not Provisioned\r\n"),
+        "{r}"
+    );
+    // Nothing was stored.
+    let admin = cs_admin(&s);
+    let (code, _) = common::http(
+        admin.addr,
+        "GET",
+        &format!("/registrations/{}", bob.aor()),
+        "",
+        None,
+    );
+    assert_eq!(code, 404);
+    // From a socket that is not an edge: refused before anything else.
+    let outsider = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    outsider.set_read_timeout(Some(WAIT)).unwrap();
+    let r = third_party_register(&outsider, shard, &bob.aor(), 3600, ct, &good);
+    assert!(
+        r.starts_with("SIP/2.0 403 Forbidden - Not From The SIP/IP Core"),
+        "{r}"
     );
 }

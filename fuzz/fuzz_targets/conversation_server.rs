@@ -3,13 +3,16 @@
 //! marker and target (group, user, unknown; good and bad SDP), responses
 //! of every class to what the server sent, its own output looped back,
 //! CANCEL / BYE / ACK / SUBSCRIBE inside what it set up, raw bytes from the
-//! edge and from strangers, and clock jumps. Never a panic; the tables and
-//! every session's C.1 rules consistent after each step; no deadline left
-//! in the past once the timers due have run.
+//! edge and from strangers, third-party REGISTERs (reg-info for one, two or
+//! no devices, Expires 0, a wrong type, an unknown user, arbitrary bodies:
+//! the invited user's PF then forks to what was registered) and clock
+//! jumps. Never a panic; the tables, the registrations and every session's
+//! C.1 rules consistent after each step; no deadline left in the past once
+//! the timers due have run.
 #![no_main]
 
 use cpm_edge::cs::directory::{Directory, GroupSpec, InvitePolicy, UserSpec};
-use cpm_edge::cs::server::{Server, Settings};
+use cpm_edge::cs::server::{Server, Settings, Terminating};
 use cpm_edge::sip::media::MediaPolicy;
 use cpm_edge::sip::scan::scan;
 use cpm_edge::sip::transaction::{self, write_response, ResponseSpec};
@@ -35,7 +38,20 @@ const CODES: [u16; 9] = [100, 180, 183, 200, 202, 486, 487, 603, 408];
 const SDP: &str = "v=0\r\no=a 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
     m=message 7394 TCP/MSRP *\r\na=accept-types:message/cpim\r\nm=audio 4000 RTP/AVP 0\r\n";
 
-fn server() -> Server {
+/// Registered devices of bob (and one URI that is not routable).
+const DEVICES: [&str; 4] = [
+    "sip:bob@127.0.0.1:5072",
+    "sip:bob@127.0.0.1:5082;transport=udp",
+    "sips:bob@[::1]:5061",
+    "tel:+15551234",
+];
+const AORS: [&str; 3] = [
+    "sip:bob@127.0.0.1:5072",
+    "sip:alice@127.0.0.1",
+    "sip:nobody@x",
+];
+
+fn server(terminating: Terminating) -> Server {
     let users: Vec<UserSpec> = ["alice", "bob", "carol"]
         .iter()
         .enumerate()
@@ -62,13 +78,17 @@ fn server() -> Server {
         invite_timeout: Duration::from_secs(2),
         provider_media: MediaPolicy::default(),
         conference_factory: Some("conference-factory@groups.example.net".into()),
+        terminating,
         transaction: transaction::Config {
             max_transactions: 32,
             max_pending: 64,
             ..transaction::Config::default()
         },
     };
-    Server::new(settings, Arc::new(Directory::new(&users, &[group]).unwrap()))
+    Server::new(
+        settings,
+        Arc::new(Directory::new(&users, &[group]).unwrap()),
+    )
 }
 
 fn invite(n: u8, target: &str, leg: &str, sdp: &str) -> Vec<u8> {
@@ -94,7 +114,10 @@ fn invite(n: u8, target: &str, leg: &str, sdp: &str) -> Vec<u8> {
 fn respond(request: &[u8], code: u16, tag: u8, answer: &str) -> Option<Vec<u8>> {
     let m = scan(request);
     let t = format!("t{tag}");
-    let headers: [&[u8]; 2] = [b"Record-Route: <sip:127.0.0.1:5060;lr>\r\n", b"Content-Type: application/sdp\r\n"];
+    let headers: [&[u8]; 2] = [
+        b"Record-Route: <sip:127.0.0.1:5060;lr>\r\n",
+        b"Content-Type: application/sdp\r\n",
+    ];
     let ok = (200..300).contains(&code);
     let spec = ResponseSpec {
         to_tag: (code > 100).then_some(t.as_bytes()),
@@ -119,7 +142,11 @@ fn in_dialog(resp: &[u8], method: &str, cseq: u8) -> Vec<u8> {
             .map(|l| l[name.len()..].trim().to_string())
             .unwrap_or_default()
     };
-    let extra = if method == "SUBSCRIBE" { "Event: conference\r\nExpires: 60\r\n" } else { "" };
+    let extra = if method == "SUBSCRIBE" {
+        "Event: conference\r\nExpires: 60\r\n"
+    } else {
+        ""
+    };
     format!(
         "{method} sip:{LOCAL} SIP/2.0\r\nVia: SIP/2.0/UDP {EDGE};branch=z9hG4bKd{cseq}{method}\r\n\
          Max-Forwards: 70\r\nFrom: {}\r\nTo: {}\r\nCall-ID: {}\r\nCSeq: {} {method}\r\n{extra}Content-Length: 0\r\n\r\n",
@@ -129,6 +156,44 @@ fn in_dialog(resp: &[u8], method: &str, cseq: u8) -> Vec<u8> {
         u32::from(cseq) + 10,
     )
     .into_bytes()
+}
+
+/// A full reg-info state for `aor` with contacts `devices` (bits of `mask`),
+/// CPM-tagged by the bits of `tags`.
+fn reginfo(aor: &str, mask: u8, tags: u8, expires: u8) -> String {
+    let contacts: String = DEVICES
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| mask & (1 << i) != 0)
+        .map(|(i, uri)| {
+            let tag = if tags & (1 << i) != 0 {
+                "<unknown-param name=\"+g.3gpp.icsi-ref\">\"urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.session\"</unknown-param>"
+            } else {
+                ""
+            };
+            let state = if mask & 0x80 != 0 && i == 0 { "terminated" } else { "active" };
+            format!(
+                "<contact id=\"c{i}\" state=\"{state}\" event=\"registered\" expires=\"{expires}\" q=\"0.{i}\"><uri>{uri}</uri>{tag}</contact>"
+            )
+        })
+        .collect();
+    format!(
+        "<?xml version=\"1.0\"?><reginfo xmlns=\"urn:ietf:params:xml:ns:reginfo\" version=\"1\" state=\"full\">\
+         <registration aor=\"{aor}\" id=\"r\" state=\"active\">{contacts}</registration></reginfo>"
+    )
+}
+
+fn register(n: u8, aor: &str, expires: u32, ctype: &str, body: &[u8]) -> Vec<u8> {
+    let mut v = format!(
+        "REGISTER sip:{LOCAL} SIP/2.0\r\nVia: SIP/2.0/UDP {EDGE};branch=z9hG4bKreg{n}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:registrar@example.net>;tag=r{n}\r\nTo: <{aor}>\r\n\
+         Call-ID: reg{n}\r\nCSeq: {n} REGISTER\r\nContact: <sip:{EDGE}>\r\nExpires: {expires}\r\n\
+         Content-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    v.extend_from_slice(body);
+    v
 }
 
 struct Sim {
@@ -160,8 +225,12 @@ impl Sim {
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Input(data);
+    let terminating = match input.byte().unwrap_or(0) % 2 {
+        0 => Terminating::RequestUri,
+        _ => Terminating::Registered,
+    };
     let mut sim = Sim {
-        s: server(),
+        s: server(terminating),
         now: Instant::now(),
         sent: Vec::new(),
         edge: EDGE.parse().unwrap(),
@@ -174,16 +243,22 @@ fuzz_target!(|data: &[u8]| {
             break;
         }
         let arg = input.byte().unwrap_or(0);
-        match op % 8 {
+        match op % 9 {
             0 => {
                 let target = input.pick(&TARGETS).unwrap_or(TARGETS[0]);
                 let leg = input.pick(&LEGS).unwrap_or("orig");
-                let sdp = if arg % 5 == 0 { "v=0\r\nm=bogus\r\n" } else { SDP };
+                let sdp = if arg % 5 == 0 {
+                    "v=0\r\nm=bogus\r\n"
+                } else {
+                    SDP
+                };
                 sim.feed(sim.edge, &invite(arg % 8, target, leg, sdp));
             }
             1 => {
                 let code = input.pick(&CODES).unwrap_or(200);
-                let Some(req) = sim.pick_sent(arg) else { continue };
+                let Some(req) = sim.pick_sent(arg) else {
+                    continue;
+                };
                 if scan(&req).is_request() {
                     let answer = if arg % 7 == 0 { "v=0\r\n" } else { SDP };
                     if let Some(r) = respond(&req, code, arg % 3, answer) {
@@ -197,8 +272,11 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             3 | 4 => {
-                let method = ["BYE", "ACK", "SUBSCRIBE", "MESSAGE", "CANCEL", "INVITE"][usize::from(arg) % 6];
-                let Some(b) = sim.pick_sent(input.byte().unwrap_or(0)) else { continue };
+                let method = ["BYE", "ACK", "SUBSCRIBE", "MESSAGE", "CANCEL", "INVITE"]
+                    [usize::from(arg) % 6];
+                let Some(b) = sim.pick_sent(input.byte().unwrap_or(0)) else {
+                    continue;
+                };
                 if !scan(&b).is_request() {
                     sim.feed(sim.edge, &in_dialog(&b, method, arg));
                 }
@@ -208,6 +286,25 @@ fuzz_target!(|data: &[u8]| {
                 let raw = input.bytes(n).to_vec();
                 let from = if arg % 2 == 0 { sim.edge } else { stranger };
                 sim.feed(from, &raw);
+            }
+            6 => {
+                let aor = input.pick(&AORS).unwrap_or(AORS[0]);
+                let (mask, tags) = (input.byte().unwrap_or(3), input.byte().unwrap_or(3));
+                let expires = u32::from(input.byte().unwrap_or(60));
+                let ctype = if arg % 7 == 0 {
+                    "text/plain"
+                } else {
+                    "application/reginfo+xml"
+                };
+                let body = match arg % 5 {
+                    0 => {
+                        let n = usize::from(input.byte().unwrap_or(0));
+                        input.bytes(n).to_vec()
+                    }
+                    _ => reginfo(aor, mask, tags, expires as u8).into_bytes(),
+                };
+                let header_expires = if arg % 3 == 0 { 0 } else { expires };
+                sim.feed(sim.edge, &register(arg, aor, header_expires, ctype, &body));
             }
             _ => {
                 sim.now += Duration::from_millis(u64::from(arg) * 137);

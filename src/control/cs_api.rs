@@ -14,6 +14,7 @@
 //! | `GET /groups/{uri}` | one group |
 //! | `PUT /groups/{uri}` `{"host","members",...}` | create or replace ([`GroupSpec`] without `id`) |
 //! | `DELETE /groups/{uri}` | remove |
+//! | `GET /registrations/{uri}` | the user's registered contacts (the edge's third-party REGISTER), read-only |
 //! | `GET /shards` | the shards of this process: sessions, dialogs, transactions, group sync |
 //! | `GET /metrics` | Prometheus text format |
 //! | `GET /health` | process alive |
@@ -34,10 +35,12 @@ use super::http::{self, Handler, HttpConfig, Request, Response};
 use super::metrics::{counter, counters, gauge, gauges};
 use super::ApiError;
 use crate::cs::directory::{checked_identity, Directory, Group, GroupSpec, User, UserSpec};
+use crate::cs::registrations::Contact;
 use crate::csnode::config::AdminApi;
 use crate::csnode::node::{Snapshot, SnapshotReader};
 use crate::csnode::sync::SyncStats;
 use crate::csnode::Shard;
+use crate::sip::feature_tag::CpmServices;
 use arc_swap::ArcSwap;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{prometheus_text, DescriptorEncoder};
@@ -48,6 +51,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 /// Largest request body: a group is at most 64 member URIs of 256 bytes,
 /// with room for its subject and media policy.
@@ -163,10 +167,13 @@ impl CsApi {
             ("GET", ["groups", uri]) => self.get_group(uri),
             ("PUT", ["groups", uri]) => self.put_group(uri, &req.body),
             ("DELETE", ["groups", uri]) => self.delete_group(uri),
-            (_, ["health" | "metrics" | "shards" | "users" | "groups", ..]) => Err(ApiError::new(
-                405,
-                format!("{} is not allowed on {}", req.method, req.path),
-            )),
+            ("GET", ["registrations", uri]) => self.get_registration(uri),
+            (_, ["health" | "metrics" | "shards" | "users" | "groups" | "registrations", ..]) => {
+                Err(ApiError::new(
+                    405,
+                    format!("{} is not allowed on {}", req.method, req.path),
+                ))
+            }
             _ => Err(ApiError::new(404, format!("no endpoint {}", req.path))),
         };
         super::api::answer(r, req, "cs admin request refused")
@@ -278,6 +285,25 @@ impl CsApi {
             d.remove_group(&k);
             Ok(json!({"removed": u, "identity": k, "host": host}))
         })
+    }
+
+    /// A user's registered contacts, as the shard serving the user (its
+    /// Participating Function, the one the edge's REGISTER reached) last
+    /// published them; `404` when no shard of this process has one live.
+    fn get_registration(&self, uri: &str) -> Result<Value, ApiError> {
+        let k = identity("user", uri)?;
+        let now = Instant::now();
+        for s in &self.shards {
+            let table = s.snapshot.registrations();
+            let contacts: Vec<Value> = table
+                .contacts(&k, now)
+                .map(|c| contact_json(c, now))
+                .collect();
+            if !contacts.is_empty() {
+                return Ok(json!({"identity": k, "shard": s.name, "contacts": contacts}));
+            }
+        }
+        Err(ApiError::new(404, format!("no registration of '{uri}'")))
     }
 
     fn group_json(&self, k: &str, g: &Group) -> Value {
@@ -401,6 +427,30 @@ fn spec<T: serde::de::DeserializeOwned>(what: &str, uri: &str, body: &[u8]) -> R
     serde_json::from_value(v).map_err(|e| ApiError::new(400, format!("{what}: {e}")))
 }
 
+/// The CPM services' names (the ICSI's last label) of a set of bits.
+const SERVICE_NAMES: [(u8, &str); 6] = [
+    (CpmServices::SESSION, "session"),
+    (CpmServices::MSG, "msg"),
+    (CpmServices::LARGEMSG, "largemsg"),
+    (CpmServices::DEFERRED, "deferred"),
+    (CpmServices::FILETRANSFER, "filetransfer"),
+    (CpmServices::SYSTEMMSG, "systemmsg"),
+];
+
+fn contact_json(c: &Contact, now: Instant) -> Value {
+    let services: Vec<&str> = SERVICE_NAMES
+        .iter()
+        .filter(|(bit, _)| c.services.0 & bit != 0)
+        .map(|(_, n)| *n)
+        .collect();
+    json!({
+        "uri": c.uri,
+        "services": services,
+        "q": c.q.map(|q| f64::from(q) / 1000.0),
+        "expires": c.expires_in(now).as_secs(),
+    })
+}
+
 fn user_json(k: &str, u: &User) -> Value {
     json!({"id": u.uri, "identity": k, "media": u.media})
 }
@@ -472,7 +522,7 @@ impl Collector for Metrics {
         counters(
             e,
             "cpm_cs_refused",
-            "INVITEs refused, per shard.",
+            "Requests refused (INVITEs, REGISTERs), per shard.",
             per(|r| r.snap.stats.refused),
         )?;
         counters(
@@ -498,6 +548,12 @@ impl Collector for Metrics {
             "cpm_cs_in_dialog_relayed",
             "In-dialog requests relayed by a Participating Function, per shard.",
             per(|r| r.snap.stats.relayed),
+        )?;
+        counters(
+            e,
+            "cpm_cs_registers",
+            "Third-party REGISTERs from the edge stored (registrations, refreshes, de-registrations), per shard.",
+            per(|r| r.snap.stats.registers),
         )?;
         counters(
             e,
@@ -833,6 +889,20 @@ mod tests {
         let (code, _) = call(&a, "DELETE", "/users/sip:alice@127.0.0.1", "");
         assert_eq!(code, 404);
         assert!(Arc::ptr_eq(&before, &a.shards[0].directory.load_full()));
+    }
+
+    #[test]
+    fn registrations_are_read_only_and_404_without_one() {
+        let a = api(&["cs1", "cs2"]);
+        let (code, v) = call(&a, "GET", "/registrations/sip:alice@127.0.0.1:5071", "");
+        assert_eq!(code, 404, "{v}");
+        assert!(error(&v).contains("no registration"), "{v}");
+        let (code, v) = call(&a, "GET", "/registrations/mailto:a@x", "");
+        assert_eq!(code, 400, "{v}");
+        let (code, _) = call(&a, "PUT", "/registrations/sip:alice@127.0.0.1", "{}");
+        assert_eq!(code, 405);
+        let services = SERVICE_NAMES.iter().fold(0, |acc, (b, _)| acc | b);
+        assert_eq!(services, 63, "every CPM service has its name");
     }
 
     #[test]

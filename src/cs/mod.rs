@@ -7,6 +7,8 @@
 //!   policies;
 //! - [`session`]: the C.1 rules between a session's upstream side and its
 //!   legs, as a pure state machine;
+//! - [`registrations`]: where each user's devices are (the registrar's
+//!   third-party REGISTER), for the terminating function's forking;
 //! - [`request`]: the INVITE a leg carries, written from the one received;
 //! - [`server`]: the transaction user tying them to the transaction and
 //!   dialog tables;
@@ -16,6 +18,7 @@
 pub mod conference;
 pub mod directory;
 pub mod multipart;
+pub mod registrations;
 pub mod request;
 pub mod resource_lists;
 pub mod server;

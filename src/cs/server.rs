@@ -15,14 +15,22 @@
 //! dialog: `on_invite` → which function by the edge's leg marker → authorise
 //! → media policy → `start_session`) or `in_dialog` (BYE, ACK, relayed
 //! requests) → the session's [`Action`]s → `execute`.
+//!
+//! A third-party REGISTER from the edge (the users' registrar, 3GPP TS
+//! 24.229 §5.4.1.7 style) carries a user's registration state (RFC 3680):
+//! `on_register` stores its contacts ([`Registrations`]), and the invited
+//! user's Participating Function forks to those that offer the service
+//! asked for (seed 5.2.5), or, with none, follows [`Terminating`].
 
 use super::conference::{write_full, Conference, Disconnection, EndpointStatus, Participant};
 use super::directory::{identity_of, Directory, Group, InvitePolicy};
+use super::registrations::{self, Binding, Contact, Registrations};
 use super::request::{contact_params, party_without_tag, put_addr, write_invite, Invitation};
 use super::session::{Action, LegState, Mode, Session, Upstream};
 use super::{multipart, resource_lists};
 use crate::route::legs::Leg;
 use crate::sip::dialog::{AckWait, AckWaitStep, Dialog, DialogId, DialogTable, InDialog};
+use crate::sip::feature_tag::CpmServices;
 use crate::sip::media::{check_answer, filter_offer, MediaPolicy};
 use crate::sip::params::find_param;
 use crate::sip::rewrite::Out;
@@ -50,7 +58,27 @@ const MAX_SUBSCRIBERS: usize = super::directory::MAX_MEMBERS + 1;
 /// Longest conference subscription granted (and the default).
 const MAX_SUBSCRIPTION: Duration = Duration::from_secs(3600);
 /// The methods answered outside a dialog (`Allow`).
-const ALLOW: &[u8] = b"Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, INFO, UPDATE\r\n";
+const ALLOW: &[u8] =
+    b"Allow: INVITE, ACK, CANCEL, BYE, OPTIONS, MESSAGE, INFO, UPDATE, REGISTER\r\n";
+/// The registration state's body type (RFC 3680 §5).
+const REGINFO: &str = "application/reginfo+xml";
+/// A contact's lifetime when neither its `expires` nor the REGISTER's
+/// Expires says one (RFC 3261 §10.2.1.1's suggested default).
+const DEFAULT_EXPIRES: u32 = 3600;
+
+/// Where the invited user's Participating Function sends an invitation
+/// when the user has no registered contact offering the service.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Terminating {
+    /// `480 Temporarily Unavailable - Not Registered` (interworking, e.g.
+    /// to SMS, comes later).
+    Registered,
+    /// One leg to the Request-URI's host:port, as before registration
+    /// existed (the demo's clients do not register yet).
+    #[default]
+    RequestUri,
+}
 
 /// How the server is set up.
 #[derive(Clone, Debug)]
@@ -72,6 +100,9 @@ pub struct Settings {
     /// it with a recipient list (RFC 5366) makes an ad-hoc group, hosted
     /// by the inviting user's Participating Function.
     pub conference_factory: Option<String>,
+    /// The invited user's Participating Function when the user has no
+    /// registered contact for the service.
+    pub terminating: Terminating,
     pub transaction: transaction::Config,
 }
 
@@ -87,6 +118,9 @@ pub struct Stats {
     pub group_divergence: u64,
     pub answers_refused: u64,
     pub relayed: u64,
+    /// Third-party REGISTERs accepted (a registration, refresh or
+    /// de-registration stored).
+    pub registers: u64,
 }
 
 /// Which function a session is.
@@ -227,6 +261,9 @@ struct Plan {
     referred_by: Option<String>,
     up_contact: Vec<u8>,
     leg_contact: Vec<u8>,
+    /// The legs' To (`name-addr`) when it is not the target: a fork to the
+    /// user's devices keeps the user's address there.
+    to: Option<Vec<u8>>,
 }
 
 pub struct Server {
@@ -243,6 +280,9 @@ pub struct Server {
     deadlines: BTreeSet<(Instant, u64, SessionId, Due)>,
     notes: VecDeque<String>,
     stats: Stats,
+    /// Copy on write: a reader ([`Server::registrations`]) holds a snapshot
+    /// while the next REGISTER changes a copy.
+    registrations: Arc<Registrations>,
     key: [u64; 2],
     counter: u64,
     out: Vec<u8>,
@@ -265,6 +305,7 @@ impl Server {
             deadlines: BTreeSet::new(),
             notes: VecDeque::new(),
             stats: Stats::default(),
+            registrations: Arc::new(Registrations::default()),
             key,
             counter: 0,
             out: vec![0; MAX_OUT],
@@ -274,6 +315,11 @@ impl Server {
     /// Replace the directory (admin API, reload). Sessions in progress
     /// keep what they were set up with.
     pub fn set_directory(&mut self, d: Arc<Directory>) {
+        // Registrations are for provisioned users only: a user removed
+        // leaves the table (and the table stays bounded by the directory).
+        if self.registrations.users().any(|u| d.user(u).is_none()) {
+            Arc::make_mut(&mut self.registrations).retain_users(|u| d.user(u).is_some());
+        }
         self.directory = d;
     }
 
@@ -287,6 +333,18 @@ impl Server {
 
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// `user`'s (canonical identity) registered contacts live at `now`,
+    /// best `q` first; empty when the user is not registered.
+    pub fn registered(&self, user: &str, now: Instant) -> Vec<Contact> {
+        self.registrations.contacts(user, now).cloned().collect()
+    }
+
+    /// The registration table as it is now: a snapshot for another thread
+    /// (the admin API), cheap to take (the next change copies it).
+    pub fn registrations(&self) -> Arc<Registrations> {
+        Arc::clone(&self.registrations)
     }
 
     pub fn transaction_stats(&self) -> transaction::Stats {
@@ -527,6 +585,7 @@ impl Server {
         }
         match m.method() {
             Some(Method::Invite) => self.on_invite(now, rx),
+            Some(Method::Register) => self.on_register(now, rx),
             Some(Method::Options) => self.respond(now, rx, 200, "OK", &[ALLOW]),
             _ => self.respond(now, rx, 405, "Method Not Allowed", &[ALLOW]),
         }
@@ -534,7 +593,7 @@ impl Server {
 
     fn on_invite(&mut self, now: Instant, rx: Rx<'_>) {
         let Rx { b, m, .. } = rx;
-        let plan = self.plan(b, m);
+        let plan = self.plan(now, b, m);
         match plan {
             Ok(plan) => self.start_session(now, rx, plan),
             Err(r) => {
@@ -552,9 +611,88 @@ impl Server {
         }
     }
 
+    /// A third-party REGISTER from the edge (the users' registrar): the
+    /// user's registration state replaces what was stored, `200` with the
+    /// Expires echoed; refusals say why (`415`, `400`, `404`).
+    fn on_register(&mut self, now: Instant, rx: Rx<'_>) {
+        let Rx { b, m, .. } = rx;
+        match self.register(now, b, m) {
+            Ok((user, stored, expires)) => {
+                self.stats.registers += 1;
+                let what = match stored.kept {
+                    0 => "de-registered".to_string(),
+                    1 => "registered 1 contact".to_string(),
+                    n => format!("registered {n} contacts"),
+                };
+                let extra = match stored.dropped {
+                    0 => String::new(),
+                    n => format!(" ({n} left out: at most {})", registrations::MAX_CONTACTS),
+                };
+                self.note(format!("[PF {user}] {what}{extra}"));
+                let line = expires.map(|e| format!("Expires: {e}\r\n").into_bytes());
+                let headers: Vec<&[u8]> = line.iter().map(|l| &l[..]).collect();
+                self.respond(now, rx, 200, "OK", &headers);
+            }
+            Err(r) => {
+                self.stats.refused += 1;
+                let to = String::from_utf8_lossy(m.to_uri.get(b)).into_owned();
+                self.note(format!(
+                    "refused REGISTER for {to}: {} {}",
+                    r.code, r.reason
+                ));
+                let accept: &[&[u8]] = if r.code == 415 {
+                    &[b"Accept: application/reginfo+xml\r\n"]
+                } else {
+                    &[]
+                };
+                self.respond(now, rx, r.code, &r.reason, accept);
+            }
+        }
+    }
+
+    /// The REGISTER's user (its To: the AoR), what was stored for it, and
+    /// the Expires to echo. `Expires: 0` de-registers the user whatever the
+    /// body says; so does an empty body with it.
+    fn register(
+        &mut self,
+        now: Instant,
+        b: &[u8],
+        m: &Message,
+    ) -> Result<(String, registrations::Stored, Option<u32>), Refusal> {
+        let expires = match header_value(b, m, &[b"Expires"]) {
+            None => None,
+            Some(v) => Some(
+                v.trim()
+                    .parse::<u32>()
+                    .map_err(|_| refusal(400, "Bad Request - Malformed Expires"))?,
+            ),
+        };
+        let body = m.body.get(b);
+        let bodiless_removal = expires == Some(0) && body.is_empty();
+        if !bodiless_removal && !is_type(b, m, REGINFO) {
+            return Err(refusal(
+                415,
+                "Unsupported Media Type - Expected application/reginfo+xml",
+            ));
+        }
+        let aor = String::from_utf8_lossy(m.to_uri.get(b)).into_owned();
+        let user = identity_of(&aor)
+            .filter(|u| self.directory.user(u).is_some())
+            .ok_or_else(|| refusal(404, "Not Found - User Not Provisioned"))?;
+        let bindings = match expires {
+            Some(0) => Vec::new(),
+            _ => reginfo_bindings(body, &user, expires.unwrap_or(DEFAULT_EXPIRES))
+                .map_err(|why| refusal(400, &format!("Bad Request - {why}")))?,
+        };
+        let stored = Arc::make_mut(&mut self.registrations)
+            .update(&user, &bindings, now)
+            .map_err(|e| refusal(503, &format!("Service Unavailable - {e}")))?;
+        Ok((user, stored, expires))
+    }
+
     /// Phase 1 of an INVITE: where it came from, which function the edge's
     /// marker names, who is served, and what offer goes on.
-    fn plan(&mut self, b: &[u8], m: &Message) -> Result<Plan, Refusal> {
+    fn plan(&mut self, now: Instant, b: &[u8], m: &Message) -> Result<Plan, Refusal> {
         let (route, marker) = self
             .edge_route(b, m)
             .ok_or_else(|| refusal(403, "Forbidden - No Leg Marker From The Edge"))?;
@@ -567,7 +705,7 @@ impl Server {
             .ok_or_else(|| refusal(416, "Unsupported URI Scheme"))?;
         let mut plan = match marker {
             Leg::Originating => self.originating(b, m, &target)?,
-            Leg::Terminating => self.terminating(b, m, &target)?,
+            Leg::Terminating => self.terminating(now, b, m, &target)?,
             Leg::Controlling => self.controlling(b, m, &target)?,
         };
         plan.route = route;
@@ -609,24 +747,44 @@ impl Server {
         ))
     }
 
-    /// 5.2.3.2.3: the invited user's Participating Function.
-    fn terminating(&mut self, b: &[u8], m: &Message, target: &str) -> Result<Plan, Refusal> {
+    /// 5.2.3.2.3: the invited user's Participating Function. It delivers
+    /// to every registered device offering the service (seed 5.2.5: one
+    /// leg each, in parallel, the first answer wins); with none, as
+    /// [`Settings::terminating`] says.
+    fn terminating(
+        &mut self,
+        now: Instant,
+        b: &[u8],
+        m: &Message,
+        target: &str,
+    ) -> Result<Plan, Refusal> {
         let dir = Arc::clone(&self.directory);
         let u = dir
             .user(target)
             .ok_or_else(|| refusal(404, "Not Found - No Such User Or Group"))?;
+        let wanted = wanted_service(m);
+        let devices: Vec<String> = self
+            .registrations
+            .contacts(target, now)
+            .filter(|c| c.offers(wanted))
+            .map(|c| c.uri.clone())
+            .collect();
+        if devices.is_empty() && self.settings.terminating == Terminating::Registered {
+            return Err(refusal(480, "Temporarily Unavailable - Not Registered"));
+        }
         let policy = self.settings.provider_media.merged(&u.media);
         let offer = offer_after_policy(b, m, &policy, "user")?;
         let asserted = asserted_uri(b, m);
-        Ok(self.single_leg(
-            b,
-            m,
-            Function::Terminating {
-                user: target.to_string(),
-            },
-            offer,
-            asserted,
-        ))
+        let function = Function::Terminating {
+            user: target.to_string(),
+        };
+        let mut plan = self.single_leg(b, m, function, offer, asserted);
+        if !devices.is_empty() {
+            // Request-URI: the device; To: still the user (RFC 3261 §16.5).
+            plan.to = Some(party_without_tag(b, m.to));
+            plan.targets = devices;
+        }
+        Ok(plan)
     }
 
     fn single_leg(
@@ -651,6 +809,7 @@ impl Server {
             referred_by: referred_by(b, m),
             up_contact: self.contact(None, b""),
             leg_contact: self.contact(None, &params),
+            to: None,
         }
     }
 
@@ -727,6 +886,7 @@ impl Server {
             referred_by: Some(inviter_uri),
             up_contact: self.contact(Some(&group_user), focus.as_bytes()),
             leg_contact: self.contact(Some(&group_user), focus.as_bytes()),
+            to: None,
         })
     }
 
@@ -789,6 +949,7 @@ impl Server {
             referred_by: Some(inviter_uri),
             up_contact: contact.clone(),
             leg_contact: contact,
+            to: None,
         })
     }
 
@@ -913,7 +1074,10 @@ impl Server {
         let mut call_id = self.token();
         call_id.push(b'@');
         call_id.extend_from_slice(self.settings.local.ip().to_string().as_bytes());
-        let to = format!("<{target}>");
+        let to = plan
+            .to
+            .clone()
+            .unwrap_or_else(|| format!("<{target}>").into_bytes());
         let inv = Invitation {
             request_uri: target.as_bytes(),
             local: self.settings.local,
@@ -922,7 +1086,7 @@ impl Server {
             route: &plan.route,
             from: &plan.from,
             from_tag: &from_tag,
-            to: to.as_bytes(),
+            to: &to,
             call_id: &call_id,
             contact: &plan.leg_contact,
             asserted: plan.asserted.as_deref().map(str::as_bytes),
@@ -1063,11 +1227,12 @@ impl Server {
         let other = match (mode, side) {
             (Some(Mode::Participating), Side::Up) => self
                 .session(sid)
-                .and_then(|s| s.legs.first())
+                .and_then(|s| s.legs.get(other_leg(&s.rules)?))
                 .and_then(|l| l.dialog),
-            (Some(Mode::Participating), Side::Leg(_)) => {
-                self.session(sid).and_then(|s| s.up.dialog)
-            }
+            (Some(Mode::Participating), Side::Leg(i)) => self
+                .session(sid)
+                .filter(|s| other_leg(&s.rules) == Some(i))
+                .and_then(|s| s.up.dialog),
             _ => None,
         };
         match other {
@@ -1266,13 +1431,17 @@ impl Server {
     fn execute(&mut self, now: Instant, sid: SessionId, actions: Vec<Action>) {
         for a in actions {
             match a {
-                Action::RingUpstream => self.answer_upstream(now, sid, 180, "Ringing", None),
+                Action::RingUpstream { leg } => {
+                    self.answer_upstream(now, sid, 180, "Ringing", Some(leg))
+                }
                 Action::AnswerUpstream { leg } => {
                     self.answer_upstream(now, sid, 200, "OK", Some(leg))
                 }
-                Action::FailUpstream { code, reason } => self.fail_upstream(now, sid, code, reason),
+                Action::FailUpstream { code, reason, leg } => {
+                    self.fail_upstream(now, sid, code, reason, leg)
+                }
                 Action::TerminateUpstream => {
-                    self.fail_upstream(now, sid, 487, "Request Terminated")
+                    self.fail_upstream(now, sid, 487, "Request Terminated", None)
                 }
                 Action::AckLeg { leg } => self.ack_leg(sid, leg),
                 Action::ByeLeg { leg } => self.bye(now, sid, Side::Leg(leg)),
@@ -1326,10 +1495,12 @@ impl Server {
         leg: Option<usize>,
     ) {
         let Some(did) = self.up_dialog(sid, leg) else {
-            return self.fail_upstream(now, sid, 500, "Server Internal Error - No Dialog");
+            return self.fail_upstream(now, sid, 500, "Server Internal Error - No Dialog", None);
         };
         let Some(s) = self.session(sid) else { return };
+        // A 2xx carries the answering leg's answer; a 180 nothing.
         let body = leg
+            .filter(|_| code >= 200)
             .and_then(|i| s.legs.get(i))
             .map(|l| l.answer.clone())
             .unwrap_or_default();
@@ -1370,15 +1541,23 @@ impl Server {
         }
     }
 
-    /// A final error upstream. A Participating Function relays its leg's
-    /// reason phrase and Warning lines (a 488's Warning says which policy
-    /// refused what, 5.2.3.7); a Controlling Function says its own.
-    fn fail_upstream(&mut self, now: Instant, sid: SessionId, code: u16, reason: &str) {
+    /// A final error upstream. A Participating Function relays the reason
+    /// phrase and Warning lines of leg `leg`'s final response (a 488's
+    /// Warning says which policy refused what, 5.2.3.7); a Controlling
+    /// Function (and a fork whose devices disagree) says its own.
+    fn fail_upstream(
+        &mut self,
+        now: Instant,
+        sid: SessionId,
+        code: u16,
+        reason: &str,
+        leg: Option<usize>,
+    ) {
         let Some(s) = self.session(sid) else { return };
-        let relayed = match (
-            s.rules.mode(),
-            s.legs.first().and_then(|l| l.failure.clone()),
-        ) {
+        let failure = leg
+            .and_then(|i| s.legs.get(i))
+            .and_then(|l| l.failure.clone());
+        let relayed = match (s.rules.mode(), failure) {
             (Mode::Participating, Some(f)) if code != 487 => Some(f),
             _ => None,
         };
@@ -1743,6 +1922,13 @@ impl Server {
     pub fn assert_invariants(&self) {
         self.txns.assert_invariants();
         self.dialogs.assert_invariants();
+        self.registrations.assert_invariants();
+        assert!(
+            self.registrations
+                .users()
+                .all(|u| self.directory.user(u).is_some()),
+            "a registration of a user not provisioned"
+        );
         let live = self.slots.iter().filter(|s| s.session.is_some()).count();
         assert_eq!(live, self.live);
         assert!(self.live <= self.settings.max_sessions);
@@ -1859,6 +2045,86 @@ fn status(m: &Message) -> u16 {
         StartLine::Response { code } => code,
         _ => 0,
     }
+}
+
+/// A Participating Function's other side for the upstream's in-dialog
+/// requests: the leg that answered; before an answer, the one leg of a
+/// session that did not fork (its early dialog).
+fn other_leg(rules: &Session) -> Option<usize> {
+    rules
+        .answered()
+        .or_else(|| (rules.legs().len() == 1).then_some(0))
+}
+
+/// The CPM service an INVITE asks for (its feature tag, else a CPM
+/// session): the devices invited are the ones registered with it.
+fn wanted_service(m: &Message) -> CpmServices {
+    if m.cpm.any() {
+        m.cpm
+    } else {
+        CpmServices(CpmServices::SESSION)
+    }
+}
+
+/// Is the body's Content-Type `mime` (parameters and case aside)?
+fn is_type(b: &[u8], m: &Message, mime: &str) -> bool {
+    m.content_type.is_some_and(|c| {
+        let v = c.get(b);
+        let end = v.iter().position(|x| *x == b';').unwrap_or(v.len());
+        v[..end].trim_ascii().eq_ignore_ascii_case(mime.as_bytes())
+    })
+}
+
+/// The bindings of `user`'s registration in a full reg-info document
+/// (RFC 3680): its active contacts (the URIs a request can carry), their
+/// CPM services, `q` and lifetimes (`default_expires` when a contact names
+/// none). A document for another AoR, or a partial one, is refused.
+fn reginfo_bindings(
+    body: &[u8],
+    user: &str,
+    default_expires: u32,
+) -> Result<Vec<Binding>, &'static str> {
+    use crate::sip::reginfo::{self, ContactState, DocState, RegState};
+    let doc = reginfo::parse(body).map_err(|e| e.reason())?;
+    if doc.state != DocState::Full {
+        return Err("Reginfo Not A Full State");
+    }
+    let mut mine = doc
+        .registrations
+        .iter()
+        .filter(|r| identity_of(&String::from_utf8_lossy(&r.aor)).as_deref() == Some(user));
+    let Some(reg) = mine.next() else {
+        if doc.registrations.is_empty() {
+            return Ok(Vec::new());
+        }
+        return Err("Reginfo Names Another AOR");
+    };
+    if reg.state == RegState::Terminated {
+        return Ok(Vec::new());
+    }
+    let bindings = reg
+        .contacts
+        .iter()
+        .filter(|c| c.state == ContactState::Active)
+        .filter_map(|c| {
+            let uri = String::from_utf8_lossy(&c.uri).into_owned();
+            routable_contact(&uri).then(|| Binding {
+                uri,
+                services: reginfo::cpm_of(c),
+                q: c.q,
+                expires: Duration::from_secs(u64::from(c.expires.unwrap_or(default_expires))),
+            })
+        })
+        .collect();
+    Ok(bindings)
+}
+
+/// A contact URI fit for a Request-URI: a sip: or sips: URI of the
+/// characters a header may carry, at most 256 bytes.
+fn routable_contact(uri: &str) -> bool {
+    let lower = uri.get(..5).unwrap_or("").to_ascii_lowercase();
+    let sip = lower.starts_with("sip:") || lower.starts_with("sips:");
+    sip && uri.len() <= 256 && super::directory::checked_identity(uri).is_ok()
 }
 
 /// The Request-URI as text (empty for a response).
@@ -2045,5 +2311,330 @@ fn side_name(s: Option<&SessionData>, side: Side) -> String {
         (_, Side::Up) => "the inviter".to_string(),
         (Some(s), Side::Leg(i)) => s.legs.get(i).map_or("a leg".into(), |l| l.target.clone()),
         (None, Side::Leg(_)) => "a leg".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cs::directory::UserSpec;
+
+    const EDGE: &str = "127.0.0.1:5060";
+    const LOCAL: &str = "127.0.0.1:7001";
+    const CPM: &str = "\"urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.session\"";
+    const SDP: &str = "v=0\r\no=a 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+        m=message 7394 TCP/MSRP *\r\na=accept-types:message/cpim\r\n";
+
+    fn server(terminating: Terminating) -> Server {
+        let users: Vec<UserSpec> = ["alice@example.net", "bob@example.net"]
+            .iter()
+            .map(|u| UserSpec {
+                id: format!("sip:{u}"),
+                media: MediaPolicy::default(),
+            })
+            .collect();
+        let settings = Settings {
+            name: "cs1".into(),
+            local: LOCAL.parse().unwrap(),
+            edges: vec![EDGE.parse().unwrap()],
+            max_sessions: 8,
+            max_dialogs: 32,
+            invite_timeout: Duration::from_secs(2),
+            provider_media: MediaPolicy::default(),
+            conference_factory: None,
+            terminating,
+            transaction: transaction::Config::default(),
+        };
+        Server::new(settings, Arc::new(Directory::new(&users, &[]).unwrap()))
+    }
+
+    /// An RFC 3680 full state for `aor` with one active contact per URI
+    /// (`services`: the icsi-ref value, or none).
+    fn reginfo(aor: &str, contacts: &[(&str, Option<&str>)]) -> String {
+        let cs: String = contacts
+            .iter()
+            .enumerate()
+            .map(|(i, (uri, icsi))| {
+                let p = icsi.map_or(String::new(), |v| {
+                    format!("<unknown-param name=\"+g.3gpp.icsi-ref\">{v}</unknown-param>")
+                });
+                format!(
+                    "<contact id=\"c{i}\" state=\"active\" event=\"registered\" expires=\"600\">\
+                     <uri>{uri}</uri>{p}</contact>"
+                )
+            })
+            .collect();
+        format!(
+            "<?xml version=\"1.0\"?>\n<reginfo xmlns=\"urn:ietf:params:xml:ns:reginfo\" \
+             version=\"0\" state=\"full\"><registration aor=\"{aor}\" id=\"r1\" \
+             state=\"active\">{cs}</registration></reginfo>"
+        )
+    }
+
+    fn register(aor: &str, expires: u32, ctype: &str, body: &str) -> Vec<u8> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        format!(
+            "REGISTER sip:{LOCAL} SIP/2.0\r\nVia: SIP/2.0/UDP {EDGE};branch=z9hG4bKr{}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:registrar@example.net>;tag=r1\r\nTo: <{aor}>\r\n\
+             Call-ID: reg-{aor}\r\nCSeq: {} REGISTER\r\nContact: <sip:{EDGE}>\r\n\
+             Expires: {expires}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{body}",
+            n,
+            n + 1,
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    fn invite_term(target: &str) -> Vec<u8> {
+        format!(
+            "INVITE {target} SIP/2.0\r\nVia: SIP/2.0/UDP {EDGE};branch=z9hG4bKi1\r\n\
+             Via: SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bKa1;rport=5062\r\nMax-Forwards: 69\r\n\
+             Route: <sip:{LOCAL};lr>,<sip:{EDGE};lr;cpm-leg=term>\r\nRecord-Route: <sip:{EDGE};lr>\r\n\
+             From: <sip:alice@example.net>;tag=f1\r\nTo: <{target}>\r\nCall-ID: inv1\r\n\
+             CSeq: 1 INVITE\r\nContact: <sip:alice@192.0.2.7:5062>;+g.3gpp.icsi-ref={CPM}\r\n\
+             Accept-Contact: *;+g.3gpp.icsi-ref={CPM}\r\n\
+             Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP}",
+            SDP.len()
+        )
+        .into_bytes()
+    }
+
+    fn feed(s: &mut Server, now: Instant, b: &[u8]) -> Vec<String> {
+        s.handle_datagram(now, EDGE.parse().unwrap(), b);
+        s.assert_invariants();
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        while s.poll_transmit(&mut buf).is_some() {
+            out.push(String::from_utf8_lossy(&buf).into_owned());
+        }
+        out
+    }
+
+    fn final_of(out: &[String]) -> String {
+        out.iter()
+            .find(|m| m.starts_with("SIP/2.0 ") && !m.starts_with("SIP/2.0 1"))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// A response to one of the server's INVITEs, from the device.
+    fn answer(invite: &str, code: u16, tag: &str) -> Vec<u8> {
+        let b = invite.as_bytes();
+        let m = scan(b);
+        let ct: [&[u8]; 1] = [b"Content-Type: application/sdp\r\n"];
+        let ok = (200..300).contains(&code);
+        let spec = ResponseSpec {
+            to_tag: Some(tag.as_bytes()),
+            contact: Some(b"<sip:bob@192.0.2.20:5062>"),
+            headers: if ok { &ct } else { &[] },
+            body: if ok { SDP.as_bytes() } else { b"" },
+            ..ResponseSpec::new(code, "R")
+        };
+        let mut out = vec![0u8; 8192];
+        let n = write_response(b, &m, None, &spec, &mut out).unwrap();
+        out.truncate(n);
+        out
+    }
+
+    #[test]
+    fn a_register_stores_the_contacts_and_expires_0_de_registers() {
+        let mut s = server(Terminating::Registered);
+        let t0 = Instant::now();
+        let body = reginfo(
+            "sip:bob@example.net",
+            &[
+                ("sip:bob@192.0.2.20:5062", Some(CPM)),
+                ("sip:bob@192.0.2.21:5062", Some(CPM)),
+            ],
+        );
+        let out = feed(
+            &mut s,
+            t0,
+            &register("sip:bob@example.net", 3600, REGINFO, &body),
+        );
+        let ok = final_of(&out);
+        assert!(ok.starts_with("SIP/2.0 200 OK\r\n"), "{ok}");
+        assert!(ok.contains("\r\nExpires: 3600\r\n"), "{ok}");
+        let got: Vec<String> = s
+            .registered("bob@example.net", t0)
+            .into_iter()
+            .map(|c| c.uri)
+            .collect();
+        assert_eq!(got, ["sip:bob@192.0.2.20:5062", "sip:bob@192.0.2.21:5062"]);
+        let c = &s.registered("bob@example.net", t0)[0];
+        assert_eq!(c.services, CpmServices(CpmServices::SESSION));
+        assert_eq!(c.expires_in(t0), Duration::from_secs(600));
+        assert_eq!(s.stats().registers, 1);
+        let notes: Vec<String> = std::iter::from_fn(|| s.poll_note()).collect();
+        assert!(
+            notes.contains(&"[PF bob@example.net] registered 2 contacts".to_string()),
+            "{notes:?}"
+        );
+        // Expires: 0: de-registered, whatever the body still lists.
+        let out = feed(
+            &mut s,
+            t0,
+            &register("sip:bob@example.net", 0, REGINFO, &body),
+        );
+        assert!(final_of(&out).contains("\r\nExpires: 0\r\n"));
+        assert!(s.registered("bob@example.net", t0).is_empty());
+        assert_eq!(
+            s.poll_note().as_deref(),
+            Some("[PF bob@example.net] de-registered")
+        );
+    }
+
+    #[test]
+    fn register_defects_are_refused_with_their_reason() {
+        let mut s = server(Terminating::Registered);
+        let t0 = Instant::now();
+        let body = reginfo("sip:bob@example.net", &[("sip:bob@192.0.2.20", None)]);
+        let cases = [
+            (
+                register("sip:bob@example.net", 3600, "text/plain", &body),
+                "SIP/2.0 415 Unsupported Media Type - Expected application/reginfo+xml\r\n",
+            ),
+            (
+                register("sip:bob@example.net", 3600, REGINFO, "<reginfo"),
+                "SIP/2.0 400 Bad Request - Reginfo Unterminated Tag\r\n",
+            ),
+            (
+                register("sip:mallory@example.net", 3600, REGINFO, &body),
+                "SIP/2.0 404 Not Found - User Not Provisioned\r\n",
+            ),
+        ];
+        for (req, want) in cases {
+            let out = feed(&mut s, t0, &req);
+            let got = final_of(&out);
+            assert!(got.starts_with(want), "want {want:?}, got:\n{got}");
+        }
+        let out = feed(
+            &mut s,
+            t0,
+            &register("sip:bob@example.net", 3600, "text/plain", &body),
+        );
+        assert!(final_of(&out).contains("\r\nAccept: application/reginfo+xml\r\n"));
+        assert!(s.registered("bob@example.net", t0).is_empty());
+        assert_eq!(s.stats().registers, 0);
+    }
+
+    #[test]
+    fn the_invited_users_pf_forks_to_its_cpm_devices_and_the_first_answer_wins() {
+        let mut s = server(Terminating::Registered);
+        let t0 = Instant::now();
+        let body = reginfo(
+            "sip:bob@example.net",
+            &[
+                ("sip:bob@192.0.2.20:5062", Some(CPM)),
+                ("sip:bob@192.0.2.21:5062", Some(CPM)),
+                // A device without the CPM session service is not invited.
+                ("sip:bob@192.0.2.22:5062", None),
+            ],
+        );
+        feed(
+            &mut s,
+            t0,
+            &register("sip:bob@example.net", 3600, REGINFO, &body),
+        );
+        let out = feed(&mut s, t0, &invite_term("sip:bob@example.net"));
+        let invites: Vec<&String> = out.iter().filter(|m| m.starts_with("INVITE ")).collect();
+        assert_eq!(invites.len(), 2, "{out:?}");
+        for (inv, dev) in invites.iter().zip(["192.0.2.20", "192.0.2.21"]) {
+            assert!(
+                inv.starts_with(&format!("INVITE sip:bob@{dev}:5062 SIP/2.0\r\n")),
+                "{inv}"
+            );
+            assert!(inv.contains("\r\nTo: <sip:bob@example.net>\r\n"), "{inv}");
+            assert!(
+                inv.contains(&format!("\r\nRoute: <sip:{EDGE};lr;cpm-leg=term>\r\n")),
+                "{inv}"
+            );
+        }
+        let (first, second) = (invites[0].clone(), invites[1].clone());
+        let out = feed(&mut s, t0, &answer(&second, 180, "d2"));
+        assert!(out.iter().any(|m| m.starts_with("SIP/2.0 180 ")), "{out:?}");
+        // Device 1 rings too: nothing more upstream (one 180). Its CANCEL
+        // can go now (RFC 3261 §9.1: not before a provisional).
+        let out = feed(&mut s, t0, &answer(&first, 180, "d1"));
+        assert!(out.is_empty(), "{out:?}");
+        // Device 2 answers: 200 upstream, device 1 is CANCELled.
+        let out = feed(&mut s, t0, &answer(&second, 200, "d2"));
+        assert!(
+            out.iter().any(|m| m.starts_with("SIP/2.0 200 OK")),
+            "{out:?}"
+        );
+        assert!(
+            out.iter()
+                .any(|m| m.starts_with("ACK sip:bob@192.0.2.20:5062")),
+            "{out:?}"
+        );
+        let cancel = out
+            .iter()
+            .find(|m| m.starts_with("CANCEL "))
+            .expect("a CANCEL");
+        assert!(
+            cancel.starts_with("CANCEL sip:bob@192.0.2.20:5062 SIP/2.0"),
+            "{cancel}"
+        );
+        // Device 1 answered anyway: ACK, then BYE.
+        let out = feed(&mut s, t0, &answer(&first, 200, "d1"));
+        assert!(out.iter().any(|m| m.starts_with("ACK ")), "{out:?}");
+        assert!(out.iter().any(|m| m.starts_with("BYE ")), "{out:?}");
+        assert!(
+            !out.iter().any(|m| m.starts_with("SIP/2.0 200")),
+            "one answer upstream"
+        );
+    }
+
+    #[test]
+    fn with_no_registered_device_registered_says_480_and_request_uri_sends_one_leg() {
+        let t0 = Instant::now();
+        let mut s = server(Terminating::Registered);
+        let out = feed(&mut s, t0, &invite_term("sip:bob@example.net"));
+        assert!(
+            final_of(&out).starts_with("SIP/2.0 480 Temporarily Unavailable - Not Registered\r\n"),
+            "{out:?}"
+        );
+        let mut s = server(Terminating::RequestUri);
+        let out = feed(&mut s, t0, &invite_term("sip:bob@example.net"));
+        let invites: Vec<&String> = out.iter().filter(|m| m.starts_with("INVITE ")).collect();
+        assert_eq!(invites.len(), 1, "{out:?}");
+        assert!(invites[0].starts_with("INVITE sip:bob@example.net SIP/2.0"));
+        // A registration that expired counts as none.
+        let mut s = server(Terminating::Registered);
+        let body = reginfo(
+            "sip:bob@example.net",
+            &[("sip:bob@192.0.2.20:5062", Some(CPM))],
+        );
+        feed(
+            &mut s,
+            t0,
+            &register("sip:bob@example.net", 3600, REGINFO, &body),
+        );
+        let later = t0 + Duration::from_secs(601);
+        let out = feed(&mut s, later, &invite_term("sip:bob@example.net"));
+        assert!(final_of(&out).starts_with("SIP/2.0 480 "), "{out:?}");
+    }
+
+    #[test]
+    fn a_user_leaving_the_directory_leaves_the_registrations() {
+        let mut s = server(Terminating::Registered);
+        let t0 = Instant::now();
+        let body = reginfo(
+            "sip:bob@example.net",
+            &[("sip:bob@192.0.2.20:5062", Some(CPM))],
+        );
+        feed(
+            &mut s,
+            t0,
+            &register("sip:bob@example.net", 3600, REGINFO, &body),
+        );
+        let mut d = Directory::clone(s.directory());
+        d.remove_user("bob@example.net");
+        s.set_directory(Arc::new(d));
+        assert!(s.registered("bob@example.net", t0).is_empty());
+        assert!(s.registrations().is_empty());
     }
 }

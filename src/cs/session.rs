@@ -3,12 +3,17 @@
 //! leg (OMA CPM Appendix C.1, steps 6-15).
 //!
 //! A session has one upstream side (the INVITE the CS received) and one or
-//! more downstream legs (the INVITEs it sent): one for a Participating
-//! Function, one per other member for the Controlling Function of a
-//! pre-defined group. Both are back-to-back user agents over the same rules,
-//! which for a single leg reduce to plain relaying (its 180 is the first
-//! 180, its 200 the first 200, its failure the failure of every leg). Only
-//! two things differ, and [`Mode`] says which:
+//! more downstream legs (the INVITEs it sent): one per registered device of
+//! the invited user for a Participating Function (seed 5.2.5: parallel
+//! forking, one leg when the user is reached at the Request-URI), one per
+//! other member for the Controlling Function of a pre-defined group. Both
+//! are back-to-back user agents over the same rules, which for a single leg
+//! reduce to plain relaying (its 180 is the first 180, its 200 the first
+//! 200, its failure the failure of every leg). What differs, [`Mode`] says:
+//! - a Participating Function joins one leg only: the first 2xx wins and
+//!   every other pending leg is CANCELled at once (RFC 3261 §16.7 step 10,
+//!   a proxy's forking as a B2BUA does it); a 6xx from any device ends the
+//!   search too (§16.7 step 5: CANCEL the rest, the 6xx goes upstream);
 //! - a Controlling Function keeps the session up when a member leaves, and
 //!   ends it when the last one has; a Participating Function ends both
 //!   sides when either hangs up;
@@ -27,7 +32,7 @@
 /// Which function's rules apply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
-    /// Participating Function: one leg, mirrored.
+    /// Participating Function: one leg per device, the first answer joins.
     Participating,
     /// Controlling Function of a group: one leg per invited member.
     Controlling,
@@ -61,12 +66,19 @@ impl LegState {
 /// What the server must do, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Send `180 Ringing` upstream (once per session).
-    RingUpstream,
+    /// Send `180 Ringing` upstream (once per session); leg `leg` rang
+    /// first (a Participating Function shows its Contact parameters).
+    RingUpstream { leg: usize },
     /// Send `200 OK` upstream with the answer leg `leg` gave.
     AnswerUpstream { leg: usize },
-    /// Send this final error upstream.
-    FailUpstream { code: u16, reason: &'static str },
+    /// Send this final error upstream. `leg`: the leg whose own final
+    /// response this is (a Participating Function relays its reason phrase
+    /// and Warnings); `None` when the CS speaks for itself.
+    FailUpstream {
+        code: u16,
+        reason: &'static str,
+        leg: Option<usize>,
+    },
     /// Answer the upstream's CANCEL (the INVITE gets 487).
     TerminateUpstream,
     /// ACK leg `leg`'s 2xx.
@@ -101,34 +113,51 @@ pub struct Session {
     upstream: Upstream,
     legs: Vec<LegState>,
     /// Most legs joined at once (the group's maximum participants less the
-    /// inviter); beyond it a 2xx is ACKed and BYEd.
+    /// inviter; 1 for a Participating Function); beyond it a 2xx is ACKed
+    /// and BYEd.
     max_joined: usize,
+    /// The leg whose answer went upstream: a Participating Function's
+    /// other side for in-dialog requests.
+    answered: Option<usize>,
 }
 
 impl Session {
-    /// A session whose INVITE went out on `legs` legs.
+    /// A session whose INVITE went out on `legs` legs. A Participating
+    /// Function joins one leg whatever `max_joined` says.
     pub fn new(mode: Mode, legs: usize, max_joined: usize) -> Session {
         assert!(legs >= 1, "a session invites someone");
-        assert!(mode == Mode::Controlling || legs == 1);
+        let max_joined = match mode {
+            Mode::Participating => 1,
+            Mode::Controlling => max_joined.max(1),
+        };
         Session {
             mode,
             upstream: Upstream::Inviting { rang: false },
             legs: vec![LegState::Calling; legs],
-            max_joined: max_joined.max(1),
+            max_joined,
+            answered: None,
         }
     }
 
+    /// Which function's rules these are.
     pub fn mode(&self) -> Mode {
         self.mode
     }
+    /// Where the upstream side stands.
     pub fn upstream(&self) -> Upstream {
         self.upstream
     }
+    /// Every leg's state, in the order the INVITEs went out.
     pub fn legs(&self) -> &[LegState] {
         &self.legs
     }
+    /// Leg `i`'s state, if there is such a leg.
     pub fn leg(&self, i: usize) -> Option<LegState> {
         self.legs.get(i).copied()
+    }
+    /// The leg whose 2xx answered the upstream, once one has.
+    pub fn answered(&self) -> Option<usize> {
+        self.answered
     }
     /// Nothing can happen any more: the upstream is over and no leg can
     /// still answer (a CANCELled leg may yet send a 2xx to ACK and BYE).
@@ -153,7 +182,7 @@ impl Session {
         match self.upstream {
             Upstream::Inviting { rang: false } => {
                 self.upstream = Upstream::Inviting { rang: true };
-                vec![Action::RingUpstream, Action::Changed]
+                vec![Action::RingUpstream { leg: i }, Action::Changed]
             }
             _ => Vec::new(),
         }
@@ -196,10 +225,15 @@ impl Session {
             Upstream::Inviting { .. } => {
                 self.legs[i] = LegState::Joined;
                 self.upstream = Upstream::Answered;
+                self.answered = Some(i);
                 out.push(Action::AnswerUpstream { leg: i });
                 out.push(Action::Changed);
-                // A Participating Function has one leg; a Controlling
-                // Function keeps inviting the others (C.1 step 12).
+                // A Participating Function's other devices stop ringing
+                // (RFC 3261 §16.7 step 10); a Controlling Function keeps
+                // inviting the other members (C.1 step 12).
+                if self.mode == Mode::Participating {
+                    self.cancel_pending(out);
+                }
             }
             Upstream::Answered => {
                 self.legs[i] = LegState::Joined;
@@ -216,6 +250,12 @@ impl Session {
             Some(LegState::Calling | LegState::Ringing) => {
                 self.legs[i] = LegState::Failed(code);
                 out.push(Action::Changed);
+                // A device's 6xx speaks for the user everywhere (RFC 3261
+                // §16.7 step 5): the other devices are CANCELled, and the
+                // 6xx goes upstream now.
+                if self.mode == Mode::Participating && (600..700).contains(&code) {
+                    self.cancel_pending(&mut out);
+                }
             }
             // Our CANCEL's 487: out for good now (the conference state
             // says so); nothing to tell the inviter.
@@ -231,7 +271,9 @@ impl Session {
     }
 
     /// Every leg failed before anyone answered: the inviter gets a final
-    /// error. One shared code says it (all busy: 486); a mix says 480.
+    /// error. One shared code says it (all busy: 486); a mix says 480; for
+    /// a Participating Function a 6xx wins (RFC 3261 §16.7 step 6), and the
+    /// final response relayed is that of the first leg with the code chosen.
     fn fail_upstream_if_nobody_left(&mut self, out: &mut Vec<Action>) {
         if !matches!(self.upstream, Upstream::Inviting { .. }) {
             return;
@@ -243,21 +285,39 @@ impl Session {
         {
             return;
         }
-        let mut codes = self.legs.iter().filter_map(|l| match l {
-            LegState::Failed(c) => Some(*c),
-            _ => None,
-        });
-        let first = codes.next().unwrap_or(480);
-        let code = if codes.all(|c| c == first) {
-            first
-        } else {
-            480
+        let code = self.chosen_failure();
+        let leg = match self.mode {
+            Mode::Participating => self.legs.iter().position(|l| *l == LegState::Failed(code)),
+            Mode::Controlling => None,
         };
         self.upstream = Upstream::Over;
         out.push(Action::FailUpstream {
             code,
             reason: failure_reason(self.mode, code),
+            leg,
         });
+    }
+
+    /// The final status that speaks for every failed leg.
+    fn chosen_failure(&self) -> u16 {
+        let codes = || {
+            self.legs.iter().filter_map(|l| match l {
+                LegState::Failed(c) => Some(*c),
+                _ => None,
+            })
+        };
+        if self.mode == Mode::Participating {
+            if let Some(global) = codes().find(|c| (600..700).contains(c)) {
+                return global;
+            }
+        }
+        let mut all = codes();
+        let first = all.next().unwrap_or(480);
+        if all.all(|c| c == first) {
+            first
+        } else {
+            480
+        }
     }
 
     /// The invite timeout of leg `i` (Controlling Function, C.1 step 13:
@@ -322,8 +382,8 @@ impl Session {
         out
     }
 
-    /// A member's BYE: that member leaves. A Participating Function (one
-    /// leg) passes the BYE upstream; a Controlling Function does so when
+    /// A member's BYE: that member leaves. A Participating Function (its
+    /// one joined leg) passes the BYE upstream; a Controlling Function does so when
     /// the last member has left and nobody is still being invited.
     pub fn on_leg_bye(&mut self, i: usize) -> Vec<Action> {
         let mut out = Vec::new();
@@ -370,6 +430,24 @@ impl Session {
     pub fn assert_invariants(&self) {
         assert!(!self.legs.is_empty());
         assert!(self.joined() <= self.max_joined);
+        assert!(self.mode == Mode::Controlling || self.max_joined == 1);
+        if let Some(i) = self.answered {
+            assert!(i < self.legs.len());
+            assert!(
+                matches!(self.legs[i], LegState::Joined | LegState::Left),
+                "the answering leg left Calling/Ringing by its 2xx"
+            );
+        }
+        if self.upstream == Upstream::Answered {
+            assert!(self.answered.is_some(), "answered by no leg");
+        }
+        if self.mode == Mode::Participating && self.answered.is_some() {
+            // Once answered, a Participating Function rings no other device.
+            assert!(
+                !self.legs.iter().any(|l| l.pending()),
+                "a device still ringing after another answered"
+            );
+        }
         if self.upstream == Upstream::Over {
             assert!(
                 self.joined() == 0 || self.mode == Mode::Controlling,
@@ -405,7 +483,7 @@ mod tests {
     #[test]
     fn first_180_once_first_200_answers_later_200s_join() {
         let mut s = group(4);
-        assert_eq!(s.on_ringing(0), vec![RingUpstream, Changed]);
+        assert_eq!(s.on_ringing(0), vec![RingUpstream { leg: 0 }, Changed]);
         assert_eq!(s.on_ringing(1), vec![]);
         assert_eq!(
             s.on_answer(0),
@@ -440,7 +518,8 @@ mod tests {
                 Changed,
                 FailUpstream {
                     code: 486,
-                    reason: "Busy Here - Every Member Busy"
+                    reason: "Busy Here - Every Member Busy",
+                    leg: None
                 },
                 End
             ]
@@ -508,7 +587,8 @@ mod tests {
                 Changed,
                 FailUpstream {
                     code: 404,
-                    reason: "Not Found"
+                    reason: "Not Found",
+                    leg: Some(0)
                 },
                 End
             ]
@@ -540,13 +620,151 @@ mod tests {
         assert_eq!(s.on_failure(1, 487), vec![Changed, End]);
     }
 
+    /// A Participating Function forking to `n` devices (seed 5.2.5).
+    fn devices(n: usize) -> Session {
+        Session::new(Mode::Participating, n, 1)
+    }
+
+    #[test]
+    fn a_fork_rings_upstream_once_the_first_answer_wins_and_the_others_are_cancelled() {
+        let mut s = devices(3);
+        assert_eq!(s.on_ringing(2), vec![RingUpstream { leg: 2 }, Changed]);
+        assert_eq!(s.on_ringing(0), vec![]);
+        assert_eq!(
+            s.on_answer(1),
+            vec![
+                AckLeg { leg: 1 },
+                AnswerUpstream { leg: 1 },
+                Changed,
+                CancelLeg { leg: 0 },
+                CancelLeg { leg: 2 }
+            ]
+        );
+        assert_eq!(s.answered(), Some(1));
+        assert_eq!(
+            s.legs(),
+            &[LegState::Cancelled, LegState::Joined, LegState::Cancelled]
+        );
+        s.assert_invariants();
+        // The losers' 487s are quiet; the session stays with the winner.
+        assert_eq!(s.on_failure(0, 487), vec![Changed]);
+        assert_eq!(s.on_failure(2, 487), vec![Changed]);
+        assert_eq!(s.upstream(), Upstream::Answered);
+        // The winner hangs up: upstream BYE, over.
+        assert_eq!(s.on_leg_bye(1), vec![Changed, ByeUpstream, End]);
+        s.assert_invariants();
+    }
+
+    #[test]
+    fn a_fork_acks_and_byes_a_late_2xx_from_a_cancelled_device() {
+        let mut s = devices(2);
+        s.on_answer(0);
+        // Device 1 answered before our CANCEL reached it.
+        assert_eq!(s.on_answer(1), vec![AckLeg { leg: 1 }, ByeLeg { leg: 1 }]);
+        assert_eq!(s.leg(1), Some(LegState::Left));
+        // Its 2xx retransmission: the ACK again only.
+        assert_eq!(s.on_answer(1), vec![AckLeg { leg: 1 }]);
+        // The inviter's BYE ends the winner; nothing waits any more.
+        assert_eq!(s.on_upstream_bye(), vec![ByeLeg { leg: 0 }, Changed, End]);
+        s.assert_invariants();
+    }
+
+    #[test]
+    fn a_fork_fails_upstream_once_when_every_device_failed() {
+        // One shared code: that code, relayed from the first leg with it.
+        let mut s = devices(3);
+        assert_eq!(s.on_failure(1, 486), vec![Changed]);
+        assert_eq!(s.on_failure(0, 486), vec![Changed]);
+        assert_eq!(s.upstream(), Upstream::Inviting { rang: false });
+        assert_eq!(
+            s.on_failure(2, 486),
+            vec![
+                Changed,
+                FailUpstream {
+                    code: 486,
+                    reason: "Busy Here",
+                    leg: Some(0)
+                },
+                End
+            ]
+        );
+        // A mix: 480, spoken by the CS itself.
+        let mut s = devices(2);
+        s.on_failure(0, 486);
+        assert_eq!(
+            s.on_failure(1, 404),
+            vec![
+                Changed,
+                FailUpstream {
+                    code: 480,
+                    reason: "Temporarily Unavailable",
+                    leg: None
+                },
+                End
+            ]
+        );
+        // A timeout and a busy: 480 too.
+        let mut s = devices(2);
+        s.on_failure(0, 408);
+        assert!(matches!(
+            s.on_failure(1, 486)[1],
+            FailUpstream { code: 480, .. }
+        ));
+    }
+
+    #[test]
+    fn a_fork_ends_at_a_6xx_which_cancels_the_other_devices_and_wins() {
+        let mut s = devices(3);
+        s.on_ringing(0);
+        assert_eq!(s.on_failure(2, 486), vec![Changed]);
+        assert_eq!(
+            s.on_failure(1, 603),
+            vec![
+                Changed,
+                CancelLeg { leg: 0 },
+                FailUpstream {
+                    code: 603,
+                    reason: "Decline",
+                    leg: Some(1)
+                }
+            ]
+        );
+        // The cancelled device's 487 closes the session; a late 2xx from
+        // it would be ACKed and BYEd.
+        assert_eq!(s.on_failure(0, 487), vec![Changed, End]);
+        s.assert_invariants();
+        // A Controlling Function does not give a member's 603 that weight.
+        let mut g = group(2);
+        assert_eq!(g.on_failure(0, 603), vec![Changed]);
+        assert_eq!(g.leg(1), Some(LegState::Calling));
+    }
+
+    #[test]
+    fn an_upstream_cancel_cancels_every_device() {
+        let mut s = devices(3);
+        s.on_ringing(1);
+        s.on_failure(2, 486);
+        assert_eq!(
+            s.on_upstream_cancel(),
+            vec![
+                TerminateUpstream,
+                CancelLeg { leg: 0 },
+                CancelLeg { leg: 1 },
+                Changed
+            ]
+        );
+        assert_eq!(s.on_answer(1), vec![AckLeg { leg: 1 }, ByeLeg { leg: 1 }]);
+        assert_eq!(s.on_failure(0, 487), vec![Changed, End]);
+        s.assert_invariants();
+    }
+
     #[test]
     fn arbitrary_event_orders_keep_the_invariants() {
         use proptest::prelude::*;
-        proptest!(|(n in 1usize..5, evs in proptest::collection::vec((0u8..7, 0usize..5, 300u16..700), 0..40))| {
-            let mode = if n == 1 { Mode::Participating } else { Mode::Controlling };
+        proptest!(|(n in 1usize..5, fork in any::<bool>(), evs in proptest::collection::vec((0u8..7, 0usize..5, 300u16..700), 0..40))| {
+            let mode = if n == 1 || fork { Mode::Participating } else { Mode::Controlling };
             let mut s = Session::new(mode, n, 3);
-            let mut finals = 0;
+            let (mut finals, mut rings) = (0, 0);
             for (e, i, code) in evs {
                 let out = match e {
                     0 => s.on_ringing(i),
@@ -558,9 +776,11 @@ mod tests {
                     _ => s.on_leg_bye(i),
                 };
                 finals += out.iter().filter(|a| matches!(a, AnswerUpstream{..} | FailUpstream{..} | TerminateUpstream)).count();
+                rings += out.iter().filter(|a| matches!(a, RingUpstream{..})).count();
                 s.assert_invariants();
             }
             prop_assert!(finals <= 1);
+            prop_assert!(rings <= 1);
         });
     }
 }

@@ -3,7 +3,7 @@
 //! and the name of the shard this process is, from the command line.
 
 use crate::cs::directory::{Directory, GroupSpec, UserSpec};
-use crate::cs::server::Settings;
+use crate::cs::server::{Settings, Terminating};
 use crate::sip::media::MediaPolicy;
 use crate::sip::transaction;
 use std::net::SocketAddr;
@@ -45,6 +45,10 @@ struct ServerSection {
     /// An INVITE to this URI with a recipient list makes an ad-hoc group.
     #[serde(default)]
     conference_factory: Option<String>,
+    /// The invited user's PF when the user has no registered contact:
+    /// `"registered"` (480) or `"request_uri"` (one leg to the URI).
+    #[serde(default)]
+    terminating: Terminating,
 }
 
 fn default_invite_timeout() -> u64 {
@@ -253,6 +257,7 @@ fn settings(
         invite_timeout: Duration::from_millis(s.invite_timeout_ms.max(100)),
         provider_media: f.media.clone(),
         conference_factory: factory(s.conference_factory.as_deref())?,
+        terminating: s.terminating,
         transaction,
     })
 }
@@ -303,6 +308,24 @@ mod tests {
         assert!(load(&off, "cs1", [1, 2]).unwrap().admin.is_none());
         let bad = DEFAULT_TOML.replace("bind = \"127.0.0.1:8090\"", "bind = \"localhost\"");
         assert_eq!(load(&bad, "cs1", [1, 2]).unwrap_err().key, "admin.bind");
+    }
+
+    #[test]
+    fn terminating_is_request_uri_by_default_or_registered() {
+        let v = load(DEFAULT_TOML, "cs1", [1, 2]).unwrap();
+        assert_eq!(v.settings.terminating, Terminating::RequestUri);
+        let registered = DEFAULT_TOML.replace(
+            "terminating = \"request_uri\"",
+            "terminating = \"registered\"",
+        );
+        let v = load(&registered, "cs1", [1, 2]).unwrap();
+        assert_eq!(v.settings.terminating, Terminating::Registered);
+        let absent = DEFAULT_TOML.replace("terminating = \"request_uri\"", "");
+        let v = load(&absent, "cs1", [1, 2]).unwrap();
+        assert_eq!(v.settings.terminating, Terminating::RequestUri);
+        let bad = DEFAULT_TOML.replace("terminating = \"request_uri\"", "terminating = \"sms\"");
+        let e = load(&bad, "cs1", [1, 2]).unwrap_err();
+        assert!(e.reason.contains("unknown variant `sms`"), "{e}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! scales by shards (the edge spreads users and groups over them).
 
 use crate::cs::directory::Directory;
+use crate::cs::registrations::Registrations;
 use crate::cs::server::{Server, Settings, Stats};
 use arc_swap::ArcSwap;
 use std::io;
@@ -34,14 +35,30 @@ pub struct Snapshot {
     pub send_errors: u64,
 }
 
-/// Reads a shard's [`Snapshot`] (refreshed every 100 ms by its thread);
-/// the default one reads zeros.
+/// The shard's registration table as last published (a snapshot shared
+/// with the SIP thread's copy-on-write table: publishing costs a pointer).
+type Published = Arc<Mutex<Arc<Registrations>>>;
+
+/// Reads a shard's [`Snapshot`] and registrations (refreshed every 100 ms
+/// by its thread); the default one reads zeros and no registration.
 #[derive(Clone, Debug, Default)]
-pub struct SnapshotReader(Arc<Mutex<Snapshot>>);
+pub struct SnapshotReader {
+    snapshot: Arc<Mutex<Snapshot>>,
+    registrations: Published,
+}
 
 impl SnapshotReader {
     pub fn get(&self) -> Snapshot {
-        self.0.lock().map(|s| *s).unwrap_or_default()
+        self.snapshot.lock().map(|s| *s).unwrap_or_default()
+    }
+
+    /// The registration table as the shard last published it (at most
+    /// 100 ms old); its contacts are read against the caller's clock.
+    pub fn registrations(&self) -> Arc<Registrations> {
+        self.registrations
+            .lock()
+            .map(|r| Arc::clone(&r))
+            .unwrap_or_default()
     }
 }
 
@@ -51,6 +68,7 @@ pub struct Node {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     snapshot: Arc<Mutex<Snapshot>>,
+    registrations: Published,
 }
 
 impl Node {
@@ -66,16 +84,22 @@ impl Node {
         let addr = sock.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let snapshot = Arc::new(Mutex::new(Snapshot::default()));
-        let (s2, snap2) = (Arc::clone(&stop), Arc::clone(&snapshot));
+        let registrations = Published::default();
+        let out = Outputs {
+            snapshot: Arc::clone(&snapshot),
+            registrations: Arc::clone(&registrations),
+        };
+        let s2 = Arc::clone(&stop);
         let name = format!("cs-{}", settings.name);
         let thread = std::thread::Builder::new()
             .name(name)
-            .spawn(move || run(sock, settings, directory, &s2, &snap2))?;
+            .spawn(move || run(sock, settings, directory, &s2, &out))?;
         Ok(Node {
             addr,
             stop,
             thread: Some(thread),
             snapshot,
+            registrations,
         })
     }
 
@@ -90,7 +114,10 @@ impl Node {
     /// A handle on the counters for another thread (the admin API), which
     /// does not keep the shard running.
     pub fn reader(&self) -> SnapshotReader {
-        SnapshotReader(Arc::clone(&self.snapshot))
+        SnapshotReader {
+            snapshot: Arc::clone(&self.snapshot),
+            registrations: Arc::clone(&self.registrations),
+        }
     }
 
     pub fn stop(&mut self) {
@@ -107,6 +134,12 @@ impl Drop for Node {
     }
 }
 
+/// What the loop publishes for other threads.
+struct Outputs {
+    snapshot: Arc<Mutex<Snapshot>>,
+    registrations: Published,
+}
+
 struct Counters {
     datagrams_in: u64,
     datagrams_out: u64,
@@ -118,7 +151,7 @@ fn run(
     settings: Settings,
     directory: Arc<ArcSwap<Directory>>,
     stop: &AtomicBool,
-    snapshot: &Mutex<Snapshot>,
+    out_state: &Outputs,
 ) {
     let name = settings.name.clone();
     let mut current = directory.load_full();
@@ -160,11 +193,11 @@ fn run(
         log_notes(&name, &mut server);
         refresh(&directory, &mut current, &mut server);
         if last_snapshot.elapsed() >= Duration::from_millis(100) {
-            publish(snapshot, &server, &c);
+            publish(out_state, &server, &c);
             last_snapshot = Instant::now();
         }
     }
-    publish(snapshot, &server, &c);
+    publish(out_state, &server, &c);
 }
 
 /// Hand the server the directory's latest snapshot if it was replaced.
@@ -191,8 +224,14 @@ fn log_notes(name: &str, server: &mut Server) {
     }
 }
 
-fn publish(snapshot: &Mutex<Snapshot>, server: &Server, c: &Counters) {
-    if let Ok(mut s) = snapshot.lock() {
+fn publish(out: &Outputs, server: &Server, c: &Counters) {
+    if let Ok(mut r) = out.registrations.lock() {
+        let now = server.registrations();
+        if !Arc::ptr_eq(&r, &now) {
+            *r = now;
+        }
+    }
+    if let Ok(mut s) = out.snapshot.lock() {
         *s = Snapshot {
             stats: server.stats(),
             sessions: server.sessions(),
