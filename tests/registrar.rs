@@ -652,3 +652,183 @@ fn credentials_and_bindings_through_the_admin_api() {
     let r = d.ask("", "", Some(&auth));
     assert_eq!(status(&r), "SIP/2.0 403 Forbidden - Bad Credentials");
 }
+
+/// A party's REGISTER through the edge, answered with `alg` credentials
+/// for `user`/`password`: the whole exchange over the party's own socket
+/// (so its flow is the address the session comes back to).
+fn register_party(
+    p: &common::party::Party,
+    edge: SocketAddr,
+    user: &str,
+    password: &str,
+    tag: &str,
+) {
+    let contact = format!("<{}>;{tag}", p.aor());
+    let call_id = format!("reg-{}", p.addr().port());
+    let req = |cseq: u32, auth: &str| {
+        format!(
+            "REGISTER sip:{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bK-r{cseq}-{call_id}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:{user}@{DOMAIN}>;tag=r\r\nTo: <sip:{user}@{DOMAIN}>\r\n\
+             Call-ID: {call_id}\r\nCSeq: {cseq} REGISTER\r\nContact: {contact}\r\n{auth}Content-Length: 0\r\n\r\n",
+            a = p.addr()
+        )
+    };
+    let answer_to = |cseq: u32| {
+        let want = format!("{cseq} REGISTER");
+        assert!(
+            p.wait_for(
+                |l| l.iter().any(|r| r.call_id == call_id && r.cseq == want),
+                Duration::from_secs(3)
+            ),
+            "no answer to REGISTER {cseq}"
+        );
+        p.log()
+            .into_iter()
+            .find(|r| r.call_id == call_id && r.cseq == want)
+            .unwrap()
+            .raw
+    };
+    p.send_raw(req(1, "").as_bytes(), edge);
+    let c = answer_to(1);
+    assert!(c.starts_with("SIP/2.0 401 "), "{c}");
+    let ch = header(&c, "WWW-Authenticate")[0].to_string();
+    let (nonce, realm) = (param(&ch, "nonce"), param(&ch, "realm"));
+    let uri = format!("sip:{DOMAIN}");
+    let ha1 = hex_sha(&format!("{user}:{realm}:{password}"));
+    let ha2 = hex_sha(&format!("REGISTER:{uri}"));
+    let resp = hex_sha(&format!("{ha1}:{nonce}:00000001:c1:auth:{ha2}"));
+    let auth = format!(
+        "Authorization: Digest username=\"{user}\", realm=\"{realm}\", nonce=\"{nonce}\", uri=\"{uri}\", \
+         response=\"{resp}\", algorithm=SHA-256, qop=auth, nc=00000001, cnonce=\"c1\"\r\n"
+    );
+    p.send_raw(req(2, &auth).as_bytes(), edge);
+    let ok = answer_to(2);
+    assert!(ok.starts_with("SIP/2.0 200 OK"), "{ok}");
+}
+
+/// The requests (not responses) a party received, in order.
+fn requests(p: &common::party::Party) -> Vec<String> {
+    p.log()
+        .into_iter()
+        .filter(|r| !r.method_or_code.chars().all(|c| c.is_ascii_digit()))
+        .map(|r| r.method_or_code)
+        .collect()
+}
+
+#[test]
+fn a_user_registered_on_two_devices_gets_the_invitation_on_both_through_edge_and_pf() {
+    use common::party::{msrp_sdp, Answer, Party};
+    let dir = temp_dir("fork");
+    let creds = credentials_file(&dir);
+    let edge_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let cs = [free_port(), free_port()];
+    let shards = format!(
+        "[[shard]]\nname = \"cs1\"\naddr = \"127.0.0.1:{}\"\n[[shard]]\nname = \"cs2\"\naddr = \"127.0.0.1:{}\"\n",
+        cs[0], cs[1]
+    );
+    let edge_toml = format!(
+        "[listen]\naddr = \"{edge_addr}\"\n[admin]\nbind = \"127.0.0.1:0\"\n[workers]\ncount = 1\n\
+         [health]\nenabled = false\n{shards}\
+         [registrar]\ndomains = [\"{DOMAIN}\"]\ncredentials_file = \"{}\"\nstore = \"{}\"\n",
+        creds.display(),
+        dir.join("location.redb").display()
+    );
+    let edge = App::start(&Config::parse(&edge_toml).unwrap().validate().unwrap()).unwrap();
+    let cs_toml = format!(
+        "[server]\nedges = [\"{edge_addr}\"]\nterminating = \"registered\"\n{shards}\
+         [[user]]\nid = \"sip:alice@{DOMAIN}\"\n[[user]]\nid = \"sip:bob@{DOMAIN}\"\n"
+    );
+    let nodes: Vec<_> = ["cs1", "cs2"]
+        .iter()
+        .map(|n| cpm_edge::csnode::start_shard(&cs_toml, n, false).unwrap())
+        .collect();
+    let (alice, bob1, bob2) = (Party::bind("alice"), Party::bind("bob"), Party::bind("bob"));
+    register_party(&alice, edge_addr, "alice", "wonder", CPM_TAG);
+    register_party(&bob1, edge_addr, "bob", "builder", CPM_TAG);
+    register_party(&bob2, edge_addr, "bob", "builder", CPM_TAG);
+    // Bob's PF has learned both devices from the edge's third-party REGISTERs.
+    let bob_pf = &nodes[common::pf_shard(&format!("sip:bob@{DOMAIN}"))];
+    let t0 = std::time::Instant::now();
+    while bob_pf
+        .node
+        .reader()
+        .registrations()
+        .contacts(&format!("bob@{DOMAIN}"), std::time::Instant::now())
+        .count()
+        < 2
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "bob's PF never learned both devices"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bob1.set_answer(Answer::RingOnly);
+    bob2.set_answer(Answer::Accept {
+        ring: true,
+        delay: Duration::from_millis(300),
+        sdp: msrp_sdp("bob2", bob2.addr()),
+    });
+    let call = alice.invite(
+        &format!("sip:bob@{DOMAIN}"),
+        edge_addr,
+        &msrp_sdp("alice", alice.addr()),
+        "",
+    );
+    assert!(
+        call.wait_confirmed(Duration::from_secs(5)),
+        "{:?}",
+        alice.summary_dedup()
+    );
+    // Both devices were invited at their own contacts; the first answer won
+    // and the other device's INVITE was CANCELled.
+    assert!(bob1.wait_for(
+        |l| l.iter().any(|r| r.method_or_code == "CANCEL"),
+        Duration::from_secs(3)
+    ));
+    assert_eq!(
+        requests(&bob1)[..2],
+        ["INVITE", "CANCEL"],
+        "{:?}",
+        bob1.summary()
+    );
+    assert!(bob1
+        .sent()
+        .iter()
+        .any(|s| s.start_line.starts_with("SIP/2.0 487")));
+    assert_eq!(
+        requests(&bob2)[..2],
+        ["INVITE", "ACK"],
+        "{:?}",
+        bob2.summary()
+    );
+    for p in [&bob1, &bob2] {
+        let inv = p
+            .log()
+            .into_iter()
+            .find(|r| r.method_or_code == "INVITE")
+            .unwrap();
+        assert!(
+            inv.start_line
+                .starts_with(&format!("INVITE {} SIP/2.0", p.aor())),
+            "{}",
+            inv.raw
+        );
+        // The invited user as the edge asserted the inviter.
+        assert!(
+            inv.raw
+                .contains(&format!("P-Asserted-Identity: <sip:alice@{DOMAIN}>")),
+            "{}",
+            inv.raw
+        );
+    }
+    assert_eq!(call.bye(), Some(200));
+    assert!(bob2.wait_for(
+        |l| l.iter().any(|r| r.method_or_code == "BYE"),
+        Duration::from_secs(3)
+    ));
+    assert!(!requests(&bob1).contains(&"BYE".to_string()));
+    drop(nodes);
+    edge.stop().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

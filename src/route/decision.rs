@@ -379,9 +379,13 @@ impl Request<'_> {
         else {
             return self.to_ruri(ForwardKind::ToInvitedClient);
         };
+        let ruri = match self.m.start {
+            StartLine::Request { uri, .. } => uri.get(self.buf),
+            StartLine::Response { .. } => &[],
+        };
         let mut key = [0u8; super::groups::MAX_IDENTITY];
         let flow = super::groups::identity_key(self.buf, &self.ruri, &mut key)
-            .and_then(|aor| reg.best_flow(aor, self.m.cpm.0));
+            .and_then(|aor| reg.best_flow(aor, ruri, self.m.cpm.0));
         match flow {
             Some(dst) => self.forward(dst, ForwardKind::ToInvitedClient, None),
             None => self.refuse(480, "Temporarily Unavailable - Not Registered"),

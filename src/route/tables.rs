@@ -181,9 +181,15 @@ impl RegistrarRoute {
     /// contact sharing a requested service, or any contact when none is
     /// asked; then the highest q; then the latest expiry). Expired
     /// bindings leave at the registrar's next sweep (once a second).
-    pub fn best_flow(&self, aor: &[u8], cpm: u8) -> Option<SocketAddr> {
+    ///
+    /// A Request-URI that is one of the AoR's registered contacts (a PF
+    /// forking to every device) goes to that contact's own flow.
+    pub fn best_flow(&self, aor: &[u8], ruri: &[u8], cpm: u8) -> Option<SocketAddr> {
         self.location
             .with_bindings(aor, |bs| {
+                if let Some(b) = bs.iter().find(|b| b.contact().eq_ignore_ascii_case(ruri)) {
+                    return Some(b.flow());
+                }
                 bs.iter()
                     .filter(|b| cpm == 0 || b.cpm().0 & cpm != 0)
                     .max_by_key(|b| (b.q(), b.expires_at()))

@@ -807,6 +807,12 @@ impl Party {
         }
     }
 
+    /// Send `bytes` from this party's socket as they are (a REGISTER the
+    /// test writes); what comes back is in [`Party::log`].
+    pub fn send_raw(&self, bytes: &[u8], to: SocketAddr) {
+        self.inner.send(bytes, to);
+    }
+
     /// BYE in the confirmed dialog of `call_id` (either side), Timer E
     /// retransmissions; waits for the final response (at most Timer F):
     /// its code, None if there was no such dialog or no answer.
