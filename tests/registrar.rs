@@ -91,11 +91,12 @@ impl Edge {
             "[listen]\naddr = \"{}\"\n[admin]\nbind = \"127.0.0.1:0\"\n[workers]\ncount = 1\n[health]\nenabled = false\n\
              [[shard]]\nname = \"cs1\"\naddr = \"{}\"\n\
              [registrar]\ndomains = [\"{DOMAIN}\"]\ncredentials_file = \"{}\"\nstore = \"{}\"\n\
-             min_expires = 60\nmax_expires = 7200\nmax_contacts = 3\nmax_failures = 3\n{}\n",
+             {}max_expires = 7200\nmax_contacts = 3\nmax_failures = 3\n{}\n",
             self.addr,
             self.shard.local_addr().unwrap(),
             creds.display(),
             self.dir.join("location.redb").display(),
+            if self.extra.contains("min_expires") { "" } else { "min_expires = 60\n" },
             self.extra,
         );
         let v = Config::parse(&toml).unwrap().validate().unwrap();
@@ -635,6 +636,19 @@ fn credentials_and_bindings_through_the_admin_api() {
         m.contains("cpm_edge_registrar_requests_total{result=\"registered\"} 1"),
         "{m}"
     );
+    // The PF's 200 reached the registrar's transaction (no retransmission).
+    let answered = "cpm_edge_registrar_third_party_total{result=\"answered\"} 1";
+    let t0 = std::time::Instant::now();
+    while !http(edge.admin(), "GET", "/metrics", "", None)
+        .1
+        .contains(answered)
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "the PF's 200 never reached the registrar"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // Written back to the file: a restart keeps the user.
     edge.restart();
     let (_, list) = http(edge.admin(), "GET", "/credentials", "", None);
@@ -831,4 +845,29 @@ fn a_user_registered_on_two_devices_gets_the_invitation_on_both_through_edge_and
     drop(nodes);
     edge.stop().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_expired_binding_leaves_and_its_pf_hears_of_it() {
+    let edge = Edge::start("expiry", "min_expires = 1\n");
+    let mut d = Device::new(&edge, "bob", "127.0.0.1");
+    let me = d.local();
+    let ok = d.register(&format!("<sip:bob@{me}>;expires=1;{CPM_TAG}"), "", "MD5");
+    assert_eq!(status(&ok), "SIP/2.0 200 OK", "{ok}");
+    let on = third_party(&edge.shard);
+    assert!(on.contains(&format!("sip:bob@{me}")), "{on}");
+    // Answered: no retransmission of it comes; the next notice is the
+    // sweep's (once a second) removing the binding.
+    // The sweep (once a second) removes it and tells the PF.
+    let off = third_party(&edge.shard);
+    assert_eq!(header(&off, "Expires"), vec!["Expires: 0"], "{off}");
+    assert!(off.contains("state=\"terminated\""), "{off}");
+    let (code, _) = http(
+        edge.admin(),
+        "GET",
+        "/registrations/bob@example.net",
+        "",
+        None,
+    );
+    assert_eq!(code, 404);
 }

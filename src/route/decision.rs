@@ -229,19 +229,21 @@ fn decide_response(buf: &[u8], m: &Message, t: &Tables) -> Decision {
     let Some(top) = &m.top_via else {
         return Decision::Drop(DropReason::MalformedResponse);
     };
+    let me = t.edge.is_me(top.host.get(buf), top.port);
+    // Only the edge's own requests leave with our Via alone: their answers
+    // belong to the registrar's client transactions (whose branches are
+    // theirs, not our MAC: the transaction matches the branch exactly, so a
+    // forged answer is a stray there).
+    if me && m.second_via.is_none() && m.via_count == 1 && t.registrar.is_some() {
+        return Decision::ToRegistrar;
+    }
     let ours = top
         .branch
         .map(|b| b.get(buf))
-        .filter(|b| branch::is_ours(b) && t.edge.is_me(top.host.get(buf), top.port));
+        .filter(|b| me && branch::is_ours(b));
     let Some(top_branch) = ours else {
         return Decision::Drop(DropReason::ResponseNotOurs);
     };
-    // Only the edge's own requests leave with our Via alone: their answers
-    // belong to the registrar's client transactions (which match the
-    // branch exactly, so a forged one is a stray there).
-    if m.second_via.is_none() && m.via_count == 1 && t.registrar.is_some() {
-        return Decision::ToRegistrar;
-    }
     // Every request the edge forwards leaves with `received`/`rport` set to
     // its real source, so this is where the request came from.
     let Some(dst) = m.second_via.and_then(|v| v.response_target(buf)) else {
