@@ -40,7 +40,7 @@ use crate::csnode::config::AdminApi;
 use crate::csnode::node::{Snapshot, SnapshotReader};
 use crate::csnode::sync::SyncStats;
 use crate::csnode::Shard;
-use crate::sip::feature_tag::CpmServices;
+use crate::sip::feature_tag::SERVICE_NAMES;
 use arc_swap::ArcSwap;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{prometheus_text, DescriptorEncoder};
@@ -426,16 +426,6 @@ fn spec<T: serde::de::DeserializeOwned>(what: &str, uri: &str, body: &[u8]) -> R
     obj.insert("id".into(), json!(uri));
     serde_json::from_value(v).map_err(|e| ApiError::new(400, format!("{what}: {e}")))
 }
-
-/// The CPM services' names (the ICSI's last label) of a set of bits.
-const SERVICE_NAMES: [(u8, &str); 6] = [
-    (CpmServices::SESSION, "session"),
-    (CpmServices::MSG, "msg"),
-    (CpmServices::LARGEMSG, "largemsg"),
-    (CpmServices::DEFERRED, "deferred"),
-    (CpmServices::FILETRANSFER, "filetransfer"),
-    (CpmServices::SYSTEMMSG, "systemmsg"),
-];
 
 fn contact_json(c: &Contact, now: Instant) -> Value {
     let services: Vec<&str> = SERVICE_NAMES

@@ -496,35 +496,9 @@ fn decode(raw: &[u8]) -> Result<String, ListError> {
     Ok(out)
 }
 
-/// The character `&name;` stands for.
+/// The character `&name;` stands for (`sip::xml`).
 fn reference(name: &[u8]) -> Result<char, ListError> {
-    let code = match name {
-        b"amp" => return Ok('&'),
-        b"lt" => return Ok('<'),
-        b"gt" => return Ok('>'),
-        b"quot" => return Ok('"'),
-        b"apos" => return Ok('\''),
-        [b'#', b'x', hex @ ..] => number(hex, 16),
-        [b'#', dec @ ..] => number(dec, 10),
-        _ => None,
-    };
-    code.and_then(char::from_u32)
-        .filter(|&c| is_xml_char(c))
-        .ok_or(ListError::BadReference)
-}
-
-/// A non-empty run of digits in `radix` (no sign, unlike `from_str_radix`).
-fn number(digits: &[u8], radix: u32) -> Option<u32> {
-    if digits.is_empty() || !digits.iter().all(|&d| (d as char).is_digit(radix)) {
-        return None;
-    }
-    u32::from_str_radix(std::str::from_utf8(digits).ok()?, radix).ok()
-}
-
-/// XML 1.0 `Char`: what a character reference may stand for.
-fn is_xml_char(c: char) -> bool {
-    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}')
-        || c >= '\u{10000}'
+    crate::sip::xml::reference(name).ok_or(ListError::BadReference)
 }
 
 /// Append literal attribute text, TAB, CR and LF as spaces. `raw` is a

@@ -6,23 +6,12 @@
 //! every registered device and its feature tags (seed 5.2.5, 5.3.1.1.1).
 
 use crate::route::location::Binding;
-use crate::sip::feature_tag::CpmServices;
+use crate::sip::feature_tag::SERVICE_NAMES;
 use crate::sip::reginfo::{
     self, ContactEvent, ContactState, DocState, RegContact, RegInfo, RegState, Registration,
 };
 use crate::sip::rewrite::Out;
 use std::net::SocketAddr;
-
-/// The CPM ICSI names by feature-tag bit, as a `+g.3gpp.icsi-ref` value
-/// lists them (RFC 3840: comma-separated, %3A for `:`).
-const ICSI: [(u8, &str); 6] = [
-    (CpmServices::SESSION, "session"),
-    (CpmServices::MSG, "msg"),
-    (CpmServices::LARGEMSG, "largemsg"),
-    (CpmServices::DEFERRED, "deferred"),
-    (CpmServices::FILETRANSFER, "filetransfer"),
-    (CpmServices::SYSTEMMSG, "systemmsg"),
-];
 
 /// Largest third-party REGISTER written.
 pub const MAX_NOTICE: usize = 16 * 1024;
@@ -51,7 +40,7 @@ pub fn wanted(before: &[Binding], after: &[Binding]) -> bool {
 
 /// The `+g.3gpp.icsi-ref` value of a contact's CPM bits, quoted.
 fn icsi_value(bits: u8) -> Option<Vec<u8>> {
-    let names: Vec<String> = ICSI
+    let names: Vec<String> = SERVICE_NAMES
         .iter()
         .filter(|(b, _)| bits & b != 0)
         .map(|(_, n)| format!("urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.{n}"))

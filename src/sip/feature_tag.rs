@@ -27,6 +27,17 @@ impl CpmServices {
     }
 }
 
+/// Each CPM service's bit and name (the ICSI's last label), in bit order:
+/// what the admin APIs show and the third-party REGISTER writes.
+pub const SERVICE_NAMES: [(u8, &str); 6] = [
+    (CpmServices::SESSION, "session"),
+    (CpmServices::MSG, "msg"),
+    (CpmServices::LARGEMSG, "largemsg"),
+    (CpmServices::DEFERRED, "deferred"),
+    (CpmServices::FILETRANSFER, "filetransfer"),
+    (CpmServices::SYSTEMMSG, "systemmsg"),
+];
+
 const MIDDLE: &[u8] = b"3gpp-service.ims.icsi.oma.cpm.";
 const SERVICES: [(&[u8], u8); 6] = [
     (b"session", CpmServices::SESSION),

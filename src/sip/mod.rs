@@ -23,7 +23,8 @@
 //! - [`reginfo`]: RFC 3680 registration information
 //!   (`application/reginfo+xml`), written and read;
 //! - [`digest`]: HTTP Digest authentication for SIP (RFC 7616, RFC 8760):
-//!   credentials, challenges, keyed nonces, nonce-count replay protection.
+//!   credentials, challenges, keyed nonces, nonce-count replay protection;
+//! - [`xml`]: XML character references for the small XML readers.
 
 pub mod branch;
 pub mod contact;
@@ -41,6 +42,7 @@ pub mod sdp;
 pub mod transaction;
 pub mod uri;
 pub mod via;
+pub mod xml;
 
 /// A byte range `[start, end)` into the datagram being handled.
 ///

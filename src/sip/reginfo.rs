@@ -769,36 +769,9 @@ fn decode(raw: &[u8], attr: bool, out: &mut Vec<u8>) -> Result<(), RegInfoError>
     Ok(())
 }
 
-/// The character `&name;` stands for: the five predefined entities (no
-/// DTD, so no others) or a character reference to an XML `Char`.
+/// The character `&name;` stands for (`sip::xml`).
 fn reference(name: &[u8]) -> Result<char, RegInfoError> {
-    let code = match name {
-        b"amp" => return Ok('&'),
-        b"lt" => return Ok('<'),
-        b"gt" => return Ok('>'),
-        b"quot" => return Ok('"'),
-        b"apos" => return Ok('\''),
-        [b'#', b'x', hex @ ..] => number(hex, 16),
-        [b'#', dec @ ..] => number(dec, 10),
-        _ => None,
-    };
-    code.and_then(char::from_u32)
-        .filter(|&c| is_xml_char(c))
-        .ok_or(RegInfoError::BadReference)
-}
-
-/// A non-empty run of digits in `radix` (no sign).
-fn number(digits: &[u8], radix: u32) -> Option<u32> {
-    if digits.is_empty() || !digits.iter().all(|&d| (d as char).is_digit(radix)) {
-        return None;
-    }
-    u32::from_str_radix(std::str::from_utf8(digits).ok()?, radix).ok()
-}
-
-/// XML 1.0 `Char`.
-fn is_xml_char(c: char) -> bool {
-    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}')
-        || c >= '\u{10000}'
+    crate::sip::xml::reference(name).ok_or(RegInfoError::BadReference)
 }
 
 /// `prefix:local` (empty prefix without a colon); `None` when a part is
