@@ -300,10 +300,10 @@ impl Registrar {
     /// `replayed` says the nonce count was used before (a retransmission,
     /// or a replay: `register` tells them apart).
     fn authenticate(&mut self, rx: &Rx<'_>, creds: &CredentialStore) -> Result<bool, Outcome> {
-        let Some(value) = self.authorization(rx) else {
-            return Err(Outcome::Challenge { stale: false });
+        let c = match self.authorization(rx) {
+            None => return Err(Outcome::Challenge { stale: false }),
+            Some(parsed) => parsed.map_err(|e| bad_request(e.reason()))?,
         };
-        let c = digest::parse_credentials(value).map_err(|e| bad_request(e.reason()))?;
         if !self.serves(c.realm) {
             return Err(refused(403, "Forbidden - Unknown Realm"));
         }
@@ -340,17 +340,20 @@ impl Registrar {
     /// credentials for several realms): the first that parses with one of
     /// our realms, else the first Authorization at all (its defect is
     /// then what the answer names).
-    fn authorization<'a>(&self, rx: &Rx<'a>) -> Option<&'a [u8]> {
+    /// Each value is parsed once.
+    fn authorization<'a>(
+        &self,
+        rx: &Rx<'a>,
+    ) -> Option<Result<digest::Credentials<'a>, digest::DigestError>> {
         let buf = rx.s.buf;
         let mut first = None;
         for h in header_lines(buf, rx.s.m.headers) {
             if !h.name.get(buf).eq_ignore_ascii_case(b"authorization") {
                 continue;
             }
-            let v = h.value.get(buf);
-            first = first.or(Some(v));
-            if digest::parse_credentials(v).is_ok_and(|c| self.serves(c.realm)) {
-                return Some(v);
+            match digest::parse_credentials(h.value.get(buf)) {
+                Ok(c) if self.serves(c.realm) => return Some(Ok(c)),
+                other => first = first.or(Some(other)),
             }
         }
         first
