@@ -305,6 +305,15 @@ impl State {
                 pending.push(p);
             }
         }
+        // What changes nothing (challenges, refusals, queries) is answered
+        // now: only a 200 that changed bindings waits for the commit.
+        pending.retain(|p| {
+            let waits = p.change.is_some();
+            if !waits {
+                self.send(&p.answer, response_dst(&p.job));
+            }
+            waits
+        });
         let changes: Vec<(Vec<u8>, Vec<Binding>)> = overlay.into_iter().collect();
         if !changes.is_empty() && !self.commit(&changes) {
             self.answer_failed(&pending);
@@ -399,14 +408,10 @@ impl State {
     }
 
     /// The batch could not be made durable: every REGISTER that changed
-    /// something is answered `500` (the client retries), the rest as
-    /// decided.
+    /// something (all that is still pending) is answered `500` (the client
+    /// retries).
     fn answer_failed(&mut self, pending: &[Pending]) {
         for p in pending {
-            if p.change.is_none() {
-                self.send(&p.answer, response_dst(&p.job));
-                continue;
-            }
             let m = scan(&p.job.data);
             let mut out = vec![0u8; MAX_ANSWER];
             let s = Scanned::new(&p.job.data, &m, p.job.src);
