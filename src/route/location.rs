@@ -6,24 +6,28 @@
 //! # Layout
 //!
 //! - AoRs (canonical `user@host` keys, as [`super::groups::identity_key`]
-//!   builds them) are spread over [`PARTS`] partitions by the top 12 bits
+//!   builds them) are spread over [`PARTS`] partitions by the top 16 bits
 //!   of their stable hash. Each partition is an [`ArcSwap`] of an immutable
-//!   `Part`: a sorted array of slots (the next 20 bits of the hash, the
-//!   end of the key in the partition's key arena, the `Arc<[Binding]>`) and
-//!   the key arena itself. A write builds the partition anew (~250 slots at
-//!   1 000 000 AoRs: pointer copies, the arena shared when no key comes or
-//!   goes) and publishes it with one pointer swap: readers see the old or
-//!   the new partition, never a mix.
-//! - The flow index (source address → AoR, RFC 5626 flows) is another
-//!   [`PARTS`] partitions of sorted `u64`s, `flow hash << 32 | AoR hash`.
-//!   It names candidates only: a reader confirms a candidate against the
-//!   AoR's bindings (address, port and IPv6 scope), so hash collisions and
-//!   the moment between the two swaps of one write cannot give a wrong
+//!   `Part`: a sorted array of 24-byte slots (the next 16 bits of the hash,
+//!   the end of the key in the partition's key arena, the `Arc<[Binding]>`)
+//!   and the key arena itself. A write builds its partition anew (~15 slots
+//!   at 1 000 000 AoRs: pointer copies, the arena shared when no key comes
+//!   or goes) and publishes it with one pointer swap: readers see the old
+//!   or the new partition, never a mix. Partitions are that small because
+//!   copying a slot increments its list's count, a locked instruction on a
+//!   cold cache line that cannot overlap its miss with the next one: at
+//!   4096 partitions of ~250 slots those increments were nearly all of a
+//!   put's ~37 us.
+//! - The flow index (source address → AoR, RFC 5626 flows) is
+//!   [`FLOW_PARTS`] partitions of sorted `u64`s, `flow hash << 32 | AoR
+//!   hash`. It names candidates only: a reader confirms a candidate against
+//!   the AoR's bindings (address, port and IPv6 scope), so hash collisions
+//!   and the moment between the two swaps of one write cannot give a wrong
 //!   answer, only (during that moment) none.
 //! - The expiry index belongs to the writer alone: a `BTreeSet<u64>` of
-//!   `earliest expires_at << 32 | AoR hash`, one entry per AoR (per
-//!   colliding AoRs with the same earliest expiry). A sweep pops what is
-//!   due, never scanning the table.
+//!   `earliest expires_at << 32 | AoR hash`, exactly one entry per AoR
+//!   (per group of colliding AoRs with the same earliest expiry). A sweep
+//!   pops what is due, never scanning the table.
 //!
 //! # Memory
 //!
@@ -31,10 +35,12 @@
 //! texts (contact, instance, Call-ID, params) back to back. Per AoR: a
 //! 24-byte slot, the key bytes in the partition arena (no per-key
 //! allocation), the list's 16-byte `Arc` header; per distinct flow 8 bytes;
-//! per AoR ~16 bytes of expiry B-tree. For one RCS-like binding per AoR
-//! (49-byte contact, 47-byte instance, 32-byte Call-ID, 28-byte AoR)
-//! that is ~280 requested bytes, of which 156 are the texts themselves;
-//! `benches/location.rs` measures it with a counting allocator.
+//! per AoR ~16 bytes of expiry B-tree; and ~75 bytes of fixed cost per AoR
+//! partition, ~40 per flow partition. `benches/location.rs` counts it at
+//! 1 000 000 AoRs of one RCS-like binding (49-byte contact, 47-byte
+//! instance, 32-byte Call-ID, 28-byte AoR: 156 bytes of text): 283 bytes
+//! requested per binding (texts 128, lists 72, slots and keys 57, flow
+//! index 11, expiry index 16), 297 as malloc rounds them.
 //!
 //! AoR hashes are unkeyed ([`StableHash`]): the registrar only writes
 //! authenticated AoRs, and colliding hashes cost a scan of the colliding
@@ -52,10 +58,18 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// Partitions of the AoR table and of the flow index (each): ~250 AoRs a
-/// partition at 1 000 000, the amount one write copies.
+/// Partitions of the AoR table: ~15 AoRs a partition at 1 000 000, the
+/// slots one write copies. Small on purpose: copying a slot is an atomic
+/// increment of its list's count, on a cache line nobody touched lately,
+/// and locked increments do not overlap their misses (4096 partitions of
+/// ~250 slots made a put ~37 us, nearly all of it those increments).
 pub const PARTS: usize = 1 << PART_BITS;
-const PART_BITS: u32 = 12;
+const PART_BITS: u32 = 16;
+/// Partitions of the flow index: ~15 entries each at 1 000 000 flows, so
+/// a lookup's binary search stays on two cache lines (at ~250 entries its
+/// eight dependent misses were most of `identity_of_flow`).
+pub const FLOW_PARTS: usize = 1 << FLOW_BITS;
+const FLOW_BITS: u32 = 16;
 /// Most bindings one AoR holds (the registrar refuses more, RFC 3261 §10.3
 /// leaves the limit to it).
 pub const MAX_BINDINGS: usize = 32;
@@ -351,7 +365,7 @@ impl fmt::Debug for Binding {
     }
 }
 
-/// The top 32 bits of an AoR's stable hash: 12 bits of partition, 20 of
+/// The top 32 bits of an AoR's stable hash: 16 bits of partition, 16 of
 /// order inside it.
 fn aor_hash(aor: &[u8]) -> u32 {
     let mut h = StableHash::default();
@@ -374,6 +388,11 @@ fn flow_hash(a: SocketAddr) -> u32 {
 #[inline]
 fn part_of(hash: u32) -> usize {
     (hash >> (32 - PART_BITS)) as usize
+}
+
+#[inline]
+fn flow_part_of(flow_hash: u32) -> usize {
+    (flow_hash >> (32 - FLOW_BITS)) as usize
 }
 
 fn min_expiry(list: &[Binding]) -> Option<u32> {
@@ -500,7 +519,7 @@ impl Location {
                     })
                 })
                 .collect(),
-            flows: (0..PARTS)
+            flows: (0..FLOW_PARTS)
                 .map(|_| ArcSwap::from_pointee(FlowPart(Box::default())))
                 .collect(),
             aors: AtomicUsize::new(0),
@@ -546,7 +565,7 @@ impl Location {
     /// share the flow, as lines of one device behind one socket do).
     pub fn identity_of_flow<R>(&self, src: SocketAddr, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
         let fh = flow_hash(src);
-        let flows = self.flows[part_of(fh)].load();
+        let flows = self.flows[flow_part_of(fh)].load();
         let lo = u64::from(fh) << 32;
         let start = flows.0.partition_point(|&e| e < lo);
         for &e in flows.0[start..]
@@ -591,13 +610,16 @@ impl Location {
         let binding = std::mem::size_of::<Binding>();
         let mut fp = Footprint {
             table_bytes: PARTS * std::mem::size_of::<ArcSwap<Part>>(),
-            flow_bytes: PARTS * std::mem::size_of::<ArcSwap<FlowPart>>(),
+            flow_bytes: FLOW_PARTS * std::mem::size_of::<ArcSwap<FlowPart>>(),
             ..Footprint::default()
         };
         for p in self.parts.iter() {
             let p = p.load();
             fp.table_bytes += ARC_HEADER + std::mem::size_of::<Part>() + p.slots.len() * slot;
-            fp.table_bytes += ARC_HEADER + p.keys.len();
+            // Empty partitions share one empty arena.
+            if !p.keys.is_empty() {
+                fp.table_bytes += ARC_HEADER + p.keys.len();
+            }
             for s in p.slots.iter() {
                 fp.aors += 1;
                 fp.bindings += s.list.len();
@@ -766,10 +788,10 @@ impl LocationWriter {
 
     /// Copy-on-write of each flow partition `ops` touch.
     fn publish_flows(&self, mut ops: Vec<(u64, bool)>) {
-        ops.sort_unstable_by_key(|&(e, _)| (part_of((e >> 32) as u32), e));
-        for group in ops.chunk_by(|a, b| part_of((a.0 >> 32) as u32) == part_of((b.0 >> 32) as u32))
-        {
-            let p = part_of((group[0].0 >> 32) as u32);
+        let part = |e: u64| flow_part_of((e >> 32) as u32);
+        ops.sort_unstable_by_key(|&(e, _)| (part(e), e));
+        for group in ops.chunk_by(|a, b| part(a.0) == part(b.0)) {
+            let p = part(group[0].0);
             let cur = self.loc.flows[p].load_full();
             let mut set = cur.0.to_vec();
             for &(e, add) in group {
@@ -878,9 +900,19 @@ fn split_expired(aor: &[u8], list: &[Binding], now: u32, budget: usize) -> Expir
     }
 }
 
+/// Read every list's count before the clones increment them: plain loads
+/// overlap their cache misses, locked increments wait for each in turn.
+fn warm(slots: &[Slot]) {
+    let sum = slots
+        .iter()
+        .fold(0usize, |a, s| a.wrapping_add(Arc::strong_count(&s.list)));
+    std::hint::black_box(sum);
+}
+
 /// `cur` with `group` (one partition's changes, in order) applied;
 /// `olds[i]` says whether `group[i]`'s key is present.
 fn merge(cur: &Part, group: &[Change<'_>], olds: &[Option<Arc<[Binding]>>]) -> Part {
+    warm(&cur.slots);
     let reshape = group
         .iter()
         .zip(olds)
@@ -1426,7 +1458,7 @@ mod tests {
                     }
                 }
             }
-            if step % 50 == 0 {
+            if step % 300 == 0 {
                 check_indexes(&loc, &w);
             }
             assert_eq!(loc.len(), model.len());
