@@ -577,11 +577,7 @@ fn sighup_reloads_the_config_and_refuses_a_bad_one() {
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("edge.toml");
     let groups = dir.join("groups.txt");
-    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let admin_port = free_port();
     // A port free now, kept for every rewrite of the file (the reload keeps
     // the running listen address anyway).
     let listen_port = free_port();

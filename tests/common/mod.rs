@@ -114,13 +114,33 @@ pub fn header<'a>(msg: &'a str, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
-/// A port free at the time of asking (for an edge's listen address).
+/// A port free at the time of asking (for an edge's listen address), and
+/// one no other caller in this process gets. Taken below the kernel's
+/// ephemeral range (32768..61000 here) so that a socket another test binds
+/// to port 0 between this call and the server's bind cannot take it: with
+/// port-0 probing that race made a shard's bind fail with EADDRINUSE in CI.
+/// The start is spread by process id so concurrent test processes
+/// (nextest) walk different parts of the range.
 pub fn free_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id() * 97) % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        let udp = UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if udp && tcp {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + SPAN);
 }
 
 /// A loopback UDP socket with a 3 s read timeout.
