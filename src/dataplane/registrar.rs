@@ -19,7 +19,7 @@
 use super::location_store::LocationStore;
 use crate::registrar::credentials::CredentialStore;
 use crate::registrar::third_party::{self, Notice};
-use crate::registrar::{Change, Registrar, Settings, Verdict, MAX_ANSWER};
+use crate::registrar::{Challenger, Change, Registrar, Settings, Verdict, MAX_ANSWER};
 use crate::route::decision::identity_key_hash;
 use crate::route::location::{Binding, Location, LocationWriter};
 use crate::route::Tables;
@@ -71,9 +71,31 @@ pub struct RegJob {
 pub struct RegQueue {
     tx: Sender<RegJob>,
     stats: Arc<RegistrarStats>,
+    /// The registrar's stateless front: what needs no binding is answered
+    /// by the worker itself (no hand-over, no thread wake-up).
+    front: Arc<Challenger>,
 }
 
 impl RegQueue {
+    /// A REGISTER without credentials answered into `out` by the worker
+    /// (counted as the registrar thread counts): `(len, status)`; `None`:
+    /// it is for the registrar thread.
+    pub fn answer_at_once(&self, s: Scanned<'_>, out: &mut [u8]) -> Option<(usize, u16)> {
+        if !s.m.is_request() {
+            return None;
+        }
+        let h = self.front.answer_at_once(s, now_unix(), out)?;
+        if h.len == 0 {
+            return None;
+        }
+        count(&self.stats, h.verdict);
+        let code = match h.verdict {
+            Verdict::Refused(code) => code,
+            _ => 401,
+        };
+        Some((h.len, code))
+    }
+
     /// Queue a datagram; `false` (counted): the queue is full.
     pub fn offer(&self, data: &[u8], src: SocketAddr) -> bool {
         match self.tx.try_send(RegJob {
@@ -167,8 +189,10 @@ impl RegistrarThread {
             key: crate::sip::hash::random_key(),
             ..transaction::Config::default()
         };
+        let registrar = Registrar::new(cfg.settings.clone(), cfg.nonce_key);
+        let front = registrar.front();
         let mut state = State {
-            registrar: Registrar::new(cfg.settings.clone(), cfg.nonce_key),
+            registrar,
             writer,
             store,
             tables,
@@ -188,6 +212,7 @@ impl RegistrarThread {
             queue: RegQueue {
                 tx,
                 stats: Arc::clone(&stats),
+                front,
             },
             location,
             credentials,
@@ -380,13 +405,7 @@ impl State {
     }
 
     fn count(&self, v: Verdict) {
-        let c = match v {
-            Verdict::Registered => &self.stats.registered,
-            Verdict::Challenged => &self.stats.challenged,
-            Verdict::Retransmission => &self.stats.retransmissions,
-            Verdict::Refused(_) | Verdict::Dropped => &self.stats.refused,
-        };
-        c.fetch_add(1, Relaxed);
+        count(&self.stats, v);
     }
 
     /// Phase 2: one durable transaction for the batch. `false`: it failed.
@@ -574,6 +593,16 @@ impl State {
             tracing::warn!(%dst, error = %e, "registrar send failed");
         }
     }
+}
+
+fn count(stats: &RegistrarStats, v: Verdict) {
+    let c = match v {
+        Verdict::Registered => &stats.registered,
+        Verdict::Challenged => &stats.challenged,
+        Verdict::Retransmission => &stats.retransmissions,
+        Verdict::Refused(_) | Verdict::Dropped => &stats.refused,
+    };
+    c.fetch_add(1, Relaxed);
 }
 
 /// `503` for a new AoR while the location service holds its maximum.

@@ -96,8 +96,20 @@ pub trait Admission {
     /// Hand a datagram that needs the policy gate to the slow path;
     /// `false`: it cannot take it now.
     fn hand_over(&mut self, d: &Datagram<'_>) -> bool;
-    /// Hand a datagram to the registrar thread; `false`: its queue is full.
-    fn hand_to_registrar(&mut self, d: &Datagram<'_>) -> bool;
+    /// Offer a datagram for the registrar: answered at once into `out`
+    /// (what needs no binding), or queued for the registrar thread.
+    fn hand_to_registrar(&mut self, d: &Datagram<'_>, s: Scanned<'_>, out: &mut [u8]) -> Handoff;
+}
+
+/// What became of a datagram offered to the registrar.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Handoff {
+    /// The registrar thread has it.
+    Queued,
+    /// Answered by the registrar's stateless front: `len` bytes in `out`.
+    Answered { len: usize, code: u16 },
+    /// The registrar thread's queue is full.
+    Full,
 }
 
 /// No admission control: nothing is limited or shed, and a datagram that
@@ -123,8 +135,13 @@ impl Admission for Open {
     fn hand_over(&mut self, _d: &Datagram<'_>) -> bool {
         true
     }
-    fn hand_to_registrar(&mut self, _d: &Datagram<'_>) -> bool {
-        true
+    fn hand_to_registrar(
+        &mut self,
+        _d: &Datagram<'_>,
+        _s: Scanned<'_>,
+        _out: &mut [u8],
+    ) -> Handoff {
+        Handoff::Queued
     }
 }
 
@@ -259,7 +276,8 @@ fn hand_over(
     }
 }
 
-/// The registrar thread owns it now; its queue full: a REGISTER is
+/// The registrar answers it at once or its thread owns it now; its queue
+/// full: a REGISTER is
 /// answered `503` (the client retries), a response dropped and counted
 /// (the registrar's transaction retransmits its request).
 fn to_registrar(
@@ -269,8 +287,16 @@ fn to_registrar(
     adm: &mut impl Admission,
     out: &mut [u8],
 ) -> Outcome {
-    if adm.hand_to_registrar(d) {
-        return Outcome::ToRegistrar;
+    match adm.hand_to_registrar(d, s, out) {
+        Handoff::Queued => return Outcome::ToRegistrar,
+        Handoff::Answered { len, code } => {
+            return Outcome::Replied {
+                len,
+                dst: d.src,
+                code,
+            }
+        }
+        Handoff::Full => {}
     }
     if s.m.is_request() {
         unavailable(s, reply::UNAVAILABLE_REGISTRAR, t.retry_after_s, out)

@@ -22,6 +22,7 @@
 //! The caller (the registrar thread) is the location service's one writer:
 //! it applies [`Change`], persists it and then sends the answer.
 
+pub mod challenge;
 pub mod credentials;
 pub mod third_party;
 
@@ -29,12 +30,12 @@ use crate::route::location::{Binding, BindingParts};
 use crate::sip::contact::{self, ContactValue, RegisterContacts};
 use crate::sip::digest::{self, Algorithm, NcCheck, NonceCheck, NonceCounts, NonceKey};
 use crate::sip::reply;
-use crate::sip::rewrite::Out;
-use crate::sip::scan::{header_lines, Method, Scanned};
-use crate::sip::uri::{self, Scheme};
+use crate::sip::scan::{header_lines, Scanned};
+pub use challenge::Challenger;
 use credentials::CredentialStore;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// Nonces whose counts are remembered at once (replay protection).
 pub const MAX_NONCES: usize = 65_536;
@@ -123,10 +124,11 @@ struct Failures {
 /// counters. Bounded: [`MAX_NONCES`], [`MAX_FAILING_SOURCES`].
 pub struct Registrar {
     settings: Settings,
-    key: NonceKey,
+    /// The stateless part, shared with the workers (they answer a REGISTER
+    /// without credentials themselves: half of every registration).
+    front: Arc<Challenger>,
     counts: NonceCounts,
     failures: HashMap<IpAddr, Failures>,
-    seq: u32,
 }
 
 /// One REGISTER being handled: what every phase reads.
@@ -147,11 +149,10 @@ impl Registrar {
             "at least one digest algorithm"
         );
         Registrar {
+            front: Arc::new(Challenger::new(&settings, NonceKey::new(key))),
             settings,
-            key: NonceKey::new(key),
             counts: NonceCounts::new(MAX_NONCES),
             failures: HashMap::new(),
-            seq: 0,
         }
     }
 
@@ -159,12 +160,14 @@ impl Registrar {
         &self.settings
     }
 
+    /// The stateless front, for the workers.
+    pub fn front(&self) -> Arc<Challenger> {
+        Arc::clone(&self.front)
+    }
+
     /// Is `host` (any case) a served domain?
     pub fn serves(&self, host: &[u8]) -> bool {
-        self.settings
-            .domains
-            .iter()
-            .any(|d| d.as_bytes().eq_ignore_ascii_case(host))
+        self.front.serves(host)
     }
 
     /// Handle one REGISTER scanned as `s`; `current` gives an AoR's
@@ -188,7 +191,7 @@ impl Registrar {
         let result = self.served(s, now_s).and_then(|rx| {
             // A defect is named before any challenge: no credentials make
             // a malformed Contact or Expires right.
-            read(&rx)?;
+            challenge::read(&rx)?;
             let replayed = self.authenticate(&rx, creds)?;
             self.register(&rx, replayed, current)
         });
@@ -198,58 +201,18 @@ impl Registrar {
                 verdict: a.verdict,
                 change: a.change,
             },
-            Err(Outcome::Challenge { stale }) => Handled {
-                len: self.challenge(s, now_s, stale, out),
-                verdict: Verdict::Challenged,
-                change: None,
-            },
-            Err(Outcome::Refused(r)) => {
-                let extra: Vec<&[u8]> = r.extra.iter().map(|l| &l[..]).collect();
-                Handled {
-                    len: reply::build(s, r.code, &r.reason, &extra, out).unwrap_or(0),
-                    verdict: Verdict::Refused(r.code),
-                    change: None,
-                }
-            }
+            Err(o) => self.front.answer(s, now_s, o, out),
         }
     }
 
     // ----- phase 1: served -------------------------------------------
 
     fn served<'a>(&mut self, s: Scanned<'a>, now_s: u64) -> Result<Rx<'a>, Outcome> {
-        let (buf, m) = (s.buf, s.m);
-        if m.method() != Some(Method::Register) {
-            return Err(refused(405, "Method Not Allowed"));
-        }
-        if let Some(d) = m.defect {
-            return Err(refused(d.status(), d.reason()));
-        }
+        challenge::check_request(s)?;
         if self.over_failure_limit(s.src.ip(), now_s) {
-            return Err(refused(403, "Forbidden - Too Many Failed Attempts"));
+            return Err(refused(403, challenge::LOCKED_OUT));
         }
-        let ruri = match m.start {
-            crate::sip::scan::StartLine::Request { uri, .. } => uri::parse(buf, uri),
-            _ => None,
-        };
-        let Some(ruri) = ruri.filter(|u| matches!(u.scheme, Scheme::Sip | Scheme::Sips)) else {
-            return Err(refused(400, "Bad Request - Bad Request-URI"));
-        };
-        if !self.serves(ruri.host.get(buf)) {
-            return Err(refused(403, "Forbidden - Unknown Realm"));
-        }
-        let to = uri::addr_of(buf, m.to).and_then(|a| uri::parse(buf, a));
-        let Some(to) = to.filter(|u| matches!(u.scheme, Scheme::Sip | Scheme::Sips)) else {
-            return Err(refused(400, "Bad Request - Bad To URI"));
-        };
-        if !self.serves(to.host.get(buf)) || to.user.is_empty() {
-            return Err(refused(403, "Forbidden - Unknown Realm"));
-        }
-        let mut aor = Vec::with_capacity(to.user.len() + 1 + to.host.len());
-        uri::identity_bytes(buf, &to, |b| aor.push(b));
-        if aor.len() > crate::route::groups::MAX_IDENTITY {
-            return Err(refused(400, "Bad Request - AoR Too Long"));
-        }
-        Ok(Rx { s, now_s, aor })
+        self.front.served(s, now_s)
     }
 
     fn over_failure_limit(&mut self, ip: IpAddr, now_s: u64) -> bool {
@@ -273,7 +236,28 @@ impl Registrar {
             count: 0,
         });
         f.count = f.count.saturating_add(1);
+        let locked_now = f.count == self.settings.max_failures;
         debug_assert!(self.failures.len() <= MAX_FAILING_SOURCES);
+        if locked_now {
+            self.publish_locked(now_s);
+        }
+    }
+
+    /// The sources over their limit, for the workers' front (they refuse
+    /// such a source's REGISTERs without credentials as this thread does).
+    /// Rebuilt when a source crosses the limit: rare, and bounded by
+    /// [`MAX_FAILING_SOURCES`].
+    fn publish_locked(&self, now_s: u64) {
+        let window = self.settings.failure_window_s;
+        let locked = self
+            .failures
+            .iter()
+            .filter(|(_, f)| {
+                f.count >= self.settings.max_failures && now_s.saturating_sub(f.since_s) < window
+            })
+            .map(|(ip, f)| (*ip, f.since_s + window))
+            .collect();
+        self.front.set_locked(locked);
     }
 
     /// Full: forget finished windows, else the oldest window (bounded
@@ -311,7 +295,7 @@ impl Registrar {
             return Err(refused(400, "Bad Request - Digest Without Qop Auth"));
         };
         let lifetime = self.settings.nonce_lifetime_s;
-        let issued_s = match digest::check_nonce(&self.key, c.nonce, rx.now_s, lifetime) {
+        let issued_s = match digest::check_nonce(self.front.key(), c.nonce, rx.now_s, lifetime) {
             NonceCheck::Fresh { issued_s } => issued_s,
             NonceCheck::Stale => return Err(Outcome::Challenge { stale: true }),
             NonceCheck::Forged => return Err(Outcome::Challenge { stale: false }),
@@ -480,54 +464,6 @@ impl Registrar {
         let extra: Vec<&[u8]> = lines.iter().map(|l| &l[..]).collect();
         reply::build(s, 200, "OK", &extra, out).unwrap_or(0)
     }
-
-    /// `401` with one challenge per configured algorithm (by default
-    /// SHA-256 then MD5) for the served realm the Request-URI names.
-    fn challenge(&mut self, s: Scanned<'_>, now_s: u64, stale: bool, out: &mut [u8]) -> usize {
-        let realm = self.realm_of(s).unwrap_or_default();
-        self.seq = self.seq.wrapping_add(1);
-        let nonce = digest::mint_nonce(&self.key, now_s, self.seq);
-        let mut lines = Vec::with_capacity(2);
-        for &alg in &self.settings.algorithms {
-            let mut b = [0u8; 512];
-            let mut o = Out::new(&mut b);
-            digest::write_challenge(
-                &mut o,
-                b"WWW-Authenticate",
-                realm.as_bytes(),
-                nonce.as_bytes(),
-                alg,
-                stale,
-            );
-            if let Some(n) = o.finish() {
-                lines.push(b[..n].to_vec());
-            }
-        }
-        let extra: Vec<&[u8]> = lines.iter().map(|l| &l[..]).collect();
-        reply::build(s, 401, "Unauthorized", &extra, out).unwrap_or(0)
-    }
-
-    /// The served domain the Request-URI names, as configured.
-    fn realm_of(&self, s: Scanned<'_>) -> Option<String> {
-        let crate::sip::scan::StartLine::Request { uri, .. } = s.m.start else {
-            return None;
-        };
-        let u = uri::parse(s.buf, uri)?;
-        let host = u.host.get(s.buf);
-        self.settings
-            .domains
-            .iter()
-            .find(|d| d.as_bytes().eq_ignore_ascii_case(host))
-            .cloned()
-    }
-}
-
-/// Phase 3 ahead of authentication: the Contact and Expires parse.
-fn read(rx: &Rx<'_>) -> Result<(), Outcome> {
-    let (buf, m) = (rx.s.buf, rx.s.m);
-    contact::register_contacts(buf, m).map_err(|e| bad_request(e.reason()))?;
-    contact::expires_header(buf, m).map_err(|e| bad_request(e.reason()))?;
-    Ok(())
 }
 
 /// What `register` decided.
@@ -646,6 +582,7 @@ fn contact_line(b: &Binding, now_s: u64) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::sip::digest::{parse_challenge, write_authorization, Ha1};
+    use crate::sip::rewrite::Out;
     use crate::sip::scan::scan;
     use credentials::Credential;
     use std::net::SocketAddr;
@@ -802,5 +739,90 @@ mod tests {
             "{r400}"
         );
         assert!(h.change.is_none());
+    }
+
+    /// What the front answers for a worker (`None`: for the thread).
+    fn front_answer(r: &Registrar, msg: &str, src: &str, now: u64) -> Option<(String, Handled)> {
+        let m = scan(msg.as_bytes());
+        let mut out = vec![0u8; MAX_ANSWER];
+        let s = Scanned::new(msg.as_bytes(), &m, src.parse().unwrap());
+        let h = r.front().answer_at_once(s, now, &mut out)?;
+        Some((String::from_utf8_lossy(&out[..h.len]).into_owned(), h))
+    }
+
+    #[test]
+    fn the_front_challenges_as_the_thread_does_and_its_nonce_registers() {
+        let mut r = registrar();
+        let msg = register(1, "<sip:alice@192.0.2.1>", "");
+        let (front, h) = front_answer(&r, &msg, SRC, NOW).expect("answered at once");
+        assert_eq!(h.verdict, Verdict::Challenged);
+        let (thread, _) = run(&mut r, &msg, NOW, &[]);
+        let challenges = |a: &str| {
+            a.lines()
+                .filter(|l| l.starts_with("WWW-Authenticate:"))
+                .map(|l| l.split("nonce=").next().unwrap_or("").to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(challenges(&front), challenges(&thread));
+        assert_ne!(front, thread, "one nonce sequence: distinct nonces");
+        let auth = answered(
+            &register(2, "<sip:alice@192.0.2.1>", ""),
+            &front,
+            "SHA-256",
+            1,
+        );
+        assert!(
+            front_answer(&r, &auth, SRC, NOW).is_none(),
+            "credentials: for the thread"
+        );
+        let (ok, h) = run(&mut r, &auth, NOW, &[]);
+        assert_eq!(h.verdict, Verdict::Registered, "{ok}");
+    }
+
+    #[test]
+    fn the_front_names_defects_and_refuses_a_locked_out_source() {
+        let mut r = registrar();
+        let bad = register(1, "<sip:alice@192.0.2.1>;expires=x", "");
+        let (a, _) = front_answer(&r, &bad, SRC, NOW).unwrap();
+        let (t, _) = run(&mut r, &bad, NOW, &[]);
+        assert!(a.starts_with("SIP/2.0 400 Bad Request - "), "{a}");
+        assert_eq!(a.lines().next(), t.lines().next());
+        let alien = register(1, "<sip:alice@192.0.2.1>", "")
+            .replace("REGISTER sip:example.net", "REGISTER sip:example.org");
+        let (a, _) = front_answer(&r, &alien, SRC, NOW).unwrap();
+        assert!(
+            a.starts_with("SIP/2.0 403 Forbidden - Unknown Realm"),
+            "{a}"
+        );
+        // Three wrong passwords lock the source out, at the front too.
+        let (c, _) = run(&mut r, &register(1, "<sip:alice@192.0.2.1>", ""), NOW, &[]);
+        for nc in 1..=3 {
+            let mut wrong = answered(
+                &register(1 + nc, "<sip:alice@192.0.2.1>", ""),
+                &c,
+                "MD5",
+                nc,
+            );
+            let at = wrong.find("response=\"").unwrap() + "response=\"".len();
+            let flipped = if &wrong[at..=at] == "0" { "1" } else { "0" };
+            wrong.replace_range(at..=at, flipped);
+            let (w, _) = run(&mut r, &wrong, NOW, &[]);
+            assert!(
+                w.starts_with("SIP/2.0 403 Forbidden - Bad Credentials"),
+                "{w}"
+            );
+        }
+        let fresh = register(9, "<sip:alice@192.0.2.1>", "");
+        let (a, h) = front_answer(&r, &fresh, SRC, NOW + 1).unwrap();
+        assert!(
+            a.starts_with("SIP/2.0 403 Forbidden - Too Many Failed Attempts"),
+            "{a}"
+        );
+        assert_eq!(h.verdict, Verdict::Refused(403));
+        let (other, _) = front_answer(&r, &fresh, "192.0.2.2:5060", NOW + 1).unwrap();
+        assert!(other.starts_with("SIP/2.0 401 Unauthorized"), "{other}");
+        // The window over: challenged again.
+        let (later, _) = front_answer(&r, &fresh, SRC, NOW + 61).unwrap();
+        assert!(later.starts_with("SIP/2.0 401 Unauthorized"), "{later}");
     }
 }
