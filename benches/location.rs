@@ -230,6 +230,32 @@ fn build_batched(n: usize) {
     note("put_many_cpu_us", format!("{:.2}", cpu * 1e6 / n as f64));
 }
 
+/// Every AoR registered from one address (all users behind one P-CSCF or
+/// SBC): a put must cost what it costs with a flow per user, not grow with
+/// the AoRs sharing the flow.
+fn build_behind_one_flow(n: usize) {
+    let loc = Arc::new(Location::new(n + n / 4));
+    let mut w = loc.writer().expect("first writer");
+    let sbc: SocketAddr = SocketAddr::from(([198, 51, 100, 7], 5060));
+    let items: Vec<(Vec<u8>, Binding)> = (0..n)
+        .map(|i| {
+            let own = binding(i, 0);
+            let mut p = own.parts();
+            p.flow = sbc;
+            (aor(i), Binding::new(&p).expect("binding"))
+        })
+        .collect();
+    let t = Timer::start();
+    for (k, b) in items {
+        w.put(&k, vec![b]).expect("room");
+    }
+    note(
+        "put_cpu_us_one_flow",
+        format!("{:.2}", t.cpu() * 1e6 / n as f64),
+    );
+    assert!(loc.identity_of_flow(sbc, |k| k.len()).is_some());
+}
+
 /// Two readers (`with_bindings` on random AoRs, 1 in 8 a miss) while the
 /// writer re-registers random AoRs from a new port.
 fn concurrent(
@@ -414,6 +440,7 @@ fn main() {
     drop(w);
     drop(loc);
     build_batched(n);
+    build_behind_one_flow(n);
     commits(secs);
     let fields: Vec<String> = SUMMARY
         .lock()

@@ -3,7 +3,8 @@
 # against Kamailio's (perf/registrar/kamailio.cfg), on this box, one core
 # each: REGISTERs per second, CPU per REGISTER, memory per binding.
 #
-# Usage: perf/registrar.sh [TARGET...]    TARGET: kamailio, edge (default both)
+# Usage: perf/registrar.sh [TARGET...]    TARGET: kamailio, edge (default both),
+#        or edge-LABEL: the edge binary in EDGE_BIN_LABEL (builds side by side)
 #
 # The servers (perf/registrar/: kamailio.cfg, edge.toml):
 #   kamailio  Kamailio 5.6, 1 UDP worker, sl (stateless), auth with the HA1
@@ -230,20 +231,35 @@ start_server() {
         PIDS+=("$SERVER_PID")
         wait_up "$SERVER_PID" "$KAM_READY_S" kamailio "$dir"
         ;;
-    edge)
-        [[ -x "$EDGE_BIN" ]] || die "missing $EDGE_BIN (cargo build --release --bin cpm-edge)"
+    edge | edge-*)
+        local bin
+        bin=$(edge_bin "$target")
         sed -e "s|127\.0\.0\.1:25060|127.0.0.1:$PORT|" \
             -e "s|^store = .*|store = \"$dir/loc.redb\"|" \
             -e "s|^credentials_file = .*|credentials_file = \"$users/credentials.txt\"|" \
             "$EDGE_CONFIG" >"$dir/edge.toml"
-        RUST_LOG=${RUST_LOG:-warn} taskset -c "$SERVER_CPUS" "$EDGE_BIN" --config "$dir/edge.toml" \
+        RUST_LOG=${RUST_LOG:-warn} taskset -c "$SERVER_CPUS" "$bin" --config "$dir/edge.toml" \
             >"$dir/edge.out" 2>"$dir/edge.err" &
         SERVER_PID=$!
         PIDS+=("$SERVER_PID")
         wait_up "$SERVER_PID" "$EDGE_READY_S" cpm-edge "$dir"
         ;;
-    *) die "unknown target '$target' (kamailio, edge)" ;;
+    *) die "unknown target '$target' (kamailio, edge, edge-LABEL)" ;;
     esac
+}
+
+# The binary of an edge target: EDGE_BIN for "edge", EDGE_BIN_<LABEL> for
+# "edge-<LABEL>" (two builds compared in one interleaved run).
+edge_bin() {
+    local target=$1 var
+    if [[ "$target" == edge ]]; then
+        var=EDGE_BIN
+    else
+        var="EDGE_BIN_${target#edge-}"
+    fi
+    [[ "$var" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "target '$target': LABEL must be [A-Za-z0-9_]"
+    [[ -n "${!var:-}" && -x "${!var}" ]] || die "target '$target': $var is not an executable (cargo build --release --bin cpm-edge)"
+    echo "${!var}"
 }
 
 # Until process $1 has bound UDP PORT (and Kamailio its ctl socket), at
@@ -435,8 +451,11 @@ if ((${#pkgs[@]})); then
         die "apt-get install ${pkgs[*]} failed"
 fi
 for t in "${TARGETS[@]}"; do
-    [[ "$t" == kamailio || "$t" == edge ]] || die "unknown target '$t' (kamailio, edge)"
-    [[ "$t" != edge || -x "$EDGE_BIN" ]] || die "missing $EDGE_BIN (cargo build --release --bin cpm-edge)"
+    case $t in
+    kamailio) ;;
+    edge | edge-*) edge_bin "$t" >/dev/null ;;
+    *) die "unknown target '$t' (kamailio, edge, edge-LABEL)" ;;
+    esac
 done
 ! udp_port_bound "$PORT" || die "UDP port $PORT is already in use"
 ! udp_port_bound "$SIPP_PORT" || die "UDP port $SIPP_PORT is already in use"

@@ -90,12 +90,16 @@ impl Edge {
         let toml = format!(
             "[listen]\naddr = \"{}\"\n[admin]\nbind = \"127.0.0.1:0\"\n[workers]\ncount = 1\n[health]\nenabled = false\n\
              [[shard]]\nname = \"cs1\"\naddr = \"{}\"\n\
-             [registrar]\ndomains = [\"{DOMAIN}\"]\ncredentials_file = \"{}\"\nstore = \"{}\"\n\
+             [registrar]\ndomains = [\"{DOMAIN}\"]\ncredentials_file = \"{}\"\n{}\
              {}max_expires = 7200\nmax_contacts = 3\nmax_failures = 3\n{}\n",
             self.addr,
             self.shard.local_addr().unwrap(),
             creds.display(),
-            self.dir.join("location.redb").display(),
+            if self.extra.contains("store =") {
+                String::new()
+            } else {
+                format!("store = \"{}\"\n", self.dir.join("location.redb").display())
+            },
             if self.extra.contains("min_expires") { "" } else { "min_expires = 60\n" },
             self.extra,
         );
@@ -535,6 +539,59 @@ fn a_cpm_registration_reaches_the_pf_and_terminating_requests_the_flow() {
     let tp = third_party(&edge.shard);
     assert_eq!(header(&tp, "Expires"), vec!["Expires: 0"], "{tp}");
     assert!(tp.contains("terminated"), "{tp}");
+}
+
+/// With no store the worker runs the registrar itself (no thread between):
+/// the same answers, the PF told and answered, and nothing kept across a
+/// restart.
+#[test]
+fn in_memory_the_worker_registers_tells_the_pf_and_keeps_nothing_across_a_restart() {
+    let mut edge = Edge::start("in-memory", "store = \"\"\n");
+    let mut d = Device::new(&edge, "alice", "127.0.0.1");
+    let me = d.local();
+    let ok = d.register(&format!("<sip:alice@{me}>;{CPM_TAG}"), "", "MD5");
+    assert_eq!(status(&ok), "SIP/2.0 200 OK", "{ok}");
+    assert!(ok.contains(&format!("<sip:alice@{me}>")), "{ok}");
+    let tp = third_party(&edge.shard);
+    assert!(tp.contains(&format!("To: <sip:alice@{DOMAIN}>")), "{tp}");
+    let answered = "cpm_edge_registrar_third_party_total{result=\"answered\"} 1";
+    let t0 = std::time::Instant::now();
+    while !http(edge.admin(), "GET", "/metrics", "", None)
+        .1
+        .contains(answered)
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "the PF's 200 never reached the registrar"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let invite = format!(
+        "INVITE sip:alice@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {s};branch=z9hG4bK-pf-mem\r\n\
+         Route: <sip:{e};lr;cpm-leg=term>\r\nMax-Forwards: 69\r\nFrom: <sip:bob@{DOMAIN}>;tag=b\r\n\
+         To: <sip:alice@{DOMAIN}>\r\nCall-ID: t-mem\r\nCSeq: 1 INVITE\r\nContact: <sip:{s}>\r\n\
+         Accept-Contact: *;{CPM_TAG}\r\nContent-Length: 0\r\n\r\n",
+        s = edge.shard.local_addr().unwrap(),
+        e = edge.addr,
+    );
+    edge.shard.send_to(invite.as_bytes(), edge.addr).unwrap();
+    let (got, _) = recv(&d.sock);
+    assert!(
+        got.starts_with(&format!("INVITE sip:alice@{DOMAIN} ")),
+        "{got}"
+    );
+    // A wrong password is still refused on this path.
+    let mut eve = Device::new(&edge, "alice", "127.0.0.1");
+    eve.password = "not-hers";
+    let bad = eve.register(&format!("<sip:alice@{}>", eve.local()), "", "MD5");
+    assert!(status(&bad).starts_with("SIP/2.0 403"), "{bad}");
+    edge.restart();
+    edge.shard.send_to(invite.as_bytes(), edge.addr).unwrap();
+    let (r, _) = recv(&edge.shard);
+    assert!(
+        r.starts_with("SIP/2.0 480 Temporarily Unavailable - Not Registered"),
+        "{r}"
+    );
 }
 
 #[test]

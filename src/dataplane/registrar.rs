@@ -17,6 +17,7 @@
 //! 5. `sweep`, once a second: expired bindings leave (persisted, notified).
 
 use super::location_store::LocationStore;
+use crate::pipeline::Handoff;
 use crate::registrar::credentials::CredentialStore;
 use crate::registrar::third_party::{self, Notice};
 use crate::registrar::{Challenger, Change, Registrar, Settings, Verdict, MAX_ANSWER};
@@ -24,7 +25,7 @@ use crate::route::decision::identity_key_hash;
 use crate::route::location::{Binding, Location, LocationWriter};
 use crate::route::Tables;
 use crate::sip::reply;
-use crate::sip::scan::{scan, Scanned};
+use crate::sip::scan::{scan, Message, Scanned};
 use crate::sip::transaction::{self, Received, TransactionTable};
 use arc_swap::ArcSwap;
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
@@ -32,7 +33,7 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -74,9 +75,34 @@ pub struct RegQueue {
     /// The registrar's stateless front: what needs no binding is answered
     /// by the worker itself (no hand-over, no thread wake-up).
     front: Arc<Challenger>,
+    /// With the bindings in memory only there is no durable commit to
+    /// gather REGISTERs for, so the worker runs the registrar itself under
+    /// this lock: no hand-over, no thread wake-up, and the answer leaves in
+    /// the worker's own send batch. `None`: a store; the thread decides.
+    inline: Option<Arc<Mutex<State>>>,
 }
 
 impl RegQueue {
+    /// A datagram for the registrar, by the cheapest way that serves it:
+    /// the stateless front, the registrar run on this worker (no store), or
+    /// the registrar thread's queue.
+    pub fn take(&self, s: Scanned<'_>, out: &mut [u8]) -> Handoff {
+        if let Some((len, code)) = self.answer_at_once(s, out) {
+            return Handoff::Answered { len, code };
+        }
+        if let Some(state) = &self.inline {
+            return match lock(state).handle_inline(s, out) {
+                Some((len, code)) => Handoff::Answered { len, code },
+                None => Handoff::Queued,
+            };
+        }
+        if self.offer(s.buf, s.src) {
+            Handoff::Queued
+        } else {
+            Handoff::Full
+        }
+    }
+
     /// A REGISTER without credentials answered into `out` by the worker
     /// (counted as the registrar thread counts): `(len, status)`; `None`:
     /// it is for the registrar thread.
@@ -191,7 +217,7 @@ impl RegistrarThread {
         };
         let registrar = Registrar::new(cfg.settings.clone(), cfg.nonce_key);
         let front = registrar.front();
-        let mut state = State {
+        let state = State {
             registrar,
             writer,
             store,
@@ -202,17 +228,22 @@ impl RegistrarThread {
             txns: TransactionTable::new(txn_cfg),
             cseq: 0,
             next_sweep: Instant::now(),
+            scratch: vec![0u8; MAX_ANSWER].into_boxed_slice(),
         };
+        let durable = state.store.is_some();
+        let state = Arc::new(Mutex::new(state));
+        let inline = (!durable).then(|| Arc::clone(&state));
         let stop_t = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
             .name("edge-registrar".into())
-            .spawn(move || state.run(&rx, &stop_t))
+            .spawn(move || run(&state, &rx, &stop_t, durable))
             .map_err(|e| format!("cannot start the registrar thread: {e}"))?;
         Ok(RegistrarThread {
             queue: RegQueue {
                 tx,
                 stats: Arc::clone(&stats),
                 front,
+                inline,
             },
             location,
             credentials,
@@ -253,6 +284,9 @@ struct State {
     /// orders them all).
     cseq: u32,
     next_sweep: Instant,
+    /// Where answers are written ([`MAX_ANSWER`], allocated once: a fresh
+    /// zeroed one per REGISTER cost more than the copy out of it).
+    scratch: Box<[u8]>,
 }
 
 /// One decided REGISTER waiting for its batch's commit.
@@ -262,56 +296,66 @@ struct Pending {
     change: Option<Change>,
 }
 
-impl State {
-    fn run(&mut self, rx: &Receiver<RegJob>, stop: &AtomicBool) {
-        while !stop.load(Relaxed) {
-            let wait = self
-                .next_deadline()
-                .saturating_duration_since(Instant::now());
-            let first = match rx.recv_timeout(wait.min(Duration::from_millis(100))) {
-                Ok(j) => Some(j),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
-            let mut batch: Vec<RegJob> = first.into_iter().collect();
-            self.gather(rx, &mut batch);
-            if !batch.is_empty() {
-                self.handle_batch(batch);
-            }
-            self.on_time();
+/// The thread's loop: timers, and with a store the queued batches. The
+/// state is locked only while it works (never while it waits), so workers
+/// running the registrar inline wait at most one batch or sweep.
+fn run(state: &Mutex<State>, rx: &Receiver<RegJob>, stop: &AtomicBool, durable: bool) {
+    while !stop.load(Relaxed) {
+        let wait = lock(state)
+            .next_deadline()
+            .saturating_duration_since(Instant::now());
+        let first = match rx.recv_timeout(wait.min(Duration::from_millis(100))) {
+            Ok(j) => Some(j),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut batch: Vec<RegJob> = first.into_iter().collect();
+        gather(rx, &mut batch, durable);
+        let mut st = lock(state);
+        if !batch.is_empty() {
+            st.handle_batch(batch);
         }
+        st.on_time();
     }
+}
 
-    /// More of the queue into `batch`: what is there now, and with a store
-    /// whatever arrives within [`COMMIT_WINDOW`] of the first job. A durable
-    /// commit costs about as much as a hundred REGISTERs' work, so a short
-    /// wait that puts several in one commit is the cheaper way at every
-    /// load (a REGISTER's answer waits at most the window longer).
-    fn gather(&self, rx: &Receiver<RegJob>, batch: &mut Vec<RegJob>) {
-        if batch.is_empty() {
-            return;
-        }
-        let until = Instant::now() + COMMIT_WINDOW;
-        while batch.len() < MAX_BATCH {
-            let next = match rx.try_recv() {
-                Ok(j) => Some(j),
-                Err(_) if self.store.is_some() => {
-                    let left = until.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        None
-                    } else {
-                        rx.recv_timeout(left).ok()
-                    }
+/// The state, also after a panic elsewhere (its tables stay consistent:
+/// every change is published whole by the location writer).
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// More of the queue into `batch`: what is there now, and with a store
+/// whatever arrives within [`COMMIT_WINDOW`] of the first job. A durable
+/// commit costs about as much as a hundred REGISTERs' work, so a short
+/// wait that puts several in one commit is the cheaper way at every
+/// load (a REGISTER's answer waits at most the window longer).
+fn gather(rx: &Receiver<RegJob>, batch: &mut Vec<RegJob>, durable: bool) {
+    if batch.is_empty() {
+        return;
+    }
+    let until = Instant::now() + COMMIT_WINDOW;
+    while batch.len() < MAX_BATCH {
+        let next = match rx.try_recv() {
+            Ok(j) => Some(j),
+            Err(_) if durable => {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    None
+                } else {
+                    rx.recv_timeout(left).ok()
                 }
-                Err(_) => None,
-            };
-            match next {
-                Some(j) => batch.push(j),
-                None => break,
             }
+            Err(_) => None,
+        };
+        match next {
+            Some(j) => batch.push(j),
+            None => break,
         }
     }
+}
 
+impl State {
     fn next_deadline(&self) -> Instant {
         match self.txns.poll_timeout() {
             Some(t) => t.min(self.next_sweep),
@@ -326,9 +370,12 @@ impl State {
         let mut pending = Vec::with_capacity(batch.len());
         let mut overlay: HashMap<Vec<u8>, Vec<Binding>> = HashMap::new();
         for job in batch {
-            if let Some(p) = self.decide(job, now, now_s, &mut overlay) {
-                pending.push(p);
+            let m = scan(&job.data);
+            if !m.is_request() {
+                self.on_response(now, &job, &m);
+                continue;
             }
+            pending.push(self.decide(job, &m, now_s, &mut overlay));
         }
         // What changes nothing (challenges, refusals, queries) is answered
         // now: only a 200 that changed bindings waits for the commit.
@@ -356,20 +403,56 @@ impl State {
         self.flush();
     }
 
-    /// Phase 1: a REGISTER through the registrar, or a response through
-    /// the client transactions.
+    /// Phases 1, 3 and 4 for one datagram on a worker (no store, so no
+    /// commit): the answer into `out` as `(len, status)`; `None`: nothing
+    /// for the worker to send (a response to a notice, a dropped request,
+    /// or an answer too long for `out`, sent here instead).
+    fn handle_inline(&mut self, s: Scanned<'_>, out: &mut [u8]) -> Option<(usize, u16)> {
+        debug_assert!(
+            self.store.is_none(),
+            "a durable registrar runs on its thread"
+        );
+        let now = Instant::now();
+        let now_s = now_unix();
+        let job = RegJob {
+            data: s.buf.to_vec(),
+            src: s.src,
+        };
+        if !s.m.is_request() {
+            self.on_response(now, &job, s.m);
+            return None;
+        }
+        let mut overlay = HashMap::new();
+        let p = self.decide(job, s.m, now_s, &mut overlay);
+        let changes: Vec<(Vec<u8>, Vec<Binding>)> = overlay.into_iter().collect();
+        let befores = self.publish(&changes);
+        for ((aor, after), before) in changes.iter().zip(befores) {
+            if third_party::wanted(&before, after) {
+                self.notify(now, now_s, aor, after);
+            }
+        }
+        self.flush();
+        let n = p.answer.len();
+        match out.get_mut(..n) {
+            Some(o) if n > 0 => {
+                o.copy_from_slice(&p.answer);
+                Some((n, status_of(&p.answer)))
+            }
+            _ => {
+                self.send(&p.answer, response_dst(&p.job));
+                None
+            }
+        }
+    }
+
+    /// Phase 1: a REGISTER through the registrar.
     fn decide(
         &mut self,
         job: RegJob,
-        now: Instant,
+        m: &Message,
         now_s: u64,
         overlay: &mut HashMap<Vec<u8>, Vec<Binding>>,
-    ) -> Option<Pending> {
-        let m = scan(&job.data);
-        if !m.is_request() {
-            self.on_response(now, &job, &m);
-            return None;
-        }
+    ) -> Pending {
         let creds = self.credentials.load();
         let loc = self.writer.location();
         let current = |aor: &[u8]| -> Vec<Binding> {
@@ -378,11 +461,12 @@ impl State {
                 None => loc.lookup(aor).map(|b| b.to_vec()).unwrap_or_default(),
             }
         };
-        let mut out = vec![0u8; MAX_ANSWER];
-        let s = Scanned::new(&job.data, &m, job.src);
-        let mut h = self.registrar.handle(s, now_s, &creds, &current, &mut out);
+        let s = Scanned::new(&job.data, m, job.src);
+        let mut h = self
+            .registrar
+            .handle(s, now_s, &creds, &current, &mut self.scratch);
         self.count(h.verdict);
-        out.truncate(h.len);
+        let mut out = self.scratch[..h.len].to_vec();
         if let Some(c) = &h.change {
             let new_aor = !c.bindings.is_empty()
                 && !overlay.contains_key(&c.aor)
@@ -397,11 +481,11 @@ impl State {
         if let Some(c) = &h.change {
             overlay.insert(c.aor.clone(), c.bindings.clone());
         }
-        Some(Pending {
+        Pending {
             job,
             answer: out,
             change: h.change,
-        })
+        }
     }
 
     fn count(&self, v: Verdict) {
@@ -512,7 +596,7 @@ impl State {
         }
     }
 
-    fn on_response(&mut self, now: Instant, job: &RegJob, m: &crate::sip::scan::Message) {
+    fn on_response(&mut self, now: Instant, job: &RegJob, m: &Message) {
         if let Ok(Received::Response { code, .. }) =
             self.txns.handle_datagram(now, job.src, &job.data, m)
         {
@@ -619,6 +703,15 @@ fn answer_full(s: Scanned<'_>) -> Vec<u8> {
     .unwrap_or(0);
     out.truncate(n);
     out
+}
+
+/// The status code of an answer this registrar wrote (`SIP/2.0 NNN ...`).
+fn status_of(answer: &[u8]) -> u16 {
+    answer
+        .get(8..11)
+        .and_then(|d| std::str::from_utf8(d).ok())
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0)
 }
 
 /// A registrar answer goes to the request's real source (as every

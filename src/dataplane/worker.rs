@@ -159,20 +159,13 @@ impl pipeline::Admission for WorkerAdmission {
 
     fn hand_to_registrar(
         &mut self,
-        d: &Datagram<'_>,
+        _d: &Datagram<'_>,
         s: crate::sip::scan::Scanned<'_>,
         out: &mut [u8],
     ) -> pipeline::Handoff {
-        let Some(q) = self.registrar.as_ref() else {
-            return pipeline::Handoff::Full;
-        };
-        if let Some((len, code)) = q.answer_at_once(s, out) {
-            return pipeline::Handoff::Answered { len, code };
-        }
-        if q.offer(d.buf, d.src) {
-            pipeline::Handoff::Queued
-        } else {
-            pipeline::Handoff::Full
+        match self.registrar.as_ref() {
+            Some(q) => q.take(s, out),
+            None => pipeline::Handoff::Full,
         }
     }
 }

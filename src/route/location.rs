@@ -23,7 +23,13 @@
 //!   hash`. It names candidates only: a reader confirms a candidate against
 //!   the AoR's bindings (address, port and IPv6 scope), so hash collisions
 //!   and the moment between the two swaps of one write cannot give a wrong
-//!   answer, only (during that moment) none.
+//!   answer, only (during that moment) none. It names at most
+//!   [`FLOW_NAMED`] AoRs per flow (finding the source's identity needs
+//!   one): a flow shared by many AoRs (every user behind one P-CSCF or SBC
+//!   registers from its address) would otherwise grow one partition to the
+//!   size of the table, and a write copies its partition whole. The rest
+//!   wait in the writer's private overflow and are named as named ones
+//!   leave.
 //! - The expiry index belongs to the writer alone: a `BTreeSet<u64>` of
 //!   `earliest expires_at << 32 | AoR hash`, exactly one entry per AoR
 //!   (per group of colliding AoRs with the same earliest expiry). A sweep
@@ -51,7 +57,7 @@ use crate::sip::feature_tag::CpmServices;
 use crate::sip::hash::StableHash;
 use arc_swap::ArcSwap;
 use std::cmp::Ordering as Cmp;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::ops::Range;
@@ -70,6 +76,8 @@ const PART_BITS: u32 = 16;
 /// eight dependent misses were most of `identity_of_flow`).
 pub const FLOW_PARTS: usize = 1 << FLOW_BITS;
 const FLOW_BITS: u32 = 16;
+/// Most AoRs the published flow index names per flow hash.
+pub const FLOW_NAMED: usize = 4;
 /// Most bindings one AoR holds (the registrar refuses more, RFC 3261 §10.3
 /// leaves the limit to it).
 pub const MAX_BINDINGS: usize = 32;
@@ -391,6 +399,14 @@ fn part_of(hash: u32) -> usize {
 }
 
 #[inline]
+/// Where the entries of flow hash `fh` lie in a (sorted) flow partition.
+fn flow_run(set: &[u64], fh: u32) -> Range<usize> {
+    let lo = u64::from(fh) << 32;
+    let start = set.partition_point(|&e| e < lo);
+    let end = start + set[start..].partition_point(|&e| e >> 32 == u64::from(fh));
+    start..end
+}
+
 fn flow_part_of(flow_hash: u32) -> usize {
     (flow_hash >> (32 - FLOW_BITS)) as usize
 }
@@ -540,6 +556,7 @@ impl Location {
         Some(LocationWriter {
             loc: Arc::clone(self),
             expiry: BTreeSet::new(),
+            crowded: HashMap::new(),
         })
     }
 
@@ -566,12 +583,7 @@ impl Location {
     pub fn identity_of_flow<R>(&self, src: SocketAddr, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
         let fh = flow_hash(src);
         let flows = self.flows[flow_part_of(fh)].load();
-        let lo = u64::from(fh) << 32;
-        let start = flows.0.partition_point(|&e| e < lo);
-        for &e in flows.0[start..]
-            .iter()
-            .take_while(|&&e| e >> 32 == u64::from(fh))
-        {
+        for &e in &flows.0[flow_run(&flows.0, fh)] {
             let ah = e as u32;
             let part = self.parts[part_of(ah)].load();
             for i in part.run(ah) {
@@ -652,6 +664,10 @@ pub struct LocationWriter {
     /// `earliest expires_at << 32 | AoR hash` for every AoR (one entry
     /// for colliding AoRs that share both): exactly the set of those pairs.
     expiry: BTreeSet<u64>,
+    /// Flow-index entries beyond [`FLOW_NAMED`] for their flow hash: flow
+    /// hash → AoR hashes. A flow hash is here only while its published run
+    /// is full, and no entry is in both.
+    crowded: HashMap<u32, BTreeSet<u32>>,
 }
 
 fn expiry_entry(t: u32, hash: u32) -> u64 {
@@ -787,7 +803,7 @@ impl LocationWriter {
     }
 
     /// Copy-on-write of each flow partition `ops` touch.
-    fn publish_flows(&self, mut ops: Vec<(u64, bool)>) {
+    fn publish_flows(&mut self, mut ops: Vec<(u64, bool)>) {
         let part = |e: u64| flow_part_of((e >> 32) as u32);
         ops.sort_unstable_by_key(|&(e, _)| (part(e), e));
         for group in ops.chunk_by(|a, b| part(a.0) == part(b.0)) {
@@ -795,16 +811,57 @@ impl LocationWriter {
             let cur = self.loc.flows[p].load_full();
             let mut set = cur.0.to_vec();
             for &(e, add) in group {
-                match (set.binary_search(&e), add) {
-                    (Err(i), true) => set.insert(i, e),
-                    (Ok(i), false) => {
-                        set.remove(i);
-                    }
-                    _ => {}
+                if add {
+                    self.name_flow(&mut set, e);
+                } else {
+                    self.unname_flow(&mut set, e);
                 }
             }
             let prev = self.loc.flows[p].swap(Arc::new(FlowPart(set.into_boxed_slice())));
             assert!(Arc::ptr_eq(&prev, &cur), "a second location writer");
+        }
+    }
+
+    /// Entry `e` into the partition `set`, or into the overflow when its
+    /// flow's run already names [`FLOW_NAMED`].
+    fn name_flow(&mut self, set: &mut Vec<u64>, e: u64) {
+        let (fh, ah) = ((e >> 32) as u32, e as u32);
+        let run = flow_run(set, fh);
+        match set[run.clone()].binary_search(&e) {
+            Ok(_) => {}
+            Err(i) if run.len() < FLOW_NAMED => set.insert(run.start + i, e),
+            Err(_) => {
+                self.crowded.entry(fh).or_default().insert(ah);
+            }
+        }
+    }
+
+    /// Entry `e` out of `set` (an overflowed one named in its place) or out
+    /// of the overflow.
+    fn unname_flow(&mut self, set: &mut Vec<u64>, e: u64) {
+        let fh = (e >> 32) as u32;
+        let Some(waiting) = self.crowded.get_mut(&fh) else {
+            if let Ok(i) = set.binary_search(&e) {
+                set.remove(i);
+            }
+            return;
+        };
+        match set.binary_search(&e) {
+            Ok(i) => {
+                set.remove(i);
+                if let Some(ah) = waiting.pop_first() {
+                    let promoted = u64::from(fh) << 32 | u64::from(ah);
+                    if let Err(j) = set.binary_search(&promoted) {
+                        set.insert(j, promoted);
+                    }
+                }
+            }
+            Err(_) => {
+                waiting.remove(&(e as u32));
+            }
+        }
+        if waiting.is_empty() {
+            self.crowded.remove(&fh);
         }
     }
 
@@ -1029,7 +1086,20 @@ mod tests {
             }
         }
         assert_eq!(w.expiry, expiry);
-        let got: BTreeSet<u64> = loc.flows.iter().flat_map(|f| f.load().0.to_vec()).collect();
+        let named: Vec<u64> = loc.flows.iter().flat_map(|f| f.load().0.to_vec()).collect();
+        let mut got: BTreeSet<u64> = named.iter().copied().collect();
+        assert_eq!(got.len(), named.len(), "an entry named twice");
+        for (&fh, waiting) in &w.crowded {
+            let run = named.iter().filter(|&&e| e >> 32 == u64::from(fh)).count();
+            assert_eq!(run, FLOW_NAMED, "an overflow beside a run with room");
+            assert!(!waiting.is_empty());
+            for &ah in waiting {
+                assert!(
+                    got.insert(u64::from(fh) << 32 | u64::from(ah)),
+                    "named and waiting"
+                );
+            }
+        }
         assert_eq!(got, flows);
         let fp = loc.footprint();
         assert_eq!((fp.aors, fp.bindings), (loc.len(), loc.bindings()));
@@ -1248,6 +1318,35 @@ mod tests {
         assert_eq!(who("[fe80::1%3]:5060"), None);
         check_indexes(&loc, &w);
         assert!(loc.flows.iter().all(|f| f.load().0.is_empty()));
+    }
+
+    #[test]
+    fn a_flow_shared_by_many_aors_names_a_few_and_always_one_registered() {
+        // Every user behind one P-CSCF registers from its address.
+        let (loc, mut w) = table();
+        let sbc = "198.51.100.7:5060";
+        let keys: Vec<Vec<u8>> = (0..50).map(|i| format!("u{i}@x").into_bytes()).collect();
+        for k in &keys {
+            w.put(k, vec![b("sip:u@198.51.100.7:5060", sbc, 30)])
+                .unwrap();
+        }
+        check_indexes(&loc, &w);
+        let part = loc.flows[flow_part_of(flow_hash(addr(sbc)))].load();
+        assert_eq!(part.0.len(), FLOW_NAMED, "the partition stays small");
+        // Named ones leave first, then the rest: whoever is left is named.
+        let mut left: BTreeSet<Vec<u8>> = keys.iter().cloned().collect();
+        let order: Vec<usize> = (0..50).map(|i| (i * 7) % 50).collect();
+        for i in order {
+            w.put(&keys[i], Vec::new()).unwrap();
+            left.remove(&keys[i]);
+            let who = loc.identity_of_flow(addr(sbc), |k| k.to_vec());
+            match &who {
+                Some(k) => assert!(left.contains(k), "named {k:?}, not registered"),
+                None => assert!(left.is_empty(), "{} left, none named", left.len()),
+            }
+            check_indexes(&loc, &w);
+        }
+        assert!(w.crowded.is_empty());
     }
 
     #[test]
