@@ -114,11 +114,13 @@ impl RegQueue {
         if h.len == 0 {
             return None;
         }
-        count(&self.stats, h.verdict);
+        // The front only challenges or refuses (it never reads a binding).
         let code = match h.verdict {
             Verdict::Refused(code) => code,
-            _ => 401,
+            Verdict::Challenged => 401,
+            Verdict::Registered | Verdict::Retransmission | Verdict::Dropped => return None,
         };
+        count(&self.stats, h.verdict);
         Some((h.len, code))
     }
 
@@ -465,7 +467,7 @@ impl State {
         let mut h = self
             .registrar
             .handle(s, now_s, &creds, &current, &mut self.scratch);
-        self.count(h.verdict);
+        count(&self.stats, h.verdict);
         let mut out = self.scratch[..h.len].to_vec();
         if let Some(c) = &h.change {
             let new_aor = !c.bindings.is_empty()
@@ -486,10 +488,6 @@ impl State {
             answer: out,
             change: h.change,
         }
-    }
-
-    fn count(&self, v: Verdict) {
-        count(&self.stats, v);
     }
 
     /// Phase 2: one durable transaction for the batch. `false`: it failed.
