@@ -928,3 +928,174 @@ fn an_expired_binding_leaves_and_its_pf_hears_of_it() {
     );
     assert_eq!(code, 404);
 }
+
+const MSG_TAG: &str = "+g.3gpp.icsi-ref=\"urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.msg\"";
+
+/// A pager-mode MESSAGE from `p` to `to` through `edge`, with the CPM
+/// message feature tag; the final answer's start line.
+fn send_message(
+    p: &common::party::Party,
+    edge: SocketAddr,
+    to: &str,
+    n: u32,
+    text: &str,
+) -> String {
+    let call_id = format!("msg-{n}-{}", p.addr().port());
+    let req = format!(
+        "MESSAGE {to} SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bK-m{n}-{call_id}\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:{u}@{DOMAIN}>;tag=m{n}\r\nTo: <{to}>\r\nCall-ID: {call_id}\r\n\
+         CSeq: 1 MESSAGE\r\nAccept-Contact: *;{MSG_TAG}\r\nContent-Type: text/plain\r\n\
+         Content-Length: {}\r\n\r\n{text}",
+        text.len(),
+        a = p.addr(),
+        u = p.name(),
+    );
+    p.send_raw(req.as_bytes(), edge);
+    let done = |l: &[common::party::Received]| {
+        l.iter().any(|r| {
+            r.call_id == call_id && r.method_or_code.parse::<u16>().is_ok_and(|c| c >= 200)
+        })
+    };
+    assert!(
+        p.wait_for(done, Duration::from_secs(5)),
+        "no answer to MESSAGE {n}"
+    );
+    p.log()
+        .into_iter()
+        .find(|r| r.call_id == call_id && r.method_or_code.parse::<u16>().is_ok_and(|c| c >= 200))
+        .map(|r| r.start_line)
+        .unwrap()
+}
+
+/// The MESSAGE bodies a party received.
+fn messages_at(p: &common::party::Party) -> Vec<String> {
+    p.log()
+        .into_iter()
+        .filter(|r| r.method_or_code == "MESSAGE")
+        .map(|r| r.raw)
+        .collect()
+}
+
+/// Seed 5.2.5 and 5.3.1.1.1 for pager-mode messages, through a real edge
+/// (registrar) and two real cpm-cs shards: both of bob's devices get
+/// alice's message; bob's unregistered friend dave states nothing, so the
+/// provider's `reject` answers; carol wants hers kept, and gets it when she
+/// registers.
+#[test]
+fn a_message_reaches_every_registered_device_or_waits_for_registration_as_preferred() {
+    use common::party::Party;
+    let dir = temp_dir("pager");
+    let creds = credentials_file(&dir);
+    let edge_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let cs = [free_port(), free_port()];
+    let shards = format!(
+        "[[shard]]\nname = \"cs1\"\naddr = \"127.0.0.1:{}\"\n[[shard]]\nname = \"cs2\"\naddr = \"127.0.0.1:{}\"\n",
+        cs[0], cs[1]
+    );
+    let edge_toml = format!(
+        "[listen]\naddr = \"{edge_addr}\"\n[admin]\nbind = \"127.0.0.1:0\"\n[workers]\ncount = 1\n\
+         [health]\nenabled = false\n{shards}\
+         [registrar]\ndomains = [\"{DOMAIN}\"]\ncredentials_file = \"{}\"\nstore = \"\"\n",
+        creds.display(),
+    );
+    let edge = App::start(&Config::parse(&edge_toml).unwrap().validate().unwrap()).unwrap();
+    let cs_toml = format!(
+        "[server]\nedges = [\"{edge_addr}\"]\nterminating = \"registered\"\n{shards}\
+         [[user]]\nid = \"sip:alice@{DOMAIN}\"\n[[user]]\nid = \"sip:bob@{DOMAIN}\"\n\
+         [[user]]\nid = \"sip:dave@{DOMAIN}\"\n\
+         [[user]]\nid = \"sip:carol@{DOMAIN}\"\nwhen_unregistered = \"defer\"\n"
+    );
+    let nodes: Vec<_> = ["cs1", "cs2"]
+        .iter()
+        .map(|n| cpm_edge::csnode::start_shard(&cs_toml, n, false).unwrap())
+        .collect();
+    let (alice, bob1, bob2) = (Party::bind("alice"), Party::bind("bob"), Party::bind("bob"));
+    register_party(&alice, edge_addr, "alice", "wonder", MSG_TAG);
+    register_party(&bob1, edge_addr, "bob", "builder", MSG_TAG);
+    register_party(&bob2, edge_addr, "bob", "builder", MSG_TAG);
+    let bob_pf = &nodes[common::pf_shard(&format!("sip:bob@{DOMAIN}"))];
+    let t0 = std::time::Instant::now();
+    while bob_pf
+        .node
+        .reader()
+        .registrations()
+        .contacts(&format!("bob@{DOMAIN}"), std::time::Instant::now())
+        .count()
+        < 2
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "bob's PF never learned both devices"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ok = send_message(
+        &alice,
+        edge_addr,
+        &format!("sip:bob@{DOMAIN}"),
+        1,
+        "hello bob",
+    );
+    assert!(
+        ok.starts_with("SIP/2.0 200 "),
+        "{ok} {:?} {:?}",
+        bob1.summary(),
+        alice.summary()
+    );
+    for p in [&bob1, &bob2] {
+        assert!(p.wait_for(
+            |l| l.iter().any(|r| r.method_or_code == "MESSAGE"),
+            Duration::from_secs(3)
+        ));
+        let m = &messages_at(p)[0];
+        assert!(
+            m.starts_with(&format!("MESSAGE {} SIP/2.0", p.aor())),
+            "{m}"
+        );
+        assert!(
+            m.contains(&format!("P-Asserted-Identity: <sip:alice@{DOMAIN}>")),
+            "{m}"
+        );
+        assert!(m.ends_with("\r\n\r\nhello bob"), "{m}");
+    }
+    // dave never registered and states no preference: the provider's.
+    let no = send_message(
+        &alice,
+        edge_addr,
+        &format!("sip:dave@{DOMAIN}"),
+        2,
+        "hi dave",
+    );
+    assert!(
+        no.starts_with("SIP/2.0 480 Temporarily Unavailable - Not Registered"),
+        "{no}"
+    );
+    // carol's is kept (202) until she registers.
+    let kept = send_message(
+        &alice,
+        edge_addr,
+        &format!("sip:carol@{DOMAIN}"),
+        3,
+        "for later",
+    );
+    assert!(kept.starts_with("SIP/2.0 202 "), "{kept}");
+    let carol = Party::bind("carol");
+    register_party(&carol, edge_addr, "carol", "c4r0l", MSG_TAG);
+    assert!(
+        carol.wait_for(
+            |l| l.iter().any(|r| r.method_or_code == "MESSAGE"),
+            Duration::from_secs(3)
+        ),
+        "{:?}",
+        carol.summary()
+    );
+    let m = &messages_at(&carol)[0];
+    assert!(
+        m.starts_with(&format!("MESSAGE {} SIP/2.0", carol.aor())),
+        "{m}"
+    );
+    assert!(m.ends_with("\r\n\r\nfor later"), "{m}");
+    drop(nodes);
+    edge.stop().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -12,7 +12,7 @@
 #![no_main]
 
 use cpm_edge::cs::directory::{Directory, GroupSpec, InvitePolicy, UserSpec};
-use cpm_edge::cs::server::{Server, Settings, Terminating};
+use cpm_edge::cs::server::{Server, Settings, Terminating, WhenUnregistered};
 use cpm_edge::sip::media::MediaPolicy;
 use cpm_edge::sip::scan::scan;
 use cpm_edge::sip::transaction::{self, write_response, ResponseSpec};
@@ -58,6 +58,7 @@ fn server(terminating: Terminating) -> Server {
         .map(|(i, n)| UserSpec {
             id: format!("sip:{n}@127.0.0.1:{}", 5071 + i),
             media: MediaPolicy::default(),
+            when_unregistered: None,
         })
         .collect();
     let group = GroupSpec {
@@ -79,6 +80,7 @@ fn server(terminating: Terminating) -> Server {
         provider_media: MediaPolicy::default(),
         conference_factory: Some("conference-factory@groups.example.net".into()),
         terminating,
+        when_unregistered: WhenUnregistered::Defer,
         transaction: transaction::Config {
             max_transactions: 32,
             max_pending: 64,

@@ -662,6 +662,7 @@ mod tests {
             &[UserSpec {
                 id: "sip:alice@127.0.0.1:5071".into(),
                 media: Default::default(),
+                when_unregistered: None,
             }],
             &[GroupSpec {
                 id: "sip:team@groups.example.net".into(),

@@ -37,6 +37,22 @@ pub struct UserSpec {
     /// The user's own media policy over the provider default.
     #[serde(default)]
     pub media: MediaPolicy,
+    /// What a message for the user does while no device is registered
+    /// (seed 5.3.1.1.1); none: the provider's choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when_unregistered: Option<WhenUnregistered>,
+}
+
+/// What the invited user's PF does with a message for a user who has no
+/// registered device offering the service (seed 5.3.1.1.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenUnregistered {
+    /// `480 Temporarily Unavailable - Not Registered`.
+    #[default]
+    Reject,
+    /// Keep it and deliver it at the next registration (`202 Accepted`).
+    Defer,
 }
 
 /// A pre-defined group, as configured.
@@ -83,6 +99,7 @@ fn refuse(what: &str, reason: impl Into<String>) -> DirectoryError {
 pub struct User {
     pub uri: String,
     pub media: MediaPolicy,
+    pub when_unregistered: Option<WhenUnregistered>,
 }
 
 /// A member of a group: the URI to invite and its canonical identity.
@@ -174,6 +191,7 @@ impl Directory {
         let user = User {
             uri: u.id.clone(),
             media: u.media.clone(),
+            when_unregistered: u.when_unregistered,
         };
         self.users.insert(identity, user);
         Ok(())

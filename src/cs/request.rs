@@ -1,5 +1,5 @@
-//! The INVITE a Conversation Server sends on a downstream leg, written from
-//! the one it received: a back-to-back user agent's new request that keeps
+//! The INVITE (or pager-mode MESSAGE) a Conversation Server sends on a
+//! downstream leg, written from the one it received: a back-to-back user agent's new request that keeps
 //! what the seed asks to keep (the CPM feature tag in Accept-Contact and
 //! P-Preferred-Service, the RCS Contribution-ID / Conversation-ID, Subject)
 //! and replaces what belongs to each dialog (Via, Route, From tag, To,
@@ -12,9 +12,11 @@ use crate::sip::uri::addr_of;
 use crate::sip::Span;
 use std::net::SocketAddr;
 
-/// What the new INVITE says beyond what it copies.
+/// What the new request says beyond what it copies.
 #[derive(Clone, Copy, Debug)]
 pub struct Invitation<'a> {
+    /// `INVITE` or `MESSAGE`.
+    pub method: &'a [u8],
     pub request_uri: &'a [u8],
     /// Our address: the Via sent-by.
     pub local: SocketAddr,
@@ -29,14 +31,16 @@ pub struct Invitation<'a> {
     /// To as `name-addr`.
     pub to: &'a [u8],
     pub call_id: &'a [u8],
-    /// The whole Contact value.
+    /// The whole Contact value (empty: none, as a MESSAGE has).
     pub contact: &'a [u8],
     /// The identity the CS asserts (it has authorised it): P-Asserted-Identity.
     pub asserted: Option<&'a [u8]>,
     /// Who caused the invitation (the group's inviter): Referred-By.
     pub referred_by: Option<&'a [u8]>,
-    /// The offer (already filtered by media policy) and its type.
+    /// The body (an INVITE's offer already filtered by media policy, a
+    /// MESSAGE's content as received) and its Content-Type value.
     pub body: &'a [u8],
+    pub content_type: &'a [u8],
 }
 
 /// Header names a B2BUA must not copy from the upstream INVITE besides the
@@ -68,16 +72,17 @@ fn copied(kind: Header, name: &[u8]) -> bool {
     }
 }
 
-/// Write the downstream INVITE into `out`; its length, or `None` if it does
-/// not fit.
-pub fn write_invite(
+/// Write the downstream request into `out`; its length, or `None` if it
+/// does not fit.
+pub fn write_request(
     upstream: &[u8],
     m: &Message,
     inv: &Invitation<'_>,
     out: &mut [u8],
 ) -> Option<usize> {
     let mut o = Out::new(out);
-    o.put(b"INVITE ");
+    o.put(inv.method);
+    o.put(b" ");
     o.put(inv.request_uri);
     o.put(b" SIP/2.0\r\nVia: SIP/2.0/UDP ");
     put_addr(&mut o, inv.local);
@@ -95,9 +100,14 @@ pub fn write_invite(
     o.put(inv.to);
     o.put(b"\r\nCall-ID: ");
     o.put(inv.call_id);
-    o.put(b"\r\nCSeq: 1 INVITE\r\nContact: ");
-    o.put(inv.contact);
+    o.put(b"\r\nCSeq: 1 ");
+    o.put(inv.method);
     o.put(b"\r\n");
+    if !inv.contact.is_empty() {
+        o.put(b"Contact: ");
+        o.put(inv.contact);
+        o.put(b"\r\n");
+    }
     for (name, value) in [
         (&b"P-Asserted-Identity: "[..], inv.asserted),
         (b"Referred-By: ", inv.referred_by),
@@ -114,12 +124,12 @@ pub fn write_invite(
             o.put(h.line.get(upstream));
         }
     }
-    let ct: &[&[u8]] = if inv.body.is_empty() {
-        &[]
-    } else {
-        &[b"Content-Type: application/sdp\r\n"]
-    };
-    o.finish_with_body(ct, inv.body)
+    if !inv.body.is_empty() && !inv.content_type.is_empty() {
+        o.put(b"Content-Type: ");
+        o.put(inv.content_type);
+        o.put(b"\r\n");
+    }
+    o.finish_with_body(&[], inv.body)
 }
 
 /// `host:port` of a socket address (IPv6 in brackets).
@@ -221,6 +231,7 @@ mod tests {
         let params = contact_params(UP, &m);
         let contact = [&b"<sip:127.0.0.1:7001>"[..], &params].concat();
         let inv = Invitation {
+            method: b"INVITE",
             request_uri: b"sip:grp1@groups.example.net",
             local: "127.0.0.1:7001".parse().unwrap(),
             branch: b"z9hG4bKxyz",
@@ -234,9 +245,10 @@ mod tests {
             asserted: Some(b"sip:alice@127.0.0.1:5071"),
             referred_by: None,
             body: b"v=0\r\n",
+            content_type: b"application/sdp",
         };
         let mut out = [0u8; 2048];
-        let n = write_invite(UP, &m, &inv, &mut out).unwrap();
+        let n = write_request(UP, &m, &inv, &mut out).unwrap();
         let text = String::from_utf8_lossy(&out[..n]).into_owned();
         let o = scan(&out[..n]);
         assert!(o.defect.is_none(), "{text}");

@@ -25,7 +25,7 @@
 use super::conference::{write_full, Conference, Disconnection, EndpointStatus, Participant};
 use super::directory::{identity_of, Directory, Group, InvitePolicy};
 use super::registrations::{self, Binding, Contact, Registrations};
-use super::request::{contact_params, party_without_tag, put_addr, write_invite, Invitation};
+use super::request::{contact_params, party_without_tag, put_addr, write_request, Invitation};
 use super::session::{Action, LegState, Mode, Session, Upstream};
 use super::{multipart, resource_lists};
 use crate::route::legs::Leg;
@@ -48,6 +48,10 @@ use std::hash::Hasher;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod pager;
+pub use super::directory::WhenUnregistered;
+pub use pager::{Deferred, PagerStats, MAX_DEFERRED, MAX_DEFERRED_PER_USER};
 
 /// Largest message the server writes.
 const MAX_OUT: usize = 16 * 1024;
@@ -103,6 +107,9 @@ pub struct Settings {
     /// The invited user's Participating Function when the user has no
     /// registered contact for the service.
     pub terminating: Terminating,
+    /// The provider's choice for a message to a user with no registered
+    /// device (seed 5.3.1.1.1), where the user states none.
+    pub when_unregistered: WhenUnregistered,
     pub transaction: transaction::Config,
 }
 
@@ -277,6 +284,12 @@ pub struct Server {
     by_txn: HashMap<TransactionId, (SessionId, Side)>,
     by_dialog: HashMap<DialogId, (SessionId, Side)>,
     relays: HashMap<TransactionId, Relay>,
+    /// Pager-mode messages on their legs ([`pager`]), by id; each leg's
+    /// client transaction names its message.
+    pagers: HashMap<u64, pager::Pager>,
+    pager_legs: HashMap<TransactionId, u64>,
+    deferred: pager::DeferredStore,
+    pager_stats: PagerStats,
     deadlines: BTreeSet<(Instant, u64, SessionId, Due)>,
     notes: VecDeque<String>,
     stats: Stats,
@@ -302,6 +315,10 @@ impl Server {
             by_txn: HashMap::new(),
             by_dialog: HashMap::new(),
             relays: HashMap::new(),
+            pagers: HashMap::new(),
+            pager_legs: HashMap::new(),
+            deferred: pager::DeferredStore::default(),
+            pager_stats: PagerStats::default(),
             deadlines: BTreeSet::new(),
             notes: VecDeque::new(),
             stats: Stats::default(),
@@ -343,6 +360,16 @@ impl Server {
 
     /// The registration table as it is now: a snapshot for another thread
     /// (the admin API), cheap to take (the next change copies it).
+    /// Pager-mode message counters.
+    pub fn pager_stats(&self) -> PagerStats {
+        self.pager_stats
+    }
+
+    /// Every message kept for a user not registered, by user.
+    pub fn deferred_messages(&self) -> Vec<(String, Deferred)> {
+        self.deferred.snapshot()
+    }
+
     pub fn registrations(&self) -> Arc<Registrations> {
         Arc::clone(&self.registrations)
     }
@@ -562,6 +589,9 @@ impl Server {
     /// A client transaction of ours got no final response: a leg's INVITE
     /// is then a 408 failure; a relayed request is answered 408.
     fn on_txn_failed(&mut self, now: Instant, id: TransactionId) {
+        if self.pager_leg_failed(now, id) {
+            return;
+        }
         if let Some(r) = self.relays.remove(&id) {
             self.answer_relay(now, &r, 408, &[], b"");
             return;
@@ -586,6 +616,7 @@ impl Server {
         match m.method() {
             Some(Method::Invite) => self.on_invite(now, rx),
             Some(Method::Register) => self.on_register(now, rx),
+            Some(Method::Message) => self.on_message(now, rx),
             Some(Method::Options) => self.respond(now, rx, 200, "OK", &[ALLOW]),
             _ => self.respond(now, rx, 405, "Method Not Allowed", &[ALLOW]),
         }
@@ -632,6 +663,9 @@ impl Server {
                 let line = expires.map(|e| format!("Expires: {e}\r\n").into_bytes());
                 let headers: Vec<&[u8]> = line.iter().map(|l| &l[..]).collect();
                 self.respond(now, rx, 200, "OK", &headers);
+                if stored.kept > 0 {
+                    self.deliver_deferred(now, &user);
+                }
             }
             Err(r) => {
                 self.stats.refused += 1;
@@ -1079,6 +1113,7 @@ impl Server {
             .clone()
             .unwrap_or_else(|| format!("<{target}>").into_bytes());
         let inv = Invitation {
+            method: b"INVITE",
             request_uri: target.as_bytes(),
             local: self.settings.local,
             branch: branch.as_bytes(),
@@ -1092,8 +1127,9 @@ impl Server {
             asserted: plan.asserted.as_deref().map(str::as_bytes),
             referred_by: plan.referred_by.as_deref().map(str::as_bytes),
             body: &plan.offer.body,
+            content_type: b"application/sdp",
         };
-        let Some(n) = write_invite(b, m, &inv, &mut self.out) else {
+        let Some(n) = write_request(b, m, &inv, &mut self.out) else {
             self.note(format!("INVITE to {target} does not fit {MAX_OUT} bytes"));
             return None;
         };
@@ -1283,6 +1319,19 @@ impl Server {
         headers: &[Vec<u8>],
         body: &[u8],
     ) {
+        let reason = crate::sip::reply::reason_phrase(code);
+        self.answer_relay_as(now, r, (code, reason), headers, body);
+    }
+
+    /// [`Self::answer_relay`] with the reason phrase the answer had.
+    fn answer_relay_as(
+        &mut self,
+        now: Instant,
+        r: &Relay,
+        (code, reason): (u16, &str),
+        headers: &[Vec<u8>],
+        body: &[u8],
+    ) {
         let m = scan(&r.request);
         let did = self.dialogs.find_request(&r.request, &m);
         let rx = Rx {
@@ -1291,7 +1340,6 @@ impl Server {
             b: &r.request,
             m: &m,
         };
-        let reason = crate::sip::reply::reason_phrase(code);
         let extra: Vec<&[u8]> = headers.iter().map(|h| &h[..]).collect();
         match did {
             Some(did) => self.respond_in(now, rx, did, code, reason, &extra, body),
@@ -1302,6 +1350,9 @@ impl Server {
     // ----- responses -----------------------------------------------------
 
     fn on_response(&mut self, now: Instant, id: TransactionId, code: u16, b: &[u8], m: &Message) {
+        if self.pager_response(now, id, code, b, m) {
+            return;
+        }
         if let Some(r) = self.relays.get(&id) {
             if code >= 200 {
                 let r = Relay {
@@ -1920,6 +1971,18 @@ impl Server {
 
     /// Check the tables' invariants (tests, fuzz target).
     pub fn assert_invariants(&self) {
+        self.deferred.assert_invariants();
+        assert!(
+            self.pager_legs
+                .values()
+                .all(|p| self.pagers.contains_key(p)),
+            "a pager leg without its message"
+        );
+        assert_eq!(
+            self.pagers.values().map(|p| p.open_legs()).sum::<usize>(),
+            self.pager_legs.len(),
+            "open pager legs"
+        );
         self.txns.assert_invariants();
         self.dialogs.assert_invariants();
         self.registrations.assert_invariants();
@@ -2326,11 +2389,13 @@ mod tests {
         m=message 7394 TCP/MSRP *\r\na=accept-types:message/cpim\r\n";
 
     fn server(terminating: Terminating) -> Server {
-        let users: Vec<UserSpec> = ["alice@example.net", "bob@example.net"]
+        let users: Vec<UserSpec> = ["alice@example.net", "bob@example.net", "carol@example.net"]
             .iter()
             .map(|u| UserSpec {
                 id: format!("sip:{u}"),
                 media: MediaPolicy::default(),
+                // carol wants her messages kept while she is away.
+                when_unregistered: u.starts_with("carol").then_some(WhenUnregistered::Defer),
             })
             .collect();
         let settings = Settings {
@@ -2343,6 +2408,7 @@ mod tests {
             provider_media: MediaPolicy::default(),
             conference_factory: None,
             terminating,
+            when_unregistered: WhenUnregistered::Reject,
             transaction: transaction::Config::default(),
         };
         Server::new(settings, Arc::new(Directory::new(&users, &[]).unwrap()))
@@ -2586,6 +2652,179 @@ mod tests {
             !out.iter().any(|m| m.starts_with("SIP/2.0 200")),
             "one answer upstream"
         );
+    }
+
+    /// A pager-mode MESSAGE from the edge with leg marker `leg`.
+    fn message(target: &str, leg: &str, branch: &str) -> Vec<u8> {
+        let text = "CPIM-ish hello";
+        format!(
+            "MESSAGE {target} SIP/2.0\r\nVia: SIP/2.0/UDP {EDGE};branch=z9hG4bK{branch}\r\n\
+             Via: SIP/2.0/UDP 192.0.2.7:5062;branch=z9hG4bKa{branch};rport=5062\r\nMax-Forwards: 69\r\n\
+             Route: <sip:{LOCAL};lr>,<sip:{EDGE};lr;cpm-leg={leg}>\r\n\
+             From: <sip:alice@example.net>;tag=f1\r\nTo: <{target}>\r\nCall-ID: msg-{branch}\r\n\
+             CSeq: 1 MESSAGE\r\nP-Asserted-Identity: <sip:alice@example.net>\r\n\
+             Accept-Contact: *;+g.3gpp.icsi-ref={MSG}\r\n\
+             Content-Type: text/plain\r\nContent-Length: {}\r\n\r\n{text}",
+            text.len()
+        )
+        .into_bytes()
+    }
+
+    const MSG: &str = "\"urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.msg\"";
+
+    fn messages(out: &[String]) -> Vec<String> {
+        out.iter()
+            .filter(|m| m.starts_with("MESSAGE "))
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn a_message_goes_to_every_device_offering_it_and_the_first_200_answers() {
+        let mut s = server(Terminating::Registered);
+        let t0 = Instant::now();
+        let body = reginfo(
+            "sip:bob@example.net",
+            &[
+                ("sip:bob@192.0.2.20:5062", Some(MSG)),
+                ("sip:bob@192.0.2.21:5062", Some(MSG)),
+                // Session only: no message for it.
+                ("sip:bob@192.0.2.22:5062", Some(CPM)),
+            ],
+        );
+        feed(
+            &mut s,
+            t0,
+            &register("sip:bob@example.net", 3600, REGINFO, &body),
+        );
+        let out = feed(&mut s, t0, &message("sip:bob@example.net", "term", "m1"));
+        let legs = messages(&out);
+        assert_eq!(legs.len(), 2, "{out:?}");
+        for (leg, dev) in legs.iter().zip(["192.0.2.20", "192.0.2.21"]) {
+            assert!(
+                leg.starts_with(&format!("MESSAGE sip:bob@{dev}:5062 SIP/2.0\r\n")),
+                "{leg}"
+            );
+            assert!(leg.contains("\r\nTo: <sip:bob@example.net>\r\n"), "{leg}");
+            assert!(leg.contains(&format!("\r\nRoute: <sip:{EDGE};lr;cpm-leg=term>\r\n")));
+            assert!(leg.contains("\r\nContent-Type: text/plain\r\n"), "{leg}");
+            assert!(leg.ends_with("\r\n\r\nCPIM-ish hello"), "{leg}");
+            assert!(
+                leg.contains("CSeq: 1 MESSAGE\r\n") && !leg.contains("\r\nContact:"),
+                "{leg}"
+            );
+        }
+        let out = feed(&mut s, t0, &answer(&legs[1], 404, "d2"));
+        assert!(final_of(&out).is_empty(), "one leg still open: {out:?}");
+        let out = feed(&mut s, t0, &answer(&legs[0], 200, "d1"));
+        assert!(final_of(&out).starts_with("SIP/2.0 200 "), "{out:?}");
+        assert_eq!(s.pager_stats().delivered, 1);
+    }
+
+    #[test]
+    fn when_every_device_fails_the_best_failure_goes_back() {
+        let mut s = server(Terminating::Registered);
+        let t0 = Instant::now();
+        let body = reginfo(
+            "sip:bob@example.net",
+            &[
+                ("sip:bob@192.0.2.20:5062", Some(MSG)),
+                ("sip:bob@192.0.2.21:5062", Some(MSG)),
+            ],
+        );
+        feed(
+            &mut s,
+            t0,
+            &register("sip:bob@example.net", 3600, REGINFO, &body),
+        );
+        let legs = messages(&feed(
+            &mut s,
+            t0,
+            &message("sip:bob@example.net", "term", "m2"),
+        ));
+        feed(&mut s, t0, &answer(&legs[0], 486, "d1"));
+        let out = feed(&mut s, t0, &answer(&legs[1], 415, "d2"));
+        assert!(final_of(&out).starts_with("SIP/2.0 415 "), "{out:?}");
+        assert_eq!(s.pager_stats().failed, 1);
+    }
+
+    #[test]
+    fn the_sending_users_pf_passes_a_message_on_toward_the_invited_user() {
+        let mut s = server(Terminating::Registered);
+        let t0 = Instant::now();
+        let out = feed(&mut s, t0, &message("sip:bob@example.net", "orig", "m3"));
+        let legs = messages(&out);
+        assert_eq!(legs.len(), 1, "{out:?}");
+        assert!(
+            legs[0].starts_with("MESSAGE sip:bob@example.net SIP/2.0\r\n"),
+            "{}",
+            legs[0]
+        );
+        assert!(legs[0].contains(&format!("Route: <sip:{EDGE};lr;cpm-leg=orig>\r\n")));
+        assert!(legs[0].contains("P-Asserted-Identity: <sip:alice@example.net>\r\n"));
+        let out = feed(&mut s, t0, &answer(&legs[0], 202, "b"));
+        assert!(final_of(&out).starts_with("SIP/2.0 202 "), "{out:?}");
+        // From someone not provisioned here: refused.
+        let stranger = String::from_utf8(message("sip:bob@example.net", "orig", "m4"))
+            .unwrap()
+            .replace(
+                "P-Asserted-Identity: <sip:alice@",
+                "P-Asserted-Identity: <sip:zed@",
+            );
+        let out = feed(&mut s, t0, stranger.as_bytes());
+        assert!(final_of(&out).starts_with("SIP/2.0 403 Forbidden - User Not Provisioned"));
+    }
+
+    #[test]
+    fn a_user_not_registered_has_messages_rejected_or_kept_as_preferred() {
+        let mut s = server(Terminating::Registered);
+        let t0 = Instant::now();
+        // bob states nothing: the provider's choice, reject.
+        let out = feed(&mut s, t0, &message("sip:bob@example.net", "term", "m5"));
+        assert!(
+            final_of(&out).starts_with("SIP/2.0 480 Temporarily Unavailable - Not Registered"),
+            "{out:?}"
+        );
+        // carol wants them kept: 202, and nothing sent yet.
+        let out = feed(&mut s, t0, &message("sip:carol@example.net", "term", "m6"));
+        assert!(
+            final_of(&out).starts_with("SIP/2.0 202 Accepted"),
+            "{out:?}"
+        );
+        assert!(messages(&out).is_empty());
+        assert_eq!(s.deferred_messages().len(), 1);
+        // carol registers: the kept message goes to her device.
+        let body = reginfo(
+            "sip:carol@example.net",
+            &[("sip:carol@192.0.2.30:5062", Some(MSG))],
+        );
+        let out = feed(
+            &mut s,
+            t0,
+            &register("sip:carol@example.net", 3600, REGINFO, &body),
+        );
+        let legs = messages(&out);
+        assert_eq!(legs.len(), 1, "{out:?}");
+        assert!(
+            legs[0].starts_with("MESSAGE sip:carol@192.0.2.30:5062 "),
+            "{}",
+            legs[0]
+        );
+        assert!(legs[0].ends_with("CPIM-ish hello"));
+        assert!(s.deferred_messages().is_empty());
+        // Her device refuses it: kept again for the next registration.
+        feed(&mut s, t0, &answer(&legs[0], 500, "c"));
+        assert_eq!(s.deferred_messages().len(), 1);
+        let out = feed(
+            &mut s,
+            t0,
+            &register("sip:carol@example.net", 3600, REGINFO, &body),
+        );
+        let legs = messages(&out);
+        let out = feed(&mut s, t0, &answer(&legs[0], 200, "c"));
+        assert!(out.is_empty(), "no one waits upstream: {out:?}");
+        assert!(s.deferred_messages().is_empty());
+        assert_eq!(s.pager_stats().deferred_delivered, 1);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! and the name of the shard this process is, from the command line.
 
 use crate::cs::directory::{Directory, GroupSpec, UserSpec};
-use crate::cs::server::{Settings, Terminating};
+use crate::cs::server::{Settings, Terminating, WhenUnregistered};
 use crate::sip::media::MediaPolicy;
 use crate::sip::transaction;
 use std::net::SocketAddr;
@@ -49,6 +49,11 @@ struct ServerSection {
     /// `"registered"` (480) or `"request_uri"` (one leg to the URI).
     #[serde(default)]
     terminating: Terminating,
+    /// A message for a user with no registered device, where the user's
+    /// entry says nothing: `"reject"` (480) or `"defer"` (kept, delivered
+    /// at the next registration).
+    #[serde(default)]
+    when_unregistered: WhenUnregistered,
 }
 
 fn default_invite_timeout() -> u64 {
@@ -258,6 +263,7 @@ fn settings(
         provider_media: f.media.clone(),
         conference_factory: factory(s.conference_factory.as_deref())?,
         terminating: s.terminating,
+        when_unregistered: s.when_unregistered,
         transaction,
     })
 }

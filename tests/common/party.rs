@@ -1023,7 +1023,7 @@ impl Inner {
             ("CANCEL", _) => self.on_cancel(st, req, dest),
             (_, Some(to_tag)) => self.in_dialog(st, req, &to_tag, dest),
             ("INVITE", None) => self.new_invite(st, req, dest),
-            ("OPTIONS", None) => self.answer_nist(st, req, 200, &token(), dest),
+            ("OPTIONS" | "MESSAGE", None) => self.answer_nist(st, req, 200, &token(), dest),
             (_, None) => self.answer_nist(st, req, 501, &token(), dest),
         }
     }

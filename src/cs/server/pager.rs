@@ -1,0 +1,548 @@
+//! Pager-mode messages (RFC 3428: a CPM standalone message) through the
+//! Participating Functions, and what the invited user's PF does for a user
+//! not registered for CPM (seed 5.3.1.1.1).
+//!
+//! A MESSAGE is a non-INVITE transaction on each side: the inviting user's
+//! PF passes it on toward the invited user's PF (through the edge, one
+//! leg); the invited user's PF sends one leg to every registered device
+//! offering the service (seed 5.2.5). The first `2xx` of a leg answers
+//! upstream; when every leg has failed, the best failure does (a `6xx`
+//! over the rest, else the lowest code). A MESSAGE cannot be CANCELled:
+//! later answers are only counted.
+//!
+//! With no device, per the user's preference over the provider's
+//! ([`WhenUnregistered`]): `reject` answers `480`; `defer` keeps the
+//! message (bounded: [`MAX_DEFERRED`] in all, [`MAX_DEFERRED_PER_USER`] per
+//! user), answers `202 Accepted`, and sends it at the user's next
+//! registration; a delivery no device takes is kept for the next one, at
+//! most [`MAX_ATTEMPTS`] times. Interworking (delivery through an SMS
+//! gateway) is the next choice to come.
+
+use super::{
+    asserted_identity, asserted_uri, failure_of, identity_of, party_without_tag, refusal,
+    relayed_headers, request_uri, scan, write_request, Invitation, Leg, Message, Refusal, Relay,
+    Rx, Server, Terminating, TransactionId,
+};
+use crate::cs::directory::WhenUnregistered;
+use crate::sip::feature_tag::CpmServices;
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// Most messages deferred, all users together.
+pub const MAX_DEFERRED: usize = 10_000;
+/// Most messages deferred for one user.
+pub const MAX_DEFERRED_PER_USER: usize = 100;
+/// Deliveries of one deferred message tried before it is dropped.
+pub const MAX_ATTEMPTS: u8 = 3;
+/// Most pager-mode messages in flight (legs open) at once.
+pub const MAX_PAGERS: usize = 16_384;
+
+/// A message kept for a user not registered: the MESSAGE as the PF
+/// received it, and the edge's Route value it came with (the deliveries go
+/// back the way it came, with its `term` marker).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deferred {
+    pub request: Vec<u8>,
+    pub route: Vec<u8>,
+    pub next_hop: SocketAddr,
+    pub attempts: u8,
+}
+
+/// One message on its legs.
+pub(super) struct Pager {
+    /// Who waits for the answer; `None` for a deferred message's delivery.
+    up: Option<Relay>,
+    open: usize,
+    answered: bool,
+    /// The best failure so far: code, reason phrase, Warning lines (what
+    /// goes upstream when no leg succeeds).
+    best: Option<(u16, String, Vec<Vec<u8>>)>,
+    /// A deferred delivery: its user and message, kept again if no device
+    /// takes it.
+    redeliver: Option<(String, Deferred)>,
+}
+
+impl Pager {
+    pub(super) fn open_legs(&self) -> usize {
+        self.open
+    }
+}
+
+/// Where the legs of one message go.
+struct Targets {
+    targets: Vec<String>,
+    /// The legs' To when it is not the target (a fork keeps the user's).
+    to: Option<Vec<u8>>,
+    asserted: Option<String>,
+    route: Vec<u8>,
+    next_hop: SocketAddr,
+}
+
+/// What the PF makes of a MESSAGE.
+enum Disposal {
+    Send(Targets),
+    Defer { user: String, deferred: Deferred },
+}
+
+/// Counters of pager-mode messages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PagerStats {
+    pub relayed: u64,
+    pub delivered: u64,
+    pub failed: u64,
+    pub deferred: u64,
+    pub deferred_delivered: u64,
+    pub deferred_dropped: u64,
+}
+
+/// The deferred messages, per user, bounded.
+#[derive(Default)]
+pub(super) struct DeferredStore {
+    by_user: std::collections::HashMap<String, VecDeque<Deferred>>,
+    total: usize,
+}
+
+impl DeferredStore {
+    /// Keep `d` for `user`; `false`: a bound is reached.
+    fn push(&mut self, user: &str, d: Deferred) -> bool {
+        let q = self.by_user.entry(user.to_string()).or_default();
+        if self.total >= MAX_DEFERRED || q.len() >= MAX_DEFERRED_PER_USER {
+            if q.is_empty() {
+                self.by_user.remove(user);
+            }
+            return false;
+        }
+        q.push_back(d);
+        self.total += 1;
+        true
+    }
+
+    fn take(&mut self, user: &str) -> Vec<Deferred> {
+        let q: Vec<Deferred> = self.by_user.remove(user).into_iter().flatten().collect();
+        self.total -= q.len();
+        q
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.total
+    }
+
+    /// Every kept message, by user (what a store persists).
+    pub(super) fn snapshot(&self) -> Vec<(String, Deferred)> {
+        let mut v: Vec<(String, Deferred)> = self
+            .by_user
+            .iter()
+            .flat_map(|(u, q)| q.iter().map(move |d| (u.clone(), d.clone())))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    pub(super) fn assert_invariants(&self) {
+        let n: usize = self.by_user.values().map(VecDeque::len).sum();
+        assert_eq!(n, self.total, "deferred count");
+        assert!(self.total <= MAX_DEFERRED);
+        assert!(self.by_user.values().all(|q| !q.is_empty()));
+    }
+}
+
+/// The services a MESSAGE asks for: its feature tags, else pager mode.
+fn wanted(m: &Message) -> CpmServices {
+    if m.cpm.any() {
+        m.cpm
+    } else {
+        CpmServices(CpmServices::MSG)
+    }
+}
+
+impl Server {
+    /// A MESSAGE outside a dialog.
+    pub(super) fn on_message(&mut self, now: Instant, rx: Rx<'_>) {
+        let Rx { b, m, .. } = rx;
+        let result = self.dispose(now, b, m);
+        match result {
+            Ok(Disposal::Send(t)) => {
+                let up = Relay {
+                    server: rx.id,
+                    request: b.to_vec(),
+                    source: rx.src,
+                };
+                self.start_pager(now, Some(up), b, m, &t, None);
+            }
+            Ok(Disposal::Defer { user, deferred }) => {
+                if self.deferred.push(&user, deferred) {
+                    self.pager_stats.deferred += 1;
+                    self.note(format!("[PF {user}] message deferred (not registered)"));
+                    self.respond(now, rx, 202, "Accepted - Deferred Until Registered", &[]);
+                } else {
+                    self.pager_stats.failed += 1;
+                    self.respond(
+                        now,
+                        rx,
+                        480,
+                        "Temporarily Unavailable - Deferred Messages Full",
+                        &[],
+                    );
+                }
+            }
+            Err(r) => {
+                self.stats.refused += 1;
+                self.note(format!(
+                    "refused MESSAGE {}: {} {}",
+                    request_uri(b, m),
+                    r.code,
+                    r.reason
+                ));
+                self.respond(now, rx, r.code, &r.reason, &[]);
+            }
+        }
+    }
+
+    /// Which function the edge's marker names, and what it does.
+    fn dispose(&mut self, now: Instant, b: &[u8], m: &Message) -> Result<Disposal, Refusal> {
+        let (route, marker) = self
+            .edge_route(b, m)
+            .ok_or_else(|| refusal(403, "Forbidden - No Leg Marker From The Edge"))?;
+        let next_hop = self.hop_of(&route);
+        if m.max_forwards.is_some_and(|(_, n)| n == 0) {
+            return Err(refusal(483, "Too Many Hops"));
+        }
+        let ruri = request_uri(b, m);
+        let target = identity_of(&ruri).ok_or_else(|| refusal(416, "Unsupported URI Scheme"))?;
+        let mut t = Targets {
+            targets: vec![ruri],
+            to: None,
+            asserted: None,
+            route,
+            next_hop,
+        };
+        match marker {
+            Leg::Originating => {
+                let user = asserted_identity(b, m)
+                    .ok_or_else(|| refusal(400, "Bad Request - No Sending Identity"))?;
+                if self.directory.user(&user).is_none() {
+                    return Err(refusal(403, "Forbidden - User Not Provisioned"));
+                }
+                t.asserted = asserted_uri(b, m);
+                Ok(Disposal::Send(t))
+            }
+            Leg::Terminating => self.terminating_message(now, b, m, &target, t),
+            Leg::Controlling => Err(refusal(501, "Not Implemented - Group Pager Mode Messages")),
+        }
+    }
+
+    /// 5.2.5 and 5.3.1.1.1 for a MESSAGE: every device offering the
+    /// service, or the user's preference when there is none.
+    fn terminating_message(
+        &mut self,
+        now: Instant,
+        b: &[u8],
+        m: &Message,
+        target: &str,
+        mut t: Targets,
+    ) -> Result<Disposal, Refusal> {
+        let when = self
+            .directory
+            .user(target)
+            .ok_or_else(|| refusal(404, "Not Found - No Such User"))?
+            .when_unregistered
+            .unwrap_or(self.settings.when_unregistered);
+        t.asserted = asserted_uri(b, m);
+        let devices = self.devices_of(target, now, wanted(m));
+        if !devices.is_empty() {
+            t.to = Some(party_without_tag(b, m.to));
+            t.targets = devices;
+            return Ok(Disposal::Send(t));
+        }
+        if self.settings.terminating == Terminating::RequestUri {
+            return Ok(Disposal::Send(t));
+        }
+        match when {
+            WhenUnregistered::Reject => {
+                Err(refusal(480, "Temporarily Unavailable - Not Registered"))
+            }
+            WhenUnregistered::Defer => Ok(Disposal::Defer {
+                user: target.to_string(),
+                deferred: Deferred {
+                    request: b.to_vec(),
+                    route: t.route,
+                    next_hop: t.next_hop,
+                    attempts: 0,
+                },
+            }),
+        }
+    }
+
+    fn devices_of(&self, user: &str, now: Instant, wanted: CpmServices) -> Vec<String> {
+        self.registrations
+            .contacts(user, now)
+            .filter(|c| c.offers(wanted))
+            .map(|c| c.uri.clone())
+            .collect()
+    }
+
+    /// One MESSAGE per target; with none sent, the answer at once.
+    fn start_pager(
+        &mut self,
+        now: Instant,
+        up: Option<Relay>,
+        b: &[u8],
+        m: &Message,
+        t: &Targets,
+        redeliver: Option<(String, Deferred)>,
+    ) {
+        let id = self.counter_next();
+        let mut pager = Pager {
+            up,
+            open: 0,
+            answered: false,
+            best: None,
+            redeliver,
+        };
+        if self.pagers.len() < MAX_PAGERS {
+            for target in &t.targets {
+                if let Some(txn) = self.send_message(now, b, m, t, target) {
+                    self.pager_legs.insert(txn, id);
+                    pager.open += 1;
+                }
+            }
+        }
+        self.pager_stats.relayed += 1;
+        if pager.open == 0 {
+            pager.best = Some(if self.pagers.len() >= MAX_PAGERS {
+                (
+                    503,
+                    "Service Unavailable - Too Many Messages".into(),
+                    Vec::new(),
+                )
+            } else {
+                (
+                    500,
+                    "Server Internal Error - Message Not Sent".into(),
+                    Vec::new(),
+                )
+            });
+            return self.finish_pager(now, pager);
+        }
+        self.pagers.insert(id, pager);
+    }
+
+    fn counter_next(&mut self) -> u64 {
+        self.counter += 1;
+        self.counter
+    }
+
+    fn send_message(
+        &mut self,
+        now: Instant,
+        b: &[u8],
+        m: &Message,
+        t: &Targets,
+        target: &str,
+    ) -> Option<TransactionId> {
+        let branch = self.txns.new_branch();
+        let from_tag = self.token();
+        let mut call_id = self.token();
+        call_id.push(b'@');
+        call_id.extend_from_slice(self.settings.local.ip().to_string().as_bytes());
+        let from = party_without_tag(b, m.from);
+        let to =
+            t.to.clone()
+                .unwrap_or_else(|| format!("<{target}>").into_bytes());
+        let mf = m
+            .max_forwards
+            .map_or(70, |(_, n)| n)
+            .saturating_sub(1)
+            .min(70);
+        let content_type = m.content_type.map_or(&b""[..], |s| s.get(b));
+        let msg = Invitation {
+            method: b"MESSAGE",
+            request_uri: target.as_bytes(),
+            local: self.settings.local,
+            branch: branch.as_bytes(),
+            max_forwards: mf,
+            route: &t.route,
+            from: &from,
+            from_tag: &from_tag,
+            to: &to,
+            call_id: &call_id,
+            contact: b"",
+            asserted: t.asserted.as_deref().map(str::as_bytes),
+            referred_by: None,
+            body: m.body.get(b),
+            content_type,
+        };
+        let n = write_request(b, m, &msg, &mut self.out)?;
+        let bytes = self.out[..n].to_vec();
+        self.txns.send_request(now, &bytes, t.next_hop).ok()
+    }
+
+    /// A final answer on a leg of ours (`true`), or not a pager leg.
+    pub(super) fn pager_response(
+        &mut self,
+        now: Instant,
+        id: TransactionId,
+        code: u16,
+        b: &[u8],
+        m: &Message,
+    ) -> bool {
+        if !self.pager_legs.contains_key(&id) {
+            return false;
+        }
+        if code >= 200 {
+            let (reason, headers) = if code < 300 {
+                (String::new(), relayed_headers(b, m))
+            } else {
+                failure_of(b, m)
+            };
+            self.pager_answer(now, id, (code, reason), headers);
+        }
+        true
+    }
+
+    /// A leg that never answered (timeout, transport error): a `408`.
+    pub(super) fn pager_leg_failed(&mut self, now: Instant, id: TransactionId) -> bool {
+        if !self.pager_legs.contains_key(&id) {
+            return false;
+        }
+        self.pager_answer(now, id, (408, "Request Timeout".into()), Vec::new());
+        true
+    }
+
+    /// Leg `id`'s final `code`: the first `2xx` goes upstream at once; the
+    /// last leg to answer finishes the message.
+    fn pager_answer(
+        &mut self,
+        now: Instant,
+        id: TransactionId,
+        (code, reason): (u16, String),
+        headers: Vec<Vec<u8>>,
+    ) {
+        let Some(pid) = self.pager_legs.remove(&id) else {
+            return;
+        };
+        let Some(p) = self.pagers.get_mut(&pid) else {
+            return;
+        };
+        p.open -= 1;
+        let mut up = None;
+        if (200..300).contains(&code) && !p.answered {
+            p.answered = true;
+            up = p.up.as_ref().map(|r| Relay {
+                server: r.server,
+                request: r.request.clone(),
+                source: r.source,
+            });
+        } else if code >= 300 && better(p.best.as_ref().map(|b| b.0), code) == code {
+            p.best = Some((code, reason, headers.clone()));
+        }
+        let done = p.open == 0;
+        if let Some(up) = up {
+            self.answer_relay(now, &up, code, &headers, b"");
+        }
+        if done {
+            if let Some(p) = self.pagers.remove(&pid) {
+                self.finish_pager(now, p);
+            }
+        }
+    }
+
+    /// Every leg has answered: the failure upstream, or a deferred message
+    /// kept again.
+    fn finish_pager(&mut self, now: Instant, p: Pager) {
+        if p.answered {
+            self.pager_stats.delivered += 1;
+            if p.redeliver.is_some() {
+                self.pager_stats.deferred_delivered += 1;
+            }
+            return;
+        }
+        self.pager_stats.failed += 1;
+        let (code, reason, warnings) = p
+            .best
+            .unwrap_or_else(|| (480, "Temporarily Unavailable".into(), Vec::new()));
+        if let Some(up) = &p.up {
+            self.answer_relay_as(now, up, (code, &reason), &warnings, b"");
+        }
+        if let Some((user, mut d)) = p.redeliver {
+            d.attempts += 1;
+            if d.attempts >= MAX_ATTEMPTS || !self.deferred.push(&user, d) {
+                self.pager_stats.deferred_dropped += 1;
+                self.note(format!("[PF {user}] deferred message dropped ({code})"));
+            }
+        }
+    }
+
+    /// The user registered: what was deferred for it goes to its devices.
+    pub(super) fn deliver_deferred(&mut self, now: Instant, user: &str) {
+        if self.deferred.len() == 0 {
+            return;
+        }
+        let devices = self.devices_of(user, now, CpmServices(CpmServices::MSG));
+        if devices.is_empty() {
+            return;
+        }
+        let kept = self.deferred.take(user);
+        if !kept.is_empty() {
+            self.note(format!("[PF {user}] delivering {} deferred", kept.len()));
+        }
+        for d in kept {
+            let m = scan(&d.request);
+            let t = Targets {
+                targets: devices.clone(),
+                to: Some(party_without_tag(&d.request, m.to)),
+                asserted: asserted_uri(&d.request, &m),
+                route: d.route.clone(),
+                next_hop: d.next_hop,
+            };
+            let request = d.request.clone();
+            self.start_pager(now, None, &request, &m, &t, Some((user.to_string(), d)));
+        }
+    }
+}
+
+/// RFC 3261 §16.7's choice among failures: a `6xx` over the rest, else
+/// the lowest code.
+fn better(best: Option<u16>, code: u16) -> u16 {
+    match best {
+        None => code,
+        Some(b) if b >= 600 => b,
+        Some(_) if code >= 600 => code,
+        Some(b) => b.min(code),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_global_failure_wins_else_the_lowest() {
+        assert_eq!(better(None, 486), 486);
+        assert_eq!(better(Some(486), 404), 404);
+        assert_eq!(better(Some(404), 603), 603);
+        assert_eq!(better(Some(603), 404), 603);
+    }
+
+    #[test]
+    fn the_deferred_store_is_bounded_per_user_and_in_all() {
+        let mut s = DeferredStore::default();
+        let d = Deferred {
+            request: b"MESSAGE sip:a@x SIP/2.0\r\n\r\n".to_vec(),
+            route: b"<sip:127.0.0.1:5060;lr;cpm-leg=term>".to_vec(),
+            next_hop: "127.0.0.1:5060".parse().unwrap(),
+            attempts: 0,
+        };
+        for _ in 0..MAX_DEFERRED_PER_USER {
+            assert!(s.push("a@x", d.clone()));
+        }
+        assert!(!s.push("a@x", d.clone()), "past the per-user bound");
+        assert!(s.push("b@x", d.clone()));
+        s.assert_invariants();
+        assert_eq!(s.take("a@x").len(), MAX_DEFERRED_PER_USER);
+        assert_eq!(s.len(), 1);
+        assert!(s.take("a@x").is_empty());
+        s.assert_invariants();
+    }
+}
