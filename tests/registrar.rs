@@ -980,7 +980,7 @@ fn messages_at(p: &common::party::Party) -> Vec<String> {
 /// (registrar) and two real cpm-cs shards: both of bob's devices get
 /// alice's message; bob's unregistered friend dave states nothing, so the
 /// provider's `reject` answers; carol wants hers kept, and gets it when she
-/// registers.
+/// registers, after a restart of the CS shards in between.
 #[test]
 fn a_message_reaches_every_registered_device_or_waits_for_registration_as_preferred() {
     use common::party::Party;
@@ -1000,15 +1000,20 @@ fn a_message_reaches_every_registered_device_or_waits_for_registration_as_prefer
     );
     let edge = App::start(&Config::parse(&edge_toml).unwrap().validate().unwrap()).unwrap();
     let cs_toml = format!(
-        "[server]\nedges = [\"{edge_addr}\"]\nterminating = \"registered\"\n{shards}\
+        "[server]\nedges = [\"{edge_addr}\"]\nterminating = \"registered\"\n\
+         deferred_store = \"{}/{{shard}}-deferred.redb\"\n{shards}\
          [[user]]\nid = \"sip:alice@{DOMAIN}\"\n[[user]]\nid = \"sip:bob@{DOMAIN}\"\n\
          [[user]]\nid = \"sip:dave@{DOMAIN}\"\n\
-         [[user]]\nid = \"sip:carol@{DOMAIN}\"\nwhen_unregistered = \"defer\"\n"
+         [[user]]\nid = \"sip:carol@{DOMAIN}\"\nwhen_unregistered = \"defer\"\n",
+        dir.display()
     );
-    let nodes: Vec<_> = ["cs1", "cs2"]
-        .iter()
-        .map(|n| cpm_edge::csnode::start_shard(&cs_toml, n, false).unwrap())
-        .collect();
+    let start = || -> Vec<_> {
+        ["cs1", "cs2"]
+            .iter()
+            .map(|n| cpm_edge::csnode::start_shard(&cs_toml, n, false).unwrap())
+            .collect()
+    };
+    let mut nodes = start();
     let (alice, bob1, bob2) = (Party::bind("alice"), Party::bind("bob"), Party::bind("bob"));
     register_party(&alice, edge_addr, "alice", "wonder", MSG_TAG);
     register_party(&bob1, edge_addr, "bob", "builder", MSG_TAG);
@@ -1079,6 +1084,9 @@ fn a_message_reaches_every_registered_device_or_waits_for_registration_as_prefer
         "for later",
     );
     assert!(kept.starts_with("SIP/2.0 202 "), "{kept}");
+    // Kept across a restart of the Conversation Servers.
+    drop(nodes);
+    nodes = start();
     let carol = Party::bind("carol");
     register_party(&carol, edge_addr, "carol", "c4r0l", MSG_TAG);
     assert!(

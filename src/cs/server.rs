@@ -51,7 +51,10 @@ use std::time::{Duration, Instant};
 
 mod pager;
 pub use super::directory::WhenUnregistered;
-pub use pager::{Deferred, PagerStats, MAX_DEFERRED, MAX_DEFERRED_PER_USER};
+pub use pager::{
+    decode_deferred, encode_deferred, Deferred, DeferredChange, PagerStats, MAX_DEFERRED,
+    MAX_DEFERRED_PER_USER,
+};
 
 /// Largest message the server writes.
 const MAX_OUT: usize = 16 * 1024;

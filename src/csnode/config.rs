@@ -54,6 +54,11 @@ struct ServerSection {
     /// at the next registration).
     #[serde(default)]
     when_unregistered: WhenUnregistered,
+    /// The redb file keeping deferred messages across restarts (`{shard}`
+    /// is replaced by the shard's name: one file per shard); empty: in
+    /// memory only.
+    #[serde(default)]
+    deferred_store: String,
 }
 
 fn default_invite_timeout() -> u64 {
@@ -132,6 +137,8 @@ pub struct Valid {
     pub admin: Option<AdminApi>,
     /// Every shard of the cluster (name, address).
     pub shards: Vec<(String, SocketAddr)>,
+    /// This shard's deferred-message file (`None`: in memory only).
+    pub deferred_store: Option<std::path::PathBuf>,
 }
 
 /// Why a configuration was refused: the key and the reason.
@@ -163,12 +170,17 @@ pub fn load(text: &str, shard: &str, key: [u64; 2]) -> Result<Valid, ConfigError
     let directory = Directory::new(&f.users, &f.groups).map_err(|e| err(&e.what, e.reason))?;
     let settings = settings(&f, shard, local, key)?;
     let admin = admin(f.admin.as_ref())?;
+    let deferred_store = match f.server.deferred_store.trim() {
+        "" => None,
+        path => Some(std::path::PathBuf::from(path.replace("{shard}", shard))),
+    };
     Ok(Valid {
         settings,
         directory,
         edge_admin: f.edge_admin,
         admin,
         shards,
+        deferred_store,
     })
 }
 

@@ -3,6 +3,7 @@
 //! and the registration of its hosted groups with the edge.
 
 pub mod config;
+pub mod deferred_store;
 pub mod node;
 pub mod sync;
 
@@ -48,8 +49,14 @@ pub fn start(valid: config::Valid, with_sync: bool) -> Result<Shard, String> {
         }
         None => None,
     };
-    let node = node::Node::start(valid.settings, Arc::clone(&directory))
-        .map_err(|e| format!("shard {name}: cannot bind: {e}"))?;
+    let store = match &valid.deferred_store {
+        Some(path) => Some(
+            deferred_store::DeferredStore::open(path).map_err(|e| format!("shard {name}: {e}"))?,
+        ),
+        None => None,
+    };
+    let node = node::Node::start(valid.settings, Arc::clone(&directory), store)
+        .map_err(|e| format!("shard {name}: {e}"))?;
     Ok(Shard {
         name,
         node,

@@ -7,9 +7,10 @@
 //! bounds it, and one thread keeps the sessions free of locks. A cluster
 //! scales by shards (the edge spreads users and groups over them).
 
+use super::deferred_store::DeferredStore;
 use crate::cs::directory::Directory;
 use crate::cs::registrations::Registrations;
-use crate::cs::server::{Server, Settings, Stats};
+use crate::cs::server::{Deferred, Server, Settings, Stats};
 use arc_swap::ArcSwap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -75,13 +76,19 @@ impl Node {
     /// Bind `settings.local` and start serving. The directory is read
     /// again whenever `directory` is replaced (admin API): every datagram
     /// meets the snapshot stored before it was received.
-    pub fn start(settings: Settings, directory: Arc<ArcSwap<Directory>>) -> io::Result<Node> {
-        let sock = crate::io::socket::bind_udp(settings.local, false, 4 << 20, 4 << 20)?;
-        // bind_udp makes the edge's sockets non-blocking; this loop blocks
-        // in recv with a timeout instead.
-        sock.set_nonblocking(false)?;
-        sock.set_read_timeout(Some(TICK))?;
-        let addr = sock.local_addr()?;
+    /// With `store`, the deferred messages it holds are served again and
+    /// every change is written to it.
+    pub fn start(
+        settings: Settings,
+        directory: Arc<ArcSwap<Directory>>,
+        mut store: Option<DeferredStore>,
+    ) -> Result<Node, String> {
+        let kept = match store.as_mut() {
+            Some(s) => s.load().map_err(|e| e.to_string())?,
+            None => Vec::new(),
+        };
+        let sock = bind(settings.local).map_err(|e| format!("cannot bind: {e}"))?;
+        let addr = sock.local_addr().map_err(|e| e.to_string())?;
         let stop = Arc::new(AtomicBool::new(false));
         let snapshot = Arc::new(Mutex::new(Snapshot::default()));
         let registrations = Published::default();
@@ -93,7 +100,12 @@ impl Node {
         let name = format!("cs-{}", settings.name);
         let thread = std::thread::Builder::new()
             .name(name)
-            .spawn(move || run(sock, settings, directory, &s2, &out))?;
+            .spawn(move || {
+                let mut server = Server::new(settings, directory.load_full());
+                restore(&mut server, kept);
+                run(sock, server, directory, store, &s2, &out)
+            })
+            .map_err(|e| format!("cannot start the shard thread: {e}"))?;
         Ok(Node {
             addr,
             stop,
@@ -146,16 +158,34 @@ struct Counters {
     send_errors: u64,
 }
 
+/// The shard's socket: blocking with a read timeout (bind_udp makes the
+/// edge's sockets non-blocking; this loop blocks in recv instead).
+fn bind(local: SocketAddr) -> io::Result<UdpSocket> {
+    let sock = crate::io::socket::bind_udp(local, false, 4 << 20, 4 << 20)?;
+    sock.set_nonblocking(false)?;
+    sock.set_read_timeout(Some(TICK))?;
+    Ok(sock)
+}
+
+/// The persistent copy's messages into a new server.
+fn restore(server: &mut Server, kept: Vec<(String, Deferred)>) {
+    let n = kept.len();
+    let left_out = server.restore_deferred(kept);
+    if n > 0 {
+        tracing::info!(shard = %server.settings().name, kept = n - left_out, left_out, "deferred messages restored");
+    }
+}
+
 fn run(
     sock: UdpSocket,
-    settings: Settings,
+    mut server: Server,
     directory: Arc<ArcSwap<Directory>>,
+    mut store: Option<DeferredStore>,
     stop: &AtomicBool,
     out_state: &Outputs,
 ) {
-    let name = settings.name.clone();
-    let mut current = directory.load_full();
-    let mut server = Server::new(settings, Arc::clone(&current));
+    let name = server.settings().name.clone();
+    let mut current = Arc::clone(server.directory());
     let mut buf = vec![0u8; RECV_BUF];
     let mut out = Vec::with_capacity(RECV_BUF);
     let mut c = Counters {
@@ -190,6 +220,7 @@ fn run(
             server.handle_timeout(now);
         }
         flush(&sock, &mut server, &mut out, &mut c);
+        save(&name, store.as_mut(), &mut server);
         log_notes(&name, &mut server);
         refresh(&directory, &mut current, &mut server);
         if last_snapshot.elapsed() >= Duration::from_millis(100) {
@@ -241,5 +272,17 @@ fn publish(out: &Outputs, server: &Server, c: &Counters) {
             datagrams_out: c.datagrams_out,
             send_errors: c.send_errors,
         };
+    }
+}
+
+/// The deferred messages' changes into the persistent copy. A failed
+/// write is logged: those changes live on in memory only.
+fn save(name: &str, store: Option<&mut DeferredStore>, server: &mut Server) {
+    let Some(store) = store else {
+        while server.poll_deferred_change().is_some() {}
+        return;
+    };
+    if let Err(e) = store.save(server) {
+        tracing::error!(shard = %name, error = %e, "deferred messages not saved");
     }
 }

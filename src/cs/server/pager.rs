@@ -43,6 +43,8 @@ pub const MAX_PAGERS: usize = 16_384;
 /// back the way it came, with its `term` marker).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Deferred {
+    /// Unique in this server's store (the key a persistent copy uses).
+    pub id: u64,
     pub request: Vec<u8>,
     pub route: Vec<u8>,
     pub next_hop: SocketAddr,
@@ -96,11 +98,25 @@ pub struct PagerStats {
     pub deferred_dropped: u64,
 }
 
-/// The deferred messages, per user, bounded.
+/// A change of the deferred messages, for a persistent copy
+/// ([`Server::poll_deferred_change`]): a message kept (new, or kept again
+/// with its attempts counted), or gone (delivered, dropped).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeferredChange {
+    Kept(String, Deferred),
+    Gone(u64),
+}
+
+/// The deferred messages, per user, bounded. A message taken for delivery
+/// stays in the persistent copy until its delivery ends (at least once:
+/// a restart meanwhile sends it again).
 #[derive(Default)]
 pub(super) struct DeferredStore {
     by_user: std::collections::HashMap<String, VecDeque<Deferred>>,
     total: usize,
+    /// Drained by the io loop after every datagram and tick, so it holds
+    /// what one event changed: at most every message once, plus one each.
+    changes: VecDeque<DeferredChange>,
 }
 
 impl DeferredStore {
@@ -116,6 +132,26 @@ impl DeferredStore {
         q.push_back(d);
         self.total += 1;
         true
+    }
+
+    /// [`Self::push`], and the change recorded for the persistent copy.
+    fn keep(&mut self, user: &str, d: Deferred) -> bool {
+        let change = DeferredChange::Kept(user.to_string(), d.clone());
+        let kept = self.push(user, d);
+        if kept {
+            self.record(change);
+        }
+        kept
+    }
+
+    fn record(&mut self, c: DeferredChange) {
+        // Past the bound the io loop has stopped draining: the oldest
+        // change goes (a later one of the same message supersedes it, and
+        // a restart reads the copy as it was).
+        if self.changes.len() > 2 * MAX_DEFERRED {
+            self.changes.pop_front();
+        }
+        self.changes.push_back(c);
     }
 
     fn take(&mut self, user: &str) -> Vec<Deferred> {
@@ -139,7 +175,12 @@ impl DeferredStore {
         v
     }
 
+    pub(super) fn poll_change(&mut self) -> Option<DeferredChange> {
+        self.changes.pop_front()
+    }
+
     pub(super) fn assert_invariants(&self) {
+        assert!(self.changes.len() <= 2 * MAX_DEFERRED + 1);
         let n: usize = self.by_user.values().map(VecDeque::len).sum();
         assert_eq!(n, self.total, "deferred count");
         assert!(self.total <= MAX_DEFERRED);
@@ -171,7 +212,7 @@ impl Server {
                 self.start_pager(now, Some(up), b, m, &t, None);
             }
             Ok(Disposal::Defer { user, deferred }) => {
-                if self.deferred.push(&user, deferred) {
+                if self.deferred.keep(&user, deferred) {
                     self.pager_stats.deferred += 1;
                     self.note(format!("[PF {user}] message deferred (not registered)"));
                     self.respond(now, rx, 202, "Accepted - Deferred Until Registered", &[]);
@@ -265,6 +306,7 @@ impl Server {
             WhenUnregistered::Defer => Ok(Disposal::Defer {
                 user: target.to_string(),
                 deferred: Deferred {
+                    id: self.counter_next(),
                     request: b.to_vec(),
                     route: t.route,
                     next_hop: t.next_hop,
@@ -453,8 +495,9 @@ impl Server {
     fn finish_pager(&mut self, now: Instant, p: Pager) {
         if p.answered {
             self.pager_stats.delivered += 1;
-            if p.redeliver.is_some() {
+            if let Some((_, d)) = &p.redeliver {
                 self.pager_stats.deferred_delivered += 1;
+                self.deferred.record(DeferredChange::Gone(d.id));
             }
             return;
         }
@@ -467,7 +510,9 @@ impl Server {
         }
         if let Some((user, mut d)) = p.redeliver {
             d.attempts += 1;
-            if d.attempts >= MAX_ATTEMPTS || !self.deferred.push(&user, d) {
+            let id = d.id;
+            if d.attempts >= MAX_ATTEMPTS || !self.deferred.keep(&user, d) {
+                self.deferred.record(DeferredChange::Gone(id));
                 self.pager_stats.deferred_dropped += 1;
                 self.note(format!("[PF {user}] deferred message dropped ({code})"));
             }
@@ -502,6 +547,88 @@ impl Server {
     }
 }
 
+impl Server {
+    /// The next change of the deferred messages, for a persistent copy.
+    pub fn poll_deferred_change(&mut self) -> Option<DeferredChange> {
+        self.deferred.poll_change()
+    }
+
+    /// Messages a persistent copy kept (at start): as many as the bounds
+    /// allow, the count of those left out returned. Ids stay unique: later
+    /// ones are drawn above every restored one.
+    pub fn restore_deferred(&mut self, kept: Vec<(String, Deferred)>) -> usize {
+        let mut left_out = 0;
+        for (user, d) in kept {
+            self.counter = self.counter.max(d.id);
+            if !self.deferred.push(&user, d) {
+                left_out += 1;
+            }
+        }
+        left_out
+    }
+}
+
+/// Record format of a deferred message (the persistent copy's value):
+/// version, attempts, then length-prefixed (u32 LE) user, route, next hop
+/// (`IP:port` text) and the MESSAGE's bytes.
+const RECORD_V1: u8 = 1;
+
+/// `user` and `d` as one record (its key is `d.id`).
+pub fn encode_deferred(user: &str, d: &Deferred) -> Vec<u8> {
+    let hop = d.next_hop.to_string();
+    let mut out = Vec::with_capacity(16 + user.len() + d.route.len() + hop.len() + d.request.len());
+    out.extend_from_slice(&[RECORD_V1, d.attempts]);
+    for part in [user.as_bytes(), &d.route, hop.as_bytes(), &d.request] {
+        out.extend_from_slice(&(part.len() as u32).to_le_bytes());
+        out.extend_from_slice(part);
+    }
+    out
+}
+
+/// A record back (`id`: its key); the error names what is wrong with it.
+pub fn decode_deferred(id: u64, rec: &[u8]) -> Result<(String, Deferred), &'static str> {
+    let (&version, rest) = rec.split_first().ok_or("empty record")?;
+    if version != RECORD_V1 {
+        return Err("unknown record version");
+    }
+    let (&attempts, mut rest) = rest.split_first().ok_or("no attempts")?;
+    let mut part = || -> Result<&[u8], &'static str> {
+        let (len, tail) = rest.split_first_chunk::<4>().ok_or("truncated length")?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if len > tail.len() {
+            return Err("truncated part");
+        }
+        let (p, tail) = tail.split_at(len);
+        rest = tail;
+        Ok(p)
+    };
+    let user = std::str::from_utf8(part()?)
+        .map_err(|_| "user not UTF-8")?
+        .to_string();
+    let route = part()?.to_vec();
+    let next_hop = std::str::from_utf8(part()?)
+        .ok()
+        .and_then(|h| h.parse().ok())
+        .ok_or("next hop not IP:port")?;
+    let request = part()?.to_vec();
+    if !rest.is_empty() {
+        return Err("trailing bytes");
+    }
+    if user.is_empty() || scan(&request).method() != Some(crate::sip::scan::Method::Message) {
+        return Err("no user or no MESSAGE");
+    }
+    Ok((
+        user,
+        Deferred {
+            id,
+            request,
+            route,
+            next_hop,
+            attempts,
+        },
+    ))
+}
+
 /// RFC 3261 §16.7's choice among failures: a `6xx` over the rest, else
 /// the lowest code.
 fn better(best: Option<u16>, code: u16) -> u16 {
@@ -529,6 +656,7 @@ mod tests {
     fn the_deferred_store_is_bounded_per_user_and_in_all() {
         let mut s = DeferredStore::default();
         let d = Deferred {
+            id: 1,
             request: b"MESSAGE sip:a@x SIP/2.0\r\n\r\n".to_vec(),
             route: b"<sip:127.0.0.1:5060;lr;cpm-leg=term>".to_vec(),
             next_hop: "127.0.0.1:5060".parse().unwrap(),
@@ -544,5 +672,30 @@ mod tests {
         assert_eq!(s.len(), 1);
         assert!(s.take("a@x").is_empty());
         s.assert_invariants();
+    }
+
+    #[test]
+    fn a_deferred_record_round_trips_and_a_bad_one_is_named() {
+        let d = Deferred {
+            id: 42,
+            request: b"MESSAGE sip:carol@x SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1\r\n\
+                From: <sip:a@x>;tag=1\r\nTo: <sip:carol@x>\r\nCall-ID: c\r\nCSeq: 1 MESSAGE\r\n\
+                Content-Length: 2\r\n\r\nhi"
+                .to_vec(),
+            route: b"<sip:127.0.0.1:5060;lr;cpm-leg=term>".to_vec(),
+            next_hop: "127.0.0.1:5060".parse().unwrap(),
+            attempts: 2,
+        };
+        let rec = encode_deferred("carol@x", &d);
+        assert_eq!(decode_deferred(42, &rec), Ok(("carol@x".to_string(), d)));
+        assert_eq!(
+            decode_deferred(1, &rec[..rec.len() - 1]),
+            Err("truncated part")
+        );
+        assert_eq!(decode_deferred(1, &[]), Err("empty record"));
+        assert_eq!(decode_deferred(1, &[9, 0]), Err("unknown record version"));
+        let mut long = rec.clone();
+        long.push(0);
+        assert_eq!(decode_deferred(1, &long), Err("trailing bytes"));
     }
 }
