@@ -992,10 +992,16 @@ fn a_message_reaches_every_registered_device_or_waits_for_registration_as_prefer
         "[[shard]]\nname = \"cs1\"\naddr = \"127.0.0.1:{}\"\n[[shard]]\nname = \"cs2\"\naddr = \"127.0.0.1:{}\"\n",
         cs[0], cs[1]
     );
+    // The SMS Interworking Function's SIP side, played by a socket here
+    // (cpm-iwf comes with the gateway).
+    let iwf = UdpSocket::bind("127.0.0.1:0").unwrap();
+    iwf.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let edge_toml = format!(
         "[listen]\naddr = \"{edge_addr}\"\n[admin]\nbind = \"127.0.0.1:0\"\n[workers]\ncount = 1\n\
          [health]\nenabled = false\n{shards}\
+         [[iwf]]\nservice = \"sms\"\naddr = \"{}\"\n\
          [registrar]\ndomains = [\"{DOMAIN}\"]\ncredentials_file = \"{}\"\nstore = \"\"\n",
+        iwf.local_addr().unwrap(),
         creds.display(),
     );
     let edge = App::start(&Config::parse(&edge_toml).unwrap().validate().unwrap()).unwrap();
@@ -1004,7 +1010,8 @@ fn a_message_reaches_every_registered_device_or_waits_for_registration_as_prefer
          deferred_store = \"{}/{{shard}}-deferred.redb\"\n{shards}\
          [[user]]\nid = \"sip:alice@{DOMAIN}\"\n[[user]]\nid = \"sip:bob@{DOMAIN}\"\n\
          [[user]]\nid = \"sip:dave@{DOMAIN}\"\n\
-         [[user]]\nid = \"sip:carol@{DOMAIN}\"\nwhen_unregistered = \"defer\"\n",
+         [[user]]\nid = \"sip:carol@{DOMAIN}\"\nwhen_unregistered = \"defer\"\n\
+         [[user]]\nid = \"sip:erin@{DOMAIN}\"\nwhen_unregistered = \"sms\"\nmsisdn = \"+447700900123\"\n",
         dir.display()
     );
     let start = || -> Vec<_> {
@@ -1075,6 +1082,45 @@ fn a_message_reaches_every_registered_device_or_waits_for_registration_as_prefer
         no.starts_with("SIP/2.0 480 Temporarily Unavailable - Not Registered"),
         "{no}"
     );
+    // erin prefers SMS: her PF sends it through the edge to the IWF, to
+    // her number; the IWF's answer comes back to alice.
+    let sender = std::thread::scope(|sc| {
+        let h = sc.spawn(|| {
+            send_message(
+                &alice,
+                edge_addr,
+                &format!("sip:erin@{DOMAIN}"),
+                4,
+                "via sms",
+            )
+        });
+        let (got, from) = recv(&iwf);
+        assert!(
+            got.starts_with("MESSAGE tel:+447700900123 SIP/2.0\r\n"),
+            "{got}"
+        );
+        assert!(got.contains(&format!("To: <sip:erin@{DOMAIN}>")), "{got}");
+        assert!(
+            got.contains(&format!("P-Asserted-Identity: <sip:alice@{DOMAIN}>")),
+            "{got}"
+        );
+        assert!(got.ends_with("\r\n\r\nvia sms"), "{got}");
+        assert!(
+            !got.contains("cpm-iwf"),
+            "the edge popped its Route value: {got}"
+        );
+        let vias = header(&got, "Via").join("\r\n");
+        let answer = format!(
+            "SIP/2.0 202 Accepted\r\n{vias}\r\n{}\r\n{};tag=iwf\r\n{}\r\n{}\r\nContent-Length: 0\r\n\r\n",
+            header(&got, "From")[0],
+            header(&got, "To")[0],
+            header(&got, "Call-ID")[0],
+            header(&got, "CSeq")[0],
+        );
+        iwf.send_to(answer.as_bytes(), from).unwrap();
+        h.join().unwrap()
+    });
+    assert!(sender.starts_with("SIP/2.0 202 "), "{sender}");
     // carol's is kept (202) until she registers.
     let kept = send_message(
         &alice,

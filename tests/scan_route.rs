@@ -618,3 +618,95 @@ fn output_that_would_exceed_the_datagram_limit_is_answered_513() {
     };
     assert!(String::from_utf8_lossy(&out[..len]).starts_with("SIP/2.0 513 Message Too Large\r\n"));
 }
+
+/// A MESSAGE as the invited user's PF sends it for interworking (seed
+/// 5.3.1.1.1), from shard cs1 (127.0.0.1:7001), with the edge's Route
+/// value `route`.
+fn iwf_request(route: &str) -> Vec<u8> {
+    wire(&format!(
+        "MESSAGE sip:+447700900123@example.net;user=phone SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:7001;branch=z9hG4bKiwf1
+Max-Forwards: 68
+Route: {route}
+From: <sip:alice@example.net>;tag=1
+To: <sip:bob@example.net>
+Call-ID: iwf-1
+CSeq: 1 MESSAGE
+P-Asserted-Identity: <sip:alice@example.net>
+Content-Type: text/plain
+Content-Length: 2
+
+hi"
+    ))
+}
+
+#[test]
+fn a_cs_asking_for_an_iwf_reaches_one_of_its_service_and_a_client_cannot() {
+    let t = tables_with(
+        "[[iwf]]\nservice = \"sms\"\naddr = \"127.0.0.1:9501\"\n\
+         [[iwf]]\nservice = \"SMS\"\naddr = \"127.0.0.1:9502\"\n\
+         [[iwf]]\nservice = \"mms\"\naddr = \"127.0.0.1:9601\"\n",
+    );
+    let sms = iwf_request("<sip:127.0.0.1:5060;lr;cpm-iwf=sms>");
+    let (o, out) = run(&sms, "127.0.0.1:7001", &t);
+    assert_eq!(kind(&o), ForwardKind::Interworking);
+    let dst = o.send().unwrap().1;
+    assert!(
+        [sa("127.0.0.1:9501"), sa("127.0.0.1:9502")].contains(&dst),
+        "{dst}"
+    );
+    // The edge's own Route value is popped; the CS's assertion is kept.
+    assert!(header(&out, "Route").is_empty(), "{out}");
+    assert_eq!(
+        header(&out, "P-Asserted-Identity"),
+        vec!["P-Asserted-Identity: <sip:alice@example.net>"]
+    );
+    // The same user always reaches the same gateway.
+    for _ in 0..3 {
+        assert_eq!(run(&sms, "127.0.0.1:7001", &t).0.send().unwrap().1, dst);
+    }
+    let mms = iwf_request("<sip:127.0.0.1:5060;lr;cpm-iwf=mms>");
+    assert_eq!(
+        run(&mms, "127.0.0.1:7001", &t).0.send().unwrap().1,
+        sa("127.0.0.1:9601")
+    );
+    // A service nobody offers: 503 with the reason.
+    let fax = iwf_request("<sip:127.0.0.1:5060;lr;cpm-iwf=fax>");
+    let (o, out) = run(&fax, "127.0.0.1:7001", &t);
+    assert_eq!(
+        reply_line(&o, &out),
+        "SIP/2.0 503 Service Unavailable - No Interworking Function"
+    );
+    // A client cannot ask for one: the marker is the CS's to set.
+    let forged = String::from_utf8(sms.clone())
+        .unwrap()
+        .replace("127.0.0.1:7001;branch", "192.0.2.10:5062;branch");
+    let (o, out) = run(forged.as_bytes(), CLIENT, &t);
+    assert_eq!(
+        reply_line(&o, &out),
+        "SIP/2.0 403 Forbidden - Leg Marker From A Client"
+    );
+    // An IWF is a trusted source: its assertion passes, as a shard's does.
+    assert!(t.is_trusted_source(sa("127.0.0.1:9601")));
+    assert!(!t.is_trusted_source(sa(CLIENT)));
+}
+
+#[test]
+fn iwf_entries_are_checked() {
+    let bad = |extra: &str| {
+        let text = format!("{}\n{extra}", cpm_edge::config::DEFAULT_TOML);
+        cpm_edge::config::Config::parse(&text)
+            .expect("toml")
+            .validate()
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(
+        bad("[[iwf]]\nservice = \"s m s\"\naddr = \"127.0.0.1:9501\"\n").contains("iwf[0].service")
+    );
+    assert!(bad("[[iwf]]\nservice = \"sms\"\naddr = \"0.0.0.0:9501\"\n").contains("iwf[0].addr"));
+    // cs1's address.
+    assert!(
+        bad("[[iwf]]\nservice = \"sms\"\naddr = \"127.0.0.1:7001\"\n").contains("already a shard")
+    );
+}

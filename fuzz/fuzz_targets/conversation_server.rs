@@ -58,7 +58,14 @@ fn server(terminating: Terminating) -> Server {
         .map(|(i, n)| UserSpec {
             id: format!("sip:{n}@127.0.0.1:{}", 5071 + i),
             media: MediaPolicy::default(),
-            when_unregistered: None,
+            // Each preference for a user with no device: the provider's
+            // (defer), SMS with a number, reject.
+            when_unregistered: [
+                None,
+                Some(WhenUnregistered::Sms),
+                Some(WhenUnregistered::Reject),
+            ][i],
+            msisdn: (i == 1).then(|| "+447700900123".to_string()),
         })
         .collect();
     let group = GroupSpec {

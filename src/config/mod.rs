@@ -42,6 +42,10 @@ pub struct Config {
     pub routing: Routing,
     #[serde(default, rename = "shard")]
     pub shards: Vec<ShardConf>,
+    /// Interworking Functions (seed 5.3): where a CS's request for a
+    /// non-CPM service goes (README "Interworking").
+    #[serde(default, rename = "iwf")]
+    pub iwfs: Vec<IwfConf>,
     #[serde(default, rename = "group")]
     pub groups: Vec<GroupConf>,
     /// Static host → address map for Request-URI / Route hosts that are not
@@ -313,6 +317,16 @@ pub struct ShardConf {
     pub backup: Option<String>,
 }
 
+/// One Interworking Function: the non-CPM service it reaches and its
+/// address.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IwfConf {
+    /// The service's token, as a CS names it in `cpm-iwf=SERVICE` (`sms`).
+    pub service: String,
+    pub addr: String,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GroupConf {
@@ -332,6 +346,7 @@ pub struct Valid {
     pub originating_pf: bool,
     pub record_route: bool,
     pub non_cpm_route: Option<SocketAddr>,
+    pub iwfs: Vec<crate::route::tables::Iwf>,
     pub max_forwards_limit: u32,
     pub trust: TrustSettings,
     pub shards: Vec<ShardSpec>,
@@ -410,6 +425,7 @@ impl Config {
             originating_pf: self.routing.originating_pf,
             record_route: self.routing.record_route,
             non_cpm_route,
+            iwfs: validate::iwfs(&self.iwfs, &shards)?,
             max_forwards_limit,
             trust,
             shards,
@@ -474,6 +490,7 @@ impl Valid {
             originating_pf: v.originating_pf,
             record_route: v.record_route,
             non_cpm_route: v.non_cpm_route,
+            iwfs: v.iwfs.clone(),
             retry_after_s: v.retry_after_s,
             generation: 0,
             policy: std::sync::Arc::new(v.policy.clone()),

@@ -655,3 +655,44 @@ pub fn group_key(id: &str) -> Result<Vec<u8>, String> {
     }
     Ok(key)
 }
+
+/// `[[iwf]]` checked: a service token (letters, digits, `-`; stored
+/// lowercased), a specific address that is no shard's.
+pub(super) fn iwfs(
+    list: &[super::IwfConf],
+    shards: &[crate::route::shards::ShardSpec],
+) -> Result<Vec<crate::route::tables::Iwf>, ConfigError> {
+    let mut out: Vec<crate::route::tables::Iwf> = Vec::new();
+    for (i, c) in list.iter().enumerate() {
+        let key = format!("iwf[{i}]");
+        let token = !c.service.is_empty()
+            && c.service.len() <= 32
+            && c.service
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !token {
+            return Err(bad(
+                format!("{key}.service"),
+                format!("'{}': 1-32 letters, digits or '-'", c.service),
+            ));
+        }
+        let a = addr(&format!("{key}.addr"), &c.addr)?;
+        if a.port() == 0 || a.ip().is_unspecified() {
+            return Err(bad(
+                format!("{key}.addr"),
+                "a specified IP and a non-zero port",
+            ));
+        }
+        if shards.iter().any(|s| s.addr == a) || out.iter().any(|x| x.addr == a) {
+            return Err(bad(
+                format!("{key}.addr"),
+                format!("{a} is already a shard or an IWF"),
+            ));
+        }
+        out.push(crate::route::tables::Iwf {
+            service: c.service.to_ascii_lowercase().into_bytes(),
+            addr: a,
+        });
+    }
+    Ok(out)
+}

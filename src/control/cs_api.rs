@@ -663,6 +663,7 @@ mod tests {
                 id: "sip:alice@127.0.0.1:5071".into(),
                 media: Default::default(),
                 when_unregistered: None,
+                msisdn: None,
             }],
             &[GroupSpec {
                 id: "sip:team@groups.example.net".into(),

@@ -41,6 +41,10 @@ pub struct UserSpec {
     /// (seed 5.3.1.1.1); none: the provider's choice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub when_unregistered: Option<WhenUnregistered>,
+    /// The user's number in non-CPM services (E.164, `+` and 6-15
+    /// digits): where interworking to SMS delivers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msisdn: Option<String>,
 }
 
 /// What the invited user's PF does with a message for a user who has no
@@ -53,6 +57,9 @@ pub enum WhenUnregistered {
     Reject,
     /// Keep it and deliver it at the next registration (`202 Accepted`).
     Defer,
+    /// Send it through the edge to an Interworking Function for SMS, to
+    /// the user's MSISDN (seed 5.3.1.1.1 "deliver via interworking").
+    Sms,
 }
 
 /// A pre-defined group, as configured.
@@ -100,6 +107,7 @@ pub struct User {
     pub uri: String,
     pub media: MediaPolicy,
     pub when_unregistered: Option<WhenUnregistered>,
+    pub msisdn: Option<String>,
 }
 
 /// A member of a group: the URI to invite and its canonical identity.
@@ -152,6 +160,12 @@ pub fn checked_identity(text: &str) -> Result<String, DirectoryError> {
 }
 
 /// A URI fit to go into a header: the characters of a SIP URI only.
+/// `+` and 6 to 15 digits (ITU-T E.164's longest number is 15 digits).
+pub fn is_e164(n: &str) -> bool {
+    n.strip_prefix('+')
+        .is_some_and(|d| (6..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
 fn check_uri(what: &str, text: &str) -> Result<String, DirectoryError> {
     let bad = text
         .bytes()
@@ -188,10 +202,19 @@ impl Directory {
     /// Add or replace a user.
     pub fn put_user(&mut self, u: &UserSpec) -> Result<(), DirectoryError> {
         let identity = check_uri(&u.id, &u.id)?;
+        if let Some(n) = &u.msisdn {
+            if !is_e164(n) {
+                return Err(refuse(
+                    &u.id,
+                    format!("msisdn '{n}' is not E.164 (+ and 6-15 digits)"),
+                ));
+            }
+        }
         let user = User {
             uri: u.id.clone(),
             media: u.media.clone(),
             when_unregistered: u.when_unregistered,
+            msisdn: u.msisdn.clone(),
         };
         self.users.insert(identity, user);
         Ok(())

@@ -2392,15 +2392,27 @@ mod tests {
         m=message 7394 TCP/MSRP *\r\na=accept-types:message/cpim\r\n";
 
     fn server(terminating: Terminating) -> Server {
-        let users: Vec<UserSpec> = ["alice@example.net", "bob@example.net", "carol@example.net"]
-            .iter()
-            .map(|u| UserSpec {
-                id: format!("sip:{u}"),
-                media: MediaPolicy::default(),
-                // carol wants her messages kept while she is away.
-                when_unregistered: u.starts_with("carol").then_some(WhenUnregistered::Defer),
-            })
-            .collect();
+        let users: Vec<UserSpec> = [
+            "alice@example.net",
+            "bob@example.net",
+            "carol@example.net",
+            "dave@example.net",
+            "erin@example.net",
+        ]
+        .iter()
+        .map(|u| UserSpec {
+            id: format!("sip:{u}"),
+            media: MediaPolicy::default(),
+            // carol wants her messages kept while she is away; dave and
+            // erin want them as SMS, and erin has no number.
+            when_unregistered: match &u[..2] {
+                "ca" => Some(WhenUnregistered::Defer),
+                "da" | "er" => Some(WhenUnregistered::Sms),
+                _ => None,
+            },
+            msisdn: u.starts_with("dave").then(|| "+447700900123".to_string()),
+        })
+        .collect();
         let settings = Settings {
             name: "cs1".into(),
             local: LOCAL.parse().unwrap(),
@@ -2776,6 +2788,38 @@ mod tests {
             );
         let out = feed(&mut s, t0, stranger.as_bytes());
         assert!(final_of(&out).starts_with("SIP/2.0 403 Forbidden - User Not Provisioned"));
+    }
+
+    #[test]
+    fn a_user_preferring_sms_gets_the_message_through_an_iwf_or_an_error_without_a_number() {
+        let mut s = server(Terminating::Registered);
+        let t0 = Instant::now();
+        let out = feed(&mut s, t0, &message("sip:dave@example.net", "term", "s1"));
+        let legs = messages(&out);
+        assert_eq!(legs.len(), 1, "{out:?}");
+        let leg = &legs[0];
+        assert!(
+            leg.starts_with("MESSAGE tel:+447700900123 SIP/2.0\r\n"),
+            "{leg}"
+        );
+        assert!(
+            leg.contains(&format!("\r\nRoute: <sip:{EDGE};lr;cpm-iwf=sms>\r\n")),
+            "{leg}"
+        );
+        assert!(leg.contains("\r\nTo: <sip:dave@example.net>\r\n"), "{leg}");
+        assert!(
+            leg.contains("P-Asserted-Identity: <sip:alice@example.net>\r\n"),
+            "{leg}"
+        );
+        let out = feed(&mut s, t0, &answer(leg, 202, "iwf"));
+        assert!(final_of(&out).starts_with("SIP/2.0 202 "), "{out:?}");
+        // erin has no number: no interworking attempt, the error back.
+        let out = feed(&mut s, t0, &message("sip:erin@example.net", "term", "s2"));
+        assert!(messages(&out).is_empty(), "{out:?}");
+        assert!(
+            final_of(&out).starts_with("SIP/2.0 480 Temporarily Unavailable - No MSISDN For SMS"),
+            "{out:?}"
+        );
     }
 
     #[test]

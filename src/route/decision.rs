@@ -12,8 +12,9 @@
 //!    `max_forwards_limit` is lowered to it); our own Via (our sent-by,
 //!    our branch) with the same loop hash → `482`;
 //! 4. the next hop, by who sent the request:
-//!    - a shard (trusted by source address): Route values left → the next
-//!      one; in-dialog (To-tag, arrived on our Record-Route entry, which
+//!    - a shard (trusted by source address): our popped value asks for an
+//!      Interworking Function (`cpm-iwf=SERVICE`) → one of that service
+//!      (`503` with none); Route values left → the next one; in-dialog (To-tag, arrived on our Record-Route entry, which
 //!      carries no marker) → Request-URI; marker `term` (the invited user's
 //!      PF has served it) → Request-URI; else the CPM rules: group identity
 //!      → hosting CS (`ctrl`), else the invited user's PF (`term`);
@@ -33,7 +34,7 @@
 //! hop (the second Via's `received`/`rport`, the real source of the
 //! request), and that next hop must not be this edge or a peer edge.
 
-use super::legs::{Leg, LEG_PARAM};
+use super::legs::{Leg, IWF_PARAM, LEG_PARAM};
 use super::tables::Tables;
 use crate::sip::branch;
 use crate::sip::hash::{self, StableHash};
@@ -61,10 +62,12 @@ pub enum ForwardKind {
     InDialog,
     /// No CPM indication → the configured non-CPM route.
     NonCpm,
+    /// A CS's request for a non-CPM service → its Interworking Function.
+    Interworking,
 }
 
 impl ForwardKind {
-    pub const ALL: [ForwardKind; 7] = [
+    pub const ALL: [ForwardKind; 8] = [
         ForwardKind::OriginatingPf,
         ForwardKind::Controlling,
         ForwardKind::TerminatingPf,
@@ -72,6 +75,7 @@ impl ForwardKind {
         ForwardKind::LooseRoute,
         ForwardKind::InDialog,
         ForwardKind::NonCpm,
+        ForwardKind::Interworking,
     ];
 
     pub fn name(self) -> &'static str {
@@ -83,6 +87,7 @@ impl ForwardKind {
             ForwardKind::LooseRoute => "loose_route",
             ForwardKind::InDialog => "in_dialog",
             ForwardKind::NonCpm => "non_cpm",
+            ForwardKind::Interworking => "interworking",
         }
     }
 
@@ -265,7 +270,11 @@ struct OwnRoutes {
     /// The `cpm-leg` marker of the first popped value; kept only when the
     /// source is a shard (a client's would be forged).
     leg: Option<Leg>,
-    /// A value naming us with a `cpm-leg` marker, anywhere in the set.
+    /// The `cpm-iwf` service of the first popped value (kept only when
+    /// the source is a shard).
+    iwf: Option<Span>,
+    /// A value naming us with a `cpm-leg` or `cpm-iwf` marker, anywhere in
+    /// the set.
     any_marker: bool,
     /// Values left after ours.
     remaining: usize,
@@ -275,6 +284,7 @@ fn own_routes(buf: &[u8], m: &Message, t: &Tables) -> OwnRoutes {
     let mut r = OwnRoutes {
         pop: 0,
         leg: None,
+        iwf: None,
         any_marker: false,
         remaining: 0,
     };
@@ -290,8 +300,12 @@ fn own_routes(buf: &[u8], m: &Message, t: &Tables) -> OwnRoutes {
         let leg = find_param(buf, u.params, LEG_PARAM)
             .and_then(|p| p.value)
             .and_then(|v| Leg::from_marker(v.get(buf)));
-        r.any_marker |= leg.is_some();
+        let iwf = find_param(buf, u.params, IWF_PARAM).and_then(|p| p.value);
+        r.any_marker |= leg.is_some() || iwf.is_some();
         if leading {
+            if r.pop == 0 {
+                r.iwf = iwf;
+            }
             r.pop += 1;
             r.leg = r.leg.or(leg);
         }
@@ -409,6 +423,9 @@ impl Request<'_> {
 
     /// A shard's request: the shard chooses the next hop.
     fn next_hop_of_shard_request(&self) -> Decision {
+        if let Some(service) = self.routes.iwf {
+            return self.to_iwf(service.get(self.buf));
+        }
         if self.routes.remaining > 0 {
             return match self.next_route() {
                 Ok(dst) => self.forward(dst, ForwardKind::LooseRoute, None),
@@ -509,6 +526,19 @@ impl Request<'_> {
     /// (callgrind: ~700 instructions of an INVITE saved there).
     fn group(&self) -> Option<usize> {
         self.t.groups.lookup(self.buf, &self.ruri)
+    }
+
+    /// Seed 5.3.1: the CS asked for an Interworking Function of `service`
+    /// (the user keys which of several); none configured → `503`.
+    fn to_iwf(&self, service: &[u8]) -> Decision {
+        match self.t.iwf_for(service, user_hash(self.buf, &self.ruri)) {
+            Some(dst) => self.forward(dst, ForwardKind::Interworking, None),
+            None if self.method == Method::Ack => Decision::Drop(DropReason::AckRefused),
+            None => Decision::Unavailable {
+                retry_after: self.t.retry_after_s,
+                reason: crate::sip::reply::UNAVAILABLE_NO_IWF,
+            },
+        }
     }
 
     /// A failed shard's users go to their next rendezvous choice (inside

@@ -15,6 +15,9 @@
 
 /// URI parameter carrying the leg in the edge's Route entry.
 pub const LEG_PARAM: &[u8] = b"cpm-leg";
+/// The Route parameter by which a CS asks the edge for an Interworking
+/// Function of a non-CPM service: `<sip:EDGE;lr;cpm-iwf=sms>` (seed 5.3).
+pub const IWF_PARAM: &[u8] = b"cpm-iwf";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]

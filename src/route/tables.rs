@@ -141,6 +141,8 @@ pub struct Tables {
     pub originating_pf: bool,
     pub record_route: bool,
     pub non_cpm_route: Option<SocketAddr>,
+    /// The Interworking Functions (`[[iwf]]`), in configuration order.
+    pub iwfs: Vec<Iwf>,
     /// `Retry-After` of a 503 when no shard can take a request.
     pub retry_after_s: u32,
     /// Incremented by every published change (admin API, health, reload).
@@ -157,6 +159,15 @@ pub struct Tables {
     pub max_forwards_limit: u32,
     /// The edge as registrar of its served domains (`[registrar]`).
     pub registrar: Option<RegistrarRoute>,
+}
+
+/// An Interworking Function (seed 5.3): a trusted function like a shard,
+/// reached for its non-CPM service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Iwf {
+    /// Lowercased service token (`sms`).
+    pub service: Vec<u8>,
+    pub addr: SocketAddr,
 }
 
 /// What routing reads of the registrar: the served domains, whether
@@ -209,10 +220,32 @@ pub fn process_branch_key() -> BranchKey {
 
 impl Tables {
     /// Sources trusted to assert an identity (RFC 3325's trust domain):
-    /// the Conversation Servers and the configured non-CPM route, each by
-    /// its source address. Clients never are.
+    /// the Conversation Servers, the Interworking Functions and the
+    /// configured non-CPM route, each by its source address. Clients never
+    /// are.
     pub fn is_trusted_source(&self, src: SocketAddr) -> bool {
-        self.shards.by_addr(src).is_some() || self.non_cpm_route == Some(src)
+        self.shards.by_addr(src).is_some()
+            || self.non_cpm_route == Some(src)
+            || self.iwfs.iter().any(|i| i.addr == src)
+    }
+
+    /// An IWF of `service` (any case) for the user `hash` keys: the same
+    /// user always reaches the same one of several (its messages stay in
+    /// order through one gateway).
+    pub fn iwf_for(&self, service: &[u8], hash: u64) -> Option<SocketAddr> {
+        let n = self
+            .iwfs
+            .iter()
+            .filter(|i| i.service.eq_ignore_ascii_case(service))
+            .count();
+        if n == 0 {
+            return None;
+        }
+        self.iwfs
+            .iter()
+            .filter(|i| i.service.eq_ignore_ascii_case(service))
+            .nth((hash % n as u64) as usize)
+            .map(|i| i.addr)
     }
 
     /// Where a client's request may be sent: a shard or the non-CPM route,

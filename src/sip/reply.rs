@@ -90,6 +90,7 @@ fn to_tag(buf: &[u8], m: &Message, out: &mut [u8; 16]) {
 
 /// Reason phrases of the edge's `503` answers: each names why.
 pub const UNAVAILABLE_NO_CS: &str = "Service Unavailable - No Conversation Server Available";
+pub const UNAVAILABLE_NO_IWF: &str = "Service Unavailable - No Interworking Function";
 pub const UNAVAILABLE_POLICY_QUEUE: &str = "Service Unavailable - Policy Queue Full";
 pub const UNAVAILABLE_OVERLOAD: &str = "Service Unavailable - Overloaded";
 pub const UNAVAILABLE_REGISTRAR: &str = "Service Unavailable - Registrar Busy";

@@ -300,6 +300,10 @@ impl Server {
             return Ok(Disposal::Send(t));
         }
         match when {
+            WhenUnregistered::Sms => {
+                let msisdn = self.directory.user(target).and_then(|u| u.msisdn.clone());
+                self.to_sms(b, m, t, msisdn)
+            }
             WhenUnregistered::Reject => {
                 Err(refusal(480, "Temporarily Unavailable - Not Registered"))
             }
@@ -314,6 +318,30 @@ impl Server {
                 },
             }),
         }
+    }
+
+    /// Seed 5.3.1.1.1, interworking: the MESSAGE to the user's number in
+    /// SMS (`tel:` Request-URI, To still the user), through the edge to an
+    /// Interworking Function for SMS (`cpm-iwf=sms` on the edge's Route
+    /// value instead of the leg marker). No number: no attempt.
+    fn to_sms(
+        &self,
+        b: &[u8],
+        m: &Message,
+        mut t: Targets,
+        msisdn: Option<String>,
+    ) -> Result<Disposal, Refusal> {
+        let msisdn =
+            msisdn.ok_or_else(|| refusal(480, "Temporarily Unavailable - No MSISDN For SMS"))?;
+        t.route = iwf_route(&t.route, "sms").ok_or_else(|| {
+            refusal(
+                500,
+                "Server Internal Error - No Edge Route For Interworking",
+            )
+        })?;
+        t.to = Some(party_without_tag(b, m.to));
+        t.targets = vec![format!("tel:{msisdn}")];
+        Ok(Disposal::Send(t))
     }
 
     fn devices_of(&self, user: &str, now: Instant, wanted: CpmServices) -> Vec<String> {
@@ -629,6 +657,17 @@ pub fn decode_deferred(id: u64, rec: &[u8]) -> Result<(String, Deferred), &'stat
     ))
 }
 
+/// The edge's Route value with its `cpm-leg=...` marker replaced by
+/// `cpm-iwf=SERVICE` (README wire contract: the CS → IWF leg).
+fn iwf_route(route: &[u8], service: &str) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(route).ok()?;
+    let at = text.to_ascii_lowercase().find(";cpm-leg=")?;
+    let end = text[at + 1..]
+        .find([';', '>'])
+        .map_or(text.len(), |e| at + 1 + e);
+    Some(format!("{};cpm-iwf={service}{}", &text[..at], &text[end..]).into_bytes())
+}
+
 /// RFC 3261 §16.7's choice among failures: a `6xx` over the rest, else
 /// the lowest code.
 fn better(best: Option<u16>, code: u16) -> u16 {
@@ -643,6 +682,19 @@ fn better(best: Option<u16>, code: u16) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_iwf_route_replaces_the_leg_marker() {
+        assert_eq!(
+            iwf_route(b"<sip:127.0.0.1:5060;lr;cpm-leg=term>", "sms").as_deref(),
+            Some(&b"<sip:127.0.0.1:5060;lr;cpm-iwf=sms>"[..])
+        );
+        assert_eq!(
+            iwf_route(b"<sip:edge.example.net;cpm-leg=term;lr>", "sms").as_deref(),
+            Some(&b"<sip:edge.example.net;cpm-iwf=sms;lr>"[..])
+        );
+        assert_eq!(iwf_route(b"<sip:127.0.0.1:5060;lr>", "sms"), None);
+    }
 
     #[test]
     fn a_global_failure_wins_else_the_lowest() {
