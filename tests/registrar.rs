@@ -596,7 +596,13 @@ fn in_memory_the_worker_registers_tells_the_pf_and_keeps_nothing_across_a_restar
 
 #[test]
 fn with_require_registration_only_registered_users_send_and_are_asserted() {
-    let edge = Edge::start("require", "require_registration = true\n");
+    // An Interworking Function (seed 5.3.2) registers with nobody.
+    let iwf = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let extra = format!(
+        "require_registration = true\n[[iwf]]\nservice = \"sms\"\naddr = \"{}\"\n",
+        iwf.local_addr().unwrap()
+    );
+    let edge = Edge::start("require", &extra);
     let mut d = Device::new(&edge, "bob", "127.0.0.1");
     let invite = |d: &Device| {
         format!(
@@ -620,6 +626,30 @@ fn with_require_registration_only_registered_users_send_and_are_asserted() {
     assert_eq!(
         header(&fwd, "P-Asserted-Identity"),
         vec![format!("P-Asserted-Identity: <sip:bob@{DOMAIN}>").as_str()],
+        "{fwd}"
+    );
+    // A converted SMS from the IWF: routed, its assertion kept.
+    let mo = format!(
+        "MESSAGE sip:carol@{DOMAIN} SIP/2.0\r\nVia: SIP/2.0/UDP {l};branch=z9hG4bK-mo\r\n\
+         Max-Forwards: 70\r\nFrom: <tel:+447700900999>;tag=mo\r\nTo: <sip:carol@{DOMAIN}>\r\n\
+         Call-ID: mo-1\r\nCSeq: 1 MESSAGE\r\nP-Asserted-Identity: <tel:+447700900999>\r\n\
+         Accept-Contact: *;+g.3gpp.icsi-ref=\"urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.msg\"\r\n\
+         Content-Type: text/plain\r\nContent-Length: 2\r\n\r\nhi",
+        l = iwf.local_addr().unwrap()
+    );
+    iwf.send_to(mo.as_bytes(), edge.addr).unwrap();
+    let (fwd, _) = recv(&edge.shard);
+    assert!(
+        fwd.starts_with(&format!("MESSAGE sip:carol@{DOMAIN} ")),
+        "{fwd}"
+    );
+    assert!(
+        fwd.contains("cpm-leg=term"),
+        "to the invited user's PF: {fwd}"
+    );
+    assert_eq!(
+        header(&fwd, "P-Asserted-Identity"),
+        vec!["P-Asserted-Identity: <tel:+447700900999>"],
         "{fwd}"
     );
 }

@@ -710,3 +710,34 @@ fn iwf_entries_are_checked() {
         bad("[[iwf]]\nservice = \"sms\"\naddr = \"127.0.0.1:7001\"\n").contains("already a shard")
     );
 }
+
+#[test]
+fn an_iwfs_request_goes_to_the_invited_users_pf_with_its_assertion() {
+    let t = tables_with("[[iwf]]\nservice = \"sms\"\naddr = \"127.0.0.1:9501\"\n");
+    let mo = wire(
+        "MESSAGE sip:bob@example.net SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:9501;branch=z9hG4bKmo1
+Max-Forwards: 70
+From: <tel:+447700900999>;tag=mo
+To: <sip:bob@example.net>
+Call-ID: mo-1
+CSeq: 1 MESSAGE
+P-Asserted-Identity: <tel:+447700900999>
+Accept-Contact: *;+g.3gpp.icsi-ref=\"urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.msg\"
+Content-Type: text/plain
+Content-Length: 2
+
+hi",
+    );
+    let (o, out) = run(&mo, "127.0.0.1:9501", &t);
+    assert_eq!(kind(&o), ForwardKind::TerminatingPf, "{out}");
+    assert!(header(&out, "Route")[0].contains("cpm-leg=term"), "{out}");
+    assert_eq!(
+        header(&out, "P-Asserted-Identity"),
+        vec!["P-Asserted-Identity: <tel:+447700900999>"]
+    );
+    // The same from a client: to the sender's own PF, its assertion gone.
+    let (o, out) = run(&mo, CLIENT, &t);
+    assert_eq!(kind(&o), ForwardKind::OriginatingPf, "{out}");
+    assert!(header(&out, "P-Asserted-Identity").is_empty(), "{out}");
+}

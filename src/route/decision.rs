@@ -25,6 +25,10 @@
 //!      else the CPM rules: the inviting user's PF (`orig`; the user is
 //!      From: a client's P-Asserted-Identity is not trusted), or with
 //!      `originating_pf = false` a group goes to its hosting CS;
+//!    - an Interworking Function (trusted by source address, seed 5.3.2):
+//!      as a client, but never asked to register, and the CPM rules send
+//!      it to the invited side: a group's hosting CS, or the invited
+//!      user's PF (`term`);
 //!    - the CPM rules first ask for the CPM enabler usage indication: none
 //!      → the non-CPM route or `403` (CANCEL and ACK carry none; with no
 //!      non-CPM route they are CPM).
@@ -458,11 +462,16 @@ impl Request<'_> {
         if self.routes.any_marker {
             return self.refuse(403, "Forbidden - Leg Marker From A Client");
         }
+        // Seed 5.3.2: an Interworking Function sends what it converted from
+        // its non-CPM service; it plays the sending side (there is no CPM
+        // originating user), so its requests go to the invited side's
+        // functions, and it registers with nobody.
+        let from_iwf = self.t.is_iwf(self.src);
         if let Some(reg) = &self.t.registrar {
             if self.method == Method::Register && reg.serves(self.ruri.host.get(self.buf)) {
                 return Decision::ToRegistrar;
             }
-            if reg.require_registration && self.registered_user_hash().is_none() {
+            if reg.require_registration && !from_iwf && self.registered_user_hash().is_none() {
                 return self.refuse(403, "Forbidden - Not Registered");
             }
         }
@@ -488,6 +497,20 @@ impl Request<'_> {
             }
         }
         self.by_cpm_rules(|r| {
+            if from_iwf {
+                return match r.group() {
+                    Some(g) => r.to_shard(
+                        r.t.shards.group_target(g),
+                        Leg::Controlling,
+                        ForwardKind::Controlling,
+                    ),
+                    None => r.to_shard(
+                        r.t.shards.pick(user_hash(r.buf, &r.ruri)),
+                        Leg::Terminating,
+                        ForwardKind::TerminatingPf,
+                    ),
+                };
+            }
             if !r.t.originating_pf {
                 if let Some(g) = r.group() {
                     return r.to_shard(
@@ -602,6 +625,7 @@ fn decide_request(
     let mut routes = own_routes(buf, m, t);
     if from_shard.is_none() {
         routes.leg = None;
+        routes.iwf = None;
     }
     if method == Method::Options
         && routes.remaining == 0

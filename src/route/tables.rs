@@ -224,9 +224,12 @@ impl Tables {
     /// configured non-CPM route, each by its source address. Clients never
     /// are.
     pub fn is_trusted_source(&self, src: SocketAddr) -> bool {
-        self.shards.by_addr(src).is_some()
-            || self.non_cpm_route == Some(src)
-            || self.iwfs.iter().any(|i| i.addr == src)
+        self.shards.by_addr(src).is_some() || self.non_cpm_route == Some(src) || self.is_iwf(src)
+    }
+
+    /// Is `src` an Interworking Function?
+    pub fn is_iwf(&self, src: SocketAddr) -> bool {
+        self.iwfs.iter().any(|i| i.addr == src)
     }
 
     /// An IWF of `service` (any case) for the user `hash` keys: the same
