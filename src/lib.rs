@@ -10,6 +10,7 @@
 //! | 2 | `pipeline` | scan → admit → decide → policy gate → write |
 //! | 2 | `cs` | the Conversation Server's functions, sans-IO |
 //! | 2 | `registrar` | the edge's registrar (RFC 3261 §10.3, digest), sans-IO |
+//! | 2 | `iwf` | the Interworking Function's conversions (seed 5.3: SMS), sans-IO |
 //! | 3 | `dataplane` | workers, admission, counters, slow-path threads |
 //! | 3 | `csnode` | a Conversation Server shard running: io thread, group sync |
 //! | 4 | `config`, `control` | configuration, admin API, health checks, metrics |
@@ -21,6 +22,7 @@ pub mod cs;
 pub mod csnode;
 pub mod dataplane;
 pub mod io;
+pub mod iwf;
 pub mod pipeline;
 pub mod registrar;
 pub mod route;

@@ -19,6 +19,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("pipeline", 2),
     ("cs", 2),
     ("registrar", 2),
+    ("iwf", 2),
     ("dataplane", 3),
     ("csnode", 3),
     ("config", 4),

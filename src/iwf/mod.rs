@@ -1,0 +1,5 @@
+//! The Interworking Function's protocol logic (seed 5.3), sans-IO: what a
+//! CPM message becomes in a non-CPM service and back. SMS first
+//! ([`sms`]); the gateway's io (Kannel's HTTP interfaces) sits above.
+
+pub mod sms;
