@@ -13,6 +13,7 @@
 //! | 2 | `iwf` | the Interworking Function's conversions (seed 5.3: SMS), sans-IO |
 //! | 3 | `dataplane` | workers, admission, counters, slow-path threads |
 //! | 3 | `csnode` | a Conversation Server shard running: io thread, group sync |
+//! | 3 | `iwfnode` | the SMS Interworking Function running: SIP thread, Kannel client |
 //! | 4 | `config`, `control` | configuration, admin API, health checks, metrics |
 //! | 5 | `app` | the running edge: data plane + control plane wired |
 pub mod app;
@@ -23,6 +24,7 @@ pub mod csnode;
 pub mod dataplane;
 pub mod io;
 pub mod iwf;
+pub mod iwfnode;
 pub mod pipeline;
 pub mod registrar;
 pub mod route;

@@ -22,6 +22,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("iwf", 2),
     ("dataplane", 3),
     ("csnode", 3),
+    ("iwfnode", 3),
     ("config", 4),
     ("control", 5),
     ("app", 6),

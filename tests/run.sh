@@ -14,6 +14,12 @@ if ! command -v sipp >/dev/null 2>&1; then
   apt-get install -y -qq sip-tester >/dev/null
 fi
 
+if [ ! -x /usr/sbin/bearerbox ] || [ ! -x /usr/lib/kannel/test/fakesmsc ]; then
+  step "installing Kannel (kannel, kannel-extras: fakesmsc) for the SMS interworking test"
+  apt-get update -qq
+  apt-get install -y -qq kannel kannel-extras >/dev/null
+fi
+
 if ! command -v ip >/dev/null 2>&1 || ! command -v ss >/dev/null 2>&1; then
   step "installing iproute2 (ip netns, ss) for the path-MTU test"
   apt-get update -qq
