@@ -8,113 +8,18 @@
 
 mod common;
 use common::free_port;
+use common::kannel::{smsc_got, start_kannel};
 use common::party::{Party, Received};
 use cpm_edge::app::App;
 use cpm_edge::config::Config;
 use cpm_edge::iwfnode::{self, Iwf};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const DOMAIN: &str = "example.net";
-const BEARERBOX: &str = "/usr/sbin/bearerbox";
-const SMSBOX: &str = "/usr/sbin/smsbox";
-const FAKESMSC: &str = "/usr/lib/kannel/test/fakesmsc";
+use common::register::{credentials_file, register_party, DOMAIN};
 const MSG_TAG: &str = "+g.3gpp.icsi-ref=\"urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.msg\"";
-
-/// Kannel's three processes, killed by PID when dropped.
-struct Kannel {
-    children: Vec<Child>,
-    dir: PathBuf,
-    sendsms: SocketAddr,
-}
-
-impl Drop for Kannel {
-    fn drop(&mut self) {
-        for c in self.children.iter_mut().rev() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn spawn(bin: &str, args: &[&str], log: &Path) -> Child {
-    assert!(
-        Path::new(bin).exists(),
-        "{bin} is missing: apt-get install kannel kannel-extras (tests/run.sh does)"
-    );
-    let out = std::fs::File::create(log).unwrap();
-    Command::new(bin)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .unwrap_or_else(|e| panic!("{bin}: {e}"))
-}
-
-fn wait_tcp(a: SocketAddr, what: &str) {
-    let t0 = Instant::now();
-    while std::net::TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_err() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "{what} never listened on {a}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn start_kannel() -> Kannel {
-    let dir =
-        std::env::temp_dir().join(format!("cpm-kannel-{}-{}", std::process::id(), free_port()));
-    std::fs::create_dir_all(dir.join("spool")).unwrap();
-    let (admin, boxp, smsc, sendsms) = (free_port(), free_port(), free_port(), free_port());
-    let conf = format!(
-        "group = core\nadmin-port = {admin}\nadmin-password = adm\nsmsbox-port = {boxp}\n\
-         log-file = \"{d}/bearerbox.log\"\nlog-level = 0\nbox-allow-ip = \"127.0.0.1\"\n\
-         admin-allow-ip = \"127.0.0.1\"\nstore-type = spool\nstore-location = \"{d}/spool\"\n\
-         dlr-storage = internal\n\n\
-         group = smsc\nsmsc = fake\nsmsc-id = fake1\nport = {smsc}\nconnect-allow-ip = 127.0.0.1\n\n\
-         group = smsbox\nbearerbox-host = 127.0.0.1\nbearerbox-port = {boxp}\nsendsms-port = {sendsms}\n\
-         sendsms-interface = 127.0.0.1\nlog-file = \"{d}/smsbox.log\"\nlog-level = 0\n\n\
-         group = sendsms-user\nusername = iwf\npassword = iwf-secret\nconcatenation = true\nmax-messages = 10\n",
-        d = dir.display()
-    );
-    let cfg = dir.join("kannel.conf");
-    std::fs::write(&cfg, conf).unwrap();
-    let cfg_s = cfg.to_str().unwrap().to_string();
-    let mut k = Kannel {
-        children: Vec::new(),
-        sendsms: format!("127.0.0.1:{sendsms}").parse().unwrap(),
-        dir: dir.clone(),
-    };
-    k.children
-        .push(spawn(BEARERBOX, &[&cfg_s], &dir.join("bearerbox.out")));
-    wait_tcp(format!("127.0.0.1:{smsc}").parse().unwrap(), "bearerbox");
-    k.children
-        .push(spawn(SMSBOX, &[&cfg_s], &dir.join("smsbox.out")));
-    let smsc_s = smsc.to_string();
-    k.children.push(spawn(
-        FAKESMSC,
-        &["-H", "127.0.0.1", "-r", &smsc_s, "-i", "1", "-m", "0", "x"],
-        &dir.join("fakesmsc.out"),
-    ));
-    wait_tcp(k.sendsms, "smsbox");
-    k
-}
-
-/// fakesmsc's log lines for received messages: `<from to type text>`.
-fn smsc_got(k: &Kannel) -> Vec<String> {
-    std::fs::read_to_string(k.dir.join("fakesmsc.out"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_once("Got message ").map(|(_, r)| r.to_string()))
-        .collect()
-}
 
 fn send_message(p: &Party, edge: SocketAddr, to: &str, n: u32, text: &str) -> String {
     let call_id = format!("iw-{n}-{}", p.addr().port());
@@ -140,7 +45,7 @@ fn send_message(p: &Party, edge: SocketAddr, to: &str, n: u32, text: &str) -> St
 
 #[test]
 fn a_message_for_an_unregistered_user_preferring_sms_lands_at_the_smsc() {
-    let kannel = start_kannel();
+    let kannel = start_kannel(None, None);
     let edge_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let iwf_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let cs = [free_port(), free_port()];
@@ -220,4 +125,102 @@ fn a_message_for_an_unregistered_user_preferring_sms_lands_at_the_smsc() {
     iwf_thread.join().unwrap();
     drop(nodes);
     edge.stop().unwrap();
+}
+
+/// Seed 5.3.2 end to end: an SMS injected at fakesmsc (the SMSC) reaches
+/// carol, a registered CPM client, as a MESSAGE through Kannel → cpm-iwf
+/// → cpm-edge → her PF → cpm-edge → her device, from her friend's number.
+#[test]
+fn an_sms_from_the_smsc_reaches_a_registered_cpm_client_as_a_message() {
+    let dir = std::env::temp_dir().join(format!("cpm-iw-mo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let creds = credentials_file(&dir);
+    let edge_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let iwf_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mo_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let cs = [free_port(), free_port()];
+    let shards = format!(
+        "[[shard]]\nname = \"cs1\"\naddr = \"127.0.0.1:{}\"\n[[shard]]\nname = \"cs2\"\naddr = \"127.0.0.1:{}\"\n",
+        cs[0], cs[1]
+    );
+    let edge_toml = format!(
+        "[listen]\naddr = \"{edge_addr}\"\n[admin]\nbind = \"127.0.0.1:0\"\n[workers]\ncount = 1\n\
+         [health]\nenabled = false\n{shards}[[iwf]]\nservice = \"sms\"\naddr = \"{iwf_addr}\"\n\
+         [registrar]\ndomains = [\"{DOMAIN}\"]\ncredentials_file = \"{}\"\nstore = \"\"\n",
+        creds.display()
+    );
+    let edge = App::start(&Config::parse(&edge_toml).unwrap().validate().unwrap()).unwrap();
+    let cs_toml = format!(
+        "[server]\nedges = [\"{edge_addr}\"]\nterminating = \"registered\"\n{shards}\
+         [[user]]\nid = \"sip:carol@{DOMAIN}\"\nmsisdn = \"+447700900123\"\n"
+    );
+    let nodes: Vec<_> = ["cs1", "cs2"]
+        .iter()
+        .map(|n| cpm_edge::csnode::start_shard(&cs_toml, n, false).unwrap())
+        .collect();
+    let carol = Party::bind("carol");
+    register_party(&carol, edge_addr, "carol", "c4r0l", MSG_TAG);
+    let pf = &nodes[common::pf_shard(&format!("sip:carol@{DOMAIN}"))];
+    let t0 = Instant::now();
+    while pf
+        .node
+        .reader()
+        .registrations()
+        .contacts(&format!("carol@{DOMAIN}"), Instant::now())
+        .count()
+        == 0
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "carol's PF never learned her device"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let iwf_toml = format!(
+        "[sip]\nlisten = \"{iwf_addr}\"\nedges = [\"{edge_addr}\"]\nsender = \"+447700900000\"\n\
+         [kannel]\nsendsms = \"127.0.0.1:1\"\nusername = \"iwf\"\npassword = \"iwf-secret\"\n\
+         [mo]\nlisten = \"{mo_addr}\"\nwait_ms = 5000\n\
+         [[subscriber]]\nmsisdn = \"+447700900123\"\nuser = \"sip:carol@{DOMAIN}\"\n"
+    );
+    let mut iwf = Iwf::start(iwfnode::load(&iwf_toml).unwrap()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = Arc::clone(&stop);
+    let iwf_thread = std::thread::spawn(move || iwf.run(&s2));
+    // The SMSC sends one SMS once Kannel is up.
+    let url = format!("http://{mo_addr}/mo?from=%p&to=%P&text=%a");
+    let kannel = start_kannel(
+        Some(&url),
+        Some("+447700900999 +447700900123 text hello from a phone"),
+    );
+    assert!(
+        carol.wait_for(
+            |l| l.iter().any(|r| r.method_or_code == "MESSAGE"),
+            Duration::from_secs(10)
+        ),
+        "no MESSAGE reached carol: {:?}; kannel in {}",
+        carol.summary(),
+        kannel.dir.display()
+    );
+    let m = carol
+        .log()
+        .into_iter()
+        .find(|r| r.method_or_code == "MESSAGE")
+        .unwrap()
+        .raw;
+    assert!(
+        m.starts_with(&format!("MESSAGE {} SIP/2.0", carol.aor())),
+        "{m}"
+    );
+    assert!(
+        m.contains("P-Asserted-Identity: <tel:+447700900999>"),
+        "{m}"
+    );
+    assert!(m.ends_with("\r\n\r\nhello from a phone"), "{m}");
+    drop(kannel);
+    stop.store(true, Ordering::Relaxed);
+    iwf_thread.join().unwrap();
+    drop(nodes);
+    edge.stop().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
 }

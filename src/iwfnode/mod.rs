@@ -6,11 +6,12 @@
 //! ([`kannel`]) → its outcome as the answer: `202 Accepted` once Kannel has
 //! taken it, the gateway's refusal as `502`, no gateway as `503`.
 //!
-//! Not yet: SMS → CPM (Kannel's MO `get-url` into a MESSAGE through the
-//! edge, seed 5.3.2; the edge already routes an IWF's requests), delivery
-//! reports as IMDN, a session invitation's conversion.
+//! SMS → CPM ([`mo`], seed 5.3.2): Kannel's MO `get-url` here, a MESSAGE
+//! through the edge to the subscriber the number belongs to. Not yet:
+//! delivery reports as IMDN, a session invitation's conversion.
 
 pub mod kannel;
+pub mod mo;
 
 use crate::iwf::sms::{self, SmsError};
 use crate::sip::scan::{scan, Message, Method, StartLine};
@@ -39,6 +40,28 @@ const RECV_BUF: usize = 65_536;
 struct File {
     sip: SipSection,
     kannel: KannelSection,
+    #[serde(default)]
+    mo: Option<MoSection>,
+    /// Whose number is whose: where an SMS to a number goes in CPM.
+    #[serde(default, rename = "subscriber")]
+    subscribers: Vec<SubscriberEntry>,
+}
+
+/// Kannel's `sms-service` `get-url` lands here.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MoSection {
+    listen: SocketAddr,
+    /// How long the HTTP answer waits for the SIP one.
+    #[serde(default = "default_timeout")]
+    wait_ms: u64,
+}
+
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscriberEntry {
+    msisdn: String,
+    user: String,
 }
 
 #[derive(Clone, Debug, serde::Deserialize)]
@@ -92,6 +115,10 @@ pub struct Settings {
     pub max_parts: usize,
     pub queue: usize,
     pub gateway: Gateway,
+    /// The MO interface's address and wait (`None`: no SMS → CPM).
+    pub mo: Option<(SocketAddr, Duration)>,
+    /// Number (E.164) → CPM subscriber URI.
+    pub subscribers: HashMap<String, String>,
 }
 
 /// Parse and check a configuration; the error names the key.
@@ -106,6 +133,19 @@ pub fn load(text: &str) -> Result<Settings, String> {
     if f.sip.queue == 0 {
         return Err("sip.queue: at least 1".into());
     }
+    let mut subscribers = HashMap::new();
+    for (i, s) in f.subscribers.iter().enumerate() {
+        let n = sms::msisdn_of(&format!("tel:{}", s.msisdn))
+            .filter(|n| *n == s.msisdn)
+            .ok_or_else(|| format!("subscriber[{i}].msisdn: '{}' is not E.164", s.msisdn))?;
+        let sip = s.user.to_ascii_lowercase();
+        if !(sip.starts_with("sip:") || sip.starts_with("sips:")) {
+            return Err(format!("subscriber[{i}].user: '{}' is no SIP URI", s.user));
+        }
+        if subscribers.insert(n, s.user.clone()).is_some() {
+            return Err(format!("subscriber[{i}].msisdn: '{}' twice", s.msisdn));
+        }
+    }
     Ok(Settings {
         listen: f.sip.listen,
         edges: f.sip.edges,
@@ -119,6 +159,10 @@ pub fn load(text: &str) -> Result<Settings, String> {
             password: f.kannel.password,
             timeout: Duration::from_millis(f.kannel.timeout_ms.max(100)),
         },
+        mo: f
+            .mo
+            .map(|m| (m.listen, Duration::from_millis(m.wait_ms.max(100)))),
+        subscribers,
     })
 }
 
@@ -136,6 +180,13 @@ pub struct Iwf {
     waiting: HashMap<TransactionId, Waiting>,
     jobs: Sender<Submit<TransactionId>>,
     done: Receiver<(TransactionId, Outcome)>,
+    /// Converted SMS from the MO interface, and the MESSAGEs of those on
+    /// their way (client transaction → whom to tell).
+    mo: Option<Receiver<mo::Mo>>,
+    mo_pending: HashMap<TransactionId, tokio::sync::oneshot::Sender<u16>>,
+    mo_addr: Option<SocketAddr>,
+    local: SocketAddr,
+    counter: u64,
     out: Vec<u8>,
 }
 
@@ -144,9 +195,22 @@ impl Iwf {
     pub fn start(settings: Settings) -> io::Result<Iwf> {
         let sock = UdpSocket::bind(settings.listen)?;
         sock.set_read_timeout(Some(TICK))?;
+        let local = sock.local_addr()?;
         let (jobs, jobs_rx) = bounded(settings.queue);
         let (done_tx, done) = bounded(settings.queue);
         kannel::run(settings.gateway.clone(), jobs_rx, done_tx)?;
+        let (mo, mo_addr) = match settings.mo {
+            Some((listen, wait)) => {
+                let (tx, rx) = bounded(settings.queue);
+                let side = mo::MoSide {
+                    subscribers: settings.subscribers.clone(),
+                    to_sip: tx,
+                    wait,
+                };
+                (Some(rx), Some(mo::start(listen, side)?))
+            }
+            None => (None, None),
+        };
         let cfg = transaction::Config {
             key: crate::sip::hash::random_key(),
             ..transaction::Config::default()
@@ -157,6 +221,11 @@ impl Iwf {
             waiting: HashMap::new(),
             jobs,
             done,
+            mo,
+            mo_pending: HashMap::new(),
+            mo_addr,
+            local,
+            counter: 0,
             settings,
             out: vec![0; 8192],
         })
@@ -164,6 +233,11 @@ impl Iwf {
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.sock.local_addr()
+    }
+
+    /// Where the MO interface listens (`None`: not configured).
+    pub fn mo_addr(&self) -> Option<SocketAddr> {
+        self.mo_addr
     }
 
     /// Serve until `stop`.
@@ -183,7 +257,18 @@ impl Iwf {
             while let Ok((id, outcome)) = self.done.try_recv() {
                 self.on_outcome(id, outcome);
             }
-            while self.txns.poll_event().is_some() {}
+            while let Some(m) = self.mo.as_ref().and_then(|r| r.try_recv().ok()) {
+                self.send_mo(m);
+            }
+            while let Some(e) = self.txns.poll_event() {
+                if let transaction::Event::Timeout { id, .. }
+                | transaction::Event::TransportError { id } = e
+                {
+                    if let Some(tx) = self.mo_pending.remove(&id) {
+                        let _ = tx.send(408);
+                    }
+                }
+            }
             self.flush();
         }
     }
@@ -204,6 +289,11 @@ impl Iwf {
         }
         match self.txns.handle_datagram(Instant::now(), src, b, &m) {
             Ok(Received::Request(id)) => self.on_request(id, src, b, &m),
+            Ok(Received::Response { id, code }) if code >= 200 => {
+                if let Some(tx) = self.mo_pending.remove(&id) {
+                    let _ = tx.send(code);
+                }
+            }
             Err(transaction::Error::TableFull) if m.is_request() => {
                 self.stateless(
                     b,
@@ -348,6 +438,42 @@ impl Iwf {
         }
     }
 
+    /// Seed 5.3.2: the SMS as a CPM pager-mode MESSAGE into the edge,
+    /// asserted as its sender's number, with the CPM message feature tag.
+    fn send_mo(&mut self, m: mo::Mo) {
+        self.counter += 1;
+        let branch = self.txns.new_branch();
+        let tag = format!("{:x}", crate::sip::hash::random_key()[0]);
+        let req = format!(
+            "MESSAGE {to} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <tel:{from}>;tag={tag}\r\nTo: <{to}>\r\n\
+             Call-ID: mo-{n}-{tag}@{ip}\r\nCSeq: 1 MESSAGE\r\nP-Asserted-Identity: <tel:{from}>\r\n\
+             Accept-Contact: *;+g.3gpp.icsi-ref=\"urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.msg\"\r\n\
+             Content-Type: text/plain;charset=UTF-8\r\nContent-Length: {len}\r\n\r\n{text}",
+            to = m.to,
+            local = self.local,
+            branch = String::from_utf8_lossy(branch.as_bytes()),
+            from = m.from,
+            n = self.counter,
+            ip = self.local.ip(),
+            len = m.text.len(),
+            text = m.text,
+        );
+        let Some(&edge) = self.settings.edges.first() else {
+            let _ = m.done.send(503);
+            return;
+        };
+        match self.txns.send_request(Instant::now(), req.as_bytes(), edge) {
+            Ok(id) => {
+                self.mo_pending.insert(id, m.done);
+            }
+            Err(e) => {
+                tracing::warn!(error = ?e, "MO MESSAGE not sent");
+                let _ = m.done.send(503);
+            }
+        }
+    }
+
     fn flush(&mut self) {
         let mut buf = Vec::new();
         while let Some(t) = self.txns.poll_transmit(&mut buf) {
@@ -356,5 +482,25 @@ impl Iwf {
             }
             buf.clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_loads_and_bad_entries_are_named() {
+        let s = load(DEFAULT_TOML).unwrap();
+        assert_eq!(s.max_parts, 10);
+        assert_eq!(s.subscribers["+447700900105"], "sip:erin@127.0.0.1:5075");
+        let bad = |from: &str, to: &str| load(&DEFAULT_TOML.replace(from, to)).unwrap_err();
+        assert!(bad("max_parts = 10", "max_parts = 0").starts_with("sip.max_parts"));
+        assert!(
+            bad("msisdn = \"+447700900105\"", "msisdn = \"07700900105\"")
+                .starts_with("subscriber[0].msisdn")
+        );
+        assert!(bad("user = \"sip:erin", "user = \"mailto:erin").starts_with("subscriber[0].user"));
+        assert!(bad("edges = [\"127.0.0.1:5060\"]", "edges = []").starts_with("sip.edges"));
     }
 }

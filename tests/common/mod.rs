@@ -2,7 +2,9 @@
 #![allow(dead_code)]
 
 pub mod capture;
+pub mod kannel;
 pub mod party;
+pub mod register;
 
 use cpm_edge::config::Config;
 use cpm_edge::route::Tables;
