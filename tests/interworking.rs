@@ -108,6 +108,13 @@ fn a_message_for_an_unregistered_user_preferring_sms_lands_at_the_smsc() {
         no.starts_with("SIP/2.0 413 Request Entity Too Large - Text Needs 4 SMS Parts (At Most 3)"),
         "{no}"
     );
+    // Seed 5.3.1.2.3: a recipient not routable in SIP, with no IWF for its
+    // scheme: refused by alice's PF, the scheme named.
+    let wv = send_message(&alice, edge_addr, "wv:bob@wv.example.net", 5, "hello?");
+    assert!(
+        wv.starts_with("SIP/2.0 416 Unsupported URI Scheme - wv: Not Routable In SIP"),
+        "{wv}"
+    );
     // Kannel gone: the IWF says so (503) rather than losing the message.
     drop(kannel);
     let dead = send_message(

@@ -741,3 +741,44 @@ hi",
     assert_eq!(kind(&o), ForwardKind::OriginatingPf, "{out}");
     assert!(header(&out, "P-Asserted-Identity").is_empty(), "{out}");
 }
+
+#[test]
+fn a_recipient_not_routable_in_sip_goes_to_the_senders_pf_or_is_416() {
+    let t = tables();
+    let wv = |tag: bool| {
+        wire(&format!(
+            "MESSAGE wv:bob@wv.example.net SIP/2.0
+Via: SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bKwv{tag}
+Max-Forwards: 70
+From: <sip:alice@example.net>;tag=1
+To: <wv:bob@wv.example.net>
+Call-ID: wv-{tag}
+CSeq: 1 MESSAGE
+{}Content-Type: text/plain
+Content-Length: 2
+
+hi",
+            if tag {
+                "Accept-Contact: *;+g.3gpp.icsi-ref=\"urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.msg\"\n"
+            } else {
+                ""
+            }
+        ))
+    };
+    // A CPM message: the sender's PF decides (seed 5.3.1.2.3).
+    let (o, out) = run(&wv(true), CLIENT, &t);
+    assert_eq!(kind(&o), ForwardKind::OriginatingPf, "{out}");
+    assert!(out.starts_with("MESSAGE wv:bob@wv.example.net SIP/2.0\r\n"));
+    // Not CPM, or from a shard asking for no IWF: the edge cannot route it.
+    let (o, out) = run(&wv(false), CLIENT, &t);
+    assert_eq!(reply_line(&o, &out), "SIP/2.0 416 Unsupported URI Scheme");
+    let back = String::from_utf8(wv(true))
+        .unwrap()
+        .replace("192.0.2.10:5062;branch", "127.0.0.1:7001;branch")
+        .replace(
+            "Max-Forwards: 70\r\n",
+            "Max-Forwards: 69\r\nRoute: <sip:127.0.0.1:5060;lr;cpm-leg=orig>\r\n",
+        );
+    let (o, out) = run(back.as_bytes(), "127.0.0.1:7001", &t);
+    assert_eq!(reply_line(&o, &out), "SIP/2.0 416 Unsupported URI Scheme");
+}

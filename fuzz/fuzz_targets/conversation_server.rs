@@ -88,6 +88,8 @@ fn server(terminating: Terminating) -> Server {
         conference_factory: Some("conference-factory@groups.example.net".into()),
         terminating,
         when_unregistered: WhenUnregistered::Defer,
+        unmapped_numbers: cpm_edge::cs::server::UnmappedNumbers::Sms,
+        scheme_iwf: [("mailto".to_string(), "email".to_string())].into(),
         transaction: transaction::Config {
             max_transactions: 32,
             max_pending: 64,

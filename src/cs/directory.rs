@@ -199,6 +199,11 @@ impl Directory {
         Ok(d)
     }
 
+    /// The user whose `msisdn` is `n` (E.164), if any.
+    pub fn user_by_msisdn(&self, n: &str) -> Option<&User> {
+        self.users.values().find(|u| u.msisdn.as_deref() == Some(n))
+    }
+
     /// Add or replace a user.
     pub fn put_user(&mut self, u: &UserSpec) -> Result<(), DirectoryError> {
         let identity = check_uri(&u.id, &u.id)?;

@@ -113,7 +113,23 @@ pub struct Settings {
     /// The provider's choice for a message to a user with no registered
     /// device (seed 5.3.1.1.1), where the user states none.
     pub when_unregistered: WhenUnregistered,
+    /// A `tel:` recipient no CPM user has (seed 5.3.1.2.3).
+    pub unmapped_numbers: UnmappedNumbers,
+    /// Non-SIP recipient schemes (`mailto`, `wv` ...) → the service of the
+    /// IWF that reaches them; a scheme not here is refused (`416`).
+    pub scheme_iwf: std::collections::HashMap<String, String>,
     pub transaction: transaction::Config,
+}
+
+/// What the sending user's PF does with a `tel:` number no CPM user has.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnmappedNumbers {
+    /// `404 Not Found - No CPM User Has This Number`.
+    #[default]
+    Reject,
+    /// Through the edge to an Interworking Function for SMS.
+    Sms,
 }
 
 /// Counters for the metrics.
@@ -2424,6 +2440,8 @@ mod tests {
             conference_factory: None,
             terminating,
             when_unregistered: WhenUnregistered::Reject,
+            unmapped_numbers: UnmappedNumbers::Sms,
+            scheme_iwf: [("mailto".to_string(), "email".to_string())].into(),
             transaction: transaction::Config::default(),
         };
         Server::new(settings, Arc::new(Directory::new(&users, &[]).unwrap()))
@@ -2818,6 +2836,54 @@ mod tests {
         assert!(messages(&out).is_empty(), "{out:?}");
         assert!(
             final_of(&out).starts_with("SIP/2.0 480 Temporarily Unavailable - No MSISDN For SMS"),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn recipients_not_routable_in_sip_follow_the_providers_policy() {
+        let mut s = server(Terminating::Registered);
+        let t0 = Instant::now();
+        let orig = |to: &str, br: &str| message(to, "orig", br);
+        // dave's number: the message goes on to dave.
+        let legs = messages(&feed(&mut s, t0, &orig("tel:+44-7700-900123", "n1")));
+        assert_eq!(legs.len(), 1);
+        assert!(
+            legs[0].starts_with("MESSAGE sip:dave@example.net SIP/2.0\r\n"),
+            "{}",
+            legs[0]
+        );
+        assert!(legs[0].contains(&format!("Route: <sip:{EDGE};lr;cpm-leg=orig>")));
+        // A number nobody has: to SMS, as the provider says here.
+        let legs = messages(&feed(&mut s, t0, &orig("tel:+447700900555", "n2")));
+        assert!(
+            legs[0].starts_with("MESSAGE tel:+447700900555 SIP/2.0\r\n"),
+            "{}",
+            legs[0]
+        );
+        assert!(
+            legs[0].contains(&format!("Route: <sip:{EDGE};lr;cpm-iwf=sms>")),
+            "{}",
+            legs[0]
+        );
+        // mailto has an IWF (email); wv has none: refused, named.
+        let legs = messages(&feed(&mut s, t0, &orig("mailto:bob@mail.example", "n3")));
+        assert!(legs[0].starts_with("MESSAGE mailto:bob@mail.example SIP/2.0\r\n"));
+        assert!(
+            legs[0].contains(&format!("Route: <sip:{EDGE};lr;cpm-iwf=email>")),
+            "{}",
+            legs[0]
+        );
+        let out = feed(&mut s, t0, &orig("wv:bob@wv.example", "n4"));
+        assert!(messages(&out).is_empty());
+        assert!(
+            final_of(&out)
+                .starts_with("SIP/2.0 416 Unsupported URI Scheme - wv: Not Routable In SIP"),
+            "{out:?}"
+        );
+        let out = feed(&mut s, t0, &orig("tel:7700900123", "n5"));
+        assert!(
+            final_of(&out).starts_with("SIP/2.0 404 Not Found - Number Not In E.164"),
             "{out:?}"
         );
     }

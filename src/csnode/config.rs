@@ -3,7 +3,7 @@
 //! and the name of the shard this process is, from the command line.
 
 use crate::cs::directory::{Directory, GroupSpec, UserSpec};
-use crate::cs::server::{Settings, Terminating, WhenUnregistered};
+use crate::cs::server::{Settings, Terminating, UnmappedNumbers, WhenUnregistered};
 use crate::sip::media::MediaPolicy;
 use crate::sip::transaction;
 use std::net::SocketAddr;
@@ -54,6 +54,13 @@ struct ServerSection {
     /// at the next registration).
     #[serde(default)]
     when_unregistered: WhenUnregistered,
+    /// A `tel:` recipient no user has: `"reject"` (404) or `"sms"`.
+    #[serde(default)]
+    unmapped_numbers: UnmappedNumbers,
+    /// Non-SIP recipient schemes → the IWF service reaching them, e.g.
+    /// `{ mailto = "email" }`; any other scheme is refused (416).
+    #[serde(default)]
+    scheme_iwf: std::collections::HashMap<String, String>,
     /// The redb file keeping deferred messages across restarts (`{shard}`
     /// is replaced by the shard's name: one file per shard); empty: in
     /// memory only.
@@ -276,6 +283,12 @@ fn settings(
         conference_factory: factory(s.conference_factory.as_deref())?,
         terminating: s.terminating,
         when_unregistered: s.when_unregistered,
+        unmapped_numbers: s.unmapped_numbers,
+        scheme_iwf: s
+            .scheme_iwf
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_ascii_lowercase()))
+            .collect(),
         transaction,
     })
 }

@@ -318,6 +318,27 @@ fn own_routes(buf: &[u8], m: &Message, t: &Tables) -> OwnRoutes {
     r
 }
 
+/// Seed 5.3.1.2.3: a recipient not routable in SIP (`wv:`, `mailto:`,
+/// `im:` ...) is the sending user's Participating Function's to reject or
+/// interwork per policy, so such a Request-URI passes where a function
+/// decides it: a client's new CPM pager-mode MESSAGE (it goes to the
+/// sender's PF by From, whatever the Request-URI; the PFs interwork
+/// messages, not sessions) and a shard's request for an Interworking
+/// Function. Anywhere else the edge could only resolve it as a host: `416`
+/// (RFC 3261 §8.2.2.1).
+fn non_sip_decided_by_a_function(m: &Message, t: &Tables, src: SocketAddr, r: &OwnRoutes) -> bool {
+    let from_shard = t.shards.by_addr(src).is_some();
+    let client_new = !from_shard
+        && !t.is_trusted_source(src)
+        && m.method() == Some(Method::Message)
+        && m.to_tag.is_none()
+        && r.remaining == 0
+        && !r.any_marker
+        && m.cpm.any()
+        && t.originating_pf;
+    client_new || (from_shard && r.iwf.is_some())
+}
+
 /// An answer to the request, or for an ACK (never answered, RFC 3261
 /// §17.1.1.3) a counted drop.
 fn refusal(method: Method, code: u16, reason: &'static str) -> Decision {
@@ -617,15 +638,15 @@ fn decide_request(
     let Some(ruri) = uri::parse(buf, ruri_span) else {
         return refuse(400, Defect::BadRequestUri.reason());
     };
-    if ruri.scheme == Scheme::Other {
-        return refuse(416, "Unsupported URI Scheme");
-    }
     // Phase 2, the Route values naming us and the leg marker in ours.
     let from_shard = t.shards.by_addr(src);
     let mut routes = own_routes(buf, m, t);
     if from_shard.is_none() {
         routes.leg = None;
         routes.iwf = None;
+    }
+    if ruri.scheme == Scheme::Other && !non_sip_decided_by_a_function(m, t, src, &routes) {
+        return refuse(416, "Unsupported URI Scheme");
     }
     if method == Method::Options
         && routes.remaining == 0

@@ -15,13 +15,18 @@
 //! message (bounded: [`MAX_DEFERRED`] in all, [`MAX_DEFERRED_PER_USER`] per
 //! user), answers `202 Accepted`, and sends it at the user's next
 //! registration; a delivery no device takes is kept for the next one, at
-//! most [`MAX_ATTEMPTS`] times. Interworking (delivery through an SMS
-//! gateway) is the next choice to come.
+//! most [`MAX_ATTEMPTS`] times; `sms` sends it through the edge to an
+//! Interworking Function for SMS, to the user's MSISDN.
+//!
+//! The sending user's PF handles a recipient not routable in SIP (seed
+//! 5.3.1.2.3): a `tel:` number a user has goes to that user; an unknown
+//! number to SMS or a `404` ([`UnmappedNumbers`]); another scheme to the
+//! IWF configured for it, else `416` naming the scheme.
 
 use super::{
     asserted_identity, asserted_uri, failure_of, identity_of, party_without_tag, refusal,
     relayed_headers, request_uri, scan, write_request, Invitation, Leg, Message, Refusal, Relay,
-    Rx, Server, Terminating, TransactionId,
+    Rx, Server, Terminating, TransactionId, UnmappedNumbers,
 };
 use crate::cs::directory::WhenUnregistered;
 use crate::sip::feature_tag::CpmServices;
@@ -250,26 +255,68 @@ impl Server {
             return Err(refusal(483, "Too Many Hops"));
         }
         let ruri = request_uri(b, m);
-        let target = identity_of(&ruri).ok_or_else(|| refusal(416, "Unsupported URI Scheme"))?;
         let mut t = Targets {
-            targets: vec![ruri],
+            targets: vec![ruri.clone()],
             to: None,
             asserted: None,
             route,
             next_hop,
         };
-        match marker {
-            Leg::Originating => {
-                let user = asserted_identity(b, m)
-                    .ok_or_else(|| refusal(400, "Bad Request - No Sending Identity"))?;
-                if self.directory.user(&user).is_none() {
-                    return Err(refusal(403, "Forbidden - User Not Provisioned"));
-                }
-                t.asserted = asserted_uri(b, m);
-                Ok(Disposal::Send(t))
+        if marker == Leg::Originating {
+            let user = asserted_identity(b, m)
+                .ok_or_else(|| refusal(400, "Bad Request - No Sending Identity"))?;
+            if self.directory.user(&user).is_none() {
+                return Err(refusal(403, "Forbidden - User Not Provisioned"));
             }
+            t.asserted = asserted_uri(b, m);
+            return match scheme_of(&ruri).as_str() {
+                "sip" | "sips" => Ok(Disposal::Send(t)),
+                _ => self.non_sip_recipient(&ruri, t),
+            };
+        }
+        let target = identity_of(&ruri).ok_or_else(|| refusal(416, "Unsupported URI Scheme"))?;
+        match marker {
+            Leg::Originating => Ok(Disposal::Send(t)),
             Leg::Terminating => self.terminating_message(now, b, m, &target, t),
             Leg::Controlling => Err(refusal(501, "Not Implemented - Group Pager Mode Messages")),
+        }
+    }
+
+    /// Seed 5.3.1.2.3, the sending user's PF: a recipient not routable in
+    /// SIP. A `tel:` number a CPM user has is that user (the message goes
+    /// on to them); an unknown number is interworked to SMS or refused as
+    /// the provider says (`unmapped_numbers`); another scheme goes to the
+    /// IWF its service names (`scheme_iwf`), else `416` naming it.
+    fn non_sip_recipient(&self, ruri: &str, mut t: Targets) -> Result<Disposal, Refusal> {
+        let scheme = scheme_of(ruri);
+        if scheme == "tel" {
+            let Some(n) = tel_number(ruri) else {
+                return Err(refusal(404, "Not Found - Number Not In E.164"));
+            };
+            if let Some(u) = self.directory.user_by_msisdn(&n) {
+                t.targets = vec![u.uri.clone()];
+                return Ok(Disposal::Send(t));
+            }
+            return match self.settings.unmapped_numbers {
+                UnmappedNumbers::Reject => {
+                    Err(refusal(404, "Not Found - No CPM User Has This Number"))
+                }
+                UnmappedNumbers::Sms => {
+                    t.route = iwf_route(&t.route, "sms").ok_or_else(no_edge_route)?;
+                    t.targets = vec![format!("tel:{n}")];
+                    Ok(Disposal::Send(t))
+                }
+            };
+        }
+        match self.settings.scheme_iwf.get(&scheme) {
+            Some(service) => {
+                t.route = iwf_route(&t.route, service).ok_or_else(no_edge_route)?;
+                Ok(Disposal::Send(t))
+            }
+            None => Err(refusal(
+                416,
+                &format!("Unsupported URI Scheme - {scheme}: Not Routable In SIP"),
+            )),
         }
     }
 
@@ -333,12 +380,7 @@ impl Server {
     ) -> Result<Disposal, Refusal> {
         let msisdn =
             msisdn.ok_or_else(|| refusal(480, "Temporarily Unavailable - No MSISDN For SMS"))?;
-        t.route = iwf_route(&t.route, "sms").ok_or_else(|| {
-            refusal(
-                500,
-                "Server Internal Error - No Edge Route For Interworking",
-            )
-        })?;
+        t.route = iwf_route(&t.route, "sms").ok_or_else(no_edge_route)?;
         t.to = Some(party_without_tag(b, m.to));
         t.targets = vec![format!("tel:{msisdn}")];
         Ok(Disposal::Send(t))
@@ -655,6 +697,31 @@ pub fn decode_deferred(id: u64, rec: &[u8]) -> Result<(String, Deferred), &'stat
             attempts,
         },
     ))
+}
+
+fn no_edge_route() -> Refusal {
+    refusal(
+        500,
+        "Server Internal Error - No Edge Route For Interworking",
+    )
+}
+
+/// A URI's scheme, lowercased (`""` without one).
+fn scheme_of(uri: &str) -> String {
+    uri.split_once(':')
+        .map_or(String::new(), |(s, _)| s.trim().to_ascii_lowercase())
+}
+
+/// The E.164 number of a `tel:` URI (visual separators dropped).
+fn tel_number(uri: &str) -> Option<String> {
+    let rest = uri.get(4..)?.split(';').next()?;
+    let digits: String = rest
+        .strip_prefix('+')?
+        .chars()
+        .filter(|c| !matches!(c, '-' | '.' | '(' | ')'))
+        .collect();
+    let n = format!("+{digits}");
+    crate::cs::directory::is_e164(&n).then_some(n)
 }
 
 /// The edge's Route value with its `cpm-leg=...` marker replaced by
