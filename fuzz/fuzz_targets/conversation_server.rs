@@ -89,6 +89,7 @@ fn server(terminating: Terminating) -> Server {
         terminating,
         when_unregistered: WhenUnregistered::Defer,
         unmapped_numbers: cpm_edge::cs::server::UnmappedNumbers::Sms,
+        when_remote_lacks: cpm_edge::cs::server::RemoteLacks::Sms,
         scheme_iwf: [("mailto".to_string(), "email".to_string())].into(),
         transaction: transaction::Config {
             max_transactions: 32,

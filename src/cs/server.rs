@@ -118,7 +118,23 @@ pub struct Settings {
     /// Non-SIP recipient schemes (`mailto`, `wv` ...) → the service of the
     /// IWF that reaches them; a scheme not here is refused (`416`).
     pub scheme_iwf: std::collections::HashMap<String, String>,
+    /// The sending side (seed 5.3.1.2.1/.2): a failure saying the target
+    /// network lacks CPM or SIP is relayed, or re-targeted to SMS.
+    pub when_remote_lacks: RemoteLacks,
     pub transaction: transaction::Config,
+}
+
+/// What the sending user's PF does when the target network lacks CPM or
+/// a SIP/IP Core.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RemoteLacks {
+    /// The error goes back to the sending user.
+    #[default]
+    Relay,
+    /// Through the edge to an Interworking Function for SMS, when the
+    /// recipient has a number.
+    Sms,
 }
 
 /// What the sending user's PF does with a `tel:` number no CPM user has.
@@ -2442,6 +2458,7 @@ mod tests {
             when_unregistered: WhenUnregistered::Reject,
             unmapped_numbers: UnmappedNumbers::Sms,
             scheme_iwf: [("mailto".to_string(), "email".to_string())].into(),
+            when_remote_lacks: RemoteLacks::Sms,
             transaction: transaction::Config::default(),
         };
         Server::new(settings, Arc::new(Directory::new(&users, &[]).unwrap()))
@@ -2836,6 +2853,73 @@ mod tests {
         assert!(messages(&out).is_empty(), "{out:?}");
         assert!(
             final_of(&out).starts_with("SIP/2.0 480 Temporarily Unavailable - No MSISDN For SMS"),
+            "{out:?}"
+        );
+    }
+
+    /// A failure of one of the server's MESSAGEs with extra header lines.
+    fn failure_with(request: &str, code: u16, reason: &str, extra: &[&[u8]]) -> Vec<u8> {
+        let b = request.as_bytes();
+        let m = scan(b);
+        let spec = ResponseSpec {
+            to_tag: Some(b"far"),
+            headers: extra,
+            ..ResponseSpec::new(code, reason)
+        };
+        let mut out = vec![0u8; 8192];
+        let n = write_response(b, &m, None, &spec, &mut out).unwrap();
+        out.truncate(n);
+        out
+    }
+
+    #[test]
+    fn a_remote_network_without_cpm_or_sip_gets_the_message_as_sms_when_it_has_a_number() {
+        let mut s = server(Terminating::Registered);
+        let t0 = Instant::now();
+        let to = "sip:+447700900777@other.example;user=phone";
+        let legs = messages(&feed(&mut s, t0, &message(to, "orig", "r1")));
+        assert_eq!(legs.len(), 1);
+        // 5.3.1.2.1: the target network says it has no CPM enabler.
+        let warning: &[u8] = b"Warning: 399 ims.other.example \"no CPM enabler support\"\r\n";
+        let out = feed(
+            &mut s,
+            t0,
+            &failure_with(&legs[0], 488, "Not Acceptable Here", &[warning]),
+        );
+        assert!(final_of(&out).is_empty(), "not relayed yet: {out:?}");
+        let sms = messages(&out);
+        assert_eq!(sms.len(), 1, "{out:?}");
+        assert!(
+            sms[0].starts_with("MESSAGE tel:+447700900777 SIP/2.0\r\n"),
+            "{}",
+            sms[0]
+        );
+        assert!(
+            sms[0].contains(&format!("Route: <sip:{EDGE};lr;cpm-iwf=sms>")),
+            "{}",
+            sms[0]
+        );
+        let out = feed(&mut s, t0, &answer(&sms[0], 202, "iwf"));
+        assert!(final_of(&out).starts_with("SIP/2.0 202 "), "{out:?}");
+        // 5.3.1.2.2 for a recipient without a number: no attempt, the
+        // error goes back.
+        let legs = messages(&feed(
+            &mut s,
+            t0,
+            &message("sip:zoe@other.example", "orig", "r2"),
+        ));
+        let out = feed(&mut s, t0, &failure_with(&legs[0], 502, "Bad Gateway", &[]));
+        assert!(messages(&out).is_empty(), "{out:?}");
+        assert!(
+            final_of(&out).starts_with("SIP/2.0 502 Bad Gateway"),
+            "{out:?}"
+        );
+        // Any other failure is the recipient's own answer: relayed.
+        let legs = messages(&feed(&mut s, t0, &message(to, "orig", "r3")));
+        let out = feed(&mut s, t0, &failure_with(&legs[0], 486, "Busy Here", &[]));
+        assert!(messages(&out).is_empty());
+        assert!(
+            final_of(&out).starts_with("SIP/2.0 486 Busy Here"),
             "{out:?}"
         );
     }

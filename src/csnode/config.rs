@@ -3,7 +3,7 @@
 //! and the name of the shard this process is, from the command line.
 
 use crate::cs::directory::{Directory, GroupSpec, UserSpec};
-use crate::cs::server::{Settings, Terminating, UnmappedNumbers, WhenUnregistered};
+use crate::cs::server::{RemoteLacks, Settings, Terminating, UnmappedNumbers, WhenUnregistered};
 use crate::sip::media::MediaPolicy;
 use crate::sip::transaction;
 use std::net::SocketAddr;
@@ -61,6 +61,10 @@ struct ServerSection {
     /// `{ mailto = "email" }`; any other scheme is refused (416).
     #[serde(default)]
     scheme_iwf: std::collections::HashMap<String, String>,
+    /// A failure saying the target network lacks CPM or SIP: `"relay"` it
+    /// or re-target to `"sms"`.
+    #[serde(default)]
+    when_remote_lacks: RemoteLacks,
     /// The redb file keeping deferred messages across restarts (`{shard}`
     /// is replaced by the shard's name: one file per shard); empty: in
     /// memory only.
@@ -284,6 +288,7 @@ fn settings(
         terminating: s.terminating,
         when_unregistered: s.when_unregistered,
         unmapped_numbers: s.unmapped_numbers,
+        when_remote_lacks: s.when_remote_lacks,
         scheme_iwf: s
             .scheme_iwf
             .iter()

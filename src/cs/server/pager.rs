@@ -26,7 +26,7 @@
 use super::{
     asserted_identity, asserted_uri, failure_of, identity_of, party_without_tag, refusal,
     relayed_headers, request_uri, scan, write_request, Invitation, Leg, Message, Refusal, Relay,
-    Rx, Server, Terminating, TransactionId, UnmappedNumbers,
+    RemoteLacks, Rx, Server, Terminating, TransactionId, UnmappedNumbers,
 };
 use crate::cs::directory::WhenUnregistered;
 use crate::sip::feature_tag::CpmServices;
@@ -68,6 +68,8 @@ pub(super) struct Pager {
     /// A deferred delivery: its user and message, kept again if no device
     /// takes it.
     redeliver: Option<(String, Deferred)>,
+    /// The sending PF's edge Route value and hop, for a re-target.
+    sending: Option<(Vec<u8>, SocketAddr)>,
 }
 
 impl Pager {
@@ -84,6 +86,9 @@ struct Targets {
     asserted: Option<String>,
     route: Vec<u8>,
     next_hop: SocketAddr,
+    /// The sending user's PF toward a SIP recipient: a failure saying the
+    /// remote network lacks CPM or SIP may be re-targeted (5.3.1.2.1/.2).
+    sending: bool,
 }
 
 /// What the PF makes of a MESSAGE.
@@ -261,6 +266,7 @@ impl Server {
             asserted: None,
             route,
             next_hop,
+            sending: false,
         };
         if marker == Leg::Originating {
             let user = asserted_identity(b, m)
@@ -270,7 +276,10 @@ impl Server {
             }
             t.asserted = asserted_uri(b, m);
             return match scheme_of(&ruri).as_str() {
-                "sip" | "sips" => Ok(Disposal::Send(t)),
+                "sip" | "sips" => {
+                    t.sending = true;
+                    Ok(Disposal::Send(t))
+                }
                 _ => self.non_sip_recipient(&ruri, t),
             };
         }
@@ -411,6 +420,7 @@ impl Server {
             answered: false,
             best: None,
             redeliver,
+            sending: t.sending.then(|| (t.route.clone(), t.next_hop)),
         };
         if self.pagers.len() < MAX_PAGERS {
             for target in &t.targets {
@@ -574,7 +584,11 @@ impl Server {
         self.pager_stats.failed += 1;
         let (code, reason, warnings) = p
             .best
+            .clone()
             .unwrap_or_else(|| (480, "Temporarily Unavailable".into(), Vec::new()));
+        if self.retarget(now, &p, (code, &reason), &warnings) {
+            return;
+        }
         if let Some(up) = &p.up {
             self.answer_relay_as(now, up, (code, &reason), &warnings, b"");
         }
@@ -587,6 +601,55 @@ impl Server {
                 self.note(format!("[PF {user}] deferred message dropped ({code})"));
             }
         }
+    }
+
+    /// Seed 5.3.1.2.1/.2, the sending user's PF: a failure that says the
+    /// target network lacks CPM or SIP, with `when_remote_lacks = "sms"`
+    /// and a recipient that has a number, goes again to an Interworking
+    /// Function for SMS (`true`); anything else is relayed as it is.
+    fn retarget(
+        &mut self,
+        now: Instant,
+        p: &Pager,
+        failure: (u16, &str),
+        warnings: &[Vec<u8>],
+    ) -> bool {
+        let (Some(up), Some((route, hop))) = (&p.up, &p.sending) else {
+            return false;
+        };
+        if self.settings.when_remote_lacks != RemoteLacks::Sms || !remote_lacks(failure, warnings) {
+            return false;
+        }
+        let req = up.request.clone();
+        let m = scan(&req);
+        let Some(n) =
+            tel_number(&request_uri(&req, &m)).or_else(|| phone_user(&request_uri(&req, &m)))
+        else {
+            // No address valid for SMS: no attempt (the NOTE of 5.3.1.2.1).
+            return false;
+        };
+        let Some(route) = iwf_route(route, "sms") else {
+            return false;
+        };
+        let t = Targets {
+            targets: vec![format!("tel:{n}")],
+            to: None,
+            asserted: asserted_uri(&req, &m),
+            route,
+            next_hop: *hop,
+            sending: false,
+        };
+        self.note(format!(
+            "re-targeting MESSAGE to SMS {n} after {}",
+            failure.0
+        ));
+        let up = Relay {
+            server: up.server,
+            request: req.clone(),
+            source: up.source,
+        };
+        self.start_pager(now, Some(up), &req, &m, &t, None);
+        true
     }
 
     /// The user registered: what was deferred for it goes to its devices.
@@ -610,6 +673,7 @@ impl Server {
                 asserted: asserted_uri(&d.request, &m),
                 route: d.route.clone(),
                 next_hop: d.next_hop,
+                sending: false,
             };
             let request = d.request.clone();
             self.start_pager(now, None, &request, &m, &t, Some((user.to_string(), d)));
@@ -697,6 +761,38 @@ pub fn decode_deferred(id: u64, rec: &[u8]) -> Result<(String, Deferred), &'stat
             attempts,
         },
     ))
+}
+
+/// The answers that say the target network cannot take CPM (README
+/// "Interworking", the sending side): 5.3.1.2.1, any failure with a
+/// `Warning: 399` whose text says "no CPM" (as a network without the CPM
+/// enabler states it); 5.3.1.2.2, `502 Bad Gateway` or `504 Server
+/// Time-out` (no SIP/IP Core path to it), and the edge's `404 Not Found -
+/// No Route To Request-URI Host`.
+fn remote_lacks((code, reason): (u16, &str), warnings: &[Vec<u8>]) -> bool {
+    let no_cpm = warnings.iter().any(|w| {
+        let w = String::from_utf8_lossy(w).to_ascii_lowercase();
+        w.trim_start_matches("warning:")
+            .trim_start()
+            .starts_with("399 ")
+            && w.contains("no cpm")
+    });
+    let no_sip = matches!(code, 502 | 504)
+        || (code == 404 && reason.contains("No Route To Request-URI Host"));
+    no_cpm || no_sip
+}
+
+/// The E.164 number of a `sip:+...@host;user=phone` URI.
+fn phone_user(uri: &str) -> Option<String> {
+    let lower = uri.to_ascii_lowercase();
+    let rest = lower
+        .strip_prefix("sip:")
+        .or_else(|| lower.strip_prefix("sips:"))?;
+    let (user, host) = rest.split_once('@')?;
+    if !host.split(';').any(|p| p == "user=phone") {
+        return None;
+    }
+    tel_number(&format!("tel:{user}"))
 }
 
 fn no_edge_route() -> Refusal {
