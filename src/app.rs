@@ -98,12 +98,12 @@ impl App {
                 from_host: server.tables.load().edge.hostport(),
             };
             let t_cp = Arc::clone(&cp);
+            // The Interworking Functions are probed as the shards are.
             let targets: health::Targets = Arc::new(move || {
-                t_cp.snapshot()
-                    .shards
-                    .live()
-                    .map(|(_, s)| (s.name.clone(), s.addr))
-                    .collect()
+                let t = t_cp.snapshot();
+                let shards = t.shards.live().map(|(_, s)| (s.name.clone(), s.addr));
+                let iwfs = t.iwfs.iter().map(|i| (i.health_name(), i.addr));
+                shards.chain(iwfs).collect()
             });
             let c_cp = Arc::clone(&cp);
             let on_change: health::OnChange =

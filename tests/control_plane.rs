@@ -1015,3 +1015,74 @@ fn sigterm_stops_the_edge_while_a_reload_is_stuck() {
     assert!(err.contains("reload still running"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A shard's request for an Interworking Function, as the PF sends it.
+fn iwf_request(cs: SocketAddr, edge: SocketAddr, n: u32) -> Vec<u8> {
+    format!(
+        "MESSAGE tel:+447700900123 SIP/2.0\r\nVia: SIP/2.0/UDP {cs};branch=z9hG4bKiwf{n}\r\n\
+         Max-Forwards: 69\r\nRoute: <sip:{edge};lr;cpm-iwf=sms>\r\nFrom: <sip:alice@example.net>;tag=a\r\n\
+         To: <sip:erin@example.net>\r\nCall-ID: iwf-{n}\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\n\
+         Content-Length: 2\r\n\r\nhi"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn a_dead_interworking_function_gets_no_request_and_none_left_is_503() {
+    let cs1 = Cs::start();
+    let (iwf1, iwf2) = (Cs::start(), Cs::start());
+    let a = app(
+        &[("cs1", cs1.addr, None)],
+        &[],
+        &format!(
+            "[health]\ninterval_ms = 50\ntimeout_ms = 60\nfail_threshold = 2\nok_threshold = 2\n\
+             [[iwf]]\nservice = \"sms\"\naddr = \"{}\"\n[[iwf]]\nservice = \"sms\"\naddr = \"{}\"\n",
+            iwf1.addr, iwf2.addr
+        ),
+    );
+    let edge = a.server.local_addr;
+    let dst = |n: u32| {
+        let t = a.cp.snapshot();
+        let mut out = vec![0u8; 8192];
+        let (o, _) = cpm_edge::pipeline::process(
+            &iwf_request(cs1.addr, edge, n),
+            false,
+            cs1.addr,
+            &t,
+            &mut out,
+        );
+        let line = String::from_utf8_lossy(&out[..o.send().map_or(0, |(l, _)| l)])
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_string();
+        (o.send().map(|(_, d)| d), line)
+    };
+    let live = |up: [bool; 2]| {
+        let t = a.cp.snapshot();
+        t.iwfs.iter().map(|i| i.up).collect::<Vec<_>>() == up
+    };
+    assert_eq!(
+        dst(1).0.map(|d| d == iwf1.addr || d == iwf2.addr),
+        Some(true)
+    );
+    iwf1.alive.store(false, Ordering::Relaxed);
+    wait_until("iwf1 seen down", Duration::from_secs(3), || {
+        live([false, true])
+    });
+    for n in 0..20 {
+        assert_eq!(dst(n).0, Some(iwf2.addr), "only the live one");
+    }
+    iwf2.alive.store(false, Ordering::Relaxed);
+    wait_until("both down", Duration::from_secs(3), || live([false, false]));
+    let (_, line) = dst(99);
+    assert_eq!(
+        line,
+        "SIP/2.0 503 Service Unavailable - No Interworking Function"
+    );
+    iwf1.alive.store(true, Ordering::Relaxed);
+    wait_until("iwf1 back", Duration::from_secs(3), || live([true, false]));
+    assert_eq!(dst(100).0, Some(iwf1.addr));
+    assert!(a.cp.transitions().keys().any(|k| k.starts_with("iwf:sms@")));
+    a.stop().unwrap();
+}

@@ -692,6 +692,7 @@ pub(super) fn iwfs(
         out.push(crate::route::tables::Iwf {
             service: c.service.to_ascii_lowercase().into_bytes(),
             addr: a,
+            up: true,
         });
     }
     Ok(out)

@@ -268,8 +268,12 @@ impl ControlPlane {
         Ok(r)
     }
 
-    /// A health transition of shard `name` (from the OPTIONS checker).
+    /// A health transition of shard or IWF `name` (from the OPTIONS
+    /// checker).
     pub fn set_health(&self, name: &str, up: bool) {
+        if name.starts_with("iwf:") {
+            return self.set_iwf_health(name, up);
+        }
         let r = self.publish(|t| {
             let i = t
                 .shards
@@ -295,6 +299,36 @@ impl ControlPlane {
                 tracing::warn!(
                     shard = name,
                     "shard down: users move to their next choice, groups to the backup or 503"
+                );
+            }
+        }
+    }
+
+    /// An Interworking Function's transition: a dead one gets no request
+    /// (its service's others take them, or the CS hears `503 No
+    /// Interworking Function` at once rather than a timeout).
+    fn set_iwf_health(&self, name: &str, up: bool) {
+        let r = self.publish(|t| {
+            let i = t
+                .iwfs
+                .iter()
+                .position(|i| i.health_name() == name)
+                .ok_or_else(|| ApiError::new(404, format!("unknown IWF '{name}'")))?;
+            let changed = t.iwfs[i].up != up;
+            t.iwfs[i].up = up;
+            Ok(changed)
+        });
+        if let Ok(true) = r {
+            let mut tr = self.transitions.lock().unwrap_or_else(|p| p.into_inner());
+            let e = tr.entry(name.to_string()).or_default();
+            if up {
+                e.up += 1;
+                tracing::info!(iwf = name, "interworking function up");
+            } else {
+                e.down += 1;
+                tracing::warn!(
+                    iwf = name,
+                    "interworking function down: its service's others or 503"
                 );
             }
         }

@@ -168,6 +168,19 @@ pub struct Iwf {
     /// Lowercased service token (`sms`).
     pub service: Vec<u8>,
     pub addr: SocketAddr,
+    /// As the health checks last saw it (starts up, as a shard does).
+    pub up: bool,
+}
+
+impl Iwf {
+    /// The name the health checker knows it by.
+    pub fn health_name(&self) -> String {
+        format!(
+            "iwf:{}@{}",
+            String::from_utf8_lossy(&self.service),
+            self.addr
+        )
+    }
 }
 
 /// What routing reads of the registrar: the served domains, whether
@@ -232,23 +245,20 @@ impl Tables {
         self.iwfs.iter().any(|i| i.addr == src)
     }
 
-    /// An IWF of `service` (any case) for the user `hash` keys: the same
-    /// user always reaches the same one of several (its messages stay in
-    /// order through one gateway).
+    /// A live IWF of `service` (any case) for the user `hash` keys: the
+    /// same user always reaches the same one of several while they live
+    /// (its messages stay in order through one gateway).
     pub fn iwf_for(&self, service: &[u8], hash: u64) -> Option<SocketAddr> {
-        let n = self
-            .iwfs
-            .iter()
-            .filter(|i| i.service.eq_ignore_ascii_case(service))
-            .count();
+        let live = || {
+            self.iwfs
+                .iter()
+                .filter(|i| i.up && i.service.eq_ignore_ascii_case(service))
+        };
+        let n = live().count();
         if n == 0 {
             return None;
         }
-        self.iwfs
-            .iter()
-            .filter(|i| i.service.eq_ignore_ascii_case(service))
-            .nth((hash % n as u64) as usize)
-            .map(|i| i.addr)
+        live().nth((hash % n as u64) as usize).map(|i| i.addr)
     }
 
     /// Where a client's request may be sent: a shard or the non-CPM route,
