@@ -43,9 +43,16 @@ fn send_message(p: &Party, edge: SocketAddr, to: &str, n: u32, text: &str) -> St
     p.log().into_iter().find(fin).map(|r| r.start_line).unwrap()
 }
 
-#[test]
-fn a_message_for_an_unregistered_user_preferring_sms_lands_at_the_smsc() {
-    let kannel = start_kannel(None, None);
+/// cpm-edge (with an `[[iwf]]` for SMS at `iwf`, and `edge_extra`) and
+/// two cpm-cs shards serving `users` (`[[user]]` entries).
+struct Cluster {
+    edge: App,
+    nodes: Vec<cpm_edge::csnode::Shard>,
+    edge_addr: SocketAddr,
+    iwf_addr: SocketAddr,
+}
+
+fn cluster(edge_extra: &str, users: &str) -> Cluster {
     let edge_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let iwf_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let cs = [free_port(), free_port()];
@@ -55,19 +62,36 @@ fn a_message_for_an_unregistered_user_preferring_sms_lands_at_the_smsc() {
     );
     let edge_toml = format!(
         "[listen]\naddr = \"{edge_addr}\"\n[admin]\nbind = \"127.0.0.1:0\"\n[workers]\ncount = 1\n\
-         [health]\nenabled = false\n{shards}[[iwf]]\nservice = \"sms\"\naddr = \"{iwf_addr}\"\n"
+         [health]\nenabled = false\n{shards}[[iwf]]\nservice = \"sms\"\naddr = \"{iwf_addr}\"\n{edge_extra}"
     );
     let edge = App::start(&Config::parse(&edge_toml).unwrap().validate().unwrap()).unwrap();
     let cs_toml = format!(
-        "[server]\nedges = [\"{edge_addr}\"]\nterminating = \"registered\"\n{shards}\
-         [[user]]\nid = \"sip:alice@{DOMAIN}\"\n\
-         [[user]]\nid = \"sip:erin@{DOMAIN}\"\nwhen_unregistered = \"sms\"\nmsisdn = \"+447700900123\"\n\
-         [[user]]\nid = \"sip:frank@{DOMAIN}\"\nwhen_unregistered = \"sms\"\nmsisdn = \"+447700900124\"\n"
+        "[server]\nedges = [\"{edge_addr}\"]\nterminating = \"registered\"\n{shards}{users}"
     );
-    let nodes: Vec<_> = ["cs1", "cs2"]
+    let nodes = ["cs1", "cs2"]
         .iter()
         .map(|n| cpm_edge::csnode::start_shard(&cs_toml, n, false).unwrap())
         .collect();
+    Cluster {
+        edge,
+        nodes,
+        edge_addr,
+        iwf_addr,
+    }
+}
+
+#[test]
+fn a_message_for_an_unregistered_user_preferring_sms_lands_at_the_smsc() {
+    let kannel = start_kannel(None, None);
+    let c = cluster(
+        "",
+        &format!(
+            "[[user]]\nid = \"sip:alice@{DOMAIN}\"\n\
+             [[user]]\nid = \"sip:erin@{DOMAIN}\"\nwhen_unregistered = \"sms\"\nmsisdn = \"+447700900123\"\n\
+             [[user]]\nid = \"sip:frank@{DOMAIN}\"\nwhen_unregistered = \"sms\"\nmsisdn = \"+447700900124\"\n"
+        ),
+    );
+    let (edge_addr, iwf_addr) = (c.edge_addr, c.iwf_addr);
     let iwf_toml = format!(
         "[sip]\nlisten = \"{iwf_addr}\"\nedges = [\"{edge_addr}\"]\nsender = \"+447700900000\"\nmax_parts = 3\n\
          [kannel]\nsendsms = \"{}\"\nusername = \"iwf\"\npassword = \"iwf-secret\"\ntimeout_ms = 3000\n",
@@ -130,8 +154,8 @@ fn a_message_for_an_unregistered_user_preferring_sms_lands_at_the_smsc() {
     );
     stop.store(true, Ordering::Relaxed);
     iwf_thread.join().unwrap();
-    drop(nodes);
-    edge.stop().unwrap();
+    drop(c.nodes);
+    c.edge.stop().unwrap();
 }
 
 /// Seed 5.3.2 end to end: an SMS injected at fakesmsc (the SMSC) reaches
@@ -143,29 +167,15 @@ fn an_sms_from_the_smsc_reaches_a_registered_cpm_client_as_a_message() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let creds = credentials_file(&dir);
-    let edge_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let iwf_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mo_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let cs = [free_port(), free_port()];
-    let shards = format!(
-        "[[shard]]\nname = \"cs1\"\naddr = \"127.0.0.1:{}\"\n[[shard]]\nname = \"cs2\"\naddr = \"127.0.0.1:{}\"\n",
-        cs[0], cs[1]
+    let c = cluster(
+        &format!(
+            "[registrar]\ndomains = [\"{DOMAIN}\"]\ncredentials_file = \"{}\"\nstore = \"\"\n",
+            creds.display()
+        ),
+        &format!("[[user]]\nid = \"sip:carol@{DOMAIN}\"\nmsisdn = \"+447700900123\"\n"),
     );
-    let edge_toml = format!(
-        "[listen]\naddr = \"{edge_addr}\"\n[admin]\nbind = \"127.0.0.1:0\"\n[workers]\ncount = 1\n\
-         [health]\nenabled = false\n{shards}[[iwf]]\nservice = \"sms\"\naddr = \"{iwf_addr}\"\n\
-         [registrar]\ndomains = [\"{DOMAIN}\"]\ncredentials_file = \"{}\"\nstore = \"\"\n",
-        creds.display()
-    );
-    let edge = App::start(&Config::parse(&edge_toml).unwrap().validate().unwrap()).unwrap();
-    let cs_toml = format!(
-        "[server]\nedges = [\"{edge_addr}\"]\nterminating = \"registered\"\n{shards}\
-         [[user]]\nid = \"sip:carol@{DOMAIN}\"\nmsisdn = \"+447700900123\"\n"
-    );
-    let nodes: Vec<_> = ["cs1", "cs2"]
-        .iter()
-        .map(|n| cpm_edge::csnode::start_shard(&cs_toml, n, false).unwrap())
-        .collect();
+    let (edge_addr, iwf_addr, nodes) = (c.edge_addr, c.iwf_addr, &c.nodes);
     let carol = Party::bind("carol");
     register_party(&carol, edge_addr, "carol", "c4r0l", MSG_TAG);
     let pf = &nodes[common::pf_shard(&format!("sip:carol@{DOMAIN}"))];
@@ -227,7 +237,7 @@ fn an_sms_from_the_smsc_reaches_a_registered_cpm_client_as_a_message() {
     drop(kannel);
     stop.store(true, Ordering::Relaxed);
     iwf_thread.join().unwrap();
-    drop(nodes);
-    edge.stop().unwrap();
+    drop(c.nodes);
+    c.edge.stop().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }

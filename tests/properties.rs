@@ -946,3 +946,20 @@ proptest! {
         prop_assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&want));
     }
 }
+
+/// Found by `c_mutated_requests_never_break_the_pipeline`: a bare LF inside
+/// the first Via line makes the scanner's top Via the next line's, and the
+/// answer must not splice that one's `rport`/`received` into the first
+/// line it echoes (a debug assertion, and bytes of other lines copied into
+/// the answer in release).
+#[test]
+fn a_refused_request_with_a_broken_first_via_line_is_echoed_as_written() {
+    let buf = b"INVITE \rip:bob@example.net SIP/2.0\r\nVia:\n\0 SIP/2.0/UDP 192.0.2.100;branch=z9hG4bK-a;rport\r\n\
+        Via: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK-prev\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:b@x>\r\n\
+        Call-ID: c\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+    check_any(buf, "192.0.2.10:5062".parse().unwrap(), 16384).unwrap();
+    let (_, _, out) = run(buf, "192.0.2.10:5062".parse().unwrap(), 16384);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("SIP/2.0 400 "), "{text}");
+    assert_eq!(text.matches("received=").count(), 0, "{text}");
+}

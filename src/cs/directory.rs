@@ -160,11 +160,7 @@ pub fn checked_identity(text: &str) -> Result<String, DirectoryError> {
 }
 
 /// A URI fit to go into a header: the characters of a SIP URI only.
-/// `+` and 6 to 15 digits (ITU-T E.164's longest number is 15 digits).
-pub fn is_e164(n: &str) -> bool {
-    n.strip_prefix('+')
-        .is_some_and(|d| (6..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()))
-}
+pub use crate::sip::number::is_e164;
 
 fn check_uri(what: &str, text: &str) -> Result<String, DirectoryError> {
     let bad = text

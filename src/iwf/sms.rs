@@ -224,30 +224,10 @@ fn parts(sizes: &[usize], single: usize, part: usize) -> usize {
     n
 }
 
-/// The E.164 number (`+` and digits, visual separators `-` `.` `(` `)`
-/// dropped) a `tel:` URI or a `sip:`/`sips:` URI with `user=phone`
-/// names; `None` for anything else (an address SMS cannot reach).
+/// The E.164 number a Request-URI names (`tel:`, or `user=phone`):
+/// `None` is an address SMS cannot reach.
 pub fn msisdn_of(uri: &str) -> Option<String> {
-    let lower = uri.to_ascii_lowercase();
-    let number = if let Some(rest) = lower.strip_prefix("tel:") {
-        rest.split(';').next()?
-    } else {
-        let rest = lower
-            .strip_prefix("sip:")
-            .or_else(|| lower.strip_prefix("sips:"))?;
-        let (user, hostpart) = rest.split_once('@')?;
-        if !hostpart.split(';').any(|p| p == "user=phone") {
-            return None;
-        }
-        user.split(';').next()?
-    };
-    let digits: String = number
-        .strip_prefix('+')?
-        .chars()
-        .filter(|c| !matches!(c, '-' | '.' | '(' | ')'))
-        .collect();
-    let ok = (6..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
-    ok.then(|| format!("+{digits}"))
+    crate::sip::number::e164_of(uri)
 }
 
 #[cfg(test)]

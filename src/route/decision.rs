@@ -463,18 +463,24 @@ impl Request<'_> {
         if self.routes.leg == Some(Leg::Terminating) {
             return self.to_invited_client();
         }
-        self.by_cpm_rules(|r| match r.group() {
-            Some(g) => r.to_shard(
-                r.t.shards.group_target(g),
+        self.by_cpm_rules(Self::to_invited_side)
+    }
+
+    /// The invited side's function: a group's hosting CS (`ctrl`), else
+    /// the invited user's PF (`term`).
+    fn to_invited_side(&self) -> Decision {
+        match self.group() {
+            Some(g) => self.to_shard(
+                self.t.shards.group_target(g),
                 Leg::Controlling,
                 ForwardKind::Controlling,
             ),
-            None => r.to_shard(
-                r.t.shards.pick(user_hash(r.buf, &r.ruri)),
+            None => self.to_shard(
+                self.t.shards.pick(user_hash(self.buf, &self.ruri)),
                 Leg::Terminating,
                 ForwardKind::TerminatingPf,
             ),
-        })
+        }
     }
 
     /// A client's request: it goes to a Conversation Server function (or
@@ -519,18 +525,7 @@ impl Request<'_> {
         }
         self.by_cpm_rules(|r| {
             if from_iwf {
-                return match r.group() {
-                    Some(g) => r.to_shard(
-                        r.t.shards.group_target(g),
-                        Leg::Controlling,
-                        ForwardKind::Controlling,
-                    ),
-                    None => r.to_shard(
-                        r.t.shards.pick(user_hash(r.buf, &r.ruri)),
-                        Leg::Terminating,
-                        ForwardKind::TerminatingPf,
-                    ),
-                };
+                return r.to_invited_side();
             }
             if !r.t.originating_pf {
                 if let Some(g) = r.group() {

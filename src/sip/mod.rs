@@ -33,6 +33,7 @@ pub mod digest;
 pub mod feature_tag;
 pub mod hash;
 pub mod media;
+pub mod number;
 pub mod params;
 pub mod reginfo;
 pub mod reply;

@@ -34,10 +34,15 @@ pub fn build(
             Header::Via if first_via => {
                 first_via = false;
                 let mut edits = Edits::default();
-                if let Some(via) = &m.top_via {
+                let line = without_eol(buf, h.line);
+                // The parsed top Via may come from a later line when this
+                // one is defective (a bare LF inside it): its splices
+                // belong there, so this line is echoed as written.
+                let inside = |v: &Span| v.start >= line.start && v.end <= line.end;
+                if let Some(via) = m.top_via.as_ref().filter(|v| inside(&v.value)) {
                     mark_received(via, src, &mut edits);
                 }
-                edits.apply(buf, without_eol(buf, h.line), &mut o);
+                edits.apply(buf, line, &mut o);
                 o.put(b"\r\n");
             }
             // A tag goes after the To value only where it cannot land

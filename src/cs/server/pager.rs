@@ -30,6 +30,7 @@ use super::{
 };
 use crate::cs::directory::WhenUnregistered;
 use crate::sip::feature_tag::CpmServices;
+use crate::sip::number::e164_of;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -299,7 +300,7 @@ impl Server {
     fn non_sip_recipient(&self, ruri: &str, mut t: Targets) -> Result<Disposal, Refusal> {
         let scheme = scheme_of(ruri);
         if scheme == "tel" {
-            let Some(n) = tel_number(ruri) else {
+            let Some(n) = e164_of(ruri) else {
                 return Err(refusal(404, "Not Found - Number Not In E.164"));
             };
             if let Some(u) = self.directory.user_by_msisdn(&n) {
@@ -622,9 +623,7 @@ impl Server {
         }
         let req = up.request.clone();
         let m = scan(&req);
-        let Some(n) =
-            tel_number(&request_uri(&req, &m)).or_else(|| phone_user(&request_uri(&req, &m)))
-        else {
+        let Some(n) = e164_of(&request_uri(&req, &m)) else {
             // No address valid for SMS: no attempt (the NOTE of 5.3.1.2.1).
             return false;
         };
@@ -782,19 +781,6 @@ fn remote_lacks((code, reason): (u16, &str), warnings: &[Vec<u8>]) -> bool {
     no_cpm || no_sip
 }
 
-/// The E.164 number of a `sip:+...@host;user=phone` URI.
-fn phone_user(uri: &str) -> Option<String> {
-    let lower = uri.to_ascii_lowercase();
-    let rest = lower
-        .strip_prefix("sip:")
-        .or_else(|| lower.strip_prefix("sips:"))?;
-    let (user, host) = rest.split_once('@')?;
-    if !host.split(';').any(|p| p == "user=phone") {
-        return None;
-    }
-    tel_number(&format!("tel:{user}"))
-}
-
 fn no_edge_route() -> Refusal {
     refusal(
         500,
@@ -806,18 +792,6 @@ fn no_edge_route() -> Refusal {
 fn scheme_of(uri: &str) -> String {
     uri.split_once(':')
         .map_or(String::new(), |(s, _)| s.trim().to_ascii_lowercase())
-}
-
-/// The E.164 number of a `tel:` URI (visual separators dropped).
-fn tel_number(uri: &str) -> Option<String> {
-    let rest = uri.get(4..)?.split(';').next()?;
-    let digits: String = rest
-        .strip_prefix('+')?
-        .chars()
-        .filter(|c| !matches!(c, '-' | '.' | '(' | ')'))
-        .collect();
-    let n = format!("+{digits}");
-    crate::cs::directory::is_e164(&n).then_some(n)
 }
 
 /// The edge's Route value with its `cpm-leg=...` marker replaced by
