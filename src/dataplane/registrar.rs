@@ -397,11 +397,7 @@ impl State {
         for p in &pending {
             self.send(&p.answer, response_dst(&p.job));
         }
-        for ((aor, after), before) in changes.iter().zip(befores) {
-            if third_party::wanted(&before, after) {
-                self.notify(now, now_s, aor, after);
-            }
-        }
+        self.notify_changes(now, now_s, &changes, befores);
         self.flush();
     }
 
@@ -428,11 +424,7 @@ impl State {
         let p = self.decide(job, s.m, now_s, &mut overlay);
         let changes: Vec<(Vec<u8>, Vec<Binding>)> = overlay.into_iter().collect();
         let befores = self.publish(&changes);
-        for ((aor, after), before) in changes.iter().zip(befores) {
-            if third_party::wanted(&before, after) {
-                self.notify(now, now_s, aor, after);
-            }
-        }
+        self.notify_changes(now, now_s, &changes, befores);
         self.flush();
         let n = p.answer.len();
         match out.get_mut(..n) {
@@ -549,6 +541,22 @@ impl State {
                 before
             })
             .collect()
+    }
+
+    /// Phase 4 for each change whose user's CPM registration it changed
+    /// (`befores`: each AoR's bindings before, from [`Self::publish`]).
+    fn notify_changes(
+        &mut self,
+        now: Instant,
+        now_s: u64,
+        changes: &[(Vec<u8>, Vec<Binding>)],
+        befores: Vec<Vec<Binding>>,
+    ) {
+        for ((aor, after), before) in changes.iter().zip(befores) {
+            if third_party::wanted(&before, after) {
+                self.notify(now, now_s, aor, after);
+            }
+        }
     }
 
     /// Phase 4: the third-party REGISTER of `aor` to its user's PF.
