@@ -155,8 +155,14 @@ for ((u = 0; u < UACS; u++)); do
     # Each UAC writes its rtt file in its own directory (SIPp names it
     # after the scenario and its PID in the working directory).
     mkdir -p "$LOGDIR/uac$u"
+    # -abortunexp off: a provisional that UDP (or the edge's policy slow
+    # path beside its fast path) delivers after the 200 is ignored, as RFC
+    # 3261 §13.2.2.4 has a UAC do, instead of SIPp aborting the call with
+    # a BYE outside the route set. A missing response still fails the call
+    # (-recv_timeout).
     (cd "$LOGDIR/uac$u" && exec "$SIPP" "$EDGE_TARGET" -sf "$UAC_XML" -i "$IP" -p $((UAC_PORT + u)) -t u1 \
         -m $((CALLS / UACS)) -r $((RATE / UACS)) -nostdin -buff_size "$SIPP_BUF" "${rtt_args[@]}" \
+        -default_behaviors all,-abortunexp \
         -timeout "${GLOBAL_TIMEOUT}s" -timeout_error -recv_timeout 5000 \
         -trace_stat -stf "$LOGDIR/uac$sfx-stat.csv" -fd 1 \
         -trace_screen -screen_file "$LOGDIR/uac$sfx-screen.log" \
