@@ -289,18 +289,26 @@ impl ControlPlane {
             Ok(true)
         });
         if let Ok(true) = r {
-            let mut tr = self.transitions.lock().unwrap_or_else(|p| p.into_inner());
-            let e = tr.entry(name.to_string()).or_default();
+            self.count_transition(name, up);
             if up {
-                e.up += 1;
                 tracing::info!(shard = name, "shard up: its users and groups move back");
             } else {
-                e.down += 1;
                 tracing::warn!(
                     shard = name,
                     "shard down: users move to their next choice, groups to the backup or 503"
                 );
             }
+        }
+    }
+
+    /// One more up or down of `name` in [`Self::transitions`].
+    fn count_transition(&self, name: &str, up: bool) {
+        let mut tr = self.transitions.lock().unwrap_or_else(|p| p.into_inner());
+        let e = tr.entry(name.to_string()).or_default();
+        if up {
+            e.up += 1;
+        } else {
+            e.down += 1;
         }
     }
 
@@ -319,13 +327,10 @@ impl ControlPlane {
             Ok(changed)
         });
         if let Ok(true) = r {
-            let mut tr = self.transitions.lock().unwrap_or_else(|p| p.into_inner());
-            let e = tr.entry(name.to_string()).or_default();
+            self.count_transition(name, up);
             if up {
-                e.up += 1;
                 tracing::info!(iwf = name, "interworking function up");
             } else {
-                e.down += 1;
                 tracing::warn!(
                     iwf = name,
                     "interworking function down: its service's others or 503"
