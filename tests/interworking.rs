@@ -22,13 +22,18 @@ use common::register::{credentials_file, register_party, DOMAIN};
 const MSG_TAG: &str = "+g.3gpp.icsi-ref=\"urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.msg\"";
 
 fn send_message(p: &Party, edge: SocketAddr, to: &str, n: u32, text: &str) -> String {
+    send_body(p, edge, to, n, "text/plain;charset=UTF-8", text)
+}
+
+/// A MESSAGE from alice (on `p`) to `to`; its final answer's start line.
+fn send_body(p: &Party, edge: SocketAddr, to: &str, n: u32, ctype: &str, body: &str) -> String {
     let call_id = format!("iw-{n}-{}", p.addr().port());
     let req = format!(
         "MESSAGE {to} SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bK-iw{n}-{call_id}\r\n\
          Max-Forwards: 70\r\nFrom: <sip:alice@{DOMAIN}>;tag=m{n}\r\nTo: <{to}>\r\nCall-ID: {call_id}\r\n\
-         CSeq: 1 MESSAGE\r\nAccept-Contact: *;{MSG_TAG}\r\nContent-Type: text/plain;charset=UTF-8\r\n\
-         Content-Length: {}\r\n\r\n{text}",
-        text.len(),
+         CSeq: 1 MESSAGE\r\nAccept-Contact: *;{MSG_TAG}\r\nContent-Type: {ctype}\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len(),
         a = p.addr(),
     );
     p.send_raw(req.as_bytes(), edge);
@@ -80,6 +85,34 @@ fn cluster(edge_extra: &str, users: &str) -> Cluster {
     }
 }
 
+/// Wait until `user`'s PF has learned a registered device of hers.
+fn await_pf_learned(nodes: &[cpm_edge::csnode::Shard], user: &str) {
+    let pf = &nodes[common::pf_shard(&format!("sip:{user}@{DOMAIN}"))];
+    let t0 = Instant::now();
+    while pf
+        .node
+        .reader()
+        .registrations()
+        .contacts(&format!("{user}@{DOMAIN}"), Instant::now())
+        .count()
+        == 0
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "{user}'s PF never learned her device"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// cpm-iwf on its own thread until the returned flag is set.
+fn run_iwf(toml: &str) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+    let mut iwf = Iwf::start(iwfnode::load(toml).unwrap()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = Arc::clone(&stop);
+    (stop, std::thread::spawn(move || iwf.run(&s2)))
+}
+
 #[test]
 fn a_message_for_an_unregistered_user_preferring_sms_lands_at_the_smsc() {
     let kannel = start_kannel(None, None);
@@ -97,10 +130,7 @@ fn a_message_for_an_unregistered_user_preferring_sms_lands_at_the_smsc() {
          [kannel]\nsendsms = \"{}\"\nusername = \"iwf\"\npassword = \"iwf-secret\"\ntimeout_ms = 3000\n",
         kannel.sendsms
     );
-    let mut iwf = Iwf::start(iwfnode::load(&iwf_toml).unwrap()).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let s2 = Arc::clone(&stop);
-    let iwf_thread = std::thread::spawn(move || iwf.run(&s2));
+    let (stop, iwf_thread) = run_iwf(&iwf_toml);
 
     let alice = Party::bind("alice");
     let ok = send_message(
@@ -178,32 +208,14 @@ fn an_sms_from_the_smsc_reaches_a_registered_cpm_client_as_a_message() {
     let (edge_addr, iwf_addr, nodes) = (c.edge_addr, c.iwf_addr, &c.nodes);
     let carol = Party::bind("carol");
     register_party(&carol, edge_addr, "carol", "c4r0l", MSG_TAG);
-    let pf = &nodes[common::pf_shard(&format!("sip:carol@{DOMAIN}"))];
-    let t0 = Instant::now();
-    while pf
-        .node
-        .reader()
-        .registrations()
-        .contacts(&format!("carol@{DOMAIN}"), Instant::now())
-        .count()
-        == 0
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(3),
-            "carol's PF never learned her device"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    await_pf_learned(nodes, "carol");
     let iwf_toml = format!(
         "[sip]\nlisten = \"{iwf_addr}\"\nedges = [\"{edge_addr}\"]\nsender = \"+447700900000\"\n\
          [kannel]\nsendsms = \"127.0.0.1:1\"\nusername = \"iwf\"\npassword = \"iwf-secret\"\n\
          [mo]\nlisten = \"{mo_addr}\"\nwait_ms = 5000\n\
          [[subscriber]]\nmsisdn = \"+447700900123\"\nuser = \"sip:carol@{DOMAIN}\"\n"
     );
-    let mut iwf = Iwf::start(iwfnode::load(&iwf_toml).unwrap()).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let s2 = Arc::clone(&stop);
-    let iwf_thread = std::thread::spawn(move || iwf.run(&s2));
+    let (stop, iwf_thread) = run_iwf(&iwf_toml);
     // The SMSC sends one SMS once Kannel is up.
     let url = format!("http://{mo_addr}/mo?from=%p&to=%P&text=%a");
     let kannel = start_kannel(
@@ -234,6 +246,98 @@ fn an_sms_from_the_smsc_reaches_a_registered_cpm_client_as_a_message() {
         "{m}"
     );
     assert!(m.ends_with("\r\n\r\nhello from a phone"), "{m}");
+    drop(kannel);
+    stop.store(true, Ordering::Relaxed);
+    iwf_thread.join().unwrap();
+    drop(c.nodes);
+    c.edge.stop().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// RFC 5438 through Kannel: alice's CPIM MESSAGE to erin (unregistered,
+/// SMS preferred) asks for delivery notifications; the IWF asks Kannel for
+/// reports (`dlr-mask`, `dlr-url`), fakesmsc's SMSC reports the SMS
+/// delivered, and alice's device gets the IMDN through cpm-edge and her
+/// PF, naming her message. A report for a token the IWF never issued is
+/// refused and changes nothing.
+#[test]
+fn a_delivery_report_from_the_smsc_reaches_the_sender_as_an_imdn() {
+    let dir = std::env::temp_dir().join(format!("cpm-iw-dlr-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let creds = credentials_file(&dir);
+    let mo_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let c = cluster(
+        &format!(
+            "[registrar]\ndomains = [\"{DOMAIN}\"]\ncredentials_file = \"{}\"\nstore = \"\"\n",
+            creds.display()
+        ),
+        &format!(
+            "[[user]]\nid = \"sip:alice@{DOMAIN}\"\n\
+             [[user]]\nid = \"sip:erin@{DOMAIN}\"\nwhen_unregistered = \"sms\"\nmsisdn = \"+447700900123\"\n"
+        ),
+    );
+    let alice = Party::bind("alice");
+    register_party(&alice, c.edge_addr, "alice", "wonder", MSG_TAG);
+    await_pf_learned(&c.nodes, "alice");
+    let kannel = start_kannel(None, None);
+    let iwf_toml = format!(
+        "[sip]\nlisten = \"{}\"\nedges = [\"{}\"]\nsender = \"+447700900000\"\n\
+         [kannel]\nsendsms = \"{}\"\nusername = \"iwf\"\npassword = \"iwf-secret\"\n\
+         [mo]\nlisten = \"{mo_addr}\"\nreports = 8\n",
+        c.iwf_addr, c.edge_addr, kannel.sendsms
+    );
+    let (stop, iwf_thread) = run_iwf(&iwf_toml);
+    let cpim = format!(
+        "From: <sip:alice@{DOMAIN}>\r\nTo: <sip:erin@{DOMAIN}>\r\nNS: imdn <urn:ietf:params:imdn>\r\n\
+         imdn.Message-ID: im-42\r\nDateTime: 2026-12-02T18:00:00Z\r\n\
+         imdn.Disposition-Notification: positive-delivery, negative-delivery\r\n\r\n\
+         Content-Type: text/plain;charset=UTF-8\r\n\r\nare you there, erin?"
+    );
+    let ok = send_body(
+        &alice,
+        c.edge_addr,
+        &format!("sip:erin@{DOMAIN}"),
+        1,
+        "message/cpim",
+        &cpim,
+    );
+    assert!(ok.starts_with("SIP/2.0 202 "), "{ok}");
+    let is_imdn = |r: &Received| r.method_or_code == "MESSAGE" && r.raw.contains("imdn+xml");
+    assert!(
+        alice.wait_for(|l| l.iter().any(is_imdn), Duration::from_secs(10)),
+        "no IMDN reached alice: {:?}; fakesmsc got {:?}; kannel in {}",
+        alice.summary(),
+        smsc_got(&kannel),
+        kannel.dir.display()
+    );
+    assert!(smsc_got(&kannel)[0].ends_with("text are you there, erin?>"));
+    let n = alice.log().into_iter().find(is_imdn).unwrap().raw;
+    assert!(
+        n.starts_with(&format!("MESSAGE {} SIP/2.0", alice.aor())),
+        "{n}"
+    );
+    assert!(
+        n.contains("P-Asserted-Identity: <tel:+447700900123>"),
+        "{n}"
+    );
+    assert!(n.contains("Content-Type: message/cpim"), "{n}");
+    assert!(n.contains("Content-Disposition: notification"), "{n}");
+    for part in [
+        "<message-id>im-42</message-id>",
+        "<datetime>2026-12-02T18:00:00Z</datetime>",
+        "<recipient-uri>tel:+447700900123</recipient-uri>",
+        "<status><delivered/></status>",
+    ] {
+        assert!(n.contains(part), "{part} missing: {n}");
+    }
+    // A forged or unknown report: refused, and alice hears nothing more.
+    let (code, _) = common::http(mo_addr, "GET", "/dlr?k=0123456789abcdef&type=2", "", None);
+    assert_eq!(code, 404);
+    let (code, _) = common::http(mo_addr, "GET", "/dlr?k=x&type=failed", "", None);
+    assert_eq!(code, 400);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(alice.log().into_iter().filter(is_imdn).count(), 1);
     drop(kannel);
     stop.store(true, Ordering::Relaxed);
     iwf_thread.join().unwrap();

@@ -651,8 +651,14 @@ fn a_cs_asking_for_an_iwf_reaches_one_of_its_service_and_a_client_cannot() {
     let (o, out) = run(&sms, "127.0.0.1:7001", &t);
     assert_eq!(kind(&o), ForwardKind::Interworking);
     let dst = o.send().unwrap().1;
+    // The embedded default's own `sms` IWF (127.0.0.1:5090) is one more.
     assert!(
-        [sa("127.0.0.1:9501"), sa("127.0.0.1:9502")].contains(&dst),
+        [
+            sa("127.0.0.1:9501"),
+            sa("127.0.0.1:9502"),
+            sa("127.0.0.1:5090")
+        ]
+        .contains(&dst),
         "{dst}"
     );
     // The edge's own Route value is popped; the CS's assertion is kept.
@@ -701,10 +707,11 @@ fn iwf_entries_are_checked() {
             .unwrap_err()
             .to_string()
     };
+    // The embedded default has one `[[iwf]]`: the added one is iwf[1].
     assert!(
-        bad("[[iwf]]\nservice = \"s m s\"\naddr = \"127.0.0.1:9501\"\n").contains("iwf[0].service")
+        bad("[[iwf]]\nservice = \"s m s\"\naddr = \"127.0.0.1:9501\"\n").contains("iwf[1].service")
     );
-    assert!(bad("[[iwf]]\nservice = \"sms\"\naddr = \"0.0.0.0:9501\"\n").contains("iwf[0].addr"));
+    assert!(bad("[[iwf]]\nservice = \"sms\"\naddr = \"0.0.0.0:9501\"\n").contains("iwf[1].addr"));
     // cs1's address.
     assert!(
         bad("[[iwf]]\nservice = \"sms\"\naddr = \"127.0.0.1:7001\"\n").contains("already a shard")

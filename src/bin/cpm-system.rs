@@ -4,14 +4,20 @@
 //! reference Conversation Server for each of those shards (cpm-cs's
 //! embedded default: demo users alice..erin on 127.0.0.1:5071-5075 and the
 //! demo groups), with the Conversation Servers' admin API on
-//! 127.0.0.1:8090 (cpm-cs's `[admin]`). Every step a Conversation Server
-//! takes (the C.1 sequence of a group session) is logged as it happens.
+//! 127.0.0.1:8090 (cpm-cs's `[admin]`), and the SMS Interworking Function
+//! (cpm-iwf's embedded default: SIP on 127.0.0.1:5090, the edge's `[[iwf]]`
+//! for `sms`; Kannel's MO and delivery-report calls on 127.0.0.1:5091; a
+//! Kannel smsbox expected on 127.0.0.1:13013, without which an SMS is
+//! answered `503 SMS Gateway Unreachable`). Every step a Conversation
+//! Server takes (the C.1 sequence of a group session) is logged as it
+//! happens.
 
 use clap::Parser;
 use cpm_edge::app::App;
 use cpm_edge::config::Config;
 use cpm_edge::control::cs_api::{self, CsApi};
 use cpm_edge::csnode;
+use cpm_edge::iwfnode::{self, Iwf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +34,10 @@ struct Cli {
     /// The Conversation Servers' configuration (default: cpm-cs's embedded one).
     #[arg(long)]
     cs_config: Option<std::path::PathBuf>,
+    /// The SMS Interworking Function's configuration (default: cpm-iwf's
+    /// embedded one).
+    #[arg(long)]
+    iwf_config: Option<std::path::PathBuf>,
 }
 
 fn main() {
@@ -35,6 +45,9 @@ fn main() {
     cpm_edge::app::init_logging("info");
     let edge_text = read(cli.edge_config.as_deref(), cpm_edge::config::DEFAULT_TOML);
     let cs_text = read(cli.cs_config.as_deref(), csnode::config::DEFAULT_TOML);
+    let iwf_text = read(cli.iwf_config.as_deref(), iwfnode::DEFAULT_TOML);
+    let iwf_settings =
+        iwfnode::load(&iwf_text).unwrap_or_else(|e| fail(&format!("iwf configuration: {e}")));
     let valid = Config::parse(&edge_text)
         .and_then(|c| c.validate())
         .unwrap_or_else(|e| fail(&format!("edge configuration: {e}")));
@@ -60,10 +73,19 @@ fn main() {
         let api = CsApi::new(&shards, names.clone()).unwrap_or_else(|e| fail(&e));
         cs_api::serve(&a, Arc::new(api)).unwrap_or_else(|e| fail(&format!("cs: {e}")))
     });
-    banner(&valid, &shards, cs_admin.as_ref().map(|s| s.addr));
+    let gateway = iwf_settings.gateway.addr;
+    let mut iwf = Iwf::start(iwf_settings).unwrap_or_else(|e| fail(&format!("iwf: {e}")));
+    let iwf_at = (iwf.local_addr().ok(), iwf.mo_addr(), gateway);
+    let iwf_stop = Arc::clone(&stop);
+    let iwf_thread = std::thread::Builder::new()
+        .name("cpm-iwf".into())
+        .spawn(move || iwf.run(&iwf_stop))
+        .unwrap_or_else(|e| fail(&format!("iwf thread: {e}")));
+    banner(&valid, &shards, cs_admin.as_ref().map(|s| s.addr), iwf_at);
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
     }
+    let _ = iwf_thread.join();
     drop(cs_admin);
     drop(shards);
     if let Err(e) = app.stop() {
@@ -71,10 +93,17 @@ fn main() {
     }
 }
 
+type IwfAt = (
+    Option<std::net::SocketAddr>,
+    Option<std::net::SocketAddr>,
+    std::net::SocketAddr,
+);
+
 fn banner(
     valid: &cpm_edge::config::Valid,
     shards: &[csnode::Shard],
     cs_admin: Option<std::net::SocketAddr>,
+    (iwf_sip, iwf_http, gateway): IwfAt,
 ) {
     eprintln!("cpm-system: edge on {}", valid.server.listen);
     if let Some(a) = valid.admin_bind {
@@ -89,6 +118,12 @@ fn banner(
     }
     if let Some(a) = cs_admin {
         eprintln!("cpm-system: Conversation Servers' admin API on http://{a} (users, groups; changes live until restart)");
+    }
+    if let Some(a) = iwf_sip {
+        eprintln!("cpm-system: SMS Interworking Function on {a}, to Kannel's sendsms at {gateway}");
+    }
+    if let Some(a) = iwf_http {
+        eprintln!("cpm-system: Kannel's MO and delivery-report calls to http://{a}/mo and /dlr");
     }
     eprintln!("cpm-system: demo users alice..erin at sip:NAME@127.0.0.1:5071..5075;");
     eprintln!(

@@ -1,5 +1,7 @@
 //! The Interworking Function's protocol logic (seed 5.3), sans-IO: what a
 //! CPM message becomes in a non-CPM service and back. SMS first
-//! ([`sms`]); the gateway's io (Kannel's HTTP interfaces) sits above.
+//! ([`sms`]), with its delivery reports as IMDN ([`imdn`]); the
+//! gateway's io (Kannel's HTTP interfaces) sits above.
 
+pub mod imdn;
 pub mod sms;

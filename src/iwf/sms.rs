@@ -2,7 +2,7 @@
 //! pager-mode message before a gateway sees it, sans-IO:
 //! - [`text_of`]: the text to send, from a `text/plain` body or a
 //!   `message/cpim` one wrapping `text/plain` (RFC 3862, the CPM form),
-//!   with the IMDN Message-ID when the CPIM headers carry one (RFC 5438);
+//!   with the delivery notifications its CPIM headers ask for (RFC 5438);
 //! - [`plan`]: the SMS coding (3GPP TS 23.038: the GSM 7-bit default
 //!   alphabet with its extension table where every character has a
 //!   septet, else UCS-2) and how many concatenated parts it takes (TS
@@ -12,6 +12,7 @@
 //! - [`msisdn_of`]: the E.164 number a Request-URI names (`tel:+...`, or
 //!   `sip:+...@host;user=phone`), the only address SMS can reach.
 
+use super::imdn::{header, requested, Requested};
 use crate::sip::scan::Message;
 
 /// Septets in a single SMS / in each part of a concatenated one.
@@ -68,11 +69,12 @@ impl SmsError {
     }
 }
 
-/// The message's text and its IMDN Message-ID (if the CPIM carries one).
+/// The message's text, and the delivery notifications its CPIM headers
+/// ask for (RFC 5438), if any.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Text {
     pub text: String,
-    pub message_id: Option<String>,
+    pub report: Option<Requested>,
 }
 
 /// The text of a MESSAGE's body (`b`, scanned as `m`).
@@ -83,7 +85,7 @@ pub fn text_of(b: &[u8], m: &Message) -> Result<Text, SmsError> {
     let t = if mime.eq_ignore_ascii_case(b"text/plain") {
         Text {
             text: utf8(body)?,
-            message_id: None,
+            report: None,
         }
     } else if mime.eq_ignore_ascii_case(b"message/cpim") {
         cpim_text(body)?
@@ -117,17 +119,6 @@ fn head_and_rest(b: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((&b[..i], &b[i + 4..]))
 }
 
-fn header<'a>(head: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
-    head.split(|&c| c == b'\n').find_map(|l| {
-        let l = l.strip_suffix(b"\r").unwrap_or(l);
-        let colon = l.iter().position(|&c| c == b':')?;
-        l[..colon]
-            .trim_ascii()
-            .eq_ignore_ascii_case(name)
-            .then(|| l[colon + 1..].trim_ascii())
-    })
-}
-
 /// RFC 3862: CPIM headers, a blank line, the MIME headers of the content,
 /// a blank line, the content.
 fn cpim_text(body: &[u8]) -> Result<Text, SmsError> {
@@ -137,14 +128,11 @@ fn cpim_text(body: &[u8]) -> Result<Text, SmsError> {
     if !split_params(inner).0.eq_ignore_ascii_case(b"text/plain") {
         return Err(SmsError::NotText);
     }
-    // RFC 5438 §4: the `imdn` namespace's Message-ID, under whatever
-    // prefix the NS header gives it (`imdn` by custom).
-    let message_id = header(cpim, b"imdn.Message-ID")
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .map(str::to_string);
+    // RFC 5438 §4: the `imdn` namespace's headers, under the prefix
+    // `imdn` (the custom every CPM client follows).
     Ok(Text {
         text: utf8(content)?,
-        message_id,
+        report: requested(cpim),
     })
 }
 
@@ -259,11 +247,13 @@ mod tests {
         );
         let cpim = "From: <sip:alice@example.net>\r\nTo: <sip:erin@example.net>\r\n\
                     NS: imdn <urn:ietf:params:imdn>\r\nimdn.Message-ID: 34jk324j\r\n\
-                    DateTime: 2026-12-02T15:00:00Z\r\n\r\n\
+                    DateTime: 2026-12-02T15:00:00Z\r\n\
+                    imdn.Disposition-Notification: positive-delivery\r\n\r\n\
                     Content-Type: text/plain; charset=utf-8\r\n\r\nhi via cpim";
         let t = text("message/cpim", cpim).unwrap();
         assert_eq!(t.text, "hi via cpim");
-        assert_eq!(t.message_id.as_deref(), Some("34jk324j"));
+        let r = t.report.unwrap();
+        assert_eq!((r.message_id.as_str(), r.positive), ("34jk324j", true));
         assert_eq!(text("image/png", "x"), Err(SmsError::NotText));
         let html = cpim.replace("text/plain; charset=utf-8", "text/html");
         assert_eq!(text("message/cpim", &html), Err(SmsError::NotText));

@@ -29,6 +29,9 @@ pub struct Submit<K> {
     pub to: String,
     pub text: String,
     pub coding: Coding,
+    /// The delivery reports wanted: Kannel's `dlr-mask` and the `dlr-url`
+    /// it calls (with `%d`, the report type, in it).
+    pub report: Option<(u32, String)>,
 }
 
 /// What became of a submission, as the SIP answer says it.
@@ -70,19 +73,22 @@ pub fn run<K: Send + 'static>(
 
 /// The `sendsms` query for `s` (UTF-8 text; Kannel recodes it for the
 /// coding asked).
-pub fn query(g: &Gateway, from: &str, to: &str, text: &str, coding: Coding) -> String {
-    let coding = match coding {
+pub fn query<K>(g: &Gateway, s: &Submit<K>) -> String {
+    let coding = match s.coding {
         Coding::Gsm7 => "0",
         Coding::Ucs2 => "2",
     };
+    let report = s.report.as_ref().map_or(String::new(), |(mask, url)| {
+        format!("&dlr-mask={mask}&dlr-url={}", encode(url))
+    });
     format!(
-        "{}?username={}&password={}&from={}&to={}&charset=UTF-8&coding={coding}&text={}",
+        "{}?username={}&password={}&from={}&to={}&charset=UTF-8&coding={coding}&text={}{report}",
         g.path,
         encode(&g.username),
         encode(&g.password),
-        encode(from),
-        encode(to),
-        encode(text)
+        encode(&s.from),
+        encode(&s.to),
+        encode(&s.text)
     )
 }
 
@@ -100,12 +106,7 @@ pub fn encode(s: &str) -> String {
 }
 
 async fn submit<K>(g: &Gateway, s: &Submit<K>) -> Outcome {
-    match tokio::time::timeout(
-        g.timeout,
-        get(g, &query(g, &s.from, &s.to, &s.text, s.coding)),
-    )
-    .await
-    {
+    match tokio::time::timeout(g.timeout, get(g, &query(g, s))).await {
         Ok(Ok((status, body))) => judge(status, &body),
         Ok(Err(e)) => Outcome::Unreachable(e),
         Err(_) => Outcome::Unreachable(format!("no answer in {:?}", g.timeout)),
@@ -162,18 +163,23 @@ mod tests {
             password: "p&w=1".into(),
             timeout: Duration::from_secs(2),
         };
-        let q = query(
-            &g,
-            "+447700900999",
-            "+447700900123",
-            "hé & bye",
-            Coding::Ucs2,
-        );
+        let mut s = Submit {
+            key: (),
+            from: "+447700900999".into(),
+            to: "+447700900123".into(),
+            text: "hé & bye".into(),
+            coding: Coding::Ucs2,
+            report: None,
+        };
         assert_eq!(
-            q,
+            query(&g, &s),
             "/cgi-bin/sendsms?username=iwf&password=p%26w%3D1&from=%2B447700900999\
              &to=%2B447700900123&charset=UTF-8&coding=2&text=h%C3%A9%20%26%20bye"
         );
+        s.report = Some((19, "http://127.0.0.1:5091/dlr?k=ab&type=%d".into()));
+        assert!(query(&g, &s).ends_with(
+            "&dlr-mask=19&dlr-url=http%3A%2F%2F127.0.0.1%3A5091%2Fdlr%3Fk%3Dab%26type%3D%25d"
+        ));
         assert_eq!(judge(202, "0: Accepted for delivery"), Outcome::Accepted);
         assert_eq!(
             judge(202, "3: Queued for later delivery"),

@@ -5,6 +5,12 @@
 //! (which routes an IWF's request to the invited user's PF). The HTTP
 //! answer waits for the SIP one: `200` once a device took it, `502` with
 //! the SIP status otherwise, `404` for a number no subscriber has.
+//!
+//! Delivery reports (RFC 5438 through Kannel's `dlr-url`): `GET
+//! /dlr?k=TOKEN&type=N` for a submission that asked for them; the SIP
+//! thread turns a final one into the sender's IMDN. `200` for a report it
+//! knew, `404` for a token it never issued or has forgotten (a forged or
+//! expired report changes nothing).
 
 use bytes::Bytes;
 use crossbeam_channel::Sender;
@@ -25,11 +31,27 @@ pub struct Mo {
     pub done: tokio::sync::oneshot::Sender<u16>,
 }
 
+/// A delivery report from the gateway, and whether the SIP thread knew
+/// its token.
+pub struct Report {
+    pub token: String,
+    /// Kannel's report type (`%d`: 1 delivered, 2 not delivered, 4
+    /// buffered, 8 taken by the SMSC, 16 refused by the SMSC).
+    pub kind: u32,
+    pub known: tokio::sync::oneshot::Sender<bool>,
+}
+
+/// What the gateway's HTTP calls bring the SIP thread.
+pub enum Inbound {
+    Sms(Mo),
+    Report(Report),
+}
+
 /// What the HTTP side needs: the subscribers by number, the way to the
 /// SIP thread, how long to wait for it.
 pub struct MoSide {
     pub subscribers: HashMap<String, String>,
-    pub to_sip: Sender<Mo>,
+    pub to_sip: Sender<Inbound>,
     pub wait: Duration,
 }
 
@@ -87,10 +109,37 @@ fn reply(status: u16, text: &str) -> http::Response<Full<Bytes>> {
 }
 
 async fn handle<B>(side: &MoSide, req: http::Request<B>) -> http::Response<Full<Bytes>> {
-    if req.method() != http::Method::GET || req.uri().path() != "/mo" {
-        return reply(404, "not found: GET /mo?from=&to=&text=");
-    }
     let q = query_pairs(req.uri().query().unwrap_or(""));
+    match (req.method() == http::Method::GET, req.uri().path()) {
+        (true, "/mo") => sms(side, &q).await,
+        (true, "/dlr") => report(side, &q).await,
+        _ => reply(404, "not found: GET /mo?from=&to=&text= or /dlr?k=&type="),
+    }
+}
+
+/// A delivery report: its token and type, to the SIP thread.
+async fn report(side: &MoSide, q: &HashMap<String, String>) -> http::Response<Full<Bytes>> {
+    let (Some(token), Some(kind)) = (q.get("k"), q.get("type").and_then(|t| t.parse().ok())) else {
+        return reply(400, "k and a numeric type are required");
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let r = Report {
+        token: token.clone(),
+        kind,
+        known: tx,
+    };
+    if side.to_sip.try_send(Inbound::Report(r)).is_err() {
+        return reply(503, "IWF queue full");
+    }
+    match tokio::time::timeout(side.wait, rx).await {
+        Ok(Ok(true)) => reply(200, "reported"),
+        Ok(Ok(false)) => reply(404, "no such report"),
+        _ => reply(504, "no answer from the SIP side in time"),
+    }
+}
+
+/// A mobile-originated SMS: checked, then to the SIP thread.
+async fn sms(side: &MoSide, q: &HashMap<String, String>) -> http::Response<Full<Bytes>> {
     let (Some(from), Some(to), Some(text)) = (q.get("from"), q.get("to"), q.get("text")) else {
         return reply(400, "from, to and text are required");
     };
@@ -113,7 +162,7 @@ async fn handle<B>(side: &MoSide, req: http::Request<B>) -> http::Response<Full<
         text: text.clone(),
         done: tx,
     };
-    if side.to_sip.try_send(mo).is_err() {
+    if side.to_sip.try_send(Inbound::Sms(mo)).is_err() {
         return reply(503, "IWF queue full");
     }
     match tokio::time::timeout(side.wait, rx).await {

@@ -7,12 +7,19 @@
 //! taken it, the gateway's refusal as `502`, no gateway as `503`.
 //!
 //! SMS → CPM ([`mo`], seed 5.3.2): Kannel's MO `get-url` here, a MESSAGE
-//! through the edge to the subscriber the number belongs to. Not yet:
-//! delivery reports as IMDN, a session invitation's conversion.
+//! through the edge to the subscriber the number belongs to.
+//!
+//! Delivery reports as IMDN ([`crate::iwf::imdn`]): a MESSAGE whose CPIM
+//! asks for delivery notifications goes to Kannel with a `dlr-mask` and a
+//! `dlr-url` naming an unguessable token of a bounded table; Kannel's
+//! final report for it becomes the sender's notification, a MESSAGE
+//! through the edge like an MO one. A session invitation is refused
+//! (`488`): SMS has no sessions.
 
 pub mod kannel;
 pub mod mo;
 
+use crate::iwf::imdn::{self, Awaited, Delivery, Heard, Reports, Requested};
 use crate::iwf::sms::{self, SmsError};
 use crate::sip::scan::{scan, Message, Method, StartLine};
 use crate::sip::transaction::{
@@ -25,7 +32,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The embedded default (`cpm-iwf --print-default-config`).
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
@@ -55,6 +62,20 @@ struct MoSection {
     /// How long the HTTP answer waits for the SIP one.
     #[serde(default = "default_timeout")]
     wait_ms: u64,
+    /// Delivery reports awaited at once; beyond, a message still goes
+    /// out but without a report (logged).
+    #[serde(default = "default_reports")]
+    reports: usize,
+    /// How long a report is awaited (an SMS's validity period).
+    #[serde(default = "default_report_ttl")]
+    report_ttl_s: u64,
+}
+
+fn default_reports() -> usize {
+    100_000
+}
+fn default_report_ttl() -> u64 {
+    172_800
 }
 
 #[derive(Clone, Debug, serde::Deserialize)]
@@ -115,8 +136,12 @@ pub struct Settings {
     pub max_parts: usize,
     pub queue: usize,
     pub gateway: Gateway,
-    /// The MO interface's address and wait (`None`: no SMS → CPM).
+    /// The MO interface's address and wait (`None`: no SMS → CPM, and no
+    /// delivery reports).
     pub mo: Option<(SocketAddr, Duration)>,
+    /// Delivery reports awaited at once, and for how long.
+    pub reports: usize,
+    pub report_ttl: Duration,
     /// Number (E.164) → CPM subscriber URI.
     pub subscribers: HashMap<String, String>,
 }
@@ -132,6 +157,14 @@ pub fn load(text: &str) -> Result<Settings, String> {
     }
     if f.sip.queue == 0 {
         return Err("sip.queue: at least 1".into());
+    }
+    if let Some(m) = &f.mo {
+        if m.listen.ip().is_unspecified() {
+            return Err("mo.listen: a specific address (Kannel calls it back there)".into());
+        }
+        if m.reports == 0 {
+            return Err("mo.reports: at least 1".into());
+        }
     }
     let mut subscribers = HashMap::new();
     for (i, s) in f.subscribers.iter().enumerate() {
@@ -159,6 +192,8 @@ pub fn load(text: &str) -> Result<Settings, String> {
             password: f.kannel.password,
             timeout: Duration::from_millis(f.kannel.timeout_ms.max(100)),
         },
+        reports: f.mo.as_ref().map_or(0, |m| m.reports),
+        report_ttl: Duration::from_secs(f.mo.as_ref().map_or(0, |m| m.report_ttl_s)),
         mo: f
             .mo
             .map(|m| (m.listen, Duration::from_millis(m.wait_ms.max(100)))),
@@ -166,10 +201,12 @@ pub fn load(text: &str) -> Result<Settings, String> {
     })
 }
 
-/// A MESSAGE waiting for the gateway: what its answer is written from.
+/// A MESSAGE waiting for the gateway: what its answer is written from,
+/// and the token of the report it asked for.
 struct Waiting {
     request: Vec<u8>,
     source: SocketAddr,
+    report: Option<String>,
 }
 
 /// The running IWF's SIP side.
@@ -180,10 +217,16 @@ pub struct Iwf {
     waiting: HashMap<TransactionId, Waiting>,
     jobs: Sender<Submit<TransactionId>>,
     done: Receiver<(TransactionId, Outcome)>,
-    /// Converted SMS from the MO interface, and the MESSAGEs of those on
-    /// their way (client transaction → whom to tell).
-    mo: Option<Receiver<mo::Mo>>,
+    /// Converted SMS and delivery reports from the MO interface, and the
+    /// MESSAGEs of SMS on their way (client transaction → whom to tell).
+    mo: Option<Receiver<mo::Inbound>>,
     mo_pending: HashMap<TransactionId, tokio::sync::oneshot::Sender<u16>>,
+    reports: Reports,
+    /// `http://IP:port/dlr` (`None`: no MO interface to call back).
+    report_base: Option<String>,
+    /// Notifications on their way (client transaction → original
+    /// Message-ID, for the log when one fails).
+    notifying: HashMap<TransactionId, String>,
     mo_addr: Option<SocketAddr>,
     local: SocketAddr,
     counter: u64,
@@ -217,6 +260,9 @@ impl Iwf {
         };
         Ok(Iwf {
             sock,
+            reports: Reports::new(settings.reports.max(1), settings.report_ttl),
+            report_base: mo_addr.map(|a| format!("http://{a}/dlr")),
+            notifying: HashMap::new(),
             txns: TransactionTable::new(cfg),
             waiting: HashMap::new(),
             jobs,
@@ -258,15 +304,17 @@ impl Iwf {
                 self.on_outcome(id, outcome);
             }
             while let Some(m) = self.mo.as_ref().and_then(|r| r.try_recv().ok()) {
-                self.send_mo(m);
+                match m {
+                    mo::Inbound::Sms(m) => self.send_mo(m),
+                    mo::Inbound::Report(r) => self.on_report(r),
+                }
             }
+            self.reports.expire(Instant::now());
             while let Some(e) = self.txns.poll_event() {
                 if let transaction::Event::Timeout { id, .. }
                 | transaction::Event::TransportError { id } = e
                 {
-                    if let Some(tx) = self.mo_pending.remove(&id) {
-                        let _ = tx.send(408);
-                    }
+                    self.on_final(id, 408);
                 }
             }
             self.flush();
@@ -289,11 +337,7 @@ impl Iwf {
         }
         match self.txns.handle_datagram(Instant::now(), src, b, &m) {
             Ok(Received::Request(id)) => self.on_request(id, src, b, &m),
-            Ok(Received::Response { id, code }) if code >= 200 => {
-                if let Some(tx) = self.mo_pending.remove(&id) {
-                    let _ = tx.send(code);
-                }
-            }
+            Ok(Received::Response { id, code }) if code >= 200 => self.on_final(id, code),
             Err(transaction::Error::TableFull) if m.is_request() => {
                 self.stateless(
                     b,
@@ -325,38 +369,63 @@ impl Iwf {
             _ => return self.respond(id, src, b, m, 405, "Method Not Allowed"),
         }
         match self.submission(id, b, m) {
-            Ok(job) => match self.jobs.try_send(job) {
-                Ok(()) => {
-                    self.waiting.insert(
-                        id,
-                        Waiting {
-                            request: b.to_vec(),
-                            source: src,
-                        },
-                    );
-                }
-                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                    self.respond(
-                        id,
-                        src,
-                        b,
-                        m,
-                        503,
-                        "Service Unavailable - SMS Gateway Queue Full",
-                    );
-                }
-            },
+            Ok((mut job, requested)) => {
+                let report = requested.and_then(|r| {
+                    let (token, ask) = self.await_report(r, &job.to)?;
+                    job.report = Some(ask);
+                    Some(token)
+                });
+                self.submit(id, src, b, m, job, report);
+            }
             Err(e) => self.respond(id, src, b, m, e.status(), &e.to_string()),
         }
     }
 
-    /// The SMS a MESSAGE becomes, or why it cannot.
+    /// Hand `job` to the gateway thread, or answer `503` at once.
+    fn submit(
+        &mut self,
+        id: TransactionId,
+        src: SocketAddr,
+        b: &[u8],
+        m: &Message,
+        job: Submit<TransactionId>,
+        report: Option<String>,
+    ) {
+        match self.jobs.try_send(job) {
+            Ok(()) => {
+                self.waiting.insert(
+                    id,
+                    Waiting {
+                        request: b.to_vec(),
+                        source: src,
+                        report,
+                    },
+                );
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                if let Some(t) = report {
+                    self.reports.refused(&t);
+                }
+                self.respond(
+                    id,
+                    src,
+                    b,
+                    m,
+                    503,
+                    "Service Unavailable - SMS Gateway Queue Full",
+                );
+            }
+        }
+    }
+
+    /// The SMS a MESSAGE becomes and the reports its sender asked for,
+    /// or why it cannot.
     fn submission(
         &self,
         id: TransactionId,
         b: &[u8],
         m: &Message,
-    ) -> Result<Submit<TransactionId>, SmsError> {
+    ) -> Result<(Submit<TransactionId>, Option<Requested>), SmsError> {
         let ruri = match m.start {
             StartLine::Request { uri, .. } => String::from_utf8_lossy(uri.get(b)).into_owned(),
             StartLine::Response { .. } => String::new(),
@@ -373,13 +442,15 @@ impl Iwf {
             .as_deref()
             .and_then(sms::msisdn_of)
             .unwrap_or_else(|| self.settings.sender.clone());
-        Ok(Submit {
+        let job = Submit {
             key: id,
             from,
             to,
             text: t.text,
             coding: plan.coding,
-        })
+            report: None,
+        };
+        Ok((job, t.report))
     }
 
     fn on_outcome(&mut self, id: TransactionId, outcome: Outcome) {
@@ -387,6 +458,15 @@ impl Iwf {
             return;
         };
         let m = scan(&w.request);
+        match (&w.report, &outcome) {
+            (Some(t), Outcome::Accepted) => {
+                let heard = self.reports.accepted(t);
+                self.on_heard(heard);
+            }
+            // Refused: the sender hears it in the answer.
+            (Some(t), _) => self.reports.refused(t),
+            (None, _) => {}
+        }
         let (code, reason) = match &outcome {
             Outcome::Accepted => (202, "Accepted - Submitted As SMS".to_string()),
             Outcome::Refused(s, why) => (
@@ -439,37 +519,111 @@ impl Iwf {
     }
 
     /// Seed 5.3.2: the SMS as a CPM pager-mode MESSAGE into the edge,
-    /// asserted as its sender's number, with the CPM message feature tag.
+    /// asserted as its sender's number.
     fn send_mo(&mut self, m: mo::Mo) {
+        let from = format!("tel:{}", m.from);
+        match self.send_message(&m.to, &from, "text/plain;charset=UTF-8", &m.text) {
+            Some(id) => {
+                self.mo_pending.insert(id, m.done);
+            }
+            None => {
+                let _ = m.done.send(503);
+            }
+        }
+    }
+
+    /// A report from the gateway: a final one ends the wait and becomes
+    /// the notification its sender asked for; a token never issued (or
+    /// forgotten) changes nothing.
+    fn on_report(&mut self, r: mo::Report) {
+        let heard = self.reports.report(&r.token, r.kind);
+        let _ = r.known.send(heard != Heard::Unknown);
+        self.on_heard(heard);
+    }
+
+    fn on_heard(&mut self, heard: Heard) {
+        if let Heard::Notify(a, d) = heard {
+            self.notify(&a, d);
+        }
+    }
+
+    /// A token (unguessable: 128 random bits) for the report `r` asks
+    /// for, and what Kannel is asked (`dlr-mask`, `dlr-url`); `None`
+    /// (logged) when no report can be had.
+    fn await_report(&mut self, r: Requested, to: &str) -> Option<(String, (u32, String))> {
+        let base = self.report_base.as_deref()?;
+        let k = crate::sip::hash::random_key();
+        let token = format!("{:016x}{:016x}", k[0], k[1]);
+        let ask = (r.kannel_mask(), format!("{base}?k={token}&type=%d"));
+        match self
+            .reports
+            .open(Instant::now(), token.clone(), r, format!("tel:{to}"))
+        {
+            Ok(()) => Some((token, ask)),
+            Err(e) => {
+                tracing::warn!("{e}: the SMS goes without a delivery report");
+                None
+            }
+        }
+    }
+
+    /// RFC 5438 §7: the delivery notification to the CPIM sender, from
+    /// the number the SMS went to.
+    fn notify(&mut self, a: &Awaited, d: Delivery) {
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |t| t.as_secs());
+        let id = format!("{:016x}", crate::sip::hash::random_key()[0]);
+        let body = imdn::notification(&a.requested, d, &a.recipient, &id, &imdn::rfc3339(secs));
+        let to = a.requested.sender.clone();
+        if let Some(t) = self.send_message(&to, &a.recipient, "message/cpim", &body) {
+            self.notifying.insert(t, a.requested.message_id.clone());
+        }
+    }
+
+    /// A MESSAGE this IWF sent has its final answer (`408`: none came).
+    fn on_final(&mut self, id: TransactionId, code: u16) {
+        if let Some(tx) = self.mo_pending.remove(&id) {
+            let _ = tx.send(code);
+        }
+        if let Some(message_id) = self.notifying.remove(&id) {
+            if code >= 300 {
+                tracing::warn!(code, message_id, "delivery notification not delivered");
+            }
+        }
+    }
+
+    /// A pager-mode MESSAGE into the edge for `to`, asserted as `from`,
+    /// with the CPM message feature tag: its client transaction, or
+    /// `None` (logged) when it could not start.
+    fn send_message(
+        &mut self,
+        to: &str,
+        from: &str,
+        ctype: &str,
+        body: &str,
+    ) -> Option<TransactionId> {
         self.counter += 1;
         let branch = self.txns.new_branch();
         let tag = format!("{:x}", crate::sip::hash::random_key()[0]);
         let req = format!(
             "MESSAGE {to} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch={branch};rport\r\n\
-             Max-Forwards: 70\r\nFrom: <tel:{from}>;tag={tag}\r\nTo: <{to}>\r\n\
-             Call-ID: mo-{n}-{tag}@{ip}\r\nCSeq: 1 MESSAGE\r\nP-Asserted-Identity: <tel:{from}>\r\n\
+             Max-Forwards: 70\r\nFrom: <{from}>;tag={tag}\r\nTo: <{to}>\r\n\
+             Call-ID: iwf-{n}-{tag}@{ip}\r\nCSeq: 1 MESSAGE\r\nP-Asserted-Identity: <{from}>\r\n\
              Accept-Contact: *;+g.3gpp.icsi-ref=\"urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.msg\"\r\n\
-             Content-Type: text/plain;charset=UTF-8\r\nContent-Length: {len}\r\n\r\n{text}",
-            to = m.to,
+             Content-Type: {ctype}\r\nContent-Length: {len}\r\n\r\n{body}",
             local = self.local,
             branch = String::from_utf8_lossy(branch.as_bytes()),
-            from = m.from,
             n = self.counter,
             ip = self.local.ip(),
-            len = m.text.len(),
-            text = m.text,
+            len = body.len(),
         );
-        let Some(&edge) = self.settings.edges.first() else {
-            let _ = m.done.send(503);
-            return;
-        };
+        let edge = *self.settings.edges.first()?;
         match self.txns.send_request(Instant::now(), req.as_bytes(), edge) {
-            Ok(id) => {
-                self.mo_pending.insert(id, m.done);
-            }
+            Ok(id) => Some(id),
             Err(e) => {
-                tracing::warn!(error = ?e, "MO MESSAGE not sent");
-                let _ = m.done.send(503);
+                tracing::warn!(error = ?e, to, "MESSAGE not sent");
+                None
             }
         }
     }

@@ -4,7 +4,9 @@
 # (alice invites grp1: bob answers, carol later, dave busy, erin rings until
 # the Controlling Function CANCELs her, alice hangs up). Asserts what every
 # client received, message by message, and that cpm-system logged the C.1
-# steps. Processes are stopped by PID.
+# steps. Then SMS → CPM through the system (seed 5.3.2): Kannel's MO call
+# to cpm-iwf reaches erin's device (a SIPp UAS on her address) through the
+# edge and her PF. Processes are stopped by PID.
 #
 #   SYSTEM_BIN [target/release/cpm-system]  DEMO_BIN [target/release/cpm-demo]
 set -euo pipefail
@@ -14,7 +16,9 @@ SYSTEM_BIN=${SYSTEM_BIN:-target/release/cpm-system}
 DEMO_BIN=${DEMO_BIN:-target/release/cpm-demo}
 work=$(mktemp -d)
 sys_pid=""
+uas_pid=""
 cleanup() {
+  if [ -n "$uas_pid" ]; then kill "$uas_pid" 2>/dev/null || true; wait "$uas_pid" 2>/dev/null || true; fi
   if [ -n "$sys_pid" ]; then kill "$sys_pid" 2>/dev/null || true; wait "$sys_pid" 2>/dev/null || true; fi
   rm -rf "$work"
 }
@@ -54,3 +58,25 @@ if [ "$fail" -ne 0 ]; then
   exit 1
 fi
 echo "system demo: every client received the C.1 sequence"
+
+# SMS -> CPM: the HTTP call Kannel's sms-service makes for an SMS to erin's
+# number; cpm-iwf answers once the SIP answer is in.
+sipp -sf tests/system/uas-message.xml -i 127.0.0.1 -p 5075 -m 1 -timeout 20s \
+  -trace_msg -message_file "$work/uas.msg" -nostdin >"$work/uas.out" 2>&1 &
+uas_pid=$!
+sleep 0.5
+exec 3<>/dev/tcp/127.0.0.1/5091
+printf 'GET /mo?from=%%2B447700900999&to=%%2B447700900105&text=hello+erin+by+SMS HTTP/1.0\r\nHost: iwf\r\n\r\n' >&3
+answer=$(timeout 10 cat <&3 || true)
+exec 3<&-
+wait "$uas_pid" && uas_rc=0 || uas_rc=$?
+uas_pid=""
+if ! grep -q "^HTTP/1.[01] 200" <<<"$answer" || [ "$uas_rc" -ne 0 ] \
+   || ! grep -q "hello erin by SMS" "$work/uas.msg" \
+   || ! grep -q "P-Asserted-Identity: <tel:+447700900999>" "$work/uas.msg"; then
+  echo "SMS -> CPM through cpm-system failed (HTTP answer, SIPp rc $uas_rc):"
+  echo "$answer"; cat "$work/uas.out"; cat "$work/uas.msg" 2>/dev/null | tail -30
+  sed 's/\x1b\[[0-9;]*m//g' "$work/system.log" | tail -30
+  exit 1
+fi
+echo "system demo: an SMS to erin's number reached her device as a MESSAGE through cpm-iwf, the edge and her PF"
