@@ -22,21 +22,23 @@ use common::register::{credentials_file, register_party, DOMAIN};
 const MSG_TAG: &str = "+g.3gpp.icsi-ref=\"urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.msg\"";
 
 fn send_message(p: &Party, edge: SocketAddr, to: &str, n: u32, text: &str) -> String {
-    send_body(p, edge, to, n, "text/plain;charset=UTF-8", text)
+    send_body(p, edge, to, n, "text/plain;charset=UTF-8", text.as_bytes())
 }
 
 /// A MESSAGE from alice (on `p`) to `to`; its final answer's start line.
-fn send_body(p: &Party, edge: SocketAddr, to: &str, n: u32, ctype: &str, body: &str) -> String {
+fn send_body(p: &Party, edge: SocketAddr, to: &str, n: u32, ctype: &str, body: &[u8]) -> String {
     let call_id = format!("iw-{n}-{}", p.addr().port());
     let req = format!(
         "MESSAGE {to} SIP/2.0\r\nVia: SIP/2.0/UDP {a};branch=z9hG4bK-iw{n}-{call_id}\r\n\
          Max-Forwards: 70\r\nFrom: <sip:alice@{DOMAIN}>;tag=m{n}\r\nTo: <{to}>\r\nCall-ID: {call_id}\r\n\
          CSeq: 1 MESSAGE\r\nAccept-Contact: *;{MSG_TAG}\r\nContent-Type: {ctype}\r\n\
-         Content-Length: {}\r\n\r\n{body}",
+         Content-Length: {}\r\n\r\n",
         body.len(),
         a = p.addr(),
     );
-    p.send_raw(req.as_bytes(), edge);
+    let mut req = req.into_bytes();
+    req.extend_from_slice(body);
+    p.send_raw(&req, edge);
     let fin = |r: &Received| {
         r.call_id == call_id && r.method_or_code.parse::<u16>().is_ok_and(|c| c >= 200)
     };
@@ -49,7 +51,8 @@ fn send_body(p: &Party, edge: SocketAddr, to: &str, n: u32, ctype: &str, body: &
 }
 
 /// cpm-edge (with an `[[iwf]]` for SMS at `iwf`, and `edge_extra`) and
-/// two cpm-cs shards serving `users` (`[[user]]` entries).
+/// two cpm-cs shards serving `users` (`[[user]]` entries), their
+/// `[server]` with `server_extra`.
 struct Cluster {
     edge: App,
     nodes: Vec<cpm_edge::csnode::Shard>,
@@ -57,7 +60,7 @@ struct Cluster {
     iwf_addr: SocketAddr,
 }
 
-fn cluster(edge_extra: &str, users: &str) -> Cluster {
+fn cluster(edge_extra: &str, server_extra: &str, users: &str) -> Cluster {
     let edge_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let iwf_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let cs = [free_port(), free_port()];
@@ -71,7 +74,7 @@ fn cluster(edge_extra: &str, users: &str) -> Cluster {
     );
     let edge = App::start(&Config::parse(&edge_toml).unwrap().validate().unwrap()).unwrap();
     let cs_toml = format!(
-        "[server]\nedges = [\"{edge_addr}\"]\nterminating = \"registered\"\n{shards}{users}"
+        "[server]\nedges = [\"{edge_addr}\"]\nterminating = \"registered\"\n{server_extra}{shards}{users}"
     );
     let nodes = ["cs1", "cs2"]
         .iter()
@@ -118,6 +121,7 @@ fn a_message_for_an_unregistered_user_preferring_sms_lands_at_the_smsc() {
     let kannel = start_kannel(None, None);
     let c = cluster(
         "",
+        "",
         &format!(
             "[[user]]\nid = \"sip:alice@{DOMAIN}\"\n\
              [[user]]\nid = \"sip:erin@{DOMAIN}\"\nwhen_unregistered = \"sms\"\nmsisdn = \"+447700900123\"\n\
@@ -162,6 +166,19 @@ fn a_message_for_an_unregistered_user_preferring_sms_lands_at_the_smsc() {
         no.starts_with("SIP/2.0 413 Request Entity Too Large - Text Needs 4 SMS Parts (At Most 3)"),
         "{no}"
     );
+    // Text that is not UTF-8 cannot be coded for SMS: the IWF says so.
+    let broken = send_body(
+        &alice,
+        edge_addr,
+        &format!("sip:frank@{DOMAIN}"),
+        4,
+        "text/plain",
+        b"caf\xe9",
+    );
+    assert!(
+        broken.starts_with("SIP/2.0 400 Bad Request - Text Is Not UTF-8"),
+        "{broken}"
+    );
     // Seed 5.3.1.2.3: a recipient not routable in SIP, with no IWF for its
     // scheme: refused by alice's PF, the scheme named.
     let wv = send_message(&alice, edge_addr, "wv:bob@wv.example.net", 5, "hello?");
@@ -203,6 +220,7 @@ fn an_sms_from_the_smsc_reaches_a_registered_cpm_client_as_a_message() {
             "[registrar]\ndomains = [\"{DOMAIN}\"]\ncredentials_file = \"{}\"\nstore = \"\"\n",
             creds.display()
         ),
+        "",
         &format!("[[user]]\nid = \"sip:carol@{DOMAIN}\"\nmsisdn = \"+447700900123\"\n"),
     );
     let (edge_addr, iwf_addr, nodes) = (c.edge_addr, c.iwf_addr, &c.nodes);
@@ -272,6 +290,7 @@ fn a_delivery_report_from_the_smsc_reaches_the_sender_as_an_imdn() {
             "[registrar]\ndomains = [\"{DOMAIN}\"]\ncredentials_file = \"{}\"\nstore = \"\"\n",
             creds.display()
         ),
+        "",
         &format!(
             "[[user]]\nid = \"sip:alice@{DOMAIN}\"\n\
              [[user]]\nid = \"sip:erin@{DOMAIN}\"\nwhen_unregistered = \"sms\"\nmsisdn = \"+447700900123\"\n"
@@ -300,7 +319,7 @@ fn a_delivery_report_from_the_smsc_reaches_the_sender_as_an_imdn() {
         &format!("sip:erin@{DOMAIN}"),
         1,
         "message/cpim",
-        &cpim,
+        cpim.as_bytes(),
     );
     assert!(ok.starts_with("SIP/2.0 202 "), "{ok}");
     let is_imdn = |r: &Received| r.method_or_code == "MESSAGE" && r.raw.contains("imdn+xml");
@@ -338,6 +357,77 @@ fn a_delivery_report_from_the_smsc_reaches_the_sender_as_an_imdn() {
     assert_eq!(code, 400);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(alice.log().into_iter().filter(is_imdn).count(), 1);
+    drop(kannel);
+    stop.store(true, Ordering::Relaxed);
+    iwf_thread.join().unwrap();
+    drop(c.nodes);
+    c.edge.stop().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Seed 5.3.1.2 through real sockets and a real gateway, the sending
+/// user's PF deciding: a recipient in a network the edge has no route to
+/// (the edge's `404 No Route To Request-URI Host`, one of the answers that
+/// mean "no CPM / no SIP there") is re-targeted to SMS when the address
+/// has a number (`when_remote_lacks = "sms"`), and the error goes back to
+/// the sender when it has none; a `tel:` number no user has goes to SMS
+/// too (`unmapped_numbers = "sms"`, 5.3.1.2.3).
+#[test]
+fn a_recipient_without_cpm_gets_sms_when_it_has_a_number_and_the_error_otherwise() {
+    let dir = std::env::temp_dir().join(format!("cpm-iw-far-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let creds = credentials_file(&dir);
+    let kannel = start_kannel(None, None);
+    // The edge serves example.net only: other.example is another network.
+    let c = cluster(
+        &format!(
+            "[registrar]\ndomains = [\"{DOMAIN}\"]\ncredentials_file = \"{}\"\nstore = \"\"\n",
+            creds.display()
+        ),
+        "when_remote_lacks = \"sms\"\nunmapped_numbers = \"sms\"\n",
+        &format!("[[user]]\nid = \"sip:alice@{DOMAIN}\"\n"),
+    );
+    let iwf_toml = format!(
+        "[sip]\nlisten = \"{}\"\nedges = [\"{}\"]\nsender = \"+447700900000\"\n\
+         [kannel]\nsendsms = \"{}\"\nusername = \"iwf\"\npassword = \"iwf-secret\"\n",
+        c.iwf_addr, c.edge_addr, kannel.sendsms
+    );
+    let (stop, iwf_thread) = run_iwf(&iwf_toml);
+    let alice = Party::bind("alice");
+    let far = "sip:+447700900777@other.example;user=phone";
+    let ok = send_message(&alice, c.edge_addr, far, 1, "to a phone abroad");
+    assert!(ok.starts_with("SIP/2.0 202 "), "{ok}");
+    let ok = send_message(&alice, c.edge_addr, "tel:+447700900555", 2, "to a number");
+    assert!(ok.starts_with("SIP/2.0 202 "), "{ok}");
+    let no = send_message(&alice, c.edge_addr, "sip:zoe@other.example", 3, "to zoe");
+    assert!(
+        no.starts_with("SIP/2.0 404 Not Found - No Route To Request-URI Host"),
+        "{no}"
+    );
+    // A number that is no MSISDN: no attempt, the reason back.
+    let bad = send_message(&alice, c.edge_addr, "tel:+12345", 4, "to nobody");
+    assert!(
+        bad.starts_with("SIP/2.0 404 Not Found - Number Not In E.164"),
+        "{bad}"
+    );
+    let t0 = Instant::now();
+    while smsc_got(&kannel).len() < 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "fakesmsc got {:?}",
+            smsc_got(&kannel)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // From the provider's sender: alice's PF asserts her SIP identity only.
+    let got = smsc_got(&kannel);
+    for sms in [
+        "<+447700900000 +447700900777 text to a phone abroad>",
+        "<+447700900000 +447700900555 text to a number>",
+    ] {
+        assert!(got.iter().any(|g| g.ends_with(sms)), "{sms}: {got:?}");
+    }
     drop(kannel);
     stop.store(true, Ordering::Relaxed);
     iwf_thread.join().unwrap();

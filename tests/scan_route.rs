@@ -789,3 +789,62 @@ hi",
     let (o, out) = run(back.as_bytes(), "127.0.0.1:7001", &t);
     assert_eq!(reply_line(&o, &out), "SIP/2.0 416 Unsupported URI Scheme");
 }
+
+/// Seed 5.2.3.2 across networks: with the edge knowing its own domains
+/// (the registrar's), the inviting user's PF's request for a user of
+/// another domain goes to the network serving that user, at the
+/// Request-URI's host, rather than to a PF here; a host that is no
+/// address is `404`, which the PF reads as "no SIP there" (5.3.1.2.2).
+#[test]
+fn a_pf_request_for_a_user_of_another_domain_goes_to_that_network() {
+    let mut t = tables();
+    t.registrar = Some(cpm_edge::route::tables::RegistrarRoute {
+        domains: vec![b"example.net".to_vec()],
+        require_registration: false,
+        location: std::sync::Arc::new(cpm_edge::route::location::Location::new(16)),
+    });
+    let pf_request = |ruri: &str| {
+        wire(&format!(
+            "INVITE {ruri} SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:7001;branch=z9hG4bKpf1
+Via: SIP/2.0/UDP 192.0.2.10:5062;branch=z9hG4bK-alice-1;rport=5062;received=192.0.2.10
+Route: <sip:127.0.0.1:5060;lr;cpm-leg=orig>
+Max-Forwards: 69
+From: <sip:alice@example.net>;tag=1
+To: <{ruri}>
+Call-ID: far-1
+CSeq: 1 INVITE
+Contact: <sip:alice@192.0.2.10:5062>
+Accept-Contact: *;+g.3gpp.icsi-ref=\"urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.session\"
+Content-Length: 0
+
+"
+        ))
+    };
+    let (o, out) = run(
+        &pf_request("sip:bob@198.51.100.7:5070"),
+        "127.0.0.1:7001",
+        &t,
+    );
+    assert_eq!(kind(&o), ForwardKind::InvitedNetwork, "{out}");
+    assert_eq!(o.send().unwrap().1, sa("198.51.100.7:5070"));
+    assert!(
+        header(&out, "Route").is_empty(),
+        "our orig entry popped: {out}"
+    );
+    let (o, out) = run(&pf_request("sip:zoe@other.example"), "127.0.0.1:7001", &t);
+    assert_eq!(
+        reply_line(&o, &out),
+        "SIP/2.0 404 Not Found - No Route To Request-URI Host"
+    );
+    // A user of a served domain still goes to their PF.
+    let (o, _) = run(&pf_request("sip:bob@example.net"), "127.0.0.1:7001", &t);
+    assert_eq!(kind(&o), ForwardKind::TerminatingPf);
+    // Without a registrar every user is this system's.
+    let (o, _) = run(
+        &pf_request("sip:bob@198.51.100.7:5070"),
+        "127.0.0.1:7001",
+        &tables(),
+    );
+    assert_eq!(kind(&o), ForwardKind::TerminatingPf);
+}

@@ -68,10 +68,13 @@ pub enum ForwardKind {
     NonCpm,
     /// A CS's request for a non-CPM service → its Interworking Function.
     Interworking,
+    /// The invited user is in a domain this system does not serve → the
+    /// network serving them, at the Request-URI's host (5.2.3.2).
+    InvitedNetwork,
 }
 
 impl ForwardKind {
-    pub const ALL: [ForwardKind; 8] = [
+    pub const ALL: [ForwardKind; 9] = [
         ForwardKind::OriginatingPf,
         ForwardKind::Controlling,
         ForwardKind::TerminatingPf,
@@ -80,6 +83,7 @@ impl ForwardKind {
         ForwardKind::InDialog,
         ForwardKind::NonCpm,
         ForwardKind::Interworking,
+        ForwardKind::InvitedNetwork,
     ];
 
     pub fn name(self) -> &'static str {
@@ -92,6 +96,7 @@ impl ForwardKind {
             ForwardKind::InDialog => "in_dialog",
             ForwardKind::NonCpm => "non_cpm",
             ForwardKind::Interworking => "interworking",
+            ForwardKind::InvitedNetwork => "invited_network",
         }
     }
 
@@ -466,8 +471,9 @@ impl Request<'_> {
         self.by_cpm_rules(Self::to_invited_side)
     }
 
-    /// The invited side's function: a group's hosting CS (`ctrl`), else
-    /// the invited user's PF (`term`).
+    /// The invited side's function: a group's hosting CS (`ctrl`), the
+    /// network serving a user of another domain, else the invited user's
+    /// PF (`term`).
     fn to_invited_side(&self) -> Decision {
         match self.group() {
             Some(g) => self.to_shard(
@@ -475,12 +481,24 @@ impl Request<'_> {
                 Leg::Controlling,
                 ForwardKind::Controlling,
             ),
+            None if self.in_another_network() => self.to_ruri(ForwardKind::InvitedNetwork),
             None => self.to_shard(
                 self.t.shards.pick(user_hash(self.buf, &self.ruri)),
                 Leg::Terminating,
                 ForwardKind::TerminatingPf,
             ),
         }
+    }
+
+    /// Seed 5.2.3.2: the invited user is served by another network when
+    /// this system knows its own domains (the registrar's) and the
+    /// Request-URI's host is none of them. Without a registrar every user
+    /// is this system's.
+    fn in_another_network(&self) -> bool {
+        let host = self.ruri.host.get(self.buf);
+        matches!(self.ruri.scheme, Scheme::Sip | Scheme::Sips)
+            && !host.is_empty()
+            && self.t.registrar.as_ref().is_some_and(|r| !r.serves(host))
     }
 
     /// A client's request: it goes to a Conversation Server function (or
