@@ -186,6 +186,38 @@ fn a_message_for_an_unregistered_user_preferring_sms_lands_at_the_smsc() {
         wv.starts_with("SIP/2.0 416 Unsupported URI Scheme - wv: Not Routable In SIP"),
         "{wv}"
     );
+    // A text of two parts (200 septets > 160): Kannel concatenates, the
+    // SMSC gets each part with its concatenation header.
+    let two = format!("{}{}", "a".repeat(150), "b".repeat(50));
+    let ok = send_message(&alice, edge_addr, &format!("sip:frank@{DOMAIN}"), 6, &two);
+    assert!(ok.starts_with("SIP/2.0 202 "), "{ok}");
+    let t0 = Instant::now();
+    while smsc_got(&kannel).len() < 3 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "fakesmsc got {:?}",
+            smsc_got(&kannel)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // TS 23.040 concatenation header: IEI 0, 3 bytes, reference, 2 parts,
+    // part number; 153 septets in the first.
+    let mut joined = String::new();
+    for (i, p) in smsc_got(&kannel)[1..].iter().enumerate() {
+        let (head, data) = p.split_once(" data ").unwrap();
+        // The reference byte is Kannel's to choose.
+        let udh = head
+            .split_once("<+447700900000 +447700900124 udh %05%00%03%")
+            .map(|(_, rest)| rest);
+        assert!(
+            udh.is_some_and(|u| u.len() == 2 + 6 && u.ends_with(&format!("%02%0{}", i + 1))),
+            "{p}"
+        );
+        let data = data.trim_end_matches('>');
+        assert_eq!(data.len(), if i == 0 { 153 } else { 47 }, "{p}");
+        joined += data;
+    }
+    assert_eq!(joined, two);
     // Kannel gone: the IWF says so (503) rather than losing the message.
     drop(kannel);
     let dead = send_message(
