@@ -24,6 +24,10 @@
 //!   (`application/reginfo+xml`), written and read;
 //! - [`digest`]: HTTP Digest authentication for SIP (RFC 7616, RFC 8760):
 //!   credentials, challenges, keyed nonces, nonce-count replay protection;
+//! - [`flow`]: flow tokens naming a client's connection in what the edge
+//!   writes (RFC 5626 §5.2), keyed so they cannot be forged;
+//! - [`stream`]: SIP over TCP/TLS: message framing by Content-Length and
+//!   the CRLF keep-alives (RFC 3261 §18.3, RFC 5626 §4.4.1);
 //! - [`xml`]: XML character references for the small XML readers.
 
 pub mod branch;
@@ -31,6 +35,7 @@ pub mod contact;
 pub mod dialog;
 pub mod digest;
 pub mod feature_tag;
+pub mod flow;
 pub mod hash;
 pub mod media;
 pub mod number;
@@ -40,6 +45,7 @@ pub mod reply;
 pub mod rewrite;
 pub mod scan;
 pub mod sdp;
+pub mod stream;
 pub mod transaction;
 pub mod uri;
 pub mod via;

@@ -1,0 +1,63 @@
+//! Arbitrary bytes arriving on a SIP stream connection in arbitrary
+//! pieces: the framer never panics, every frame it reports lies inside
+//! what was buffered and moves the connection on, the same bytes framed in
+//! one piece or in many give the same frames, and a framed message has
+//! exactly the body its Content-Length states.
+#![no_main]
+
+use cpm_edge::sip::stream::{frame, Frame, Limits};
+use libfuzzer_sys::fuzz_target;
+
+/// Frames of `data` fed in pieces of `step` bytes, and how it ended.
+fn frames(data: &[u8], step: usize, limits: &Limits) -> (Vec<Frame>, bool) {
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    for piece in data.chunks(step.max(1)) {
+        buf.extend_from_slice(piece);
+        loop {
+            match frame(&buf, limits) {
+                Ok(Frame::Incomplete) => break,
+                Ok(f) => {
+                    let len = match f {
+                        Frame::Message { len } | Frame::Ping { len } | Frame::Pong { len } => len,
+                        Frame::Incomplete => unreachable!(),
+                    };
+                    assert!(len > 0 && len <= buf.len(), "{f:?} of {}", buf.len());
+                    if let Frame::Message { len } = f {
+                        let head = buf[..len]
+                            .windows(4)
+                            .position(|w| w == b"\r\n\r\n")
+                            .expect("a framed message has its blank line")
+                            + 4;
+                        assert!(head <= limits.max_header && len - head <= limits.max_body);
+                    }
+                    out.push(f);
+                    buf.drain(..len);
+                }
+                Err(_) => return (out, true),
+            }
+        }
+    }
+    (out, false)
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&step, data)) = data.split_first() else {
+        return;
+    };
+    let limits = Limits {
+        max_header: 256,
+        max_body: 128,
+    };
+    let whole = frames(data, data.len(), &limits);
+    let pieces = frames(data, usize::from(step % 16) + 1, &limits);
+    // Messages are the same however the bytes arrive; a lone CRLF at a
+    // piece's end may wait to become half a ping, so keep-alives may pair
+    // differently, and a fatal error may come at another point.
+    let messages = |f: &[Frame]| -> Vec<Frame> {
+        f.iter().copied().filter(|f| matches!(f, Frame::Message { .. })).collect()
+    };
+    if !whole.1 && !pieces.1 {
+        assert_eq!(messages(&whole.0), messages(&pieces.0));
+    }
+});
