@@ -88,6 +88,24 @@ fn cluster(edge_extra: &str, server_extra: &str, users: &str) -> Cluster {
     }
 }
 
+/// fakesmsc's URL-encoded binary data as bytes.
+fn percent_decoded(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 3 <= b.len() {
+            let h = std::str::from_utf8(&b[i + 1..i + 3]).unwrap();
+            out.push(u8::from_str_radix(h, 16).unwrap());
+            i += 3;
+        } else {
+            out.push(if b[i] == b'+' { b' ' } else { b[i] });
+            i += 1;
+        }
+    }
+    out
+}
+
 /// Wait until `user`'s PF has learned a registered device of hers.
 fn await_pf_learned(nodes: &[cpm_edge::csnode::Shard], user: &str) {
     let pf = &nodes[common::pf_shard(&format!("sip:{user}@{DOMAIN}"))];
@@ -218,6 +236,35 @@ fn a_message_for_an_unregistered_user_preferring_sms_lands_at_the_smsc() {
         joined += data;
     }
     assert_eq!(joined, two);
+    // A text outside the GSM alphabet goes as UCS-2 (Kannel coding 2):
+    // the SMSC gets the UTF-16 units.
+    let ok = send_message(
+        &alice,
+        edge_addr,
+        &format!("sip:frank@{DOMAIN}"),
+        7,
+        "Привет, Ελλάδα",
+    );
+    assert!(ok.starts_with("SIP/2.0 202 "), "{ok}");
+    let t0 = Instant::now();
+    while smsc_got(&kannel).len() < 4 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "fakesmsc got {:?}",
+            smsc_got(&kannel)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ucs2 = smsc_got(&kannel)[3].clone();
+    let (_, data) = ucs2
+        .split_once("<+447700900000 +447700900124 ucs-2 ")
+        .unwrap_or_else(|| panic!("not UCS-2: {ucs2}"));
+    let bytes = percent_decoded(data.trim_end_matches('>'));
+    let units: Vec<u16> = bytes
+        .chunks_exact(2)
+        .map(|p| u16::from_be_bytes([p[0], p[1]]))
+        .collect();
+    assert_eq!(String::from_utf16(&units).unwrap(), "Привет, Ελλάδα");
     // Kannel gone: the IWF says so (503) rather than losing the message.
     drop(kannel);
     let dead = send_message(
