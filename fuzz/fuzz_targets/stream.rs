@@ -2,10 +2,13 @@
 //! pieces: the framer never panics, every frame it reports lies inside
 //! what was buffered and moves the connection on, the same bytes framed in
 //! one piece or in many give the same frames, and a framed message has
-//! exactly the body its Content-Length states.
+//! exactly the body its Content-Length states; a Connection fed the
+//! same pieces on a clock yields the same messages until it closes, and
+//! never reads past its buffer.
 #![no_main]
 
-use cpm_edge::sip::stream::{frame, Frame, Limits};
+use cpm_edge::sip::stream::{frame, Connection, Event, Frame, Limits, Timing};
+use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 
 /// Frames of `data` fed in pieces of `step` bytes, and how it ended.
@@ -60,4 +63,35 @@ fuzz_target!(|data: &[u8]| {
     if !whole.1 && !pieces.1 {
         assert_eq!(messages(&whole.0), messages(&pieces.0));
     }
+    let t0 = Instant::now();
+    let timing = Timing {
+        idle: Duration::from_secs(30),
+        grace: Duration::from_secs(1),
+        min_rate: 64,
+    };
+    let mut c = Connection::new(t0, limits, timing);
+    let mut got = Vec::new();
+    for (i, piece) in data.chunks(usize::from(step % 16) + 1).enumerate() {
+        let now = t0 + Duration::from_millis(i as u64 * u64::from(step));
+        if c.handle_timeout(now).is_some() {
+            break;
+        }
+        let space = c.space();
+        let n = piece.len().min(space.len());
+        space[..n].copy_from_slice(&piece[..n]);
+        c.received(now, n);
+        while let Some(e) = c.poll() {
+            if let Event::Message { len } = e {
+                assert!(c.message(len).len() == len);
+                got.push(Frame::Message { len });
+                c.consume(len);
+            }
+        }
+        if c.closed().is_some() || n < piece.len() {
+            break;
+        }
+        assert!(c.deadline() > now);
+    }
+    let framed = messages(&pieces.0);
+    assert!(got.len() <= framed.len() && got[..] == framed[..got.len()]);
 });

@@ -166,6 +166,195 @@ fn number(v: &[u8]) -> Option<usize> {
     Some(v.iter().fold(0, |n, d| n * 10 + usize::from(d - b'0')))
 }
 
+/// A connection's timing rules, all bounded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// Closed after this long with nothing received (keep-alives count:
+    /// RFC 5626 clients ping to keep their flow).
+    pub idle: std::time::Duration,
+    /// The slow-loris defence: a message begun must bring at least
+    /// `min_rate` bytes a second after a `grace`; a peer trickling its
+    /// header to hold a connection open is closed.
+    pub grace: std::time::Duration,
+    pub min_rate: u32,
+}
+
+impl Default for Timing {
+    fn default() -> Timing {
+        Timing {
+            idle: std::time::Duration::from_secs(300),
+            grace: std::time::Duration::from_secs(2),
+            min_rate: 512,
+        }
+    }
+}
+
+/// Why a connection was closed, each counted under [`Closed::name`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Closed {
+    #[error("{0}")]
+    Framing(StreamError),
+    #[error("nothing received for the idle timeout")]
+    Idle,
+    #[error("a message arriving below the minimum rate")]
+    TooSlow,
+}
+
+impl Closed {
+    pub fn name(self) -> &'static str {
+        match self {
+            Closed::Framing(e) => e.name(),
+            Closed::Idle => "idle",
+            Closed::TooSlow => "too_slow",
+        }
+    }
+}
+
+/// What the io does next for a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A whole message: [`Connection::message`] until [`Connection::consume`].
+    Message { len: usize },
+    /// Write a pong (`CRLF`).
+    Pong,
+}
+
+/// One stream connection's receive side, sans-IO: a buffer bounded by
+/// the largest message, the framing, and the idle and slow-loris rules on
+/// an injected clock. The io reads into [`Connection::space`], reports
+/// [`Connection::received`], takes [`Connection::poll`] events until
+/// none, and wakes at [`Connection::deadline`].
+#[derive(Debug)]
+pub struct Connection {
+    buf: Vec<u8>,
+    /// Bytes of `buf` holding data.
+    filled: usize,
+    limits: Limits,
+    timing: Timing,
+    last_rx: std::time::Instant,
+    /// When the first byte of the message now incomplete came.
+    begun: Option<std::time::Instant>,
+    closed: Option<Closed>,
+}
+
+impl Connection {
+    pub fn new(now: std::time::Instant, limits: Limits, timing: Timing) -> Connection {
+        assert!(limits.max_header >= 64 && timing.min_rate > 0);
+        Connection {
+            // One whole message at most, and a read's worth behind it.
+            buf: vec![0; limits.max_header + limits.max_body],
+            filled: 0,
+            limits,
+            timing,
+            last_rx: now,
+            begun: None,
+            closed: None,
+        }
+    }
+
+    /// Where the next read goes; empty when the buffer is full (a whole
+    /// message waits to be consumed: read no more, the kernel's window
+    /// pushes back) or the connection is closed.
+    pub fn space(&mut self) -> &mut [u8] {
+        if self.closed.is_some() {
+            return &mut [];
+        }
+        &mut self.buf[self.filled..]
+    }
+
+    /// `n` bytes were read into [`Connection::space`] at `now`.
+    pub fn received(&mut self, now: std::time::Instant, n: usize) {
+        assert!(
+            self.filled + n <= self.buf.len(),
+            "read past the space given"
+        );
+        if n > 0 {
+            self.filled += n;
+            self.last_rx = now;
+            self.begun.get_or_insert(now);
+        }
+    }
+
+    /// The next thing to do with what was received, or `None` (read more,
+    /// or closed: see [`Connection::closed`]).
+    pub fn poll(&mut self) -> Option<Event> {
+        if self.closed.is_some() {
+            return None;
+        }
+        match frame(&self.buf[..self.filled], &self.limits) {
+            Ok(Frame::Incomplete) => {
+                if self.filled == 0 {
+                    self.begun = None;
+                }
+                None
+            }
+            Ok(Frame::Message { len }) => Some(Event::Message { len }),
+            Ok(Frame::Ping { len }) => {
+                self.consume(len);
+                Some(Event::Pong)
+            }
+            Ok(Frame::Pong { len }) => {
+                self.consume(len);
+                self.poll()
+            }
+            Err(e) => {
+                self.closed = Some(Closed::Framing(e));
+                None
+            }
+        }
+    }
+
+    /// The message a [`Event::Message`] names.
+    pub fn message(&self, len: usize) -> &[u8] {
+        &self.buf[..len.min(self.filled)]
+    }
+
+    /// Drop the first `len` bytes (a message handled, a keep-alive); what
+    /// follows starts the next message's clock if anything is left.
+    pub fn consume(&mut self, len: usize) {
+        let len = len.min(self.filled);
+        self.buf.copy_within(len..self.filled, 0);
+        self.filled -= len;
+        self.begun = (self.filled > 0).then_some(self.last_rx);
+    }
+
+    pub fn closed(&self) -> Option<Closed> {
+        self.closed
+    }
+
+    /// When [`Connection::handle_timeout`] must run next.
+    pub fn deadline(&self) -> std::time::Instant {
+        let idle = self.last_rx + self.timing.idle;
+        match self.begun {
+            Some(b) => idle.min(b + self.timing.grace + self.allowance()),
+            None => idle,
+        }
+    }
+
+    /// The time the bytes of the incomplete message buy at the minimum
+    /// rate.
+    fn allowance(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.filled as u64 * 1000 / u64::from(self.timing.min_rate),
+        )
+    }
+
+    /// Apply the idle and slow-loris rules at `now`.
+    pub fn handle_timeout(&mut self, now: std::time::Instant) -> Option<Closed> {
+        if self.closed.is_none() {
+            if now >= self.last_rx + self.timing.idle {
+                self.closed = Some(Closed::Idle);
+            } else if self
+                .begun
+                .is_some_and(|b| now >= b + self.timing.grace + self.allowance())
+            {
+                self.closed = Some(Closed::TooSlow);
+            }
+        }
+        self.closed
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,6 +502,101 @@ mod tests {
             proptest::prop_assert_eq!(got, want);
             proptest::prop_assert!(buf.is_empty());
         }
+    }
+
+    fn feed(c: &mut Connection, now: std::time::Instant, bytes: &[u8]) {
+        let space = c.space();
+        assert!(space.len() >= bytes.len());
+        space[..bytes.len()].copy_from_slice(bytes);
+        c.received(now, bytes.len());
+    }
+
+    #[test]
+    fn a_connection_yields_pipelined_messages_and_answers_pings() {
+        let t0 = std::time::Instant::now();
+        let mut c = Connection::new(t0, Limits::default(), Timing::default());
+        let mut wire = INVITE.to_vec();
+        wire.extend_from_slice(b"\r\n\r\n");
+        wire.extend_from_slice(INVITE);
+        wire.extend_from_slice(&INVITE[..10]);
+        feed(&mut c, t0, &wire);
+        assert_eq!(c.poll(), Some(Event::Message { len: INVITE.len() }));
+        assert_eq!(c.message(INVITE.len()), INVITE);
+        c.consume(INVITE.len());
+        assert_eq!(c.poll(), Some(Event::Pong));
+        assert_eq!(c.poll(), Some(Event::Message { len: INVITE.len() }));
+        c.consume(INVITE.len());
+        assert_eq!(c.poll(), None, "the third is not whole yet");
+        feed(&mut c, t0, &INVITE[10..]);
+        assert_eq!(c.poll(), Some(Event::Message { len: INVITE.len() }));
+        c.consume(INVITE.len());
+        assert_eq!(c.poll(), None);
+        assert_eq!(c.closed(), None);
+    }
+
+    #[test]
+    fn a_silent_connection_closes_at_the_idle_timeout_and_traffic_defers_it() {
+        let t0 = std::time::Instant::now();
+        let s = std::time::Duration::from_secs;
+        let timing = Timing {
+            idle: s(30),
+            ..Timing::default()
+        };
+        let mut c = Connection::new(t0, Limits::default(), timing);
+        assert_eq!(c.deadline(), t0 + s(30));
+        feed(&mut c, t0 + s(20), b"\r\n\r\n");
+        assert_eq!(c.poll(), Some(Event::Pong));
+        assert_eq!(c.handle_timeout(t0 + s(49)), None, "the ping kept it");
+        assert_eq!(c.deadline(), t0 + s(50));
+        assert_eq!(c.handle_timeout(t0 + s(50)), Some(Closed::Idle));
+        assert!(c.space().is_empty());
+    }
+
+    #[test]
+    fn a_message_trickled_below_the_minimum_rate_closes_the_connection() {
+        let t0 = std::time::Instant::now();
+        let ms = std::time::Duration::from_millis;
+        let timing = Timing {
+            idle: std::time::Duration::from_secs(300),
+            grace: ms(2000),
+            min_rate: 100,
+        };
+        let mut c = Connection::new(t0, Limits::default(), timing);
+        // 10 bytes buy 100 ms past the grace.
+        feed(&mut c, t0, &INVITE[..10]);
+        assert_eq!(c.poll(), None);
+        assert_eq!(c.deadline(), t0 + ms(2100));
+        assert_eq!(c.handle_timeout(t0 + ms(2099)), None);
+        // 200 more bytes buy two seconds more.
+        feed(&mut c, t0 + ms(2050), &INVITE[10..INVITE.len() - 1]);
+        assert_eq!(c.handle_timeout(t0 + ms(2100)), None);
+        assert_eq!(
+            c.handle_timeout(t0 + ms(2000 + (INVITE.len() as u64 - 1) * 10)),
+            Some(Closed::TooSlow)
+        );
+        assert_eq!(Closed::TooSlow.name(), "too_slow");
+        // Finished in time, the message would have reset the clock.
+        let mut fast = Connection::new(t0, Limits::default(), timing);
+        feed(&mut fast, t0, &INVITE[..10]);
+        feed(&mut fast, t0 + ms(2050), &INVITE[10..]);
+        assert_eq!(fast.poll(), Some(Event::Message { len: INVITE.len() }));
+        fast.consume(INVITE.len());
+        assert_eq!(fast.deadline(), t0 + ms(2050) + timing.idle);
+    }
+
+    #[test]
+    fn a_framing_error_closes_and_nothing_more_is_read() {
+        let t0 = std::time::Instant::now();
+        let mut c = Connection::new(t0, Limits::default(), Timing::default());
+        feed(&mut c, t0, b"MESSAGE sip:b SIP/2.0\r\nCall-ID: c\r\n\r\nhi");
+        assert_eq!(c.poll(), None);
+        assert_eq!(
+            c.closed(),
+            Some(Closed::Framing(StreamError::NoContentLength))
+        );
+        assert_eq!(c.closed().map(Closed::name), Some("no_content_length"));
+        assert!(c.space().is_empty());
+        assert_eq!(c.poll(), None);
     }
 
     #[test]
