@@ -8,7 +8,7 @@
 
 mod common;
 use common::free_port;
-use common::kannel::{smsc_got, start_kannel};
+use common::kannel::{await_smsc, smsc_got, start_kannel};
 use common::party::{Party, Received};
 use cpm_edge::app::App;
 use cpm_edge::config::Config;
@@ -52,12 +52,52 @@ fn send_body(p: &Party, edge: SocketAddr, to: &str, n: u32, ctype: &str, body: &
 
 /// cpm-edge (with an `[[iwf]]` for SMS at `iwf`, and `edge_extra`) and
 /// two cpm-cs shards serving `users` (`[[user]]` entries), their
-/// `[server]` with `server_extra`.
+/// `[server]` with `server_extra`; stopped when dropped.
 struct Cluster {
-    edge: App,
+    edge: Option<App>,
     nodes: Vec<cpm_edge::csnode::Shard>,
     edge_addr: SocketAddr,
     iwf_addr: SocketAddr,
+    /// The registrar's credentials live here (`registrar_cluster`).
+    dir: Option<std::path::PathBuf>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        if let Some(edge) = self.edge.take() {
+            let _ = edge.stop();
+        }
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// A [`cluster`] whose edge is the registrar of example.net (the test
+/// users' credentials, bindings in memory).
+fn registrar_cluster(name: &str, server_extra: &str, users: &str) -> Cluster {
+    let dir = std::env::temp_dir().join(format!("cpm-iw-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let creds = credentials_file(&dir);
+    let registrar = format!(
+        "[registrar]\ndomains = [\"{DOMAIN}\"]\ncredentials_file = \"{}\"\nstore = \"\"\n",
+        creds.display()
+    );
+    let mut c = cluster(&registrar, server_extra, users);
+    c.dir = Some(dir);
+    c
+}
+
+/// cpm-iwf's configuration for cluster `c`, Kannel at `sendsms`; `sip`
+/// adds to `[sip]`, `rest` follows `[kannel]`.
+fn iwf_toml(c: &Cluster, sendsms: SocketAddr, sip: &str, rest: &str) -> String {
+    format!(
+        "[sip]\nlisten = \"{}\"\nedges = [\"{}\"]\nsender = \"+447700900000\"\n{sip}\
+         [kannel]\nsendsms = \"{sendsms}\"\nusername = \"iwf\"\npassword = \"iwf-secret\"\n{rest}",
+        c.iwf_addr, c.edge_addr
+    )
 }
 
 fn cluster(edge_extra: &str, server_extra: &str, users: &str) -> Cluster {
@@ -81,10 +121,11 @@ fn cluster(edge_extra: &str, server_extra: &str, users: &str) -> Cluster {
         .map(|n| cpm_edge::csnode::start_shard(&cs_toml, n, false).unwrap())
         .collect();
     Cluster {
-        edge,
+        edge: Some(edge),
         nodes,
         edge_addr,
         iwf_addr,
+        dir: None,
     }
 }
 
@@ -126,12 +167,23 @@ fn await_pf_learned(nodes: &[cpm_edge::csnode::Shard], user: &str) {
     }
 }
 
-/// cpm-iwf on its own thread until the returned flag is set.
-fn run_iwf(toml: &str) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+/// cpm-iwf on its own thread, stopped and joined when dropped.
+struct IwfThread(Arc<AtomicBool>, Option<std::thread::JoinHandle<()>>);
+
+impl Drop for IwfThread {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+        if let Some(t) = self.1.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run_iwf(toml: &str) -> IwfThread {
     let mut iwf = Iwf::start(iwfnode::load(toml).unwrap()).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let s2 = Arc::clone(&stop);
-    (stop, std::thread::spawn(move || iwf.run(&s2)))
+    IwfThread(stop, Some(std::thread::spawn(move || iwf.run(&s2))))
 }
 
 #[test]
@@ -146,13 +198,13 @@ fn a_message_for_an_unregistered_user_preferring_sms_lands_at_the_smsc() {
              [[user]]\nid = \"sip:frank@{DOMAIN}\"\nwhen_unregistered = \"sms\"\nmsisdn = \"+447700900124\"\n"
         ),
     );
-    let (edge_addr, iwf_addr) = (c.edge_addr, c.iwf_addr);
-    let iwf_toml = format!(
-        "[sip]\nlisten = \"{iwf_addr}\"\nedges = [\"{edge_addr}\"]\nsender = \"+447700900000\"\nmax_parts = 3\n\
-         [kannel]\nsendsms = \"{}\"\nusername = \"iwf\"\npassword = \"iwf-secret\"\ntimeout_ms = 3000\n",
-        kannel.sendsms
-    );
-    let (stop, iwf_thread) = run_iwf(&iwf_toml);
+    let edge_addr = c.edge_addr;
+    let _iwf = run_iwf(&iwf_toml(
+        &c,
+        kannel.sendsms,
+        "max_parts = 3\n",
+        "timeout_ms = 3000\n",
+    ));
 
     let alice = Party::bind("alice");
     let ok = send_message(
@@ -163,14 +215,7 @@ fn a_message_for_an_unregistered_user_preferring_sms_lands_at_the_smsc() {
         "hello erin, by SMS",
     );
     assert!(ok.starts_with("SIP/2.0 202 "), "{ok}");
-    let t0 = Instant::now();
-    while smsc_got(&kannel).is_empty() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "nothing reached fakesmsc"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    await_smsc(&kannel, 1);
     let got = smsc_got(&kannel);
     assert!(
         got[0].ends_with("<+447700900000 +447700900123 text hello erin, by SMS>"),
@@ -209,15 +254,7 @@ fn a_message_for_an_unregistered_user_preferring_sms_lands_at_the_smsc() {
     let two = format!("{}{}", "a".repeat(150), "b".repeat(50));
     let ok = send_message(&alice, edge_addr, &format!("sip:frank@{DOMAIN}"), 6, &two);
     assert!(ok.starts_with("SIP/2.0 202 "), "{ok}");
-    let t0 = Instant::now();
-    while smsc_got(&kannel).len() < 3 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "fakesmsc got {:?}",
-            smsc_got(&kannel)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    await_smsc(&kannel, 3);
     // TS 23.040 concatenation header: IEI 0, 3 bytes, reference, 2 parts,
     // part number; 153 septets in the first.
     let mut joined = String::new();
@@ -246,15 +283,7 @@ fn a_message_for_an_unregistered_user_preferring_sms_lands_at_the_smsc() {
         "Привет, Ελλάδα",
     );
     assert!(ok.starts_with("SIP/2.0 202 "), "{ok}");
-    let t0 = Instant::now();
-    while smsc_got(&kannel).len() < 4 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "fakesmsc got {:?}",
-            smsc_got(&kannel)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    await_smsc(&kannel, 4);
     let ucs2 = smsc_got(&kannel)[3].clone();
     let (_, data) = ucs2
         .split_once("<+447700900000 +447700900124 ucs-2 ")
@@ -278,10 +307,6 @@ fn a_message_for_an_unregistered_user_preferring_sms_lands_at_the_smsc() {
         dead.starts_with("SIP/2.0 503 Service Unavailable - SMS Gateway Unreachable"),
         "{dead}"
     );
-    stop.store(true, Ordering::Relaxed);
-    iwf_thread.join().unwrap();
-    drop(c.nodes);
-    c.edge.stop().unwrap();
 }
 
 /// Seed 5.3.2 end to end: an SMS injected at fakesmsc (the SMSC) reaches
@@ -289,30 +314,24 @@ fn a_message_for_an_unregistered_user_preferring_sms_lands_at_the_smsc() {
 /// → cpm-edge → her PF → cpm-edge → her device, from her friend's number.
 #[test]
 fn an_sms_from_the_smsc_reaches_a_registered_cpm_client_as_a_message() {
-    let dir = std::env::temp_dir().join(format!("cpm-iw-mo-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let creds = credentials_file(&dir);
     let mo_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let c = cluster(
-        &format!(
-            "[registrar]\ndomains = [\"{DOMAIN}\"]\ncredentials_file = \"{}\"\nstore = \"\"\n",
-            creds.display()
-        ),
+    let c = registrar_cluster(
+        "mo",
         "",
         &format!("[[user]]\nid = \"sip:carol@{DOMAIN}\"\nmsisdn = \"+447700900123\"\n"),
     );
-    let (edge_addr, iwf_addr, nodes) = (c.edge_addr, c.iwf_addr, &c.nodes);
     let carol = Party::bind("carol");
-    register_party(&carol, edge_addr, "carol", "c4r0l", MSG_TAG);
-    await_pf_learned(nodes, "carol");
-    let iwf_toml = format!(
-        "[sip]\nlisten = \"{iwf_addr}\"\nedges = [\"{edge_addr}\"]\nsender = \"+447700900000\"\n\
-         [kannel]\nsendsms = \"127.0.0.1:1\"\nusername = \"iwf\"\npassword = \"iwf-secret\"\n\
-         [mo]\nlisten = \"{mo_addr}\"\nwait_ms = 5000\n\
-         [[subscriber]]\nmsisdn = \"+447700900123\"\nuser = \"sip:carol@{DOMAIN}\"\n"
-    );
-    let (stop, iwf_thread) = run_iwf(&iwf_toml);
+    register_party(&carol, c.edge_addr, "carol", "c4r0l", MSG_TAG);
+    await_pf_learned(&c.nodes, "carol");
+    let _iwf = run_iwf(&iwf_toml(
+        &c,
+        "127.0.0.1:1".parse().unwrap(),
+        "",
+        &format!(
+            "[mo]\nlisten = \"{mo_addr}\"\nwait_ms = 5000\n\
+             [[subscriber]]\nmsisdn = \"+447700900123\"\nuser = \"sip:carol@{DOMAIN}\"\n"
+        ),
+    ));
     // The SMSC sends one SMS once Kannel is up.
     let url = format!("http://{mo_addr}/mo?from=%p&to=%P&text=%a");
     let kannel = start_kannel(
@@ -344,11 +363,6 @@ fn an_sms_from_the_smsc_reaches_a_registered_cpm_client_as_a_message() {
     );
     assert!(m.ends_with("\r\n\r\nhello from a phone"), "{m}");
     drop(kannel);
-    stop.store(true, Ordering::Relaxed);
-    iwf_thread.join().unwrap();
-    drop(c.nodes);
-    c.edge.stop().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// RFC 5438 through Kannel: alice's CPIM MESSAGE to erin (unregistered,
@@ -359,16 +373,9 @@ fn an_sms_from_the_smsc_reaches_a_registered_cpm_client_as_a_message() {
 /// refused and changes nothing.
 #[test]
 fn a_delivery_report_from_the_smsc_reaches_the_sender_as_an_imdn() {
-    let dir = std::env::temp_dir().join(format!("cpm-iw-dlr-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let creds = credentials_file(&dir);
     let mo_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let c = cluster(
-        &format!(
-            "[registrar]\ndomains = [\"{DOMAIN}\"]\ncredentials_file = \"{}\"\nstore = \"\"\n",
-            creds.display()
-        ),
+    let c = registrar_cluster(
+        "dlr",
         "",
         &format!(
             "[[user]]\nid = \"sip:alice@{DOMAIN}\"\n\
@@ -379,13 +386,12 @@ fn a_delivery_report_from_the_smsc_reaches_the_sender_as_an_imdn() {
     register_party(&alice, c.edge_addr, "alice", "wonder", MSG_TAG);
     await_pf_learned(&c.nodes, "alice");
     let kannel = start_kannel(None, None);
-    let iwf_toml = format!(
-        "[sip]\nlisten = \"{}\"\nedges = [\"{}\"]\nsender = \"+447700900000\"\n\
-         [kannel]\nsendsms = \"{}\"\nusername = \"iwf\"\npassword = \"iwf-secret\"\n\
-         [mo]\nlisten = \"{mo_addr}\"\nreports = 8\n",
-        c.iwf_addr, c.edge_addr, kannel.sendsms
-    );
-    let (stop, iwf_thread) = run_iwf(&iwf_toml);
+    let _iwf = run_iwf(&iwf_toml(
+        &c,
+        kannel.sendsms,
+        "",
+        &format!("[mo]\nlisten = \"{mo_addr}\"\nreports = 8\n"),
+    ));
     let cpim = format!(
         "From: <sip:alice@{DOMAIN}>\r\nTo: <sip:erin@{DOMAIN}>\r\nNS: imdn <urn:ietf:params:imdn>\r\n\
          imdn.Message-ID: im-42\r\nDateTime: 2026-12-02T18:00:00Z\r\n\
@@ -437,11 +443,6 @@ fn a_delivery_report_from_the_smsc_reaches_the_sender_as_an_imdn() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(alice.log().into_iter().filter(is_imdn).count(), 1);
     drop(kannel);
-    stop.store(true, Ordering::Relaxed);
-    iwf_thread.join().unwrap();
-    drop(c.nodes);
-    c.edge.stop().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Seed 5.3.1.2 through real sockets and a real gateway, the sending
@@ -453,26 +454,14 @@ fn a_delivery_report_from_the_smsc_reaches_the_sender_as_an_imdn() {
 /// too (`unmapped_numbers = "sms"`, 5.3.1.2.3).
 #[test]
 fn a_recipient_without_cpm_gets_sms_when_it_has_a_number_and_the_error_otherwise() {
-    let dir = std::env::temp_dir().join(format!("cpm-iw-far-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let creds = credentials_file(&dir);
     let kannel = start_kannel(None, None);
     // The edge serves example.net only: other.example is another network.
-    let c = cluster(
-        &format!(
-            "[registrar]\ndomains = [\"{DOMAIN}\"]\ncredentials_file = \"{}\"\nstore = \"\"\n",
-            creds.display()
-        ),
+    let c = registrar_cluster(
+        "far",
         "when_remote_lacks = \"sms\"\nunmapped_numbers = \"sms\"\n",
         &format!("[[user]]\nid = \"sip:alice@{DOMAIN}\"\n"),
     );
-    let iwf_toml = format!(
-        "[sip]\nlisten = \"{}\"\nedges = [\"{}\"]\nsender = \"+447700900000\"\n\
-         [kannel]\nsendsms = \"{}\"\nusername = \"iwf\"\npassword = \"iwf-secret\"\n",
-        c.iwf_addr, c.edge_addr, kannel.sendsms
-    );
-    let (stop, iwf_thread) = run_iwf(&iwf_toml);
+    let _iwf = run_iwf(&iwf_toml(&c, kannel.sendsms, "", ""));
     let alice = Party::bind("alice");
     let far = "sip:+447700900777@other.example;user=phone";
     let ok = send_message(&alice, c.edge_addr, far, 1, "to a phone abroad");
@@ -490,15 +479,7 @@ fn a_recipient_without_cpm_gets_sms_when_it_has_a_number_and_the_error_otherwise
         bad.starts_with("SIP/2.0 404 Not Found - Number Not In E.164"),
         "{bad}"
     );
-    let t0 = Instant::now();
-    while smsc_got(&kannel).len() < 2 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "fakesmsc got {:?}",
-            smsc_got(&kannel)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    await_smsc(&kannel, 2);
     // From the provider's sender: alice's PF asserts her SIP identity only.
     let got = smsc_got(&kannel);
     for sms in [
@@ -508,9 +489,4 @@ fn a_recipient_without_cpm_gets_sms_when_it_has_a_number_and_the_error_otherwise
         assert!(got.iter().any(|g| g.ends_with(sms)), "{sms}: {got:?}");
     }
     drop(kannel);
-    stop.store(true, Ordering::Relaxed);
-    iwf_thread.join().unwrap();
-    drop(c.nodes);
-    c.edge.stop().unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
 }

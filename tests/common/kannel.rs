@@ -119,3 +119,21 @@ pub fn smsc_got(k: &Kannel) -> Vec<String> {
         .filter_map(|l| l.split_once("Got message ").map(|(_, r)| r.to_string()))
         .collect()
 }
+
+/// Wait (at most 10 s) until fakesmsc has received `n` messages; what it
+/// received.
+pub fn await_smsc(k: &Kannel, n: usize) -> Vec<String> {
+    let t0 = Instant::now();
+    loop {
+        let got = smsc_got(k);
+        if got.len() >= n {
+            return got;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "fakesmsc got {got:?}, not {n}; kannel in {}",
+            k.dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
