@@ -1,5 +1,6 @@
 //! Datagram io at the edge of the process: sockets, io_uring and the
-//! recvmmsg/sendmmsg fallback.
+//! recvmmsg/sendmmsg fallback; and stream sockets ([`stream`], TCP on
+//! epoll).
 //!
 //! This module owns every syscall of a worker's hot loop and nothing about SIP.
 //! A worker hands [`run`] a bound socket and a [`DatagramHandler`]; the loop
@@ -19,6 +20,7 @@ use std::sync::atomic::AtomicBool;
 
 pub mod mmsg;
 pub mod socket;
+pub mod stream;
 pub mod uring;
 
 /// Which kernel interface moves the datagrams.
