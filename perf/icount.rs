@@ -43,6 +43,7 @@ fn main() {
                 buf: black_box(&msg),
                 truncated: false,
                 src: client,
+                flow: None,
             };
             let o = run(&d, &t, &mut Open::default(), &mut out, &mut m);
             total += o.send().map_or(0, |(l, _)| l);
@@ -84,6 +85,7 @@ fn response(n: usize, t: &cpm_edge::route::Tables, client: SocketAddr) {
             buf: black_box(&resp),
             truncated: false,
             src: shard,
+            flow: None,
         };
         let o = run(&d, t, &mut Open::default(), &mut out, &mut m);
         total += o.send().map_or(0, |(l, _)| l);

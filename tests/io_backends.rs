@@ -32,6 +32,7 @@ fn cfg(batch: usize, buf_size: usize, buf_count: usize) -> IoConfig {
         buf_size,
         buf_count,
         out_size: 4096,
+        wake: None,
     }
 }
 

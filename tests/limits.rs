@@ -431,6 +431,7 @@ impl OverloadedWorker {
             buf_size: v.server.workers.max_datagram,
             buf_count: v.server.workers.recv_buffers,
             out_size: v.server.workers.max_datagram,
+            wake: None,
         };
         let tables = Arc::new(arc_swap::ArcSwap::from_pointee(v.tables()));
         let stats = Arc::new(cpm_edge::dataplane::stats::WorkerStats::new(8));

@@ -848,3 +848,51 @@ Content-Length: 0
     );
     assert_eq!(kind(&o), ForwardKind::TerminatingPf);
 }
+
+/// What came over TCP and needs the registrar (or the policy gate) is
+/// refused with its reason while those answer over UDP only; the same
+/// REGISTER as a datagram goes to the registrar.
+#[test]
+fn a_register_over_a_stream_is_refused_until_the_registrar_speaks_tcp() {
+    let mut t = tables();
+    t.registrar = Some(cpm_edge::route::tables::RegistrarRoute {
+        domains: vec![b"example.net".to_vec()],
+        require_registration: false,
+        location: std::sync::Arc::new(cpm_edge::route::location::Location::new(16)),
+    });
+    let register = wire(
+        "REGISTER sip:example.net SIP/2.0
+Via: SIP/2.0/TCP 192.0.2.10:5062;branch=z9hG4bK-reg-1;rport
+Max-Forwards: 70
+From: <sip:alice@example.net>;tag=r1
+To: <sip:alice@example.net>
+Call-ID: reg-1
+CSeq: 1 REGISTER
+Contact: <sip:alice@192.0.2.10:5062;transport=tcp>
+Content-Length: 0
+
+",
+    );
+    let (o, _) = process(&register, false, sa(CLIENT), &t, &mut vec![0u8; 4096]);
+    assert_eq!(o, Outcome::ToRegistrar);
+    let token = [b'0'; cpm_edge::sip::flow::TOKEN_LEN];
+    let d = cpm_edge::pipeline::Datagram {
+        buf: &register,
+        truncated: false,
+        src: sa(CLIENT),
+        flow: Some(&token),
+    };
+    let mut out = vec![0u8; 4096];
+    let mut m = cpm_edge::sip::scan::Message::default();
+    let o = cpm_edge::pipeline::run_stream(
+        &d,
+        &t,
+        &mut cpm_edge::pipeline::Open::default(),
+        &mut out,
+        &mut m,
+    );
+    assert_eq!(
+        reply_line(&o, &String::from_utf8_lossy(&out)),
+        "SIP/2.0 503 Service Unavailable - Not Yet Over TCP"
+    );
+}

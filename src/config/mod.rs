@@ -68,6 +68,9 @@ pub struct Config {
     pub trust: TrustConf,
     #[serde(default)]
     pub registrar: registrar::RegistrarConf,
+    /// SIP over TCP beside UDP (README "Transports").
+    #[serde(default)]
+    pub tcp: crate::dataplane::streams::TcpConf,
     /// Extra groups, one per line: `<group URI> <shard name>` (`#` comments);
     /// re-read on SIGHUP with the config file. Sized for millions of lines.
     pub groups_file: Option<String>,
@@ -441,7 +444,16 @@ impl Config {
         let sp = &self.slow_path;
         check_range("slow_path.threads", sp.threads, 1..=64)?;
         check_range("slow_path.queue", sp.queue, 1..=1_000_000)?;
+        let tcp = &self.tcp;
+        check_range("tcp.max_connections", tcp.max_connections, 1..=10_000_000)?;
+        check_range("tcp.max_per_ip", tcp.max_per_ip, 1..=10_000_000)?;
+        check_range("tcp.max_queued", tcp.max_queued, 4_096..=64 << 20)?;
+        check_range("tcp.idle_s", tcp.idle_s as usize, 1..=86_400)?;
+        check_range("tcp.min_rate", tcp.min_rate as usize, 1..=1 << 20)?;
+        check_range("tcp.max_header", tcp.max_header, 1_024..=256 * 1024)?;
+        check_range("tcp.max_body", tcp.max_body, 0..=1 << 20)?;
         Ok(ServerSettings {
+            tcp: tcp.clone(),
             listen,
             workers: Workers {
                 count,

@@ -20,4 +20,5 @@ pub mod location_store;
 pub mod registrar;
 pub mod slow;
 pub mod stats;
+pub mod streams;
 pub mod worker;

@@ -12,9 +12,12 @@ use crate::dataplane::limits::{
 use crate::dataplane::registrar::{self, RegQueue, RegistrarConfig, RegistrarThread};
 use crate::dataplane::slow::{Job, Progress, SlowPath, SlowQueue};
 use crate::dataplane::stats::{new_histogram, WorkerStats};
+use crate::dataplane::streams::{StreamSide, StreamSockets, StreamStats, TcpConf};
+use crate::io::stream::{CloseReason, ConnId, Refused, StreamHandler, Streams};
 use crate::io::{self, DatagramHandler, IoBackend, IoChoice, IoConfig};
 use crate::pipeline::{self, Datagram, Outcome, Refusal};
 use crate::route::{DropReason, Tables};
+use crate::sip::flow::{token_in_via, TOKEN_LEN};
 use crate::sip::scan::{Message, StartLine};
 use arc_swap::{ArcSwap, Cache};
 use hdrhistogram::Histogram;
@@ -48,6 +51,8 @@ pub struct ServerSettings {
     pub listen: SocketAddr,
     pub workers: Workers,
     pub slow_path: super::slow::SlowPathSettings,
+    /// SIP over TCP on `listen` too.
+    pub tcp: TcpConf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -193,6 +198,10 @@ pub struct EdgeHandler {
     /// The current datagram's scan, filled in place rather than moved out
     /// of the pipeline per datagram.
     msg: Message,
+    /// The worker's TCP side (`[tcp] enabled`), and the output buffer of
+    /// what a stream's message becomes.
+    streams: Option<StreamSide>,
+    stream_out: Vec<u8>,
 }
 
 impl EdgeHandler {
@@ -236,9 +245,18 @@ impl EdgeHandler {
             last_fold: now,
             last_log: [None; DropReason::ALL.len() + 1],
             msg: Message::default(),
+            streams: None,
+            stream_out: Vec::new(),
         };
         h.apply_admission(Arc::new(admission.clone()));
         h
+    }
+
+    /// Serve SIP over TCP too, with `side`; `out_size` bounds what one
+    /// message becomes.
+    pub fn set_streams(&mut self, side: StreamSide, out_size: usize) {
+        self.streams = Some(side);
+        self.stream_out = vec![0; out_size];
     }
 
     /// Hand REGISTERs for served domains (and the answers to the edge's
@@ -294,38 +312,82 @@ impl EdgeHandler {
     /// start says) and what became of it: the one place outcomes are
     /// counted.
     fn count(&mut self, d: &Datagram<'_>, outcome: &Outcome) {
-        let m = &self.msg;
-        match m.method().filter(|_| !d.truncated) {
-            Some(method) => self.stats.rx_request(method),
-            None => {
-                if let StartLine::Response { code } = m.start {
-                    if code >= 100 && !d.truncated {
-                        self.stats.rx_response(code);
-                    }
+        if let Some(r) = count_into(&self.stats, &self.msg, d.truncated, outcome) {
+            self.log_limited(
+                r as usize,
+                format_args!(
+                    "dropped datagram from {}: {} ({} bytes)",
+                    d.src,
+                    r.name(),
+                    d.buf.len()
+                ),
+            );
+        }
+    }
+
+    /// A whole message from a TCP connection: the pipeline, with the
+    /// connection's flow token in the Via it adds; a request to a shard
+    /// (or a response toward one) leaves by UDP, an answer on the
+    /// connection.
+    fn on_stream_message(
+        &mut self,
+        msg: &[u8],
+        peer: SocketAddr,
+        token: &[u8; TOKEN_LEN],
+        id: ConnId,
+        streams: &mut Streams,
+    ) {
+        let d = Datagram {
+            buf: msg,
+            truncated: false,
+            src: peer,
+            flow: Some(token),
+        };
+        let tables = self.tables.load();
+        let o = pipeline::run_stream(
+            &d,
+            tables,
+            &mut self.adm,
+            &mut self.stream_out,
+            &mut self.msg,
+        );
+        let _ = count_into(&self.stats, &self.msg, false, &o);
+        let Some(side) = self.streams.as_ref() else {
+            return;
+        };
+        match o {
+            Outcome::Forwarded { len, dst, .. } | Outcome::Relayed { len, dst, .. } => {
+                if !side.send_udp(&self.stream_out[..len], dst) {
+                    self.stats.send_error();
                 }
             }
-        }
-        match *outcome {
-            Outcome::Forwarded { kind, shard, .. } => self.stats.forwarded(kind, shard),
-            Outcome::Relayed { code, .. } => self.stats.relayed(code),
-            Outcome::Replied { code, .. } => self.stats.replied(code),
-            Outcome::NeedsPolicy(_) => self.stats.slow_queued(),
-            Outcome::ToRegistrar => self.stats.registrar_queued(),
-            Outcome::Dropped(r) => {
-                self.stats.dropped(r);
-                if r != DropReason::Keepalive {
-                    self.log_limited(
-                        r as usize,
-                        format_args!(
-                            "dropped datagram from {}: {} ({} bytes)",
-                            d.src,
-                            r.name(),
-                            d.buf.len()
-                        ),
-                    );
-                }
+            Outcome::Replied { len, .. } => {
+                streams.send(id, &self.stream_out[..len]);
             }
+            Outcome::Dropped(_) | Outcome::NeedsPolicy(_) | Outcome::ToRegistrar => {}
         }
+    }
+
+    /// A relayed response whose Via (ours, popped) names a TCP flow: it
+    /// goes on that connection, not by UDP. `false`: not a stream's.
+    fn relay_to_stream(&mut self, data: &[u8], out: &[u8]) -> bool {
+        let Some(side) = self.streams.as_mut() else {
+            return false;
+        };
+        let Some(token) = self
+            .msg
+            .top_via
+            .as_ref()
+            .and_then(|v| token_in_via(v.value.get(data)))
+        else {
+            return false;
+        };
+        let mut reactor = side.reactor.take();
+        if let Some(r) = reactor.as_mut() {
+            side.deliver(token, out, r.streams());
+        }
+        side.reactor = reactor;
+        true
     }
 
     fn fold_latency(&mut self) {
@@ -358,12 +420,40 @@ impl DatagramHandler for EdgeHandler {
             buf: data,
             truncated,
             src,
+            flow: None,
         };
         // A borrowed snapshot: no refcount traffic on a line shared by workers.
         let tables = self.tables.load();
         let outcome = pipeline::run(&d, tables, &mut self.adm, out, &mut self.msg);
         self.count(&d, &outcome);
+        if let Outcome::Relayed { len, .. } = outcome {
+            if self.streams.is_some() && self.relay_to_stream(data, &out[..len]) {
+                return None;
+            }
+        }
         outcome.send()
+    }
+
+    fn on_wake(&mut self) {
+        let Some(mut reactor) = self.streams.as_mut().and_then(|s| s.reactor.take()) else {
+            return;
+        };
+        // Level-triggered: poll until fewer events than fit came back.
+        let cap = reactor.events_per_poll();
+        for _ in 0..64 {
+            match reactor.poll(0, self) {
+                Ok(n) if n == cap => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(worker = self.worker, "tcp poll: {e}");
+                    break;
+                }
+            }
+        }
+        if let Some(side) = self.streams.as_mut() {
+            side.tick(Instant::now(), reactor.streams());
+            side.reactor = Some(reactor);
+        }
     }
 
     fn on_batch_end(&mut self) {
@@ -405,6 +495,78 @@ impl DatagramHandler for EdgeHandler {
     }
 }
 
+impl StreamHandler for EdgeHandler {
+    fn on_open(&mut self, id: ConnId, _peer: SocketAddr) {
+        if let Some(side) = self.streams.as_mut() {
+            side.opened(id, Instant::now());
+        }
+    }
+
+    fn on_data(&mut self, id: ConnId, data: &[u8], streams: &mut Streams) {
+        let Some(mut side) = self.streams.take() else {
+            return;
+        };
+        let mut framed = Vec::new();
+        side.received(id, data, Instant::now(), streams, |m, peer, token, _| {
+            framed.push((m.to_vec(), peer, *token));
+        });
+        self.streams = Some(side);
+        for (m, peer, token) in framed {
+            self.on_stream_message(&m, peer, &token, id, streams);
+        }
+    }
+
+    fn on_closed(&mut self, id: ConnId, why: CloseReason) {
+        if let Some(side) = self.streams.as_mut() {
+            side.closed(id, why);
+        }
+    }
+
+    fn on_refused(&mut self, peer: SocketAddr, why: Refused) {
+        if let Some(side) = self.streams.as_ref() {
+            side.refused(peer, why);
+        }
+    }
+
+    fn on_watched(&mut self, streams: &mut Streams) {
+        if let Some(side) = self.streams.as_mut() {
+            side.read_mail(streams);
+        }
+    }
+}
+
+/// Count what arrived (a truncated datagram as a drop, not as what its
+/// start says) and what became of it; a drop worth a log line is returned.
+fn count_into(
+    stats: &WorkerStats,
+    m: &Message,
+    truncated: bool,
+    outcome: &Outcome,
+) -> Option<DropReason> {
+    match m.method().filter(|_| !truncated) {
+        Some(method) => stats.rx_request(method),
+        None => {
+            if let StartLine::Response { code } = m.start {
+                if code >= 100 && !truncated {
+                    stats.rx_response(code);
+                }
+            }
+        }
+    }
+    match *outcome {
+        Outcome::Forwarded { kind, shard, .. } => stats.forwarded(kind, shard),
+        Outcome::Relayed { code, .. } => stats.relayed(code),
+        Outcome::Replied { code, .. } => stats.replied(code),
+        Outcome::NeedsPolicy(_) => stats.slow_queued(),
+        Outcome::ToRegistrar => stats.registrar_queued(),
+        Outcome::Dropped(r) => {
+            stats.dropped(r);
+            return (r != DropReason::Keepalive).then_some(r);
+        }
+    }
+    None
+}
+
 impl Drop for EdgeHandler {
     fn drop(&mut self) {
         if let Ok(mut shared) = self.stats.latency.lock() {
@@ -426,6 +588,8 @@ pub struct Server {
     pub slow: Option<SlowPath>,
     /// The registrar thread (when the edge serves domains).
     pub registrar: Option<RegistrarThread>,
+    /// Every worker's TCP counters (`[tcp] enabled`).
+    pub streams: Option<Arc<StreamStats>>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<std::io::Result<()>>>,
 }
@@ -497,6 +661,8 @@ impl Server {
             }
             _ => None,
         };
+        let mut tcp = bind_streams(v, &sockets)?;
+        let stream_stats = tcp.as_ref().map(|t| Arc::clone(&t.stats));
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let stop = Arc::new(AtomicBool::new(false));
         let cfg = IoConfig {
@@ -504,6 +670,7 @@ impl Server {
             buf_size: v.workers.max_datagram,
             buf_count: v.workers.recv_buffers,
             out_size: v.workers.max_datagram,
+            wake: None,
         };
         let mut stats = Vec::new();
         let mut threads = Vec::new();
@@ -524,6 +691,15 @@ impl Server {
                 live: Some(Arc::clone(&admission)),
                 ..shared.clone()
             };
+            let side = match tcp.as_mut() {
+                Some(t) => Some(t.side(i, &v.tcp)?),
+                None => None,
+            };
+            let cfg = IoConfig {
+                wake: side.as_ref().and_then(StreamSide::wake_fd),
+                ..cfg
+            };
+            let out_size = v.tcp.out_size();
             let t = std::thread::Builder::new()
                 .name(format!("edge-w{i}"))
                 .spawn(move || {
@@ -534,6 +710,9 @@ impl Server {
                     }
                     let mut h = EdgeHandler::new(tables, st, i, slow_q, progress, &admission);
                     h.set_registrar(reg_q);
+                    if let Some(side) = side {
+                        h.set_streams(side, out_size);
+                    }
                     io::run(backend, &sock, cfg, &mut h, &stop)
                 })
                 .map_err(|e| format!("cannot spawn worker {i}: {e}"))?;
@@ -548,6 +727,7 @@ impl Server {
             stats,
             slow: Some(slow),
             registrar,
+            streams: stream_stats,
             stop,
             threads,
         })
@@ -583,6 +763,77 @@ impl Server {
             r.stop();
         }
         first
+    }
+}
+
+/// The TCP side's sockets, bound before any worker runs: a listener and a
+/// mail socket per worker, and the key every worker's flow tokens share.
+struct BoundStreams {
+    listeners: Vec<Option<std::net::TcpListener>>,
+    mails: Vec<Option<std::net::UdpSocket>>,
+    peers: Arc<Vec<SocketAddr>>,
+    udp: Vec<Option<std::net::UdpSocket>>,
+    key: [u64; 2],
+    stats: Arc<StreamStats>,
+}
+
+fn bind_streams(
+    v: &ServerSettings,
+    sockets: &[std::net::UdpSocket],
+) -> Result<Option<BoundStreams>, String> {
+    if !v.tcp.enabled {
+        return Ok(None);
+    }
+    let mut b = BoundStreams {
+        listeners: Vec::new(),
+        mails: Vec::new(),
+        peers: Arc::new(Vec::new()),
+        udp: Vec::new(),
+        key: crate::sip::hash::random_key(),
+        stats: Arc::new(StreamStats::default()),
+    };
+    let mut peers = Vec::new();
+    for (i, s) in sockets.iter().enumerate() {
+        let l = io::socket::bind_tcp(v.listen, 1024)
+            .map_err(|e| format!("worker {i}: cannot listen on tcp {}: {e}", v.listen))?;
+        // Loopback: the mail never leaves the host.
+        let mail = std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+            .map_err(|e| format!("worker {i}: cannot bind its mail socket: {e}"))?;
+        peers.push(mail.local_addr().map_err(|e| e.to_string())?);
+        b.listeners.push(Some(l));
+        b.mails.push(Some(mail));
+        b.udp.push(Some(s.try_clone().map_err(|e| {
+            format!("worker {i}: cannot duplicate its socket: {e}")
+        })?));
+    }
+    b.peers = Arc::new(peers);
+    Ok(Some(b))
+}
+
+impl BoundStreams {
+    /// Worker `i`'s TCP side (each part taken once).
+    fn side(&mut self, i: usize, tcp: &TcpConf) -> Result<StreamSide, String> {
+        let (Some(l), Some(mail), Some(udp)) = (
+            self.listeners[i].take(),
+            self.mails[i].take(),
+            self.udp[i].take(),
+        ) else {
+            return Err(format!("worker {i}: tcp side taken twice"));
+        };
+        let sockets = StreamSockets {
+            listener: l,
+            mail,
+            mail_peers: Arc::clone(&self.peers),
+            udp,
+        };
+        StreamSide::new(
+            sockets,
+            i as u16,
+            self.key,
+            tcp.clone(),
+            Arc::clone(&self.stats),
+        )
+        .map_err(|e| format!("worker {i}: tcp: {e}"))
     }
 }
 

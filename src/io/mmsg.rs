@@ -279,6 +279,41 @@ fn wait_fd(fd: RawFd, events: libc::c_short, timeout_ms: libc::c_int) {
     }
 }
 
+/// Is `fd` readable within `timeout_ms`?
+fn ready(fd: RawFd, timeout_ms: libc::c_int) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `pfd` is a live, initialized pollfd and the count is 1; poll
+    // does not keep the pointer.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+    n > 0 && pfd.revents & libc::POLLIN != 0
+}
+
+/// Sleep until `a` or `b` is readable or `timeout_ms` passed; the caller
+/// looks at both again whatever woke it.
+fn wait_either(a: RawFd, b: RawFd, timeout_ms: libc::c_int) {
+    let mut pfds = [
+        libc::pollfd {
+            fd: a,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: b,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // SAFETY: `pfds` is a live array of two initialized pollfds and the
+    // count passed is its length; poll does not keep the pointer.
+    unsafe {
+        libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms);
+    }
+}
+
 /// Errors of recvmmsg that mean the socket itself is unusable.
 fn is_fatal(err: i32) -> bool {
     matches!(
@@ -304,12 +339,24 @@ pub fn run<H: DatagramHandler>(
     let mut rx = Rx::new(n, cfg.buf_size);
     let mut tx = Tx::new(n, cfg.out_size);
 
+    let mut last_wake = std::time::Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        if let Some(w) = cfg.wake {
+            // Between batches, so a busy socket does not starve it; and
+            // at least every WAKE_TICK for the handler's timers.
+            if ready(w, 0) || last_wake.elapsed() >= super::WAKE_TICK {
+                last_wake = std::time::Instant::now();
+                handler.on_wake();
+            }
+        }
         let got = match rx.recv(fd) {
             Ok(0) => continue,
             Ok(got) => got,
             Err(libc::EAGAIN) => {
-                wait_fd(fd, libc::POLLIN, IDLE_WAIT_MS);
+                match cfg.wake {
+                    Some(w) => wait_either(fd, w, IDLE_WAIT_MS),
+                    None => wait_fd(fd, libc::POLLIN, IDLE_WAIT_MS),
+                }
                 continue;
             }
             Err(libc::EINTR) => continue,

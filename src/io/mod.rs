@@ -23,6 +23,10 @@ pub mod socket;
 pub mod stream;
 pub mod uring;
 
+/// The longest a handler with a wake descriptor waits for its
+/// [`DatagramHandler::on_wake`] (its timers run there).
+pub const WAKE_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Which kernel interface moves the datagrams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IoBackend {
@@ -64,6 +68,9 @@ pub struct IoConfig {
     pub buf_count: usize,
     /// Max size of one output datagram (the `out` slice handed to the handler).
     pub out_size: usize,
+    /// A descriptor whose readability calls [`DatagramHandler::on_wake`]
+    /// (the worker's stream reactor), waited on beside the socket.
+    pub wake: Option<std::os::fd::RawFd>,
 }
 
 /// The code above io: SIP scan + route + rewrite, stats.
@@ -86,6 +93,9 @@ pub trait DatagramHandler {
     fn on_send_error(&mut self, dst: SocketAddr, err: i32);
     /// A receive completed with errno `err`. Count it; the loop goes on.
     fn on_recv_error(&mut self, err: i32);
+    /// [`IoConfig::wake`] is readable: do what waits there (without
+    /// blocking) until it is not.
+    fn on_wake(&mut self) {}
 }
 
 /// Pick the backend: `Auto` probes io_uring (ring creation, multishot

@@ -65,6 +65,21 @@ pub fn bind_udp(
     Ok(sock.into())
 }
 
+/// A listening TCP socket on `addr`, one per worker with SO_REUSEPORT (the
+/// kernel spreads new connections over the workers' listeners).
+pub fn bind_tcp(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(backlog)?;
+    Ok(sock.into())
+}
+
 // IPv4 path-MTU discovery mode of the edge's sockets.
 //
 // The kernel's default (IP_PMTUDISC_WANT) already sets DF on every datagram

@@ -84,6 +84,8 @@ pub trait StreamHandler {
     fn on_data(&mut self, id: ConnId, data: &[u8], streams: &mut Streams);
     fn on_closed(&mut self, id: ConnId, why: CloseReason);
     fn on_refused(&mut self, peer: SocketAddr, why: Refused);
+    /// A descriptor given to [`Reactor::watch`] is readable.
+    fn on_watched(&mut self, _streams: &mut Streams) {}
 }
 
 struct Conn {
@@ -115,8 +117,10 @@ pub struct Reactor {
     events: Vec<libc::epoll_event>,
 }
 
-/// epoll's user data for the listener; connections use their slot.
+/// epoll's user data for the listener and a watched descriptor;
+/// connections use their slot.
 const LISTENER: u64 = u64::MAX;
+const WATCHED: u64 = u64::MAX - 1;
 
 impl Reactor {
     /// Watch `listener` (made non-blocking here).
@@ -167,6 +171,24 @@ impl Reactor {
         &mut self.streams
     }
 
+    /// Report `fd`'s readability too ([`StreamHandler::on_watched`]): the
+    /// worker's other input, in the same wait.
+    pub fn watch(&mut self, fd: RawFd) -> io::Result<()> {
+        ctl(
+            self.streams.epoll,
+            libc::EPOLL_CTL_ADD,
+            fd,
+            libc::EPOLLIN as u32,
+            WATCHED,
+        )
+    }
+
+    /// The capacity of one poll's event list: a poll that returns this
+    /// many may have left events for the next.
+    pub fn events_per_poll(&self) -> usize {
+        self.events.len()
+    }
+
     /// Handle what is ready, waiting at most `timeout_ms` (0: do not
     /// wait). Returns how many events were handled.
     pub fn poll<H: StreamHandler>(&mut self, timeout_ms: i32, h: &mut H) -> io::Result<usize> {
@@ -194,11 +216,15 @@ impl Reactor {
             let (key, bits) = (ev.u64, ev.events);
             if key == LISTENER {
                 self.accept_all(h);
+            } else if key == WATCHED {
+                h.on_watched(&mut self.streams);
             } else {
                 self.on_ready(key as u32, bits, h);
             }
             self.streams.report_closed(h);
         }
+        // Closes decided between polls (timers) are reported here too.
+        self.streams.report_closed(h);
         Ok(n as usize)
     }
 

@@ -72,6 +72,8 @@ use super::{DatagramHandler, IoConfig};
 const RECV_UD: u64 = u64::MAX;
 /// user_data of the cancel request sent at shutdown.
 const CANCEL_UD: u64 = u64::MAX - 1;
+/// user_data of the multishot poll on `IoConfig::wake`.
+const WAKE_UD: u64 = u64::MAX - 2;
 /// Provided-buffer group id (one group per ring, rings are per worker).
 const BGID: u16 = 0;
 /// `size_of::<struct io_uring_recvmsg_out>()`: four u32 (kernel ABI).
@@ -283,6 +285,10 @@ pub fn run<H: DatagramHandler>(
 
     let mut lp = Loop {
         fd: socket.as_raw_fd(),
+        wake: cfg.wake,
+        wake_armed: false,
+        woken: false,
+        last_wake: Instant::now(),
         batch,
         bufs: &mut bufs,
         tx: &mut tx,
@@ -313,6 +319,13 @@ struct Loop<'a> {
     hdr: &'a libc::msghdr,
     /// A multishot recv is (or will be, once submitted) in the kernel.
     recv_armed: bool,
+    /// `IoConfig::wake`, its multishot poll armed, and a readiness seen.
+    wake: Option<RawFd>,
+    wake_armed: bool,
+    woken: bool,
+    /// The handler's wake also runs its timers: at least every
+    /// `super::WAKE_TICK`.
+    last_wake: Instant,
     /// Receive completions (result, flags) drained from the CQ and not yet
     /// handled. Holds at most one error (the receive is re-armed only when
     /// none is pending) plus one entry per provided buffer, so it never
@@ -340,6 +353,13 @@ impl Loop<'_> {
                 let Some(cqe) = cq.next() else { break };
                 // Only the receive completes during the loop (a cancel is
                 // sent at shutdown only).
+                if cqe.user_data() == WAKE_UD {
+                    self.woken = true;
+                    if !cqueue::more(cqe.flags()) {
+                        self.wake_armed = false;
+                    }
+                    continue;
+                }
                 if cqe.user_data() == RECV_UD {
                     if !cqueue::more(cqe.flags()) {
                         self.recv_armed = false;
@@ -408,7 +428,10 @@ impl Loop<'_> {
                 handler.on_batch_end();
             }
 
-            // 5. Nothing to do without the kernel: wait (bounded); the
+            // 5. The wake descriptor: its work, and its poll re-armed.
+            self.wake(&mut sq, handler);
+
+            // 6. Nothing to do without the kernel: wait (bounded); the
             //    same call submits a re-arm.
             sq.sync();
             cq.sync();
@@ -422,6 +445,28 @@ impl Loop<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Readiness of `IoConfig::wake` seen: the handler does its work.
+    /// Its poll is (re-)armed whenever it is not: a single-shot end
+    /// (`more` unset) or the first pass.
+    fn wake<H: DatagramHandler>(&mut self, sq: &mut squeue::SubmissionQueue<'_>, handler: &mut H) {
+        let Some(fd) = self.wake else { return };
+        if self.woken || self.last_wake.elapsed() >= super::WAKE_TICK {
+            self.woken = false;
+            self.last_wake = Instant::now();
+            handler.on_wake();
+        }
+        if !self.wake_armed {
+            let sqe = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+                .multi(true)
+                .build()
+                .user_data(WAKE_UD);
+            // SAFETY: a poll request holds no pointer into our memory.
+            if unsafe { sq.push(&sqe) }.is_ok() {
+                self.wake_armed = true;
+            }
+        }
     }
 
     /// Hand one received buffer to the handler; its output (if any) goes in

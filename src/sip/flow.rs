@@ -17,6 +17,16 @@ use std::hash::Hasher;
 /// Hex digits of a token: 2 + 4 + 4 bytes of flow, 8 of MAC.
 pub const TOKEN_LEN: usize = 36;
 
+/// Our Via's parameter naming the client's stream connection.
+pub const FLOW_PARAM: &[u8] = b";cpm-flow=";
+
+/// The token in a Via value (`via`, the bytes of one Via header value)
+/// the edge wrote, if it carries one: what follows [`FLOW_PARAM`].
+pub fn token_in_via(via: &[u8]) -> Option<&[u8]> {
+    let at = memchr::memmem::find(via, FLOW_PARAM)? + FLOW_PARAM.len();
+    via.get(at..at + TOKEN_LEN)
+}
+
 /// One connection of one worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Flow {
@@ -123,6 +133,31 @@ mod tests {
             .token(&KEY),
             t,
             "a reused slot is another flow"
+        );
+    }
+
+    #[test]
+    fn the_token_is_found_in_the_via_the_edge_wrote() {
+        let f = Flow {
+            worker: 1,
+            slot: 2,
+            generation: 3,
+        };
+        let t = f.token(&KEY);
+        let via = format!(
+            "SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKcpe1;cpm-flow={}",
+            std::str::from_utf8(&t).unwrap()
+        );
+        let found = token_in_via(via.as_bytes()).unwrap();
+        assert_eq!(Flow::from_token(found, &KEY), Some(f));
+        assert_eq!(
+            token_in_via(b"SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1"),
+            None
+        );
+        assert_eq!(
+            token_in_via(b"SIP/2.0/UDP h;cpm-flow=00ab"),
+            None,
+            "cut short"
         );
     }
 

@@ -370,6 +370,9 @@ pub struct RequestPlan<'a> {
     /// Our complete Via line up to the branch value: `Via: SIP/2.0/UDP h:p;branch=`.
     pub via_prefix: &'a [u8],
     pub branch: &'a [u8],
+    /// The flow token of the client's stream connection, written as our
+    /// Via's `cpm-flow` parameter.
+    pub flow: Option<&'a [u8]>,
     /// A complete `Route: ...\r\n` line pushed on top, if any.
     pub route_push: Option<&'a [u8]>,
     /// A complete `Record-Route: ...\r\n` line, if any.
@@ -407,6 +410,10 @@ pub fn forward_request(
     o.put(b"\r\n");
     o.put(plan.via_prefix);
     o.put(plan.branch);
+    if let Some(token) = plan.flow {
+        o.put(super::flow::FLOW_PARAM);
+        o.put(token);
+    }
     o.put(b"\r\n");
     if let Some(r) = plan.route_push {
         o.put(r);

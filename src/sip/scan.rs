@@ -1137,11 +1137,20 @@ pub struct Scanned<'a> {
     pub buf: &'a [u8],
     pub m: &'a Message,
     pub src: std::net::SocketAddr,
+    /// The flow token of the stream connection it arrived on (`None`: a
+    /// datagram): written into the Via the edge adds, so the response
+    /// finds the connection ([`super::flow`]).
+    pub flow: Option<&'a [u8]>,
 }
 
 impl<'a> Scanned<'a> {
     pub fn new(buf: &'a [u8], m: &'a Message, src: std::net::SocketAddr) -> Scanned<'a> {
-        Scanned { buf, m, src }
+        Scanned {
+            buf,
+            m,
+            src,
+            flow: None,
+        }
     }
 }
 

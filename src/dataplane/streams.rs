@@ -1,0 +1,369 @@
+//! SIP over TCP at a worker (README "Transports"): the worker's listener
+//! and the connections it owns ([`crate::io::stream`]), each framed by a
+//! [`Connection`], named in what the edge writes by a keyed flow token
+//! ([`crate::sip::flow`]).
+//!
+//! A request framed from a connection runs the same pipeline as a
+//! datagram, with its flow token written into the Via the edge adds; what
+//! it becomes goes out over UDP (to a shard) or back on the connection (an
+//! answer). A response from a shard reaches whichever worker the kernel
+//! picks for its datagram: the worker that owns the flow writes it on the
+//! connection; another worker passes it on through the owner's mail
+//! socket (a loopback UDP socket per worker, watched by the owner's
+//! epoll: bounded by the kernel's buffer, no lock, no channel to size).
+
+use crate::io::stream::{CloseReason, ConnId, Reactor, Refused, StreamConfig, Streams};
+use crate::sip::flow::{Flow, TOKEN_LEN};
+use crate::sip::stream::{Closed, Connection, Event, Limits, Timing};
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// `[tcp]`: SIP over TCP beside UDP, on the same address.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TcpConf {
+    pub enabled: bool,
+    /// Connections per worker in all, and from one address.
+    pub max_connections: usize,
+    pub max_per_ip: usize,
+    /// Bytes waiting for a peer that does not read; beyond: closed.
+    pub max_queued: usize,
+    /// Closed after this long without a byte (keep-alives count).
+    pub idle_s: u64,
+    /// The slow-loris rule: a message begun brings `min_rate` bytes/s
+    /// after `grace_ms`.
+    pub grace_ms: u64,
+    pub min_rate: u32,
+    pub max_header: usize,
+    pub max_body: usize,
+}
+
+impl Default for TcpConf {
+    fn default() -> TcpConf {
+        TcpConf {
+            enabled: false,
+            max_connections: 100_000,
+            max_per_ip: 1_000,
+            max_queued: 256 * 1024,
+            idle_s: 300,
+            grace_ms: 2_000,
+            min_rate: 512,
+            max_header: 16 * 1024,
+            max_body: 64 * 1024,
+        }
+    }
+}
+
+impl TcpConf {
+    /// Room for what one message becomes: itself and the edge's edits.
+    pub fn out_size(&self) -> usize {
+        self.max_header + self.max_body + 4096
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_header: self.max_header,
+            max_body: self.max_body,
+        }
+    }
+
+    fn timing(&self) -> Timing {
+        Timing {
+            idle: Duration::from_secs(self.idle_s),
+            grace: Duration::from_millis(self.grace_ms),
+            min_rate: self.min_rate,
+        }
+    }
+
+    fn io(&self) -> StreamConfig {
+        StreamConfig {
+            max_connections: self.max_connections,
+            max_per_ip: self.max_per_ip,
+            max_queued: self.max_queued,
+            ..StreamConfig::default()
+        }
+    }
+}
+
+/// Counters of every worker's streams (summed into `/metrics`).
+#[derive(Debug, Default)]
+pub struct StreamStats {
+    pub opened: AtomicU64,
+    pub refused_total: AtomicU64,
+    pub refused_per_ip: AtomicU64,
+    /// Closed, by why: peer, error, slow reader, idle, too slow, framing.
+    pub closed_peer: AtomicU64,
+    pub closed_error: AtomicU64,
+    pub closed_slow_reader: AtomicU64,
+    pub closed_idle: AtomicU64,
+    pub closed_too_slow: AtomicU64,
+    pub closed_framing: AtomicU64,
+    pub messages: AtomicU64,
+    pub pongs: AtomicU64,
+    /// Responses handed to the owning worker, and those whose connection
+    /// was gone.
+    pub mailed: AtomicU64,
+    pub undeliverable: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+struct Conn {
+    id: ConnId,
+    framing: Connection,
+    token: [u8; TOKEN_LEN],
+}
+
+/// What one worker's TCP side runs on, bound by the caller before any
+/// worker starts.
+pub struct StreamSockets {
+    /// SO_REUSEPORT on the edge's address, one per worker.
+    pub listener: std::net::TcpListener,
+    /// This worker's mail socket, among every worker's (`mail_peers`, by
+    /// worker index).
+    pub mail: UdpSocket,
+    pub mail_peers: Arc<Vec<SocketAddr>>,
+    /// The worker's datagram socket (a duplicate).
+    pub udp: UdpSocket,
+}
+
+/// One worker's TCP side.
+pub struct StreamSide {
+    /// Taken while it polls (its handler is the worker).
+    pub reactor: Option<Reactor>,
+    conns: Vec<Option<Conn>>,
+    worker: u16,
+    key: [u64; 2],
+    mail: UdpSocket,
+    /// Every worker's mail address, by worker index.
+    mail_peers: Arc<Vec<SocketAddr>>,
+    /// The worker's datagram socket, for what a stream's request becomes.
+    udp: UdpSocket,
+    cfg: TcpConf,
+    next_tick: Instant,
+    pub stats: Arc<StreamStats>,
+}
+
+/// How often the connections' timers are looked at.
+const TICK: Duration = Duration::from_millis(100);
+/// The largest mail: a token and a datagram.
+const MAIL_MAX: usize = TOKEN_LEN + 65_536;
+
+impl StreamSide {
+    /// Worker `worker`'s side on its sockets; `key` keys every worker's
+    /// flow tokens alike (any worker reads any token).
+    pub fn new(
+        sockets: StreamSockets,
+        worker: u16,
+        key: [u64; 2],
+        cfg: TcpConf,
+        stats: Arc<StreamStats>,
+    ) -> std::io::Result<StreamSide> {
+        let StreamSockets {
+            listener,
+            mail,
+            mail_peers,
+            udp,
+        } = sockets;
+        let mut reactor = Reactor::new(listener, cfg.io())?;
+        mail.set_nonblocking(true)?;
+        reactor.watch(std::os::fd::AsRawFd::as_raw_fd(&mail))?;
+        Ok(StreamSide {
+            reactor: Some(reactor),
+            conns: Vec::new(),
+            worker,
+            key,
+            mail,
+            mail_peers,
+            udp,
+            cfg,
+            next_tick: Instant::now() + TICK,
+            stats,
+        })
+    }
+
+    /// The descriptor the io loop waits on.
+    pub fn wake_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.reactor.as_ref().map(Reactor::fd)
+    }
+
+    pub fn opened(&mut self, id: ConnId, now: Instant) {
+        bump(&self.stats.opened);
+        let slot = id.slot as usize;
+        if self.conns.len() <= slot {
+            self.conns.resize_with(slot + 1, || None);
+        }
+        let flow = Flow {
+            worker: self.worker,
+            slot: id.slot,
+            generation: id.generation,
+        };
+        self.conns[slot] = Some(Conn {
+            id,
+            framing: Connection::new(now, self.cfg.limits(), self.cfg.timing()),
+            token: flow.token(&self.key),
+        });
+    }
+
+    pub fn refused(&self, peer: SocketAddr, why: Refused) {
+        bump(match why {
+            Refused::Total => &self.stats.refused_total,
+            Refused::PerIp => &self.stats.refused_per_ip,
+        });
+        tracing::debug!(%peer, ?why, "tcp connection refused");
+    }
+
+    pub fn closed(&mut self, id: ConnId, why: CloseReason) {
+        if let Some(slot) = self.conns.get_mut(id.slot as usize) {
+            if slot.as_ref().is_some_and(|c| c.id == id) {
+                *slot = None;
+            }
+        }
+        bump(match why {
+            CloseReason::PeerClosed => &self.stats.closed_peer,
+            CloseReason::Error(_) => &self.stats.closed_error,
+            CloseReason::SlowReader => &self.stats.closed_slow_reader,
+            // Our own closes are counted where they are decided.
+            CloseReason::Closed => return,
+        });
+    }
+
+    /// Bytes from `id` into its framing, and what they make: whole
+    /// messages (with the connection's flow token) for `on_message`,
+    /// pongs written, a framing error closing the connection.
+    pub fn received(
+        &mut self,
+        id: ConnId,
+        data: &[u8],
+        now: Instant,
+        streams: &mut Streams,
+        mut on_message: impl FnMut(&[u8], SocketAddr, &[u8; TOKEN_LEN], &mut Streams),
+    ) {
+        let Some(peer) = streams.peer(id) else { return };
+        let stats = Arc::clone(&self.stats);
+        let Some(c) = self.conn_mut(id) else { return };
+        let mut rest = data;
+        while !rest.is_empty() {
+            let space = c.framing.space();
+            if space.is_empty() {
+                break;
+            }
+            let n = space.len().min(rest.len());
+            space[..n].copy_from_slice(&rest[..n]);
+            c.framing.received(now, n);
+            rest = &rest[n..];
+            while let Some(e) = c.framing.poll() {
+                match e {
+                    Event::Pong => {
+                        bump(&stats.pongs);
+                        streams.send(id, b"\r\n");
+                    }
+                    Event::Message { len } => {
+                        bump(&stats.messages);
+                        on_message(c.framing.message(len), peer, &c.token, streams);
+                        c.framing.consume(len);
+                    }
+                }
+            }
+            if let Some(why) = c.framing.closed() {
+                return self.close_for(id, why, streams);
+            }
+        }
+    }
+
+    fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        self.conns
+            .get_mut(id.slot as usize)?
+            .as_mut()
+            .filter(|c| c.id == id)
+    }
+
+    fn close_for(&mut self, id: ConnId, why: Closed, streams: &mut Streams) {
+        bump(match why {
+            Closed::Framing(_) => &self.stats.closed_framing,
+            Closed::Idle => &self.stats.closed_idle,
+            Closed::TooSlow => &self.stats.closed_too_slow,
+        });
+        if let Some(peer) = streams.peer(id) {
+            tracing::debug!(%peer, why = why.name(), "tcp connection closed");
+        }
+        // Gone from the timers now, not when the close is reported.
+        if let Some(slot) = self.conns.get_mut(id.slot as usize) {
+            if slot.as_ref().is_some_and(|c| c.id == id) {
+                *slot = None;
+            }
+        }
+        streams.close(id);
+    }
+
+    /// The connections' timers, at most every `TICK` (100 ms).
+    pub fn tick(&mut self, now: Instant, streams: &mut Streams) {
+        if now < self.next_tick {
+            return;
+        }
+        self.next_tick = now + TICK;
+        let mut due = Vec::new();
+        for c in self.conns.iter_mut().flatten() {
+            if c.framing.deadline() <= now {
+                if let Some(why) = c.framing.handle_timeout(now) {
+                    due.push((c.id, why));
+                }
+            }
+        }
+        for (id, why) in due {
+            self.close_for(id, why, streams);
+        }
+    }
+
+    /// A response for the flow `token` names: on its connection when this
+    /// worker owns it, else to the owner's mail socket. `false`: no such
+    /// flow (forged, or another edge's).
+    pub fn deliver(&mut self, token: &[u8], bytes: &[u8], streams: &mut Streams) -> bool {
+        let Some(flow) = Flow::from_token(token, &self.key) else {
+            return false;
+        };
+        if flow.worker == self.worker {
+            let id = ConnId {
+                slot: flow.slot,
+                generation: flow.generation,
+            };
+            let sent = streams.send(id, bytes);
+            if !sent {
+                bump(&self.stats.undeliverable);
+            }
+            return sent;
+        }
+        let Some(owner) = self.mail_peers.get(usize::from(flow.worker)) else {
+            return false;
+        };
+        let mut mail = Vec::with_capacity(TOKEN_LEN + bytes.len());
+        mail.extend_from_slice(token);
+        mail.extend_from_slice(bytes);
+        bump(&self.stats.mailed);
+        self.mail.send_to(&mail, owner).is_ok()
+    }
+
+    /// Mail from the other workers: each a token and a response to write.
+    pub fn read_mail(&mut self, streams: &mut Streams) {
+        let mut buf = vec![0u8; MAIL_MAX];
+        while let Ok((n, from)) = self.mail.recv_from(&mut buf) {
+            // Only this edge's workers write here.
+            if !self.mail_peers.contains(&from) || n < TOKEN_LEN {
+                continue;
+            }
+            let (token, bytes) = buf[..n].split_at(TOKEN_LEN);
+            let token = token.to_vec();
+            self.deliver(&token, bytes, streams);
+        }
+    }
+
+    /// A datagram out of the worker's UDP socket (what a stream's request
+    /// became: to a shard, or a response toward one).
+    pub fn send_udp(&self, bytes: &[u8], dst: SocketAddr) -> bool {
+        self.udp.send_to(bytes, dst).is_ok()
+    }
+}
