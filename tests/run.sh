@@ -44,6 +44,10 @@ cargo build --locked --release -q --bins
 step "SIPp: uac-cpm -> cpm-edge -> uas-cpm"
 EDGE_BIN="${CARGO_TARGET_DIR:-target}/release/cpm-edge" tests/sipp/run-sipp.sh
 
+step "SIPp over TCP (-t t1): uac-cpm -> cpm-edge ([tcp] enabled) -> uas-cpm over UDP"
+CALLS=2000 RATE=400 UAC_TRANSPORT=t1 EDGE_BIN="${CARGO_TARGET_DIR:-target}/release/cpm-edge" \
+  EDGE_ARGS="--config tests/sipp/tcp.toml" tests/sipp/run-sipp.sh
+
 step "SIPp: audio+video+message offer, media policy strips video (seed 5.2.3.7)"
 CALLS=1000 RATE=300 EDGE_BIN="${CARGO_TARGET_DIR:-target}/release/cpm-edge" \
   UAC_XML=tests/sipp/uac-cpm-av.xml UAS_XML=tests/sipp/uas-cpm-av.xml \

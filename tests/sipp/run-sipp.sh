@@ -25,6 +25,8 @@
 #   LOGDIR [mktemp]  logs and SIPp statistics (kept)
 #   UAC_XML, UAS_XML [SCENARIOS/uac-cpm.xml, uas-cpm.xml]  other scenarios
 #   EDGE_ARGS []  extra edge arguments (e.g. --config with a media policy)
+#   UAC_TRANSPORT [u1]  the UAC's SIPp transport (t1: one TCP connection;
+#                 the edge then needs [tcp] enabled, tests/sipp/tcp.toml)
 #   UACS [1]      number of SIPp UAC processes (ports UAC_PORT, UAC_PORT+1,
 #                 ...) sharing CALLS and RATE: one SIPp process saturates
 #                 its CPU long before the edge does
@@ -58,6 +60,7 @@ mkdir -p "$LOGDIR"
 UAC_XML=${UAC_XML:-$SCENARIOS/uac-cpm.xml}
 UAS_XML=${UAS_XML:-$SCENARIOS/uas-cpm.xml}
 EDGE_ARGS=${EDGE_ARGS:-}
+UAC_TRANSPORT=${UAC_TRANSPORT:-u1}
 UACS=${UACS:-1}
 # SIPp's own default socket buffer is 64 KiB: at thousands of calls per
 # second a busy SIPp overflows it (seen at the start of a 1M-call run:
@@ -160,7 +163,7 @@ for ((u = 0; u < UACS; u++)); do
     # 3261 §13.2.2.4 has a UAC do, instead of SIPp aborting the call with
     # a BYE outside the route set. A missing response still fails the call
     # (-recv_timeout).
-    (cd "$LOGDIR/uac$u" && exec "$SIPP" "$EDGE_TARGET" -sf "$UAC_XML" -i "$IP" -p $((UAC_PORT + u)) -t u1 \
+    (cd "$LOGDIR/uac$u" && exec "$SIPP" "$EDGE_TARGET" -sf "$UAC_XML" -i "$IP" -p $((UAC_PORT + u)) -t "$UAC_TRANSPORT" \
         -m $((CALLS / UACS)) -r $((RATE / UACS)) -nostdin -buff_size "$SIPP_BUF" "${rtt_args[@]}" \
         -default_behaviors all,-abortunexp \
         -timeout "${GLOBAL_TIMEOUT}s" -timeout_error -recv_timeout 5000 \
