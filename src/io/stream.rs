@@ -458,15 +458,7 @@ impl Conn {
         let was_empty = self.queued.is_empty();
         self.queued.extend_from_slice(rest);
         if was_empty {
-            let events = (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLOUT) as u32;
-            ctl(
-                epoll,
-                libc::EPOLL_CTL_MOD,
-                self.sock.as_raw_fd(),
-                events,
-                u64::from(slot),
-            )
-            .map_err(|e| CloseReason::Error(e.raw_os_error().unwrap_or(libc::EIO)))?;
+            self.watch_writable(epoll, slot, true)?;
         }
         Ok(())
     }
@@ -476,17 +468,26 @@ impl Conn {
         let n = write_some(&mut self.sock, &self.queued).map_err(CloseReason::Error)?;
         self.queued.drain(..n);
         if self.queued.is_empty() {
-            let events = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
-            ctl(
-                epoll,
-                libc::EPOLL_CTL_MOD,
-                self.sock.as_raw_fd(),
-                events,
-                u64::from(slot),
-            )
-            .map_err(|e| CloseReason::Error(e.raw_os_error().unwrap_or(libc::EIO)))?;
+            self.watch_writable(epoll, slot, false)?;
         }
         Ok(())
+    }
+
+    /// Watch for writability only while bytes wait (level-triggered
+    /// epoll would report a writable socket on every wait).
+    fn watch_writable(&self, epoll: RawFd, slot: u32, on: bool) -> Result<(), CloseReason> {
+        let mut events = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
+        if on {
+            events |= libc::EPOLLOUT as u32;
+        }
+        ctl(
+            epoll,
+            libc::EPOLL_CTL_MOD,
+            self.sock.as_raw_fd(),
+            events,
+            u64::from(slot),
+        )
+        .map_err(|e| CloseReason::Error(e.raw_os_error().unwrap_or(libc::EIO)))
     }
 }
 
