@@ -145,6 +145,8 @@ pub struct StreamSide {
     udp: UdpSocket,
     cfg: TcpConf,
     next_tick: Instant,
+    /// Where mail is read (allocated once: `MAIL_MAX` bytes).
+    mail_buf: Vec<u8>,
     pub stats: Arc<StreamStats>,
 }
 
@@ -182,6 +184,7 @@ impl StreamSide {
             udp,
             cfg,
             next_tick: Instant::now() + TICK,
+            mail_buf: vec![0; MAIL_MAX],
             stats,
         })
     }
@@ -349,16 +352,16 @@ impl StreamSide {
 
     /// Mail from the other workers: each a token and a response to write.
     pub fn read_mail(&mut self, streams: &mut Streams) {
-        let mut buf = vec![0u8; MAIL_MAX];
+        let mut buf = std::mem::take(&mut self.mail_buf);
         while let Ok((n, from)) = self.mail.recv_from(&mut buf) {
             // Only this edge's workers write here.
             if !self.mail_peers.contains(&from) || n < TOKEN_LEN {
                 continue;
             }
             let (token, bytes) = buf[..n].split_at(TOKEN_LEN);
-            let token = token.to_vec();
-            self.deliver(&token, bytes, streams);
+            self.deliver(token, bytes, streams);
         }
+        self.mail_buf = buf;
     }
 
     /// A datagram out of the worker's UDP socket (what a stream's request
