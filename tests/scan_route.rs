@@ -790,6 +790,18 @@ hi",
     assert_eq!(reply_line(&o, &out), "SIP/2.0 416 Unsupported URI Scheme");
 }
 
+/// The default tables with the edge as registrar of example.net (an
+/// empty location service).
+fn tables_serving_example_net() -> Tables {
+    let mut t = tables();
+    t.registrar = Some(cpm_edge::route::tables::RegistrarRoute {
+        domains: vec![b"example.net".to_vec()],
+        require_registration: false,
+        location: std::sync::Arc::new(cpm_edge::route::location::Location::new(16)),
+    });
+    t
+}
+
 /// Seed 5.2.3.2 across networks: with the edge knowing its own domains
 /// (the registrar's), the inviting user's PF's request for a user of
 /// another domain goes to the network serving that user, at the
@@ -797,12 +809,7 @@ hi",
 /// address is `404`, which the PF reads as "no SIP there" (5.3.1.2.2).
 #[test]
 fn a_pf_request_for_a_user_of_another_domain_goes_to_that_network() {
-    let mut t = tables();
-    t.registrar = Some(cpm_edge::route::tables::RegistrarRoute {
-        domains: vec![b"example.net".to_vec()],
-        require_registration: false,
-        location: std::sync::Arc::new(cpm_edge::route::location::Location::new(16)),
-    });
+    let t = tables_serving_example_net();
     let pf_request = |ruri: &str| {
         wire(&format!(
             "INVITE {ruri} SIP/2.0
@@ -854,12 +861,7 @@ Content-Length: 0
 /// REGISTER as a datagram goes to the registrar.
 #[test]
 fn a_register_over_a_stream_is_refused_until_the_registrar_speaks_tcp() {
-    let mut t = tables();
-    t.registrar = Some(cpm_edge::route::tables::RegistrarRoute {
-        domains: vec![b"example.net".to_vec()],
-        require_registration: false,
-        location: std::sync::Arc::new(cpm_edge::route::location::Location::new(16)),
-    });
+    let t = tables_serving_example_net();
     let register = wire(
         "REGISTER sip:example.net SIP/2.0
 Via: SIP/2.0/TCP 192.0.2.10:5062;branch=z9hG4bK-reg-1;rport
