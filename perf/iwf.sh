@@ -107,6 +107,13 @@ password = iwf-secret
 concatenation = true
 max-messages = 10
 EOF
+# The two shards, as both the edge and the Conversation Servers list them.
+SHARDS="[[shard]]
+name = \"cs1\"
+addr = \"127.0.0.1:$CS1\"
+[[shard]]
+name = \"cs2\"
+addr = \"127.0.0.1:$CS2\""
 cat >edge.toml <<EOF
 [listen]
 addr = "127.0.0.1:$EDGE"
@@ -118,12 +125,7 @@ bind = "127.0.0.1:28188"
 enabled = false
 [log]
 level = "warn"
-[[shard]]
-name = "cs1"
-addr = "127.0.0.1:$CS1"
-[[shard]]
-name = "cs2"
-addr = "127.0.0.1:$CS2"
+$SHARDS
 [[iwf]]
 service = "sms"
 addr = "127.0.0.1:$IWF"
@@ -134,12 +136,7 @@ edges = ["127.0.0.1:$EDGE"]
 terminating = "registered"
 [admin]
 bind = ""
-[[shard]]
-name = "cs1"
-addr = "127.0.0.1:$CS1"
-[[shard]]
-name = "cs2"
-addr = "127.0.0.1:$CS2"
+$SHARDS
 [[user]]
 id = "sip:alice@example.net"
 [[user]]
