@@ -221,11 +221,7 @@ impl StreamSide {
     }
 
     pub fn closed(&mut self, id: ConnId, why: CloseReason) {
-        if let Some(slot) = self.conns.get_mut(id.slot as usize) {
-            if slot.as_ref().is_some_and(|c| c.id == id) {
-                *slot = None;
-            }
-        }
+        self.forget(id);
         bump(match why {
             CloseReason::PeerClosed => &self.stats.closed_peer,
             CloseReason::Error(_) => &self.stats.closed_error,
@@ -278,6 +274,15 @@ impl StreamSide {
         }
     }
 
+    /// Drop `id`'s framing (a later tenant of its slot is left alone).
+    fn forget(&mut self, id: ConnId) {
+        if let Some(slot) = self.conns.get_mut(id.slot as usize) {
+            if slot.as_ref().is_some_and(|c| c.id == id) {
+                *slot = None;
+            }
+        }
+    }
+
     fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
         self.conns
             .get_mut(id.slot as usize)?
@@ -295,11 +300,7 @@ impl StreamSide {
             tracing::debug!(%peer, why = why.name(), "tcp connection closed");
         }
         // Gone from the timers now, not when the close is reported.
-        if let Some(slot) = self.conns.get_mut(id.slot as usize) {
-            if slot.as_ref().is_some_and(|c| c.id == id) {
-                *slot = None;
-            }
-        }
+        self.forget(id);
         streams.close(id);
     }
 
