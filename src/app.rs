@@ -67,6 +67,8 @@ impl App {
             .as_ref()
             .map(|s| (s.queue.clone(), Arc::clone(&s.stats)));
         control.admission = Some(Arc::clone(&server.admission));
+        control.tls = server.tls.clone();
+        control.streams = server.streams.clone();
         control.registrar = server.registrar.as_ref().map(|r| {
             let file = v
                 .registrar

@@ -64,8 +64,9 @@ impl Drop for Running {
 
 fn start(cfg: StreamConfig) -> Running {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut r = Reactor::new(l, cfg).unwrap();
-    let addr = r.local_addr().unwrap();
+    let mut r = Reactor::new(cfg).unwrap();
+    r.listen(l).unwrap();
+    let addr = r.local_addrs().unwrap()[0];
     let seen = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let (s2, stop2) = (Arc::clone(&seen), Arc::clone(&stop));

@@ -59,49 +59,6 @@ fn tcp_invite(c: &TcpStream, user: &str, n: u32) -> Vec<u8> {
         .into_bytes()
 }
 
-/// Read one framed SIP message from a TCP client (headers, then the
-/// Content-Length's body).
-fn read_message(c: &mut TcpStream) -> String {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        c.read_exact(&mut byte)
-            .expect("a message on the connection");
-        buf.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&buf).into_owned();
-    let len: usize = header(&head, "Content-Length")
-        .first()
-        .and_then(|l| l.split(':').nth(1))
-        .map_or(0, |v| v.trim().parse().unwrap());
-    let mut body = vec![0u8; len];
-    c.read_exact(&mut body).unwrap();
-    head + &String::from_utf8_lossy(&body)
-}
-
-/// The shard's answer to a forwarded request, as a CS sends it: to the
-/// top Via (the edge's), all Vias echoed.
-fn answer(shard: &UdpSocket, req: &str, status: &str) {
-    let vias: Vec<&str> = header(req, "Via");
-    let keep = |name: &str| header(req, name).join("\r\n");
-    let resp = format!(
-        "SIP/2.0 {status}\r\n{}\r\n{}\r\n{};tag=cs\r\n{}\r\n{}\r\nContent-Length: 0\r\n\r\n",
-        vias.join("\r\n"),
-        keep("From"),
-        keep("To"),
-        keep("Call-ID"),
-        keep("CSeq"),
-    );
-    let edge_via = vias[0];
-    // `Via: SIP/2.0/UDP host:port;branch=...`
-    let hostport = edge_via
-        .split_whitespace()
-        .nth(2)
-        .and_then(|v| v.split(';').next())
-        .unwrap();
-    shard.send_to(resp.as_bytes(), hostport).unwrap();
-}
-
 #[test]
 fn a_tcp_clients_invite_reaches_its_shard_and_the_answers_come_back_on_its_connection() {
     for io in backends() {
@@ -124,15 +81,15 @@ fn a_tcp_clients_invite_reaches_its_shard_and_the_answers_come_back_on_its_conne
                 client_via.starts_with(&format!("Via: SIP/2.0/TCP {}", c.local_addr().unwrap())),
                 "{client_via}"
             );
-            answer(&r.shards[i], &fwd, "180 Ringing");
-            answer(&r.shards[i], &fwd, "200 OK");
-            let ringing = read_message(c);
+            cs_answer(&r.shards[i], &fwd, "180 Ringing", None);
+            cs_answer(&r.shards[i], &fwd, "200 OK", None);
+            let ringing = read_sip(c);
             assert!(
                 ringing.starts_with("SIP/2.0 180 Ringing\r\n"),
                 "{io}: {ringing}"
             );
             assert!(!ringing.contains("cpm-flow"), "our Via popped: {ringing}");
-            let ok = read_message(c);
+            let ok = read_sip(c);
             assert!(ok.starts_with("SIP/2.0 200 OK\r\n"), "{io}: {ok}");
             assert_eq!(header(&ok, "Call-ID"), header(&fwd, "Call-ID"));
         }
@@ -165,7 +122,7 @@ fn the_edges_own_answers_pongs_and_a_broken_stream_stay_on_the_connection() {
             .replace("P-Preferred-Service: urn:urn-7:3gpp-service.ims.icsi.oma.cpm.session\r\n", "")
             .replace(";+g.3gpp.icsi-ref=\"urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.session\"", "");
         c.write_all(plain.as_bytes()).unwrap();
-        let no = read_message(&mut c);
+        let no = read_sip(&mut c);
         assert!(
             no.starts_with("SIP/2.0 403 Forbidden - No CPM Feature Tag"),
             "{io}: {no}"

@@ -71,6 +71,9 @@ pub struct Config {
     /// SIP over TCP beside UDP (README "Transports").
     #[serde(default)]
     pub tcp: crate::dataplane::streams::TcpConf,
+    /// SIP over TLS (README "Transports").
+    #[serde(default)]
+    pub tls: crate::dataplane::streams::TlsConf,
     /// Extra groups, one per line: `<group URI> <shard name>` (`#` comments);
     /// re-read on SIGHUP with the config file. Sized for millions of lines.
     pub groups_file: Option<String>,
@@ -452,7 +455,20 @@ impl Config {
         check_range("tcp.min_rate", tcp.min_rate as usize, 1..=1 << 20)?;
         check_range("tcp.max_header", tcp.max_header, 1_024..=256 * 1024)?;
         check_range("tcp.max_body", tcp.max_body, 0..=1 << 20)?;
+        let tls = &self.tls;
+        if tls.enabled {
+            check_range("tls.handshake_ms", tls.handshake_ms as usize, 100..=120_000)?;
+            if tls.cert.is_empty() || tls.key.is_empty() {
+                return Err(bad("tls", "enabled needs cert and key (PEM files)"));
+            }
+            if tls.port == listen.port() && tcp.enabled {
+                return Err(bad("tls.port", "the TCP listener has that port already"));
+            }
+            // Unreadable or mismatched files fail here, not at start.
+            tls.load().map_err(|e| bad("tls", e))?;
+        }
         Ok(ServerSettings {
+            tls: tls.clone(),
             tcp: tcp.clone(),
             listen,
             workers: Workers {

@@ -61,6 +61,9 @@ pub fn render(cp: &ControlPlane) -> String {
             bindings: r.location.bindings() as u64,
         }));
     }
+    if let Some(st) = &cp.streams {
+        registry.register_collector(Box::new(Streams(Arc::clone(st))));
+    }
     let listen_port = cp
         .config
         .lock()
@@ -436,6 +439,76 @@ impl Collector for AdminHttp {
             "cpm_edge_admin_http_header_timeouts",
             "Admin API connections closed for a request head slower than admin.header_timeout_ms.",
             v(&h.header_timeouts),
+        )
+    }
+}
+
+/// The TCP and TLS connections of every worker (README "Transports").
+#[derive(Debug)]
+struct Streams(Arc<crate::dataplane::streams::StreamStats>);
+
+impl Collector for Streams {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let (e, s) = (&mut enc, &*self.0);
+        let closed = [
+            ("peer", s.closed_peer.load(Relaxed)),
+            ("error", s.closed_error.load(Relaxed)),
+            ("slow_reader", s.closed_slow_reader.load(Relaxed)),
+            ("idle", s.closed_idle.load(Relaxed)),
+            ("too_slow", s.closed_too_slow.load(Relaxed)),
+            ("framing", s.closed_framing.load(Relaxed)),
+            ("tls", s.closed_tls.load(Relaxed)),
+            ("handshake_timeout", s.closed_handshake.load(Relaxed)),
+        ];
+        let opened = s.opened.load(Relaxed);
+        // Every close is counted once, under one reason.
+        let gone: u64 = closed.iter().map(|(_, n)| n).sum();
+        gauge(
+            e,
+            "cpm_edge_stream_connections",
+            "TCP and TLS connections open.",
+            opened.saturating_sub(gone),
+        )?;
+        counter(e, "cpm_edge_stream_opened", "Connections accepted.", opened)?;
+        counters(
+            e,
+            "cpm_edge_stream_refused",
+            "Connections closed at accept, by bound.",
+            [
+                ([("why", "total")], s.refused_total.load(Relaxed)),
+                ([("why", "per_ip")], s.refused_per_ip.load(Relaxed)),
+                ([("why", "tls")], s.refused_tls.load(Relaxed)),
+            ],
+        )?;
+        counters(
+            e,
+            "cpm_edge_stream_closed",
+            "Connections ended, by why.",
+            closed.map(|(why, n)| ([("why", why)], n)),
+        )?;
+        counter(
+            e,
+            "cpm_edge_stream_messages",
+            "SIP messages framed from connections.",
+            s.messages.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "cpm_edge_stream_pongs",
+            "CRLF keep-alive pongs written (RFC 5626 §4.4.1).",
+            s.pongs.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "cpm_edge_stream_mailed",
+            "Responses passed to the worker that owns their connection.",
+            s.mailed.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "cpm_edge_stream_undeliverable",
+            "Responses whose connection was gone.",
+            s.undeliverable.load(Relaxed),
         )
     }
 }

@@ -114,8 +114,19 @@ pub fn fixed_changes(cur: &Valid, next: &Valid) -> Vec<FixedChange> {
             )
         })
     };
-    let pairs: [(&'static str, String, String); 17] = [
+    let pairs: [(&'static str, String, String); 19] = [
         ("registrar", reg(cur), reg(next)),
+        // The files' contents are re-read on reload; where they are is not.
+        (
+            "tcp",
+            format!("{:?}", cur.server.tcp),
+            format!("{:?}", next.server.tcp),
+        ),
+        (
+            "tls",
+            format!("{:?}", cur.server.tls),
+            format!("{:?}", next.server.tls),
+        ),
         (
             "listen.addr",
             cur.server.listen.to_string(),
@@ -221,6 +232,10 @@ pub struct ControlPlane {
     pub http_stats: Option<Arc<HttpStats>>,
     /// The registrar's location service, credentials and counters.
     pub registrar: Option<registrar_api::RegistrarHandle>,
+    /// The TLS listeners' certificates, re-read on reload.
+    pub tls: Option<Arc<crate::dataplane::streams::TlsCerts>>,
+    /// The stream side's counters (for `/metrics`).
+    pub streams: Option<Arc<crate::dataplane::streams::StreamStats>>,
 }
 
 impl ControlPlane {
@@ -246,6 +261,8 @@ impl ControlPlane {
             admin_token: None,
             http_stats: None,
             registrar: None,
+            tls: None,
+            streams: None,
         }
     }
 
@@ -357,6 +374,11 @@ impl ControlPlane {
         };
         if !fixed.is_empty() {
             return Err(ReloadError::NeedsRestart(fixed));
+        }
+        // First: a certificate that no longer loads refuses the whole
+        // reload, as an invalid file does.
+        if let Some(t) = &self.tls {
+            t.reload().map_err(ReloadError::Invalid)?;
         }
         self.publish(|t| {
             let mut next = v.tables();

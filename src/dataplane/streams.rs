@@ -1,7 +1,8 @@
-//! SIP over TCP at a worker (README "Transports"): the worker's listener
-//! and the connections it owns ([`crate::io::stream`]), each framed by a
-//! [`Connection`], named in what the edge writes by a keyed flow token
-//! ([`crate::sip::flow`]).
+//! SIP over TCP and TLS at a worker (README "Transports"): the worker's
+//! listeners and the connections it owns ([`crate::io::stream`]), each
+//! framed by a [`Connection`], named in what the edge writes by a keyed
+//! flow token ([`crate::sip::flow`]). A TLS connection is framed like a
+//! TCP one, over its plaintext; its handshake has its own deadline.
 //!
 //! A request framed from a connection runs the same pipeline as a
 //! datagram, with its flow token written into the Via the edge adds; what
@@ -13,6 +14,7 @@
 //! epoll: bounded by the kernel's buffer, no lock, no channel to size).
 
 use crate::io::stream::{CloseReason, ConnId, Reactor, Refused, StreamConfig, Streams};
+use crate::io::tls::{Acceptor, ServerPem};
 use crate::sip::flow::{Flow, TOKEN_LEN};
 use crate::sip::stream::{Closed, Connection, Event, Limits, Timing};
 use std::net::{SocketAddr, UdpSocket};
@@ -87,19 +89,102 @@ impl TcpConf {
     }
 }
 
+/// `[tls]`: SIP over TLS (RFC 3261 §26.2) on the edge's address at
+/// `port`, on the same workers and within the same `[tcp]` connection
+/// limits as TCP. The files are re-read on SIGHUP: new handshakes present
+/// the new certificate, established sessions keep theirs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConf {
+    pub enabled: bool,
+    pub port: u16,
+    /// PEM files: the certificate chain (leaf first) and its private key.
+    pub cert: String,
+    pub key: String,
+    /// PEM file of the CAs client certificates must chain to (a CS link,
+    /// a trusted peer); empty: no client certificate is asked for.
+    pub client_ca: String,
+    /// With `client_ca`: refuse a client that presents no certificate.
+    pub require_client_cert: bool,
+    /// A handshake not done within this is closed (a peer that opens
+    /// sockets and never speaks TLS).
+    pub handshake_ms: u64,
+}
+
+impl Default for TlsConf {
+    fn default() -> TlsConf {
+        TlsConf {
+            enabled: false,
+            port: 5061,
+            cert: String::new(),
+            key: String::new(),
+            client_ca: String::new(),
+            require_client_cert: false,
+            handshake_ms: 10_000,
+        }
+    }
+}
+
+impl TlsConf {
+    /// The server configuration the files hold now.
+    pub fn load(&self) -> Result<rustls::ServerConfig, String> {
+        let read = |what: &str, path: &str| {
+            std::fs::read(path).map_err(|e| format!("tls.{what} {path}: {e}"))
+        };
+        let chain = read("cert", &self.cert)?;
+        let key = read("key", &self.key)?;
+        let ca = match self.client_ca.is_empty() {
+            true => None,
+            false => Some(read("client_ca", &self.client_ca)?),
+        };
+        crate::io::tls::server_config(&ServerPem {
+            chain: &chain,
+            key: &key,
+            client_ca: ca.as_deref(),
+            require_client_cert: self.require_client_cert,
+        })
+        .map_err(|e| format!("tls ({} / {}): {e}", self.cert, self.key))
+    }
+}
+
+/// The TLS listeners' configuration and the files it is re-read from.
+pub struct TlsCerts {
+    conf: TlsConf,
+    pub acceptor: Arc<Acceptor>,
+}
+
+impl TlsCerts {
+    pub fn load(conf: &TlsConf) -> Result<TlsCerts, String> {
+        Ok(TlsCerts {
+            acceptor: Arc::new(Acceptor::from_pointee(conf.load()?)),
+            conf: conf.clone(),
+        })
+    }
+
+    /// Re-read the files; on any error the configuration in use stays.
+    pub fn reload(&self) -> Result<(), String> {
+        self.acceptor.store(Arc::new(self.conf.load()?));
+        Ok(())
+    }
+}
+
 /// Counters of every worker's streams (summed into `/metrics`).
 #[derive(Debug, Default)]
 pub struct StreamStats {
     pub opened: AtomicU64,
     pub refused_total: AtomicU64,
     pub refused_per_ip: AtomicU64,
-    /// Closed, by why: peer, error, slow reader, idle, too slow, framing.
+    pub refused_tls: AtomicU64,
+    /// Closed, by why: peer, error, slow reader, idle, too slow, framing,
+    /// TLS failed, handshake not done in time.
     pub closed_peer: AtomicU64,
     pub closed_error: AtomicU64,
     pub closed_slow_reader: AtomicU64,
     pub closed_idle: AtomicU64,
     pub closed_too_slow: AtomicU64,
     pub closed_framing: AtomicU64,
+    pub closed_tls: AtomicU64,
+    pub closed_handshake: AtomicU64,
     pub messages: AtomicU64,
     pub pongs: AtomicU64,
     /// Responses handed to the owning worker, and those whose connection
@@ -116,13 +201,18 @@ struct Conn {
     id: ConnId,
     framing: Connection,
     token: [u8; TOKEN_LEN],
+    /// Until the first tick that finds no TLS handshake under way: when
+    /// the handshake must be done.
+    handshake_until: Option<Instant>,
 }
 
 /// What one worker's TCP side runs on, bound by the caller before any
 /// worker starts.
 pub struct StreamSockets {
-    /// SO_REUSEPORT on the edge's address, one per worker.
-    pub listener: std::net::TcpListener,
+    /// SO_REUSEPORT on the edge's address, one per worker (`[tcp]`).
+    pub listener: Option<std::net::TcpListener>,
+    /// The same for TLS at `[tls] port`, with what its sessions start from.
+    pub tls: Option<(std::net::TcpListener, Arc<Acceptor>)>,
     /// This worker's mail socket, among every worker's (`mail_peers`, by
     /// worker index).
     pub mail: UdpSocket,
@@ -144,10 +234,18 @@ pub struct StreamSide {
     /// The worker's datagram socket, for what a stream's request becomes.
     udp: UdpSocket,
     cfg: TcpConf,
+    handshake: Duration,
     next_tick: Instant,
     /// Where mail is read (allocated once: `MAIL_MAX` bytes).
     mail_buf: Vec<u8>,
     pub stats: Arc<StreamStats>,
+}
+
+/// Why the edge ends a connection.
+#[derive(Clone, Copy)]
+enum Ending {
+    Stream(Closed),
+    Handshake,
 }
 
 /// How often the connections' timers are looked at.
@@ -162,16 +260,23 @@ impl StreamSide {
         sockets: StreamSockets,
         worker: u16,
         key: [u64; 2],
-        cfg: TcpConf,
+        (cfg, handshake): (TcpConf, Duration),
         stats: Arc<StreamStats>,
     ) -> std::io::Result<StreamSide> {
         let StreamSockets {
             listener,
+            tls,
             mail,
             mail_peers,
             udp,
         } = sockets;
-        let mut reactor = Reactor::new(listener, cfg.io())?;
+        let mut reactor = Reactor::new(cfg.io())?;
+        if let Some(l) = listener {
+            reactor.listen(l)?;
+        }
+        if let Some((l, acceptor)) = tls {
+            reactor.listen_tls(l, acceptor)?;
+        }
         mail.set_nonblocking(true)?;
         reactor.watch(std::os::fd::AsRawFd::as_raw_fd(&mail))?;
         Ok(StreamSide {
@@ -183,6 +288,7 @@ impl StreamSide {
             mail_peers,
             udp,
             cfg,
+            handshake,
             next_tick: Instant::now() + TICK,
             mail_buf: vec![0; MAIL_MAX],
             stats,
@@ -209,6 +315,7 @@ impl StreamSide {
             id,
             framing: Connection::new(now, self.cfg.limits(), self.cfg.timing()),
             token: flow.token(&self.key),
+            handshake_until: Some(now + self.handshake),
         });
     }
 
@@ -216,6 +323,7 @@ impl StreamSide {
         bump(match why {
             Refused::Total => &self.stats.refused_total,
             Refused::PerIp => &self.stats.refused_per_ip,
+            Refused::Tls => &self.stats.refused_tls,
         });
         tracing::debug!(%peer, ?why, "tcp connection refused");
     }
@@ -226,6 +334,7 @@ impl StreamSide {
             CloseReason::PeerClosed => &self.stats.closed_peer,
             CloseReason::Error(_) => &self.stats.closed_error,
             CloseReason::SlowReader => &self.stats.closed_slow_reader,
+            CloseReason::Tls => &self.stats.closed_tls,
             // Our own closes are counted where they are decided.
             CloseReason::Closed => return,
         });
@@ -269,7 +378,7 @@ impl StreamSide {
                 }
             }
             if let Some(why) = c.framing.closed() {
-                return self.close_for(id, why, streams);
+                return self.close_for(id, Ending::Stream(why), streams);
             }
         }
     }
@@ -290,14 +399,19 @@ impl StreamSide {
             .filter(|c| c.id == id)
     }
 
-    fn close_for(&mut self, id: ConnId, why: Closed, streams: &mut Streams) {
+    fn close_for(&mut self, id: ConnId, why: Ending, streams: &mut Streams) {
         bump(match why {
-            Closed::Framing(_) => &self.stats.closed_framing,
-            Closed::Idle => &self.stats.closed_idle,
-            Closed::TooSlow => &self.stats.closed_too_slow,
+            Ending::Stream(Closed::Framing(_)) => &self.stats.closed_framing,
+            Ending::Stream(Closed::Idle) => &self.stats.closed_idle,
+            Ending::Stream(Closed::TooSlow) => &self.stats.closed_too_slow,
+            Ending::Handshake => &self.stats.closed_handshake,
         });
         if let Some(peer) = streams.peer(id) {
-            tracing::debug!(%peer, why = why.name(), "tcp connection closed");
+            let why = match why {
+                Ending::Stream(c) => c.name(),
+                Ending::Handshake => "tls handshake not done in time",
+            };
+            tracing::debug!(%peer, why, "stream connection closed");
         }
         // Gone from the timers now, not when the close is reported.
         self.forget(id);
@@ -312,9 +426,17 @@ impl StreamSide {
         self.next_tick = now + TICK;
         let mut due = Vec::new();
         for c in self.conns.iter_mut().flatten() {
+            if let Some(until) = c.handshake_until {
+                if !streams.handshaking(c.id) {
+                    c.handshake_until = None;
+                } else if until <= now {
+                    due.push((c.id, Ending::Handshake));
+                    continue;
+                }
+            }
             if c.framing.deadline() <= now {
                 if let Some(why) = c.framing.handle_timeout(now) {
-                    due.push((c.id, why));
+                    due.push((c.id, Ending::Stream(why)));
                 }
             }
         }

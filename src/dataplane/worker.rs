@@ -12,7 +12,9 @@ use crate::dataplane::limits::{
 use crate::dataplane::registrar::{self, RegQueue, RegistrarConfig, RegistrarThread};
 use crate::dataplane::slow::{Job, Progress, SlowPath, SlowQueue};
 use crate::dataplane::stats::{new_histogram, WorkerStats};
-use crate::dataplane::streams::{StreamSide, StreamSockets, StreamStats, TcpConf};
+use crate::dataplane::streams::{
+    StreamSide, StreamSockets, StreamStats, TcpConf, TlsCerts, TlsConf,
+};
 use crate::io::stream::{CloseReason, ConnId, Refused, StreamHandler, Streams};
 use crate::io::{self, DatagramHandler, IoBackend, IoChoice, IoConfig};
 use crate::pipeline::{self, Datagram, Outcome, Refusal};
@@ -53,6 +55,8 @@ pub struct ServerSettings {
     pub slow_path: super::slow::SlowPathSettings,
     /// SIP over TCP on `listen` too.
     pub tcp: TcpConf,
+    /// SIP over TLS on `listen`'s IP at its own port.
+    pub tls: TlsConf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -588,8 +592,12 @@ pub struct Server {
     pub slow: Option<SlowPath>,
     /// The registrar thread (when the edge serves domains).
     pub registrar: Option<RegistrarThread>,
-    /// Every worker's TCP counters (`[tcp] enabled`).
+    /// Every worker's TCP and TLS counters (`[tcp]` or `[tls] enabled`).
     pub streams: Option<Arc<StreamStats>>,
+    /// The TLS listeners' certificates, re-read on reload (`[tls]`).
+    pub tls: Option<Arc<TlsCerts>>,
+    /// Where TLS is accepted (`[tls] port` 0 resolved).
+    pub tls_addr: Option<SocketAddr>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<std::io::Result<()>>>,
 }
@@ -663,6 +671,8 @@ impl Server {
         };
         let mut tcp = bind_streams(v, &sockets)?;
         let stream_stats = tcp.as_ref().map(|t| Arc::clone(&t.stats));
+        let tls_certs = tcp.as_ref().and_then(|t| t.tls.clone());
+        let tls_addr = tcp.as_ref().and_then(|t| t.tls_addr);
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let stop = Arc::new(AtomicBool::new(false));
         let cfg = IoConfig {
@@ -692,7 +702,7 @@ impl Server {
                 ..shared.clone()
             };
             let side = match tcp.as_mut() {
-                Some(t) => Some(t.side(i, &v.tcp)?),
+                Some(t) => Some(t.side(i, v)?),
                 None => None,
             };
             let cfg = IoConfig {
@@ -728,6 +738,8 @@ impl Server {
             slow: Some(slow),
             registrar,
             streams: stream_stats,
+            tls: tls_certs,
+            tls_addr,
             stop,
             threads,
         })
@@ -766,10 +778,13 @@ impl Server {
     }
 }
 
-/// The TCP side's sockets, bound before any worker runs: a listener and a
-/// mail socket per worker, and the key every worker's flow tokens share.
+/// The stream side's sockets, bound before any worker runs: listeners and
+/// a mail socket per worker, and the key every worker's flow tokens share.
 struct BoundStreams {
     listeners: Vec<Option<std::net::TcpListener>>,
+    tls_listeners: Vec<Option<std::net::TcpListener>>,
+    tls: Option<Arc<TlsCerts>>,
+    tls_addr: Option<SocketAddr>,
     mails: Vec<Option<std::net::UdpSocket>>,
     peers: Arc<Vec<SocketAddr>>,
     udp: Vec<Option<std::net::UdpSocket>>,
@@ -781,11 +796,18 @@ fn bind_streams(
     v: &ServerSettings,
     sockets: &[std::net::UdpSocket],
 ) -> Result<Option<BoundStreams>, String> {
-    if !v.tcp.enabled {
+    if !v.tcp.enabled && !v.tls.enabled {
         return Ok(None);
     }
+    let tls = match v.tls.enabled {
+        true => Some(Arc::new(TlsCerts::load(&v.tls)?)),
+        false => None,
+    };
     let mut b = BoundStreams {
         listeners: Vec::new(),
+        tls_listeners: Vec::new(),
+        tls,
+        tls_addr: None,
         mails: Vec::new(),
         peers: Arc::new(Vec::new()),
         udp: Vec::new(),
@@ -793,14 +815,27 @@ fn bind_streams(
         stats: Arc::new(StreamStats::default()),
     };
     let mut peers = Vec::new();
+    let mut tls_at = SocketAddr::new(v.listen.ip(), v.tls.port);
     for (i, s) in sockets.iter().enumerate() {
-        let l = io::socket::bind_tcp(v.listen, 1024)
-            .map_err(|e| format!("worker {i}: cannot listen on tcp {}: {e}", v.listen))?;
+        let tcp = match v.tcp.enabled {
+            true => Some(bind_listener(i, "tcp", v.listen)?),
+            false => None,
+        };
+        let tls = match v.tls.enabled {
+            true => Some(bind_listener(i, "tls", tls_at)?),
+            false => None,
+        };
+        // Port 0: the first worker's port for every worker (SO_REUSEPORT).
+        if let Some(l) = &tls {
+            tls_at = l.local_addr().map_err(|e| e.to_string())?;
+            b.tls_addr = Some(tls_at);
+        }
         // Loopback: the mail never leaves the host.
         let mail = std::net::UdpSocket::bind((std::net::Ipv4Addr::LOCALHOST, 0))
             .map_err(|e| format!("worker {i}: cannot bind its mail socket: {e}"))?;
         peers.push(mail.local_addr().map_err(|e| e.to_string())?);
-        b.listeners.push(Some(l));
+        b.listeners.push(tcp);
+        b.tls_listeners.push(tls);
         b.mails.push(Some(mail));
         b.udp.push(Some(s.try_clone().map_err(|e| {
             format!("worker {i}: cannot duplicate its socket: {e}")
@@ -810,30 +845,41 @@ fn bind_streams(
     Ok(Some(b))
 }
 
+fn bind_listener(
+    worker: usize,
+    what: &str,
+    at: SocketAddr,
+) -> Result<std::net::TcpListener, String> {
+    io::socket::bind_tcp(at, 1024)
+        .map_err(|e| format!("worker {worker}: cannot listen on {what} {at}: {e}"))
+}
+
 impl BoundStreams {
-    /// Worker `i`'s TCP side (each part taken once).
-    fn side(&mut self, i: usize, tcp: &TcpConf) -> Result<StreamSide, String> {
-        let (Some(l), Some(mail), Some(udp)) = (
-            self.listeners[i].take(),
-            self.mails[i].take(),
-            self.udp[i].take(),
-        ) else {
-            return Err(format!("worker {i}: tcp side taken twice"));
+    /// Worker `i`'s stream side (each part taken once).
+    fn side(&mut self, i: usize, v: &ServerSettings) -> Result<StreamSide, String> {
+        let (Some(mail), Some(udp)) = (self.mails[i].take(), self.udp[i].take()) else {
+            return Err(format!("worker {i}: stream side taken twice"));
+        };
+        let tls = match (self.tls_listeners[i].take(), &self.tls) {
+            (Some(l), Some(c)) => Some((l, Arc::clone(&c.acceptor))),
+            _ => None,
         };
         let sockets = StreamSockets {
-            listener: l,
+            listener: self.listeners[i].take(),
+            tls,
             mail,
             mail_peers: Arc::clone(&self.peers),
             udp,
         };
+        let handshake = std::time::Duration::from_millis(v.tls.handshake_ms);
         StreamSide::new(
             sockets,
             i as u16,
             self.key,
-            tcp.clone(),
+            (v.tcp.clone(), handshake),
             Arc::clone(&self.stats),
         )
-        .map_err(|e| format!("worker {i}: tcp: {e}"))
+        .map_err(|e| format!("worker {i}: streams: {e}"))
     }
 }
 

@@ -1,6 +1,6 @@
 //! Datagram io at the edge of the process: sockets, io_uring and the
-//! recvmmsg/sendmmsg fallback; and stream sockets ([`stream`], TCP on
-//! epoll).
+//! recvmmsg/sendmmsg fallback; and stream sockets ([`stream`], TCP and
+//! TLS ([`tls`]) on epoll).
 //!
 //! This module owns every syscall of a worker's hot loop and nothing about SIP.
 //! A worker hands [`run`] a bound socket and a [`DatagramHandler`]; the loop
@@ -21,6 +21,7 @@ use std::sync::atomic::AtomicBool;
 pub mod mmsg;
 pub mod socket;
 pub mod stream;
+pub mod tls;
 pub mod uring;
 
 /// The longest a handler with a wake descriptor waits for its

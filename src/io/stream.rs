@@ -1,7 +1,8 @@
-//! Stream sockets at the edge of the process: one worker's TCP listener
-//! and the connections it owns, on epoll. Knows no SIP: bytes in, bytes
-//! out, opens and closes, every limit counted by the caller through
-//! [`StreamHandler`].
+//! Stream sockets at the edge of the process: one worker's TCP and TLS
+//! listeners and the connections it owns, on epoll. Knows no SIP: bytes
+//! in, bytes out (a TLS connection's plaintext: records are decrypted and
+//! encrypted here, [`crate::io::tls`]), opens and closes, every limit
+//! counted by the caller through [`StreamHandler`].
 //!
 //! Why epoll here while datagrams ride io_uring: a connection's receive
 //! needs a buffer per connection (or a provided-buffer group sized for
@@ -19,12 +20,18 @@
 //!   peer does not read, [`CloseReason::SlowReader`]);
 //! - a connection is named by slot and generation ([`ConnId`]): a closed
 //!   one's name never reaches its slot's next tenant;
-//! - no call blocks: every socket is non-blocking.
+//! - no call blocks: every socket is non-blocking;
+//! - a TLS connection's handler sees only plaintext, and only after the
+//!   handshake; a TLS error (garbage, a bad certificate) closes it with
+//!   [`CloseReason::Tls`] after the alert rustls chose.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+
+use crate::io::tls::Acceptor;
 
 /// Bounds of one worker's streams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +69,8 @@ pub enum Refused {
     Total,
     /// `max_per_ip` reached for this address.
     PerIp,
+    /// The TLS configuration could not start a session.
+    Tls,
 }
 
 /// Why a connection ended.
@@ -75,6 +84,9 @@ pub enum CloseReason {
     SlowReader,
     /// The caller closed it ([`Streams::close`]).
     Closed,
+    /// TLS failed: records that are not TLS, a failed handshake, a
+    /// certificate refused.
+    Tls,
 }
 
 /// What the worker does with stream events.
@@ -94,6 +106,9 @@ struct Conn {
     generation: u32,
     /// Bytes the kernel did not take yet, in order.
     queued: Vec<u8>,
+    /// The TLS session of a connection accepted on a TLS listener (boxed:
+    /// a few hundred bytes a plain connection does not carry).
+    tls: Option<Box<rustls::ServerConnection>>,
 }
 
 /// The connections of one worker, writable from a handler.
@@ -107,27 +122,39 @@ pub struct Streams {
     cfg: StreamConfig,
     /// Closed during a callback, reported after it.
     closed: Vec<(ConnId, CloseReason)>,
+    /// Where a TLS session's records are gathered before they are written.
+    records: Vec<u8>,
 }
 
-/// A listener, its connections and the epoll instance that watches them.
+struct Listener {
+    sock: TcpListener,
+    /// Set for a TLS listener: what its connections' sessions start from.
+    tls: Option<Arc<Acceptor>>,
+}
+
+/// Listeners, their connections and the epoll instance that watches them.
 pub struct Reactor {
-    listener: TcpListener,
+    listeners: Vec<Listener>,
     streams: Streams,
     scratch: Vec<u8>,
+    /// A TLS connection's plaintext, decrypted from `scratch`.
+    plain: Vec<u8>,
     events: Vec<libc::epoll_event>,
 }
 
-/// epoll's user data for the listener and a watched descriptor;
-/// connections use their slot.
-const LISTENER: u64 = u64::MAX;
-const WATCHED: u64 = u64::MAX - 1;
+/// epoll's user data for a watched descriptor and the listeners (from
+/// `FIRST_LISTENER` on); connections use their slot (a u32).
+const WATCHED: u64 = u64::MAX;
+const FIRST_LISTENER: u64 = u64::MAX - 1 - MAX_LISTENERS as u64;
+/// TCP and TLS, with room to spare.
+const MAX_LISTENERS: usize = 4;
 
 impl Reactor {
-    /// Watch `listener` (made non-blocking here).
-    pub fn new(listener: TcpListener, cfg: StreamConfig) -> io::Result<Reactor> {
+    /// An epoll instance with no listener yet ([`Reactor::listen`],
+    /// [`Reactor::listen_tls`]).
+    pub fn new(cfg: StreamConfig) -> io::Result<Reactor> {
         assert!(cfg.max_connections > 0 && cfg.max_per_ip > 0 && cfg.read_budget > 0);
         assert!(cfg.max_connections < u32::MAX as usize);
-        listener.set_nonblocking(true)?;
         // SAFETY: epoll_create1 takes no pointers; the result is checked.
         let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if epoll < 0 {
@@ -142,19 +169,45 @@ impl Reactor {
                 per_ip: HashMap::new(),
                 cfg,
                 closed: Vec::new(),
+                records: Vec::new(),
             },
             scratch: vec![0; cfg.read_budget.min(64 * 1024)],
+            // A TLS record holds at most 16 KiB of plaintext.
+            plain: vec![0; 16 * 1024],
             events: vec![libc::epoll_event { events: 0, u64: 0 }; 256],
-            listener,
+            listeners: Vec::new(),
         };
-        ctl(
-            epoll,
-            libc::EPOLL_CTL_ADD,
-            r.listener.as_raw_fd(),
-            libc::EPOLLIN as u32,
-            LISTENER,
-        )?;
         Ok(r)
+    }
+
+    /// Accept plain TCP connections on `listener` (made non-blocking here).
+    pub fn listen(&mut self, listener: TcpListener) -> io::Result<()> {
+        listener.set_nonblocking(true)?;
+        self.add_listener(listener, None)
+    }
+
+    /// Accept TLS connections on `listener` too (made non-blocking here),
+    /// each session started from `acceptor`'s configuration of the moment.
+    /// The connection limits count both listeners' connections together.
+    pub fn listen_tls(&mut self, listener: TcpListener, acceptor: Arc<Acceptor>) -> io::Result<()> {
+        listener.set_nonblocking(true)?;
+        self.add_listener(listener, Some(acceptor))
+    }
+
+    fn add_listener(&mut self, sock: TcpListener, tls: Option<Arc<Acceptor>>) -> io::Result<()> {
+        if self.listeners.len() == MAX_LISTENERS {
+            return Err(io::Error::other("too many listeners"));
+        }
+        let key = FIRST_LISTENER + self.listeners.len() as u64;
+        ctl(
+            self.streams.epoll,
+            libc::EPOLL_CTL_ADD,
+            sock.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            key,
+        )?;
+        self.listeners.push(Listener { sock, tls });
+        Ok(())
     }
 
     /// The descriptor that is readable when anything is ready (for the
@@ -163,8 +216,9 @@ impl Reactor {
         self.streams.epoll
     }
 
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
+    /// The addresses of the listeners, in the order they were added.
+    pub fn local_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        self.listeners.iter().map(|l| l.sock.local_addr()).collect()
     }
 
     pub fn streams(&mut self) -> &mut Streams {
@@ -214,10 +268,10 @@ impl Reactor {
         for i in 0..n as usize {
             let ev = self.events[i];
             let (key, bits) = (ev.u64, ev.events);
-            if key == LISTENER {
-                self.accept_all(h);
-            } else if key == WATCHED {
+            if key == WATCHED {
                 h.on_watched(&mut self.streams);
+            } else if key >= FIRST_LISTENER {
+                self.accept_all((key - FIRST_LISTENER) as usize, h);
             } else {
                 self.on_ready(key as u32, bits, h);
             }
@@ -228,10 +282,13 @@ impl Reactor {
         Ok(n as usize)
     }
 
-    fn accept_all<H: StreamHandler>(&mut self, h: &mut H) {
+    fn accept_all<H: StreamHandler>(&mut self, which: usize, h: &mut H) {
+        let Some(l) = self.listeners.get(which) else {
+            return;
+        };
         loop {
-            match self.listener.accept() {
-                Ok((sock, peer)) => match self.streams.admit(sock, peer) {
+            match l.sock.accept() {
+                Ok((sock, peer)) => match self.streams.admit(sock, peer, l.tls.as_deref()) {
                     Ok(id) => h.on_open(id, peer),
                     Err(why) => h.on_refused(peer, why),
                 },
@@ -269,6 +326,12 @@ impl Reactor {
             let want = left.min(self.scratch.len());
             match c.sock.read(&mut self.scratch[..want]) {
                 Ok(0) => return self.streams.close_as(id, CloseReason::PeerClosed),
+                Ok(n) if c.tls.is_some() => {
+                    left -= n;
+                    if !self.decrypt(id, n, h) {
+                        return;
+                    }
+                }
                 Ok(n) => {
                     left -= n;
                     h.on_data(id, &self.scratch[..n], &mut self.streams);
@@ -279,6 +342,66 @@ impl Reactor {
                     let errno = e.raw_os_error().unwrap_or(libc::EIO);
                     return self.streams.close_as(id, CloseReason::Error(errno));
                 }
+            }
+        }
+    }
+}
+
+impl Reactor {
+    /// `n` bytes of `scratch` from a TLS connection through its session:
+    /// the plaintext to the handler, the session's own records (handshake,
+    /// alerts) to the peer. `false`: the connection is gone.
+    fn decrypt<H: StreamHandler>(&mut self, id: ConnId, n: usize, h: &mut H) -> bool {
+        let mut input = &self.scratch[..n];
+        while !input.is_empty() {
+            let Some(tls) = self.streams.tls_mut(id) else {
+                return false;
+            };
+            // Fails only while unread plaintext fills rustls' buffer, which
+            // the loop below always empties.
+            if tls.read_tls(&mut input).is_err() {
+                self.streams.close_as(id, CloseReason::Tls);
+                return false;
+            }
+            let state = tls.process_new_packets();
+            self.streams.write_records(id);
+            if let Err(e) = state {
+                tracing::debug!(peer = ?self.streams.peer(id), "tls: {e}");
+                self.streams.close_as(id, CloseReason::Tls);
+                return false;
+            }
+            if !deliver_plaintext(&mut self.streams, &mut self.plain, id, h) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Hand what `id`'s session decrypted to the handler, a read of `plain`
+/// at a time. `false`: the connection is gone.
+fn deliver_plaintext<H: StreamHandler>(
+    streams: &mut Streams,
+    plain: &mut [u8],
+    id: ConnId,
+    h: &mut H,
+) -> bool {
+    loop {
+        let Some(tls) = streams.tls_mut(id) else {
+            return false;
+        };
+        match tls.reader().read(plain) {
+            // close_notify: the peer's orderly end.
+            Ok(0) => {
+                streams.close_as(id, CloseReason::PeerClosed);
+                return false;
+            }
+            Ok(m) => h.on_data(id, &plain[..m], streams),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+            // The peer ended the transport without close_notify.
+            Err(_) => {
+                streams.close_as(id, CloseReason::PeerClosed);
+                return false;
             }
         }
     }
@@ -305,15 +428,31 @@ impl Streams {
         self.get(id).map(|c| c.peer)
     }
 
+    /// Whether `id` came through a TLS listener.
+    pub fn is_tls(&self, id: ConnId) -> bool {
+        self.get(id).is_some_and(|c| c.tls.is_some())
+    }
+
+    /// Whether `id`'s TLS handshake is still under way (for its timeout).
+    pub fn handshaking(&self, id: ConnId) -> bool {
+        self.get(id)
+            .and_then(|c| c.tls.as_ref())
+            .is_some_and(|t| t.is_handshaking())
+    }
+
     /// Write `bytes` on `id`: what the kernel does not take now waits (up
     /// to `max_queued`); `false` when `id` is gone or was closed for a
     /// peer that does not read.
     pub fn send(&mut self, id: ConnId, bytes: &[u8]) -> bool {
         let (max, epoll) = (self.cfg.max_queued, self.epoll);
-        let Some(c) = self.get_mut(id) else {
+        let Some(c) = conn_mut(&mut self.slots, id) else {
             return false;
         };
-        match c.write_or_queue(bytes, max, epoll, id.slot) {
+        let r = match c.tls.is_some() {
+            true => c.encrypt(bytes, &mut self.records, max, epoll, id.slot),
+            false => c.write_or_queue(bytes, max, epoll, id.slot),
+        };
+        match r {
             Ok(()) => true,
             Err(why) => {
                 self.close_as(id, why);
@@ -322,12 +461,32 @@ impl Streams {
         }
     }
 
+    fn tls_mut(&mut self, id: ConnId) -> Option<&mut rustls::ServerConnection> {
+        self.get_mut(id)?.tls.as_deref_mut()
+    }
+
+    /// Write the records `id`'s session has ready (handshake, alerts).
+    fn write_records(&mut self, id: ConnId) {
+        let (max, epoll) = (self.cfg.max_queued, self.epoll);
+        let Some(c) = conn_mut(&mut self.slots, id) else {
+            return;
+        };
+        if let Err(why) = c.write_pending_records(&mut self.records, max, epoll, id.slot) {
+            self.close_as(id, why);
+        }
+    }
+
     /// Close `id` (reported to the handler as [`CloseReason::Closed`]).
     pub fn close(&mut self, id: ConnId) {
         self.close_as(id, CloseReason::Closed);
     }
 
-    fn admit(&mut self, sock: TcpStream, peer: SocketAddr) -> Result<ConnId, Refused> {
+    fn admit(
+        &mut self,
+        sock: TcpStream,
+        peer: SocketAddr,
+        tls: Option<&Acceptor>,
+    ) -> Result<ConnId, Refused> {
         if self.len() >= self.cfg.max_connections {
             return Err(Refused::Total);
         }
@@ -338,6 +497,12 @@ impl Streams {
         if sock.set_nonblocking(true).is_err() {
             return Err(Refused::Total);
         }
+        let tls = match tls {
+            Some(a) => Some(Box::new(
+                crate::io::tls::accept(a, self.cfg.max_queued).map_err(|_| Refused::Tls)?,
+            )),
+            None => None,
+        };
         // SIP messages are small and latency matters more than segments.
         let _ = sock.set_nodelay(true);
         let slot = match self.free.pop() {
@@ -367,6 +532,7 @@ impl Streams {
             peer,
             generation,
             queued: Vec::new(),
+            tls,
         });
         *self.per_ip.entry(peer.ip()).or_insert(0) += 1;
         Ok(ConnId { slot, generation })
@@ -388,10 +554,7 @@ impl Streams {
     }
 
     fn get_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
-        self.slots
-            .get_mut(id.slot as usize)?
-            .as_mut()
-            .filter(|c| c.generation == id.generation)
+        conn_mut(&mut self.slots, id)
     }
 
     /// Write what waits; once all is out, stop watching for writability.
@@ -410,7 +573,10 @@ impl Streams {
         if slot.as_ref().is_none_or(|c| c.generation != id.generation) {
             return;
         }
-        let Some(c) = slot.take() else { return };
+        let Some(mut c) = slot.take() else { return };
+        if why == CloseReason::Closed {
+            c.say_goodbye();
+        }
         let fd = c.sock.as_raw_fd();
         let _ = ctl(self.epoll, libc::EPOLL_CTL_DEL, fd, 0, 0);
         if let Some(n) = self.per_ip.get_mut(&c.peer.ip()) {
@@ -434,7 +600,80 @@ impl Streams {
     }
 }
 
+/// `id`'s connection, if it is still the slot's tenant (a function, not
+/// a method: callers borrow other fields of [`Streams`] beside it).
+fn conn_mut(slots: &mut [Option<Conn>], id: ConnId) -> Option<&mut Conn> {
+    slots
+        .get_mut(id.slot as usize)?
+        .as_mut()
+        .filter(|c| c.generation == id.generation)
+}
+
 impl Conn {
+    /// `bytes` through the TLS session and out, a buffer's worth at a time
+    /// (rustls' buffers stay within `max`; the write queue bounds the rest).
+    fn encrypt(
+        &mut self,
+        bytes: &[u8],
+        records: &mut Vec<u8>,
+        max: usize,
+        epoll: RawFd,
+        slot: u32,
+    ) -> Result<(), CloseReason> {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let Some(tls) = self.tls.as_mut() else {
+                return Err(CloseReason::Tls);
+            };
+            let n = tls.writer().write(rest).unwrap_or(0);
+            if n == 0 {
+                // rustls holds `max` bytes already: the peer does not read.
+                return Err(CloseReason::SlowReader);
+            }
+            rest = &rest[n..];
+            self.write_pending_records(records, max, epoll, slot)?;
+        }
+        Ok(())
+    }
+
+    /// The records the session has ready, written or queued.
+    fn write_pending_records(
+        &mut self,
+        records: &mut Vec<u8>,
+        max: usize,
+        epoll: RawFd,
+        slot: u32,
+    ) -> Result<(), CloseReason> {
+        let Some(tls) = self.tls.as_mut() else {
+            return Ok(());
+        };
+        records.clear();
+        while tls.wants_write() {
+            // Writing into a Vec fails only for want of memory.
+            if tls.write_tls(records).is_err() {
+                return Err(CloseReason::Tls);
+            }
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.write_or_queue(records, max, epoll, slot)
+    }
+
+    /// Our own close of a TLS connection: a close_notify, if the kernel
+    /// takes it now (best effort; the socket closes either way).
+    fn say_goodbye(&mut self) {
+        let Some(tls) = self.tls.as_mut() else {
+            return;
+        };
+        tls.send_close_notify();
+        let mut alert = Vec::new();
+        while tls.wants_write() && tls.write_tls(&mut alert).is_ok() {}
+        if self.queued.is_empty() {
+            let _ = write_some(&mut self.sock, &alert);
+        }
+    }
+
     /// Write what the kernel takes now and queue the rest (watching for
     /// writability), or say why the connection must end.
     fn write_or_queue(

@@ -318,3 +318,23 @@ pub fn pf_shard(aor: &str) -> usize {
     set.pick(cpm_edge::route::decision::user_hash(b, &u))
         .unwrap_or(0)
 }
+
+/// Read one framed SIP message from a stream (headers, then the
+/// Content-Length's body), a byte at a time: nothing past it is taken.
+pub fn read_sip(c: &mut impl std::io::Read) -> String {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        c.read_exact(&mut byte)
+            .expect("a message on the connection");
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let len: usize = header(&head, "Content-Length")
+        .first()
+        .and_then(|l| l.split(':').nth(1))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = vec![0u8; len];
+    c.read_exact(&mut body).unwrap();
+    head + &String::from_utf8_lossy(&body)
+}

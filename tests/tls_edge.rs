@@ -1,0 +1,399 @@
+//! SIP over TLS through the edge over real loopback sockets: rustls
+//! clients, UDP Conversation Server shards (plain sockets), the edge's real
+//! workers (two) on both io backends; certificates from a test CA (rcgen).
+//! Faults: bytes that are not TLS, a handshake never begun, a client
+//! without the certificate the edge requires; certificates re-read on
+//! reload, and on SIGHUP by the real binary.
+
+mod common;
+#[path = "common/tls.rs"]
+mod tls;
+use common::*;
+use cpm_edge::config::Config;
+use cpm_edge::dataplane::worker::Server;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tls::{Ca, TlsClient};
+
+struct Rig {
+    server: Server,
+    tls: SocketAddr,
+    shard: UdpSocket,
+    dir: Scratch,
+    ca: Ca,
+}
+
+/// A directory of one test's files, removed when the test ends.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+fn scratch_dir(name: &str) -> Scratch {
+    let dir = std::env::temp_dir().join(format!("cpm-tls-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    Scratch(dir)
+}
+
+/// The edge's TOML with TLS on `tls_port` from `dir/edge.{crt,key}`,
+/// one shard.
+fn edge_toml(
+    io: &str,
+    tls_port: u16,
+    dir: &std::path::Path,
+    shard: SocketAddr,
+    extra: &str,
+) -> String {
+    format!(
+        "[listen]\naddr = \"127.0.0.1:{}\"\n[workers]\ncount = 2\nio = \"{io}\"\n\
+         [health]\nenabled = false\n[admin]\nbind = \"\"\n\
+         [tls]\nenabled = true\nport = {tls_port}\ncert = \"{}\"\nkey = \"{}\"\n{extra}\n\
+         [[shard]]\nname = \"cs1\"\naddr = \"{shard}\"\n\
+         [[group]]\nid = \"sip:grp3@groups.example.net\"\nshard = \"cs1\"\n",
+        free_port(),
+        dir.join("edge.crt").display(),
+        dir.join("edge.key").display(),
+    )
+}
+
+fn rig(io: &str, name: &str, extra: &str) -> Rig {
+    let dir = scratch_dir(name);
+    let ca = Ca::new("cpm test CA");
+    ca.leaf(&["edge.example.net"]).write(&dir, "edge");
+    let shard = sock();
+    let toml = edge_toml(io, 0, &dir, shard.local_addr().unwrap(), extra);
+    let valid = Config::parse(&toml).unwrap().validate().unwrap();
+    let server = cpm_edge::app::start_server(&valid).unwrap();
+    let tls = server.tls_addr.expect("a TLS listener");
+    Rig {
+        server,
+        tls,
+        shard,
+        dir,
+        ca,
+    }
+}
+
+fn connect(r: &Rig) -> TlsClient {
+    tls::connect(r.tls, "edge.example.net", tls::client_config(&r.ca, None)).unwrap()
+}
+
+/// A client's INVITE over TLS (its Via says so).
+fn tls_invite(c: &TlsClient, user: &str, n: u32) -> Vec<u8> {
+    let a = c.sock.local_addr().unwrap();
+    String::from_utf8(invite_to_group("grp3", user, ""))
+        .unwrap()
+        .replace("SIP/2.0/UDP 192.0.2.10:5062", &format!("SIP/2.0/TLS {a}"))
+        .replace(&format!("{user}-call-1@"), &format!("{user}-call-{n}@"))
+        .into_bytes()
+}
+
+fn stat(
+    r: &Rig,
+    f: impl Fn(&cpm_edge::dataplane::streams::StreamStats) -> &std::sync::atomic::AtomicU64,
+) -> u64 {
+    f(r.server.streams.as_ref().unwrap()).load(Ordering::Relaxed)
+}
+
+/// Until `cond` holds (5 s), else the test fails with `what`.
+fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The connection ended: a read returns end of stream or an error.
+fn ends(s: &mut impl Read) -> bool {
+    let mut b = [0u8; 256];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) | Err(_) => return true,
+            Ok(_) => continue,
+        }
+    }
+}
+
+#[test]
+fn a_tls_clients_invite_reaches_its_udp_shard_and_the_answers_come_back_over_tls() {
+    for io in backends() {
+        let r = rig(io, &format!("invite-{io}"), "");
+        let mut clients: Vec<TlsClient> = (0..6).map(|_| connect(&r)).collect();
+        for (n, c) in clients.iter_mut().enumerate() {
+            let inv = tls_invite(c, "alice", n as u32);
+            c.write_all(&inv).unwrap();
+            c.flush().unwrap();
+            let (fwd, _) = recv(&r.shard);
+            assert!(
+                fwd.starts_with("INVITE sip:grp3@groups.example.net"),
+                "{fwd}"
+            );
+            // The edge's own Via is UDP toward the shard, naming the flow;
+            // the client's TLS Via stays below it.
+            let vias = header(&fwd, "Via");
+            assert!(
+                vias[0].contains("SIP/2.0/UDP") && vias[0].contains(";cpm-flow="),
+                "{fwd}"
+            );
+            assert!(vias[1].contains("SIP/2.0/TLS"), "{fwd}");
+            cs_answer(&r.shard, &fwd, "180 Ringing", None);
+            cs_answer(&r.shard, &fwd, "200 OK", None);
+            let ringing = read_sip(c);
+            assert!(ringing.starts_with("SIP/2.0 180 Ringing"), "{ringing}");
+            let ok = read_sip(c);
+            assert!(ok.starts_with("SIP/2.0 200 OK"), "{ok}");
+            // The edge's Via is gone; the client's is on top again.
+            let v = header(&ok, "Via");
+            assert_eq!(v.len(), 1, "{ok}");
+            assert!(v[0].contains("SIP/2.0/TLS"), "{ok}");
+        }
+        assert_eq!(stat(&r, |s| &s.messages), 6);
+        assert_eq!(stat(&r, |s| &s.closed_tls), 0);
+        // A keep-alive ping over TLS gets its pong over TLS.
+        let c = &mut clients[0];
+        c.write_all(b"\r\n\r\n").unwrap();
+        c.flush().unwrap();
+        let mut pong = [0u8; 2];
+        c.read_exact(&mut pong).unwrap();
+        assert_eq!(&pong, b"\r\n");
+        r.server.stop().unwrap();
+    }
+}
+
+#[test]
+fn bytes_that_are_not_tls_and_a_handshake_never_begun_are_closed_and_counted() {
+    for io in backends() {
+        let r = rig(io, &format!("faults-{io}"), "handshake_ms = 300");
+        // Plain SIP at the TLS port: rustls rejects the first record.
+        let mut plain = TcpStream::connect(r.tls).unwrap();
+        plain
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        plain
+            .write_all(&invite_to_group("grp3", "mallory", ""))
+            .unwrap();
+        assert!(
+            ends(&mut plain),
+            "the edge must close a connection that speaks no TLS"
+        );
+        wait_for("closed_tls", || stat(&r, |s| &s.closed_tls) == 1);
+        // Random bytes that look like a record header, then garbage.
+        let mut junk = TcpStream::connect(r.tls).unwrap();
+        junk.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        junk.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, 1, 2, 3, 4, 5])
+            .unwrap();
+        assert!(ends(&mut junk));
+        wait_for("closed_tls", || stat(&r, |s| &s.closed_tls) == 2);
+        // A connection that never begins its handshake: closed at 300 ms.
+        let mut mute = TcpStream::connect(r.tls).unwrap();
+        mute.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let t0 = Instant::now();
+        assert!(ends(&mut mute));
+        assert!(
+            t0.elapsed() < Duration::from_secs(4),
+            "closed by the handshake deadline"
+        );
+        wait_for("closed_handshake", || {
+            stat(&r, |s| &s.closed_handshake) == 1
+        });
+        // Nothing reached the shard, and TLS still serves the next client.
+        r.shard.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 100];
+        assert!(r.shard.recv_from(&mut b).is_err(), "nothing forwarded");
+        r.shard.set_nonblocking(false).unwrap();
+        let mut c = connect(&r);
+        c.write_all(&tls_invite(&c, "alice", 1)).unwrap();
+        c.flush().unwrap();
+        let (fwd, _) = recv(&r.shard);
+        assert!(fwd.starts_with("INVITE "), "{fwd}");
+        // A completed handshake is not closed by its deadline later.
+        std::thread::sleep(Duration::from_millis(500));
+        cs_answer(&r.shard, &fwd, "200 OK", None);
+        assert!(read_sip(&mut c).starts_with("SIP/2.0 200 OK"));
+        assert_eq!(stat(&r, |s| &s.closed_handshake), 1);
+        r.server.stop().unwrap();
+    }
+}
+
+#[test]
+fn a_required_client_certificate_admits_the_cas_clients_only() {
+    let dir = scratch_dir("mutual");
+    let ca = Ca::new("cpm test CA");
+    ca.leaf(&["edge.example.net"]).write(&dir, "edge");
+    let clients_ca = Ca::new("CS link CA");
+    std::fs::write(dir.join("clients.pem"), &clients_ca.pem).unwrap();
+    let shard = sock();
+    let extra = format!(
+        "client_ca = \"{}\"\nrequire_client_cert = true",
+        dir.join("clients.pem").display()
+    );
+    let toml = edge_toml("mmsg", 0, &dir, shard.local_addr().unwrap(), &extra);
+    let valid = Config::parse(&toml).unwrap().validate().unwrap();
+    let server = cpm_edge::app::start_server(&valid).unwrap();
+    let at = server.tls_addr.unwrap();
+    let stats = server.streams.clone().unwrap();
+    // No certificate: the handshake fails (TLS 1.3 reports it at the
+    // client's first read), and the edge counts a TLS close.
+    let mut anon = tls::connect(at, "edge.example.net", tls::client_config(&ca, None)).unwrap();
+    let _ = anon.write_all(b"OPTIONS sip:x SIP/2.0\r\n\r\n");
+    assert!(ends(&mut anon));
+    // A certificate from another CA: refused too.
+    let stranger = ca.leaf(&["stranger.example.net"]);
+    let mut s = tls::connect(
+        at,
+        "edge.example.net",
+        tls::client_config(&ca, Some(&stranger)),
+    )
+    .unwrap();
+    let _ = s.write_all(b"OPTIONS sip:x SIP/2.0\r\n\r\n");
+    assert!(ends(&mut s));
+    wait_for("two refused clients", || {
+        stats.closed_tls.load(Ordering::Relaxed) == 2
+    });
+    // The CS link CA's client: served.
+    let cs = clients_ca.leaf(&["cs1.example.net"]);
+    let mut c = tls::connect(at, "edge.example.net", tls::client_config(&ca, Some(&cs))).unwrap();
+    c.write_all(&tls_invite(&c, "alice", 1)).unwrap();
+    c.flush().unwrap();
+    let (fwd, _) = recv(&shard);
+    assert!(fwd.starts_with("INVITE "), "{fwd}");
+    server.stop().unwrap();
+}
+
+#[test]
+fn a_reload_serves_the_new_certificate_to_new_handshakes_and_keeps_sessions() {
+    let r = rig("mmsg", "reload", "");
+    let mut old = connect(&r);
+    let first = tls::server_cert(&old);
+    // New files in place, then a reload.
+    let next = r.ca.leaf(&["edge.example.net"]);
+    next.write(&r.dir, "edge");
+    r.server.tls.as_ref().unwrap().reload().unwrap();
+    let fresh = connect(&r);
+    assert_eq!(tls::server_cert(&fresh), next.der, "the new certificate");
+    assert_ne!(first, next.der);
+    // A broken key: the reload fails and the certificate in use stays.
+    std::fs::write(
+        r.dir.join("edge.key"),
+        "-----BEGIN PRIVATE KEY-----\nnot base64\n",
+    )
+    .unwrap();
+    let err = r.server.tls.as_ref().unwrap().reload().unwrap_err();
+    assert!(err.contains("private key"), "{err}");
+    assert_eq!(tls::server_cert(&connect(&r)), next.der);
+    // The session begun before the reload still carries SIP.
+    old.write_all(&tls_invite(&old, "bob", 7)).unwrap();
+    old.flush().unwrap();
+    let (fwd, _) = recv(&r.shard);
+    cs_answer(&r.shard, &fwd, "200 OK", None);
+    assert!(read_sip(&mut old).starts_with("SIP/2.0 200 OK"));
+}
+
+#[test]
+fn sighup_rereads_the_certificate_and_metrics_count_tls_closes() {
+    let dir = scratch_dir("sighup");
+    let ca = Ca::new("cpm test CA");
+    ca.leaf(&["edge.example.net"]).write(&dir, "edge");
+    let shard = sock();
+    let (tls_port, admin_port) = (free_port(), free_port());
+    let toml = edge_toml("mmsg", tls_port, &dir, shard.local_addr().unwrap(), "")
+        .replace("bind = \"\"", &format!("bind = \"127.0.0.1:{admin_port}\""));
+    let cfg = dir.join("edge.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cpm-edge"))
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let at: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for("the edge's admin API", || {
+            TcpStream::connect(admin).is_ok() && http(admin, "GET", "/health", "", None).0 == 200
+        });
+        let name = "edge.example.net";
+        let before =
+            tls::server_cert(&tls::connect(at, name, tls::client_config(&ca, None)).unwrap());
+        let next = ca.leaf(&[name]);
+        next.write(&dir, "edge");
+        // SAFETY: kill(2) with the PID of the child this test started.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
+        wait_for("the new certificate", || {
+            tls::connect(at, name, tls::client_config(&ca, None))
+                .is_ok_and(|c| tls::server_cert(&c) == next.der)
+        });
+        assert_ne!(before, next.der);
+        let mut junk = TcpStream::connect(at).unwrap();
+        junk.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        junk.write_all(b"NOT TLS\r\n\r\n").unwrap();
+        assert!(ends(&mut junk));
+        wait_for("the TLS close in /metrics", || {
+            let (_, m) = http(admin, "GET", "/metrics", "", None);
+            m.contains("cpm_edge_stream_closed_total{why=\"tls\"} 1")
+                && m.contains("cpm_edge_reloads_total{result=\"ok\"} 1")
+        });
+    }));
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Err(p) = result {
+        std::panic::resume_unwind(p);
+    }
+}
+
+#[test]
+fn a_tls_configuration_that_cannot_serve_is_refused_at_validation() {
+    let dir = scratch_dir("config");
+    let ca = Ca::new("cpm test CA");
+    let shard: SocketAddr = "127.0.0.1:5999".parse().unwrap();
+    let refuse = |toml: &str, why: &str| {
+        let e = Config::parse(toml)
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(why), "{e} (expected {why})");
+    };
+    // No files named.
+    refuse(
+        &edge_toml("mmsg", 0, &dir, shard, "").replace("cert = \"", "cert = \"\"\n#"),
+        "enabled needs cert and key",
+    );
+    // Files that do not exist yet.
+    refuse(&edge_toml("mmsg", 0, &dir, shard, ""), "edge.crt");
+    // A key that is not the certificate's.
+    ca.leaf(&["edge.example.net"]).write(&dir, "edge");
+    let other = ca.leaf(&["edge.example.net"]);
+    std::fs::write(dir.join("edge.key"), &other.key_pem).unwrap();
+    refuse(&edge_toml("mmsg", 0, &dir, shard, ""), "KeyMismatch");
+    // TLS on the TCP listener's port.
+    ca.leaf(&["edge.example.net"]).write(&dir, "edge");
+    let t = edge_toml("mmsg", 0, &dir, shard, "");
+    let port: u16 = t
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|p| p.split('"').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let same = t.replace("port = 0", &format!("port = {port}")) + "[tcp]\nenabled = true\n";
+    refuse(&same, "the TCP listener has that port");
+    // And the good one validates.
+    Config::parse(&t).unwrap().validate().unwrap();
+}
