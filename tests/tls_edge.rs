@@ -397,3 +397,111 @@ fn a_tls_configuration_that_cannot_serve_is_refused_at_validation() {
     // And the good one validates.
     Config::parse(&t).unwrap().validate().unwrap();
 }
+
+/// A request inside the dialog of `invite` (as the shard received it),
+/// from the shard toward the client: along the edge's Record-Route entry.
+fn in_dialog_request(invite: &str, shard: SocketAddr, method: &str, rr: &str) -> String {
+    let route = rr.trim_start_matches("Record-Route:").trim();
+    let from = header(invite, "From")[0].trim_start_matches("From:").trim();
+    let to = header(invite, "To")[0].trim_start_matches("To:").trim();
+    format!(
+        "{method} sip:alice@192.0.2.10:5062;transport=tls SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {shard};branch=z9hG4bK-cs-{method}\r\n\
+         Route: {route}\r\nMax-Forwards: 70\r\n\
+         From: {to};tag=cs\r\nTo: {from}\r\n{}\r\nCSeq: 2 {method}\r\nContent-Length: 0\r\n\r\n",
+        header(invite, "Call-ID")[0]
+    )
+}
+
+#[test]
+fn a_bye_inside_the_dialog_reaches_the_tls_client_on_its_connection() {
+    for io in backends() {
+        let r = rig(io, &format!("bye-{io}"), "");
+        // Several clients so that the BYE often reaches a worker that does
+        // not own the connection (then it goes by the owner's mail).
+        let mut clients: Vec<TlsClient> = (0..4).map(|_| connect(&r)).collect();
+        let edge_udp = r.server.local_addr;
+        let shard_at = r.shard.local_addr().unwrap();
+        for (n, c) in clients.iter_mut().enumerate() {
+            c.write_all(&tls_invite(c, "alice", n as u32)).unwrap();
+            c.flush().unwrap();
+            let (inv, _) = recv(&r.shard);
+            let rr = header(&inv, "Record-Route")[0].to_string();
+            assert!(
+                rr.contains(";lr;cpm-flow="),
+                "the flow in our Record-Route: {rr}"
+            );
+            cs_answer(&r.shard, &inv, "200 OK", None);
+            assert!(read_sip(c).starts_with("SIP/2.0 200 OK"));
+            // The Conversation Server ends the session.
+            let bye = in_dialog_request(&inv, shard_at, "BYE", &rr);
+            r.shard.send_to(bye.as_bytes(), edge_udp).unwrap();
+            let got = read_sip(c);
+            assert!(got.starts_with("BYE sip:alice@192.0.2.10:5062"), "{got}");
+            assert!(header(&got, "Route").is_empty(), "our Route popped: {got}");
+            let vias = header(&got, "Via");
+            assert_eq!(vias.len(), 2, "{got}");
+            assert!(vias[1].contains("z9hG4bK-cs-BYE"), "{got}");
+            // The client's 200 goes back on its connection and on to the shard.
+            let ok = format!(
+                "SIP/2.0 200 OK\r\n{}\r\n{}\r\n{}\r\n{}\r\n{}\r\nContent-Length: 0\r\n\r\n",
+                vias.join("\r\n"),
+                header(&got, "From")[0],
+                header(&got, "To")[0],
+                header(&got, "Call-ID")[0],
+                header(&got, "CSeq")[0],
+            );
+            c.write_all(ok.as_bytes()).unwrap();
+            c.flush().unwrap();
+            let (resp, _) = recv(&r.shard);
+            assert!(resp.starts_with("SIP/2.0 200 OK"), "{resp}");
+            assert!(resp.contains("CSeq: 2 BYE"), "{resp}");
+            assert_eq!(header(&resp, "Via").len(), 1, "{resp}");
+        }
+        r.server.stop().unwrap();
+    }
+}
+
+#[test]
+fn only_a_shard_may_send_a_request_to_a_clients_flow_and_a_forged_token_gets_430() {
+    let r = rig("mmsg", "flow-trust", "");
+    let mut c = connect(&r);
+    c.write_all(&tls_invite(&c, "alice", 1)).unwrap();
+    c.flush().unwrap();
+    let (inv, _) = recv(&r.shard);
+    let rr = header(&inv, "Record-Route")[0].to_string();
+    cs_answer(&r.shard, &inv, "200 OK", None);
+    assert!(read_sip(&mut c).starts_with("SIP/2.0 200 OK"));
+    // A stranger on UDP replays the Route with the real token: the edge
+    // never puts a client's request on a connection.
+    let stranger = sock();
+    let sa = stranger.local_addr().unwrap();
+    let bye = in_dialog_request(&inv, sa, "BYE", &rr);
+    stranger
+        .send_to(bye.as_bytes(), r.server.local_addr)
+        .unwrap();
+    // (It is judged as any client's request: here refused, no CPM tag.)
+    let (refused, _) = recv(&stranger);
+    assert!(refused.starts_with("SIP/2.0 403 "), "{refused}");
+    // The shard with a token whose MAC does not verify: nowhere.
+    let at = rr.find(";cpm-flow=").unwrap() + ";cpm-flow=".len();
+    let mut forged = rr.clone();
+    let flip = if &rr[at..at + 1] == "0" { "1" } else { "0" };
+    forged.replace_range(at..at + 1, flip);
+    let bye = in_dialog_request(&inv, r.shard.local_addr().unwrap(), "BYE", &forged);
+    r.shard
+        .send_to(bye.as_bytes(), r.server.local_addr)
+        .unwrap();
+    let (failed, _) = recv(&r.shard);
+    assert!(failed.starts_with("SIP/2.0 430 Flow Failed"), "{failed}");
+    // Then the real one from the shard: the first thing on the connection.
+    let bye = in_dialog_request(&inv, r.shard.local_addr().unwrap(), "INFO", &rr);
+    r.shard
+        .send_to(bye.as_bytes(), r.server.local_addr)
+        .unwrap();
+    let got = read_sip(&mut c);
+    assert!(
+        got.starts_with("INFO "),
+        "only the shard's real token: {got}"
+    );
+}

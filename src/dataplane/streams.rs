@@ -439,6 +439,7 @@ impl StreamSide {
                     due.push((c.id, Ending::Stream(why)));
                 }
             }
+            c.framing.release();
         }
         for (id, why) in due {
             self.close_for(id, why, streams);

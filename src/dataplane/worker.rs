@@ -368,6 +368,9 @@ impl EdgeHandler {
             Outcome::Replied { len, .. } => {
                 streams.send(id, &self.stream_out[..len]);
             }
+            // A stream's own requests go on by the route set, never to a
+            // flow (the decision keeps no token from a client).
+            Outcome::OnFlow { .. } => debug_assert!(false, "a client's request to a flow"),
             Outcome::Dropped(_) | Outcome::NeedsPolicy(_) | Outcome::ToRegistrar => {}
         }
     }
@@ -392,6 +395,25 @@ impl EdgeHandler {
         }
         side.reactor = reactor;
         true
+    }
+
+    /// A request for a stream client's connection (the flow token of our
+    /// Record-Route entry), on it or through its owner's mail. `false`: no
+    /// such flow here (forged, another edge's, or closed on this worker);
+    /// a mailed one's fate is the owner's to count.
+    fn send_on_flow(&mut self, token: &[u8], out: &[u8]) -> bool {
+        let delivered = match self.streams.as_mut() {
+            Some(side) => {
+                let mut reactor = side.reactor.take();
+                let sent = reactor
+                    .as_mut()
+                    .is_some_and(|r| side.deliver(token, out, r.streams()));
+                side.reactor = reactor;
+                sent
+            }
+            None => false,
+        };
+        delivered
     }
 
     fn fold_latency(&mut self) {
@@ -429,6 +451,14 @@ impl DatagramHandler for EdgeHandler {
         // A borrowed snapshot: no refcount traffic on a line shared by workers.
         let tables = self.tables.load();
         let outcome = pipeline::run(&d, tables, &mut self.adm, out, &mut self.msg);
+        let outcome = match outcome {
+            Outcome::OnFlow { len, token } if !self.send_on_flow(token.get(data), &out[..len]) => {
+                // RFC 5626 §5.3: the flow is gone (or never was ours).
+                let s = pipeline::Scanned::new(data, &self.msg, src);
+                pipeline::answer(s, 430, "Flow Failed", &[], out)
+            }
+            o => o,
+        };
         self.count(&d, &outcome);
         if let Outcome::Relayed { len, .. } = outcome {
             if self.streams.is_some() && self.relay_to_stream(data, &out[..len]) {
@@ -559,6 +589,7 @@ fn count_into(
     }
     match *outcome {
         Outcome::Forwarded { kind, shard, .. } => stats.forwarded(kind, shard),
+        Outcome::OnFlow { .. } => stats.forwarded(crate::route::ForwardKind::InDialog, None),
         Outcome::Relayed { code, .. } => stats.relayed(code),
         Outcome::Replied { code, .. } => stats.replied(code),
         Outcome::NeedsPolicy(_) => stats.slow_queued(),

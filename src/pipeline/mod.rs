@@ -18,6 +18,7 @@ use crate::sip::reply::{self, UNAVAILABLE_OVERLOAD, UNAVAILABLE_POLICY_QUEUE, UN
 use crate::sip::rewrite::{forward_request, forward_response, RequestPlan};
 pub use crate::sip::scan::Scanned;
 use crate::sip::scan::{scan_into, Message, Method, StartLine};
+use crate::sip::Span;
 use std::net::SocketAddr;
 
 /// What became of one datagram.
@@ -48,6 +49,13 @@ pub enum Outcome {
     /// Handed to the registrar thread (a REGISTER for a served domain, or
     /// a response to the edge's own third-party REGISTER).
     ToRegistrar,
+    /// An in-dialog request forwarded toward a stream client: `len` bytes
+    /// of `out` go on the connection the flow token at `token` (in the
+    /// input) names.
+    OnFlow {
+        len: usize,
+        token: Span,
+    },
 }
 
 impl Outcome {
@@ -57,7 +65,10 @@ impl Outcome {
             Outcome::Forwarded { len, dst, .. }
             | Outcome::Relayed { len, dst, .. }
             | Outcome::Replied { len, dst, .. } => Some((len, dst)),
-            Outcome::Dropped(_) | Outcome::NeedsPolicy(_) | Outcome::ToRegistrar => None,
+            Outcome::Dropped(_)
+            | Outcome::NeedsPolicy(_)
+            | Outcome::ToRegistrar
+            | Outcome::OnFlow { .. } => None,
         }
     }
 }
@@ -403,6 +414,11 @@ fn shed(s: Scanned<'_>, out: &mut [u8], reply: bool) -> Outcome {
 pub fn route_scanned(s: Scanned<'_>, t: &Tables, out: &mut [u8]) -> Outcome {
     let d = decide(s.buf, s.m, s.src, t);
     if !t.policy.is_empty() && needs_policy(s.buf, s.m, &d, t) {
+        // The slow path sends over UDP only: an offer for a stream
+        // client's connection is refused rather than let past the policy.
+        if matches!(d, Decision::OnFlow { .. }) {
+            return unavailable(s, reply::UNAVAILABLE_OVER_STREAM, t.retry_after_s, out);
+        }
         return Outcome::NeedsPolicy(d);
     }
     write(s, d, t, None, out)
@@ -415,6 +431,11 @@ fn needs_policy(buf: &[u8], m: &Message, d: &Decision, t: &Tables) -> bool {
             m.method().is_some_and(policy::offer_method)
                 && policy::has_sdp(buf, m)
                 && t.policy.applies(*kind, buf, m)
+        }
+        Decision::OnFlow { .. } => {
+            m.method().is_some_and(policy::offer_method)
+                && policy::has_sdp(buf, m)
+                && t.policy.applies(ForwardKind::InDialog, buf, m)
         }
         Decision::Relay { .. } => policy::is_answer(buf, m),
         _ => false,
@@ -439,7 +460,7 @@ pub fn write(
             reason,
         } => unavailable(s, reason, retry_after, out),
         Decision::Relay { dst } => relay(s, dst, out),
-        Decision::Forward { .. } => forward(s, d, t, body, out),
+        Decision::Forward { .. } | Decision::OnFlow { .. } => forward(s, d, t, body, out),
         Decision::ToRegistrar => Outcome::ToRegistrar,
     }
 }
@@ -469,16 +490,30 @@ fn forward(
     body: Option<&[u8]>,
     out: &mut [u8],
 ) -> Outcome {
-    let Decision::Forward {
-        dst,
-        kind,
-        push,
-        pop,
-        max_forwards,
-        loop_hash,
-    } = d
-    else {
-        unreachable!("forward() is called with a Forward decision");
+    let (dst, kind, push, pop, max_forwards, loop_hash, flow) = match d {
+        Decision::Forward {
+            dst,
+            kind,
+            push,
+            pop,
+            max_forwards,
+            loop_hash,
+        } => (dst, kind, push, pop, max_forwards, loop_hash, None),
+        Decision::OnFlow {
+            token,
+            pop,
+            max_forwards,
+            loop_hash,
+        } => (
+            s.src,
+            ForwardKind::InDialog,
+            None,
+            pop,
+            max_forwards,
+            loop_hash,
+            Some(token),
+        ),
+        _ => unreachable!("forward() is called with a Forward or OnFlow decision"),
     };
     let (buf, m, src) = (s.buf, s.m, s.src);
     let br = branch::branch(&t.branch_key, buf, m, src, loop_hash);
@@ -501,16 +536,17 @@ fn forward(
         assert_identity: asserted.map(|n| &pai[..n]),
         body,
     };
-    match forward_request(buf, m, &plan, out) {
-        Some(len) => Outcome::Forwarded {
+    match (forward_request(buf, m, &plan, out), flow) {
+        (Some(len), Some(token)) => Outcome::OnFlow { len, token },
+        (Some(len), None) => Outcome::Forwarded {
             len,
             dst,
             kind,
             shard: push.map(|(s, _)| s as u16),
         },
         // An ACK is never answered (RFC 3261 §17.1.1.3).
-        None if m.method() == Some(Method::Ack) => Outcome::Dropped(DropReason::TooLarge),
-        None => answer(s, 513, "Message Too Large", &[], out),
+        (None, _) if m.method() == Some(Method::Ack) => Outcome::Dropped(DropReason::TooLarge),
+        (None, _) => answer(s, 513, "Message Too Large", &[], out),
     }
 }
 

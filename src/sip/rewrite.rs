@@ -375,7 +375,9 @@ pub struct RequestPlan<'a> {
     pub flow: Option<&'a [u8]>,
     /// A complete `Route: ...\r\n` line pushed on top, if any.
     pub route_push: Option<&'a [u8]>,
-    /// A complete `Record-Route: ...\r\n` line, if any.
+    /// A complete `Record-Route: <...>\r\n` line, if any; with `flow`, the
+    /// token goes into its URI (`;cpm-flow=TOKEN`) so that requests inside
+    /// the dialog find the client's connection.
     pub record_route: Option<&'a [u8]>,
     pub max_forwards: MaxForwards,
     pub pop_routes: usize,
@@ -389,6 +391,23 @@ pub struct RequestPlan<'a> {
     /// A replacement body (the slow path's filtered SDP): Content-Length is
     /// rewritten to its length.
     pub body: Option<&'a [u8]>,
+}
+
+/// Our Record-Route line, the flow token of a stream client's connection
+/// in its URI (before the closing `>`).
+fn put_record_route(o: &mut Out<'_>, rr: &[u8], flow: Option<&[u8]>) {
+    let Some(token) = flow else {
+        return o.put(rr);
+    };
+    debug_assert!(
+        rr.ends_with(b">\r\n"),
+        "a Record-Route line with a name-addr"
+    );
+    let uri_end = rr.len().saturating_sub(3);
+    o.put(&rr[..uri_end]);
+    o.put(super::flow::FLOW_PARAM);
+    o.put(token);
+    o.put(&rr[uri_end..]);
 }
 
 /// Drop every Content-Length line; the caller writes the new one.
@@ -419,7 +438,7 @@ pub fn forward_request(
         o.put(r);
     }
     if let Some(rr) = plan.record_route {
-        o.put(rr);
+        put_record_route(&mut o, rr, plan.flow);
     }
     if let Some(pai) = plan.assert_identity {
         o.put(pai);
