@@ -100,11 +100,13 @@ fn load(cli: &Cli) -> Result<Config, String> {
                 Some((n, a)) => ShardConf {
                     name: n.into(),
                     addr: a.into(),
+                    transport: "udp".into(),
                     backup: None,
                 },
                 None => ShardConf {
                     name: format!("cs{}", i + 1),
                     addr: s.clone(),
+                    transport: "udp".into(),
                     backup: None,
                 },
             })

@@ -20,6 +20,12 @@ if [ ! -x /usr/sbin/bearerbox ] || [ ! -x /usr/lib/kannel/test/fakesmsc ]; then
   apt-get install -y -qq kannel kannel-extras >/dev/null
 fi
 
+if ! command -v stunnel >/dev/null 2>&1 || ! command -v openssl >/dev/null 2>&1; then
+  step "installing stunnel4 and openssl (TLS in front of SIPp, whose Debian build has no TLS)"
+  apt-get update -qq
+  apt-get install -y -qq stunnel4 openssl >/dev/null
+fi
+
 if ! command -v ip >/dev/null 2>&1 || ! command -v ss >/dev/null 2>&1; then
   step "installing iproute2 (ip netns, ss) for the path-MTU test"
   apt-get update -qq
@@ -47,6 +53,9 @@ EDGE_BIN="${CARGO_TARGET_DIR:-target}/release/cpm-edge" tests/sipp/run-sipp.sh
 step "SIPp over TCP (-t t1): uac-cpm -> cpm-edge ([tcp] enabled) -> uas-cpm over UDP"
 CALLS=2000 RATE=400 UAC_TRANSPORT=t1 EDGE_BIN="${CARGO_TARGET_DIR:-target}/release/cpm-edge" \
   EDGE_ARGS="--config tests/sipp/tcp.toml" tests/sipp/run-sipp.sh
+
+step "SIPp over TLS (-t t1 into stunnel, TLS to cpm-edge's [tls] port) -> uas-cpm over UDP"
+CALLS=2000 RATE=400 EDGE_BIN="${CARGO_TARGET_DIR:-target}/release/cpm-edge" tests/sipp/run-sipp-tls.sh
 
 step "SIPp: audio+video+message offer, media policy strips video (seed 5.2.3.7)"
 CALLS=1000 RATE=300 EDGE_BIN="${CARGO_TARGET_DIR:-target}/release/cpm-edge" \

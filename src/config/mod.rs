@@ -318,9 +318,17 @@ pub const MIN_SECRET_LEN: usize = 16;
 pub struct ShardConf {
     pub name: String,
     pub addr: String,
+    /// `udp` (the default), `udp+tcp` (TCP at the same address for a
+    /// request over 1300 bytes, RFC 3261 §18.1.1), `tcp` or `tls`.
+    #[serde(default = "udp")]
+    pub transport: String,
     /// Shard that takes this one's groups while it is down.
     #[serde(default)]
     pub backup: Option<String>,
+}
+
+fn udp() -> String {
+    "udp".into()
 }
 
 /// One Interworking Function: the non-CPM service it reaches and its
@@ -400,6 +408,17 @@ impl Config {
         let (non_cpm_route, max_forwards_limit) = self.routing.validate()?;
         let trust = self.trust.validate()?;
         let shards = validate_shards(&self.shards, listen, &advertise)?;
+        let tls_shard = shards
+            .iter()
+            .any(|s| s.transport == crate::route::shards::Transport::Tls);
+        if tls_shard && self.tls.shard_ca.is_empty() {
+            return Err(bad(
+                "tls.shard_ca",
+                "a tls shard needs the CAs its certificate chains to",
+            ));
+        }
+        // Unreadable CS-link files fail here, not at start.
+        self.tls.load_client().map_err(|e| bad("tls", e))?;
         let groups = self.all_groups(&shards)?;
         let hosts = self
             .hosts

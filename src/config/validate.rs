@@ -240,9 +240,16 @@ pub(super) fn validate_shards(
         if shards.iter().any(|x| x.addr == a) {
             return Err(bad(key("addr"), format!("duplicate shard address {a}")));
         }
+        let transport = crate::route::shards::Transport::parse(&s.transport).ok_or_else(|| {
+            bad(
+                key("transport"),
+                format!("'{}': one of udp, udp+tcp, tcp, tls", s.transport),
+            )
+        })?;
         shards.push(ShardSpec {
             name: s.name.clone(),
             addr: a,
+            transport,
             backup: s.backup.clone(),
         });
     }

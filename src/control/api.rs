@@ -370,6 +370,7 @@ fn add_shard(cp: &ControlPlane, b: &Value) -> Result<Value, ApiError> {
     let spec = ShardSpec {
         name: name.to_string(),
         addr,
+        transport: Default::default(),
         backup,
     };
     let v = cp.publish(|t| {

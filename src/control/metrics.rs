@@ -509,6 +509,12 @@ impl Collector for Streams {
             "cpm_edge_stream_undeliverable",
             "Responses whose connection was gone.",
             s.undeliverable.load(Relaxed),
+        )?;
+        counter(
+            e,
+            "cpm_edge_stream_link_failed",
+            "Connections to tcp/tls shards that could not be opened.",
+            s.link_failed.load(Relaxed),
         )
     }
 }

@@ -17,6 +17,7 @@ use crate::io::stream::{CloseReason, ConnId, Reactor, Refused, StreamConfig, Str
 use crate::io::tls::{Acceptor, ServerPem};
 use crate::sip::flow::{Flow, TOKEN_LEN};
 use crate::sip::stream::{Closed, Connection, Event, Limits, Timing};
+use arc_swap::ArcSwap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -109,6 +110,13 @@ pub struct TlsConf {
     /// A handshake not done within this is closed (a peer that opens
     /// sockets and never speaks TLS).
     pub handshake_ms: u64,
+    /// PEM file of the CAs a `tls` shard's certificate must chain to (its
+    /// IP address in the certificate); needed by any `tls` shard.
+    pub shard_ca: String,
+    /// The edge's certificate and key for CS links (PEM), presented to a
+    /// `tls` shard that asks; empty: none.
+    pub client_cert: String,
+    pub client_key: String,
 }
 
 impl Default for TlsConf {
@@ -121,16 +129,42 @@ impl Default for TlsConf {
             client_ca: String::new(),
             require_client_cert: false,
             handshake_ms: 10_000,
+            shard_ca: String::new(),
+            client_cert: String::new(),
+            client_key: String::new(),
         }
     }
 }
 
+fn read_pem(what: &str, path: &str) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("tls.{what} {path}: {e}"))
+}
+
 impl TlsConf {
+    /// The client configuration for CS links the files hold now (`None`:
+    /// no `shard_ca`).
+    pub fn load_client(&self) -> Result<Option<rustls::ClientConfig>, String> {
+        if self.shard_ca.is_empty() {
+            return Ok(None);
+        }
+        let ca = read_pem("shard_ca", &self.shard_ca)?;
+        let identity = match (self.client_cert.is_empty(), self.client_key.is_empty()) {
+            (true, true) => None,
+            (false, false) => Some((
+                read_pem("client_cert", &self.client_cert)?,
+                read_pem("client_key", &self.client_key)?,
+            )),
+            _ => return Err("tls.client_cert and tls.client_key go together".into()),
+        };
+        let id = identity.as_ref().map(|(c, k)| (&c[..], &k[..]));
+        crate::io::tls::client_config(&ca, id)
+            .map(Some)
+            .map_err(|e| format!("tls (CS links, {}): {e}", self.shard_ca))
+    }
+
     /// The server configuration the files hold now.
     pub fn load(&self) -> Result<rustls::ServerConfig, String> {
-        let read = |what: &str, path: &str| {
-            std::fs::read(path).map_err(|e| format!("tls.{what} {path}: {e}"))
-        };
+        let read = read_pem;
         let chain = read("cert", &self.cert)?;
         let key = read("key", &self.key)?;
         let ca = match self.client_ca.is_empty() {
@@ -147,23 +181,46 @@ impl TlsConf {
     }
 }
 
-/// The TLS listeners' configuration and the files it is re-read from.
+/// The TLS configurations (listeners', CS links') and the files they
+/// are re-read from.
 pub struct TlsCerts {
     conf: TlsConf,
-    pub acceptor: Arc<Acceptor>,
+    /// For the listeners (`[tls] enabled`).
+    pub acceptor: Option<Arc<Acceptor>>,
+    /// For connections to `tls` shards (`[tls] shard_ca`).
+    pub client: Option<Arc<ArcSwap<rustls::ClientConfig>>>,
 }
 
 impl TlsCerts {
-    pub fn load(conf: &TlsConf) -> Result<TlsCerts, String> {
-        Ok(TlsCerts {
-            acceptor: Arc::new(Acceptor::from_pointee(conf.load()?)),
+    /// `None`: neither a listener nor CS links use TLS.
+    pub fn load(conf: &TlsConf) -> Result<Option<TlsCerts>, String> {
+        let acceptor = match conf.enabled {
+            true => Some(Arc::new(Acceptor::from_pointee(conf.load()?))),
+            false => None,
+        };
+        let client = conf
+            .load_client()?
+            .map(|c| Arc::new(ArcSwap::from_pointee(c)));
+        Ok((acceptor.is_some() || client.is_some()).then(|| TlsCerts {
             conf: conf.clone(),
-        })
+            acceptor,
+            client,
+        }))
     }
 
-    /// Re-read the files; on any error the configuration in use stays.
+    /// Re-read the files; on any error every configuration in use stays.
     pub fn reload(&self) -> Result<(), String> {
-        self.acceptor.store(Arc::new(self.conf.load()?));
+        let server = match &self.acceptor {
+            Some(_) => Some(self.conf.load()?),
+            None => None,
+        };
+        let client = self.conf.load_client()?;
+        if let (Some(a), Some(s)) = (&self.acceptor, server) {
+            a.store(Arc::new(s));
+        }
+        if let (Some(c), Some(n)) = (&self.client, client) {
+            c.store(Arc::new(n));
+        }
         Ok(())
     }
 }
@@ -191,6 +248,8 @@ pub struct StreamStats {
     /// was gone.
     pub mailed: AtomicU64,
     pub undeliverable: AtomicU64,
+    /// Connections to stream shards that could not be opened.
+    pub link_failed: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -213,6 +272,8 @@ pub struct StreamSockets {
     pub listener: Option<std::net::TcpListener>,
     /// The same for TLS at `[tls] port`, with what its sessions start from.
     pub tls: Option<(std::net::TcpListener, Arc<Acceptor>)>,
+    /// What the sessions of connections to `tls` shards start from.
+    pub shard_tls: Option<Arc<ArcSwap<rustls::ClientConfig>>>,
     /// This worker's mail socket, among every worker's (`mail_peers`, by
     /// worker index).
     pub mail: UdpSocket,
@@ -235,6 +296,9 @@ pub struct StreamSide {
     udp: UdpSocket,
     cfg: TcpConf,
     handshake: Duration,
+    /// This worker's connection to each stream shard, by shard index.
+    links: Vec<Option<ConnId>>,
+    shard_tls: Option<Arc<ArcSwap<rustls::ClientConfig>>>,
     next_tick: Instant,
     /// Where mail is read (allocated once: `MAIL_MAX` bytes).
     mail_buf: Vec<u8>,
@@ -266,6 +330,7 @@ impl StreamSide {
         let StreamSockets {
             listener,
             tls,
+            shard_tls,
             mail,
             mail_peers,
             udp,
@@ -289,6 +354,8 @@ impl StreamSide {
             udp,
             cfg,
             handshake,
+            links: Vec::new(),
+            shard_tls,
             next_tick: Instant::now() + TICK,
             mail_buf: vec![0; MAIL_MAX],
             stats,
@@ -383,8 +450,57 @@ impl StreamSide {
         }
     }
 
+    /// A request for the shard `shard` at `addr` on this worker's
+    /// connection to it, opened now if there is none (TLS with `tls`).
+    /// `false`: not sent (no connection could be opened, or it failed at
+    /// once).
+    pub fn send_to_shard(
+        &mut self,
+        (shard, addr, tls): (usize, SocketAddr, bool),
+        bytes: &[u8],
+        now: Instant,
+        streams: &mut Streams,
+    ) -> bool {
+        if let Some(&Some(id)) = self.links.get(shard) {
+            if streams.peer(id) == Some(addr) {
+                return streams.send(id, bytes);
+            }
+        }
+        let Some(id) = self.open_link(addr, tls, streams) else {
+            bump(&self.stats.link_failed);
+            return false;
+        };
+        self.opened(id, now);
+        if self.links.len() <= shard {
+            self.links.resize(shard + 1, None);
+        }
+        self.links[shard] = Some(id);
+        streams.send(id, bytes)
+    }
+
+    fn open_link(&self, addr: SocketAddr, tls: bool, streams: &mut Streams) -> Option<ConnId> {
+        let session = match tls {
+            false => None,
+            true => {
+                let Some(cfg) = self.shard_tls.as_ref() else {
+                    tracing::warn!(%addr, "a tls shard without [tls] shard_ca");
+                    return None;
+                };
+                let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+                Some(rustls::ClientConnection::new(cfg.load_full(), name).ok()?)
+            }
+        };
+        streams
+            .connect(addr, session)
+            .map_err(|e| tracing::debug!(%addr, "cannot connect to the shard: {e}"))
+            .ok()
+    }
+
     /// Drop `id`'s framing (a later tenant of its slot is left alone).
     fn forget(&mut self, id: ConnId) {
+        for l in self.links.iter_mut().filter(|l| **l == Some(id)) {
+            *l = None;
+        }
         if let Some(slot) = self.conns.get_mut(id.slot as usize) {
             if slot.as_ref().is_some_and(|c| c.id == id) {
                 *slot = None;

@@ -356,12 +356,20 @@ impl EdgeHandler {
             &mut self.msg,
         );
         let _ = count_into(&self.stats, &self.msg, false, &o);
-        let Some(side) = self.streams.as_ref() else {
-            return;
-        };
+        let on_stream = stream_shard_of(&o, tables);
         match o {
+            Outcome::Forwarded { len, .. } if on_stream.is_some() => {
+                let mut out = std::mem::take(&mut self.stream_out);
+                self.forward_to_stream_shard(on_stream, &mut out[..len], Some(streams));
+                self.stream_out = out;
+            }
+            Outcome::Relayed { len, .. } if self.stream_relay(msg, len, streams) => {}
             Outcome::Forwarded { len, dst, .. } | Outcome::Relayed { len, dst, .. } => {
-                if !side.send_udp(&self.stream_out[..len], dst) {
+                let sent = self
+                    .streams
+                    .as_ref()
+                    .is_some_and(|side| side.send_udp(&self.stream_out[..len], dst));
+                if !sent {
                     self.stats.send_error();
                 }
             }
@@ -373,6 +381,58 @@ impl EdgeHandler {
             Outcome::OnFlow { .. } => debug_assert!(false, "a client's request to a flow"),
             Outcome::Dropped(_) | Outcome::NeedsPolicy(_) | Outcome::ToRegistrar => {}
         }
+    }
+
+    /// A request for a stream shard: our Via says the stream's transport,
+    /// and it goes on this worker's connection to the shard. `streams`:
+    /// the worker's connections when the caller has them (a stream's
+    /// message), else the reactor's.
+    fn forward_to_stream_shard(
+        &mut self,
+        shard: Option<(usize, SocketAddr, bool)>,
+        out: &mut [u8],
+        streams: Option<&mut Streams>,
+    ) {
+        let Some(shard) = shard else { return };
+        let transport = if shard.2 { b"TLS" } else { b"TCP" };
+        crate::sip::rewrite::set_edge_via_transport(out, transport);
+        let Some(side) = self.streams.as_mut() else {
+            return self.stats.send_error();
+        };
+        let now = Instant::now();
+        let sent = match streams {
+            Some(st) => side.send_to_shard(shard, out, now, st),
+            None => {
+                let mut reactor = side.reactor.take();
+                let sent = reactor
+                    .as_mut()
+                    .is_some_and(|r| side.send_to_shard(shard, out, now, r.streams()));
+                side.reactor = reactor;
+                sent
+            }
+        };
+        if !sent {
+            self.stats.send_error();
+        }
+    }
+
+    /// A response framed from a stream whose Via (ours, popped) names a
+    /// stream client's flow: on that connection. `false`: not a stream
+    /// client's (it goes by UDP).
+    fn stream_relay(&mut self, msg: &[u8], len: usize, streams: &mut Streams) -> bool {
+        let Some(token) = self
+            .msg
+            .top_via
+            .as_ref()
+            .and_then(|v| token_in_via(v.value.get(msg)))
+        else {
+            return false;
+        };
+        let Some(side) = self.streams.as_mut() else {
+            return false;
+        };
+        side.deliver(token, &self.stream_out[..len], streams);
+        true
     }
 
     /// A relayed response whose Via (ours, popped) names a TCP flow: it
@@ -451,6 +511,7 @@ impl DatagramHandler for EdgeHandler {
         // A borrowed snapshot: no refcount traffic on a line shared by workers.
         let tables = self.tables.load();
         let outcome = pipeline::run(&d, tables, &mut self.adm, out, &mut self.msg);
+        let on_stream = stream_shard_of(&outcome, tables);
         let outcome = match outcome {
             Outcome::OnFlow { len, token } if !self.send_on_flow(token.get(data), &out[..len]) => {
                 // RFC 5626 §5.3: the flow is gone (or never was ours).
@@ -460,10 +521,17 @@ impl DatagramHandler for EdgeHandler {
             o => o,
         };
         self.count(&d, &outcome);
-        if let Outcome::Relayed { len, .. } = outcome {
-            if self.streams.is_some() && self.relay_to_stream(data, &out[..len]) {
+        match outcome {
+            Outcome::Relayed { len, .. }
+                if self.streams.is_some() && self.relay_to_stream(data, &out[..len]) =>
+            {
                 return None;
             }
+            Outcome::Forwarded { len, .. } if on_stream.is_some() => {
+                self.forward_to_stream_shard(on_stream, &mut out[..len], None);
+                return None;
+            }
+            _ => {}
         }
         outcome.send()
     }
@@ -567,6 +635,23 @@ impl StreamHandler for EdgeHandler {
             side.read_mail(streams);
         }
     }
+}
+
+/// A request forwarded to a shard that takes it on a stream (its
+/// transport, or its size, RFC 3261 §18.1.1): (shard, address, TLS).
+#[inline]
+fn stream_shard_of(o: &Outcome, t: &crate::route::Tables) -> Option<(usize, SocketAddr, bool)> {
+    let Outcome::Forwarded {
+        len,
+        dst,
+        shard: Some(i),
+        ..
+    } = *o
+    else {
+        return None;
+    };
+    let tls = t.shards.get(usize::from(i)).transport.stream_for(len)?;
+    Some((usize::from(i), dst, tls))
 }
 
 /// Count what arrived (a truncated datagram as a drop, not as what its
@@ -700,7 +785,12 @@ impl Server {
             }
             _ => None,
         };
-        let mut tcp = bind_streams(v, &sockets)?;
+        let stream_shards = tables
+            .load()
+            .shards
+            .live()
+            .any(|(_, s)| s.transport != crate::route::shards::Transport::Udp);
+        let mut tcp = bind_streams(v, &sockets, stream_shards)?;
         let stream_stats = tcp.as_ref().map(|t| Arc::clone(&t.stats));
         let tls_certs = tcp.as_ref().and_then(|t| t.tls.clone());
         let tls_addr = tcp.as_ref().and_then(|t| t.tls_addr);
@@ -826,14 +916,12 @@ struct BoundStreams {
 fn bind_streams(
     v: &ServerSettings,
     sockets: &[std::net::UdpSocket],
+    stream_shards: bool,
 ) -> Result<Option<BoundStreams>, String> {
-    if !v.tcp.enabled && !v.tls.enabled {
+    if !v.tcp.enabled && !v.tls.enabled && !stream_shards {
         return Ok(None);
     }
-    let tls = match v.tls.enabled {
-        true => Some(Arc::new(TlsCerts::load(&v.tls)?)),
-        false => None,
-    };
+    let tls = TlsCerts::load(&v.tls)?.map(Arc::new);
     let mut b = BoundStreams {
         listeners: Vec::new(),
         tls_listeners: Vec::new(),
@@ -891,13 +979,13 @@ impl BoundStreams {
         let (Some(mail), Some(udp)) = (self.mails[i].take(), self.udp[i].take()) else {
             return Err(format!("worker {i}: stream side taken twice"));
         };
-        let tls = match (self.tls_listeners[i].take(), &self.tls) {
-            (Some(l), Some(c)) => Some((l, Arc::clone(&c.acceptor))),
-            _ => None,
-        };
+        let acceptor = self.tls.as_ref().and_then(|c| c.acceptor.clone());
+        let tls = self.tls_listeners[i].take().zip(acceptor);
+        let shard_tls = self.tls.as_ref().and_then(|c| c.client.clone());
         let sockets = StreamSockets {
             listener: self.listeners[i].take(),
             tls,
+            shard_tls,
             mail,
             mail_peers: Arc::clone(&self.peers),
             udp,

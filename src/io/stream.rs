@@ -106,9 +106,10 @@ struct Conn {
     generation: u32,
     /// Bytes the kernel did not take yet, in order.
     queued: Vec<u8>,
-    /// The TLS session of a connection accepted on a TLS listener (boxed:
-    /// a few hundred bytes a plain connection does not carry).
-    tls: Option<Box<rustls::ServerConnection>>,
+    /// The TLS session: a server one for a connection accepted on a TLS
+    /// listener, a client one for a connection the edge opened to a TLS
+    /// peer (boxed: a plain connection does not carry it).
+    tls: Option<Box<rustls::Connection>>,
 }
 
 /// The connections of one worker, writable from a handler.
@@ -461,7 +462,7 @@ impl Streams {
         }
     }
 
-    fn tls_mut(&mut self, id: ConnId) -> Option<&mut rustls::ServerConnection> {
+    fn tls_mut(&mut self, id: ConnId) -> Option<&mut rustls::Connection> {
         self.get_mut(id)?.tls.as_deref_mut()
     }
 
@@ -498,11 +499,52 @@ impl Streams {
             return Err(Refused::Total);
         }
         let tls = match tls {
-            Some(a) => Some(Box::new(
+            Some(a) => Some(Box::new(rustls::Connection::Server(
                 crate::io::tls::accept(a, self.cfg.max_queued).map_err(|_| Refused::Tls)?,
-            )),
+            ))),
             None => None,
         };
+        self.install(sock, peer, tls).ok_or(Refused::Total)
+    }
+
+    /// Open a connection to `peer` (non-blocking: what is sent before it
+    /// is up waits in its queue), with `tls` as its client session if
+    /// given. Counted in the bounds as an accepted one is.
+    pub fn connect(
+        &mut self,
+        peer: SocketAddr,
+        tls: Option<rustls::ClientConnection>,
+    ) -> io::Result<ConnId> {
+        if self.len() >= self.cfg.max_connections {
+            return Err(io::Error::other("max_connections reached"));
+        }
+        let domain = socket2::Domain::for_address(peer);
+        let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+        s.set_nonblocking(true)?;
+        match s.connect(&peer.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return Err(e),
+        }
+        let tls = tls.map(|mut c| {
+            c.set_buffer_limit(Some(self.cfg.max_queued));
+            Box::new(rustls::Connection::Client(c))
+        });
+        let id = self
+            .install(s.into(), peer, tls)
+            .ok_or_else(|| io::Error::other("cannot watch the connection"))?;
+        // A client speaks first: its ClientHello waits for the connect.
+        self.write_records(id);
+        Ok(id)
+    }
+
+    /// A slot for `sock`, watched by epoll; `None` when epoll refuses it.
+    fn install(
+        &mut self,
+        sock: TcpStream,
+        peer: SocketAddr,
+        tls: Option<Box<rustls::Connection>>,
+    ) -> Option<ConnId> {
         // SIP messages are small and latency matters more than segments.
         let _ = sock.set_nodelay(true);
         let slot = match self.free.pop() {
@@ -525,7 +567,7 @@ impl Streams {
         .is_err()
         {
             self.free.push(slot);
-            return Err(Refused::Total);
+            return None;
         }
         self.slots[slot as usize] = Some(Conn {
             sock,
@@ -535,7 +577,7 @@ impl Streams {
             tls,
         });
         *self.per_ip.entry(peer.ip()).or_insert(0) += 1;
-        Ok(ConnId { slot, generation })
+        Some(ConnId { slot, generation })
     }
 
     fn id_of(&self, slot: u32) -> Option<ConnId> {

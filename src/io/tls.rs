@@ -40,7 +40,7 @@ pub enum TlsError {
     Chain(String),
     #[error("private key: {0}")]
     Key(String),
-    #[error("client CA: {0}")]
+    #[error("CA: {0}")]
     ClientCa(String),
     #[error("{0}")]
     Rustls(#[from] rustls::Error),
@@ -99,4 +99,30 @@ pub fn accept(
     let mut s = rustls::ServerConnection::new(acceptor.load_full())?;
     s.set_buffer_limit(Some(max_buffered));
     Ok(s)
+}
+
+/// A client configuration for the edge's own connections to TLS peers
+/// (CS links): servers verified against `ca` (PEM), and the edge's
+/// certificate presented when `identity` (chain, key PEM) is given.
+pub fn client_config(
+    ca: &[u8],
+    identity: Option<(&[u8], &[u8])>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in certificates(ca).map_err(TlsError::ClientCa)? {
+        roots
+            .add(c)
+            .map_err(|e| TlsError::ClientCa(e.to_string()))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let b = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_root_certificates(roots);
+    Ok(match identity {
+        None => b.with_no_client_auth(),
+        Some((chain, key)) => b.with_client_auth_cert(
+            certificates(chain).map_err(TlsError::Chain)?,
+            PrivateKeyDer::from_pem_slice(key).map_err(|e| TlsError::Key(e.to_string()))?,
+        )?,
+    })
 }

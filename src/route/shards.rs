@@ -101,14 +101,67 @@ impl ShardState {
 pub struct ShardSpec {
     pub name: String,
     pub addr: SocketAddr,
+    pub transport: Transport,
     /// Name of the shard that takes this one's groups while it is down.
     pub backup: Option<String>,
+}
+
+/// How the edge sends requests to a shard. Its responses and requests
+/// reach the edge however the shard sends them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Transport {
+    #[default]
+    Udp,
+    /// UDP, and TCP at the same address for a request larger than
+    /// [`UDP_MAX_REQUEST`] (RFC 3261 §18.1.1).
+    UdpTcp,
+    Tcp,
+    Tls,
+}
+
+/// RFC 3261 §18.1.1: a request larger than this (an unknown path MTU)
+/// goes over a congestion-controlled transport where the shard has one.
+pub const UDP_MAX_REQUEST: usize = 1300;
+
+impl Transport {
+    pub fn parse(s: &str) -> Option<Transport> {
+        Some(match s {
+            "udp" => Transport::Udp,
+            "udp+tcp" => Transport::UdpTcp,
+            "tcp" => Transport::Tcp,
+            "tls" => Transport::Tls,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::UdpTcp => "udp+tcp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        }
+    }
+
+    /// The stream a request of `len` bytes goes on (`Some(false)`: TCP,
+    /// `Some(true)`: TLS), or `None`: a datagram.
+    #[inline]
+    pub fn stream_for(self, len: usize) -> Option<bool> {
+        match self {
+            Transport::Udp => None,
+            Transport::UdpTcp => (len > UDP_MAX_REQUEST).then_some(false),
+            Transport::Tcp => Some(false),
+            Transport::Tls => Some(true),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct Shard {
     pub name: String,
     pub addr: SocketAddr,
+    /// How requests reach it (README "Transports").
+    pub transport: Transport,
     /// Hash of the shard's name: its rendezvous identity (a shard keeps its
     /// users when it moves address, as long as its name stays).
     pub id_hash: u64,
@@ -155,6 +208,7 @@ fn make_shard(spec: &ShardSpec, edge_hostport: &str) -> Shard {
     Shard {
         name: spec.name.clone(),
         addr: spec.addr,
+        transport: spec.transport,
         id_hash: hash_bytes(spec.name.as_bytes()),
         route_lines: Leg::ALL.map(|leg| {
             format!(
@@ -359,11 +413,33 @@ impl ShardSet {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_transport_of_a_request_follows_the_shard_and_rfc_3261_18_1_1() {
+        assert_eq!(Transport::Udp.stream_for(60_000), None);
+        assert_eq!(Transport::UdpTcp.stream_for(UDP_MAX_REQUEST), None);
+        assert_eq!(
+            Transport::UdpTcp.stream_for(UDP_MAX_REQUEST + 1),
+            Some(false)
+        );
+        assert_eq!(Transport::Tcp.stream_for(10), Some(false));
+        assert_eq!(Transport::Tls.stream_for(10), Some(true));
+        for t in [
+            Transport::Udp,
+            Transport::UdpTcp,
+            Transport::Tcp,
+            Transport::Tls,
+        ] {
+            assert_eq!(Transport::parse(t.name()), Some(t));
+        }
+        assert_eq!(Transport::parse("sctp"), None);
+    }
+
     fn set(n: usize) -> ShardSet {
         let list: Vec<_> = (0..n)
             .map(|i| ShardSpec {
                 name: format!("cs{i}"),
                 addr: SocketAddr::from(([127, 0, 0, 1], 7001 + i as u16)),
+                transport: Default::default(),
                 backup: None,
             })
             .collect();
@@ -431,6 +507,7 @@ mod failover_tests {
         let spec = |i: usize| ShardSpec {
             name: format!("cs{i}"),
             addr: SocketAddr::from(([127, 0, 0, 1], 7001 + i as u16)),
+            transport: Default::default(),
             backup: None,
         };
         let mut s = ShardSet::new(&(0..6).map(spec).collect::<Vec<_>>(), "127.0.0.1:5060");
@@ -470,6 +547,7 @@ mod failover_tests {
             .map(|i| ShardSpec {
                 name: format!("cs{i}"),
                 addr: SocketAddr::from(([127, 0, 0, 1], 7001 + i as u16)),
+                transport: Default::default(),
                 backup: (i == 0).then(|| "cs1".to_string()),
             })
             .collect();
@@ -511,6 +589,7 @@ mod failover_tests {
         let spec = |n: &str, p: u16| ShardSpec {
             name: n.into(),
             addr: SocketAddr::from(([127, 0, 0, 1], p)),
+            transport: Default::default(),
             backup: None,
         };
         let mut s = ShardSet::new(&[spec("a", 7001), spec("b", 7002)], "127.0.0.1:5060");

@@ -393,6 +393,24 @@ pub struct RequestPlan<'a> {
     pub body: Option<&'a [u8]>,
 }
 
+/// The transport of the Via the edge wrote on top of a forwarded request
+/// (`Via: SIP/2.0/UDP` right after the start line) set to `transport`
+/// (`TCP` or `TLS`: the same length, nothing moves) for a request that
+/// goes on a stream: its response then comes back on the connection (RFC
+/// 3261 §18.2.2). `false`: no such Via (left as is).
+pub fn set_edge_via_transport(out: &mut [u8], transport: &[u8; 3]) -> bool {
+    const UDP_VIA: &[u8] = b"\r\nVia: SIP/2.0/UDP";
+    let Some(eol) = memchr::memmem::find(out, b"\r\n") else {
+        return false;
+    };
+    if !out[eol..].starts_with(UDP_VIA) {
+        return false;
+    }
+    let at = eol + UDP_VIA.len() - 3;
+    out[at..at + 3].copy_from_slice(transport);
+    true
+}
+
 /// Our Record-Route line, the flow token of a stream client's connection
 /// in its URI (before the closing `>`).
 fn put_record_route(o: &mut Out<'_>, rr: &[u8], flow: Option<&[u8]>) {
@@ -545,6 +563,29 @@ pub fn forward_response(buf: &[u8], m: &Message, out: &mut [u8]) -> Option<usize
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_edges_via_says_the_stream_it_goes_on_and_nothing_else_changes() {
+        let req = b"INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKx\r\n\
+            Via: SIP/2.0/UDP 192.0.2.1\r\n\r\n";
+        let mut out = req.to_vec();
+        assert!(set_edge_via_transport(&mut out, b"TLS"));
+        let want = String::from_utf8_lossy(req).replacen(
+            "SIP/2.0/UDP 10.0.0.1",
+            "SIP/2.0/TLS 10.0.0.1",
+            1,
+        );
+        assert_eq!(String::from_utf8_lossy(&out), want);
+        // Not our Via right after the start line: left alone.
+        let mut other = b"INVITE sip:a@b SIP/2.0\r\nTo: x\r\nVia: SIP/2.0/UDP h\r\n\r\n".to_vec();
+        let before = other.clone();
+        assert!(!set_edge_via_transport(&mut other, b"TCP"));
+        assert_eq!(other, before);
+        assert!(!set_edge_via_transport(
+            &mut b"no line end".to_vec(),
+            b"TCP"
+        ));
+    }
 
     /// The longest texts a rewrite inserts fit the edit list's text room.
     #[test]

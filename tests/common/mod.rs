@@ -309,6 +309,7 @@ pub fn pf_shard(aor: &str) -> usize {
         .map(|(i, n)| ShardSpec {
             name: n.to_string(),
             addr: format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
+            transport: Default::default(),
             backup: None,
         })
         .collect();

@@ -2,6 +2,7 @@
 //! common/mod.rs: the perf tools include that one and have no rcgen): a
 //! CA, certificates it signs, written as the PEM files the edge reads,
 //! and rustls clients that trust that CA.
+#![allow(dead_code)]
 
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
