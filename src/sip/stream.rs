@@ -267,7 +267,8 @@ impl Connection {
         }
         let whole = self.limits.max_header + self.limits.max_body;
         if self.filled == self.buf.len() && self.buf.len() < whole {
-            let grown = (self.buf.len() * 2).clamp(FIRST_BUFFER, whole);
+            // Not clamp(): `whole` may be below FIRST_BUFFER.
+            let grown = (self.buf.len() * 2).max(FIRST_BUFFER).min(whole);
             self.buf.resize(grown, 0);
         }
         &mut self.buf[self.filled..]
@@ -532,6 +533,17 @@ mod tests {
         assert!(space.len() >= bytes.len());
         space[..bytes.len()].copy_from_slice(bytes);
         c.received(now, bytes.len());
+    }
+
+    #[test]
+    fn limits_below_the_first_buffer_bound_it() {
+        let t0 = std::time::Instant::now();
+        let limits = Limits {
+            max_header: 1024,
+            max_body: 0,
+        };
+        let mut c = Connection::new(t0, limits, Timing::default());
+        assert_eq!(c.space().len(), 1024, "one whole message, not FIRST_BUFFER");
     }
 
     #[test]
