@@ -15,6 +15,15 @@
 //! close_notify is sent): the server keeps its own session, which is what
 //! is measured; the client keeps only the socket. Like the other perf
 //! tools it does not use the cpm-edge library.
+//!
+//! With `--invites N` the sessions are kept instead, and once every
+//! connection is open N CPM session INVITEs (to `--group`, with the CPM
+//! feature tag, each with its own Call-ID and branch) go round the
+//! connections, each thread one at a time on its share, each waiting for
+//! its final response: then
+//!   invites=N ok=K wall_s=W rate=R          (K: the 2xx among them)
+//! The server forwards them to a CS stand-in (cpm-cs-responder), so the
+//! figure to read is the server's CPU per INVITE/200 pair over TLS.
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -32,7 +41,28 @@ struct Args {
     source_base: Ipv4Addr,
     threads: usize,
     hold: Duration,
+    invites: usize,
+    group: String,
 }
+
+/// A held connection: the socket alone, or with its session (INVITE mode).
+enum Held {
+    Idle(TcpStream),
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Held {
+    fn io(&mut self) -> &mut dyn ReadWrite {
+        match self {
+            Held::Idle(s) | Held::Plain(s) => s,
+            Held::Tls(s) => &mut **s,
+        }
+    }
+}
+
+trait ReadWrite: std::io::Read + std::io::Write {}
+impl<T: std::io::Read + std::io::Write> ReadWrite for T {}
 
 /// Set by SIGINT/SIGTERM.
 static STOP: std::sync::LazyLock<Arc<AtomicBool>> =
@@ -45,7 +75,8 @@ fn main() {
             eprintln!("cpm-connload: {e}");
             eprintln!(
                 "usage: cpm-connload --target IP:PORT [--tls --ca PEM --name DNS] \
-                 --connections N [--sources K] [--source-base A.B.C.0] [--threads T] [--hold-s S]"
+                 --connections N [--sources K] [--source-base A.B.C.0] [--threads T] [--hold-s S] \
+                 [--invites N --group SIP-URI]"
             );
             std::process::exit(2);
         }
@@ -81,14 +112,130 @@ fn main() {
         opened as f64 / wall.max(1e-9)
     );
     println!("held");
+    if args.invites > 0 {
+        invite_phase(&args, held);
+        return;
+    }
     let until = Instant::now() + args.hold;
     while !STOP.load(Ordering::Relaxed) && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
+/// INVITEs round the held connections, `threads` at a time; one line of
+/// figures at the end.
+fn invite_phase(a: &Args, held: Arc<Mutex<Vec<Held>>>) {
+    let conns = std::mem::take(&mut *held.lock().unwrap_or_else(|p| p.into_inner()));
+    let threads = a.threads.min(conns.len()).max(1);
+    let mut shares: Vec<Vec<Held>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, c) in conns.into_iter().enumerate() {
+        shares[i % threads].push(c);
+    }
+    let ok = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let per = a.invites / threads;
+    let workers: Vec<_> = shares
+        .into_iter()
+        .enumerate()
+        .map(|(t, mut share)| {
+            let (ok, group) = (Arc::clone(&ok), a.group.clone());
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                for n in 0..per {
+                    if share.is_empty() || STOP.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let k = n % share.len();
+                    let c = share[k].io();
+                    let inv = invite(&group, t, n);
+                    if c.write_all(inv.as_bytes())
+                        .and_then(|()| c.flush())
+                        .is_err()
+                    {
+                        share.swap_remove(k);
+                        continue;
+                    }
+                    match final_status(c, &mut buf) {
+                        Some(code) if (200..300).contains(&code) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Some(_) => {}
+                        None => {
+                            share.swap_remove(k);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let ok = ok.load(Ordering::Relaxed);
+    println!(
+        "invites={} ok={ok} wall_s={wall:.3} rate={:.0}",
+        per * threads,
+        ok as f64 / wall.max(1e-9)
+    );
+}
+
+/// A CPM session INVITE to `group`, unique by thread and number.
+fn invite(group: &str, t: usize, n: usize) -> String {
+    let sdp = "v=0\r\no=u 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n\
+               m=message 7394 TCP/MSRP *\r\na=accept-types:message/cpim\r\n";
+    let tag = "+g.3gpp.icsi-ref=\"urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.session\"";
+    format!(
+        "INVITE {group} SIP/2.0\r\nVia: SIP/2.0/TLS 192.0.2.10:5061;branch=z9hG4bK-{t}-{n};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:u{t}@example.net>;tag=f{t}\r\nTo: <{group}>\r\n\
+         Call-ID: c{t}-{n}@192.0.2.10\r\nCSeq: 1 INVITE\r\n\
+         Contact: <sip:u{t}@192.0.2.10:5061;transport=tls>;{tag}\r\nAccept-Contact: *;{tag}\r\n\
+         Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    )
+}
+
+/// Read responses until a final one: its status (`None`: the connection
+/// failed or sent something that is not a response).
+fn final_status(c: &mut dyn ReadWrite, buf: &mut Vec<u8>) -> Option<u16> {
+    loop {
+        let msg = read_message(c, buf)?;
+        let code: u16 = std::str::from_utf8(msg.get(8..11)?).ok()?.parse().ok()?;
+        if !msg.starts_with(b"SIP/2.0 ") {
+            return None;
+        }
+        if code >= 200 {
+            return Some(code);
+        }
+    }
+}
+
+/// One framed message (head, then its Content-Length's body); what was
+/// read past it stays in `buf`.
+fn read_message(c: &mut dyn ReadWrite, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(head) = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4) {
+            let text = String::from_utf8_lossy(&buf[..head]).to_ascii_lowercase();
+            let len = text
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:").or(l.strip_prefix("l:")))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if buf.len() >= head + len {
+                let rest = buf.split_off(head + len);
+                return Some(std::mem::replace(buf, rest));
+            }
+        }
+        match c.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 /// Open connections until `next` passes the total, keeping each socket.
-fn open_share(a: &Args, held: &Mutex<Vec<TcpStream>>, next: &AtomicUsize, failed: &AtomicUsize) {
+fn open_share(a: &Args, held: &Mutex<Vec<Held>>, next: &AtomicUsize, failed: &AtomicUsize) {
     let mut mine = Vec::new();
     loop {
         let i = next.fetch_add(1, Ordering::Relaxed);
@@ -109,8 +256,9 @@ fn open_share(a: &Args, held: &Mutex<Vec<TcpStream>>, next: &AtomicUsize, failed
     }
 }
 
-/// Connection `i` from source address `base + 1 + i % sources`.
-fn open_one(a: &Args, i: usize) -> std::io::Result<TcpStream> {
+/// Connection `i` from source address `base + 1 + i % sources`; its
+/// session is kept for the INVITE mode.
+fn open_one(a: &Args, i: usize) -> std::io::Result<Held> {
     let [b0, b1, b2, _] = a.source_base.octets();
     let host = 1 + (i as u32 % a.sources);
     let src = Ipv4Addr::new(
@@ -125,20 +273,28 @@ fn open_one(a: &Args, i: usize) -> std::io::Result<TcpStream> {
     let mut sock: TcpStream = s.into();
     sock.set_read_timeout(Some(Duration::from_secs(10)))?;
     sock.set_write_timeout(Some(Duration::from_secs(10)))?;
-    if let Some((cfg, name)) = &a.tls {
-        let mut c = rustls::ClientConnection::new(Arc::clone(cfg), name.clone())
-            .map_err(std::io::Error::other)?;
-        while c.is_handshaking() {
-            c.complete_io(&mut sock)?;
-        }
+    let Some((cfg, name)) = &a.tls else {
+        return Ok(match a.invites {
+            0 => Held::Idle(sock),
+            _ => Held::Plain(sock),
+        });
+    };
+    let mut c = rustls::ClientConnection::new(Arc::clone(cfg), name.clone())
+        .map_err(std::io::Error::other)?;
+    while c.is_handshaking() {
+        c.complete_io(&mut sock)?;
     }
-    Ok(sock)
+    Ok(match a.invites {
+        0 => Held::Idle(sock),
+        _ => Held::Tls(Box::new(rustls::StreamOwned::new(c, sock))),
+    })
 }
 
 fn parse(v: Vec<String>) -> Result<Args, String> {
     let mut target = None;
     let (mut tls, mut ca, mut name) = (false, None, "localhost".to_string());
     let (mut connections, mut sources, mut threads, mut hold) = (1000usize, 20u32, 2usize, 60u64);
+    let (mut invites, mut group) = (0usize, "sip:grp1@groups.example.net".to_string());
     let mut source_base = Ipv4Addr::new(127, 0, 10, 0);
     let mut it = v.into_iter();
     while let Some(k) = it.next() {
@@ -153,6 +309,8 @@ fn parse(v: Vec<String>) -> Result<Args, String> {
             "--source-base" => source_base = val()?.parse().map_err(|e| format!("{k}: {e}"))?,
             "--threads" => threads = val()?.parse().map_err(|e| format!("{k}: {e}"))?,
             "--hold-s" => hold = val()?.parse().map_err(|e| format!("{k}: {e}"))?,
+            "--invites" => invites = val()?.parse().map_err(|e| format!("{k}: {e}"))?,
+            "--group" => group = val()?,
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -187,5 +345,7 @@ fn parse(v: Vec<String>) -> Result<Args, String> {
         source_base,
         threads,
         hold: Duration::from_secs(hold),
+        invites,
+        group,
     })
 }
