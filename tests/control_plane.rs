@@ -598,13 +598,8 @@ fn sighup_reloads_the_config_and_refuses_a_bad_one() {
         .unwrap();
     };
     write(10, "");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cpm-edge"))
-        .arg("--config")
-        .arg(&cfg)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut edge = spawn_quiet(env!("CARGO_BIN_EXE_cpm-edge"), &cfg);
+    let child = &mut edge.0;
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     let total = || -> Option<u64> {
         let mut s = TcpStream::connect(admin).ok()?;
@@ -861,17 +856,7 @@ fn reload_rotates_the_token_applies_limits_and_refuses_fixed_keys_whole() {
     a.stop().unwrap();
 }
 
-/// The real binary, killed (by its PID) if a test fails before stopping it.
-struct Edge(std::process::Child);
-
-impl Drop for Edge {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
+use common::Child as Edge;
 
 fn spawn_edge(cfg: &std::path::Path, stderr: &std::path::Path) -> Edge {
     let err = std::fs::File::create(stderr).unwrap();

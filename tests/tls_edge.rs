@@ -315,46 +315,32 @@ fn sighup_rereads_the_certificate_and_metrics_count_tls_closes() {
         .replace("bind = \"\"", &format!("bind = \"127.0.0.1:{admin_port}\""));
     let cfg = dir.join("edge.toml");
     std::fs::write(&cfg, toml).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cpm-edge"))
-        .arg("--config")
-        .arg(&cfg)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = spawn_quiet(env!("CARGO_BIN_EXE_cpm-edge"), &cfg);
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     let at: SocketAddr = format!("127.0.0.1:{tls_port}").parse().unwrap();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        wait_for("the edge's admin API", || {
-            TcpStream::connect(admin).is_ok() && http(admin, "GET", "/health", "", None).0 == 200
-        });
-        let name = "edge.example.net";
-        let before =
-            tls::server_cert(&tls::connect(at, name, tls::client_config(&ca, None)).unwrap());
-        let next = ca.leaf(&[name]);
-        next.write(&dir, "edge");
-        // SAFETY: kill(2) with the PID of the child this test started.
-        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
-        wait_for("the new certificate", || {
-            tls::connect(at, name, tls::client_config(&ca, None))
-                .is_ok_and(|c| tls::server_cert(&c) == next.der)
-        });
-        assert_ne!(before, next.der);
-        let mut junk = TcpStream::connect(at).unwrap();
-        junk.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        junk.write_all(b"NOT TLS\r\n\r\n").unwrap();
-        assert!(ends(&mut junk));
-        wait_for("the TLS close in /metrics", || {
-            let (_, m) = http(admin, "GET", "/metrics", "", None);
-            m.contains("cpm_edge_stream_closed_total{why=\"tls\"} 1")
-                && m.contains("cpm_edge_reloads_total{result=\"ok\"} 1")
-        });
-    }));
-    let _ = child.kill();
-    let _ = child.wait();
-    if let Err(p) = result {
-        std::panic::resume_unwind(p);
-    }
+    wait_for("the edge's admin API", || {
+        TcpStream::connect(admin).is_ok() && http(admin, "GET", "/health", "", None).0 == 200
+    });
+    let name = "edge.example.net";
+    let before = tls::server_cert(&tls::connect(at, name, tls::client_config(&ca, None)).unwrap());
+    let next = ca.leaf(&[name]);
+    next.write(&dir, "edge");
+    // SAFETY: kill(2) with the PID of the child this test started.
+    assert_eq!(unsafe { libc::kill(child.0.id() as i32, libc::SIGHUP) }, 0);
+    wait_for("the new certificate", || {
+        tls::connect(at, name, tls::client_config(&ca, None))
+            .is_ok_and(|c| tls::server_cert(&c) == next.der)
+    });
+    assert_ne!(before, next.der);
+    let mut junk = TcpStream::connect(at).unwrap();
+    junk.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    junk.write_all(b"NOT TLS\r\n\r\n").unwrap();
+    assert!(ends(&mut junk));
+    wait_for("the TLS close in /metrics", || {
+        let (_, m) = http(admin, "GET", "/metrics", "", None);
+        m.contains("cpm_edge_stream_closed_total{why=\"tls\"} 1")
+            && m.contains("cpm_edge_reloads_total{result=\"ok\"} 1")
+    });
 }
 
 #[test]

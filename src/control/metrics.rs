@@ -486,36 +486,37 @@ impl Collector for Streams {
             "Connections ended, by why.",
             closed.map(|(why, n)| ([("why", why)], n)),
         )?;
-        counter(
-            e,
-            "cpm_edge_stream_messages",
-            "SIP messages framed from connections.",
-            s.messages.load(Relaxed),
-        )?;
-        counter(
-            e,
-            "cpm_edge_stream_pongs",
-            "CRLF keep-alive pongs written (RFC 5626 §4.4.1).",
-            s.pongs.load(Relaxed),
-        )?;
-        counter(
-            e,
-            "cpm_edge_stream_mailed",
-            "Responses passed to the worker that owns their connection.",
-            s.mailed.load(Relaxed),
-        )?;
-        counter(
-            e,
-            "cpm_edge_stream_undeliverable",
-            "Responses whose connection was gone.",
-            s.undeliverable.load(Relaxed),
-        )?;
-        counter(
-            e,
-            "cpm_edge_stream_link_failed",
-            "Connections to tcp/tls shards that could not be opened.",
-            s.link_failed.load(Relaxed),
-        )
+        let plain = [
+            (
+                "cpm_edge_stream_messages",
+                "SIP messages framed from connections.",
+                &s.messages,
+            ),
+            (
+                "cpm_edge_stream_pongs",
+                "CRLF keep-alive pongs written (RFC 5626 §4.4.1).",
+                &s.pongs,
+            ),
+            (
+                "cpm_edge_stream_mailed",
+                "Responses passed to the worker that owns their connection.",
+                &s.mailed,
+            ),
+            (
+                "cpm_edge_stream_undeliverable",
+                "Responses whose connection was gone.",
+                &s.undeliverable,
+            ),
+            (
+                "cpm_edge_stream_link_failed",
+                "Connections to tcp/tls shards that could not be opened.",
+                &s.link_failed,
+            ),
+        ];
+        for (name, help, v) in plain {
+            counter(e, name, help, v.load(Relaxed))?;
+        }
+        Ok(())
     }
 }
 

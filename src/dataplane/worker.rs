@@ -420,12 +420,7 @@ impl EdgeHandler {
     /// stream client's flow: on that connection. `false`: not a stream
     /// client's (it goes by UDP).
     fn stream_relay(&mut self, msg: &[u8], len: usize, streams: &mut Streams) -> bool {
-        let Some(token) = self
-            .msg
-            .top_via
-            .as_ref()
-            .and_then(|v| token_in_via(v.value.get(msg)))
-        else {
+        let Some(token) = relayed_flow(&self.msg, msg) else {
             return false;
         };
         let Some(side) = self.streams.as_mut() else {
@@ -441,12 +436,7 @@ impl EdgeHandler {
         let Some(side) = self.streams.as_mut() else {
             return false;
         };
-        let Some(token) = self
-            .msg
-            .top_via
-            .as_ref()
-            .and_then(|v| token_in_via(v.value.get(data)))
-        else {
+        let Some(token) = relayed_flow(&self.msg, data) else {
             return false;
         };
         let mut reactor = side.reactor.take();
@@ -635,6 +625,12 @@ impl StreamHandler for EdgeHandler {
             side.read_mail(streams);
         }
     }
+}
+
+/// The flow token in our Via of a relayed response (`m`, scanned from
+/// `data`): the stream client it goes to.
+fn relayed_flow<'a>(m: &Message, data: &'a [u8]) -> Option<&'a [u8]> {
+    token_in_via(m.top_via.as_ref()?.value.get(data))
 }
 
 /// A request forwarded to a shard that takes it on a stream (its

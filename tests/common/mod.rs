@@ -339,3 +339,31 @@ pub fn read_sip(c: &mut impl std::io::Read) -> String {
     c.read_exact(&mut body).unwrap();
     head + &String::from_utf8_lossy(&body)
 }
+
+/// A child process (the real binary), killed by its PID if the test ends
+/// before stopping it.
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// The binary `bin` (a test's `env!("CARGO_BIN_EXE_...")`: not known to
+/// the perf tools that include this file) on the configuration file
+/// `cfg`, its output discarded.
+pub fn spawn_quiet(bin: &str, cfg: &std::path::Path) -> Child {
+    Child(
+        std::process::Command::new(bin)
+            .arg("--config")
+            .arg(cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
