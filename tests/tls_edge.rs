@@ -427,6 +427,10 @@ fn a_bye_inside_the_dialog_reaches_the_tls_client_on_its_connection() {
             assert!(header(&got, "Route").is_empty(), "our Route popped: {got}");
             let vias = header(&got, "Via");
             assert_eq!(vias.len(), 2, "{got}");
+            assert!(
+                vias[0].contains("SIP/2.0/TLS "),
+                "our Via names the transport the BYE left on: {got}"
+            );
             assert!(vias[1].contains("z9hG4bK-cs-BYE"), "{got}");
             // The client's 200 goes back on its connection and on to the shard.
             let ok = format!(

@@ -562,10 +562,11 @@ impl StreamSide {
         }
     }
 
-    /// A response for the flow `token` names: on its connection when this
+    /// A message (a response, or an in-dialog request toward a stream
+    /// client) for the flow `token` names: on its connection when this
     /// worker owns it, else to the owner's mail socket. `false`: no such
     /// flow (forged, or another edge's).
-    pub fn deliver(&mut self, token: &[u8], bytes: &[u8], streams: &mut Streams) -> bool {
+    pub fn deliver(&mut self, token: &[u8], bytes: &mut [u8], streams: &mut Streams) -> bool {
         let Some(flow) = Flow::from_token(token, &self.key) else {
             return false;
         };
@@ -574,6 +575,13 @@ impl StreamSide {
                 slot: flow.slot,
                 generation: flow.generation,
             };
+            if !bytes.starts_with(b"SIP/2.0 ") {
+                // A request: our Via names the transport it leaves on, so
+                // that the client answers on this connection (RFC 3261
+                // §18.2.2). Only the owner knows TLS from TCP.
+                let transport = if streams.is_tls(id) { b"TLS" } else { b"TCP" };
+                crate::sip::rewrite::set_edge_via_transport(bytes, transport);
+            }
             let sent = streams.send(id, bytes);
             if !sent {
                 bump(&self.stats.undeliverable);
@@ -598,7 +606,7 @@ impl StreamSide {
             if !self.mail_peers.contains(&from) || n < TOKEN_LEN {
                 continue;
             }
-            let (token, bytes) = buf[..n].split_at(TOKEN_LEN);
+            let (token, bytes) = buf[..n].split_at_mut(TOKEN_LEN);
             self.deliver(token, bytes, streams);
         }
         self.mail_buf = buf;

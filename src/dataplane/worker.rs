@@ -426,13 +426,13 @@ impl EdgeHandler {
         let Some(side) = self.streams.as_mut() else {
             return false;
         };
-        side.deliver(token, &self.stream_out[..len], streams);
+        side.deliver(token, &mut self.stream_out[..len], streams);
         true
     }
 
     /// A relayed response whose Via (ours, popped) names a TCP flow: it
     /// goes on that connection, not by UDP. `false`: not a stream's.
-    fn relay_to_stream(&mut self, data: &[u8], out: &[u8]) -> bool {
+    fn relay_to_stream(&mut self, data: &[u8], out: &mut [u8]) -> bool {
         let Some(side) = self.streams.as_mut() else {
             return false;
         };
@@ -451,7 +451,7 @@ impl EdgeHandler {
     /// Record-Route entry), on it or through its owner's mail. `false`: no
     /// such flow here (forged, another edge's, or closed on this worker);
     /// a mailed one's fate is the owner's to count.
-    fn send_on_flow(&mut self, token: &[u8], out: &[u8]) -> bool {
+    fn send_on_flow(&mut self, token: &[u8], out: &mut [u8]) -> bool {
         let delivered = match self.streams.as_mut() {
             Some(side) => {
                 let mut reactor = side.reactor.take();
@@ -503,7 +503,9 @@ impl DatagramHandler for EdgeHandler {
         let outcome = pipeline::run(&d, tables, &mut self.adm, out, &mut self.msg);
         let on_stream = stream_shard_of(&outcome, tables);
         let outcome = match outcome {
-            Outcome::OnFlow { len, token } if !self.send_on_flow(token.get(data), &out[..len]) => {
+            Outcome::OnFlow { len, token }
+                if !self.send_on_flow(token.get(data), &mut out[..len]) =>
+            {
                 // RFC 5626 §5.3: the flow is gone (or never was ours).
                 let s = pipeline::Scanned::new(data, &self.msg, src);
                 pipeline::answer(s, 430, "Flow Failed", &[], out)
@@ -513,7 +515,7 @@ impl DatagramHandler for EdgeHandler {
         self.count(&d, &outcome);
         match outcome {
             Outcome::Relayed { len, .. }
-                if self.streams.is_some() && self.relay_to_stream(data, &out[..len]) =>
+                if self.streams.is_some() && self.relay_to_stream(data, &mut out[..len]) =>
             {
                 return None;
             }
