@@ -795,10 +795,24 @@ fn a_user_registered_on_two_devices_gets_the_invitation_on_both_through_edge_and
         "{:?}",
         bob1.summary()
     );
-    assert!(bob1
+    // The device answers the CANCEL, then its INVITE's 487: a moment later.
+    let t0 = std::time::Instant::now();
+    while !bob1
         .sent()
         .iter()
-        .any(|s| s.start_line.starts_with("SIP/2.0 487")));
+        .any(|s| s.start_line.starts_with("SIP/2.0 487"))
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "the CANCELled device never ended its INVITE with 487: {:?}",
+            bob1.summary()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(bob2.wait_for(
+        |l| l.iter().any(|r| r.method_or_code == "ACK"),
+        Duration::from_secs(3)
+    ));
     assert_eq!(
         requests(&bob2)[..2],
         ["INVITE", "ACK"],
