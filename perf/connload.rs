@@ -24,10 +24,16 @@
 //!   invites=N ok=K wall_s=W rate=R          (K: the 2xx among them)
 //! The server forwards them to a CS stand-in (cpm-cs-responder), so the
 //! figure to read is the server's CPU per INVITE/200 pair over TLS.
+//!
+//! With `--udp` (INVITE mode only) each "connection" is a UDP socket
+//! connected to the target instead: the same INVITEs, one datagram each,
+//! so the same server's cost per pair over UDP is measured beside it. A
+//! final answer not back within 2 s counts as failed (no retransmission:
+//! on loopback nothing is lost unless the server drops it).
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,6 +42,7 @@ use std::time::{Duration, Instant};
 struct Args {
     target: SocketAddr,
     tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    udp: bool,
     connections: usize,
     sources: u32,
     source_base: Ipv4Addr,
@@ -50,15 +57,52 @@ enum Held {
     Idle(TcpStream),
     Plain(TcpStream),
     Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+    Udp(UdpSocket),
 }
 
 impl Held {
-    fn io(&mut self) -> &mut dyn ReadWrite {
+    /// The Via transport of what is sent on it.
+    fn transport(&self) -> &'static str {
         match self {
-            Held::Idle(s) | Held::Plain(s) => s,
-            Held::Tls(s) => &mut **s,
+            Held::Idle(_) | Held::Plain(_) => "TCP",
+            Held::Tls(_) => "TLS",
+            Held::Udp(_) => "UDP",
         }
     }
+
+    /// Send `req`, then read responses until a final one: its status
+    /// (`None`: the connection failed, timed out or sent something that is
+    /// not a response).
+    fn exchange(&mut self, req: &[u8], buf: &mut Vec<u8>) -> Option<u16> {
+        let c: &mut dyn ReadWrite = match self {
+            Held::Idle(s) | Held::Plain(s) => s,
+            Held::Tls(s) => &mut **s,
+            Held::Udp(s) => return udp_exchange(s, req, buf),
+        };
+        c.write_all(req).and_then(|()| c.flush()).ok()?;
+        final_status(c, buf)
+    }
+}
+
+/// One request datagram, then datagrams until a final response.
+fn udp_exchange(s: &UdpSocket, req: &[u8], buf: &mut Vec<u8>) -> Option<u16> {
+    s.send(req).ok()?;
+    buf.resize(65_536, 0);
+    loop {
+        let n = s.recv(buf).ok()?;
+        let code = status_of(&buf[..n])?;
+        if code >= 200 {
+            return Some(code);
+        }
+    }
+}
+
+/// The status code of a response (`None`: not a response).
+fn status_of(msg: &[u8]) -> Option<u16> {
+    if !msg.starts_with(b"SIP/2.0 ") {
+        return None;
+    }
+    std::str::from_utf8(msg.get(8..11)?).ok()?.parse().ok()
 }
 
 trait ReadWrite: std::io::Read + std::io::Write {}
@@ -74,7 +118,7 @@ fn main() {
         Err(e) => {
             eprintln!("cpm-connload: {e}");
             eprintln!(
-                "usage: cpm-connload --target IP:PORT [--tls --ca PEM --name DNS] \
+                "usage: cpm-connload --target IP:PORT [--tls --ca PEM --name DNS | --udp] \
                  --connections N [--sources K] [--source-base A.B.C.0] [--threads T] [--hold-s S] \
                  [--invites N --group SIP-URI]"
             );
@@ -146,16 +190,8 @@ fn invite_phase(a: &Args, held: Arc<Mutex<Vec<Held>>>) {
                         return;
                     }
                     let k = n % share.len();
-                    let c = share[k].io();
-                    let inv = invite(&group, t, n);
-                    if c.write_all(inv.as_bytes())
-                        .and_then(|()| c.flush())
-                        .is_err()
-                    {
-                        share.swap_remove(k);
-                        continue;
-                    }
-                    match final_status(c, &mut buf) {
+                    let inv = invite(&group, share[k].transport(), t, n);
+                    match share[k].exchange(inv.as_bytes(), &mut buf) {
                         Some(code) if (200..300).contains(&code) => {
                             ok.fetch_add(1, Ordering::Relaxed);
                         }
@@ -180,30 +216,27 @@ fn invite_phase(a: &Args, held: Arc<Mutex<Vec<Held>>>) {
     );
 }
 
-/// A CPM session INVITE to `group`, unique by thread and number.
-fn invite(group: &str, t: usize, n: usize) -> String {
+/// A CPM session INVITE to `group` over `transport`, unique by thread and
+/// number.
+fn invite(group: &str, transport: &str, t: usize, n: usize) -> String {
     let sdp = "v=0\r\no=u 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\n\
                m=message 7394 TCP/MSRP *\r\na=accept-types:message/cpim\r\n";
     let tag = "+g.3gpp.icsi-ref=\"urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.session\"";
     format!(
-        "INVITE {group} SIP/2.0\r\nVia: SIP/2.0/TLS 192.0.2.10:5061;branch=z9hG4bK-{t}-{n};rport\r\n\
+        "INVITE {group} SIP/2.0\r\nVia: SIP/2.0/{transport} 192.0.2.10:5061;branch=z9hG4bK-{t}-{n};rport\r\n\
          Max-Forwards: 70\r\nFrom: <sip:u{t}@example.net>;tag=f{t}\r\nTo: <{group}>\r\n\
          Call-ID: c{t}-{n}@192.0.2.10\r\nCSeq: 1 INVITE\r\n\
-         Contact: <sip:u{t}@192.0.2.10:5061;transport=tls>;{tag}\r\nAccept-Contact: *;{tag}\r\n\
+         Contact: <sip:u{t}@192.0.2.10:5061;transport={}>;{tag}\r\nAccept-Contact: *;{tag}\r\n\
          Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
+        transport.to_ascii_lowercase(),
         sdp.len()
     )
 }
 
-/// Read responses until a final one: its status (`None`: the connection
-/// failed or sent something that is not a response).
+/// Read responses until a final one: its status.
 fn final_status(c: &mut dyn ReadWrite, buf: &mut Vec<u8>) -> Option<u16> {
     loop {
-        let msg = read_message(c, buf)?;
-        let code: u16 = std::str::from_utf8(msg.get(8..11)?).ok()?.parse().ok()?;
-        if !msg.starts_with(b"SIP/2.0 ") {
-            return None;
-        }
+        let code = status_of(&read_message(c, buf)?)?;
         if code >= 200 {
             return Some(code);
         }
@@ -267,6 +300,12 @@ fn open_one(a: &Args, i: usize) -> std::io::Result<Held> {
         b2.wrapping_add((host / 250) as u8),
         (host % 250) as u8 + 1,
     );
+    if a.udp {
+        let s = UdpSocket::bind(SocketAddr::from((src, 0)))?;
+        s.connect(a.target)?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        return Ok(Held::Udp(s));
+    }
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
     s.bind(&SocketAddr::from((src, 0)).into())?;
     s.connect_timeout(&a.target.into(), Duration::from_secs(10))?;
@@ -292,6 +331,7 @@ fn open_one(a: &Args, i: usize) -> std::io::Result<Held> {
 
 fn parse(v: Vec<String>) -> Result<Args, String> {
     let mut target = None;
+    let mut udp = false;
     let (mut tls, mut ca, mut name) = (false, None, "localhost".to_string());
     let (mut connections, mut sources, mut threads, mut hold) = (1000usize, 20u32, 2usize, 60u64);
     let (mut invites, mut group) = (0usize, "sip:grp1@groups.example.net".to_string());
@@ -302,6 +342,7 @@ fn parse(v: Vec<String>) -> Result<Args, String> {
         match k.as_str() {
             "--target" => target = Some(val()?.parse().map_err(|e| format!("--target: {e}"))?),
             "--tls" => tls = true,
+            "--udp" => udp = true,
             "--ca" => ca = Some(val()?),
             "--name" => name = val()?,
             "--connections" => connections = val()?.parse().map_err(|e| format!("{k}: {e}"))?,
@@ -313,6 +354,9 @@ fn parse(v: Vec<String>) -> Result<Args, String> {
             "--group" => group = val()?,
             other => return Err(format!("unknown argument {other}")),
         }
+    }
+    if udp && (tls || invites == 0) {
+        return Err("--udp is for the INVITE mode (--invites N), without --tls".into());
     }
     if sources == 0 || threads == 0 {
         return Err("--sources and --threads must be at least 1".into());
@@ -340,6 +384,7 @@ fn parse(v: Vec<String>) -> Result<Args, String> {
     Ok(Args {
         target: target.ok_or("--target is required")?,
         tls,
+        udp,
         connections,
         sources,
         source_base,

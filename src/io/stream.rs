@@ -327,15 +327,22 @@ impl Reactor {
             let want = left.min(self.scratch.len());
             match c.sock.read(&mut self.scratch[..want]) {
                 Ok(0) => return self.streams.close_as(id, CloseReason::PeerClosed),
-                Ok(n) if c.tls.is_some() => {
-                    left -= n;
-                    if !self.decrypt(id, n, h) {
-                        return;
-                    }
-                }
                 Ok(n) => {
                     left -= n;
-                    h.on_data(id, &self.scratch[..n], &mut self.streams);
+                    let delivered = match c.tls.is_some() {
+                        true => self.decrypt(id, n, h),
+                        false => {
+                            h.on_data(id, &self.scratch[..n], &mut self.streams);
+                            true
+                        }
+                    };
+                    // A short read drained the socket: the next read would
+                    // only say EAGAIN, a syscall per message for nothing.
+                    // Readiness is level-triggered, so what arrives after
+                    // (a FIN too) is reported by the next poll.
+                    if !delivered || n < want {
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
