@@ -495,3 +495,58 @@ fn only_a_shard_may_send_a_request_to_a_clients_flow_and_a_forged_token_gets_430
         "only the shard's real token: {got}"
     );
 }
+
+#[test]
+fn a_bye_for_a_tls_client_whose_connection_closed_gets_430_from_either_worker() {
+    for io in backends() {
+        flow_gone_gets_430(io);
+    }
+}
+
+fn flow_gone_gets_430(io: &str) {
+    let r = rig(io, &format!("flow-gone-{io}"), "");
+    // Eight clients over the two workers: some connections belong to the
+    // worker the shard's datagrams reach, some to the other (the BYE then
+    // goes by mail, and the owner answers).
+    let mut dialogs = Vec::new();
+    for n in 0..8 {
+        let mut c = connect(&r);
+        c.write_all(&tls_invite(&c, "alice", n)).unwrap();
+        c.flush().unwrap();
+        let (inv, _) = recv(&r.shard);
+        let rr = header(&inv, "Record-Route")[0].to_string();
+        cs_answer(&r.shard, &inv, "200 OK", None);
+        assert!(read_sip(&mut c).starts_with("SIP/2.0 200 OK"));
+        dialogs.push((c, inv, rr));
+    }
+    let shard_at = r.shard.local_addr().unwrap();
+    let mut buf = vec![0u8; 65536];
+    for (c, inv, rr) in dialogs {
+        drop(c);
+        // Until the edge has seen the close, the BYE goes onto the dying
+        // connection and nothing answers: ask again.
+        let t0 = Instant::now();
+        let answer = loop {
+            assert!(t0.elapsed() < Duration::from_secs(5), "no 430 for {rr}");
+            let bye = in_dialog_request(&inv, shard_at, "BYE", &rr);
+            r.shard
+                .send_to(bye.as_bytes(), r.server.local_addr)
+                .unwrap();
+            r.shard
+                .set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            if let Ok((n, _)) = r.shard.recv_from(&mut buf) {
+                break String::from_utf8_lossy(&buf[..n]).into_owned();
+            }
+        };
+        assert!(answer.starts_with("SIP/2.0 430 Flow Failed"), "{answer}");
+        assert!(answer.contains("CSeq: 2 BYE"), "{answer}");
+        let vias = header(&answer, "Via");
+        assert_eq!(vias.len(), 1, "the shard's Via alone: {answer}");
+        assert!(vias[0].contains("z9hG4bK-cs-BYE"), "{answer}");
+    }
+    r.shard
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    r.server.stop().unwrap();
+}

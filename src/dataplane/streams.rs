@@ -314,8 +314,43 @@ enum Ending {
 
 /// How often the connections' timers are looked at.
 const TICK: Duration = Duration::from_millis(100);
-/// The largest mail: a token and a datagram.
-const MAIL_MAX: usize = TOKEN_LEN + 65_536;
+/// The largest mail: a token, an origin and a datagram.
+const MAIL_MAX: usize = MAIL_HEAD + 65_536;
+/// A mail's head: the flow token, then the origin of a request (where its
+/// `430 Flow Failed` goes if the connection is gone): an IPv6 (or
+/// v4-mapped) address and a port, port 0 for none (a response).
+const ORIGIN_LEN: usize = 18;
+const MAIL_HEAD: usize = TOKEN_LEN + ORIGIN_LEN;
+/// Most undelivered requests answered per read of the mail (each costs a
+/// scan and a datagram; the rest are counted undeliverable only).
+const MAX_UNDELIVERED: usize = 64;
+
+fn put_origin(origin: Option<SocketAddr>) -> [u8; ORIGIN_LEN] {
+    let mut o = [0; ORIGIN_LEN];
+    if let Some(a) = origin {
+        let ip = match a.ip() {
+            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            std::net::IpAddr::V6(v6) => v6,
+        };
+        o[..16].copy_from_slice(&ip.octets());
+        o[16..].copy_from_slice(&a.port().to_be_bytes());
+    }
+    o
+}
+
+fn get_origin(o: &[u8]) -> Option<SocketAddr> {
+    let ip: [u8; 16] = o.get(..16)?.try_into().ok()?;
+    let port = u16::from_be_bytes(o.get(16..ORIGIN_LEN)?.try_into().ok()?);
+    if port == 0 {
+        return None;
+    }
+    let ip = std::net::Ipv6Addr::from(ip);
+    let ip = match ip.to_ipv4_mapped() {
+        Some(v4) => std::net::IpAddr::V4(v4),
+        None => std::net::IpAddr::V6(ip),
+    };
+    Some(SocketAddr::new(ip, port))
+}
 
 impl StreamSide {
     /// Worker `worker`'s side on its sockets; `key` keys every worker's
@@ -563,10 +598,17 @@ impl StreamSide {
     }
 
     /// A message (a response, or an in-dialog request toward a stream
-    /// client) for the flow `token` names: on its connection when this
-    /// worker owns it, else to the owner's mail socket. `false`: no such
-    /// flow (forged, or another edge's).
-    pub fn deliver(&mut self, token: &[u8], bytes: &mut [u8], streams: &mut Streams) -> bool {
+    /// client, from `origin`) for the flow `token` names: on its connection
+    /// when this worker owns it, else to the owner's mail socket. `false`:
+    /// no such flow (forged, or another edge's), or this worker's
+    /// connection is gone.
+    pub fn deliver(
+        &mut self,
+        token: &[u8],
+        bytes: &mut [u8],
+        origin: Option<SocketAddr>,
+        streams: &mut Streams,
+    ) -> bool {
         let Some(flow) = Flow::from_token(token, &self.key) else {
             return false;
         };
@@ -591,23 +633,40 @@ impl StreamSide {
         let Some(owner) = self.mail_peers.get(usize::from(flow.worker)) else {
             return false;
         };
-        let mut mail = Vec::with_capacity(TOKEN_LEN + bytes.len());
+        let mut mail = Vec::with_capacity(MAIL_HEAD + bytes.len());
         mail.extend_from_slice(token);
+        mail.extend_from_slice(&put_origin(origin));
         mail.extend_from_slice(bytes);
         bump(&self.stats.mailed);
         self.mail.send_to(&mail, owner).is_ok()
     }
 
-    /// Mail from the other workers: each a token and a response to write.
-    pub fn read_mail(&mut self, streams: &mut Streams) {
+    /// Mail from the other workers: each a token, the origin of a request
+    /// and the message to write. A request whose connection is gone goes
+    /// to `undelivered` with its origin (at most `MAX_UNDELIVERED` a read;
+    /// beyond, counted only), for the worker's `430`.
+    pub fn read_mail(
+        &mut self,
+        streams: &mut Streams,
+        mut undelivered: impl FnMut(&[u8], SocketAddr),
+    ) {
         let mut buf = std::mem::take(&mut self.mail_buf);
+        let mut bounced = 0;
         while let Ok((n, from)) = self.mail.recv_from(&mut buf) {
             // Only this edge's workers write here.
-            if !self.mail_peers.contains(&from) || n < TOKEN_LEN {
+            if !self.mail_peers.contains(&from) || n < MAIL_HEAD {
                 continue;
             }
-            let (token, bytes) = buf[..n].split_at_mut(TOKEN_LEN);
-            self.deliver(token, bytes, streams);
+            let (token, rest) = buf[..n].split_at_mut(TOKEN_LEN);
+            let (origin, bytes) = rest.split_at_mut(ORIGIN_LEN);
+            let origin = get_origin(origin);
+            if self.deliver(token, bytes, origin, streams) || bytes.starts_with(b"SIP/2.0 ") {
+                continue;
+            }
+            if let (Some(origin), true) = (origin, bounced < MAX_UNDELIVERED) {
+                bounced += 1;
+                undelivered(bytes, origin);
+            }
         }
         self.mail_buf = buf;
     }

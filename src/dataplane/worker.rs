@@ -426,7 +426,7 @@ impl EdgeHandler {
         let Some(side) = self.streams.as_mut() else {
             return false;
         };
-        side.deliver(token, &mut self.stream_out[..len], streams);
+        side.deliver(token, &mut self.stream_out[..len], None, streams);
         true
     }
 
@@ -441,7 +441,7 @@ impl EdgeHandler {
         };
         let mut reactor = side.reactor.take();
         if let Some(r) = reactor.as_mut() {
-            side.deliver(token, out, r.streams());
+            side.deliver(token, out, None, r.streams());
         }
         side.reactor = reactor;
         true
@@ -451,19 +451,37 @@ impl EdgeHandler {
     /// Record-Route entry), on it or through its owner's mail. `false`: no
     /// such flow here (forged, another edge's, or closed on this worker);
     /// a mailed one's fate is the owner's to count.
-    fn send_on_flow(&mut self, token: &[u8], out: &mut [u8]) -> bool {
+    fn send_on_flow(&mut self, token: &[u8], out: &mut [u8], origin: SocketAddr) -> bool {
         let delivered = match self.streams.as_mut() {
             Some(side) => {
                 let mut reactor = side.reactor.take();
                 let sent = reactor
                     .as_mut()
-                    .is_some_and(|r| side.deliver(token, out, r.streams()));
+                    .is_some_and(|r| side.deliver(token, out, Some(origin), r.streams()));
                 side.reactor = reactor;
                 sent
             }
             None => false,
         };
         delivered
+    }
+
+    /// `430 Flow Failed` (RFC 5626 §5.3) to `origin` for a request another
+    /// worker forwarded (`forwarded`: with our Via on top) to a connection
+    /// of this worker's that has closed since; the same answer the sender
+    /// gives when the connection is its own.
+    fn answer_flow_failed(&mut self, forwarded: &[u8], origin: SocketAddr) {
+        let Some(req) = crate::sip::rewrite::without_edge_via(forwarded) else {
+            return;
+        };
+        crate::sip::scan::scan_into(&req, &mut self.msg);
+        let s = pipeline::Scanned::new(&req, &self.msg, origin);
+        let o = pipeline::answer(s, 430, "Flow Failed", &[], &mut self.stream_out);
+        if let (Outcome::Replied { len, dst, .. }, Some(side)) = (o, self.streams.as_ref()) {
+            if !side.send_udp(&self.stream_out[..len], dst) {
+                self.stats.send_error();
+            }
+        }
     }
 
     fn fold_latency(&mut self) {
@@ -504,7 +522,7 @@ impl DatagramHandler for EdgeHandler {
         let on_stream = stream_shard_of(&outcome, tables);
         let outcome = match outcome {
             Outcome::OnFlow { len, token }
-                if !self.send_on_flow(token.get(data), &mut out[..len]) =>
+                if !self.send_on_flow(token.get(data), &mut out[..len], src) =>
             {
                 // RFC 5626 §5.3: the flow is gone (or never was ours).
                 let s = pipeline::Scanned::new(data, &self.msg, src);
@@ -623,8 +641,13 @@ impl StreamHandler for EdgeHandler {
     }
 
     fn on_watched(&mut self, streams: &mut Streams) {
-        if let Some(side) = self.streams.as_mut() {
-            side.read_mail(streams);
+        let Some(side) = self.streams.as_mut() else {
+            return;
+        };
+        let mut failed = Vec::new();
+        side.read_mail(streams, |req, origin| failed.push((req.to_vec(), origin)));
+        for (req, origin) in failed {
+            self.answer_flow_failed(&req, origin);
         }
     }
 }

@@ -411,6 +411,23 @@ pub fn set_edge_via_transport(out: &mut [u8], transport: &[u8; 3]) -> bool {
     true
 }
 
+/// A request the edge forwarded, as it was before the edge's Via went on
+/// top (the line right after the start line; its transport whatever it
+/// became): for answering it as its sender would have been answered.
+/// `None`: no Via line there.
+pub fn without_edge_via(forwarded: &[u8]) -> Option<Vec<u8>> {
+    const VIA: &[u8] = b"\r\nVia: SIP/2.0/";
+    let eol = memchr::memmem::find(forwarded, b"\r\n")?;
+    if !forwarded[eol..].starts_with(VIA) {
+        return None;
+    }
+    let next = eol + 2 + memchr::memmem::find(&forwarded[eol + 2..], b"\r\n")?;
+    let mut req = Vec::with_capacity(forwarded.len());
+    req.extend_from_slice(&forwarded[..eol]);
+    req.extend_from_slice(&forwarded[next..]);
+    Some(req)
+}
+
 /// Our Record-Route line, the flow token of a stream client's connection
 /// in its URI (before the closing `>`).
 fn put_record_route(o: &mut Out<'_>, rr: &[u8], flow: Option<&[u8]>) {
@@ -563,6 +580,23 @@ pub fn forward_response(buf: &[u8], m: &Message, out: &mut [u8]) -> Option<usize
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_the_edges_via_a_forwarded_request_is_as_its_sender_sent_it() {
+        let sent = "BYE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKcs\r\n\
+            CSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n";
+        let forwarded = sent.replacen(
+            "\r\n",
+            "\r\nVia: SIP/2.0/TLS 10.0.0.1:5060;branch=z9hG4bKe\r\n",
+            1,
+        );
+        let back = without_edge_via(forwarded.as_bytes()).unwrap();
+        assert_eq!(String::from_utf8_lossy(&back), sent);
+        // No Via right after the start line, or no line end: nothing.
+        assert!(without_edge_via(b"BYE sip:a@b SIP/2.0\r\nTo: x\r\n\r\n").is_none());
+        assert!(without_edge_via(b"BYE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h").is_none());
+        assert!(without_edge_via(b"no line end").is_none());
+    }
 
     #[test]
     fn the_edges_via_says_the_stream_it_goes_on_and_nothing_else_changes() {
