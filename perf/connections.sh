@@ -148,34 +148,8 @@ field() {
     grep -o "\b$2=[^ ]*" "$1" | tail -1 | cut -d= -f2
 }
 
-# Is TCP port $1 listening (any address)? /proc/net/tcp state 0A.
-tcp_listening() {
-    local hex
-    hex=$(printf '%04X' "$1")
-    awk -v p=":$hex" 'NR > 1 && $4 == "0A" && substr($2, length($2) - 4) == p { f = 1 } END { exit !f }' \
-        /proc/net/tcp
-}
 
-# Wait until process $1 listens on TCP port $2 (60 s).
-wait_listening() {
-    for _ in $(seq 1 600); do
-        kill -0 "$1" 2>/dev/null || die "$3 (pid $1) exited during start-up; logs in $LOGDIR"
-        tcp_listening "$2" && return 0
-        sleep 0.1
-    done
-    die "$3 did not listen on TCP port $2 within 60 s; logs in $LOGDIR"
-}
 
-# Stop process $1 by PID and wait for it.
-stop_pid() {
-    kill -TERM "$1" 2>/dev/null || true
-    for _ in $(seq 1 50); do
-        kill -0 "$1" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$1" 2>/dev/null || true
-    wait "$1" 2>/dev/null || true
-}
 
 # ------------------------------------------------------------ servers --
 # The edge's configuration in $1 with admin port $2.

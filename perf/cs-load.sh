@@ -122,19 +122,6 @@ log() { echo "cs-load: $*" >&2; }
 out() { echo "$*" | tee -a "$RESULTS"; }
 now_s() { date +%s.%N; }
 
-# Stop one process we started (TERM, then KILL after 3 s) and forget it.
-stop_pid() {
-    local pid=$1 p keep=()
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 30); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    for p in "${PIDS[@]}"; do [[ "$p" == "$pid" ]] || keep+=("$p"); done
-    PIDS=("${keep[@]}")
-}
 
 # Scenario -> the caller's Request-URI and the UAS ports.
 target_of() {

@@ -63,3 +63,47 @@ wait_ready() {
     done
     die "$name did not bind UDP port $port within 10 s; logs in $LOGDIR"
 }
+
+# Stop one process we started (TERM, then KILL after 5 s) and forget it.
+# Its children (Kamailio's) are collected first and stopped by their PIDs
+# too, in case the main process dies before it can end them.
+stop_pid() {
+    local pid=$1 p keep=() kids
+    kids=$(pgrep -P "$pid" 2>/dev/null || true)
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    for p in $kids; do
+        for _ in $(seq 1 20); do
+            kill -0 "$p" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$p" 2>/dev/null || true
+    done
+    for p in "${PIDS[@]}"; do [[ "$p" == "$pid" ]] || keep+=("$p"); done
+    PIDS=("${keep[@]}")
+}
+
+# Is a TCP socket listening on local port $1 (any address)? State 0A in
+# /proc/net/tcp.
+tcp_listening() {
+    local hex
+    hex=$(printf '%04X' "$1")
+    awk -v p=":$hex" 'NR > 1 && $4 == "0A" && substr($2, length($2) - 4) == p { found = 1 }
+        END { exit !found }' /proc/net/tcp
+}
+
+# Wait until live process $1 listens on TCP port $2 (60 s).
+wait_listening() {
+    local pid=$1 port=$2 name=$3
+    for _ in $(seq 1 600); do
+        kill -0 "$pid" 2>/dev/null || die "$name (pid $pid) exited during start-up; logs in $LOGDIR"
+        tcp_listening "$port" && return 0
+        sleep 0.1
+    done
+    die "$name did not listen on TCP port $port within 60 s; logs in $LOGDIR"
+}

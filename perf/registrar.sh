@@ -121,29 +121,6 @@ out() { echo "$*" | tee -a "$RESULTS"; }
 now_s() { date +%s.%N; }
 
 # ------------------------------------------------------------ helpers --
-# Stop one process we started (TERM, then KILL after 5 s) and forget it.
-# Kamailio's children are collected first and stopped by their PIDs too, in
-# case the main process dies before it can end them.
-stop_pid() {
-    local pid=$1 p keep=() kids
-    kids=$(pgrep -P "$pid" 2>/dev/null || true)
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    for p in $kids; do
-        for _ in $(seq 1 20); do
-            kill -0 "$p" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$p" 2>/dev/null || true
-    done
-    for p in "${PIDS[@]}"; do [[ "$p" == "$pid" ]] || keep+=("$p"); done
-    PIDS=("${keep[@]}")
-}
 
 # utime+stime ticks of process $1 with its children (lib.sh cpu_ticks).
 proc_ticks() {

@@ -158,13 +158,6 @@ check_alone() {
 }
 FOREIGN=''
 
-# Is a TCP socket listening on local port $1 (state 0A in /proc/net/tcp)?
-tcp_port_listening() {
-    local hex
-    hex=$(printf '%04X' "$1")
-    awk -v p=":$hex" 'NR > 1 && substr($2, length($2) - 4) == p && $4 == "0A" { found = 1 }
-        END { exit !found }' /proc/net/tcp
-}
 
 # The edge's counters as "name{labels} value" lines (comments dropped).
 scrape() {
@@ -188,7 +181,7 @@ CLK_TCK=$(getconf CLK_TCK)
 for p in 7001 7002 7003 7004 5060; do
     ! udp_port_bound "$p" || die "UDP port $p is already in use (a leftover edge/responder?)"
 done
-! tcp_port_listening "$ADMIN_PORT" || die "TCP port $ADMIN_PORT is in use (set ADMIN_PORT)"
+! tcp_listening "$ADMIN_PORT" || die "TCP port $ADMIN_PORT is in use (set ADMIN_PORT)"
 
 # ---------------------------------------------------------------- start --
 listen_args=()
