@@ -53,16 +53,20 @@ udp_port_bound() {
         /proc/net/udp
 }
 
-# Wait until live process $1 has bound UDP port $2 (10 s).
-wait_ready() {
-    local pid=$1 port=$2 name=$3
-    for _ in $(seq 1 100); do
+# Wait until live process $1 ($3 in messages) has port $2 up by check $4
+# (udp_port_bound or tcp_listening), at most $5 seconds.
+wait_port() {
+    local pid=$1 port=$2 name=$3 check=$4 secs=$5
+    for _ in $(seq 1 $((secs * 10))); do
         kill -0 "$pid" 2>/dev/null || die "$name (pid $pid) exited during start-up; logs in $LOGDIR"
-        udp_port_bound "$port" && return 0
+        "$check" "$port" && return 0
         sleep 0.1
     done
-    die "$name did not bind UDP port $port within 10 s; logs in $LOGDIR"
+    die "$name did not bring up port $port ($check) within $secs s; logs in $LOGDIR"
 }
+
+# Wait until live process $1 has bound UDP port $2 (10 s).
+wait_ready() { wait_port "$1" "$2" "$3" udp_port_bound 10; }
 
 # Stop one process we started (TERM, then KILL after 5 s) and forget it.
 # Its children (Kamailio's) are collected first and stopped by their PIDs
@@ -98,12 +102,4 @@ tcp_listening() {
 }
 
 # Wait until live process $1 listens on TCP port $2 (60 s).
-wait_listening() {
-    local pid=$1 port=$2 name=$3
-    for _ in $(seq 1 600); do
-        kill -0 "$pid" 2>/dev/null || die "$name (pid $pid) exited during start-up; logs in $LOGDIR"
-        tcp_listening "$port" && return 0
-        sleep 0.1
-    done
-    die "$name did not listen on TCP port $port within 60 s; logs in $LOGDIR"
-}
+wait_listening() { wait_port "$1" "$2" "$3" tcp_listening 60; }
