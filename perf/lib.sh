@@ -16,14 +16,20 @@ cleanup() {
         kill -TERM "$pid" 2>/dev/null || true
     done
     for pid in "${PIDS[@]}"; do
-        for _ in $(seq 1 30); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
+        reap "$pid" 30
     done
     PIDS=()
+}
+
+# Give process $1 (already asked to end) $2 tenths of a second, then KILL
+# it; collect it if it is our child.
+reap() {
+    for _ in $(seq 1 "$2"); do
+        kill -0 "$1" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
 }
 trap cleanup EXIT
 trap 'exit 130' INT
@@ -75,19 +81,8 @@ stop_pid() {
     local pid=$1 p keep=() kids
     kids=$(pgrep -P "$pid" 2>/dev/null || true)
     kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    for p in $kids; do
-        for _ in $(seq 1 20); do
-            kill -0 "$p" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$p" 2>/dev/null || true
-    done
+    reap "$pid" 50
+    for p in $kids; do reap "$p" 20; done
     for p in "${PIDS[@]}"; do [[ "$p" == "$pid" ]] || keep+=("$p"); done
     PIDS=("${keep[@]}")
 }
