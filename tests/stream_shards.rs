@@ -133,6 +133,8 @@ fn a_udp_clients_invite_reaches_a_tls_shard_which_knows_the_edge_by_its_certific
             "{req}"
         );
         assert!(header(req, "Via")[0].contains("SIP/2.0/TLS"), "{req}");
+        // RFC 5923: over TLS the shard may send its requests back on it.
+        assert!(header(req, "Via")[0].ends_with(";alias"), "{req}");
     }
     assert_eq!(
         server
@@ -177,6 +179,10 @@ fn a_udp_tcp_shard_gets_a_request_over_1300_bytes_over_tcp_and_smaller_ones_over
     let req = read_sip(&mut c);
     assert!(req.contains("alice-call-2@") && req.len() > 1300, "{req}");
     assert!(header(&req, "Via")[0].contains("SIP/2.0/TCP"), "{req}");
+    assert!(
+        !header(&req, "Via")[0].contains(";alias"),
+        "not over TCP: {req}"
+    );
     answer_on(&mut *c, &req);
     let (ok, _) = recv(&client);
     assert!(

@@ -70,12 +70,16 @@ fn edge_toml(
     )
 }
 
+/// `extra` may name the CA's PEM file (the one every certificate of the
+/// rig chains to) as `CA_PEM`.
 fn rig(io: &str, name: &str, extra: &str) -> Rig {
     let dir = scratch_dir(name);
     let ca = Ca::new("cpm test CA");
     ca.leaf(&["edge.example.net"]).write(&dir, "edge");
+    std::fs::write(dir.join("ca.pem"), &ca.pem).unwrap();
+    let extra = extra.replace("CA_PEM", &dir.join("ca.pem").display().to_string());
     let shard = sock();
-    let toml = edge_toml(io, 0, &dir, shard.local_addr().unwrap(), extra);
+    let toml = edge_toml(io, 0, &dir, shard.local_addr().unwrap(), &extra);
     let valid = Config::parse(&toml).unwrap().validate().unwrap();
     let server = cpm_edge::app::start_server(&valid).unwrap();
     let tls = server.tls_addr.expect("a TLS listener");
@@ -548,5 +552,71 @@ fn flow_gone_gets_430(io: &str) {
     r.shard
         .set_read_timeout(Some(Duration::from_secs(3)))
         .unwrap();
+    r.server.stop().unwrap();
+}
+
+#[test]
+fn a_shard_on_its_own_tls_connection_is_known_by_its_alias_and_certificate() {
+    let r = rig("mmsg", "alias", "client_ca = \"CA_PEM\"");
+    let mut alice = connect(&r);
+    alice.write_all(&tls_invite(&alice, "alice", 1)).unwrap();
+    alice.flush().unwrap();
+    let (inv, _) = recv(&r.shard);
+    let rr = header(&inv, "Record-Route")[0].to_string();
+    cs_answer(&r.shard, &inv, "200 OK", None);
+    assert!(read_sip(&mut alice).starts_with("SIP/2.0 200 OK"));
+    // The Controlling Function ends the session on a TLS connection of its
+    // own, its Via naming its shard address (RFC 5923).
+    let shard_at = r.shard.local_addr().unwrap();
+    let bye = |params: &str| {
+        in_dialog_request(&inv, shard_at, "BYE", &rr).replace(
+            &format!("Via: SIP/2.0/UDP {shard_at};branch=z9hG4bK-cs-BYE"),
+            &format!("Via: SIP/2.0/TLS {shard_at};branch=z9hG4bK-cs-BYE{params}"),
+        )
+    };
+    let from_shard = |names: &[&str]| {
+        let cert = r.ca.leaf(names);
+        tls::connect(
+            r.tls,
+            "edge.example.net",
+            tls::client_config(&r.ca, Some(&cert)),
+        )
+        .unwrap()
+    };
+    // A certificate for another address, or no alias: a client like any
+    // other, which may not use a client's flow.
+    for (names, params) in [(["127.0.0.9"], ";alias"), (["127.0.0.1"], "")] {
+        let mut s = from_shard(&names);
+        s.write_all(bye(params).as_bytes()).unwrap();
+        s.flush().unwrap();
+        let refused = read_sip(&mut s);
+        assert!(
+            refused.starts_with("SIP/2.0 4"),
+            "{names:?} {params}: {refused}"
+        );
+    }
+    // The shard's certificate and alias: its BYE is the first thing on
+    // alice's connection, and her 200 comes back on the shard's.
+    let mut s = from_shard(&["127.0.0.1"]);
+    s.write_all(bye(";alias").as_bytes()).unwrap();
+    s.flush().unwrap();
+    let got = read_sip(&mut alice);
+    assert!(got.starts_with("BYE sip:alice@"), "{got}");
+    let vias = header(&got, "Via");
+    assert_eq!(vias.len(), 2, "{got}");
+    let ok = format!(
+        "SIP/2.0 200 OK\r\n{}\r\n{}\r\n{}\r\n{}\r\n{}\r\nContent-Length: 0\r\n\r\n",
+        vias.join("\r\n"),
+        header(&got, "From")[0],
+        header(&got, "To")[0],
+        header(&got, "Call-ID")[0],
+        header(&got, "CSeq")[0],
+    );
+    alice.write_all(ok.as_bytes()).unwrap();
+    alice.flush().unwrap();
+    let resp = read_sip(&mut s);
+    assert!(resp.starts_with("SIP/2.0 200 OK"), "{resp}");
+    assert!(resp.contains("CSeq: 2 BYE"), "{resp}");
+    assert_eq!(header(&resp, "Via").len(), 1, "{resp}");
     r.server.stop().unwrap();
 }

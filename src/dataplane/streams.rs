@@ -15,6 +15,7 @@
 
 use crate::io::stream::{CloseReason, ConnId, Reactor, Refused, StreamConfig, Streams};
 use crate::io::tls::{Acceptor, ServerPem};
+use crate::route::shards::ShardSet;
 use crate::sip::flow::{Flow, TOKEN_LEN};
 use crate::sip::stream::{Closed, Connection, Event, Limits, Timing};
 use arc_swap::ArcSwap;
@@ -263,6 +264,25 @@ struct Conn {
     /// Until the first tick that finds no TLS handshake under way: when
     /// the handshake must be done.
     handshake_until: Option<Instant>,
+    /// Whose connection this is, once its first request said (RFC 5923).
+    alias: Alias,
+}
+
+/// Who a connection speaks for (RFC 5923 §5). A shard may open a TLS
+/// connection to the edge and send its requests on it; it is then known
+/// by its configured address, not by the connection's ephemeral port,
+/// once its first request carries `;alias` on a top Via whose sent-by is
+/// that shard's address, and its certificate (verified against `[tls]
+/// client_ca`) names that address's IP. Only over TLS: a TCP peer proves
+/// nothing about who it is.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Alias {
+    /// No request seen yet.
+    Unknown,
+    /// Known by its peer address, as every client is.
+    Peer,
+    /// The shard at this address.
+    Shard(SocketAddr),
 }
 
 /// What one worker's TCP side runs on, bound by the caller before any
@@ -324,6 +344,39 @@ const MAIL_HEAD: usize = TOKEN_LEN + ORIGIN_LEN;
 /// Most undelivered requests answered per read of the mail (each costs a
 /// scan and a datagram; the rest are counted undeliverable only).
 const MAX_UNDELIVERED: usize = 64;
+
+/// Who a connection whose first request is `req` speaks for, given the
+/// certificate its peer presented ([`Alias`]).
+fn alias_of(req: &[u8], cert: Option<&[u8]>, shards: &ShardSet) -> Alias {
+    let Some(cert) = cert else {
+        return Alias::Peer;
+    };
+    let m = crate::sip::scan::scan(req);
+    let Some(top) = m.top_via.as_ref() else {
+        return Alias::Peer;
+    };
+    let Some(v) = crate::sip::via::parse(req, top.value) else {
+        return Alias::Peer;
+    };
+    let host = v.host.get(req);
+    let host = host
+        .strip_prefix(b"[")
+        .and_then(|h| h.strip_suffix(b"]"))
+        .unwrap_or(host);
+    let ip = std::str::from_utf8(host).ok().and_then(|h| h.parse().ok());
+    let (Some(ip), true, true) = (
+        ip,
+        v.transport.get(req).eq_ignore_ascii_case(b"TLS"),
+        crate::sip::via::has_param(req, top.value, b"alias"),
+    ) else {
+        return Alias::Peer;
+    };
+    let addr = SocketAddr::new(ip, v.port.unwrap_or(5061));
+    match shards.by_addr(addr).is_some() && crate::io::tls::certificate_names_ip(cert, ip) {
+        true => Alias::Shard(addr),
+        false => Alias::Peer,
+    }
+}
 
 fn put_origin(origin: Option<SocketAddr>) -> [u8; ORIGIN_LEN] {
     let mut o = [0; ORIGIN_LEN];
@@ -418,6 +471,7 @@ impl StreamSide {
             framing: Connection::new(now, self.cfg.limits(), self.cfg.timing()),
             token: flow.token(&self.key),
             handshake_until: Some(now + self.handshake),
+            alias: Alias::Unknown,
         });
     }
 
@@ -445,11 +499,15 @@ impl StreamSide {
     /// Bytes from `id` into its framing, and what they make: whole
     /// messages (with the connection's flow token) for `on_message`,
     /// pongs written, a framing error closing the connection.
+    ///
+    /// A message's source is the connection's peer, or the shard the
+    /// connection speaks for (RFC 5923 alias, decided at its first request
+    /// against `shards`).
     pub fn received(
         &mut self,
         id: ConnId,
         data: &[u8],
-        now: Instant,
+        (now, shards): (Instant, &ShardSet),
         streams: &mut Streams,
         mut on_message: impl FnMut(&[u8], SocketAddr, &[u8; TOKEN_LEN], &mut Streams),
     ) {
@@ -474,7 +532,15 @@ impl StreamSide {
                     }
                     Event::Message { len } => {
                         bump(&stats.messages);
-                        on_message(c.framing.message(len), peer, &c.token, streams);
+                        let msg = c.framing.message(len);
+                        if c.alias == Alias::Unknown && !msg.starts_with(b"SIP/2.0 ") {
+                            c.alias = alias_of(msg, streams.peer_certificate(id), shards);
+                        }
+                        let src = match c.alias {
+                            Alias::Shard(addr) => addr,
+                            Alias::Unknown | Alias::Peer => peer,
+                        };
+                        on_message(msg, src, &c.token, streams);
                         c.framing.consume(len);
                     }
                 }

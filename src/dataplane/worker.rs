@@ -360,7 +360,7 @@ impl EdgeHandler {
         match o {
             Outcome::Forwarded { len, .. } if on_stream.is_some() => {
                 let mut out = std::mem::take(&mut self.stream_out);
-                self.forward_to_stream_shard(on_stream, &mut out[..len], Some(streams));
+                self.forward_to_stream_shard(on_stream, (&mut out, len), Some(streams));
                 self.stream_out = out;
             }
             Outcome::Relayed { len, .. } if self.stream_relay(msg, len, streams) => {}
@@ -376,26 +376,63 @@ impl EdgeHandler {
             Outcome::Replied { len, .. } => {
                 streams.send(id, &self.stream_out[..len]);
             }
-            // A stream's own requests go on by the route set, never to a
-            // flow (the decision keeps no token from a client).
-            Outcome::OnFlow { .. } => debug_assert!(false, "a client's request to a flow"),
+            // A shard's request on its own connection (RFC 5923 alias; a
+            // client's never is: the decision keeps no token from one).
+            Outcome::OnFlow { len, token } => {
+                self.stream_on_flow(msg, token.get(msg), len, id, streams)
+            }
             Outcome::Dropped(_) | Outcome::NeedsPolicy(_) | Outcome::ToRegistrar => {}
         }
     }
 
-    /// A request for a stream shard: our Via says the stream's transport,
-    /// and it goes on this worker's connection to the shard. `streams`:
-    /// the worker's connections when the caller has them (a stream's
-    /// message), else the reactor's.
+    /// A request from a stream (a shard's, in `stream_out[..len]`) for the
+    /// flow `token` names; `430 Flow Failed` back on the stream when this
+    /// worker's connection is gone. (Mailed to the owner, a closed flow is
+    /// counted only: the owner could not reach this connection.)
+    fn stream_on_flow(
+        &mut self,
+        msg: &[u8],
+        token: &[u8],
+        len: usize,
+        id: ConnId,
+        streams: &mut Streams,
+    ) {
+        let delivered = match self.streams.as_mut() {
+            Some(side) => side.deliver(token, &mut self.stream_out[..len], None, streams),
+            None => false,
+        };
+        if delivered {
+            return;
+        }
+        let Some(peer) = streams.peer(id) else { return };
+        let s = pipeline::Scanned::new(msg, &self.msg, peer);
+        if let Outcome::Replied { len, .. } =
+            pipeline::answer(s, 430, "Flow Failed", &[], &mut self.stream_out)
+        {
+            streams.send(id, &self.stream_out[..len]);
+        }
+    }
+
+    /// A request for a stream shard (the first `len` bytes of `out`): our
+    /// Via says the stream's transport, and over TLS `;alias`, so that the
+    /// shard may send its requests back on the connection (RFC 5923; over
+    /// TCP it proves nothing, so none). It goes on this worker's
+    /// connection to the shard. `streams`: the worker's connections when
+    /// the caller has them (a stream's message), else the reactor's.
     fn forward_to_stream_shard(
         &mut self,
         shard: Option<(usize, SocketAddr, bool)>,
-        out: &mut [u8],
+        (out, len): (&mut [u8], usize),
         streams: Option<&mut Streams>,
     ) {
         let Some(shard) = shard else { return };
         let transport = if shard.2 { b"TLS" } else { b"TCP" };
-        crate::sip::rewrite::set_edge_via_transport(out, transport);
+        crate::sip::rewrite::set_edge_via_transport(&mut out[..len], transport);
+        let len = match shard.2 {
+            true => crate::sip::rewrite::add_alias_to_edge_via(out, len).unwrap_or(len),
+            false => len,
+        };
+        let out = &out[..len];
         let Some(side) = self.streams.as_mut() else {
             return self.stats.send_error();
         };
@@ -538,7 +575,7 @@ impl DatagramHandler for EdgeHandler {
                 return None;
             }
             Outcome::Forwarded { len, .. } if on_stream.is_some() => {
-                self.forward_to_stream_shard(on_stream, &mut out[..len], None);
+                self.forward_to_stream_shard(on_stream, (out, len), None);
                 return None;
             }
             _ => {}
@@ -619,7 +656,9 @@ impl StreamHandler for EdgeHandler {
             return;
         };
         let mut framed = Vec::new();
-        side.received(id, data, Instant::now(), streams, |m, peer, token, _| {
+        let tables = self.tables.load();
+        let at = (Instant::now(), &tables.shards);
+        side.received(id, data, at, streams, |m, peer, token, _| {
             framed.push((m.to_vec(), peer, *token));
         });
         self.streams = Some(side);

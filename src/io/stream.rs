@@ -441,6 +441,13 @@ impl Streams {
         self.get(id).is_some_and(|c| c.tls.is_some())
     }
 
+    /// The certificate `id`'s TLS peer presented (DER, leaf), once its
+    /// handshake verified it; `None`: plain TCP, or no certificate.
+    pub fn peer_certificate(&self, id: ConnId) -> Option<&[u8]> {
+        let tls = self.get(id)?.tls.as_ref()?;
+        Some(tls.peer_certificates()?.first()?.as_ref())
+    }
+
     /// Whether `id`'s TLS handshake is still under way (for its timeout).
     pub fn handshaking(&self, id: ConnId) -> bool {
         self.get(id)

@@ -11,7 +11,7 @@
 
 use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use std::sync::Arc;
@@ -125,4 +125,16 @@ pub fn client_config(
             PrivateKeyDer::from_pem_slice(key).map_err(|e| TlsError::Key(e.to_string()))?,
         )?,
     })
+}
+
+/// Whether a peer's certificate (DER; its chain verified by the handshake
+/// against the configured CAs) names the IP address `ip` among its
+/// subject alternative names: how a peer that opened a connection proves
+/// it is the host its Via says (RFC 5923 §5.2), e.g. a shard on its link.
+pub fn certificate_names_ip(der: &[u8], ip: std::net::IpAddr) -> bool {
+    let der = CertificateDer::from(der);
+    let Ok(cert) = rustls::server::ParsedCertificate::try_from(&der) else {
+        return false;
+    };
+    rustls::client::verify_server_name(&cert, &ServerName::IpAddress(ip.into())).is_ok()
 }

@@ -411,6 +411,27 @@ pub fn set_edge_via_transport(out: &mut [u8], transport: &[u8; 3]) -> bool {
     true
 }
 
+/// `;alias` (RFC 5923 §5) at the end of the edge's Via (the line right
+/// after the start line) of the request in `out[..len]`, for a request
+/// that goes on a TLS connection the edge opened: the peer may send its
+/// requests back on it. The new length; `None` (nothing changed): no such
+/// Via, or no room in `out`.
+pub fn add_alias_to_edge_via(out: &mut [u8], len: usize) -> Option<usize> {
+    const ALIAS: &[u8] = b";alias";
+    let msg = out.get(..len)?;
+    let eol = memchr::memmem::find(msg, b"\r\n")?;
+    if !msg[eol..].starts_with(b"\r\nVia: ") {
+        return None;
+    }
+    let at = eol + 2 + memchr::memmem::find(&msg[eol + 2..], b"\r\n")?;
+    if out.len() < len + ALIAS.len() {
+        return None;
+    }
+    out.copy_within(at..len, at + ALIAS.len());
+    out[at..at + ALIAS.len()].copy_from_slice(ALIAS);
+    Some(len + ALIAS.len())
+}
+
 /// A request the edge forwarded, as it was before the edge's Via went on
 /// top (the line right after the start line; its transport whatever it
 /// became): for answering it as its sender would have been answered.
@@ -580,6 +601,24 @@ pub fn forward_response(buf: &[u8], m: &Message, out: &mut [u8]) -> Option<usize
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alias_goes_at_the_end_of_the_edges_via_only() {
+        let req = b"INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/TLS 10.0.0.1:5061;branch=z9hG4bKx\r\n\
+            Via: SIP/2.0/UDP 192.0.2.1\r\nContent-Length: 0\r\n\r\n";
+        let mut out = req.to_vec();
+        out.resize(req.len() + 6, 0);
+        let len = add_alias_to_edge_via(&mut out, req.len()).unwrap();
+        let want = String::from_utf8_lossy(req).replacen("z9hG4bKx", "z9hG4bKx;alias", 1);
+        assert_eq!(String::from_utf8_lossy(&out[..len]), want);
+        // No room: nothing moves.
+        let mut tight = req.to_vec();
+        assert_eq!(add_alias_to_edge_via(&mut tight, req.len()), None);
+        assert_eq!(tight, req);
+        // No Via right after the start line: nothing.
+        let mut other = b"INVITE sip:a@b SIP/2.0\r\nTo: x\r\n\r\n______".to_vec();
+        assert_eq!(add_alias_to_edge_via(&mut other, 30), None);
+    }
 
     #[test]
     fn without_the_edges_via_a_forwarded_request_is_as_its_sender_sent_it() {
