@@ -11,6 +11,7 @@ mod tls;
 use common::*;
 use cpm_edge::config::Config;
 use cpm_edge::io::tls::ServerPem;
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -234,5 +235,68 @@ fn a_tls_shard_whose_certificate_the_edge_cannot_verify_gets_nothing() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+    server.stop().unwrap();
+}
+
+#[test]
+fn a_tls_shard_that_opened_its_own_connection_gets_the_edges_requests_on_it() {
+    let d = dir("reuse");
+    let ca = Ca::new("cpm test CA");
+    let (ec, ek) = ca.leaf(&["edge.example.net"]).write(&d.0, "edge");
+    std::fs::write(d.0.join("ca.pem"), &ca.pem).unwrap();
+    // The shard's listener: the edge would open its link here; with reuse
+    // it never has to.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.set_nonblocking(true).unwrap();
+    let shard = l.local_addr().unwrap();
+    let ca_pem = d.0.join("ca.pem");
+    let toml = format!(
+        "[listen]\naddr = \"127.0.0.1:{}\"\n[workers]\ncount = 1\nio = \"mmsg\"\n\
+         [health]\nenabled = false\n\
+         [tls]\nenabled = true\nport = 0\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\n\
+         shard_ca = \"{}\"\n\
+         [[shard]]\nname = \"cs1\"\naddr = \"{shard}\"\ntransport = \"tls\"\n\
+         [[group]]\nid = \"sip:grp3@groups.example.net\"\nshard = \"cs1\"\n",
+        free_port(),
+        ec.display(),
+        ek.display(),
+        ca_pem.display(),
+        ca_pem.display(),
+    );
+    let valid = Config::parse(&toml).unwrap().validate().unwrap();
+    let server = cpm_edge::app::start_server(&valid).unwrap();
+    let edge_udp = server.local_addr;
+    // The shard connects with its certificate and says who it is.
+    let cert = ca.leaf(&["127.0.0.1"]);
+    let mut s = tls::connect(
+        server.tls_addr.unwrap(),
+        "edge.example.net",
+        tls::client_config(&ca, Some(&cert)),
+    )
+    .unwrap();
+    let options = format!(
+        "OPTIONS sip:{edge_udp} SIP/2.0\r\nVia: SIP/2.0/TLS {shard};branch=z9hG4bK-ka;alias\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:cs1@{shard}>;tag=k\r\nTo: <sip:{edge_udp}>\r\n\
+         Call-ID: ka-1@cs1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    s.write_all(options.as_bytes()).unwrap();
+    s.flush().unwrap();
+    assert!(read_sip(&mut s).starts_with("SIP/2.0 200 OK"));
+    // A client's INVITE for the shard's group: on the shard's connection.
+    let client = sock();
+    let inv = String::from_utf8(invite_to_group("grp3", "alice", ""))
+        .unwrap()
+        .replace("192.0.2.10:5062", &client.local_addr().unwrap().to_string());
+    client.send_to(inv.as_bytes(), edge_udp).unwrap();
+    let req = read_sip(&mut s);
+    assert!(req.starts_with("INVITE sip:grp3@"), "{req}");
+    assert!(header(&req, "Via")[0].contains("SIP/2.0/TLS"), "{req}");
+    answer_on(&mut s, &req);
+    let (ok, _) = recv(&client);
+    assert!(ok.starts_with("SIP/2.0 200 OK"), "{ok}");
+    assert!(
+        matches!(l.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the edge opened no link of its own"
+    );
     server.stop().unwrap();
 }

@@ -318,6 +318,9 @@ pub struct StreamSide {
     handshake: Duration,
     /// This worker's connection to each stream shard, by shard index.
     links: Vec<Option<ConnId>>,
+    /// Connections shards opened to this worker and proved theirs (RFC
+    /// 5923 alias), by shard address: one each, so bounded by the shards.
+    aliases: Vec<(SocketAddr, ConnId)>,
     shard_tls: Option<Arc<ArcSwap<rustls::ClientConfig>>>,
     next_tick: Instant,
     /// Where mail is read (allocated once: `MAIL_MAX` bytes).
@@ -443,6 +446,7 @@ impl StreamSide {
             cfg,
             handshake,
             links: Vec::new(),
+            aliases: Vec::new(),
             shard_tls,
             next_tick: Instant::now() + TICK,
             mail_buf: vec![0; MAIL_MAX],
@@ -549,6 +553,20 @@ impl StreamSide {
                 return self.close_for(id, Ending::Stream(why), streams);
             }
         }
+        self.note_alias(id);
+    }
+
+    /// A connection that has proved to be a shard's: the one the edge's
+    /// requests to that shard take (RFC 5923 reuse), replacing an older one.
+    fn note_alias(&mut self, id: ConnId) {
+        let Some(Alias::Shard(addr)) = self.conn_mut(id).map(|c| c.alias) else {
+            return;
+        };
+        if self.aliases.contains(&(addr, id)) {
+            return;
+        }
+        self.aliases.retain(|&(a, _)| a != addr);
+        self.aliases.push((addr, id));
     }
 
     /// A request for the shard `shard` at `addr` on this worker's
@@ -562,6 +580,13 @@ impl StreamSide {
         now: Instant,
         streams: &mut Streams,
     ) -> bool {
+        // The shard's own TLS connection, when it opened one to this
+        // worker and proved it theirs: no second connection (RFC 5923).
+        if let Some(&(_, id)) = self.aliases.iter().find(|&&(a, _)| tls && a == addr) {
+            if streams.send(id, bytes) {
+                return true;
+            }
+        }
         if let Some(&Some(id)) = self.links.get(shard) {
             if streams.peer(id) == Some(addr) {
                 return streams.send(id, bytes);
@@ -602,6 +627,7 @@ impl StreamSide {
         for l in self.links.iter_mut().filter(|l| **l == Some(id)) {
             *l = None;
         }
+        self.aliases.retain(|&(_, i)| i != id);
         if let Some(slot) = self.conns.get_mut(id.slot as usize) {
             if slot.as_ref().is_some_and(|c| c.id == id) {
                 *slot = None;
