@@ -248,7 +248,11 @@ wait_up() {
             tail -5 "$dir"/*.err >&2 2>/dev/null || true
             die "$name (pid $pid) exited during start-up; logs in $dir"
         fi
-        if udp_port_bound "$PORT" && { [[ -z "$SERVER_CTL" ]] || [[ -S "$SERVER_CTL" ]]; }; then
+        # The edge binds its port before it has started its workers (with
+        # 1 000 000 users, seconds before): what arrives meanwhile waits, and
+        # SIPp's 500 ms retransmission would cross the 401. So for the edge,
+        # also its "ready" line; for Kamailio, its control socket.
+        if udp_port_bound "$PORT" && if [[ -n "$SERVER_CTL" ]]; then [[ -S "$SERVER_CTL" ]]; else grep -q '^  ready ' "$dir/edge.out" 2>/dev/null; fi; then
             return 0
         fi
         sleep 0.1
