@@ -159,7 +159,7 @@ impl RegistrarConf {
             queue: self.queue,
             max_aors: self.max_aors,
             nonce_key: nonce_key(secret),
-            credentials: self.credentials()?,
+            credentials: std::sync::Arc::new(self.credentials()?),
             credentials_file: self.credentials_file.as_ref().map(PathBuf::from),
         }))
     }

@@ -56,7 +56,10 @@ pub struct RegistrarConfig {
     /// Most AoRs the location service holds.
     pub max_aors: usize,
     pub nonce_key: [u8; 32],
-    pub credentials: CredentialStore,
+    /// Shared, never copied: with a million users a copy is about a
+    /// second of start-up and its own hundreds of megabytes, and this
+    /// configuration is cloned (the control plane keeps one for reloads).
+    pub credentials: Arc<CredentialStore>,
     /// The file the credentials came from (the admin API writes it back).
     pub credentials_file: Option<PathBuf>,
 }
@@ -210,7 +213,7 @@ impl RegistrarThread {
         let (location, writer, store) = recovered;
         let (tx, rx) = bounded(cfg.queue.max(1));
         let stats = Arc::new(RegistrarStats::default());
-        let credentials = Arc::new(ArcSwap::from_pointee(cfg.credentials.clone()));
+        let credentials = Arc::new(ArcSwap::new(Arc::clone(&cfg.credentials)));
         let stop = Arc::new(AtomicBool::new(false));
         let txn_cfg = transaction::Config {
             max_transactions: 65_536,
