@@ -388,6 +388,32 @@ fn a_tls_configuration_that_cannot_serve_is_refused_at_validation() {
     Config::parse(&t).unwrap().validate().unwrap();
 }
 
+/// A TLS client's session set up through the edge (its INVITE number `n`
+/// to the shard, the shard's 200 back): the client, the INVITE as the
+/// shard got it, and the edge's Record-Route in it.
+fn tls_dialog(r: &Rig, n: u32) -> (TlsClient, String, String) {
+    let mut c = connect(r);
+    c.write_all(&tls_invite(&c, "alice", n)).unwrap();
+    c.flush().unwrap();
+    let (inv, _) = recv(&r.shard);
+    let rr = header(&inv, "Record-Route")[0].to_string();
+    cs_answer(&r.shard, &inv, "200 OK", None);
+    assert!(read_sip(&mut c).starts_with("SIP/2.0 200 OK"));
+    (c, inv, rr)
+}
+
+/// The client's 200 to a request it got (every Via, in order).
+fn client_ok(req: &str) -> String {
+    format!(
+        "SIP/2.0 200 OK\r\n{}\r\n{}\r\n{}\r\n{}\r\n{}\r\nContent-Length: 0\r\n\r\n",
+        header(req, "Via").join("\r\n"),
+        header(req, "From")[0],
+        header(req, "To")[0],
+        header(req, "Call-ID")[0],
+        header(req, "CSeq")[0],
+    )
+}
+
 /// A request inside the dialog of `invite` (as the shard received it),
 /// from the shard toward the client: along the edge's Record-Route entry.
 fn in_dialog_request(invite: &str, shard: SocketAddr, method: &str, rr: &str) -> String {
@@ -437,15 +463,7 @@ fn a_bye_inside_the_dialog_reaches_the_tls_client_on_its_connection() {
             );
             assert!(vias[1].contains("z9hG4bK-cs-BYE"), "{got}");
             // The client's 200 goes back on its connection and on to the shard.
-            let ok = format!(
-                "SIP/2.0 200 OK\r\n{}\r\n{}\r\n{}\r\n{}\r\n{}\r\nContent-Length: 0\r\n\r\n",
-                vias.join("\r\n"),
-                header(&got, "From")[0],
-                header(&got, "To")[0],
-                header(&got, "Call-ID")[0],
-                header(&got, "CSeq")[0],
-            );
-            c.write_all(ok.as_bytes()).unwrap();
+            c.write_all(client_ok(&got).as_bytes()).unwrap();
             c.flush().unwrap();
             let (resp, _) = recv(&r.shard);
             assert!(resp.starts_with("SIP/2.0 200 OK"), "{resp}");
@@ -459,13 +477,7 @@ fn a_bye_inside_the_dialog_reaches_the_tls_client_on_its_connection() {
 #[test]
 fn only_a_shard_may_send_a_request_to_a_clients_flow_and_a_forged_token_gets_430() {
     let r = rig("mmsg", "flow-trust", "");
-    let mut c = connect(&r);
-    c.write_all(&tls_invite(&c, "alice", 1)).unwrap();
-    c.flush().unwrap();
-    let (inv, _) = recv(&r.shard);
-    let rr = header(&inv, "Record-Route")[0].to_string();
-    cs_answer(&r.shard, &inv, "200 OK", None);
-    assert!(read_sip(&mut c).starts_with("SIP/2.0 200 OK"));
+    let (mut c, inv, rr) = tls_dialog(&r, 1);
     // A stranger on UDP replays the Route with the real token: the edge
     // never puts a client's request on a connection.
     let stranger = sock();
@@ -514,14 +526,7 @@ fn flow_gone_gets_430(io: &str) {
     // goes by mail, and the owner answers).
     let mut dialogs = Vec::new();
     for n in 0..8 {
-        let mut c = connect(&r);
-        c.write_all(&tls_invite(&c, "alice", n)).unwrap();
-        c.flush().unwrap();
-        let (inv, _) = recv(&r.shard);
-        let rr = header(&inv, "Record-Route")[0].to_string();
-        cs_answer(&r.shard, &inv, "200 OK", None);
-        assert!(read_sip(&mut c).starts_with("SIP/2.0 200 OK"));
-        dialogs.push((c, inv, rr));
+        dialogs.push(tls_dialog(&r, n));
     }
     let shard_at = r.shard.local_addr().unwrap();
     let mut buf = vec![0u8; 65536];
@@ -558,13 +563,7 @@ fn flow_gone_gets_430(io: &str) {
 #[test]
 fn a_shard_on_its_own_tls_connection_is_known_by_its_alias_and_certificate() {
     let r = rig("mmsg", "alias", "client_ca = \"CA_PEM\"");
-    let mut alice = connect(&r);
-    alice.write_all(&tls_invite(&alice, "alice", 1)).unwrap();
-    alice.flush().unwrap();
-    let (inv, _) = recv(&r.shard);
-    let rr = header(&inv, "Record-Route")[0].to_string();
-    cs_answer(&r.shard, &inv, "200 OK", None);
-    assert!(read_sip(&mut alice).starts_with("SIP/2.0 200 OK"));
+    let (mut alice, inv, rr) = tls_dialog(&r, 1);
     // The Controlling Function ends the session on a TLS connection of its
     // own, its Via naming its shard address (RFC 5923).
     let shard_at = r.shard.local_addr().unwrap();
@@ -604,15 +603,7 @@ fn a_shard_on_its_own_tls_connection_is_known_by_its_alias_and_certificate() {
     assert!(got.starts_with("BYE sip:alice@"), "{got}");
     let vias = header(&got, "Via");
     assert_eq!(vias.len(), 2, "{got}");
-    let ok = format!(
-        "SIP/2.0 200 OK\r\n{}\r\n{}\r\n{}\r\n{}\r\n{}\r\nContent-Length: 0\r\n\r\n",
-        vias.join("\r\n"),
-        header(&got, "From")[0],
-        header(&got, "To")[0],
-        header(&got, "Call-ID")[0],
-        header(&got, "CSeq")[0],
-    );
-    alice.write_all(ok.as_bytes()).unwrap();
+    alice.write_all(client_ok(&got).as_bytes()).unwrap();
     alice.flush().unwrap();
     let resp = read_sip(&mut s);
     assert!(resp.starts_with("SIP/2.0 200 OK"), "{resp}");
