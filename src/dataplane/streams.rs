@@ -361,21 +361,14 @@ fn alias_of(req: &[u8], cert: Option<&[u8]>, shards: &ShardSet) -> Alias {
     let Some(v) = crate::sip::via::parse(req, top.value) else {
         return Alias::Peer;
     };
-    let host = v.host.get(req);
-    let host = host
-        .strip_prefix(b"[")
-        .and_then(|h| h.strip_suffix(b"]"))
-        .unwrap_or(host);
-    let ip = std::str::from_utf8(host).ok().and_then(|h| h.parse().ok());
-    let (Some(ip), true, true) = (
-        ip,
+    let (Some(addr), true, true) = (
+        v.sent_by(req, 5061),
         v.transport.get(req).eq_ignore_ascii_case(b"TLS"),
         crate::sip::via::has_param(req, top.value, b"alias"),
     ) else {
         return Alias::Peer;
     };
-    let addr = SocketAddr::new(ip, v.port.unwrap_or(5061));
-    match shards.by_addr(addr).is_some() && crate::io::tls::certificate_names_ip(cert, ip) {
+    match shards.by_addr(addr).is_some() && crate::io::tls::certificate_names_ip(cert, addr.ip()) {
         true => Alias::Shard(addr),
         false => Alias::Peer,
     }

@@ -262,6 +262,13 @@ fn received_ip(v: &[u8]) -> Option<IpAddr> {
 }
 
 impl Via {
+    /// The sent-by as an address, when its host is an IP literal (its
+    /// port, else `default_port`).
+    pub fn sent_by(&self, buf: &[u8], default_port: u16) -> Option<SocketAddr> {
+        let ip = super::uri::ip_of(self.host.get(buf))?;
+        Some(SocketAddr::new(ip, self.port.unwrap_or(default_port)))
+    }
+
     /// Where a response to this hop goes (RFC 3261 §18.2.2 with RFC 3581):
     /// `received` (else the sent-by host, if an IP literal), port from a
     /// valued `rport`, else the sent-by port, else 5060.
@@ -297,6 +304,7 @@ mod tests {
             b"SIP/2.0/UDP 192.0.2.4:5062;branch=z9hG4bK77;rport"
         );
         assert_eq!(v.response_target(s), Some("10.0.0.1:5062".parse().unwrap()));
+        assert_eq!(v.sent_by(s, 5061), Some("192.0.2.4:5062".parse().unwrap()));
     }
 
     #[test]
