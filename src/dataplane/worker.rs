@@ -20,6 +20,7 @@ use crate::io::{self, DatagramHandler, IoBackend, IoChoice, IoConfig};
 use crate::pipeline::{self, Datagram, Outcome, Refusal};
 use crate::route::{DropReason, Tables};
 use crate::sip::flow::{token_in_via, TOKEN_LEN};
+use crate::sip::reply;
 use crate::sip::scan::{Message, StartLine};
 use arc_swap::{ArcSwap, Cache};
 use hdrhistogram::Histogram;
@@ -407,7 +408,7 @@ impl EdgeHandler {
         let Some(peer) = streams.peer(id) else { return };
         let s = pipeline::Scanned::new(msg, &self.msg, peer);
         if let Outcome::Replied { len, .. } =
-            pipeline::answer(s, 430, "Flow Failed", &[], &mut self.stream_out)
+            pipeline::answer(s, 430, reply::FLOW_FAILED, &[], &mut self.stream_out)
         {
             streams.send(id, &self.stream_out[..len]);
         }
@@ -513,7 +514,7 @@ impl EdgeHandler {
         };
         crate::sip::scan::scan_into(&req, &mut self.msg);
         let s = pipeline::Scanned::new(&req, &self.msg, origin);
-        let o = pipeline::answer(s, 430, "Flow Failed", &[], &mut self.stream_out);
+        let o = pipeline::answer(s, 430, reply::FLOW_FAILED, &[], &mut self.stream_out);
         if let (Outcome::Replied { len, dst, .. }, Some(side)) = (o, self.streams.as_ref()) {
             if !side.send_udp(&self.stream_out[..len], dst) {
                 self.stats.send_error();
@@ -563,7 +564,7 @@ impl DatagramHandler for EdgeHandler {
             {
                 // RFC 5626 §5.3: the flow is gone (or never was ours).
                 let s = pipeline::Scanned::new(data, &self.msg, src);
-                pipeline::answer(s, 430, "Flow Failed", &[], out)
+                pipeline::answer(s, 430, reply::FLOW_FAILED, &[], out)
             }
             o => o,
         };

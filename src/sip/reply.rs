@@ -103,6 +103,9 @@ pub const UNAVAILABLE_REGISTRAR: &str = "Service Unavailable - Registrar Busy";
 /// answer over UDP only so far (a client falls back to UDP, RFC 3263).
 pub const UNAVAILABLE_OVER_STREAM: &str = "Service Unavailable - Not Yet Over TCP";
 pub const UNAVAILABLE_RATE: &str = "Service Unavailable - Rate Limit Exceeded";
+/// RFC 5626 §5.3: a request for a client's flow whose connection is gone
+/// (or whose token names no connection of ours).
+pub const FLOW_FAILED: &str = "Flow Failed";
 
 /// The RFC 3261 §21 reason phrase of a status code (and of the common ones
 /// of later RFCs), for answers that relay a code without its phrase.
