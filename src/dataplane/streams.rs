@@ -364,7 +364,7 @@ fn alias_of(req: &[u8], cert: Option<&[u8]>, shards: &ShardSet) -> Alias {
     let (Some(addr), true, true) = (
         v.sent_by(req, 5061),
         v.transport.get(req).eq_ignore_ascii_case(b"TLS"),
-        crate::sip::via::has_param(req, top.value, b"alias"),
+        crate::sip::params::find_param(req, top.value, b"alias").is_some(),
     ) else {
         return Alias::Peer;
     };

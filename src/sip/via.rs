@@ -188,17 +188,6 @@ fn letters_eq(n: &[u8], lower: &[u8]) -> bool {
     word(n) | 0x2020_2020_2020_2020 == word(lower)
 }
 
-/// Whether the Via whose text is `value` has the parameter `name` (any
-/// case, with or without a value), e.g. RFC 5923's `alias`. Read apart
-/// from [`parse`], only where it matters (a connection's first request),
-/// so the hot parse keeps its one compare per parameter.
-pub fn has_param(buf: &[u8], value: Span, name: &[u8]) -> bool {
-    value.get(buf).split(|&b| b == b';').skip(1).any(|p| {
-        let n = p.split(|&b| b == b'=').next().unwrap_or(p);
-        n.trim_ascii().eq_ignore_ascii_case(name)
-    })
-}
-
 impl Via {
     /// Note one parameter (`name`, `v`: offsets into `s`, the text of
     /// `value`; `token`: `v` is known to be a token) if it is one a
@@ -438,13 +427,14 @@ mod tests {
 
     #[test]
     fn a_flag_parameter_is_found_in_any_case_and_only_as_a_name() {
+        use crate::sip::params::find_param;
+        let has = |b: &[u8], name: &[u8]| find_param(b, Span::new(0, b.len()), name).is_some();
         let b = b"SIP/2.0/TLS 10.0.0.1:5061;branch=z9hG4bKa;ALIAS;x=alias";
-        let v = Span::new(0, b.len());
-        assert!(has_param(b, v, b"alias"));
-        assert!(has_param(b, v, b"branch"));
-        assert!(!has_param(b, v, b"rport"));
+        assert!(has(b, b"alias"));
+        assert!(has(b, b"branch"));
+        assert!(!has(b, b"rport"));
         let b = b"SIP/2.0/TLS 10.0.0.1:5061;branch=alias";
-        assert!(!has_param(b, Span::new(0, b.len()), b"alias"));
+        assert!(!has(b, b"alias"));
     }
 
     #[test]
