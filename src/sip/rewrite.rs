@@ -399,17 +399,31 @@ pub struct RequestPlan<'a> {
 /// goes on a stream: its response then comes back on the connection (RFC
 /// 3261 §18.2.2). `false`: no such Via (left as is).
 pub fn set_edge_via_transport(out: &mut [u8], transport: &[u8; 3]) -> bool {
-    const UDP_VIA: &[u8] = b"\r\nVia: SIP/2.0/UDP";
-    let Some(eol) = memchr::memmem::find(out, b"\r\n") else {
+    let Some((eol, _)) = edge_via_line(out) else {
         return false;
     };
-    if !out[eol..].starts_with(UDP_VIA) {
+    let at = eol + EDGE_VIA.len();
+    if out.get(at..at + 3) != Some(b"UDP") {
         return false;
     }
-    let at = eol + UDP_VIA.len() - 3;
     out[at..at + 3].copy_from_slice(transport);
     true
 }
+
+/// The start and end line breaks around the edge's Via on a request it
+/// forwards: the line right after the start line, `Via: SIP/2.0/...`
+/// (`None`: no such line).
+fn edge_via_line(msg: &[u8]) -> Option<(usize, usize)> {
+    let eol = memchr::memmem::find(msg, b"\r\n")?;
+    if !msg[eol..].starts_with(EDGE_VIA) {
+        return None;
+    }
+    let next = eol + 2 + memchr::memmem::find(&msg[eol + 2..], b"\r\n")?;
+    Some((eol, next))
+}
+
+/// How the edge's Via begins, after the start line's line break.
+const EDGE_VIA: &[u8] = b"\r\nVia: SIP/2.0/";
 
 /// `;alias` (RFC 5923 §5) at the end of the edge's Via (the line right
 /// after the start line) of the request in `out[..len]`, for a request
@@ -418,12 +432,7 @@ pub fn set_edge_via_transport(out: &mut [u8], transport: &[u8; 3]) -> bool {
 /// Via, or no room in `out`.
 pub fn add_alias_to_edge_via(out: &mut [u8], len: usize) -> Option<usize> {
     const ALIAS: &[u8] = b";alias";
-    let msg = out.get(..len)?;
-    let eol = memchr::memmem::find(msg, b"\r\n")?;
-    if !msg[eol..].starts_with(b"\r\nVia: ") {
-        return None;
-    }
-    let at = eol + 2 + memchr::memmem::find(&msg[eol + 2..], b"\r\n")?;
+    let (_, at) = edge_via_line(out.get(..len)?)?;
     if out.len() < len + ALIAS.len() {
         return None;
     }
@@ -437,12 +446,7 @@ pub fn add_alias_to_edge_via(out: &mut [u8], len: usize) -> Option<usize> {
 /// became): for answering it as its sender would have been answered.
 /// `None`: no Via line there.
 pub fn without_edge_via(forwarded: &[u8]) -> Option<Vec<u8>> {
-    const VIA: &[u8] = b"\r\nVia: SIP/2.0/";
-    let eol = memchr::memmem::find(forwarded, b"\r\n")?;
-    if !forwarded[eol..].starts_with(VIA) {
-        return None;
-    }
-    let next = eol + 2 + memchr::memmem::find(&forwarded[eol + 2..], b"\r\n")?;
+    let (eol, next) = edge_via_line(forwarded)?;
     let mut req = Vec::with_capacity(forwarded.len());
     req.extend_from_slice(&forwarded[..eol]);
     req.extend_from_slice(&forwarded[next..]);
