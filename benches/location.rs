@@ -133,6 +133,7 @@ fn binding(i: usize, gen: u16) -> Binding {
         call_id: call_id.as_bytes(),
         cseq: u32::from(gen) + 1,
         params: None,
+        conn: None,
     })
     .expect("bench binding in bounds")
 }
@@ -253,7 +254,7 @@ fn build_behind_one_flow(n: usize) {
         "put_cpu_us_one_flow",
         format!("{:.2}", t.cpu() * 1e6 / n as f64),
     );
-    assert!(loc.identity_of_flow(sbc, |k| k.len()).is_some());
+    assert!(loc.identity_of_flow((sbc, None), |k| k.len()).is_some());
 }
 
 /// Two readers (`with_bindings` on random AoRs, 1 in 8 a miss) while the
@@ -347,7 +348,7 @@ fn concurrent(
     let rounds = 50;
     for _ in 0..rounds {
         for s in &srcs {
-            found += loc.identity_of_flow(*s, |k| k.len()).is_some() as u64;
+            found += loc.identity_of_flow((*s, None), |k| k.len()).is_some() as u64;
         }
     }
     black_box(found);

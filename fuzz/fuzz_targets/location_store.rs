@@ -7,6 +7,7 @@
 use cpm_edge::dataplane::location_store::{decode, encode};
 use cpm_edge::route::location::{Binding, BindingParts, MAX_BINDINGS};
 use cpm_edge::sip::feature_tag::CpmServices;
+use cpm_edge::sip::flow::Flow;
 use libfuzzer_sys::fuzz_target;
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6};
 
@@ -45,6 +46,11 @@ fn binding(f: &[u8; 24], text: &[u8]) -> Option<Binding> {
         call_id: &text[mid..hi],
         cseq: word(4).rotate_left(7),
         params: (f[3] & 8 != 0).then_some(&text[hi..]),
+        conn: (f[3] & 16 != 0).then(|| Flow {
+            worker: u16::from_le_bytes([f[0], f[1]]),
+            slot: word(12),
+            generation: word(16),
+        }),
     };
     Binding::new(&p).ok()
 }

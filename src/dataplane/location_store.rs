@@ -7,17 +7,22 @@
 //! # Encoding (version 1)
 //!
 //! `version u8 = 1, count u8`, then per binding, integers little-endian:
-//! `flags u8` (1: IPv6, 2: scope id, 4: instance, 8: params),
+//! `flags u8` (1: IPv6, 2: scope id, 4: instance, 8: params, 16: stream
+//! connection),
 //! `expires_at u64, q u16, cpm u8, reg_id u32, cseq u32`, the address (4 or
 //! 16 bytes), `port u16`, the scope id (`u32`, non-zero) when flagged, then
 //! `len u16 + bytes` of contact, instance (when flagged), Call-ID and
-//! params (when flagged). The encoding is canonical: [`decode`] accepts
+//! params (when flagged), then the stream connection (`worker u16, slot
+//! u32, generation u32`) when flagged. Such a binding is written (the
+//! batch's commit is what its `200` waits for) but not recovered: its
+//! connection ended with the process that held it. The encoding is canonical: [`decode`] accepts
 //! exactly what [`encode`] writes (flagged fields non-empty, no unknown
 //! flag, no trailing byte), so decoding then encoding gives the same bytes.
 
 use crate::route::groups::MAX_IDENTITY;
 use crate::route::location::{Binding, BindingError, BindingParts, MAX_BINDINGS};
 use crate::sip::feature_tag::CpmServices;
+use crate::sip::flow::Flow;
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::path::Path;
@@ -31,7 +36,8 @@ const F_V6: u8 = 1;
 const F_SCOPE: u8 = 2;
 const F_INSTANCE: u8 = 4;
 const F_PARAMS: u8 = 8;
-const F_KNOWN: u8 = F_V6 | F_SCOPE | F_INSTANCE | F_PARAMS;
+const F_CONN: u8 = 16;
+const F_KNOWN: u8 = F_V6 | F_SCOPE | F_INSTANCE | F_PARAMS | F_CONN;
 
 /// Why stored bytes are not a binding list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -112,6 +118,7 @@ pub fn encode(bindings: &[Binding], out: &mut Vec<u8>) {
         flags |= if scope != 0 { F_SCOPE } else { 0 };
         flags |= if p.instance.is_some() { F_INSTANCE } else { 0 };
         flags |= if p.params.is_some() { F_PARAMS } else { 0 };
+        flags |= if p.conn.is_some() { F_CONN } else { 0 };
         out.push(flags);
         out.extend_from_slice(&p.expires_at.to_le_bytes());
         out.extend_from_slice(&p.q.to_le_bytes());
@@ -130,6 +137,11 @@ pub fn encode(bindings: &[Binding], out: &mut Vec<u8>) {
         put_text(out, p.call_id);
         if let Some(v) = p.params {
             put_text(out, v);
+        }
+        if let Some(c) = p.conn {
+            out.extend_from_slice(&c.worker.to_le_bytes());
+            out.extend_from_slice(&c.slot.to_le_bytes());
+            out.extend_from_slice(&c.generation.to_le_bytes());
         }
     }
 }
@@ -223,6 +235,15 @@ impl<'a> Reader<'a> {
         let instance = self.flagged_text(flags & F_INSTANCE != 0)?;
         let call_id = self.text()?;
         let params = self.flagged_text(flags & F_PARAMS != 0)?;
+        let conn = if flags & F_CONN != 0 {
+            Some(Flow {
+                worker: self.u16()?,
+                slot: self.u32()?,
+                generation: self.u32()?,
+            })
+        } else {
+            None
+        };
         let p = BindingParts {
             contact,
             flow,
@@ -234,6 +255,7 @@ impl<'a> Reader<'a> {
             call_id,
             cseq,
             params,
+            conn,
         };
         Ok(Binding::new(&p)?)
     }
@@ -312,7 +334,9 @@ impl LocationStore {
                     source,
                 })?;
                 let n = list.len();
-                list.retain(|b| b.expires_at() > now_s);
+                // A stream binding's connection ended with the process
+                // that held it: the client registers again on a new one.
+                list.retain(|b| b.expires_at() > now_s && b.conn().is_none());
                 match (list.len(), n) {
                     (0, _) => fixes.push(Fix::Remove(aor.to_vec())),
                     (m, n) if m < n => fixes.push(Fix::Rewrite(aor.to_vec(), list.clone())),
@@ -445,6 +469,7 @@ mod tests {
             params: params.then_some(
                 &b"+g.3gpp.icsi-ref=\"urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.msg\""[..],
             ),
+            conn: None,
         })
         .unwrap()
     }
@@ -501,7 +526,7 @@ mod tests {
         assert_eq!(decode(&[1, 0, 9]), Err(DecodeError::Trailing(1)));
         assert_eq!(decode(&[]), Err(DecodeError::Truncated(0)));
         let mut bad = good.clone();
-        bad[2] |= 0x10;
+        bad[2] |= 0x20;
         assert!(matches!(decode(&bad), Err(DecodeError::Flags(_))));
         // q of 1001 permille (bytes 11-12 of the first binding).
         let mut bad = good.clone();
@@ -576,6 +601,40 @@ mod tests {
             }
         }
         assert!(!got.iter().any(|(a, _)| a == b"u7@example.net"));
+    }
+
+    /// A binding over a stream: its connection is encoded (canonically),
+    /// but a load drops it, for the connection ended with the process.
+    #[test]
+    fn a_stream_binding_is_stored_but_not_recovered() {
+        let conn = Flow {
+            worker: 3,
+            slot: 70_000,
+            generation: 9,
+        };
+        let over_tls = Binding::new(&BindingParts {
+            conn: Some(conn),
+            ..sample()[1].parts()
+        })
+        .unwrap();
+        assert_eq!(over_tls.conn(), Some(conn));
+        let list = vec![sample()[0].clone(), over_tls.clone()];
+        let mut buf = Vec::new();
+        encode(&list, &mut buf);
+        assert_eq!(decode(&buf).unwrap(), list);
+        for n in 0..buf.len() {
+            assert!(decode(&buf[..n]).is_err(), "{n}");
+        }
+        let path = TempPath::new("stream");
+        let mut s = LocationStore::open(&path.0).unwrap();
+        s.commit(&[
+            (b"mixed@x".to_vec(), list.clone()),
+            (b"tls@x".to_vec(), vec![over_tls]),
+        ])
+        .unwrap();
+        let got = s.load(1000).unwrap();
+        assert_eq!(got, vec![(b"mixed@x".to_vec(), vec![list[0].clone()])]);
+        assert_eq!(s.len().unwrap(), 1);
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! 5. `sweep`, once a second: expired bindings leave (persisted, notified).
 
 use super::location_store::LocationStore;
+use super::streams::Mailer;
 use crate::pipeline::Handoff;
 use crate::registrar::credentials::CredentialStore;
 use crate::registrar::third_party::{self, Notice};
@@ -24,6 +25,7 @@ use crate::registrar::{Challenger, Change, Registrar, Settings, Verdict, MAX_ANS
 use crate::route::decision::identity_key_hash;
 use crate::route::location::{Binding, Location, LocationWriter};
 use crate::route::Tables;
+use crate::sip::flow::TOKEN_LEN;
 use crate::sip::reply;
 use crate::sip::scan::{scan, Message, Scanned};
 use crate::sip::transaction::{self, Received, TransactionTable};
@@ -64,10 +66,32 @@ pub struct RegistrarConfig {
     pub credentials_file: Option<PathBuf>,
 }
 
-/// One datagram for the registrar.
+/// One message for the registrar.
 pub struct RegJob {
     pub data: Vec<u8>,
     pub src: SocketAddr,
+    /// The flow token of the stream connection it came on (`None`: a
+    /// datagram): the answer goes back on that connection, and the binding
+    /// names it.
+    pub flow: Option<[u8; TOKEN_LEN]>,
+}
+
+impl RegJob {
+    fn of(s: Scanned<'_>) -> RegJob {
+        RegJob {
+            data: s.buf.to_vec(),
+            src: s.src,
+            flow: s.flow.and_then(|t| t.try_into().ok()),
+        }
+    }
+
+    /// The job's message, scanned as `m`.
+    fn scanned<'a>(&'a self, m: &'a Message) -> Scanned<'a> {
+        Scanned {
+            flow: self.flow.as_ref().map(|t| &t[..]),
+            ..Scanned::new(&self.data, m, self.src)
+        }
+    }
 }
 
 /// The workers' end of the queue.
@@ -99,7 +123,7 @@ impl RegQueue {
                 None => Handoff::Queued,
             };
         }
-        if self.offer(s.buf, s.src) {
+        if self.offer(RegJob::of(s)) {
             Handoff::Queued
         } else {
             Handoff::Full
@@ -127,12 +151,9 @@ impl RegQueue {
         Some((h.len, code))
     }
 
-    /// Queue a datagram; `false` (counted): the queue is full.
-    pub fn offer(&self, data: &[u8], src: SocketAddr) -> bool {
-        match self.tx.try_send(RegJob {
-            data: data.to_vec(),
-            src,
-        }) {
+    /// Queue a message; `false` (counted): the queue is full.
+    pub fn offer(&self, job: RegJob) -> bool {
+        match self.tx.try_send(job) {
             Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.stats.queue_full.fetch_add(1, Relaxed);
@@ -203,12 +224,13 @@ pub fn recover(
 impl RegistrarThread {
     /// Start the thread with the recovered location service; `socket` is a
     /// duplicate of a worker's (answers and notices leave from the edge's
-    /// own address, the one the CS shards trust).
+    /// own address, the one the CS shards trust); `mail` reaches the
+    /// workers' stream connections (`None`: the edge has none).
     pub fn start(
         cfg: RegistrarConfig,
         recovered: (Arc<Location>, LocationWriter, Option<LocationStore>),
         tables: Arc<ArcSwap<Tables>>,
-        socket: UdpSocket,
+        (socket, mail): (UdpSocket, Option<Mailer>),
     ) -> Result<RegistrarThread, String> {
         let (location, writer, store) = recovered;
         let (tx, rx) = bounded(cfg.queue.max(1));
@@ -230,6 +252,7 @@ impl RegistrarThread {
             credentials: Arc::clone(&credentials),
             stats: Arc::clone(&stats),
             socket,
+            mail,
             txns: TransactionTable::new(txn_cfg),
             cseq: 0,
             next_sweep: Instant::now(),
@@ -284,6 +307,8 @@ struct State {
     credentials: Arc<ArcSwap<CredentialStore>>,
     stats: Arc<RegistrarStats>,
     socket: UdpSocket,
+    /// Where answers to REGISTERs that came on a stream go.
+    mail: Option<Mailer>,
     txns: TransactionTable,
     /// CSeq of the notices (one Call-ID per AoR, so one rising counter
     /// orders them all).
@@ -387,7 +412,7 @@ impl State {
         pending.retain(|p| {
             let waits = p.change.is_some();
             if !waits {
-                self.send(&p.answer, response_dst(&p.job));
+                self.answer(&p.job, &p.answer);
             }
             waits
         });
@@ -398,7 +423,7 @@ impl State {
         }
         let befores = self.publish(&changes);
         for p in &pending {
-            self.send(&p.answer, response_dst(&p.job));
+            self.answer(&p.job, &p.answer);
         }
         self.notify_changes(now, now_s, &changes, befores);
         self.flush();
@@ -415,10 +440,7 @@ impl State {
         );
         let now = Instant::now();
         let now_s = now_unix();
-        let job = RegJob {
-            data: s.buf.to_vec(),
-            src: s.src,
-        };
+        let job = RegJob::of(s);
         if !s.m.is_request() {
             self.on_response(now, &job, s.m);
             return None;
@@ -436,7 +458,7 @@ impl State {
                 Some((n, status_of(&p.answer)))
             }
             _ => {
-                self.send(&p.answer, response_dst(&p.job));
+                self.answer(&p.job, &p.answer);
                 None
             }
         }
@@ -458,7 +480,7 @@ impl State {
                 None => loc.lookup(aor).map(|b| b.to_vec()).unwrap_or_default(),
             }
         };
-        let s = Scanned::new(&job.data, m, job.src);
+        let s = job.scanned(m);
         let mut h = self
             .registrar
             .handle(s, now_s, &creds, &current, &mut self.scratch);
@@ -510,7 +532,7 @@ impl State {
         for p in pending {
             let m = scan(&p.job.data);
             let mut out = vec![0u8; MAX_ANSWER];
-            let s = Scanned::new(&p.job.data, &m, p.job.src);
+            let s = p.job.scanned(&m);
             let extra: [&[u8]; 1] = [b"Retry-After: 5\r\n"];
             if let Some(n) = reply::build(
                 s,
@@ -519,7 +541,7 @@ impl State {
                 &extra,
                 &mut out,
             ) {
-                self.send(&out[..n], response_dst(&p.job));
+                self.answer(&p.job, &out[..n]);
             }
         }
     }
@@ -675,6 +697,22 @@ impl State {
         }
     }
 
+    /// A job's answer: on the stream it came on (through its worker's
+    /// mail), else to its real source (as every stateless answer of the
+    /// edge, RFC 3581 §4).
+    fn answer(&self, job: &RegJob, data: &[u8]) {
+        let (Some(token), false) = (job.flow, data.is_empty()) else {
+            return self.send(data, job.src);
+        };
+        let mailed = self.mail.as_ref().is_some_and(|m| m.send(&token, data));
+        if !mailed {
+            // Over a stream the client does not retransmit: its
+            // transaction times out (RFC 3261 §17.1.2.2) and it registers
+            // again.
+            tracing::warn!(src = %job.src, "registrar answer not mailed to its connection");
+        }
+    }
+
     fn send(&self, data: &[u8], dst: SocketAddr) {
         if data.is_empty() {
             return;
@@ -721,10 +759,4 @@ fn status_of(answer: &[u8]) -> u16 {
         .and_then(|d| std::str::from_utf8(d).ok())
         .and_then(|d| d.parse().ok())
         .unwrap_or(0)
-}
-
-/// A registrar answer goes to the request's real source (as every
-/// stateless answer of the edge, RFC 3581 §4).
-fn response_dst(job: &RegJob) -> SocketAddr {
-    job.src
 }

@@ -401,6 +401,50 @@ fn get_origin(o: &[u8]) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
+/// A way into the workers' mail from outside them (the registrar thread's
+/// answers to REGISTERs that came on a stream): a duplicate of a worker's
+/// mail socket, so the owner takes it as its peers' mail.
+pub struct Mailer {
+    sock: UdpSocket,
+    peers: Arc<Vec<SocketAddr>>,
+    key: [u64; 2],
+}
+
+impl Mailer {
+    pub fn new(sock: UdpSocket, peers: Arc<Vec<SocketAddr>>, key: [u64; 2]) -> Mailer {
+        Mailer { sock, peers, key }
+    }
+
+    /// `bytes` to the worker that owns the flow `token` names, for its
+    /// connection. `false`: no such flow, or the mail could not be sent.
+    pub fn send(&self, token: &[u8], bytes: &[u8]) -> bool {
+        match Flow::from_token(token, &self.key) {
+            Some(flow) => mail_to(&self.sock, &self.peers, flow.worker, token, None, bytes),
+            None => false,
+        }
+    }
+}
+
+/// `bytes` (for the flow `token`, from `origin`) to worker `worker`'s
+/// mail socket.
+fn mail_to(
+    sock: &UdpSocket,
+    peers: &[SocketAddr],
+    worker: u16,
+    token: &[u8],
+    origin: Option<SocketAddr>,
+    bytes: &[u8],
+) -> bool {
+    let Some(owner) = peers.get(usize::from(worker)) else {
+        return false;
+    };
+    let mut mail = Vec::with_capacity(MAIL_HEAD + bytes.len());
+    mail.extend_from_slice(token);
+    mail.extend_from_slice(&put_origin(origin));
+    mail.extend_from_slice(bytes);
+    sock.send_to(&mail, owner).is_ok()
+}
+
 impl StreamSide {
     /// Worker `worker`'s side on its sockets; `key` keys every worker's
     /// flow tokens alike (any worker reads any token).
@@ -715,15 +759,15 @@ impl StreamSide {
             }
             return sent;
         }
-        let Some(owner) = self.mail_peers.get(usize::from(flow.worker)) else {
-            return false;
-        };
-        let mut mail = Vec::with_capacity(MAIL_HEAD + bytes.len());
-        mail.extend_from_slice(token);
-        mail.extend_from_slice(&put_origin(origin));
-        mail.extend_from_slice(bytes);
         bump(&self.stats.mailed);
-        self.mail.send_to(&mail, owner).is_ok()
+        mail_to(
+            &self.mail,
+            &self.mail_peers,
+            flow.worker,
+            token,
+            origin,
+            bytes,
+        )
     }
 
     /// Mail from the other workers: each a token, the origin of a request

@@ -380,7 +380,8 @@ impl EdgeHandler {
             // A shard's request on its own connection (RFC 5923 alias; a
             // client's never is: the decision keeps no token from one).
             Outcome::OnFlow { len, token } => {
-                self.stream_on_flow(msg, token.get(msg), len, id, streams)
+                let mut text = [0u8; TOKEN_LEN];
+                self.stream_on_flow(msg, token.token(msg, &mut text), len, id, streams)
             }
             Outcome::Dropped(_) | Outcome::NeedsPolicy(_) | Outcome::ToRegistrar => {}
         }
@@ -489,7 +490,14 @@ impl EdgeHandler {
     /// Record-Route entry), on it or through its owner's mail. `false`: no
     /// such flow here (forged, another edge's, or closed on this worker);
     /// a mailed one's fate is the owner's to count.
-    fn send_on_flow(&mut self, token: &[u8], out: &mut [u8], origin: SocketAddr) -> bool {
+    fn send_on_flow(
+        &mut self,
+        (input, name): (&[u8], pipeline::FlowName),
+        out: &mut [u8],
+        origin: SocketAddr,
+    ) -> bool {
+        let mut text = [0u8; TOKEN_LEN];
+        let token = name.token(input, &mut text);
         let delivered = match self.streams.as_mut() {
             Some(side) => {
                 let mut reactor = side.reactor.take();
@@ -560,7 +568,7 @@ impl DatagramHandler for EdgeHandler {
         let on_stream = stream_shard_of(&outcome, tables);
         let outcome = match outcome {
             Outcome::OnFlow { len, token }
-                if !self.send_on_flow(token.get(data), &mut out[..len], src) =>
+                if !self.send_on_flow((data, token), &mut out[..len], src) =>
             {
                 // RFC 5626 §5.3: the flow is gone (or never was ours).
                 let s = pipeline::Scanned::new(data, &self.msg, src);
@@ -735,7 +743,7 @@ fn count_into(
     }
     match *outcome {
         Outcome::Forwarded { kind, shard, .. } => stats.forwarded(kind, shard),
-        Outcome::OnFlow { .. } => stats.forwarded(crate::route::ForwardKind::InDialog, None),
+        Outcome::OnFlow { token, .. } => stats.forwarded(token.kind(), None),
         Outcome::Relayed { code, .. } => stats.relayed(code),
         Outcome::Replied { code, .. } => stats.replied(code),
         Outcome::NeedsPolicy(_) => stats.slow_queued(),
@@ -837,21 +845,30 @@ impl Server {
             v.workers.max_datagram,
             Arc::clone(&progress),
         )?;
-        let registrar = match (reg, recovered) {
-            (Some(cfg), Some(rec)) => {
-                let dup = sockets[0].try_clone().map_err(|e| {
-                    format!("cannot duplicate a worker socket for the registrar: {e}")
-                })?;
-                Some(RegistrarThread::start(cfg, rec, Arc::clone(&tables), dup)?)
-            }
-            _ => None,
-        };
         let stream_shards = tables
             .load()
             .shards
             .live()
             .any(|(_, s)| s.transport != crate::route::shards::Transport::Udp);
         let mut tcp = bind_streams(v, &sockets, stream_shards)?;
+        let registrar = match (reg, recovered) {
+            (Some(cfg), Some(rec)) => {
+                let dup = sockets[0].try_clone().map_err(|e| {
+                    format!("cannot duplicate a worker socket for the registrar: {e}")
+                })?;
+                let mail = match tcp.as_ref() {
+                    Some(t) => Some(t.mailer()?),
+                    None => None,
+                };
+                Some(RegistrarThread::start(
+                    cfg,
+                    rec,
+                    Arc::clone(&tables),
+                    (dup, mail),
+                )?)
+            }
+            _ => None,
+        };
         let stream_stats = tcp.as_ref().map(|t| Arc::clone(&t.stats));
         let tls_certs = tcp.as_ref().and_then(|t| t.tls.clone());
         let tls_addr = tcp.as_ref().and_then(|t| t.tls_addr);
@@ -991,7 +1008,7 @@ fn bind_streams(
         mails: Vec::new(),
         peers: Arc::new(Vec::new()),
         udp: Vec::new(),
-        key: crate::sip::hash::random_key(),
+        key: crate::sip::flow::process_key(),
         stats: Arc::new(StreamStats::default()),
     };
     let mut peers = Vec::new();
@@ -1035,6 +1052,23 @@ fn bind_listener(
 }
 
 impl BoundStreams {
+    /// A way into the workers' mail for the registrar thread: a duplicate
+    /// of worker 0's mail socket (before any worker takes it).
+    fn mailer(&self) -> Result<super::streams::Mailer, String> {
+        let sock = self
+            .mails
+            .first()
+            .and_then(Option::as_ref)
+            .ok_or("no mail socket for the registrar")?
+            .try_clone()
+            .map_err(|e| format!("cannot duplicate a mail socket for the registrar: {e}"))?;
+        Ok(super::streams::Mailer::new(
+            sock,
+            Arc::clone(&self.peers),
+            self.key,
+        ))
+    }
+
     /// Worker `i`'s stream side (each part taken once).
     fn side(&mut self, i: usize, v: &ServerSettings) -> Result<StreamSide, String> {
         let (Some(mail), Some(udp)) = (self.mails[i].take(), self.udp[i].take()) else {

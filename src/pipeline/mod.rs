@@ -11,9 +11,10 @@
 
 pub mod gate;
 
-use crate::route::decision::{decide, Decision, DropReason, ForwardKind};
+use crate::route::decision::{decide_on, Decision, DropReason, ForwardKind};
 use crate::route::{policy, Tables};
 use crate::sip::branch;
+use crate::sip::flow::{Flow, TOKEN_LEN};
 use crate::sip::reply::{self, UNAVAILABLE_OVERLOAD, UNAVAILABLE_POLICY_QUEUE, UNAVAILABLE_RATE};
 use crate::sip::rewrite::{forward_request, forward_response, RequestPlan};
 pub use crate::sip::scan::Scanned;
@@ -49,13 +50,43 @@ pub enum Outcome {
     /// Handed to the registrar thread (a REGISTER for a served domain, or
     /// a response to the edge's own third-party REGISTER).
     ToRegistrar,
-    /// An in-dialog request forwarded toward a stream client: `len` bytes
-    /// of `out` go on the connection the flow token at `token` (in the
-    /// input) names.
+    /// A request forwarded toward a stream client: `len` bytes of `out`
+    /// go on the connection `token` names.
     OnFlow {
         len: usize,
-        token: Span,
+        token: FlowName,
     },
+}
+
+/// How an [`Outcome::OnFlow`] names its connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlowName {
+    /// The flow token at this span of the input (our Record-Route entry
+    /// of an in-dialog request).
+    Token(Span),
+    /// A registered contact's connection (a request for the invited user).
+    Conn(Flow),
+}
+
+impl FlowName {
+    /// The token text (`input`: the message the outcome is about).
+    pub fn token<'a>(&self, input: &'a [u8], text: &'a mut [u8; TOKEN_LEN]) -> &'a [u8] {
+        match *self {
+            FlowName::Token(span) => span.get(input),
+            FlowName::Conn(flow) => {
+                *text = flow.token(&crate::sip::flow::process_key());
+                &text[..]
+            }
+        }
+    }
+
+    /// What kind of forwarding it was, for counting.
+    pub fn kind(&self) -> ForwardKind {
+        match self {
+            FlowName::Token(_) => ForwardKind::InDialog,
+            FlowName::Conn(_) => ForwardKind::ToInvitedClient,
+        }
+    }
 }
 
 impl Outcome {
@@ -194,11 +225,11 @@ pub fn run(
 }
 
 /// [`run`] for a message framed from a stream connection (`d.flow` set).
-/// The slow path and the registrar answer over UDP only so far, so what
-/// would go to them is refused here: a request with `503 Not Yet Over
-/// TCP` (a client falls back to UDP, RFC 3263), a response for the
-/// registrar dropped (its transaction retransmits), one for the slow path
-/// relayed unchecked. A wrapper, not a branch in [`run`]: the datagram
+/// The registrar takes it as it takes a datagram (it answers on the
+/// connection and binds the contact to it); the slow path sends over UDP
+/// only so far, so what would go to it is refused here: a request with
+/// `503 Not Yet Over TCP` (a client falls back to UDP, RFC 3263), a
+/// response relayed unchecked. A wrapper, not a branch in [`run`]: the datagram
 /// path's code is not touched (callgrind: a check there cost ~50
 /// instructions an INVITE through inlining).
 pub fn run_stream<A: Admission>(
@@ -226,7 +257,7 @@ pub fn run_stream<A: Admission>(
 }
 
 /// The admission of a stream's message: the worker's, but no hand-over
-/// to the slow path or the registrar (noted in `refused`).
+/// to the slow path (noted in `refused`).
 struct OverStream<'a, A: Admission> {
     inner: &'a mut A,
     refused: bool,
@@ -249,14 +280,8 @@ impl<A: Admission> Admission for OverStream<'_, A> {
         self.refused = true;
         false
     }
-    fn hand_to_registrar(
-        &mut self,
-        _d: &Datagram<'_>,
-        _s: Scanned<'_>,
-        _out: &mut [u8],
-    ) -> Handoff {
-        self.refused = true;
-        Handoff::Full
+    fn hand_to_registrar(&mut self, d: &Datagram<'_>, s: Scanned<'_>, out: &mut [u8]) -> Handoff {
+        self.inner.hand_to_registrar(d, s, out)
     }
 }
 
@@ -412,11 +437,11 @@ fn shed(s: Scanned<'_>, out: &mut [u8], reply: bool) -> Outcome {
 /// Decide and write a whole scanned datagram (the rest of the pipeline
 /// once admission control has let it through).
 pub fn route_scanned(s: Scanned<'_>, t: &Tables, out: &mut [u8]) -> Outcome {
-    let d = decide(s.buf, s.m, s.src, t);
+    let d = decide_on(s, t);
     if !t.policy.is_empty() && needs_policy(s.buf, s.m, &d, t) {
         // The slow path sends over UDP only: an offer for a stream
         // client's connection is refused rather than let past the policy.
-        if matches!(d, Decision::OnFlow { .. }) {
+        if matches!(d, Decision::OnFlow { .. } | Decision::ToConn { .. }) {
             return unavailable(s, reply::UNAVAILABLE_OVER_STREAM, t.retry_after_s, out);
         }
         return Outcome::NeedsPolicy(d);
@@ -436,6 +461,11 @@ fn needs_policy(buf: &[u8], m: &Message, d: &Decision, t: &Tables) -> bool {
             m.method().is_some_and(policy::offer_method)
                 && policy::has_sdp(buf, m)
                 && t.policy.applies(ForwardKind::InDialog, buf, m)
+        }
+        Decision::ToConn { .. } => {
+            m.method().is_some_and(policy::offer_method)
+                && policy::has_sdp(buf, m)
+                && t.policy.applies(ForwardKind::ToInvitedClient, buf, m)
         }
         Decision::Relay { .. } => policy::is_answer(buf, m),
         _ => false,
@@ -460,7 +490,9 @@ pub fn write(
             reason,
         } => unavailable(s, reason, retry_after, out),
         Decision::Relay { dst } => relay(s, dst, out),
-        Decision::Forward { .. } | Decision::OnFlow { .. } => forward(s, d, t, body, out),
+        Decision::Forward { .. } | Decision::OnFlow { .. } | Decision::ToConn { .. } => {
+            forward(s, d, t, body, out)
+        }
         Decision::ToRegistrar => Outcome::ToRegistrar,
     }
 }
@@ -511,14 +543,36 @@ fn forward(
             pop,
             max_forwards,
             loop_hash,
-            Some(token),
+            Some(FlowName::Token(token)),
         ),
-        _ => unreachable!("forward() is called with a Forward or OnFlow decision"),
+        Decision::ToConn {
+            conn,
+            pop,
+            max_forwards,
+            loop_hash,
+        } => (
+            s.src,
+            ForwardKind::ToInvitedClient,
+            None,
+            pop,
+            max_forwards,
+            loop_hash,
+            Some(FlowName::Conn(conn)),
+        ),
+        _ => unreachable!("forward() is called with a Forward, OnFlow or ToConn decision"),
+    };
+    let conn_token: [u8; TOKEN_LEN];
+    let record_route_flow = match flow {
+        Some(FlowName::Conn(c)) => {
+            conn_token = c.token(&crate::sip::flow::process_key());
+            Some(&conn_token[..])
+        }
+        _ => None,
     };
     let (buf, m, src) = (s.buf, s.m, s.src);
     let br = branch::branch(&t.branch_key, buf, m, src, loop_hash);
     let mut pai = [0u8; PAI_LINE_MAX];
-    let asserted = asserted_identity_line(t, src, &mut pai);
+    let asserted = asserted_identity_line(t, (src, s.flow), &mut pai);
     let plan = RequestPlan {
         via_prefix: &t.edge.via_prefix,
         branch: &br,
@@ -529,6 +583,7 @@ fn forward(
             && m.to_tag.is_none()
             && m.method().is_some_and(dialog_creating))
         .then_some(&t.edge.record_route_line[..]),
+        record_route_flow,
         max_forwards,
         pop_routes: pop,
         src,
@@ -558,7 +613,7 @@ const PAI_LINE_MAX: usize = crate::route::groups::MAX_IDENTITY + 40;
 /// P-Asserted-Identity is removed in any case). Bytes written to `line`.
 fn asserted_identity_line(
     t: &Tables,
-    src: SocketAddr,
+    (src, flow): (SocketAddr, Option<&[u8]>),
     line: &mut [u8; PAI_LINE_MAX],
 ) -> Option<usize> {
     let reg = t.registrar.as_ref()?;
@@ -566,7 +621,7 @@ fn asserted_identity_line(
         return None;
     }
     reg.location
-        .identity_of_flow(src, |aor| {
+        .identity_of_flow(crate::route::decision::arrival(src, flow), |aor| {
             let mut o = crate::sip::rewrite::Out::new(line);
             o.put(b"P-Asserted-Identity: <sip:");
             o.put(aor);

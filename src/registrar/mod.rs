@@ -29,6 +29,7 @@ pub mod third_party;
 use crate::route::location::{Binding, BindingParts};
 use crate::sip::contact::{self, ContactValue, RegisterContacts};
 use crate::sip::digest::{self, Algorithm, NcCheck, NonceCheck, NonceCounts, NonceKey};
+use crate::sip::flow::Flow;
 use crate::sip::reply;
 use crate::sip::scan::{header_lines, Scanned};
 pub use challenge::Challenger;
@@ -554,8 +555,19 @@ fn binding_of(rx: &Rx<'_>, c: &ContactValue, secs: u32) -> Result<Binding, Outco
         call_id: rx.s.m.call_id.get(buf),
         cseq: rx.s.m.cseq_num,
         params: (!params.is_empty()).then_some(params),
+        conn: conn_of(rx.s),
     })
     .map_err(|e| bad_request(&e.to_string()))
+}
+
+/// The stream connection a REGISTER came on, named by the token its
+/// worker gave it (always one of this process's: the worker wrote it).
+fn conn_of(s: Scanned<'_>) -> Option<Flow> {
+    let conn = s
+        .flow
+        .and_then(|t| Flow::from_token(t, &crate::sip::flow::process_key()));
+    debug_assert_eq!(conn.is_some(), s.flow.is_some(), "a worker's own token");
+    conn
 }
 
 /// `Contact: <uri>;expires=N` plus what the client registered (its feature

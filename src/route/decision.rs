@@ -41,10 +41,11 @@
 use super::legs::{Leg, IWF_PARAM, LEG_PARAM};
 use super::tables::Tables;
 use crate::sip::branch;
+use crate::sip::flow::Flow;
 use crate::sip::hash::{self, StableHash};
 use crate::sip::params::find_param;
 use crate::sip::rewrite::MaxForwards;
-use crate::sip::scan::{Defect, Message, Method, StartLine};
+use crate::sip::scan::{Defect, Message, Method, Scanned, StartLine};
 
 /// Our Record-Route entry's parameter naming a stream client's flow
 /// ([`crate::sip::flow::FLOW_PARAM`] without its `;` and `=`).
@@ -198,6 +199,16 @@ pub enum Decision {
         max_forwards: MaxForwards,
         loop_hash: u32,
     },
+    /// A request for the invited user's device that registered over a
+    /// stream, forwarded as [`Decision::Forward`] toward the invited
+    /// client but on that connection (RFC 5626 §5.3: the only way to reach
+    /// a client behind NAT), `conn` being the binding's.
+    ToConn {
+        conn: Flow,
+        pop: usize,
+        max_forwards: MaxForwards,
+        loop_hash: u32,
+    },
     /// An in-dialog request toward a stream client, forwarded as
     /// [`Decision::Forward`] but on the connection `token` (the flow token
     /// of our popped Record-Route entry) names. A variant of its own, not
@@ -234,9 +245,14 @@ pub enum Decision {
 }
 
 pub fn decide(buf: &[u8], m: &Message, src: SocketAddr, t: &Tables) -> Decision {
-    match m.start {
-        StartLine::Request { method, uri, .. } => decide_request(buf, m, method, uri, src, t),
-        StartLine::Response { .. } => decide_response(buf, m, t),
+    decide_on(Scanned::new(buf, m, src), t)
+}
+
+/// [`decide`] for a message that may have come on a stream (`s.flow`).
+pub fn decide_on(s: Scanned<'_>, t: &Tables) -> Decision {
+    match s.m.start {
+        StartLine::Request { method, uri, .. } => decide_request(s, method, uri, t),
+        StartLine::Response { .. } => decide_response(s.buf, s.m, t),
     }
 }
 
@@ -376,6 +392,8 @@ struct Request<'a> {
     method: Method,
     ruri: Uri,
     src: SocketAddr,
+    /// The flow token of the stream it came on (`None`: a datagram).
+    flow: Option<&'a [u8]>,
     t: &'a Tables,
     /// The shard the request came from, if any: trusted (by source address)
     /// to choose the next hop; a client never is.
@@ -472,7 +490,13 @@ impl Request<'_> {
         let flow = super::groups::identity_key(self.buf, &self.ruri, &mut key)
             .and_then(|aor| reg.best_flow(aor, ruri, self.m.cpm.0));
         match flow {
-            Some(dst) => self.forward(dst, ForwardKind::ToInvitedClient, None),
+            Some((_, Some(conn))) => Decision::ToConn {
+                conn,
+                pop: self.routes.pop,
+                max_forwards: self.max_forwards,
+                loop_hash: self.loop_hash,
+            },
+            Some((dst, None)) => self.forward(dst, ForwardKind::ToInvitedClient, None),
             None => self.refuse(480, "Temporarily Unavailable - Not Registered"),
         }
     }
@@ -481,7 +505,8 @@ impl Request<'_> {
     /// routing keys users on; `None`: not registered (or no registrar).
     fn registered_user_hash(&self) -> Option<u64> {
         let reg = self.t.registrar.as_ref()?;
-        reg.location.identity_of_flow(self.src, identity_key_hash)
+        reg.location
+            .identity_of_flow(arrival(self.src, self.flow), identity_key_hash)
     }
 
     /// Arrived on our Record-Route entry (which carries no leg marker):
@@ -672,14 +697,8 @@ impl Request<'_> {
     }
 }
 
-fn decide_request(
-    buf: &[u8],
-    m: &Message,
-    method: Method,
-    ruri_span: Span,
-    src: SocketAddr,
-    t: &Tables,
-) -> Decision {
+fn decide_request(s: Scanned<'_>, method: Method, ruri_span: Span, t: &Tables) -> Decision {
+    let (buf, m, src) = (s.buf, s.m, s.src);
     let refuse = |code: u16, reason: &'static str| refusal(method, code, reason);
     // Phase 1, admission: the message and its Request-URI are well formed.
     if let Some(d) = m.defect {
@@ -729,6 +748,7 @@ fn decide_request(
         method,
         ruri,
         src,
+        flow: s.flow,
         t,
         from_shard,
         routes,
@@ -739,6 +759,13 @@ fn decide_request(
         Some(_) => r.next_hop_of_shard_request(),
         None => r.next_hop_of_client_request(),
     }
+}
+
+/// Where a message came from as bindings are matched against it: its
+/// source and, from a stream, the connection its token names.
+pub fn arrival(src: SocketAddr, flow: Option<&[u8]>) -> (SocketAddr, Option<Flow>) {
+    let key = crate::sip::flow::process_key();
+    (src, flow.and_then(|t| Flow::from_token(t, &key)))
 }
 
 /// [`user_hash`] of a canonical identity key (`user@host`, host

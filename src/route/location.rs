@@ -54,6 +54,7 @@
 
 use super::groups::MAX_IDENTITY;
 use crate::sip::feature_tag::CpmServices;
+use crate::sip::flow::Flow;
 use crate::sip::hash::StableHash;
 use arc_swap::ArcSwap;
 use std::cmp::Ordering as Cmp;
@@ -149,15 +150,22 @@ pub struct BindingParts<'a> {
     pub cseq: u32,
     /// Feature-tag parameters to echo in the 200 OK and reg-info, if any.
     pub params: Option<&'a [u8]>,
+    /// The stream connection the REGISTER came on (RFC 5626: requests for
+    /// this contact go on it, `flow` being its peer); `None`: a datagram.
+    pub conn: Option<Flow>,
 }
 
 const FLAG_V6: u8 = 1;
 const FLAG_SCOPE: u8 = 2;
+const FLAG_CONN: u8 = 4;
+/// Bytes of a connection's name at the end of `text`.
+const CONN_LEN: usize = 10;
 
 /// One registered contact, in 56 bytes plus one allocation of its texts.
 ///
 /// The texts sit back to back in `text` (contact, instance, Call-ID,
-/// params, then the IPv6 scope id when there is one), cut by the three
+/// params, then the IPv6 scope id and the stream connection when there
+/// are), cut by the three
 /// `*_end` offsets; the flow is its address bytes and port (the IPv6 flow
 /// label is not kept: it does not address anything).
 #[derive(Clone, PartialEq, Eq)]
@@ -214,7 +222,14 @@ impl Binding {
             }
         };
         let scope_len = if flags & FLAG_SCOPE != 0 { 4 } else { 0 };
-        let n = p.contact.len() + instance.len() + p.call_id.len() + params.len() + scope_len;
+        let flags = flags | if p.conn.is_some() { FLAG_CONN } else { 0 };
+        let conn_len = if p.conn.is_some() { CONN_LEN } else { 0 };
+        let n = p.contact.len()
+            + instance.len()
+            + p.call_id.len()
+            + params.len()
+            + scope_len
+            + conn_len;
         // Exact capacity: `into_boxed_slice` keeps the allocation as is.
         let mut text = Vec::with_capacity(n);
         text.extend_from_slice(p.contact);
@@ -226,6 +241,11 @@ impl Binding {
         text.extend_from_slice(params);
         if scope_len != 0 {
             text.extend_from_slice(&scope.to_le_bytes());
+        }
+        if let Some(c) = p.conn {
+            text.extend_from_slice(&c.worker.to_le_bytes());
+            text.extend_from_slice(&c.slot.to_le_bytes());
+            text.extend_from_slice(&c.generation.to_le_bytes());
         }
         debug_assert_eq!(text.len(), n);
         // The bounds above keep every offset below 3 * 1024 + 256.
@@ -258,6 +278,7 @@ impl Binding {
             call_id: self.call_id(),
             cseq: self.cseq,
             params: self.params(),
+            conn: self.conn(),
         }
     }
 
@@ -284,14 +305,38 @@ impl Binding {
     }
 
     fn params_end(&self) -> usize {
-        self.text.len() - if self.flags & FLAG_SCOPE != 0 { 4 } else { 0 }
+        self.conn_start() - if self.flags & FLAG_SCOPE != 0 { 4 } else { 0 }
+    }
+
+    fn conn_start(&self) -> usize {
+        self.text.len()
+            - if self.flags & FLAG_CONN != 0 {
+                CONN_LEN
+            } else {
+                0
+            }
     }
 
     fn scope_id(&self) -> u32 {
-        match self.text.get(self.params_end()..) {
+        match self.text.get(self.params_end()..self.conn_start()) {
             Some(&[a, b, c, d]) => u32::from_le_bytes([a, b, c, d]),
             _ => 0,
         }
+    }
+
+    /// The stream connection requests for this contact go on, if it
+    /// registered over one.
+    pub fn conn(&self) -> Option<Flow> {
+        if self.flags & FLAG_CONN == 0 {
+            return None;
+        }
+        let c = self.text.get(self.conn_start()..)?;
+        let le32 = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        Some(Flow {
+            worker: u16::from_le_bytes([c[0], c[1]]),
+            slot: le32(&c[2..6]),
+            generation: le32(&c[6..10]),
+        })
     }
 
     /// Where requests for this contact are sent: the REGISTER's source.
@@ -305,9 +350,15 @@ impl Binding {
         }
     }
 
-    /// Is `src` this binding's flow (address, port and IPv6 scope; the
-    /// flow label is not part of an address)?
-    pub fn is_flow(&self, src: SocketAddr) -> bool {
+    /// Is a message from `src` on `conn` (`None`: a datagram) on this
+    /// binding's flow: address, port and IPv6 scope (the flow label is not
+    /// part of an address), and the same stream connection or none. A
+    /// datagram never speaks for a stream binding: its source address is
+    /// all a spoofer needs.
+    pub fn is_flow(&self, src: SocketAddr, conn: Option<Flow>) -> bool {
+        if self.conn() != conn {
+            return false;
+        }
         match src {
             SocketAddr::V4(a) => {
                 self.flags & FLAG_V6 == 0
@@ -369,6 +420,7 @@ impl fmt::Debug for Binding {
             .field("call_id", &s(self.call_id()))
             .field("cseq", &self.cseq)
             .field("params", &self.params().map(s))
+            .field("conn", &self.conn())
             .finish()
     }
 }
@@ -578,16 +630,21 @@ impl Location {
         self.with_slot(aor, |s| f(&s.list))
     }
 
-    /// `f` of the AoR registered from `src` (one of them if several AoRs
-    /// share the flow, as lines of one device behind one socket do).
-    pub fn identity_of_flow<R>(&self, src: SocketAddr, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+    /// `f` of the AoR registered from `src` on `conn` (`None`: by
+    /// datagram; one of them if several AoRs share the flow, as lines of
+    /// one device behind one socket do).
+    pub fn identity_of_flow<R>(
+        &self,
+        (src, conn): (SocketAddr, Option<Flow>),
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Option<R> {
         let fh = flow_hash(src);
         let flows = self.flows[flow_part_of(fh)].load();
         for &e in &flows.0[flow_run(&flows.0, fh)] {
             let ah = e as u32;
             let part = self.parts[part_of(ah)].load();
             for i in part.run(ah) {
-                if part.slots[i].list.iter().any(|b| b.is_flow(src)) {
+                if part.slots[i].list.iter().any(|b| b.is_flow(src, conn)) {
                     return Some(f(part.key(i)));
                 }
             }
@@ -1057,6 +1114,7 @@ mod tests {
             call_id: b"a84b4c76e66710@pc33.atlanta.example.com",
             cseq,
             params: None,
+            conn: None,
         }
     }
 
@@ -1120,7 +1178,7 @@ mod tests {
                 Some(b";+g.3gpp.icsi-ref=\"urn%3Aurn-7%3A3gpp-service.ims.icsi.oma.cpm.session\"");
             let b = Binding::new(&p).unwrap();
             assert_eq!(b.parts(), p);
-            assert!(b.is_flow(addr(flow)));
+            assert!(b.is_flow(addr(flow), None));
             p.instance = None;
             p.params = None;
             let b = Binding::new(&p).unwrap();
@@ -1128,9 +1186,9 @@ mod tests {
             assert_eq!((b.instance(), b.params()), (None, None));
         }
         let v6 = b("sip:a@x", "[fe80::1%7]:5062", 1);
-        assert!(!v6.is_flow(addr("[fe80::1%8]:5062")));
-        assert!(!v6.is_flow(addr("[fe80::1]:5062")));
-        assert!(!b("sip:a@x", "192.0.2.1:5060", 1).is_flow(addr("[::ffff:192.0.2.1]:5060")));
+        assert!(!v6.is_flow(addr("[fe80::1%8]:5062"), None));
+        assert!(!v6.is_flow(addr("[fe80::1]:5062"), None));
+        assert!(!b("sip:a@x", "192.0.2.1:5060", 1).is_flow(addr("[::ffff:192.0.2.1]:5060"), None));
     }
 
     #[test]
@@ -1279,10 +1337,45 @@ mod tests {
         check_indexes(&loc, &w);
     }
 
+    /// A contact registered over a stream is that connection's: only a
+    /// message on the same connection (slot and generation) speaks for
+    /// it, never a datagram from the same address, and the scope id and
+    /// connection share the text's tail without disturbing each other.
+    #[test]
+    fn a_stream_binding_is_its_connection_only() {
+        let conn = Flow {
+            worker: 1,
+            slot: 42,
+            generation: 7,
+        };
+        let (loc, mut w) = table();
+        for flow in ["192.0.2.1:40000", "[fe80::1%7]:40000"] {
+            let mut p = parts("sip:alice@10.0.0.1:5061;transport=tls", flow, 10, 1);
+            p.conn = Some(conn);
+            let b = Binding::new(&p).unwrap();
+            assert_eq!(b.parts(), p);
+            assert_eq!(b.flow(), addr(flow));
+            assert!(b.is_flow(addr(flow), Some(conn)));
+            assert!(!b.is_flow(addr(flow), None), "a datagram from its address");
+            let again = Flow {
+                generation: 8,
+                ..conn
+            };
+            assert!(
+                !b.is_flow(addr(flow), Some(again)),
+                "the slot's next connection"
+            );
+            w.put(b"alice@x", vec![b]).unwrap();
+            let who = |c| loc.identity_of_flow((addr(flow), c), |k| k.to_vec());
+            assert_eq!(who(Some(conn)), Some(b"alice@x".to_vec()));
+            assert_eq!((who(None), who(Some(again))), (None, None));
+        }
+    }
+
     #[test]
     fn the_flow_index_follows_registrations() {
         let (loc, mut w) = table();
-        let who = |src: &str| loc.identity_of_flow(addr(src), |k| k.to_vec());
+        let who = |src: &str| loc.identity_of_flow((addr(src), None), |k| k.to_vec());
         let (a, b_) = (&b"alice@x"[..], &b"bob@x"[..]);
         w.put(a, vec![b("sip:alice@192.0.2.1:5060", "192.0.2.1:5060", 10)])
             .unwrap();
@@ -1339,7 +1432,7 @@ mod tests {
         for i in order {
             w.put(&keys[i], Vec::new()).unwrap();
             left.remove(&keys[i]);
-            let who = loc.identity_of_flow(addr(sbc), |k| k.to_vec());
+            let who = loc.identity_of_flow((addr(sbc), None), |k| k.to_vec());
             match &who {
                 Some(k) => assert!(left.contains(k), "named {k:?}, not registered"),
                 None => assert!(left.is_empty(), "{} left, none named", left.len()),
@@ -1428,7 +1521,7 @@ mod tests {
         let (k1, k2) = colliding_keys();
         assert_eq!(aor_hash(&k1), aor_hash(&k2));
         let (loc, mut w) = table();
-        let who = |src: &str| loc.identity_of_flow(addr(src), |k| k.to_vec());
+        let who = |src: &str| loc.identity_of_flow((addr(src), None), |k| k.to_vec());
         // Same flow, same expiry: one entry in each index for both.
         let l = vec![b("sip:c@192.0.2.1", "192.0.2.1:5060", 50)];
         w.put(&k1, l.clone()).unwrap();
@@ -1566,7 +1659,9 @@ mod tests {
         for (k, l) in &model {
             assert_eq!(loc.lookup(k).as_deref(), Some(&l[..]));
             for b in l {
-                let who = loc.identity_of_flow(b.flow(), |k| k.to_vec()).unwrap();
+                let who = loc
+                    .identity_of_flow((b.flow(), b.conn()), |k| k.to_vec())
+                    .unwrap();
                 assert!(model[&who].iter().any(|x| x.flow() == b.flow()));
             }
         }

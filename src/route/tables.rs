@@ -6,6 +6,7 @@
 //! a mix.
 
 use super::groups::GroupTable;
+use super::location::Binding;
 use super::shards::ShardSet;
 use crate::sip::branch::BranchKey;
 use crate::sip::hash::lower_word;
@@ -208,16 +209,24 @@ impl RegistrarRoute {
     ///
     /// A Request-URI that is one of the AoR's registered contacts (a PF
     /// forking to every device) goes to that contact's own flow.
-    pub fn best_flow(&self, aor: &[u8], ruri: &[u8], cpm: u8) -> Option<SocketAddr> {
+    /// The flow is the binding's address and, when it registered over a
+    /// stream, its connection.
+    pub fn best_flow(
+        &self,
+        aor: &[u8],
+        ruri: &[u8],
+        cpm: u8,
+    ) -> Option<(SocketAddr, Option<crate::sip::flow::Flow>)> {
+        let flow = |b: &Binding| (b.flow(), b.conn());
         self.location
             .with_bindings(aor, |bs| {
                 if let Some(b) = bs.iter().find(|b| b.contact().eq_ignore_ascii_case(ruri)) {
-                    return Some(b.flow());
+                    return Some(flow(b));
                 }
                 bs.iter()
                     .filter(|b| cpm == 0 || b.cpm().0 & cpm != 0)
                     .max_by_key(|b| (b.q(), b.expires_at()))
-                    .map(|b| b.flow())
+                    .map(flow)
             })
             .flatten()
     }

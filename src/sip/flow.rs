@@ -27,6 +27,14 @@ pub fn token_in_via(via: &[u8]) -> Option<&[u8]> {
     via.get(at..at + TOKEN_LEN)
 }
 
+/// The key of this process's flow tokens: drawn once, so that the
+/// workers that write tokens, the registrar that binds a contact to one
+/// and the routing that sends on it all name a connection alike.
+pub fn process_key() -> [u64; 2] {
+    static KEY: std::sync::OnceLock<[u64; 2]> = std::sync::OnceLock::new();
+    *KEY.get_or_init(super::hash::random_key)
+}
+
 /// One connection of one worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Flow {

@@ -379,6 +379,10 @@ pub struct RequestPlan<'a> {
     /// token goes into its URI (`;cpm-flow=TOKEN`) so that requests inside
     /// the dialog find the client's connection.
     pub record_route: Option<&'a [u8]>,
+    /// The flow token of the stream client the request goes to (its
+    /// binding's connection), for the Record-Route when `flow` is `None`:
+    /// the dialog's later requests from the functions find it the same way.
+    pub record_route_flow: Option<&'a [u8]>,
     pub max_forwards: MaxForwards,
     pub pop_routes: usize,
     pub src: SocketAddr,
@@ -498,7 +502,7 @@ pub fn forward_request(
         o.put(r);
     }
     if let Some(rr) = plan.record_route {
-        put_record_route(&mut o, rr, plan.flow);
+        put_record_route(&mut o, rr, plan.flow.or(plan.record_route_flow));
     }
     if let Some(pai) = plan.assert_identity {
         o.put(pai);
