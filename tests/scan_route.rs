@@ -886,7 +886,7 @@ Content-Length: 0
     };
     let mut out = vec![0u8; 4096];
     let mut m = cpm_edge::sip::scan::Message::default();
-    let o = cpm_edge::pipeline::run_stream(
+    let o = cpm_edge::pipeline::run(
         &d,
         &t,
         &mut cpm_edge::pipeline::Open::default(),

@@ -384,3 +384,88 @@ fn an_outbound_registration_on_the_connection_is_accepted() {
         "{ok}"
     );
 }
+
+/// The media policy inside a dialog with a TLS-registered contact (seed
+/// 5.2.3.7; the invited user's own leg is its PF's to police, as for a
+/// datagram contact): the PF's re-INVITE along our Record-Route is
+/// filtered by the slow path and mailed to the connection's owner, and
+/// the client's answer on the connection is checked and relayed to the PF.
+#[test]
+fn a_re_invite_to_a_tls_contact_is_filtered_and_its_answer_checked() {
+    let policy = "[policy]\non_violation = \"reject\"\n\
+                  [policy.default]\nallowed_media = [\"message\"]\n";
+    let e = Edge::start("policy", false, policy);
+    // Two connections, so the PF's requests reach both the owner's worker
+    // and the other one.
+    let mut clients: Vec<TlsClient> = (0..2).map(|_| e.connect()).collect();
+    let users = ["alice", "bob"];
+    for (c, user) in clients.iter_mut().zip(users) {
+        let ok = register(c, user, "");
+        assert!(ok.starts_with("SIP/2.0 200 OK"), "{ok}");
+        third_party(&e.pf);
+    }
+    let sdp = SDP.replace('\n', "\r\n");
+    let with_body = |msg: &str, body: &str| {
+        msg.replace(
+            "Content-Length: 0\r\n\r\n",
+            &format!(
+                "Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    };
+    for n in 0..6 {
+        let (c, user) = (&mut clients[n % 2], users[n % 2]);
+        let call = format!("pol-{n}");
+        e.pf.send_to(e.pf_invite(user, &call).as_bytes(), e.udp)
+            .unwrap();
+        let inv = read_sip(c);
+        assert!(inv.starts_with(&format!("INVITE sip:{user}@")), "{inv}");
+        c.write_all(client_answer(&inv, "200 OK").as_bytes())
+            .unwrap();
+        c.flush().unwrap();
+        let (ok, _) = recv(&e.pf);
+        assert!(ok.starts_with("SIP/2.0 200 OK"), "{ok}");
+        let route = header(&inv, "Record-Route")[0]
+            .trim_start_matches("Record-Route:")
+            .trim()
+            .to_string();
+        let reinvite = format!(
+            "INVITE sip:{user}@{l};transport=tls SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {s};branch=z9hG4bK-re-{call}\r\nRoute: {route}\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:bob@{DOMAIN}>;tag=b\r\n\
+             To: <sip:{user}@{DOMAIN}>;tag=cl\r\nCall-ID: {call}\r\nCSeq: 2 INVITE\r\n\
+             Contact: <sip:{s}>\r\nContent-Length: 0\r\n\r\n",
+            l = c.sock.local_addr().unwrap(),
+            s = e.pf.local_addr().unwrap(),
+        );
+        e.pf.send_to(with_body(&reinvite, &sdp).as_bytes(), e.udp)
+            .unwrap();
+        let got = read_sip(c);
+        assert!(got.starts_with(&format!("INVITE sip:{user}@")), "{got}");
+        assert!(got.contains("CSeq: 2 INVITE"), "{got}");
+        assert!(header(&got, "Via")[0].contains("SIP/2.0/TLS "), "{got}");
+        assert!(
+            got.contains("m=audio 0 RTP/AVP 0\r\n") && got.contains("m=message 7394 "),
+            "the audio stream refused, the chat kept: {got}"
+        );
+        // The client accepts the refused audio stream every other time.
+        let audio = if n % 4 < 2 { "0" } else { "4000" };
+        let answer_sdp = format!(
+            "v=0\r\no=cl 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=message 9000 TCP/MSRP *\r\na=accept-types:message/cpim\r\n\
+             a=path:msrp://127.0.0.1:9000/cl;tcp\r\nm=audio {audio} RTP/AVP 0\r\n"
+        );
+        let answer = with_body(&client_answer(&got, "200 OK"), &answer_sdp);
+        c.write_all(answer.as_bytes()).unwrap();
+        c.flush().unwrap();
+        let (r, _) = recv(&e.pf);
+        let want = match audio {
+            "0" => "SIP/2.0 200 OK",
+            _ => "SIP/2.0 500 Answer Violates Media Policy",
+        };
+        assert!(r.starts_with(want), "{r}");
+        assert!(r.contains(&format!("Call-ID: {call}")), "{r}");
+        assert!(r.contains("CSeq: 2 INVITE"), "{r}");
+    }
+}

@@ -611,3 +611,99 @@ fn a_shard_on_its_own_tls_connection_is_known_by_its_alias_and_certificate() {
     assert_eq!(header(&resp, "Via").len(), 1, "{resp}");
     r.server.stop().unwrap();
 }
+
+/// The body of `msg` replaced by `sdp` (Content-Length with it).
+fn with_sdp(msg: &[u8], sdp: &str) -> Vec<u8> {
+    let text = String::from_utf8(msg.to_vec()).unwrap();
+    let (head, _) = text.split_once("\r\n\r\n").unwrap();
+    let head: Vec<&str> = head
+        .split("\r\n")
+        .filter(|l| !l.starts_with("Content-Length"))
+        .collect();
+    let body = sdp.replace('\n', "\r\n");
+    format!(
+        "{}\r\nContent-Length: {}\r\n\r\n{body}",
+        head.join("\r\n"),
+        body.len()
+    )
+    .into_bytes()
+}
+
+const ANSWER_CHAT: &str = "v=0
+o=cs 1 1 IN IP4 127.0.0.1
+s=-
+c=IN IP4 127.0.0.1
+t=0 0
+m=message 9000 TCP/MSRP *
+a=accept-types:message/cpim
+a=path:msrp://127.0.0.1:9000/cs1;tcp
+m=audio 0 RTP/AVP 0
+";
+
+/// The media policy (seed 5.2.3.7) over TLS: the slow path filters a TLS
+/// client's offer on its way to the shard, checks the shard's answer and
+/// writes it on the client's connection (through the owner's mail), and
+/// refuses an offer with nothing acceptable with `488` on the connection.
+#[test]
+fn a_tls_clients_offer_and_answer_pass_the_media_policy_on_its_connection() {
+    for io in backends() {
+        let policy = "[policy]\non_violation = \"reject\"\n\
+                      [policy.default]\nallowed_media = [\"message\"]\n";
+        let r = rig(io, &format!("policy-{io}"), policy);
+        let mut clients: Vec<TlsClient> = (0..4).map(|_| connect(&r)).collect();
+        for (n, c) in clients.iter_mut().enumerate() {
+            c.write_all(&tls_invite(c, "alice", n as u32)).unwrap();
+            c.flush().unwrap();
+            let (fwd, _) = recv(&r.shard);
+            assert!(fwd.starts_with("INVITE sip:grp3@"), "{fwd}");
+            assert!(
+                fwd.contains("m=audio 0 RTP/AVP 0\r\n") && fwd.contains("m=message 7394 "),
+                "the audio stream refused, the chat kept: {fwd}"
+            );
+            assert!(header(&fwd, "Via")[0].contains(";cpm-flow="), "{fwd}");
+            // Every other answer accepts the refused audio stream.
+            let answer = match n % 2 {
+                0 => ANSWER_CHAT.to_string(),
+                _ => ANSWER_CHAT.replace("m=audio 0 ", "m=audio 4000 "),
+            };
+            cs_answer(&r.shard, &fwd, "200 OK", Some(&answer));
+            let got = read_sip(c);
+            let want = match n % 2 {
+                0 => "SIP/2.0 200 OK",
+                _ => "SIP/2.0 500 Answer Violates Media Policy",
+            };
+            assert!(got.starts_with(want), "{got}");
+            assert_eq!(header(&got, "Via").len(), 1, "{got}");
+        }
+        // Nothing the policy allows: 488 on the connection.
+        let c = &mut clients[0];
+        let audio_only = SDP
+            .split("m=audio")
+            .next()
+            .unwrap()
+            .split("m=message")
+            .next()
+            .unwrap()
+            .to_string()
+            + "m=audio 49170 RTP/AVP 0\na=rtpmap:0 PCMU/8000\n";
+        c.write_all(&with_sdp(&tls_invite(c, "alice", 9), &audio_only))
+            .unwrap();
+        c.flush().unwrap();
+        let refused = read_sip(c);
+        assert!(
+            refused.starts_with("SIP/2.0 488 Not Acceptable Here"),
+            "{refused}"
+        );
+        let st = &r.server.slow.as_ref().unwrap().stats;
+        let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        assert_eq!(
+            (
+                n(&st.offers_filtered),
+                n(&st.offers_rejected_488),
+                n(&st.answers_replaced_500)
+            ),
+            (4, 1, 2)
+        );
+        r.server.stop().unwrap();
+    }
+}

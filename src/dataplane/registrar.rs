@@ -704,7 +704,10 @@ impl State {
         let (Some(token), false) = (job.flow, data.is_empty()) else {
             return self.send(data, job.src);
         };
-        let mailed = self.mail.as_ref().is_some_and(|m| m.send(&token, data));
+        let mailed = self
+            .mail
+            .as_ref()
+            .is_some_and(|m| m.send(&token, None, data));
         if !mailed {
             // Over a stream the client does not retransmit: its
             // transaction times out (RFC 3261 §17.1.2.2) and it registers

@@ -2,17 +2,24 @@
 //! answers checked, seed 5.2.3.7) off the io workers, fed by a bounded
 //! crossbeam queue from them.
 //!
-//! Each job is a copy of one datagram that the fast path decided needs a
-//! policy. A thread runs [`PolicyGate::apply`] on it (with the current
-//! table snapshot) and sends the result through a duplicate of the
+//! Each job is a copy of one message that the fast path decided needs a
+//! policy. A thread runs [`PolicyGate::apply_scanned`] on it (with the
+//! current table snapshot) and sends the result through a duplicate of the
 //! receiving worker's socket: the same kernel socket, so the source address
-//! is the edge's, and a dup does not join the SO_REUSEPORT group.
+//! is the edge's, and a dup does not join the SO_REUSEPORT group. A result
+//! for a stream client's connection (an answer to what came on it, a
+//! response whose Via names its flow, a request for its flow) goes to the
+//! connection's owner through the workers' mail instead.
 //!
 //! Invariants: the queue is bounded (the worker answers `503` when full);
 //! every job ends in exactly one send or one counted outcome.
 
+use super::streams::{relayed_flow, Mailer};
 use crate::pipeline::gate::{GateStats, PolicyGate};
+use crate::pipeline::Outcome;
 use crate::route::Tables;
+use crate::sip::flow::TOKEN_LEN;
+use crate::sip::scan::{scan, Message, Scanned};
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use std::net::{SocketAddr, UdpSocket};
@@ -40,10 +47,13 @@ impl Default for SlowPathSettings {
     }
 }
 
-/// One datagram for the slow path.
+/// One message for the slow path.
 pub struct Job {
     pub data: Vec<u8>,
     pub src: SocketAddr,
+    /// The flow token of the stream connection it came on (`None`: a
+    /// datagram).
+    pub flow: Option<[u8; TOKEN_LEN]>,
     /// Index of the worker (and socket) that received it.
     pub worker: u16,
     /// The worker's batch it arrived in: its result is sent only after the
@@ -113,6 +123,8 @@ struct Ctx {
     progress: Arc<Progress>,
     tables: Arc<ArcSwap<Tables>>,
     sockets: Vec<UdpSocket>,
+    /// The way to stream clients' connections (`None`: the edge has none).
+    mail: Option<Mailer>,
     gate: PolicyGate,
     max_out: usize,
 }
@@ -120,10 +132,9 @@ struct Ctx {
 impl SlowPath {
     /// `sockets[i]` is a duplicate of worker i's socket.
     pub fn start(
-        threads: usize,
-        queue: usize,
+        (threads, queue): (usize, usize),
         tables: Arc<ArcSwap<Tables>>,
-        sockets: Vec<UdpSocket>,
+        (sockets, mail): (Vec<UdpSocket>, Option<Mailer>),
         max_out: usize,
         progress: Arc<Progress>,
     ) -> Result<SlowPath, String> {
@@ -136,6 +147,7 @@ impl SlowPath {
             progress,
             tables,
             sockets,
+            mail,
             gate,
             max_out,
         });
@@ -185,20 +197,91 @@ fn run(rx: &Receiver<Job>, ctx: &Ctx, stop: &AtomicBool) {
         };
         ctx.gate.stats.jobs.fetch_add(1, Relaxed);
         let tables = ctx.tables.load();
-        let outcome = ctx
-            .gate
-            .apply(&job.data, job.src, &tables, Instant::now(), &mut out);
-        if let Some((len, dst)) = outcome.send() {
-            ctx.progress.wait_for(usize::from(job.worker), job.batch);
+        let m = scan(&job.data);
+        let s = Scanned {
+            flow: job.flow.as_ref().map(|t| &t[..]),
+            ..Scanned::new(&job.data, &m, job.src)
+        };
+        let outcome = ctx.gate.apply_scanned(s, &tables, Instant::now(), &mut out);
+        let Some((len, to)) = destination(&job, &m, &outcome) else {
+            continue;
+        };
+        ctx.progress.wait_for(usize::from(job.worker), job.batch);
+        send_result(ctx, &job, &out[..len], to);
+    }
+}
+
+/// Where a gate result goes.
+enum To {
+    Datagram(SocketAddr),
+    /// The stream connection this flow token names, through its owner's
+    /// mail (`origin`: a request's sender, for the owner's `430`).
+    Stream {
+        token: [u8; TOKEN_LEN],
+        origin: Option<SocketAddr>,
+    },
+}
+
+/// The first `len` bytes of the result and where they go; `None`: nothing
+/// to send (a counted drop).
+fn destination(job: &Job, m: &Message, o: &Outcome) -> Option<(usize, To)> {
+    let stream = |token: &[u8], origin| {
+        let token = token.try_into().ok()?;
+        Some(To::Stream { token, origin })
+    };
+    let (len, to) = match *o {
+        Outcome::Replied { len, dst, .. } => match &job.flow {
+            Some(token) => (len, stream(token, None)?),
+            None => (len, To::Datagram(dst)),
+        },
+        Outcome::Relayed { len, dst, .. } => match relayed_flow(m, &job.data) {
+            Some(token) => (len, stream(token, None)?),
+            None => (len, To::Datagram(dst)),
+        },
+        Outcome::OnFlow { len, token } => {
+            let mut text = [0u8; TOKEN_LEN];
+            (
+                len,
+                stream(token.token(&job.data, &mut text), Some(job.src))?,
+            )
+        }
+        Outcome::Forwarded { len, dst, .. } => (len, To::Datagram(dst)),
+        Outcome::Dropped(_) | Outcome::NeedsPolicy(_) | Outcome::ToRegistrar => return None,
+    };
+    Some((len, to))
+}
+
+/// A result out: by datagram from the receiving worker's socket, or by
+/// mail to a connection's owner; a failure is counted and logged.
+fn send_result(ctx: &Ctx, job: &Job, bytes: &[u8], to: To) {
+    let sent = match to {
+        To::Datagram(dst) => {
             let sock = ctx
                 .sockets
                 .get(usize::from(job.worker))
                 .or(ctx.sockets.first());
-            if let Some(Err(e)) = sock.map(|s| send_patiently(s, &out[..len], dst)) {
-                ctx.gate.stats.send_errors.fetch_add(1, Relaxed);
-                tracing::warn!(%dst, error = %e, "slow path send failed");
+            match sock.map(|s| send_patiently(s, bytes, dst)) {
+                Some(Ok(_)) => true,
+                Some(Err(e)) => {
+                    tracing::warn!(%dst, error = %e, "slow path send failed");
+                    false
+                }
+                None => false,
             }
         }
+        To::Stream { token, origin } => {
+            let mailed = ctx
+                .mail
+                .as_ref()
+                .is_some_and(|m| m.send(&token, origin, bytes));
+            if !mailed {
+                tracing::warn!(src = %job.src, "slow path result not mailed to its connection");
+            }
+            mailed
+        }
+    };
+    if !sent {
+        ctx.gate.stats.send_errors.fetch_add(1, Relaxed);
     }
 }
 

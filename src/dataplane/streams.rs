@@ -17,6 +17,7 @@ use crate::io::stream::{CloseReason, ConnId, Reactor, Refused, StreamConfig, Str
 use crate::io::tls::{Acceptor, ServerPem};
 use crate::route::shards::ShardSet;
 use crate::sip::flow::{Flow, TOKEN_LEN};
+use crate::sip::scan::Message;
 use crate::sip::stream::{Closed, Connection, Event, Limits, Timing};
 use arc_swap::ArcSwap;
 use std::net::{SocketAddr, UdpSocket};
@@ -401,6 +402,13 @@ fn get_origin(o: &[u8]) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
+/// The flow token of a response's top Via (ours, popped when it is
+/// relayed), if the request it answers came on a stream: the response
+/// goes on that connection.
+pub fn relayed_flow<'a>(m: &Message, data: &'a [u8]) -> Option<&'a [u8]> {
+    crate::sip::flow::token_in_via(m.top_via.as_ref()?.value.get(data))
+}
+
 /// A way into the workers' mail from outside them (the registrar thread's
 /// answers to REGISTERs that came on a stream): a duplicate of a worker's
 /// mail socket, so the owner takes it as its peers' mail.
@@ -416,10 +424,12 @@ impl Mailer {
     }
 
     /// `bytes` to the worker that owns the flow `token` names, for its
-    /// connection. `false`: no such flow, or the mail could not be sent.
-    pub fn send(&self, token: &[u8], bytes: &[u8]) -> bool {
+    /// connection (`origin`: a request's sender, answered `430` by the
+    /// owner if the connection is gone). `false`: no such flow, or the
+    /// mail could not be sent.
+    pub fn send(&self, token: &[u8], origin: Option<SocketAddr>, bytes: &[u8]) -> bool {
         match Flow::from_token(token, &self.key) {
-            Some(flow) => mail_to(&self.sock, &self.peers, flow.worker, token, None, bytes),
+            Some(flow) => mail_to(&self.sock, &self.peers, flow.worker, token, origin, bytes),
             None => false,
         }
     }

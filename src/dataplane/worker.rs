@@ -6,6 +6,7 @@
 //! Tables are read through an `ArcSwap` cache: a worker's read is a pointer
 //! load, a writer publishes a whole new snapshot (never a mix).
 
+use super::streams::relayed_flow;
 use crate::dataplane::limits::{
     cidr_contains, socket_fill, LimitSettings, Overload, ReplyBudget, ReplyLimit, SourceLimiter,
 };
@@ -19,7 +20,7 @@ use crate::io::stream::{CloseReason, ConnId, Refused, StreamHandler, Streams};
 use crate::io::{self, DatagramHandler, IoBackend, IoChoice, IoConfig};
 use crate::pipeline::{self, Datagram, Outcome, Refusal};
 use crate::route::{DropReason, Tables};
-use crate::sip::flow::{token_in_via, TOKEN_LEN};
+use crate::sip::flow::TOKEN_LEN;
 use crate::sip::reply;
 use crate::sip::scan::{Message, StartLine};
 use arc_swap::{ArcSwap, Cache};
@@ -157,6 +158,7 @@ impl pipeline::Admission for WorkerAdmission {
         let job = Job {
             data: d.buf.to_vec(),
             src: d.src,
+            flow: d.flow.and_then(|t| t.try_into().ok()),
             worker: self.worker,
             batch: self.batch,
         };
@@ -349,7 +351,7 @@ impl EdgeHandler {
             flow: Some(token),
         };
         let tables = self.tables.load();
-        let o = pipeline::run_stream(
+        let o = pipeline::run(
             &d,
             tables,
             &mut self.adm,
@@ -700,12 +702,6 @@ impl StreamHandler for EdgeHandler {
     }
 }
 
-/// The flow token in our Via of a relayed response (`m`, scanned from
-/// `data`): the stream client it goes to.
-fn relayed_flow<'a>(m: &Message, data: &'a [u8]) -> Option<&'a [u8]> {
-    token_in_via(m.top_via.as_ref()?.value.get(data))
-}
-
 /// A request forwarded to a shard that takes it on a stream (its
 /// transport, or its size, RFC 3261 §18.1.1): (shard, address, TLS).
 #[inline]
@@ -836,30 +832,27 @@ impl Server {
             .map_err(|e| format!("cannot duplicate worker sockets for the slow path: {e}"))?;
         // The dups share the workers' non-blocking file status: a full send
         // buffer fails a slow-path send (counted) instead of blocking it.
-        let progress = Arc::new(Progress::new(v.workers.count));
-        let slow = SlowPath::start(
-            v.slow_path.threads,
-            v.slow_path.queue,
-            Arc::clone(&tables),
-            dups,
-            v.workers.max_datagram,
-            Arc::clone(&progress),
-        )?;
         let stream_shards = tables
             .load()
             .shards
             .live()
             .any(|(_, s)| s.transport != crate::route::shards::Transport::Udp);
         let mut tcp = bind_streams(v, &sockets, stream_shards)?;
+        let mailer = |t: &Option<BoundStreams>| t.as_ref().map(BoundStreams::mailer).transpose();
+        let progress = Arc::new(Progress::new(v.workers.count));
+        let slow = SlowPath::start(
+            (v.slow_path.threads, v.slow_path.queue),
+            Arc::clone(&tables),
+            (dups, mailer(&tcp)?),
+            v.workers.max_datagram,
+            Arc::clone(&progress),
+        )?;
         let registrar = match (reg, recovered) {
             (Some(cfg), Some(rec)) => {
                 let dup = sockets[0].try_clone().map_err(|e| {
                     format!("cannot duplicate a worker socket for the registrar: {e}")
                 })?;
-                let mail = match tcp.as_ref() {
-                    Some(t) => Some(t.mailer()?),
-                    None => None,
-                };
+                let mail = mailer(&tcp)?;
                 Some(RegistrarThread::start(
                     cfg,
                     rec,

@@ -10,7 +10,7 @@
 //! doubled for 18x/2xx retransmissions).
 
 use super::{write, Outcome, Scanned};
-use crate::route::decision::{decide, Decision};
+use crate::route::decision::{decide_on, Decision, ForwardKind};
 use crate::route::policy::{self, OnViolation};
 use crate::route::Tables;
 use crate::sip::branch::{self, BRANCH_LEN};
@@ -124,20 +124,40 @@ impl PolicyGate {
         out: &mut [u8],
     ) -> Outcome {
         let m = scan(buf);
-        let s = Scanned::new(buf, &m, src);
-        let d = decide(buf, &m, src, t);
+        self.apply_scanned(Scanned::new(buf, &m, src), t, now, out)
+    }
+
+    /// [`Self::apply`] for a message already scanned (`s.flow`: the
+    /// stream connection it came on, if any).
+    pub fn apply_scanned(
+        &self,
+        s: Scanned<'_>,
+        t: &Tables,
+        now: Instant,
+        out: &mut [u8],
+    ) -> Outcome {
+        let (buf, m, src) = (s.buf, s.m, s.src);
+        let d = decide_on(s, t);
         let at = At { t, now };
-        match d {
+        let offered = match d {
             Decision::Forward {
                 kind, loop_hash, ..
-            } if policy::has_sdp(buf, &m) => match t.policy.effective(kind, buf, &m) {
-                Some(p) => {
-                    let key = branch::branch(&t.branch_key, buf, &m, src, loop_hash);
-                    self.offer(s, d, &p, key, at, out)
+            } => Some((kind, loop_hash)),
+            Decision::OnFlow { loop_hash, .. } => Some((ForwardKind::InDialog, loop_hash)),
+            Decision::ToConn { loop_hash, .. } => Some((ForwardKind::ToInvitedClient, loop_hash)),
+            _ => None,
+        };
+        match (d, offered) {
+            (_, Some((kind, loop_hash))) if policy::has_sdp(buf, m) => {
+                match t.policy.effective(kind, buf, m) {
+                    Some(p) => {
+                        let key = branch::branch(&t.branch_key, buf, m, src, loop_hash);
+                        self.offer(s, d, &p, key, at, out)
+                    }
+                    None => write(s, d, t, None, out),
                 }
-                None => write(s, d, t, None, out),
-            },
-            Decision::Relay { .. } if policy::is_answer(buf, &m) => self.answer(s, d, t, out),
+            }
+            (Decision::Relay { .. }, _) if policy::is_answer(buf, m) => self.answer(s, d, t, out),
             _ => write(s, d, t, None, out),
         }
     }
@@ -192,7 +212,7 @@ impl PolicyGate {
             self.stats.offers_passed.fetch_add(1, Relaxed);
             write(s, d, at.t, None, out)
         };
-        if matches!(result, Outcome::Forwarded { .. }) {
+        if matches!(result, Outcome::Forwarded { .. } | Outcome::OnFlow { .. }) {
             self.offers
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

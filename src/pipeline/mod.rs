@@ -224,67 +224,6 @@ pub fn run(
     }
 }
 
-/// [`run`] for a message framed from a stream connection (`d.flow` set).
-/// The registrar takes it as it takes a datagram (it answers on the
-/// connection and binds the contact to it); the slow path sends over UDP
-/// only so far, so what would go to it is refused here: a request with
-/// `503 Not Yet Over TCP` (a client falls back to UDP, RFC 3263), a
-/// response relayed unchecked. A wrapper, not a branch in [`run`]: the datagram
-/// path's code is not touched (callgrind: a check there cost ~50
-/// instructions an INVITE through inlining).
-pub fn run_stream<A: Admission>(
-    d: &Datagram<'_>,
-    t: &Tables,
-    adm: &mut A,
-    out: &mut [u8],
-    m: &mut Message,
-) -> Outcome {
-    debug_assert!(d.flow.is_some(), "a stream's message carries its flow");
-    let mut a = OverStream {
-        inner: adm,
-        refused: false,
-    };
-    let o = run(d, t, &mut a, out, m);
-    if !a.refused {
-        return o;
-    }
-    let s = Scanned::new(d.buf, m, d.src);
-    match (m.is_request(), o) {
-        (true, _) => unavailable(s, reply::UNAVAILABLE_OVER_STREAM, t.retry_after_s, out),
-        (false, Outcome::Dropped(r)) => Outcome::Dropped(r),
-        (false, o) => o,
-    }
-}
-
-/// The admission of a stream's message: the worker's, but no hand-over
-/// to the slow path (noted in `refused`).
-struct OverStream<'a, A: Admission> {
-    inner: &'a mut A,
-    refused: bool,
-}
-
-impl<A: Admission> Admission for OverStream<'_, A> {
-    fn over_rate(&mut self, src: SocketAddr, t: &Tables) -> bool {
-        self.inner.over_rate(src, t)
-    }
-    fn overloaded(&self) -> bool {
-        self.inner.overloaded()
-    }
-    fn answer_token(&mut self, why: Refusal) -> bool {
-        self.inner.answer_token(why)
-    }
-    fn refund(&mut self) {
-        self.inner.refund()
-    }
-    fn hand_over(&mut self, _d: &Datagram<'_>) -> bool {
-        self.refused = true;
-        false
-    }
-    fn hand_to_registrar(&mut self, d: &Datagram<'_>, s: Scanned<'_>, out: &mut [u8]) -> Handoff {
-        self.inner.hand_to_registrar(d, s, out)
-    }
-}
-
 /// Scan, decide and write one datagram with no admission control
 /// ([`Open`]). An SDP offer or answer that a media policy applies to is not
 /// written but handed back as [`Outcome::NeedsPolicy`] for the slow path.
@@ -439,11 +378,6 @@ fn shed(s: Scanned<'_>, out: &mut [u8], reply: bool) -> Outcome {
 pub fn route_scanned(s: Scanned<'_>, t: &Tables, out: &mut [u8]) -> Outcome {
     let d = decide_on(s, t);
     if !t.policy.is_empty() && needs_policy(s.buf, s.m, &d, t) {
-        // The slow path sends over UDP only: an offer for a stream
-        // client's connection is refused rather than let past the policy.
-        if matches!(d, Decision::OnFlow { .. } | Decision::ToConn { .. }) {
-            return unavailable(s, reply::UNAVAILABLE_OVER_STREAM, t.retry_after_s, out);
-        }
         return Outcome::NeedsPolicy(d);
     }
     write(s, d, t, None, out)

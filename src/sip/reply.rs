@@ -99,9 +99,6 @@ pub const UNAVAILABLE_NO_IWF: &str = "Service Unavailable - No Interworking Func
 pub const UNAVAILABLE_POLICY_QUEUE: &str = "Service Unavailable - Policy Queue Full";
 pub const UNAVAILABLE_OVERLOAD: &str = "Service Unavailable - Overloaded";
 pub const UNAVAILABLE_REGISTRAR: &str = "Service Unavailable - Registrar Busy";
-/// A request over TCP that needs the policy gate or the registrar: both
-/// answer over UDP only so far (a client falls back to UDP, RFC 3263).
-pub const UNAVAILABLE_OVER_STREAM: &str = "Service Unavailable - Not Yet Over TCP";
 pub const UNAVAILABLE_RATE: &str = "Service Unavailable - Rate Limit Exceeded";
 /// RFC 5626 §5.3: a request for a client's flow whose connection is gone
 /// (or whose token names no connection of ours).
