@@ -300,3 +300,67 @@ fn a_tls_shard_that_opened_its_own_connection_gets_the_edges_requests_on_it() {
     );
     server.stop().unwrap();
 }
+
+/// The media policy (seed 5.2.3.7) in front of a `tcp` shard: the slow
+/// path's filtered offer reaches the shard over TCP, on the receiving
+/// worker's own link to it (through that worker's mail), never over UDP.
+#[test]
+fn a_filtered_offer_reaches_a_tcp_shard_on_the_workers_link() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let shard = l.local_addr().unwrap();
+    // Nothing of the shard's listens on UDP: a datagram would be lost.
+    let policy = "[policy.default]\nallowed_media = [\"message\"]\n";
+    let server = edge(shard, "tcp", policy);
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    // One link per worker at most: each connection read on its own thread.
+    std::thread::spawn(move || {
+        for s in l.incoming().take(2) {
+            let Ok(s) = s else { return };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut c: Box<dyn ReadWrite> = Box::new(s);
+                loop {
+                    let req = read_sip(&mut c);
+                    if req.is_empty() {
+                        return;
+                    }
+                    answer_on(&mut *c, &req);
+                    if tx.send(req).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    // Several clients: their INVITEs reach both workers.
+    let clients: Vec<UdpSocket> = (0..6).map(|_| sock()).collect();
+    for (n, client) in clients.iter().enumerate() {
+        let inv = String::from_utf8(invite_to_group("grp3", "alice", ""))
+            .unwrap()
+            .replace("alice-call-1@", &format!("alice-call-{n}@"))
+            .replace("192.0.2.10:5062", &client.local_addr().unwrap().to_string());
+        client.send_to(inv.as_bytes(), server.local_addr).unwrap();
+        let req = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the offer over TCP");
+        assert!(req.contains(&format!("alice-call-{n}@")), "{req}");
+        assert!(header(&req, "Via")[0].contains("SIP/2.0/TCP"), "{req}");
+        assert!(
+            req.contains("m=audio 0 RTP/AVP 0\r\n") && req.contains("m=message 7394 "),
+            "filtered by the slow path: {req}"
+        );
+        let (ok, _) = recv(client);
+        assert!(ok.starts_with("SIP/2.0 200 OK"), "{ok}");
+    }
+    let st = &server.slow.as_ref().unwrap().stats;
+    assert_eq!(
+        (
+            st.offers_filtered
+                .load(std::sync::atomic::Ordering::Relaxed),
+            st.send_errors.load(std::sync::atomic::Ordering::Relaxed)
+        ),
+        (6, 0)
+    );
+    server.stop().unwrap();
+}

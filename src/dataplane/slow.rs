@@ -14,7 +14,7 @@
 //! Invariants: the queue is bounded (the worker answers `503` when full);
 //! every job ends in exactly one send or one counted outcome.
 
-use super::streams::{relayed_flow, Mailer};
+use super::streams::{relayed_flow, stream_shard_of, via_for_stream_shard, Mailer};
 use crate::pipeline::gate::{GateStats, PolicyGate};
 use crate::pipeline::Outcome;
 use crate::route::Tables;
@@ -203,11 +203,11 @@ fn run(rx: &Receiver<Job>, ctx: &Ctx, stop: &AtomicBool) {
             ..Scanned::new(&job.data, &m, job.src)
         };
         let outcome = ctx.gate.apply_scanned(s, &tables, Instant::now(), &mut out);
-        let Some((len, to)) = destination(&job, &m, &outcome) else {
+        let Some((len, to)) = destination(&job, &m, &outcome, &tables) else {
             continue;
         };
         ctx.progress.wait_for(usize::from(job.worker), job.batch);
-        send_result(ctx, &job, &out[..len], to);
+        send_result(ctx, &job, (&mut out, len), to);
     }
 }
 
@@ -220,11 +220,14 @@ enum To {
         token: [u8; TOKEN_LEN],
         origin: Option<SocketAddr>,
     },
+    /// A shard that takes requests on a stream (index, address, TLS):
+    /// through the receiving worker's own link to it.
+    Shard((usize, SocketAddr, bool)),
 }
 
 /// The first `len` bytes of the result and where they go; `None`: nothing
 /// to send (a counted drop).
-fn destination(job: &Job, m: &Message, o: &Outcome) -> Option<(usize, To)> {
+fn destination(job: &Job, m: &Message, o: &Outcome, t: &Tables) -> Option<(usize, To)> {
     let stream = |token: &[u8], origin| {
         let token = token.try_into().ok()?;
         Some(To::Stream { token, origin })
@@ -245,7 +248,10 @@ fn destination(job: &Job, m: &Message, o: &Outcome) -> Option<(usize, To)> {
                 stream(token.token(&job.data, &mut text), Some(job.src))?,
             )
         }
-        Outcome::Forwarded { len, dst, .. } => (len, To::Datagram(dst)),
+        Outcome::Forwarded { len, dst, .. } => match stream_shard_of(o, t) {
+            Some(shard) => (len, To::Shard(shard)),
+            None => (len, To::Datagram(dst)),
+        },
         Outcome::Dropped(_) | Outcome::NeedsPolicy(_) | Outcome::ToRegistrar => return None,
     };
     Some((len, to))
@@ -253,7 +259,8 @@ fn destination(job: &Job, m: &Message, o: &Outcome) -> Option<(usize, To)> {
 
 /// A result out: by datagram from the receiving worker's socket, or by
 /// mail to a connection's owner; a failure is counted and logged.
-fn send_result(ctx: &Ctx, job: &Job, bytes: &[u8], to: To) {
+fn send_result(ctx: &Ctx, job: &Job, (out, len): (&mut [u8], usize), to: To) {
+    let bytes = &out[..len];
     let sent = match to {
         To::Datagram(dst) => {
             let sock = ctx
@@ -278,6 +285,12 @@ fn send_result(ctx: &Ctx, job: &Job, bytes: &[u8], to: To) {
                 tracing::warn!(src = %job.src, "slow path result not mailed to its connection");
             }
             mailed
+        }
+        To::Shard(shard) => {
+            let len = via_for_stream_shard(out, len, shard.2);
+            ctx.mail
+                .as_ref()
+                .is_some_and(|m| m.send_to_shard(job.worker, shard, &out[..len]))
         }
     };
     if !sent {

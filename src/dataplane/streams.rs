@@ -15,6 +15,7 @@
 
 use crate::io::stream::{CloseReason, ConnId, Reactor, Refused, StreamConfig, Streams};
 use crate::io::tls::{Acceptor, ServerPem};
+use crate::pipeline::Outcome;
 use crate::route::shards::ShardSet;
 use crate::sip::flow::{Flow, TOKEN_LEN};
 use crate::sip::scan::Message;
@@ -409,6 +410,36 @@ pub fn relayed_flow<'a>(m: &Message, data: &'a [u8]) -> Option<&'a [u8]> {
     crate::sip::flow::token_in_via(m.top_via.as_ref()?.value.get(data))
 }
 
+/// A request forwarded to a shard that takes it on a stream (its
+/// transport, or its size, RFC 3261 §18.1.1): (shard, address, TLS).
+#[inline]
+pub fn stream_shard_of(o: &Outcome, t: &crate::route::Tables) -> Option<(usize, SocketAddr, bool)> {
+    let Outcome::Forwarded {
+        len,
+        dst,
+        shard: Some(i),
+        ..
+    } = *o
+    else {
+        return None;
+    };
+    let tls = t.shards.get(usize::from(i)).transport.stream_for(len)?;
+    Some((usize::from(i), dst, tls))
+}
+
+/// Our Via of a request for a stream shard (the first `len` bytes of
+/// `out`) made to say the stream's transport, and over TLS `;alias`, so
+/// that the shard may send its requests back on the connection (RFC 5923;
+/// over TCP it proves nothing, so none). Returns the new length.
+pub fn via_for_stream_shard(out: &mut [u8], len: usize, tls: bool) -> usize {
+    let transport = if tls { b"TLS" } else { b"TCP" };
+    crate::sip::rewrite::set_edge_via_transport(&mut out[..len], transport);
+    match tls {
+        true => crate::sip::rewrite::add_alias_to_edge_via(out, len).unwrap_or(len),
+        false => len,
+    }
+}
+
 /// A way into the workers' mail from outside them (the registrar thread's
 /// answers to REGISTERs that came on a stream): a duplicate of a worker's
 /// mail socket, so the owner takes it as its peers' mail.
@@ -432,6 +463,42 @@ impl Mailer {
             Some(flow) => mail_to(&self.sock, &self.peers, flow.worker, token, origin, bytes),
             None => false,
         }
+    }
+
+    /// A request for a stream shard (`shard` index, address, TLS) to
+    /// worker `worker`, which sends it on its own link to the shard.
+    pub fn send_to_shard(
+        &self,
+        worker: u16,
+        (shard, addr, tls): (usize, SocketAddr, bool),
+        bytes: &[u8],
+    ) -> bool {
+        let head = shard_mail_head(shard, tls);
+        mail_to(&self.sock, &self.peers, worker, &head, Some(addr), bytes)
+    }
+}
+
+/// The token field of mail for the receiving worker's own link to a shard
+/// (a slow-path result for a stream shard; the shard's address is the
+/// origin field): `shard:`, the shard index in 8 hex digits, `:t` (TLS) or
+/// `:p` (TCP), `-` to the end. Never a flow's token: those are lowercase
+/// hex only, and `s` is none.
+fn shard_mail_head(shard: usize, tls: bool) -> [u8; TOKEN_LEN] {
+    let mut h = [b'-'; TOKEN_LEN];
+    let text = format!("shard:{:08x}:{}", shard as u32, if tls { 't' } else { 'p' });
+    h[..text.len()].copy_from_slice(text.as_bytes());
+    h
+}
+
+/// The shard and transport a shard mail's token field names.
+fn shard_of_mail(head: &[u8]) -> Option<(usize, bool)> {
+    let rest = head.strip_prefix(b"shard:")?;
+    let index = std::str::from_utf8(rest.get(..8)?).ok()?;
+    let shard = usize::from_str_radix(index, 16).ok()?;
+    match rest.get(8..10)? {
+        b":t" => Some((shard, true)),
+        b":p" => Some((shard, false)),
+        _ => None,
     }
 }
 
@@ -799,6 +866,15 @@ impl StreamSide {
             let (token, rest) = buf[..n].split_at_mut(TOKEN_LEN);
             let (origin, bytes) = rest.split_at_mut(ORIGIN_LEN);
             let origin = get_origin(origin);
+            if let Some((shard, tls)) = shard_of_mail(token) {
+                let sent = origin.is_some_and(|addr| {
+                    self.send_to_shard((shard, addr, tls), bytes, Instant::now(), streams)
+                });
+                if !sent {
+                    bump(&self.stats.undeliverable);
+                }
+                continue;
+            }
             if self.deliver(token, bytes, origin, streams) || bytes.starts_with(b"SIP/2.0 ") {
                 continue;
             }
@@ -814,5 +890,30 @@ impl StreamSide {
     /// became: to a shard, or a response toward one).
     pub fn send_udp(&self, bytes: &[u8], dst: SocketAddr) -> bool {
         self.udp.send_to(bytes, dst).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shard mail's head names its shard and transport back, and no
+    /// flow token is ever read as one (nor the other way round).
+    #[test]
+    fn a_shard_mail_head_is_never_a_flow_token() {
+        for (shard, tls) in [(0, false), (7, true), (255, false), (65_535, true)] {
+            let head = shard_mail_head(shard, tls);
+            assert_eq!(shard_of_mail(&head), Some((shard, tls)));
+            assert_eq!(Flow::from_token(&head, &[1, 2]), None);
+        }
+        let flow = Flow {
+            worker: 1,
+            slot: 2,
+            generation: 3,
+        };
+        assert_eq!(shard_of_mail(&flow.token(&[1, 2])), None);
+        assert_eq!(shard_of_mail(b"shard:0000000x:t-------------------"), None);
+        assert_eq!(shard_of_mail(b"shard:00000001:q--------------------"), None);
+        assert_eq!(shard_of_mail(b"shard:0001"), None);
     }
 }

@@ -6,7 +6,7 @@
 //! Tables are read through an `ArcSwap` cache: a worker's read is a pointer
 //! load, a writer publishes a whole new snapshot (never a mix).
 
-use super::streams::relayed_flow;
+use super::streams::{relayed_flow, stream_shard_of};
 use crate::dataplane::limits::{
     cidr_contains, socket_fill, LimitSettings, Overload, ReplyBudget, ReplyLimit, SourceLimiter,
 };
@@ -430,12 +430,7 @@ impl EdgeHandler {
         streams: Option<&mut Streams>,
     ) {
         let Some(shard) = shard else { return };
-        let transport = if shard.2 { b"TLS" } else { b"TCP" };
-        crate::sip::rewrite::set_edge_via_transport(&mut out[..len], transport);
-        let len = match shard.2 {
-            true => crate::sip::rewrite::add_alias_to_edge_via(out, len).unwrap_or(len),
-            false => len,
-        };
+        let len = super::streams::via_for_stream_shard(out, len, shard.2);
         let out = &out[..len];
         let Some(side) = self.streams.as_mut() else {
             return self.stats.send_error();
@@ -700,23 +695,6 @@ impl StreamHandler for EdgeHandler {
             self.answer_flow_failed(&req, origin);
         }
     }
-}
-
-/// A request forwarded to a shard that takes it on a stream (its
-/// transport, or its size, RFC 3261 §18.1.1): (shard, address, TLS).
-#[inline]
-fn stream_shard_of(o: &Outcome, t: &crate::route::Tables) -> Option<(usize, SocketAddr, bool)> {
-    let Outcome::Forwarded {
-        len,
-        dst,
-        shard: Some(i),
-        ..
-    } = *o
-    else {
-        return None;
-    };
-    let tls = t.shards.get(usize::from(i)).transport.stream_for(len)?;
-    Some((usize::from(i), dst, tls))
 }
 
 /// Count what arrived (a truncated datagram as a drop, not as what its
