@@ -5,8 +5,9 @@
 //! memory (answered by the worker); its Participating Function (a UDP shard
 //! played here) hears of it; a session for the AoR reaches the client on
 //! that connection, the dialog's BYE too; only that connection speaks for
-//! the user (a datagram from its address does not); a closed connection
-//! gets `430 Flow Failed`; a restart keeps no stream binding.
+//! the user (a datagram from its address does not); a connection that
+//! ends takes its bindings with it (the PF told); a restart keeps no
+//! stream binding.
 
 mod common;
 #[path = "common/tls.rs"]
@@ -261,19 +262,58 @@ fn registered_over_tls(store: bool) {
     }
     // The AoR's best binding is the latest: the last client.
     let mut last = clients.pop().unwrap();
+    let gone = format!(
+        "sip:alice@{};transport=tls",
+        last.sock.local_addr().unwrap()
+    );
     for n in 0..4 {
         session_on_the_connection(&e, &mut last, &format!("{name}-call-{n}"));
     }
-    // Its connection gone, the flow fails (RFC 5626 §5.3).
+    // Its connection gone (RFC 5626 flow failure), its binding goes and
+    // the PF hears so; the next device gets the sessions.
     drop(last);
-    std::thread::sleep(Duration::from_millis(200));
+    let tp = third_party(&e.pf);
+    let next = format!(
+        "sip:alice@{};transport=tls",
+        clients[1].sock.local_addr().unwrap()
+    );
+    assert!(!tp.contains(&gone) && tp.contains(&next), "{tp}");
+    session_on_the_connection(&e, &mut clients[1], &format!("{name}-next"));
+    // Every connection gone: not registered.
+    clients.clear();
+    // One notice per change: each connection's, or both in one batch.
+    let mut tp = third_party(&e.pf);
+    for _ in 0..2 {
+        if tp.contains("terminated") {
+            break;
+        }
+        tp = third_party(&e.pf);
+    }
+    assert_eq!(header(&tp, "Expires"), vec!["Expires: 0"], "{tp}");
     e.pf.send_to(
-        e.pf_invite("alice", &format!("{name}-gone")).as_bytes(),
+        e.pf_invite("alice", &format!("{name}-none")).as_bytes(),
         e.udp,
     )
     .unwrap();
     let (r, _) = recv(&e.pf);
-    assert!(r.starts_with("SIP/2.0 430 Flow Failed"), "{r}");
+    assert!(
+        r.starts_with("SIP/2.0 480 Temporarily Unavailable - Not Registered"),
+        "{r}"
+    );
+    let unbound = &e
+        .app
+        .as_ref()
+        .unwrap()
+        .server
+        .registrar
+        .as_ref()
+        .unwrap()
+        .stats
+        .unbound;
+    assert_eq!(unbound.load(std::sync::atomic::Ordering::Relaxed), 3);
+    let mut c = e.connect();
+    assert!(register(&mut c, "alice", "").starts_with("SIP/2.0 200 OK"));
+    third_party(&e.pf);
     // Not recovered: a restart ends every connection.
     e.restart();
     e.pf.send_to(

@@ -380,11 +380,12 @@ impl Collector for Registrar {
         counters(
             e,
             "cpm_edge_registrar_store",
-            "Location store group commits and their failures; bindings expired by the sweep.",
+            "Location store group commits and their failures; bindings expired by the sweep, and unbound when their stream connection ended.",
             [
                 ([("event", "commit")], v(&s.commits)),
                 ([("event", "commit_error")], v(&s.commit_errors)),
                 ([("event", "expired")], v(&s.expired)),
+                ([("event", "connection_ended")], v(&s.unbound)),
             ],
         )?;
         counters(

@@ -163,6 +163,7 @@ fn counters(s: &RegistrarStats) -> Value {
         "commits": s.commits.load(Relaxed),
         "commit_errors": s.commit_errors.load(Relaxed),
         "expired": s.expired.load(Relaxed),
+        "unbound": s.unbound.load(Relaxed),
         "notices_sent": s.notices_sent.load(Relaxed),
         "notices_answered": s.notices_answered.load(Relaxed),
         "notices_failed": s.notices_failed.load(Relaxed),

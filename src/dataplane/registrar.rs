@@ -25,7 +25,7 @@ use crate::registrar::{Challenger, Change, Registrar, Settings, Verdict, MAX_ANS
 use crate::route::decision::identity_key_hash;
 use crate::route::location::{Binding, Location, LocationWriter};
 use crate::route::Tables;
-use crate::sip::flow::TOKEN_LEN;
+use crate::sip::flow::{Flow, TOKEN_LEN};
 use crate::sip::reply;
 use crate::sip::scan::{scan, Message, Scanned};
 use crate::sip::transaction::{self, Received, TransactionTable};
@@ -45,6 +45,22 @@ pub const MAX_BATCH: usize = 256;
 pub const COMMIT_WINDOW: Duration = Duration::from_millis(2);
 /// Most expired bindings removed per sweep (the rest wait a second).
 pub const MAX_SWEEP: usize = 4096;
+/// Most AoRs unbound for one ended connection (the lines of one device:
+/// a backstop, the per-AoR contact bound keeps it far lower).
+pub const MAX_AORS_PER_CONN: usize = 64;
+
+/// What the registrar thread is given.
+pub enum RegWork {
+    Message(RegJob),
+    /// A client's stream connection ended (RFC 5626 flow failure): its
+    /// bindings go (`peer`: its address), as Kamailio's registrar does
+    /// with `handle_lost_tcp`, so that the user's PF stops forking to a
+    /// device that cannot be reached.
+    ConnEnded {
+        peer: SocketAddr,
+        conn: Flow,
+    },
+}
 
 /// How the registrar runs (config `[registrar]`, bound at start).
 #[derive(Clone, Debug)]
@@ -97,7 +113,7 @@ impl RegJob {
 /// The workers' end of the queue.
 #[derive(Clone)]
 pub struct RegQueue {
-    tx: Sender<RegJob>,
+    tx: Sender<RegWork>,
     stats: Arc<RegistrarStats>,
     /// The registrar's stateless front: what needs no binding is answered
     /// by the worker itself (no hand-over, no thread wake-up).
@@ -153,7 +169,22 @@ impl RegQueue {
 
     /// Queue a message; `false` (counted): the queue is full.
     pub fn offer(&self, job: RegJob) -> bool {
-        match self.tx.try_send(job) {
+        self.offer_work(RegWork::Message(job))
+    }
+
+    /// A client's connection `conn` from `peer` ended: its bindings go,
+    /// on this worker when the registrar runs inline, else on the thread.
+    /// `false` (counted): the queue is full; they lapse at their expiry.
+    pub fn conn_ended(&self, peer: SocketAddr, conn: Flow) -> bool {
+        if let Some(state) = &self.inline {
+            lock(state).unbind_conns(&[(peer, conn)]);
+            return true;
+        }
+        self.offer_work(RegWork::ConnEnded { peer, conn })
+    }
+
+    fn offer_work(&self, work: RegWork) -> bool {
+        match self.tx.try_send(work) {
             Ok(()) => true,
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.stats.queue_full.fetch_add(1, Relaxed);
@@ -173,6 +204,8 @@ pub struct RegistrarStats {
     pub commits: AtomicU64,
     pub commit_errors: AtomicU64,
     pub expired: AtomicU64,
+    /// Bindings removed because their stream connection ended.
+    pub unbound: AtomicU64,
     pub notices_sent: AtomicU64,
     pub notices_answered: AtomicU64,
     pub notices_failed: AtomicU64,
@@ -329,7 +362,7 @@ struct Pending {
 /// The thread's loop: timers, and with a store the queued batches. The
 /// state is locked only while it works (never while it waits), so workers
 /// running the registrar inline wait at most one batch or sweep.
-fn run(state: &Mutex<State>, rx: &Receiver<RegJob>, stop: &AtomicBool, durable: bool) {
+fn run(state: &Mutex<State>, rx: &Receiver<RegWork>, stop: &AtomicBool, durable: bool) {
     while !stop.load(Relaxed) {
         let wait = lock(state)
             .next_deadline()
@@ -339,11 +372,23 @@ fn run(state: &Mutex<State>, rx: &Receiver<RegJob>, stop: &AtomicBool, durable: 
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => break,
         };
-        let mut batch: Vec<RegJob> = first.into_iter().collect();
+        let mut batch: Vec<RegWork> = first.into_iter().collect();
         gather(rx, &mut batch, durable);
         let mut st = lock(state);
-        if !batch.is_empty() {
-            st.handle_batch(batch);
+        // The batch's REGISTERs first, then its ended connections in one
+        // commit (a connection that ended sends no REGISTER after).
+        let (mut jobs, mut ended) = (Vec::new(), Vec::new());
+        for w in batch {
+            match w {
+                RegWork::Message(j) => jobs.push(j),
+                RegWork::ConnEnded { peer, conn } => ended.push((peer, conn)),
+            }
+        }
+        if !jobs.is_empty() {
+            st.handle_batch(jobs);
+        }
+        if !ended.is_empty() {
+            st.unbind_conns(&ended);
         }
         st.on_time();
     }
@@ -360,7 +405,7 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
 /// commit costs about as much as a hundred REGISTERs' work, so a short
 /// wait that puts several in one commit is the cheaper way at every
 /// load (a REGISTER's answer waits at most the window longer).
-fn gather(rx: &Receiver<RegJob>, batch: &mut Vec<RegJob>, durable: bool) {
+fn gather(rx: &Receiver<RegWork>, batch: &mut Vec<RegWork>, durable: bool) {
     if batch.is_empty() {
         return;
     }
@@ -662,6 +707,42 @@ impl State {
                 self.stats.notices_failed.fetch_add(1, Relaxed);
             }
         }
+    }
+
+    /// The bindings on each ended connection out (of every AoR on it):
+    /// persisted in one commit, published, then notified.
+    fn unbind_conns(&mut self, ended: &[(SocketAddr, Flow)]) {
+        // Several connections of one AoR may end in one batch: each
+        // change starts from the previous one's result.
+        let mut overlay: HashMap<Vec<u8>, Vec<Binding>> = HashMap::new();
+        let mut removed = 0;
+        for &(peer, conn) in ended {
+            for aor in self.writer.aors_on_conn(peer, conn, MAX_AORS_PER_CONN) {
+                let now = match overlay.remove(&aor) {
+                    Some(list) => list,
+                    None => match self.writer.location().lookup(&aor) {
+                        Some(list) => list.to_vec(),
+                        None => continue,
+                    },
+                };
+                let before = now.len();
+                let left: Vec<Binding> =
+                    now.into_iter().filter(|b| b.conn() != Some(conn)).collect();
+                removed += before - left.len();
+                overlay.insert(aor, left);
+            }
+        }
+        if overlay.is_empty() {
+            return;
+        }
+        let changes: Vec<(Vec<u8>, Vec<Binding>)> = overlay.into_iter().collect();
+        self.stats.unbound.fetch_add(removed as u64, Relaxed);
+        // As for the sweep: a failed commit leaves them in the file, and
+        // the next start drops stream bindings anyway.
+        self.commit(&changes);
+        let befores = self.publish(&changes);
+        self.notify_changes(Instant::now(), now_unix(), &changes, befores);
+        self.flush();
     }
 
     /// Expired bindings out: persisted, then notified.

@@ -261,6 +261,8 @@ fn bump(c: &AtomicU64) {
 
 struct Conn {
     id: ConnId,
+    /// The client's address (`None`: the edge's own link to a shard).
+    peer: Option<SocketAddr>,
     framing: Connection,
     token: [u8; TOKEN_LEN],
     /// Until the first tick that finds no TLS handshake under way: when
@@ -327,6 +329,8 @@ pub struct StreamSide {
     next_tick: Instant,
     /// Where mail is read (allocated once: `MAIL_MAX` bytes).
     mail_buf: Vec<u8>,
+    /// Client connections ended and not yet taken ([`Self::take_ended`]).
+    ended: Vec<(SocketAddr, Flow)>,
     pub stats: Arc<StreamStats>,
 }
 
@@ -564,6 +568,7 @@ impl StreamSide {
             shard_tls,
             next_tick: Instant::now() + TICK,
             mail_buf: vec![0; MAIL_MAX],
+            ended: Vec::new(),
             stats,
         })
     }
@@ -573,7 +578,8 @@ impl StreamSide {
         self.reactor.as_ref().map(Reactor::fd)
     }
 
-    pub fn opened(&mut self, id: ConnId, now: Instant) {
+    /// A connection from `peer` (`None`: the edge's own link to a shard).
+    pub fn opened(&mut self, id: ConnId, peer: Option<SocketAddr>, now: Instant) {
         bump(&self.stats.opened);
         let slot = id.slot as usize;
         if self.conns.len() <= slot {
@@ -586,6 +592,7 @@ impl StreamSide {
         };
         self.conns[slot] = Some(Conn {
             id,
+            peer,
             framing: Connection::new(now, self.cfg.limits(), self.cfg.timing()),
             token: flow.token(&self.key),
             handshake_until: Some(now + self.handshake),
@@ -710,7 +717,7 @@ impl StreamSide {
             bump(&self.stats.link_failed);
             return false;
         };
-        self.opened(id, now);
+        self.opened(id, None, now);
         if self.links.len() <= shard {
             self.links.resize(shard + 1, None);
         }
@@ -742,11 +749,30 @@ impl StreamSide {
             *l = None;
         }
         self.aliases.retain(|&(_, i)| i != id);
-        if let Some(slot) = self.conns.get_mut(id.slot as usize) {
-            if slot.as_ref().is_some_and(|c| c.id == id) {
-                *slot = None;
-            }
+        let Some(slot) = self.conns.get_mut(id.slot as usize) else {
+            return;
+        };
+        let Some(c) = slot.take_if(|c| c.id == id) else {
+            return;
+        };
+        if let (Some(peer), false) = (c.peer, matches!(c.alias, Alias::Shard(_))) {
+            // Each connection ends once, and `ended` is taken after every
+            // poll: bounded by the connections a worker holds.
+            self.ended.push((
+                peer,
+                Flow {
+                    worker: self.worker,
+                    slot: id.slot,
+                    generation: id.generation,
+                },
+            ));
         }
+    }
+
+    /// The client connections that ended since the last call (their
+    /// peer and flow), for the registrar to unbind what was on them.
+    pub fn take_ended(&mut self) -> Vec<(SocketAddr, Flow)> {
+        std::mem::take(&mut self.ended)
     }
 
     fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {

@@ -527,6 +527,27 @@ impl EdgeHandler {
         }
     }
 
+    /// RFC 5626 flow failure: the registered contacts of each ended client
+    /// connection go (looked up first: most connections registered
+    /// nothing, and those cost the registrar nothing).
+    fn unbind_ended(&mut self, ended: Vec<(SocketAddr, crate::sip::flow::Flow)>) {
+        let (Some(q), Some(reg)) = (
+            self.adm.registrar.as_ref(),
+            self.tables.load().registrar.as_ref(),
+        ) else {
+            return;
+        };
+        for (peer, conn) in ended {
+            let bound = reg
+                .location
+                .identity_of_flow((peer, Some(conn)), |_| ())
+                .is_some();
+            if bound && !q.conn_ended(peer, conn) {
+                tracing::warn!(%peer, "registrar queue full: an ended connection's bindings wait for their expiry");
+            }
+        }
+    }
+
     fn fold_latency(&mut self) {
         if let Ok(mut shared) = self.stats.latency.try_lock() {
             let _ = shared.add(&self.local);
@@ -605,10 +626,15 @@ impl DatagramHandler for EdgeHandler {
                 }
             }
         }
-        if let Some(side) = self.streams.as_mut() {
-            side.tick(Instant::now(), reactor.streams());
-            side.reactor = Some(reactor);
-        }
+        let ended = match self.streams.as_mut() {
+            Some(side) => {
+                side.tick(Instant::now(), reactor.streams());
+                side.reactor = Some(reactor);
+                side.take_ended()
+            }
+            None => Vec::new(),
+        };
+        self.unbind_ended(ended);
     }
 
     fn on_batch_end(&mut self) {
@@ -651,9 +677,9 @@ impl DatagramHandler for EdgeHandler {
 }
 
 impl StreamHandler for EdgeHandler {
-    fn on_open(&mut self, id: ConnId, _peer: SocketAddr) {
+    fn on_open(&mut self, id: ConnId, peer: SocketAddr) {
         if let Some(side) = self.streams.as_mut() {
-            side.opened(id, Instant::now());
+            side.opened(id, Some(peer), Instant::now());
         }
     }
 

@@ -742,6 +742,33 @@ impl LocationWriter {
         self.expiry.len()
     }
 
+    /// Every AoR with a binding on the stream connection `conn` from
+    /// `src` (the lines of one device on one connection), at most
+    /// `max`: what goes when that connection ends. The flow index names
+    /// the candidates (its published run and the writer's overflow), each
+    /// confirmed against the AoR's bindings.
+    pub fn aors_on_conn(&self, src: SocketAddr, conn: Flow, max: usize) -> Vec<Vec<u8>> {
+        let fh = flow_hash(src);
+        let flows = self.loc.flows[flow_part_of(fh)].load();
+        let named = flows.0[flow_run(&flows.0, fh)].iter().map(|&e| e as u32);
+        let waiting = self.crowded.get(&fh).into_iter().flatten().copied();
+        let mut out: Vec<Vec<u8>> = Vec::new();
+        for ah in named.chain(waiting) {
+            let part = self.loc.parts[part_of(ah)].load();
+            for i in part.run(ah) {
+                let on_it = part.slots[i]
+                    .list
+                    .iter()
+                    .any(|b| b.is_flow(src, Some(conn)));
+                let key = part.key(i);
+                if on_it && out.len() < max && !out.iter().any(|k| k == key) {
+                    out.push(key.to_vec());
+                }
+            }
+        }
+        out
+    }
+
     /// Replace the bindings of `aor` (empty: remove the AoR). The key is
     /// canonical `user@host`, at most [`MAX_IDENTITY`] bytes (asserted).
     pub fn put(&mut self, aor: &[u8], bindings: Vec<Binding>) -> Result<(), PutError> {
@@ -1370,6 +1397,47 @@ mod tests {
             assert_eq!(who(Some(conn)), Some(b"alice@x".to_vec()));
             assert_eq!((who(None), who(Some(again))), (None, None));
         }
+    }
+
+    /// Every AoR on a connection is found, also past the flow index's
+    /// named run (the writer's overflow), and nothing of another one.
+    #[test]
+    fn the_aors_on_a_connection_are_all_found() {
+        let (loc, mut w) = table();
+        let conn = Flow {
+            worker: 0,
+            slot: 3,
+            generation: 1,
+        };
+        let other = Flow {
+            generation: 2,
+            ..conn
+        };
+        let src = "192.0.2.1:40000";
+        let on = |c| {
+            let mut p = parts("sip:line@192.0.2.1:40000;transport=tls", src, 10, 1);
+            p.conn = Some(c);
+            Binding::new(&p).unwrap()
+        };
+        let n = FLOW_NAMED + 5;
+        let keys: Vec<Vec<u8>> = (0..n).map(|i| format!("line{i}@x").into_bytes()).collect();
+        for k in &keys {
+            w.put(k, vec![on(conn)]).unwrap();
+        }
+        w.put(b"next@x", vec![on(other)]).unwrap();
+        w.put(b"udp@x", vec![b("sip:u@192.0.2.1:40000", src, 10)])
+            .unwrap();
+        let mut got = w.aors_on_conn(addr(src), conn, 1000);
+        got.sort();
+        let mut want = keys.clone();
+        want.sort();
+        assert_eq!(got, want);
+        assert_eq!(
+            w.aors_on_conn(addr(src), other, 1000),
+            vec![b"next@x".to_vec()]
+        );
+        assert_eq!(w.aors_on_conn(addr(src), conn, 3).len(), 3, "bounded");
+        drop(loc);
     }
 
     #[test]
