@@ -65,6 +65,10 @@ CALLS=1000 RATE=300 EDGE_BIN="${CARGO_TARGET_DIR:-target}/release/cpm-edge" \
 step "SIPp: REGISTER with digest (MD5) through the edge's registrar, bindings kept across a restart"
 EDGE_BIN="${CARGO_TARGET_DIR:-target}/release/cpm-edge" tests/sipp/run-register.sh
 
+step "SIPp over TCP: REGISTER with digest on a connection per user (-t tn), then on one for all (-t t1); each connection's end unbinds what was on it"
+TRANSPORT=tn EDGE_BIN="${CARGO_TARGET_DIR:-target}/release/cpm-edge" tests/sipp/run-register.sh
+TRANSPORT=t1 EDGE_BIN="${CARGO_TARGET_DIR:-target}/release/cpm-edge" tests/sipp/run-register.sh
+
 step "the system demo: cpm-system + cpm-demo (Appendix C.1 through the edge and CS shards)"
 SYSTEM_BIN="${CARGO_TARGET_DIR:-target}/release/cpm-system" \
   DEMO_BIN="${CARGO_TARGET_DIR:-target}/release/cpm-demo" tests/system/run-demo.sh

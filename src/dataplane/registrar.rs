@@ -45,9 +45,10 @@ pub const MAX_BATCH: usize = 256;
 pub const COMMIT_WINDOW: Duration = Duration::from_millis(2);
 /// Most expired bindings removed per sweep (the rest wait a second).
 pub const MAX_SWEEP: usize = 4096;
-/// Most AoRs unbound for one ended connection (the lines of one device:
-/// a backstop, the per-AoR contact bound keeps it far lower).
-pub const MAX_AORS_PER_CONN: usize = 64;
+/// Most AoRs unbound for one ended connection: the lines of one device,
+/// or every user behind an SBC on one connection, as many as a sweep
+/// takes (beyond, the rest lapse at their expiry).
+pub const MAX_AORS_PER_CONN: usize = 4096;
 
 /// What the registrar thread is given.
 pub enum RegWork {

@@ -14,7 +14,15 @@
 # ([registrar] algorithms = ["MD5", "SHA-256"]); SHA-256 is exercised by
 # tests/registrar.rs with an independent implementation.
 #
+# With TRANSPORT=tn (SIPp over TCP, one connection per registration,
+# closed when its call ends) the edge has [tcp] enabled, each binding
+# names its connection, and each connection's end takes its binding with
+# it (RFC 5626 flow failure): the run passes only if, after SIPp's N
+# successful registrations, /metrics count N bindings unbound for their
+# ended connection and hold 0 bindings.
+#
 # Environment: N [2000] RATE [500] EDGE_BIN [target/release/cpm-edge]
+#   TRANSPORT [u1] (SIPp's -t: u1, or tn for TCP)
 #   SIPP [sipp] PORT [25560] ADMIN [28580] SIPP_PORT [25570] LOGDIR [mktemp]
 set -euo pipefail
 
@@ -26,6 +34,11 @@ SIPP=${SIPP:-sipp}
 PORT=${PORT:-25560}
 ADMIN=${ADMIN:-28580}
 SIPP_PORT=${SIPP_PORT:-25570}
+TRANSPORT=${TRANSPORT:-u1}
+# SIPp's default socket bound (50 000) is refused past the descriptor
+# limit; a connection per call needs only the calls in flight (-l 200).
+MAX_SOCKET=
+[[ "$TRANSPORT" == u1 ]] || MAX_SOCKET="-max_socket 2048"
 EDGE_BIN=${EDGE_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/cpm-edge}
 LOGDIR=${LOGDIR:-$(mktemp -d /tmp/cpm-sipp-register.XXXXXX)}
 mkdir -p "$LOGDIR"
@@ -51,6 +64,7 @@ bind = "127.0.0.1:$ADMIN"
 enabled = false
 [log]
 level = "warn"
+$( [[ "$TRANSPORT" == u1 ]] || printf '[tcp]\nenabled = true\n' )
 [[shard]]
 name = "cs1"
 addr = "127.0.0.1:27001"
@@ -94,7 +108,7 @@ PY
 
 start_edge
 (cd "$LOGDIR" && exec "$SIPP" "127.0.0.1:$PORT" -sf "$ROOT/perf/registrar/reg-auth.xml" \
-    -key ruri sip:example.net -inf "$LOGDIR/users/users.csv" -i 127.0.0.1 -p "$SIPP_PORT" -t u1 \
+    -key ruri sip:example.net -inf "$LOGDIR/users/users.csv" -i 127.0.0.1 -p "$SIPP_PORT" -t "$TRANSPORT" $MAX_SOCKET \
     -m "$N" -r "$RATE" -l 200 -nostdin -timeout 120s -timeout_error -recv_timeout 10000 \
     -trace_stat -stf "$LOGDIR/stat.csv" -fd 1 -trace_err -error_file "$LOGDIR/errors.log" \
     </dev/null >"$LOGDIR/sipp.out" 2>&1) &
@@ -108,9 +122,23 @@ col() {
 }
 ok=$(col "$LOGDIR/stat.csv" SuccessfulCall\(C\))
 failed=$(col "$LOGDIR/stat.csv" FailedCall\(C\))
-echo "run-register: SIPp exit $rc, $ok successful, $failed failed registrations (MD5 digest)"
+echo "run-register: SIPp exit $rc, $ok successful, $failed failed registrations (MD5 digest, -t $TRANSPORT)"
 [[ "$rc" == 0 && "$ok" == "$N" && "$failed" == 0 ]] ||
     { tail -20 "$LOGDIR/errors.log" 2>/dev/null; die "SIPp registrations failed; logs in $LOGDIR"; }
+if [[ "$TRANSPORT" != u1 ]]; then
+    # Every registration's connection has ended: so have its bindings.
+    ended='cpm_edge_registrar_store_total{event="connection_ended"}'
+    for _ in $(seq 100); do
+        u=$(metric "$ended")
+        b=$(metric cpm_edge_location_bindings)
+        [[ "$u" == "$N" && "$b" == 0 ]] && break
+        sleep 0.1
+    done
+    [[ "$u" == "$N" && "$b" == 0 ]] ||
+        die "after the connections ended: $u bindings unbound (not $N), $b held (not 0)"
+    echo "run-register: PASS ($N users registered with digest MD5 over TCP (-t $TRANSPORT) through SIPp; all $u bindings unbound as their connections ended)"
+    exit 0
+fi
 b=$(metric cpm_edge_location_bindings)
 [[ "$b" == "$N" ]] || die "the edge holds $b bindings, not $N"
 stop_edge
