@@ -186,14 +186,18 @@ fn third_party(pf: &UdpSocket) -> String {
 
 /// The client's answer `status` to a request it got (every Via, in order).
 fn client_answer(req: &str, status: &str) -> String {
-    format!(
-        "SIP/2.0 {status}\r\n{}\r\n{}\r\n{};tag=cl\r\n{}\r\n{}\r\nContent-Length: 0\r\n\r\n",
-        header(req, "Via").join("\r\n"),
-        header(req, "From")[0],
-        header(req, "To")[0],
-        header(req, "Call-ID")[0],
-        header(req, "CSeq")[0],
-    )
+    ua_answer(req, status, Some("cl"))
+}
+
+/// The PF's request for `user` is answered `480`: nothing is bound.
+fn not_registered(e: &Edge, user: &str, call: &str) {
+    e.pf.send_to(e.pf_invite(user, call).as_bytes(), e.udp)
+        .unwrap();
+    let (r, _) = recv(&e.pf);
+    assert!(
+        r.starts_with("SIP/2.0 480 Temporarily Unavailable - Not Registered"),
+        "{r}"
+    );
 }
 
 /// A session for the AoR reaches the client on its TLS connection, our
@@ -290,16 +294,7 @@ fn registered_over_tls(store: bool) {
         tp = third_party(&e.pf);
     }
     assert_eq!(header(&tp, "Expires"), vec!["Expires: 0"], "{tp}");
-    e.pf.send_to(
-        e.pf_invite("alice", &format!("{name}-none")).as_bytes(),
-        e.udp,
-    )
-    .unwrap();
-    let (r, _) = recv(&e.pf);
-    assert!(
-        r.starts_with("SIP/2.0 480 Temporarily Unavailable - Not Registered"),
-        "{r}"
-    );
+    not_registered(&e, "alice", &format!("{name}-none"));
     let unbound = &e
         .app
         .as_ref()
@@ -316,16 +311,7 @@ fn registered_over_tls(store: bool) {
     third_party(&e.pf);
     // Not recovered: a restart ends every connection.
     e.restart();
-    e.pf.send_to(
-        e.pf_invite("alice", &format!("{name}-after")).as_bytes(),
-        e.udp,
-    )
-    .unwrap();
-    let (r, _) = recv(&e.pf);
-    assert!(
-        r.starts_with("SIP/2.0 480 Temporarily Unavailable - Not Registered"),
-        "{r}"
-    );
+    not_registered(&e, "alice", &format!("{name}-after"));
 }
 
 #[test]

@@ -404,14 +404,7 @@ fn tls_dialog(r: &Rig, n: u32) -> (TlsClient, String, String) {
 
 /// The client's 200 to a request it got (every Via, in order).
 fn client_ok(req: &str) -> String {
-    format!(
-        "SIP/2.0 200 OK\r\n{}\r\n{}\r\n{}\r\n{}\r\n{}\r\nContent-Length: 0\r\n\r\n",
-        header(req, "Via").join("\r\n"),
-        header(req, "From")[0],
-        header(req, "To")[0],
-        header(req, "Call-ID")[0],
-        header(req, "CSeq")[0],
-    )
+    ua_answer(req, "200 OK", None)
 }
 
 /// A request inside the dialog of `invite` (as the shard received it),

@@ -786,16 +786,10 @@ impl State {
         let (Some(token), false) = (job.flow, data.is_empty()) else {
             return self.send(data, job.src);
         };
-        let mailed = self
-            .mail
-            .as_ref()
-            .is_some_and(|m| m.send(&token, None, data));
-        if !mailed {
-            // Over a stream the client does not retransmit: its
-            // transaction times out (RFC 3261 §17.1.2.2) and it registers
-            // again.
-            tracing::warn!(src = %job.src, "registrar answer not mailed to its connection");
-        }
+        // Lost, the answer is not retransmitted over a stream: the
+        // client's transaction times out (RFC 3261 §17.1.2.2) and it
+        // registers again.
+        super::streams::mail_or_log(self.mail.as_ref(), (&token, None), data, "registrar answer");
     }
 
     fn send(&self, data: &[u8], dst: SocketAddr) {

@@ -14,7 +14,7 @@
 //! Invariants: the queue is bounded (the worker answers `503` when full);
 //! every job ends in exactly one send or one counted outcome.
 
-use super::streams::{relayed_flow, stream_shard_of, via_for_stream_shard, Mailer};
+use super::streams::{mail_or_log, relayed_flow, stream_shard_of, via_for_stream_shard, Mailer};
 use crate::pipeline::gate::{GateStats, PolicyGate};
 use crate::pipeline::Outcome;
 use crate::route::Tables;
@@ -276,16 +276,12 @@ fn send_result(ctx: &Ctx, job: &Job, (out, len): (&mut [u8], usize), to: To) {
                 None => false,
             }
         }
-        To::Stream { token, origin } => {
-            let mailed = ctx
-                .mail
-                .as_ref()
-                .is_some_and(|m| m.send(&token, origin, bytes));
-            if !mailed {
-                tracing::warn!(src = %job.src, "slow path result not mailed to its connection");
-            }
-            mailed
-        }
+        To::Stream { token, origin } => mail_or_log(
+            ctx.mail.as_ref(),
+            (&token, origin),
+            bytes,
+            "slow path result",
+        ),
         To::Shard(shard) => {
             let len = via_for_stream_shard(out, len, shard.2);
             ctx.mail

@@ -482,6 +482,22 @@ impl Mailer {
     }
 }
 
+/// `bytes` through `mail` to the connection `token` names (`origin`: a
+/// request's sender); a failure (no mail, no such flow, a full socket) is
+/// logged for `who` and `false`.
+pub fn mail_or_log(
+    mail: Option<&Mailer>,
+    (token, origin): (&[u8], Option<SocketAddr>),
+    bytes: &[u8],
+    who: &str,
+) -> bool {
+    let mailed = mail.is_some_and(|m| m.send(token, origin, bytes));
+    if !mailed {
+        tracing::warn!(who, "not mailed to its connection");
+    }
+    mailed
+}
+
 /// The token field of mail for the receiving worker's own link to a shard
 /// (a slow-path result for a stream shard; the shard's address is the
 /// origin field): `shard:`, the shard index in 8 hex digits, `:t` (TLS) or

@@ -367,3 +367,20 @@ pub fn spawn_quiet(bin: &str, cfg: &std::path::Path) -> Child {
             .unwrap(),
     )
 }
+
+/// A UA's answer `status` to a request it got (every Via, in order), its
+/// To tagged `to_tag` when the request's To had none.
+pub fn ua_answer(req: &str, status: &str, to_tag: Option<&str>) -> String {
+    let to = header(req, "To")[0];
+    let to = match to_tag {
+        Some(t) if !to.contains(";tag=") => format!("{to};tag={t}"),
+        _ => to.to_string(),
+    };
+    format!(
+        "SIP/2.0 {status}\r\n{}\r\n{}\r\n{to}\r\n{}\r\n{}\r\nContent-Length: 0\r\n\r\n",
+        header(req, "Via").join("\r\n"),
+        header(req, "From")[0],
+        header(req, "Call-ID")[0],
+        header(req, "CSeq")[0],
+    )
+}
