@@ -470,6 +470,12 @@ impl Collector for Streams {
             "TCP and TLS connections open.",
             opened.saturating_sub(gone),
         )?;
+        gauge(
+            e,
+            "cpm_edge_stream_ring_workers",
+            "Workers whose connections receive through their io_uring (multishot receives on a provided-buffer group) rather than epoll readiness.",
+            s.ring_workers.load(Relaxed),
+        )?;
         counter(e, "cpm_edge_stream_opened", "Connections accepted.", opened)?;
         counters(
             e,

@@ -253,6 +253,9 @@ pub struct StreamStats {
     pub undeliverable: AtomicU64,
     /// Connections to stream shards that could not be opened.
     pub link_failed: AtomicU64,
+    /// Workers whose connections receive through their io_uring (the
+    /// io_uring backend), not through epoll readiness.
+    pub ring_workers: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {

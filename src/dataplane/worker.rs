@@ -637,6 +637,36 @@ impl DatagramHandler for EdgeHandler {
         self.unbind_ended(ended);
     }
 
+    fn enable_ring_receives(&mut self) -> bool {
+        let Some(side) = self.streams.as_mut() else {
+            return false;
+        };
+        let Some(r) = side.reactor.as_mut() else {
+            return false;
+        };
+        r.set_ring_receives();
+        side.stats
+            .ring_workers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        true
+    }
+
+    fn take_ring_ops(&mut self, ops: &mut Vec<crate::io::stream::RingOp>) {
+        if let Some(r) = self.streams.as_mut().and_then(|s| s.reactor.as_mut()) {
+            r.take_ring_ops(ops);
+        }
+    }
+
+    fn on_ring_recv(&mut self, key: u64, res: Result<&[u8], i32>) {
+        let Some(mut reactor) = self.streams.as_mut().and_then(|s| s.reactor.take()) else {
+            return;
+        };
+        reactor.ring_received(key, res, self);
+        if let Some(side) = self.streams.as_mut() {
+            side.reactor = Some(reactor);
+        }
+    }
+
     fn on_batch_end(&mut self) {
         // This batch's sends are submitted: slow-path results from it may go.
         self.progress.done(self.worker, self.batches);

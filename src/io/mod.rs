@@ -1,6 +1,7 @@
 //! Datagram io at the edge of the process: sockets, io_uring and the
 //! recvmmsg/sendmmsg fallback; and stream sockets ([`stream`], TCP and
-//! TLS ([`tls`]) on epoll).
+//! TLS ([`tls`]): receiving through the worker's io_uring on that
+//! backend, through epoll readiness on the fallback).
 //!
 //! This module owns every syscall of a worker's hot loop and nothing about SIP.
 //! A worker hands [`run`] a bound socket and a [`DatagramHandler`]; the loop
@@ -97,6 +98,17 @@ pub trait DatagramHandler {
     /// [`IoConfig::wake`] is readable: do what waits there (without
     /// blocking) until it is not.
     fn on_wake(&mut self) {}
+    /// The io_uring backend, at start: will the handler's stream
+    /// connections receive through the ring ([`stream::RingOp`])? `true`:
+    /// its reactor is in ring mode from now on.
+    fn enable_ring_receives(&mut self) -> bool {
+        false
+    }
+    /// Ring mode: the connections' receive requests since the last call.
+    fn take_ring_ops(&mut self, _ops: &mut Vec<stream::RingOp>) {}
+    /// Ring mode: what the receive of the connection `key` names brought
+    /// (bytes, empty at the end of the stream, or an errno).
+    fn on_ring_recv(&mut self, _key: u64, _res: Result<&[u8], i32>) {}
 }
 
 /// Pick the backend: `Auto` probes io_uring (ring creation, multishot

@@ -4,14 +4,16 @@
 //! encrypted here, [`crate::io::tls`]), opens and closes, every limit
 //! counted by the caller through [`StreamHandler`].
 //!
-//! Why epoll here while datagrams ride io_uring: a connection's receive
-//! needs a buffer per connection (or a provided-buffer group sized for
-//! the busiest) and its sends need their bytes kept until completion;
-//! epoll's readiness lets one scratch buffer serve every connection and
-//! writes go straight from the caller's buffer. The worker waits on the
-//! epoll descriptor from its io_uring loop (one poll request), so one
-//! thread still serves both; moving the stream io into the ring is a
-//! later step, measured against this one.
+//! Receives in two modes. With epoll alone (the mmsg backend), readiness
+//! lets one scratch buffer serve every connection. In ring mode (the
+//! io_uring backend, [`Reactor::set_ring_receives`]) each connection's
+//! receive is a multishot request in the worker's io_uring on a
+//! provided-buffer group shared by all connections: the reactor asks for
+//! it ([`RingOp`]) and is handed what it brings ([`Reactor::ring_received`]),
+//! and epoll watches only the listeners, the worker's mail and the
+//! writability of a connection whose bytes wait. Sends go straight from
+//! the caller's buffer in both modes (a write completes inline; through
+//! the ring its bytes would have to be kept until its completion).
 //!
 //! Invariants:
 //! - bounded: at most `max_connections` in all and `max_per_ip` from one
@@ -89,6 +91,36 @@ pub enum CloseReason {
     Tls,
 }
 
+/// What the io_uring loop is asked to do for the connections' receives
+/// (ring mode only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RingOp {
+    /// Arm a multishot receive on `fd` for the connection `key` names
+    /// ([`ring_key`]).
+    Arm { fd: RawFd, key: u64 },
+    /// That connection is closing: cancel its receive (the ring's
+    /// request holds the socket open until it completes).
+    Cancel { key: u64 },
+}
+
+/// Most connection slots in ring mode: a ring key has 24 bits of slot
+/// beside 32 of generation (the top byte is the io loop's tag).
+pub const RING_MAX_SLOTS: usize = 1 << 24;
+
+/// The ring's name of a connection: slot and generation, so a completion
+/// for a slot's earlier tenant never reaches the next one.
+pub fn ring_key(id: ConnId) -> u64 {
+    debug_assert!((id.slot as usize) < RING_MAX_SLOTS);
+    u64::from(id.slot) << 32 | u64::from(id.generation)
+}
+
+fn conn_of_key(key: u64) -> ConnId {
+    ConnId {
+        slot: ((key >> 32) & 0xff_ffff) as u32,
+        generation: key as u32,
+    }
+}
+
 /// What the worker does with stream events.
 pub trait StreamHandler {
     fn on_open(&mut self, id: ConnId, peer: SocketAddr);
@@ -110,6 +142,8 @@ struct Conn {
     /// listener, a client one for a connection the edge opened to a TLS
     /// peer (boxed: a plain connection does not carry it).
     tls: Option<Box<rustls::Connection>>,
+    /// Its receive is the ring's: epoll watches it for writability only.
+    ring: bool,
 }
 
 /// The connections of one worker, writable from a handler.
@@ -125,6 +159,11 @@ pub struct Streams {
     closed: Vec<(ConnId, CloseReason)>,
     /// Where a TLS session's records are gathered before they are written.
     records: Vec<u8>,
+    /// Ring mode: the receives are the io_uring loop's.
+    ring: bool,
+    /// Ring mode: requests for the loop, taken by [`Reactor::take_ring_ops`]
+    /// after every poll and delivery (bounded by two per connection).
+    ops: Vec<RingOp>,
 }
 
 struct Listener {
@@ -171,6 +210,8 @@ impl Reactor {
                 cfg,
                 closed: Vec::new(),
                 records: Vec::new(),
+                ring: false,
+                ops: Vec::new(),
             },
             scratch: vec![0; cfg.read_budget.min(64 * 1024)],
             // A TLS record holds at most 16 KiB of plaintext.
@@ -179,6 +220,48 @@ impl Reactor {
             listeners: Vec::new(),
         };
         Ok(r)
+    }
+
+    /// Ring mode, before any connection: each connection's receive is
+    /// asked of the io_uring loop ([`Reactor::take_ring_ops`]) and its
+    /// bytes come back through [`Reactor::ring_received`].
+    pub fn set_ring_receives(&mut self) {
+        assert!(
+            self.streams.is_empty(),
+            "ring mode is set before any connection"
+        );
+        assert!(self.streams.cfg.max_connections < RING_MAX_SLOTS);
+        self.streams.ring = true;
+    }
+
+    /// The receive requests for the io_uring loop since the last call.
+    pub fn take_ring_ops(&mut self, out: &mut Vec<RingOp>) {
+        out.append(&mut self.streams.ops);
+    }
+
+    /// What the ring's receive for `key` brought: bytes, the end of the
+    /// stream (empty), or the errno that ends the connection. A key of a
+    /// connection already gone is ignored.
+    pub fn ring_received<H: StreamHandler>(
+        &mut self,
+        key: u64,
+        res: Result<&[u8], i32>,
+        h: &mut H,
+    ) {
+        let id = conn_of_key(key);
+        let Some(c) = self.streams.get(id) else {
+            return;
+        };
+        let tls = c.tls.is_some();
+        match res {
+            Ok([]) => self.streams.close_as(id, CloseReason::PeerClosed),
+            Ok(bytes) if tls => {
+                decrypt(&mut self.streams, &mut self.plain, id, bytes, h);
+            }
+            Ok(bytes) => h.on_data(id, bytes, &mut self.streams),
+            Err(errno) => self.streams.close_as(id, CloseReason::Error(errno)),
+        }
+        self.streams.report_closed(h);
     }
 
     /// Accept plain TCP connections on `listener` (made non-blocking here).
@@ -312,7 +395,9 @@ impl Reactor {
         if bits & libc::EPOLLOUT as u32 != 0 {
             self.streams.flush(id);
         }
-        if bits & (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR | libc::EPOLLRDHUP) as u32 != 0 {
+        // In ring mode the ring's receive reports the end and errors too.
+        let readable = (libc::EPOLLIN | libc::EPOLLHUP | libc::EPOLLERR | libc::EPOLLRDHUP) as u32;
+        if bits & readable != 0 && !self.streams.ring {
             self.read(id, h);
         }
     }
@@ -330,7 +415,10 @@ impl Reactor {
                 Ok(n) => {
                     left -= n;
                     let delivered = match c.tls.is_some() {
-                        true => self.decrypt(id, n, h),
+                        true => {
+                            let input = &self.scratch[..n];
+                            decrypt(&mut self.streams, &mut self.plain, id, input, h)
+                        }
                         false => {
                             h.on_data(id, &self.scratch[..n], &mut self.streams);
                             true
@@ -355,35 +443,38 @@ impl Reactor {
     }
 }
 
-impl Reactor {
-    /// `n` bytes of `scratch` from a TLS connection through its session:
-    /// the plaintext to the handler, the session's own records (handshake,
-    /// alerts) to the peer. `false`: the connection is gone.
-    fn decrypt<H: StreamHandler>(&mut self, id: ConnId, n: usize, h: &mut H) -> bool {
-        let mut input = &self.scratch[..n];
-        while !input.is_empty() {
-            let Some(tls) = self.streams.tls_mut(id) else {
-                return false;
-            };
-            // Fails only while unread plaintext fills rustls' buffer, which
-            // the loop below always empties.
-            if tls.read_tls(&mut input).is_err() {
-                self.streams.close_as(id, CloseReason::Tls);
-                return false;
-            }
-            let state = tls.process_new_packets();
-            self.streams.write_records(id);
-            if let Err(e) = state {
-                tracing::debug!(peer = ?self.streams.peer(id), "tls: {e}");
-                self.streams.close_as(id, CloseReason::Tls);
-                return false;
-            }
-            if !deliver_plaintext(&mut self.streams, &mut self.plain, id, h) {
-                return false;
-            }
+/// `input` from a TLS connection through its session: the plaintext to
+/// the handler, the session's own records (handshake, alerts) to the peer.
+/// `false`: the connection is gone.
+fn decrypt<H: StreamHandler>(
+    streams: &mut Streams,
+    plain: &mut [u8],
+    id: ConnId,
+    mut input: &[u8],
+    h: &mut H,
+) -> bool {
+    while !input.is_empty() {
+        let Some(tls) = streams.tls_mut(id) else {
+            return false;
+        };
+        // Fails only while unread plaintext fills rustls' buffer, which
+        // the loop below always empties.
+        if tls.read_tls(&mut input).is_err() {
+            streams.close_as(id, CloseReason::Tls);
+            return false;
         }
-        true
+        let state = tls.process_new_packets();
+        streams.write_records(id);
+        if let Err(e) = state {
+            tracing::debug!(peer = ?streams.peer(id), "tls: {e}");
+            streams.close_as(id, CloseReason::Tls);
+            return false;
+        }
+        if !deliver_plaintext(streams, plain, id, h) {
+            return false;
+        }
     }
+    true
 }
 
 /// Hand what `id`'s session decrypted to the handler, a read of `plain`
@@ -570,7 +661,7 @@ impl Streams {
             }
         };
         let generation = self.generations[slot as usize];
-        let events = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
+        let events = read_events(self.ring);
         if ctl(
             self.epoll,
             libc::EPOLL_CTL_ADD,
@@ -583,15 +674,24 @@ impl Streams {
             self.free.push(slot);
             return None;
         }
+        let id = ConnId { slot, generation };
+        if self.ring {
+            let fd = sock.as_raw_fd();
+            self.ops.push(RingOp::Arm {
+                fd,
+                key: ring_key(id),
+            });
+        }
         self.slots[slot as usize] = Some(Conn {
             sock,
             peer,
             generation,
             queued: Vec::new(),
             tls,
+            ring: self.ring,
         });
         *self.per_ip.entry(peer.ip()).or_insert(0) += 1;
-        Some(ConnId { slot, generation })
+        Some(id)
     }
 
     fn id_of(&self, slot: u32) -> Option<ConnId> {
@@ -635,6 +735,9 @@ impl Streams {
         }
         let fd = c.sock.as_raw_fd();
         let _ = ctl(self.epoll, libc::EPOLL_CTL_DEL, fd, 0, 0);
+        if c.ring {
+            self.ops.push(RingOp::Cancel { key: ring_key(id) });
+        }
         if let Some(n) = self.per_ip.get_mut(&c.peer.ip()) {
             *n -= 1;
             if *n == 0 {
@@ -771,7 +874,7 @@ impl Conn {
     /// Watch for writability only while bytes wait (level-triggered
     /// epoll would report a writable socket on every wait).
     fn watch_writable(&self, epoll: RawFd, slot: u32, on: bool) -> Result<(), CloseReason> {
-        let mut events = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
+        let mut events = read_events(self.ring);
         if on {
             events |= libc::EPOLLOUT as u32;
         }
@@ -783,6 +886,15 @@ impl Conn {
             u64::from(slot),
         )
         .map_err(|e| CloseReason::Error(e.raw_os_error().unwrap_or(libc::EIO)))
+    }
+}
+
+/// What epoll watches on a connection besides writability: its input,
+/// unless the ring receives it.
+fn read_events(ring: bool) -> u32 {
+    match ring {
+        true => 0,
+        false => (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
     }
 }
 

@@ -1,5 +1,8 @@
 //! The io_uring backend: one multishot `RecvMsgMulti` on a provided-buffer
-//! ring for receiving; each batch's outputs leave with one `sendmmsg`.
+//! ring for receiving datagrams, and (with a stream reactor in ring mode)
+//! one multishot `RecvMulti` per TCP/TLS connection on a second
+//! provided-buffer group shared by all of them; each batch's outputs leave
+//! with one `sendmmsg`, a connection's bytes with a plain write.
 //!
 //! Why the sends do not go through the ring: inline UDP sends complete
 //! inside the call either way, and one `SendMsg` request per datagram adds
@@ -22,7 +25,10 @@
 //!   this module owns (anonymous mmap) and refills (5.19+);
 //! - IORING_OP_RECVMSG with IORING_RECV_MULTISHOT and buffer select: one
 //!   request keeps posting one completion per datagram (6.0+);
-//! - IORING_OP_ASYNC_CANCEL (at shutdown).
+//! - IORING_OP_RECV with IORING_RECV_MULTISHOT and buffer select, one per
+//!   stream connection (6.0+);
+//! - IORING_OP_ASYNC_CANCEL: a closing connection's receive by its user
+//!   data, and at shutdown every request (IORING_ASYNC_CANCEL_ANY, 5.19+).
 //!
 //! Layout of one provided buffer, as the kernel fills it for a multishot
 //! recvmsg: `struct io_uring_recvmsg_out` (16 bytes), the source address
@@ -41,11 +47,22 @@
 //! overflows; at most `batch` datagrams are handled per batch, each with at
 //! most one output slot.
 //!
-//! Memory soundness: the kernel holds pointers to the buffer ring, the
-//! receive buffers and the recvmsg header. On exit the receive is cancelled
-//! and its completion awaited before that memory is freed; if that does not
-//! happen within `DRAIN_DEADLINE` (1 s), or the handler panics, the memory
-//! is leaked rather than freed under the kernel.
+//! Streams (ring mode): the reactor asks for a connection's receive when it
+//! installs the connection and for its cancel when it closes it
+//! ([`super::stream::RingOp`], taken each turn). A completion's user data
+//! is a tag and the connection's key (slot and generation), so one for a
+//! slot's earlier tenant is never delivered to the next; its bytes go to
+//! the handler and its buffer back to the kernel at once. A multishot
+//! that ends while its connection lives (ENOBUFS: the group ran dry) is
+//! asked again. The end of the stream and errors go to the handler, which
+//! closes the connection.
+//!
+//! Memory soundness: the kernel holds pointers to the buffer rings, the
+//! receive buffers and the recvmsg header. On exit every request is
+//! cancelled and every final completion awaited (the datagram receive, and
+//! each stream receive `inflight` names) before that memory is freed; if
+//! that does not happen within `DRAIN_DEADLINE` (1 s), or the handler
+//! panics, the memory is leaked rather than freed under the kernel.
 //!
 //! Side effect of tearing a ring down: the kernel notifies every thread that
 //! used it with a signal-like task work, which can make one blocking syscall
@@ -66,7 +83,9 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring, Probe, Submitter};
 
 use super::mmsg::Tx;
 use super::socket::from_sockaddr;
+use super::stream::RingOp;
 use super::{DatagramHandler, IoConfig};
+use std::collections::HashMap;
 
 /// user_data of the multishot receive.
 const RECV_UD: u64 = u64::MAX;
@@ -76,6 +95,16 @@ const CANCEL_UD: u64 = u64::MAX - 1;
 const WAKE_UD: u64 = u64::MAX - 2;
 /// Provided-buffer group id (one group per ring, rings are per worker).
 const BGID: u16 = 0;
+/// The stream connections' buffer group (ring mode).
+const STREAM_BGID: u16 = 1;
+/// Its buffers: shared by every connection of the worker, each taken only
+/// from a completion until the handler has seen it (4 MiB a worker).
+const STREAM_BUFS: usize = 256;
+const STREAM_BUF_LEN: usize = 16 * 1024;
+/// The top byte of a stream receive's user data; the rest is its
+/// connection's key ([`super::stream::ring_key`]).
+const STREAM_TAG: u64 = 0x5a << 56;
+const TAG_MASK: u64 = 0xff << 56;
 /// `size_of::<struct io_uring_recvmsg_out>()`: four u32 (kernel ABI).
 const RECVMSG_OUT_LEN: usize = 16;
 /// Room for the source address in each buffer: at least
@@ -139,14 +168,14 @@ fn probe_here() -> Result<(), String> {
     // SAFETY: `bufs` is dropped after `ring` (declared before it, and the
     // ring is dropped explicitly below) or leaked, so the ring memory stays
     // valid while registered.
-    unsafe { bufs.register(&ring.submitter()) }.map_err(|e| {
+    unsafe { bufs.register(&ring.submitter(), BGID) }.map_err(|e| {
         format!("IORING_REGISTER_PBUF_RING: {e} (provided-buffer rings need Linux >= 5.19)")
     })?;
     bufs.provide_all();
 
     let mut recv_armed = false;
     let result = probe_multishot(&mut ring, &bufs, &hdr, &mut recv_armed);
-    let drained = cancel_and_drain(&mut ring, recv_armed);
+    let drained = cancel_and_drain(&mut ring, recv_armed, &mut HashMap::new());
     if !drained {
         // The kernel may still write into `bufs`: never unmap it.
         mem::forget(bufs);
@@ -268,12 +297,29 @@ pub fn run<H: DatagramHandler>(
     let bufs = BufRing::new(cfg.buf_count, entry_len)?;
     let mut tx = Tx::new(batch, cfg.out_size);
     let hdr = recv_msghdr();
-    let sq_entries = 4;
-    let cq_entries = (cfg.buf_count + 8).next_power_of_two() as u32;
+    // Room for the streams' arms and cancels of a turn (more are pushed
+    // after a submit).
+    let sq_entries = 256;
+    // The completions of every provided buffer plus slack; the streams'
+    // final completions beyond that wait in the kernel's overflow list
+    // (IORING_FEAT_NODROP), never lost.
+    let cq_entries = (cfg.buf_count + STREAM_BUFS + 64).next_power_of_two() as u32;
     let mut ring = build_ring(sq_entries, cq_entries)?;
     // SAFETY: the ring memory is freed only after the ring is gone or the
     // group unregistered (below), or never (leaked).
-    unsafe { bufs.register(&ring.submitter()) }?;
+    unsafe { bufs.register(&ring.submitter(), BGID) }?;
+    // The stream connections' receives, when the handler has them: their
+    // own buffer group, registered before any of their requests.
+    let sbufs = match cfg.wake {
+        Some(_) => {
+            let b = BufRing::new(STREAM_BUFS, STREAM_BUF_LEN)?;
+            // SAFETY: as for `bufs`: freed only once no request uses it.
+            unsafe { b.register(&ring.submitter(), STREAM_BGID) }?;
+            Some(b)
+        }
+        None => None,
+    };
+    let ring_streams = sbufs.is_some() && handler.enable_ring_receives();
 
     // From here on the kernel may hold pointers into this memory. It is
     // freed only once the kernel is known to be done with it (every request
@@ -282,6 +328,10 @@ pub fn run<H: DatagramHandler>(
     let mut bufs = ManuallyDrop::new(bufs);
     let hdr = ManuallyDrop::new(hdr);
     bufs.provide_all();
+    let mut sbufs = ManuallyDrop::new(sbufs);
+    if let Some(b) = sbufs.as_mut() {
+        b.provide_all();
+    }
 
     let mut lp = Loop {
         fd: socket.as_raw_fd(),
@@ -296,14 +346,27 @@ pub fn run<H: DatagramHandler>(
         recv_armed: false,
         pending: VecDeque::with_capacity(cfg.buf_count + 4),
         pending_errors: 0,
+        streams: match (ring_streams, sbufs.as_mut()) {
+            (true, Some(b)) => Some(RingStreams {
+                bufs: b,
+                inflight: HashMap::new(),
+                ops: Vec::new(),
+                arm: Vec::new(),
+                cancel: Vec::new(),
+            }),
+            _ => None,
+        },
     };
     let result = lp.run(&mut ring, handler, stop);
     let recv_armed = lp.recv_armed;
-    let drained = cancel_and_drain(&mut ring, recv_armed);
+    let mut inflight = lp.streams.take().map(|r| r.inflight).unwrap_or_default();
+    let drained = cancel_and_drain(&mut ring, recv_armed, &mut inflight);
     if drained {
         let _ = ring.submitter().unregister_buf_ring(BGID);
+        let _ = ring.submitter().unregister_buf_ring(STREAM_BGID);
         drop(ring);
         drop(ManuallyDrop::into_inner(bufs));
+        drop(ManuallyDrop::into_inner(sbufs));
         drop(ManuallyDrop::into_inner(hdr));
     }
     result
@@ -332,6 +395,27 @@ struct Loop<'a> {
     /// grows past its initial capacity.
     pending: VecDeque<(i32, u32)>,
     pending_errors: usize,
+    /// Ring mode: the stream connections' receives.
+    streams: Option<RingStreams<'a>>,
+}
+
+/// The stream connections' multishot receives (ring mode).
+///
+/// Invariant: `inflight` holds exactly the keys whose request the kernel
+/// has (pushed, and no final completion seen), with the descriptor and
+/// whether the connection still wants it (`false` once cancelled). Every
+/// queue is bounded by the connections the reactor holds (one arm and one
+/// cancel each at most).
+struct RingStreams<'a> {
+    bufs: &'a mut BufRing,
+    inflight: HashMap<u64, (RawFd, bool)>,
+    /// Taken from the handler each turn.
+    ops: Vec<RingOp>,
+    /// Receives to push: new connections, and live ones whose multishot
+    /// ended without their end (buffers ran out: ENOBUFS).
+    arm: Vec<(u64, RawFd)>,
+    /// Cancels to push.
+    cancel: Vec<u64>,
 }
 
 impl Loop<'_> {
@@ -351,8 +435,13 @@ impl Loop<'_> {
             cq.sync();
             while self.pending.len() < cap {
                 let Some(cqe) = cq.next() else { break };
-                // Only the receive completes during the loop (a cancel is
-                // sent at shutdown only).
+                // The datagram receive, the wake poll and the streams'
+                // receives complete during the loop (their cancels too,
+                // which carry nothing).
+                if cqe.user_data() & TAG_MASK == STREAM_TAG {
+                    self.stream_completion(cqe.user_data(), cqe.result(), cqe.flags(), handler);
+                    continue;
+                }
                 if cqe.user_data() == WAKE_UD {
                     self.woken = true;
                     if !cqueue::more(cqe.flags()) {
@@ -428,8 +517,10 @@ impl Loop<'_> {
                 handler.on_batch_end();
             }
 
-            // 5. The wake descriptor: its work, and its poll re-armed.
+            // 5. The wake descriptor: its work, and its poll re-armed; the
+            //    streams' receives asked for (armed, cancelled).
             self.wake(&mut sq, handler);
+            self.stream_requests((&submitter, &mut sq), handler);
 
             // 6. Nothing to do without the kernel: wait (bounded); the
             //    same call submits a re-arm.
@@ -466,6 +557,94 @@ impl Loop<'_> {
             if unsafe { sq.push(&sqe) }.is_ok() {
                 self.wake_armed = true;
             }
+        }
+    }
+
+    /// One completion of a stream connection's receive: its bytes (or its
+    /// end, or its error) to the handler while the connection wants them,
+    /// the buffer back to the kernel, and a multishot that ended while the
+    /// connection lives asked again.
+    fn stream_completion<H: DatagramHandler>(&mut self, ud: u64, res: i32, flags: u32, h: &mut H) {
+        let Some(rs) = self.streams.as_mut() else {
+            return;
+        };
+        let key = ud & !TAG_MASK;
+        let bid = cqueue::buffer_select(flags);
+        if let Some(bid) = bid {
+            rs.bufs.taken(bid);
+        }
+        let wanted = rs.inflight.get(&key).is_some_and(|&(_, w)| w);
+        if !cqueue::more(flags) {
+            if let Some((fd, true)) = rs.inflight.remove(&key) {
+                if res > 0 || res == -libc::ENOBUFS {
+                    rs.arm.push((key, fd));
+                }
+            }
+        }
+        match (res, bid) {
+            (n, Some(bid)) if n > 0 && wanted => {
+                let len = (n as usize).min(rs.bufs.buf_len);
+                h.on_ring_recv(key, Ok(&rs.bufs.buf(bid)[..len]));
+            }
+            (0, _) if wanted => h.on_ring_recv(key, Ok(&[])),
+            (e, _) if e < 0 && wanted && e != -libc::ENOBUFS && e != -libc::ECANCELED => {
+                h.on_ring_recv(key, Err(-e));
+            }
+            _ => {}
+        }
+        if let Some(bid) = bid {
+            rs.bufs.provide(bid);
+        }
+    }
+
+    /// The handler's requests for the streams' receives into the
+    /// submission queue: what does not fit waits for the next turn.
+    fn stream_requests<H: DatagramHandler>(
+        &mut self,
+        (submitter, sq): (&Submitter<'_>, &mut squeue::SubmissionQueue<'_>),
+        h: &mut H,
+    ) {
+        let Some(rs) = self.streams.as_mut() else {
+            return;
+        };
+        h.take_ring_ops(&mut rs.ops);
+        for op in rs.ops.drain(..) {
+            match op {
+                RingOp::Arm { fd, key } => rs.arm.push((key, fd)),
+                RingOp::Cancel { key } => {
+                    rs.arm.retain(|&(k, _)| k != key);
+                    if let Some(e) = rs.inflight.get_mut(&key).filter(|e| e.1) {
+                        e.1 = false;
+                        rs.cancel.push(key);
+                    }
+                }
+            }
+        }
+        while let Some(&key) = rs.cancel.last() {
+            let sqe = opcode::AsyncCancel::new(STREAM_TAG | key)
+                .build()
+                .user_data(CANCEL_UD);
+            // SAFETY: a cancel request carries no pointer.
+            if !push_or_submit(submitter, sq, &sqe) {
+                return;
+            }
+            rs.cancel.pop();
+        }
+        while let Some(&(key, fd)) = rs.arm.last() {
+            let sqe = opcode::RecvMulti::new(types::Fd(fd), STREAM_BGID)
+                .build()
+                .user_data(STREAM_TAG | key);
+            // SAFETY: the request points at buffer group STREAM_BGID only,
+            // alive until every stream receive has completed (or leaked)
+            // in `run`; the descriptor is the connection's, open while
+            // `inflight` says the request may be in the kernel's hands (its
+            // close asks for a cancel first, and the kernel holds its own
+            // reference to the file besides).
+            if !push_or_submit(submitter, sq, &sqe) {
+                return;
+            }
+            rs.arm.pop();
+            rs.inflight.insert(key, (fd, true));
         }
     }
 
@@ -515,7 +694,11 @@ impl Loop<'_> {
 /// Cancel the multishot receive (if armed) and wait until the kernel has
 /// completed it. True when nothing is left in flight, false when the
 /// deadline passed first or the ring failed.
-fn cancel_and_drain(ring: &mut IoUring, mut recv_armed: bool) -> bool {
+fn cancel_and_drain(
+    ring: &mut IoUring,
+    mut recv_armed: bool,
+    streams: &mut HashMap<u64, (RawFd, bool)>,
+) -> bool {
     let (submitter, mut sq, mut cq) = ring.split();
     let ts = Timespec::from(WAIT);
     let args = SubmitArgs::new().timespec(&ts);
@@ -524,19 +707,25 @@ fn cancel_and_drain(ring: &mut IoUring, mut recv_armed: bool) -> bool {
     loop {
         cq.sync();
         for cqe in &mut cq {
-            if cqe.user_data() == RECV_UD && !cqueue::more(cqe.flags()) {
+            let ud = cqe.user_data();
+            if ud == RECV_UD && !cqueue::more(cqe.flags()) {
                 recv_armed = false;
+            }
+            if ud & TAG_MASK == STREAM_TAG && !cqueue::more(cqe.flags()) {
+                streams.remove(&(ud & !TAG_MASK));
             }
         }
         cq.sync();
-        if !recv_armed {
+        if !recv_armed && streams.is_empty() {
             return true;
         }
         if Instant::now() >= deadline {
             return false;
         }
-        if recv_armed && !cancel_sent {
-            let sqe = opcode::AsyncCancel::new(RECV_UD)
+        if !cancel_sent {
+            // Every request of the ring at once: the datagram receive, the
+            // wake poll and every stream receive.
+            let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::any())
                 .build()
                 .user_data(CANCEL_UD);
             // SAFETY: a cancel request carries no pointer.
@@ -550,6 +739,27 @@ fn cancel_and_drain(ring: &mut IoUring, mut recv_armed: bool) -> bool {
         }
         sq.sync();
     }
+}
+
+/// Push `sqe`, submitting what the queue holds first when it is full.
+/// `false`: it did not fit even then (it waits for the next turn).
+///
+/// The caller vouches for `sqe` as for [`squeue::SubmissionQueue::push`]:
+/// everything it points at stays valid until it completes.
+fn push_or_submit(
+    submitter: &Submitter<'_>,
+    sq: &mut squeue::SubmissionQueue<'_>,
+    sqe: &squeue::Entry,
+) -> bool {
+    // SAFETY: the caller's promise above.
+    if unsafe { sq.push(sqe) }.is_ok() {
+        return true;
+    }
+    sq.sync();
+    let _ = submitter.submit();
+    sq.sync();
+    // SAFETY: as above.
+    unsafe { sq.push(sqe) }.is_ok()
 }
 
 /// Errors of `io_uring_enter` that only mean "try again".
@@ -720,16 +930,16 @@ impl BufRing {
         })
     }
 
-    /// Register the ring as buffer group [`BGID`].
+    /// Register the ring as buffer group `bgid`.
     ///
     /// # Safety
     /// The ring memory must stay mapped until the group is unregistered or
     /// the io_uring is closed with no request left using it.
-    unsafe fn register(&self, submitter: &Submitter<'_>) -> io::Result<()> {
+    unsafe fn register(&self, submitter: &Submitter<'_>, bgid: u16) -> io::Result<()> {
         // SAFETY: the mapping is page aligned and holds `entries` entries,
         // as the kernel requires; its lifetime is the caller's contract.
         unsafe {
-            submitter.register_buf_ring_with_flags(self.ring.as_ptr() as u64, self.entries, BGID, 0)
+            submitter.register_buf_ring_with_flags(self.ring.as_ptr() as u64, self.entries, bgid, 0)
         }
     }
 
