@@ -1,5 +1,6 @@
 //! Stream sockets at the edge of the process: one worker's TCP and TLS
-//! listeners and the connections it owns, on epoll. Knows no SIP: bytes
+//! listeners and the connections it owns (epoll for readiness, the
+//! worker's io_uring for receives in ring mode). Knows no SIP: bytes
 //! in, bytes out (a TLS connection's plaintext: records are decrypted and
 //! encrypted here, [`crate::io::tls`]), opens and closes, every limit
 //! counted by the caller through [`StreamHandler`].
