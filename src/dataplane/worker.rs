@@ -531,6 +531,10 @@ impl EdgeHandler {
     /// connection go (looked up first: most connections registered
     /// nothing, and those cost the registrar nothing).
     fn unbind_ended(&mut self, ended: Vec<(SocketAddr, crate::sip::flow::Flow)>) {
+        // Most wakes end no connection: no table snapshot for them.
+        if ended.is_empty() {
+            return;
+        }
         let (Some(q), Some(reg)) = (
             self.adm.registrar.as_ref(),
             self.tables.load().registrar.as_ref(),
