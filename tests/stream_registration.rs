@@ -156,13 +156,23 @@ fn authorization(challenge_401: &str, user: &str) -> String {
 /// `user` registered on the client's connection: challenged, answered;
 /// the final answer.
 fn register(c: &mut TlsClient, user: &str, extra: &str) -> String {
-    c.write_all(register_request(c, user, 1, extra).as_bytes())
+    register_edited(c, user, extra, |r| r)
+}
+
+/// [`register`] with each REGISTER passed through `edit` first.
+fn register_edited(
+    c: &mut TlsClient,
+    user: &str,
+    extra: &str,
+    edit: impl Fn(String) -> String,
+) -> String {
+    c.write_all(edit(register_request(c, user, 1, extra)).as_bytes())
         .unwrap();
     c.flush().unwrap();
     let challenge = read_sip(c);
     assert!(challenge.starts_with("SIP/2.0 401 "), "{challenge}");
     let auth = authorization(&challenge, user);
-    let second = register_request(c, user, 2, &format!("{extra}{auth}"));
+    let second = edit(register_request(c, user, 2, &format!("{extra}{auth}")));
     c.write_all(second.as_bytes()).unwrap();
     c.flush().unwrap();
     read_sip(c)
@@ -387,22 +397,12 @@ fn an_outbound_registration_on_the_connection_is_accepted() {
     let mut c = e.connect();
     let l = c.sock.local_addr().unwrap();
     let extra = "Supported: outbound, path\r\n";
-    let first = register_request(&c, "bob", 1, extra).replace(
-        ";transport=tls>;",
-        ";transport=tls;ob>;reg-id=1;+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-000a95a0e128>\";",
-    );
-    c.write_all(first.as_bytes()).unwrap();
-    c.flush().unwrap();
-    let challenge = read_sip(&mut c);
-    assert!(challenge.starts_with("SIP/2.0 401 "), "{challenge}");
-    let auth = authorization(&challenge, "bob");
-    let second = register_request(&c, "bob", 2, &format!("{extra}{auth}")).replace(
-        ";transport=tls>;",
-        ";transport=tls;ob>;reg-id=1;+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-000a95a0e128>\";",
-    );
-    c.write_all(second.as_bytes()).unwrap();
-    c.flush().unwrap();
-    let ok = read_sip(&mut c);
+    let ok = register_edited(&mut c, "bob", extra, |r| {
+        r.replace(
+            ";transport=tls>;",
+            ";transport=tls;ob>;reg-id=1;+sip.instance=\"<urn:uuid:00000000-0000-1000-8000-000a95a0e128>\";",
+        )
+    });
     assert!(ok.starts_with("SIP/2.0 200 OK"), "{ok}");
     assert_eq!(header(&ok, "Require"), vec!["Require: outbound"], "{ok}");
     assert!(
